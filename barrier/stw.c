@@ -1,0 +1,359 @@
+/* barrier/stw.c -- stop-the-world sections, safepoints and blocking
+ * sections (DESIGN.md: barrier.stw, barrier.blocking).
+ *
+ * Election.  A domain that wants a section takes heap->lock.  If a section
+ * is pending it joins it (if that section counts on it) and re-checks
+ * afterwards; otherwise it becomes the leader: it numbers the section
+ * (epoch), snapshots every RUNNING domain as an expected participant
+ * (d->stw_expected = epoch) and publishes stw_pending = 1.
+ *
+ * Participation.  Each participant flushes its alloc caches, takes a worker
+ * index on arrival, and waits until all nparts have arrived; then all run
+ * the phases, separated by ph_barrier_wait; at the end each one leaves under
+ * heap->lock and the last to leave clears stw_pending and wakes every waiter.
+ *
+ * Domains in a blocking section are not participants: the leader flushes
+ * their caches and the participants scan and update their roots.  Leaving a
+ * blocking section waits until no section is pending; entering one first
+ * joins a section that counts on the domain.  Attach waits likewise.
+ *
+ * Coalescing.  ph_collect returns after a collecting section whose epoch is
+ * later than the number of sections started at the call: a request that
+ * arrives while another section runs joins it and then, if that one started
+ * before the call, leads (or joins) the next one. */
+#include "heap/internal.h"
+
+static void prepare_stw_single(struct ph_heap *h);
+static void collect_stw(struct ph_heap *h, ph_worker *w);
+static void finish_collect_stw_single(struct ph_heap *h);
+
+void ph_stw_units_init_stw_single(struct ph_heap *h) {
+  ph_stw *s = &h->stw;
+  size_t t = 0;
+  for (unsigned i = 0; i < h->nchunks; i++) {
+    s->unit_base[i] = t;
+    t += h->chunks[i]->nunits;
+  }
+  s->unit_base[h->nchunks] = t;
+  s->total_units = t;
+}
+
+int ph_stw_unit_at(struct ph_heap *h, size_t gu, ph_chunk **c, uint32_t *u) {
+  ph_stw *s = &h->stw;
+  unsigned lo = 0, hi = h->nchunks;
+  while (hi - lo > 1) {
+    unsigned mid = (lo + hi) / 2;
+    if (s->unit_base[mid] <= gu)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  *c = h->chunks[lo];
+  *u = (uint32_t)(gu - s->unit_base[lo]);
+  return PH_OK;
+}
+
+static void phase_begin(struct ph_heap *h, ph_worker *w, ph_phase ph,
+                        uint64_t *t) {
+  *t = ph_now_ns();
+  ph_event(h, ph, 1, w->dom->index);
+}
+
+static uint64_t phase_end(struct ph_heap *h, ph_worker *w, ph_phase ph,
+                          uint64_t t0) {
+  ph_event(h, ph, 0, w->dom->index);
+  return ph_now_ns() - t0;
+}
+
+/* The phases every participant runs (DESIGN.md: barrier.stw.sequence). */
+static void body_stw(struct ph_heap *h, ph_worker *w) {
+  ph_stw *s = &h->stw;
+  uint64_t t0;
+  phase_begin(h, w, PH_PHASE_STW, &t0);
+  if (ph_barrier_wait(&s->bar))
+    prepare_stw_single(h);
+  ph_barrier_wait(&s->bar);
+  if (s->kind & (PH_STW_COLLECT | PH_STW_COMPACT)) {
+    collect_stw(h, w);
+    /* s->do_compact was written by the leader before collect_stw's last
+     * barrier */
+    if ((s->kind & PH_STW_COMPACT) || s->do_compact)
+      ph_compact_stw(h, w);
+  }
+  if (s->kind & (PH_STW_VERIFY | PH_STW_CENSUS)) {
+    if (w->dom == s->leader) {
+      if (s->kind & PH_STW_VERIFY)
+        s->result = ph_verify_stw_single(h, s->why, s->why_size);
+      if (s->kind & PH_STW_CENSUS)
+        ph_census_stw_single(h, &s->census);
+    }
+  }
+  if (ph_barrier_wait(&s->bar)) {
+    pthread_mutex_lock(&h->lock);
+    h->st.stw_ns = ph_now_ns() - t0;
+    pthread_mutex_unlock(&h->lock);
+  }
+  phase_end(h, w, PH_PHASE_STW, t0);
+}
+
+/* Leader, after every participant arrived. */
+static void prepare_stw_single(struct ph_heap *h) {
+  ph_stw *s = &h->stw;
+  /* blocking domains do not flush their own caches (barrier.blocking) */
+  for (unsigned i = 0; i < h->cfg.max_domains; i++) {
+    struct ph_domain *d = h->slots[i].dom;
+    if (d && d->state == PH_DS_BLOCKING)
+      ph_domain_flush_caches(d);
+  }
+  s->do_compact = 0;
+  s->result = PH_OK;
+  if (!(s->kind & (PH_STW_COLLECT | PH_STW_COMPACT)))
+    return;
+  /* avail lists are rebuilt by the sweep */
+  for (unsigned i = 0; i < h->cfg.max_domains; i++)
+    for (unsigned c = 0; c < h->nclasses; c++)
+      atomic_store_explicit(&h->slots[i].avail[c], NULL, memory_order_relaxed);
+  ph_stw_units_init_stw_single(h);
+  atomic_store_explicit(&s->claim_roots, 0, memory_order_relaxed);
+  atomic_store_explicit(&s->claim_units, 0, memory_order_relaxed);
+  atomic_store_explicit(&s->claim_c, 0, memory_order_relaxed);
+  atomic_store_explicit(&s->mark_overflow, 0, memory_order_relaxed);
+  s->idle = 0;
+  s->mark_done = 0;
+}
+
+static void collect_stw(struct ph_heap *h, ph_worker *w) {
+  ph_stw *s = &h->stw;
+  uint64_t t;
+  w->live_bytes = w->live_blocks = 0;
+  phase_begin(h, w, PH_PHASE_MARK, &t);
+  ph_mark_stw(h, w); /* ends with a barrier */
+  w->t_mark = phase_end(h, w, PH_PHASE_MARK, t);
+  phase_begin(h, w, PH_PHASE_SWEEP, &t);
+  ph_sweep_stw(h, w);
+  w->t_sweep = phase_end(h, w, PH_PHASE_SWEEP, t);
+  if (ph_barrier_wait(&s->bar))
+    finish_collect_stw_single(h);
+  ph_barrier_wait(&s->bar);
+}
+
+static void finish_collect_stw_single(struct ph_heap *h) {
+  ph_stw *s = &h->stw;
+  ph_sweep_finish_stw_single(h);
+  uint64_t mark = 0, sweep = 0, frag = 0;
+  for (unsigned i = 0; i < s->nparts; i++) {
+    ph_worker *w = &s->workers[i];
+    mark = w->t_mark > mark ? w->t_mark : mark;
+    sweep = w->t_sweep > sweep ? w->t_sweep : sweep;
+    frag += w->frag_bytes;
+  }
+  pthread_mutex_lock(&h->lock);
+  h->st.mark_ns = mark;
+  h->st.sweep_ns = sweep;
+  h->st.collections++;
+  uint64_t pool_bytes = (uint64_t)h->pool_units << h->pool_shift;
+  if ((s->kind & PH_STW_AUTO) && h->cfg.compact_percent &&
+      frag * 100 > (uint64_t)h->cfg.compact_percent * pool_bytes)
+    s->do_compact = 1;
+  if (!(s->kind & PH_STW_COMPACT) && !s->do_compact &&
+      h->cfg.release != PH_RELEASE_KEEP) {
+    /* heap.release.collect: keep a quarter of the heap in use (or retain)
+     * committed for the next burst; give the rest back. */
+    uint64_t inuse = (uint64_t)(h->pool_units + h->large_units)
+                     << h->pool_shift;
+    size_t keep = h->cfg.retain > inuse / 4 ? h->cfg.retain : inuse / 4;
+    uint64_t rel;
+    ph_units_release_locked(h, h->cfg.release == PH_RELEASE_UNMAP
+                                   ? PH_RELEASE_DECOMMIT
+                                   : (int)h->cfg.release,
+                            keep, &rel);
+  }
+  ph_pacing_reset_locked(h);
+  pthread_mutex_unlock(&h->lock);
+}
+
+/* Take part in the current section.  Returns the section's result for its
+ * leader. */
+static int participate(struct ph_domain *d) {
+  struct ph_heap *h = d->heap;
+  ph_stw *s = &h->stw;
+  ph_domain_flush_caches(d);
+  pthread_mutex_lock(&h->lock);
+  ph_worker *w = &s->workers[s->arrived];
+  w->id = s->arrived++;
+  w->dom = d;
+  if (s->arrived == s->nparts)
+    pthread_cond_broadcast(&h->cond);
+  while (s->arrived < s->nparts)
+    pthread_cond_wait(&h->cond, &h->lock);
+  pthread_mutex_unlock(&h->lock);
+
+  body_stw(h, w);
+  int result = d == s->leader ? s->result : PH_OK;
+
+  pthread_mutex_lock(&h->lock);
+  d->stw_expected = 0;
+  if (++s->left == s->nparts) {
+    if (s->kind & (PH_STW_COLLECT | PH_STW_COMPACT))
+      h->last_collect_epoch = s->epoch;
+    if ((s->kind & PH_STW_COMPACT) || s->do_compact)
+      h->last_compact_epoch = s->epoch;
+    h->stw_done++;
+    /* release: pairs with the acquire in ph_safepoint's slow path */
+    atomic_store_explicit(&h->stw_pending, 0, memory_order_release);
+    pthread_cond_broadcast(&h->cond);
+  }
+  pthread_mutex_unlock(&h->lock);
+  return result;
+}
+
+static int satisfied_locked(struct ph_heap *h, int kind, uint64_t start) {
+  if (kind & (PH_STW_VERIFY | PH_STW_CENSUS))
+    return 0;
+  if (kind & PH_STW_COMPACT)
+    return h->last_compact_epoch > start;
+  return h->last_collect_epoch > start;
+}
+
+int ph_stw_run(struct ph_domain *d, int kind, const ph_stw_req *req) {
+  struct ph_heap *h = d->heap;
+  ph_stw *s = &h->stw;
+  int result = PH_OK;
+  pthread_mutex_lock(&h->lock);
+  if (d->state != PH_DS_RUNNING) {
+    pthread_mutex_unlock(&h->lock);
+    return PH_ESTATE;
+  }
+  uint64_t start = h->stw_started;
+  for (;;) {
+    if (atomic_load_explicit(&h->stw_pending, memory_order_relaxed)) {
+      if (d->stw_expected == s->epoch) {
+        pthread_mutex_unlock(&h->lock);
+        participate(d);
+        pthread_mutex_lock(&h->lock);
+      } else {
+        pthread_cond_wait(&h->cond, &h->lock);
+      }
+      continue;
+    }
+    if (satisfied_locked(h, kind, start))
+      break;
+    /* lead a new section */
+    s->epoch = ++h->stw_started;
+    s->kind = kind;
+    s->leader = d;
+    if (req) {
+      s->why = req->why;
+      s->why_size = req->why_size;
+      s->census = req->census;
+    }
+    unsigned n = 0;
+    for (unsigned i = 0; i < h->cfg.max_domains; i++) {
+      struct ph_domain *o = h->slots[i].dom;
+      if (o && o->state == PH_DS_RUNNING) {
+        o->stw_expected = s->epoch;
+        n++;
+      }
+    }
+    s->nparts = n;
+    s->arrived = 0;
+    s->left = 0;
+    ph_barrier_reset(&s->bar, n);
+    atomic_store_explicit(&h->stw_pending, 1, memory_order_release);
+    pthread_mutex_unlock(&h->lock);
+    result = participate(d);
+    pthread_mutex_lock(&h->lock);
+    if (kind & (PH_STW_VERIFY | PH_STW_CENSUS))
+      break;
+  }
+  pthread_mutex_unlock(&h->lock);
+  return result;
+}
+
+void ph_stw_join(struct ph_domain *d) {
+  struct ph_heap *h = d->heap;
+  pthread_mutex_lock(&h->lock);
+  int join = atomic_load_explicit(&h->stw_pending, memory_order_relaxed) &&
+             d->stw_expected == h->stw.epoch && d->state == PH_DS_RUNNING;
+  pthread_mutex_unlock(&h->lock);
+  if (join)
+    participate(d);
+}
+
+/* ------------------------------------------------------------- public */
+
+void ph_safepoint(ph_domain *d) {
+  /* relaxed: one load on the fast path; ph_stw_join re-reads under the
+   * lock, which orders everything that matters */
+  if (__builtin_expect(
+          atomic_load_explicit(&d->heap->stw_pending, memory_order_relaxed),
+          0))
+    ph_stw_join(d);
+}
+
+void ph_blocking_enter(ph_domain *d) {
+  if (ph_check_domain(d) != PH_OK)
+    return;
+  struct ph_heap *h = d->heap;
+  pthread_mutex_lock(&h->lock);
+  if (d->state != PH_DS_RUNNING) { /* nested or unbalanced: ignored */
+    pthread_mutex_unlock(&h->lock);
+    PH_ASSERT(!"ph_blocking_enter while not running");
+    return;
+  }
+  while (atomic_load_explicit(&h->stw_pending, memory_order_relaxed) &&
+         d->stw_expected == h->stw.epoch) {
+    pthread_mutex_unlock(&h->lock);
+    participate(d);
+    pthread_mutex_lock(&h->lock);
+  }
+  d->state = PH_DS_BLOCKING;
+  pthread_mutex_unlock(&h->lock);
+}
+
+void ph_blocking_leave(ph_domain *d) {
+  if (ph_check_domain(d) != PH_OK)
+    return;
+  struct ph_heap *h = d->heap;
+  pthread_mutex_lock(&h->lock);
+  if (d->state != PH_DS_BLOCKING) {
+    pthread_mutex_unlock(&h->lock);
+    PH_ASSERT(!"ph_blocking_leave without ph_blocking_enter");
+    return;
+  }
+  while (atomic_load_explicit(&h->stw_pending, memory_order_relaxed))
+    pthread_cond_wait(&h->cond, &h->lock);
+  d->state = PH_DS_RUNNING;
+  pthread_mutex_unlock(&h->lock);
+}
+
+static int run_checked(ph_domain *d, int kind, const ph_stw_req *req) {
+  int err = ph_check_domain(d);
+  if (err != PH_OK)
+    return err;
+  err = ph_stw_run(d, kind, req);
+  if (err != PH_OK)
+    d->last_error = err;
+  return err;
+}
+
+int ph_collect(ph_domain *d) { return run_checked(d, PH_STW_COLLECT, NULL); }
+
+int ph_compact(ph_domain *d) { return run_checked(d, PH_STW_COMPACT, NULL); }
+
+int ph_verify(ph_domain *d, char *why, size_t why_size) {
+  if (why && why_size)
+    why[0] = 0;
+  if (!why)
+    why_size = 0;
+  ph_stw_req req = {.why = why, .why_size = why_size};
+  return run_checked(d, PH_STW_VERIFY, &req);
+}
+
+int ph_census(ph_domain *d, void (*fn)(const ph_census_class *c, void *user),
+              void *user) {
+  if (!fn)
+    return PH_EINVAL;
+  ph_stw_req req = {.census = {.fn = fn, .user = user}};
+  return run_checked(d, PH_STW_CENSUS, &req);
+}

@@ -1,0 +1,192 @@
+/* heap/alloc.c -- allocation (DESIGN.md: heap.alloc).
+ *
+ * Fast path: pop the domain's alloc cache for the size class (no lock, no
+ * atomic read-modify-write).  Slow path, when the cache is empty: retire the
+ * cached pool (it is full), take the next pool from the owner slot's avail
+ * list, or a new pool under heap->lock.  Pacing is checked on the slow path
+ * only (heap.pacing).  Large blocks take whole units under heap->lock. */
+#include "heap/internal.h"
+
+#include <pthread.h>
+#include <string.h>
+
+int ph_check_domain(const struct ph_domain *d) {
+  if (!d)
+    return PH_EINVAL;
+  if (d->sig == PH_SIG_DEAD)
+    return PH_ESTATE;
+  if (d->sig != PH_SIG_DOMAIN)
+    return PH_EINVAL;
+#if PH_DEBUG
+  /* domain.owner: a domain is used only by the thread that attached it. */
+  if (!pthread_equal(d->thread, pthread_self()))
+    return PH_ESTATE;
+#endif
+  return PH_OK;
+}
+
+static void count_alloc(struct ph_domain *d, uint64_t bytes) {
+  /* Only the owner writes `allocated`; relaxed because readers
+   * (ph_stats_get) only want an approximate, monotone figure. */
+  uint64_t a = atomic_load_explicit(&d->allocated, memory_order_relaxed);
+  atomic_store_explicit(&d->allocated, a + bytes, memory_order_relaxed);
+}
+
+/* heap.pacing: collect when bytes handed out since the last collection
+ * exceed the threshold (checked before taking memory, on slow paths). */
+static void pacing_poll(struct ph_domain *d) {
+  struct ph_heap *h = d->heap;
+  if (h->cfg.gc_percent == 0)
+    return;
+  /* relaxed: counters; the decision tolerates being a little late */
+  if (atomic_load_explicit(&h->alloc_since, memory_order_relaxed) <=
+      atomic_load_explicit(&h->gc_threshold, memory_order_relaxed))
+    return;
+  ph_stw_run(d, PH_STW_COLLECT | PH_STW_AUTO, NULL);
+}
+
+static void pacing_add(struct ph_heap *h, uint64_t bytes) {
+  atomic_fetch_add_explicit(&h->alloc_since, bytes, memory_order_relaxed);
+}
+
+static ph_pool *take_pool(struct ph_domain *d, unsigned cls) {
+  struct ph_heap *h = d->heap;
+  _Atomic(ph_pool *) *head = &h->slots[d->index].avail[cls];
+  /* relaxed: only this thread pops, and pushes by other threads happen
+   * inside stop-the-world sections, ordered by their locks and barriers. */
+  ph_pool *p = atomic_load_explicit(head, memory_order_relaxed);
+  while (p) {
+    atomic_store_explicit(head, p->next, memory_order_relaxed);
+    p->next = NULL;
+    if (p->nfree > 0)
+      return p;
+    p = atomic_load_explicit(head, memory_order_relaxed);
+  }
+  pthread_mutex_lock(&h->lock);
+  p = ph_pool_new_locked(h, cls, d->index);
+  pthread_mutex_unlock(&h->lock);
+  return p;
+}
+
+static int refill(struct ph_domain *d, unsigned cls) {
+  struct ph_heap *h = d->heap;
+  ph_alloc_cache *ac = &d->cache[cls];
+  if (ac->pool) { /* exhausted: it is full now */
+    ac->pool->free = 0;
+    ac->pool->nfree = 0;
+    ac->pool->nlive = ac->pool->nslots;
+    ac->pool->cached = 0;
+    ac->pool = NULL;
+  }
+  pacing_poll(d);
+  ph_pool *p = take_pool(d, cls);
+  if (!p) {
+    /* Out of memory: a collection may free whole pools. */
+    ph_stw_run(d, PH_STW_COLLECT, NULL);
+    p = take_pool(d, cls);
+    if (!p)
+      return PH_ENOMEM;
+  }
+  pacing_add(h, (uint64_t)p->nfree * h->class_wsize[cls] * 8);
+  p->cached = 1;
+  ac->pool = p;
+  ac->free = p->free;
+  ac->nfree = p->nfree;
+  return PH_OK;
+}
+
+static void init_fields(ph_value v, size_t wosize, unsigned tag) {
+  ph_value *f = (ph_value *)v;
+  if (tag >= PH_TAG_RAW) {
+    memset(f, 0, wosize * sizeof(ph_value));
+  } else {
+    for (size_t i = 0; i < wosize; i++)
+      f[i] = PH_UNIT;
+  }
+}
+
+ph_value ph_large_alloc(struct ph_domain *d, size_t wosize, unsigned tag) {
+  struct ph_heap *h = d->heap;
+  size_t bytes = PH_LARGE_HDR + 8 + wosize * 8;
+  size_t n = (bytes + h->pool_size - 1) >> h->pool_shift;
+  if (n >= UINT32_MAX) {
+    d->last_error = PH_ENOMEM;
+    return 0;
+  }
+  pacing_poll(d);
+  ph_chunk *c = NULL;
+  uint32_t u = 0;
+  int err = PH_ENOMEM;
+  for (int attempt = 0; attempt < 2 && err != PH_OK; attempt++) {
+    if (attempt == 1)
+      ph_stw_run(d, PH_STW_COLLECT, NULL);
+    pthread_mutex_lock(&h->lock);
+    err = ph_units_take_locked(h, n, PH_U_LARGE, &c, &u);
+    if (err == PH_OK) {
+      ph_large *l = (ph_large *)ph_unit_addr(h, c, u);
+      memset(l, 0, PH_LARGE_HDR);
+      l->sig = PH_SIG_LARGE;
+      l->kind = PH_U_LARGE;
+      l->nunits = (uint32_t)n;
+      l->unit = u;
+      l->chunk = c;
+      h->large_units += n;
+    }
+    pthread_mutex_unlock(&h->lock);
+  }
+  if (err != PH_OK) {
+    d->last_error = err;
+    return 0;
+  }
+  pacing_add(h, n << h->pool_shift);
+  ph_value *hp = (ph_value *)(ph_unit_addr(h, c, u) + PH_LARGE_HDR);
+  *hp = ph_hd_make(wosize, PH_WHITE, tag);
+  ph_value v = (ph_value)(hp + 1);
+  init_fields(v, wosize, tag);
+  count_alloc(d, (wosize + 1) * 8);
+  return v;
+}
+
+ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag) {
+  int err = ph_check_domain(d);
+  if (err != PH_OK) {
+    if (d && d->sig == PH_SIG_DEAD) /* a detached handle stays readable */
+      d->last_error = err;
+    return 0;
+  }
+  if (wosize == 0 || wosize > PH_MAX_WOSIZE || tag > PH_TAG_MAX) {
+    d->last_error = PH_EINVAL;
+    return 0;
+  }
+  struct ph_heap *h = d->heap;
+  if (d->state != PH_DS_RUNNING) {
+    d->last_error = PH_ESTATE;
+    return 0;
+  }
+  ph_safepoint(d);
+  if (wosize > h->max_small_wosize)
+    return ph_large_alloc(d, wosize, tag);
+  unsigned cls = ph_class_of_wosize(h, wosize);
+  ph_alloc_cache *ac = &d->cache[cls];
+  ph_value b = ac->free;
+  if (__builtin_expect(b == 0, 0)) {
+    err = refill(d, cls);
+    if (err != PH_OK) {
+      d->last_error = err;
+      return 0;
+    }
+    b = ac->free;
+  }
+  ac->free = *(ph_value *)b;
+  ac->nfree--;
+  ph_hp(b)[0] = ph_hd_make(wosize, PH_WHITE, tag);
+  init_fields(b, wosize, tag);
+  count_alloc(d, (wosize + 1) * 8);
+  return b;
+}
+
+int ph_last_error(const ph_domain *d) {
+  if (!d || (d->sig != PH_SIG_DOMAIN && d->sig != PH_SIG_DEAD))
+    return PH_EINVAL;
+  return d->last_error;
+}

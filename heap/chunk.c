@@ -1,0 +1,313 @@
+/* heap/chunk.c -- reservations (chunks) and the units they are cut into
+ * (DESIGN.md: heap.chunk, heap.unit, heap.release).
+ *
+ * A chunk is one reservation from the OS layer: one kernel mapping, aligned
+ * to pool_size (2 MiB with huge pages), divided into units of pool_size
+ * bytes.  Each unit is PH_U_FREE (Reserved, no pages), PH_U_FREE_COMM
+ * (Committed but unused), PH_U_POOL, PH_U_LARGE or PH_U_LARGE_TAIL.
+ *
+ * heap.chunk.growth: chunk sizes grow geometrically, two chunks of each size
+ * before doubling (K = 2), so a heap of N bytes holds O(2 log N) mappings
+ * with at most 3/2 address space overhead; every size is also capped by what
+ * RLIMIT_AS leaves (half of it) and halved on refusal down to what the
+ * request needs, so poolheap runs under ulimit -v.
+ *
+ * Every function here is _locked (heap->lock held) or _stw_single. */
+#include "heap/internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define PH_FIRST_CHUNK ((size_t)4 << 20)
+
+static size_t chunk_align(const struct ph_heap *h) {
+  if (h->cfg.huge_pages != PH_HUGE_OFF && h->pool_size < PH_HUGE_PAGE_SIZE)
+    return PH_HUGE_PAGE_SIZE;
+  return h->pool_size;
+}
+
+static size_t round_up(size_t x, size_t a) { return (x + a - 1) & ~(a - 1); }
+
+ph_chunk *ph_chunk_find(const struct ph_heap *h, const void *p) {
+  unsigned lo = 0, hi = h->nchunks;
+  const char *cp = p;
+  while (lo < hi) {
+    unsigned mid = (lo + hi) / 2;
+    ph_chunk *c = h->chunks[mid];
+    if (cp < c->base)
+      hi = mid;
+    else if (cp >= c->base + c->size)
+      lo = mid + 1;
+    else
+      return c;
+  }
+  return NULL;
+}
+
+static void chunk_insert_locked(struct ph_heap *h, ph_chunk *c) {
+  unsigned i = h->nchunks;
+  while (i > 0 && h->chunks[i - 1]->base > c->base) {
+    h->chunks[i] = h->chunks[i - 1];
+    i--;
+  }
+  h->chunks[i] = c;
+  h->nchunks++;
+}
+
+int ph_chunk_grow_locked(struct ph_heap *h, size_t min_units) {
+  if (h->nchunks >= PH_MAX_CHUNKS)
+    return PH_ENOMEM;
+  size_t align = chunk_align(h);
+  size_t need = round_up(min_units << h->pool_shift, align);
+  size_t size = h->next_chunk_size > need ? h->next_chunk_size : need;
+  size_t avail = ph_os_as_available();
+  if (avail != SIZE_MAX) {
+    size_t cap = (avail / 2) & ~(align - 1);
+    if (size > cap)
+      size = cap > need ? cap : need;
+  }
+  int huge = h->cfg.huge_pages == PH_HUGE_EXPLICIT    ? PH_OS_HUGE_EXPLICIT
+             : h->cfg.huge_pages == PH_HUGE_TRANSPARENT ? PH_OS_HUGE_THP
+                                                        : PH_OS_HUGE_NONE;
+  void *base = NULL;
+  int got = PH_OS_HUGE_NONE;
+  for (;;) {
+    if (ph_os_reserve(&h->os, size, align, huge, &base, &got) == PH_OK)
+      break;
+    if (size <= need)
+      return PH_ENOMEM;
+    size = round_up(size / 2, align);
+    if (size < need)
+      size = need;
+  }
+  ph_chunk *c = calloc(1, sizeof *c);
+  uint8_t *us = calloc(size >> h->pool_shift, 1);
+  if (!c || !us) {
+    free(c);
+    free(us);
+    ph_os_release(&h->os, base, size, 0);
+    return PH_ENOMEM;
+  }
+  c->base = base;
+  c->size = size;
+  c->nunits = (uint32_t)(size >> h->pool_shift);
+  c->nfree = c->nunits;
+  c->ustate = us;
+  c->huge = got;
+  chunk_insert_locked(h, c);
+  /* Two chunks of each size, then double (heap.chunk.growth). */
+  if (size >= h->next_chunk_size && (h->nchunks % 2) == 0)
+    h->next_chunk_size *= 2;
+  if (h->next_chunk_size < PH_FIRST_CHUNK)
+    h->next_chunk_size = PH_FIRST_CHUNK;
+  h->st.reserved_bytes = atomic_load(&h->os.reserved);
+  return PH_OK;
+}
+
+/* Commit units [u, u+n) of c whose state is PH_U_FREE. */
+static int commit_range_locked(struct ph_heap *h, ph_chunk *c, uint32_t u,
+                               size_t n) {
+  size_t need = 0;
+  for (size_t i = 0; i < n; i++)
+    if (c->ustate[u + i] == PH_U_FREE)
+      need += h->pool_size;
+  if (h->cfg.heap_limit &&
+      atomic_load_explicit(&h->os.committed, memory_order_relaxed) + need >
+          h->cfg.heap_limit)
+    return PH_ENOMEM;
+  size_t i = 0;
+  while (i < n) {
+    if (c->ustate[u + i] != PH_U_FREE) {
+      i++;
+      continue;
+    }
+    size_t j = i;
+    while (j < n && c->ustate[u + j] == PH_U_FREE)
+      j++;
+    int err = ph_os_commit(&h->os, ph_unit_addr(h, c, u + (uint32_t)i),
+                           (j - i) << h->pool_shift);
+    if (err) { /* undo what this call committed */
+      size_t k = 0;
+      while (k < i) {
+        if (c->ustate[u + k] == PH_U_FREE_COMM + 16) {
+          size_t e = k;
+          while (e < i && c->ustate[u + e] == PH_U_FREE_COMM + 16)
+            e++;
+          ph_os_decommit(&h->os, ph_unit_addr(h, c, u + (uint32_t)k),
+                         (e - k) << h->pool_shift, PH_OS_DECOMMIT_NOW);
+          for (size_t q = k; q < e; q++)
+            c->ustate[u + q] = PH_U_FREE;
+          k = e;
+        } else {
+          k++;
+        }
+      }
+      return err;
+    }
+    for (size_t q = i; q < j; q++)
+      c->ustate[u + q] = PH_U_FREE_COMM + 16; /* committed by this call */
+    i = j;
+  }
+  for (size_t q = 0; q < n; q++)
+    if (c->ustate[u + q] == PH_U_FREE_COMM + 16)
+      c->ustate[u + q] = PH_U_FREE_COMM;
+  return PH_OK;
+}
+
+static int find_run(ph_chunk *c, size_t n, uint32_t *out) {
+  if (c->nfree < n)
+    return 0;
+  uint32_t run = 0;
+  for (uint32_t u = c->hint; u < c->nunits; u++) {
+    uint8_t s = c->ustate[u];
+    if (s == PH_U_FREE || s == PH_U_FREE_COMM) {
+      if (++run == n) {
+        *out = u + 1 - (uint32_t)n;
+        return 1;
+      }
+    } else {
+      run = 0;
+    }
+  }
+  return 0;
+}
+
+static void advance_hint(ph_chunk *c) {
+  while (c->hint < c->nunits && c->ustate[c->hint] != PH_U_FREE &&
+         c->ustate[c->hint] != PH_U_FREE_COMM)
+    c->hint++;
+}
+
+int ph_units_take_locked(struct ph_heap *h, size_t n, int state,
+                         ph_chunk **chunk_out, uint32_t *unit_out) {
+  for (int attempt = 0; attempt < 2; attempt++) {
+    for (unsigned i = 0; i < h->nchunks; i++) {
+      ph_chunk *c = h->chunks[i];
+      uint32_t u;
+      if (!find_run(c, n, &u))
+        continue;
+      int err = commit_range_locked(h, c, u, n);
+      if (err)
+        return err;
+      c->ustate[u] = (uint8_t)state;
+      for (size_t k = 1; k < n; k++)
+        c->ustate[u + k] =
+            (uint8_t)(state == PH_U_LARGE ? PH_U_LARGE_TAIL : state);
+      c->nfree -= (uint32_t)n;
+      advance_hint(c);
+      *chunk_out = c;
+      *unit_out = u;
+      return PH_OK;
+    }
+    if (attempt == 0) {
+      int err = ph_chunk_grow_locked(h, n);
+      if (err)
+        return err;
+    }
+  }
+  return PH_ENOMEM;
+}
+
+void ph_units_free_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
+                          size_t n) {
+  (void)h;
+  for (size_t k = 0; k < n; k++) {
+    PH_ASSERT(c->ustate[unit + k] >= PH_U_POOL);
+    c->ustate[unit + k] = PH_U_FREE_COMM;
+  }
+  c->nfree += (uint32_t)n;
+  if (unit < c->hint)
+    c->hint = unit;
+}
+
+static void chunk_remove_locked(struct ph_heap *h, unsigned i) {
+  ph_chunk *c = h->chunks[i];
+  size_t comm = 0;
+  for (uint32_t u = 0; u < c->nunits; u++)
+    if (c->ustate[u] != PH_U_FREE)
+      comm += h->pool_size;
+  if (ph_os_release(&h->os, c->base, c->size, comm) != PH_OK)
+    return; /* keep it: still usable */
+  memmove(&h->chunks[i], &h->chunks[i + 1],
+          (h->nchunks - i - 1) * sizeof h->chunks[0]);
+  h->nchunks--;
+  free(c->ustate);
+  free(c);
+}
+
+/* heap.release: free committed units beyond `retain` bytes (the lowest
+ * addresses are retained) go back to the OS, one call per contiguous run; in
+ * UNMAP mode whole free chunks are unmapped.  With huge pages only whole
+ * 2 MiB ranges are decommitted, so no huge page is broken up.  A refused
+ * call leaves its units committed (nothing is lost, nothing is counted). */
+void ph_units_release_locked(struct ph_heap *h, int mode, size_t retain,
+                             uint64_t *released_bytes) {
+  uint64_t released = 0;
+  if (mode == PH_RELEASE_KEEP) {
+    *released_bytes = 0;
+    return;
+  }
+  size_t kept = 0;
+  for (unsigned i = 0; i < h->nchunks; i++) {
+    ph_chunk *c = h->chunks[i];
+    if (mode == PH_RELEASE_UNMAP && c->nfree == c->nunits &&
+        kept >= retain) {
+      size_t comm = 0;
+      for (uint32_t u = 0; u < c->nunits; u++)
+        comm += c->ustate[u] == PH_U_FREE_COMM ? h->pool_size : 0;
+      unsigned before = h->nchunks;
+      chunk_remove_locked(h, i);
+      if (h->nchunks < before) {
+        released += comm;
+        i--;
+        continue;
+      }
+    }
+    uint32_t u = 0;
+    while (u < c->nunits) {
+      if (c->ustate[u] != PH_U_FREE_COMM) {
+        u++;
+        continue;
+      }
+      uint32_t e = u;
+      while (e < c->nunits && c->ustate[e] == PH_U_FREE_COMM)
+        e++;
+      /* retain the lowest free units */
+      while (u < e && kept < retain) {
+        kept += h->pool_size;
+        u++;
+      }
+      char *lo = ph_unit_addr(h, c, u), *hi = ph_unit_addr(h, c, e);
+      if (c->huge != PH_OS_HUGE_NONE) {
+        lo = (char *)round_up((uintptr_t)lo, PH_HUGE_PAGE_SIZE);
+        hi = (char *)((uintptr_t)hi & ~(PH_HUGE_PAGE_SIZE - 1));
+      }
+      if (lo < hi &&
+          ph_os_decommit(&h->os, lo, (size_t)(hi - lo),
+                         mode == PH_RELEASE_LAZY ? PH_OS_DECOMMIT_LAZY
+                                                 : PH_OS_DECOMMIT_NOW) ==
+              PH_OK) {
+        uint32_t a = (uint32_t)((size_t)(lo - c->base) >> h->pool_shift);
+        uint32_t b = (uint32_t)((size_t)(hi - c->base) >> h->pool_shift);
+        for (uint32_t k = a; k < b; k++)
+          c->ustate[k] = PH_U_FREE;
+        released += (uint64_t)(hi - lo);
+      }
+      u = e;
+    }
+  }
+  h->st.reserved_bytes = atomic_load(&h->os.reserved);
+  *released_bytes = released;
+}
+
+void ph_chunks_destroy(struct ph_heap *h) {
+  while (h->nchunks > 0) {
+    unsigned before = h->nchunks;
+    chunk_remove_locked(h, h->nchunks - 1);
+    if (h->nchunks == before) { /* refused: drop our record anyway */
+      ph_chunk *c = h->chunks[--h->nchunks];
+      free(c->ustate);
+      free(c);
+    }
+  }
+}

@@ -1,0 +1,234 @@
+/* heap/heap.c -- heap creation and destruction, configuration, statistics,
+ * census, events and pacing (DESIGN.md: heap.config, heap.stats,
+ * heap.pacing). */
+#include "heap/internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define PH_MIN_GC_BYTES ((uint64_t)4 << 20)
+
+void ph_assert_fail(const char *cond, const char *file, int line) {
+  fprintf(stderr, "poolheap: assertion failed: %s (%s:%d)\n", cond, file,
+          line);
+  abort();
+}
+
+const char *ph_strerror(int err) {
+  switch (err) {
+  case PH_OK:
+    return "success";
+  case PH_EINVAL:
+    return "invalid argument or configuration";
+  case PH_ENOMEM:
+    return "out of memory (the OS refused or heap_limit was reached)";
+  case PH_ESTATE:
+    return "call not allowed in the current state";
+  case PH_ECORRUPT:
+    return "heap invariant broken";
+  default:
+    return "unknown error";
+  }
+}
+
+uint64_t ph_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void ph_event(struct ph_heap *h, ph_phase ph, int begin, unsigned dom) {
+  if (h->cfg.on_event)
+    h->cfg.on_event(ph, begin, dom, ph_now_ns(), h->cfg.on_event_user);
+}
+
+void ph_config_init(ph_config *cfg) {
+  if (!cfg)
+    return;
+  memset(cfg, 0, sizeof *cfg);
+  cfg->max_domains = 64;
+  cfg->pool_size = 32 << 10;
+  cfg->heap_limit = 0;
+  cfg->gc_percent = 100;
+  cfg->huge_pages = PH_HUGE_OFF;
+  cfg->release = PH_RELEASE_DECOMMIT;
+  cfg->retain = 0;
+  cfg->compact_scope = PH_COMPACT_GLOBAL;
+  cfg->compact_percent = 0;
+}
+
+static int config_valid(const ph_config *c) {
+  if (c->max_domains < 1 || c->max_domains > 1024)
+    return 0;
+  if (c->pool_size < (4u << 10) || c->pool_size > (4u << 20) ||
+      (c->pool_size & (c->pool_size - 1)))
+    return 0;
+  if (c->gc_percent > 10000)
+    return 0;
+  if ((unsigned)c->huge_pages > PH_HUGE_EXPLICIT)
+    return 0;
+  if ((unsigned)c->release > PH_RELEASE_KEEP)
+    return 0;
+  if ((unsigned)c->compact_scope > PH_COMPACT_PER_DOMAIN)
+    return 0;
+  if (c->compact_percent > 100)
+    return 0;
+  if (c->heap_limit && c->heap_limit < c->pool_size)
+    return 0;
+  return 1;
+}
+
+void ph_pacing_reset_locked(struct ph_heap *h) {
+  uint64_t t = h->st.live_bytes / 100 * h->cfg.gc_percent;
+  if (t < PH_MIN_GC_BYTES)
+    t = PH_MIN_GC_BYTES;
+  /* relaxed: pacing counters (heap.pacing) */
+  atomic_store_explicit(&h->gc_threshold, t, memory_order_relaxed);
+  atomic_store_explicit(&h->alloc_since, 0, memory_order_relaxed);
+}
+
+int ph_heap_create(const ph_config *cfg, ph_heap **out) {
+  ph_config def;
+  if (!out)
+    return PH_EINVAL;
+  if (!cfg) {
+    ph_config_init(&def);
+    cfg = &def;
+  }
+  if (!config_valid(cfg))
+    return PH_EINVAL;
+  struct ph_heap *h = calloc(1, sizeof *h);
+  if (!h)
+    return PH_ENOMEM;
+  h->cfg = *cfg;
+  h->pool_size = cfg->pool_size;
+  h->pool_shift = (unsigned)__builtin_ctzl(cfg->pool_size);
+  h->pool_mask = ~(uintptr_t)(cfg->pool_size - 1);
+  h->next_chunk_size = (size_t)4 << 20;
+  ph_sizeclass_init(h);
+  h->slots = calloc(cfg->max_domains, sizeof *h->slots);
+  h->stw.workers = calloc(cfg->max_domains, sizeof *h->stw.workers);
+  if (!h->slots || !h->stw.workers) {
+    free(h->slots);
+    free(h->stw.workers);
+    free(h);
+    return PH_ENOMEM;
+  }
+  ph_os_acct_init(&h->os);
+  pthread_mutex_init(&h->lock, NULL);
+  pthread_cond_init(&h->cond, NULL);
+  pthread_mutex_init(&h->roots_lock, NULL);
+  pthread_mutex_init(&h->stw.mark_lock, NULL);
+  pthread_cond_init(&h->stw.mark_cond, NULL);
+  ph_barrier_init(&h->stw.bar);
+  ph_pacing_reset_locked(h);
+  /* The first chunk now, so that a heap that cannot get memory fails here. */
+  if (ph_chunk_grow_locked(h, 1) != PH_OK) {
+    ph_barrier_destroy(&h->stw.bar);
+    pthread_cond_destroy(&h->stw.mark_cond);
+    pthread_mutex_destroy(&h->stw.mark_lock);
+    pthread_mutex_destroy(&h->roots_lock);
+    pthread_cond_destroy(&h->cond);
+    pthread_mutex_destroy(&h->lock);
+    ph_os_acct_fini(&h->os);
+    free(h->slots);
+    free(h->stw.workers);
+    free(h);
+    return PH_ENOMEM;
+  }
+  h->sig = PH_SIG_HEAP;
+  *out = h;
+  return PH_OK;
+}
+
+int ph_heap_destroy(ph_heap *h) {
+  if (!h || h->sig != PH_SIG_HEAP)
+    return PH_EINVAL;
+  pthread_mutex_lock(&h->lock);
+  if (h->ndomains > 0) {
+    pthread_mutex_unlock(&h->lock);
+    return PH_ESTATE;
+  }
+  h->sig = PH_SIG_DEAD;
+  ph_chunks_destroy(h);
+  pthread_mutex_unlock(&h->lock);
+  for (struct ph_domain *d = h->retired, *n; d; d = n) {
+    n = d->retired_next;
+    free(d);
+  }
+  for (unsigned i = 0; i < h->cfg.max_domains; i++)
+    ph_mark_stack_free(&h->stw.workers[i].stack);
+  ph_compact_fini(h);
+  ph_roots_global_fini(h);
+  ph_barrier_destroy(&h->stw.bar);
+  pthread_cond_destroy(&h->stw.mark_cond);
+  pthread_mutex_destroy(&h->stw.mark_lock);
+  pthread_mutex_destroy(&h->roots_lock);
+  pthread_cond_destroy(&h->cond);
+  pthread_mutex_destroy(&h->lock);
+  ph_os_acct_fini(&h->os);
+  free(h->slots);
+  free(h->stw.workers);
+  free(h);
+  return PH_OK;
+}
+
+int ph_stats_get(ph_heap *h, ph_stats *out) {
+  if (!h || h->sig != PH_SIG_HEAP || !out)
+    return PH_EINVAL;
+  pthread_mutex_lock(&h->lock);
+  ph_stats s = h->st;
+  s.pool_bytes = (uint64_t)h->pool_units << h->pool_shift;
+  s.large_bytes = (uint64_t)h->large_units << h->pool_shift;
+  /* relaxed: accounting counters, exact under heap->lock which we hold */
+  s.committed_bytes =
+      atomic_load_explicit(&h->os.committed, memory_order_relaxed);
+  s.reserved_bytes = atomic_load_explicit(&h->os.reserved, memory_order_relaxed);
+  s.mappings = atomic_load_explicit(&h->os.mappings, memory_order_relaxed);
+  s.huge_fallbacks =
+      atomic_load_explicit(&h->os.huge_fallbacks, memory_order_relaxed);
+  uint64_t free_comm = 0;
+  for (unsigned i = 0; i < h->nchunks; i++) {
+    ph_chunk *c = h->chunks[i];
+    for (uint32_t u = 0; u < c->nunits; u++)
+      free_comm += c->ustate[u] == PH_U_FREE_COMM;
+  }
+  s.free_pool_bytes = free_comm << h->pool_shift;
+  uint64_t alloc =
+      atomic_load_explicit(&h->retired_allocated, memory_order_relaxed);
+  for (unsigned i = 0; i < h->cfg.max_domains; i++)
+    if (h->slots[i].dom)
+      alloc += atomic_load_explicit(&h->slots[i].dom->allocated,
+                                    memory_order_relaxed);
+  s.allocated_bytes = alloc;
+  s.domains = h->ndomains;
+  s.size_classes = h->nclasses;
+  pthread_mutex_unlock(&h->lock);
+  *out = s;
+  return PH_OK;
+}
+
+void ph_census_stw_single(struct ph_heap *h, ph_census_req *req) {
+  ph_census_class rows[PH_MAX_CLASSES];
+  memset(rows, 0, sizeof rows);
+  for (unsigned c = 0; c < h->nclasses; c++) {
+    rows[c].size_class = c;
+    rows[c].block_words = h->class_wsize[c];
+    rows[c].max_wosize = h->class_wsize[c] - 1;
+  }
+  for (unsigned i = 0; i < h->nchunks; i++) {
+    ph_chunk *ch = h->chunks[i];
+    for (uint32_t u = 0; u < ch->nunits; u++) {
+      if (ch->ustate[u] != PH_U_POOL)
+        continue;
+      ph_pool *p = (ph_pool *)ph_unit_addr(h, ch, u);
+      rows[p->cls].pools++;
+      rows[p->cls].live_blocks += p->nlive;
+      rows[p->cls].free_blocks += p->nfree;
+    }
+  }
+  for (unsigned c = 0; c < h->nclasses; c++)
+    req->fn(&rows[c], req->user);
+}

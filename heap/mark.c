@@ -1,0 +1,216 @@
+/* heap/mark.c -- parallel marking (DESIGN.md: heap.mark, mark.share).
+ *
+ * Every participant scans a share of the roots (claimed with an atomic
+ * counter), then drains its own mark stack.  A block is marked by an atomic
+ * fetch-or of BLACK into its header; the winner pushes it.  Entries are
+ * (block, first field): at most PH_MARK_SLICE fields are scanned per pop, the
+ * rest is pushed back, so a huge array is shared out in slices and no
+ * recursion ever touches the C stack.
+ *
+ * mark.share: a participant whose stack is deeper than PH_SHARE_MIN gives
+ * half of it to a shared list when some participant is hungry.  Termination:
+ * a participant with no work waits on mark_cond as idle; when all nparts are
+ * idle and nothing is shared, marking is done.
+ *
+ * mark.overflow: if a stack cannot grow (malloc refused), the entry is
+ * dropped and mark_overflow set; marking then repeats with a rescan of every
+ * black block's fields until a round ends without overflow. */
+#include "heap/internal.h"
+
+#include <stdlib.h>
+
+#define PH_MARK_SLICE 512
+#define PH_SHARE_MIN 64
+
+/* Test knob (internal): the largest mark stack, in entries (0 = none). */
+size_t ph_mark_stack_limit = 0;
+
+static void push(ph_stw *s, ph_mark_stack *st, ph_value v, size_t start) {
+  if (st->n == st->cap) {
+    size_t ncap = st->cap ? st->cap * 2 : 4096;
+    if (ph_mark_stack_limit && ncap > ph_mark_stack_limit)
+      ncap = ph_mark_stack_limit;
+    ph_mark_entry *e =
+        ncap > st->cap ? realloc(st->e, ncap * sizeof *e) : NULL;
+    if (!e) {
+      atomic_store_explicit(&s->mark_overflow, 1, memory_order_relaxed);
+      return;
+    }
+    st->e = e;
+    st->cap = ncap;
+  }
+  st->e[st->n].v = v;
+  st->e[st->n].start = start;
+  st->n++;
+}
+
+void ph_mark_stack_free(ph_mark_stack *s) {
+  free(s->e);
+  s->e = NULL;
+  s->n = s->cap = 0;
+}
+
+void ph_mark_value(struct ph_heap *h, ph_worker *w, ph_value v) {
+  if (!ph_is_block(v))
+    return;
+  ph_value *hp = ph_hp(v);
+  ph_value hd = __atomic_load_n(hp, __ATOMIC_RELAXED);
+  if (ph_hd_color(hd) != PH_WHITE)
+    return;
+  /* relaxed: the mark bit only decides who scans the block; its fields were
+   * written before the section and are ordered by its barriers. */
+  hd = __atomic_fetch_or(hp, (ph_value)PH_BLACK << PH_HD_COLOR_SHIFT,
+                         __ATOMIC_RELAXED);
+  if (ph_hd_color(hd) != PH_WHITE)
+    return;
+  size_t wo = ph_hd_wosize(hd);
+  w->live_bytes += (wo + 1) * 8;
+  w->live_blocks++;
+  if (ph_hd_tag(hd) < PH_TAG_RAW)
+    push(&h->stw, &w->stack, v, 0);
+}
+
+void ph_mark_slot_visit(ph_value *slot, void *ctx) {
+  ph_worker *w = ctx;
+  ph_mark_value(w->dom->heap, w, *slot);
+}
+
+static void scan_entry(struct ph_heap *h, ph_worker *w, ph_mark_entry e) {
+  size_t wo = ph_hd_wosize(ph_hd_load(e.v));
+  size_t end = wo - e.start > PH_MARK_SLICE ? e.start + PH_MARK_SLICE : wo;
+  if (end < wo)
+    push(&h->stw, &w->stack, e.v, end);
+  const ph_value *f = (const ph_value *)e.v;
+  for (size_t i = e.start; i < end; i++) {
+    ph_value x = f[i];
+    if (ph_is_block(x))
+      ph_mark_value(h, w, x);
+  }
+}
+
+/* Give the older half of our stack to the others (mark.share). */
+static void share(ph_stw *s, ph_mark_stack *st) {
+  size_t k = st->n / 2;
+  ph_mark_packet *p = malloc(sizeof *p + k * sizeof(ph_mark_entry));
+  if (!p)
+    return;
+  p->n = k;
+  for (size_t i = 0; i < k; i++)
+    p->e[i] = st->e[i];
+  for (size_t i = k; i < st->n; i++)
+    st->e[i - k] = st->e[i];
+  st->n -= k;
+  pthread_mutex_lock(&s->mark_lock);
+  p->next = s->shared;
+  s->shared = p;
+  pthread_cond_signal(&s->mark_cond);
+  pthread_mutex_unlock(&s->mark_lock);
+}
+
+static void take_packet_mark_locked(ph_stw *s, ph_mark_stack *st) {
+  ph_mark_packet *p = s->shared;
+  s->shared = p->next;
+  for (size_t i = 0; i < p->n; i++)
+    push(s, st, p->e[i].v, p->e[i].start);
+  free(p);
+}
+
+/* Drain our stack, sharing and taking work, until all participants are
+ * idle with nothing shared. */
+static void drain_stw(struct ph_heap *h, ph_worker *w) {
+  ph_stw *s = &h->stw;
+  ph_mark_stack *st = &w->stack;
+  for (;;) {
+    while (st->n > 0) {
+      ph_mark_entry e = st->e[--st->n];
+      scan_entry(h, w, e);
+      /* relaxed: a hint; a late read only delays sharing */
+      if (st->n > PH_SHARE_MIN && s->nparts > 1 &&
+          atomic_load_explicit(&s->hungry, memory_order_relaxed) > 0)
+        share(s, st);
+    }
+    pthread_mutex_lock(&s->mark_lock);
+    for (;;) {
+      if (s->shared) {
+        take_packet_mark_locked(s, st);
+        break;
+      }
+      if (s->mark_done) {
+        pthread_mutex_unlock(&s->mark_lock);
+        return;
+      }
+      s->idle++;
+      if (s->idle == s->nparts) {
+        s->mark_done = 1;
+        pthread_cond_broadcast(&s->mark_cond);
+        pthread_mutex_unlock(&s->mark_lock);
+        return;
+      }
+      atomic_fetch_add_explicit(&s->hungry, 1, memory_order_relaxed);
+      pthread_cond_wait(&s->mark_cond, &s->mark_lock);
+      atomic_fetch_sub_explicit(&s->hungry, 1, memory_order_relaxed);
+      s->idle--;
+    }
+    pthread_mutex_unlock(&s->mark_lock);
+  }
+}
+
+/* mark.overflow: push the fields of every black block again. */
+static void rescan_stw(struct ph_heap *h, ph_worker *w) {
+  ph_stw *s = &h->stw;
+  const size_t batch = 16;
+  for (;;) {
+    size_t g0 = atomic_fetch_add_explicit(&s->claim_c, batch,
+                                          memory_order_relaxed);
+    if (g0 >= s->total_units)
+      break;
+    for (size_t g = g0; g < g0 + batch && g < s->total_units; g++) {
+      ph_chunk *c;
+      uint32_t u;
+      ph_stw_unit_at(h, g, &c, &u);
+      uint8_t st = c->ustate[u];
+      if (st == PH_U_POOL) {
+        ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
+        for (uint32_t i = 0; i < p->nslots; i++) {
+          ph_value v = ph_pool_block(h, p, i);
+          ph_value hd = ph_hd_load(v);
+          if (ph_hd_color(hd) == PH_BLACK && ph_hd_tag(hd) < PH_TAG_RAW)
+            push(s, &w->stack, v, 0);
+        }
+      } else if (st == PH_U_LARGE) {
+        ph_value v = (ph_value)(ph_unit_addr(h, c, u) + PH_LARGE_HDR + 8);
+        ph_value hd = ph_hd_load(v);
+        if (ph_hd_color(hd) == PH_BLACK && ph_hd_tag(hd) < PH_TAG_RAW)
+          push(s, &w->stack, v, 0);
+      }
+      if (w->stack.n > 0)
+        drain_stw(h, w);
+    }
+  }
+}
+
+static void reset_termination_stw_single(ph_stw *s) {
+  s->idle = 0;
+  s->mark_done = 0;
+  atomic_store_explicit(&s->claim_c, 0, memory_order_relaxed);
+}
+
+void ph_mark_stw(struct ph_heap *h, ph_worker *w) {
+  ph_stw *s = &h->stw;
+  ph_roots_scan_stw(h, w, ph_mark_slot_visit, w);
+  drain_stw(h, w);
+  for (;;) {
+    ph_barrier_wait(&s->bar);
+    /* relaxed: read after the barrier, which orders it */
+    int over = atomic_load_explicit(&s->mark_overflow, memory_order_relaxed);
+    if (!over)
+      break;
+    if (ph_barrier_wait(&s->bar)) {
+      atomic_store_explicit(&s->mark_overflow, 0, memory_order_relaxed);
+      reset_termination_stw_single(s);
+    }
+    ph_barrier_wait(&s->bar);
+    rescan_stw(h, w);
+    drain_stw(h, w);
+  }
+}

@@ -1,0 +1,98 @@
+/* heap/os.h -- the OS memory layer (DESIGN.md: heap.os).
+ *
+ * The only place poolheap talks to the kernel about memory.  Every range is in
+ * one of three states, and each function is one transition:
+ *
+ *   None --reserve--> Reserved --commit--> Committed --decommit--> Reserved
+ *   Reserved|Committed --release--> None
+ *
+ * Reserved: mapped read/write with MAP_NORESERVE, no page is resident and none
+ *   is charged to the heap; reading gives zeros.  One kernel mapping per
+ *   reservation (alignment trimming leaves exactly one).
+ * Committed: the heap may touch it; pages become resident on first touch.
+ *   Counted in committed bytes (what heap_limit bounds).
+ * decommit returns the pages (madvise DONTNEED, or FREE when lazy) without
+ *   changing the mapping, so it never adds a kernel mapping.
+ * release unmaps a whole reservation (never a part of one).
+ *
+ * Every function returns PH_OK or PH_ENOMEM (PH_EINVAL for a range the layer
+ * did not hand out, caught by the debug registry) and writes its
+ * out-parameters only on success.  Accounting lives in a ph_os_acct that the
+ * caller owns (one per heap); its counters are atomics so that ph_stats_get
+ * may read them from any thread.
+ */
+#ifndef PH_HEAP_OS_H
+#define PH_HEAP_OS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PH_HUGE_PAGE_SIZE ((size_t)2 << 20)
+
+typedef struct ph_os_acct {
+  /* Written by the heap's single OS caller at a time (heap lock or a
+   * stop-the-world section); read by anyone: relaxed atomics. */
+  _Atomic uint64_t reserved;       /* bytes in Reserved or Committed */
+  _Atomic uint64_t committed;      /* bytes in Committed */
+  _Atomic uint64_t mappings;       /* reservations alive */
+  _Atomic uint64_t huge_fallbacks; /* explicit huge reservations refused */
+  /* Debug registry of live reservations (PH_DEBUG builds); NULL otherwise.
+   * Guarded by the same discipline as above (one caller at a time). */
+  struct ph_os_reg *reg;
+} ph_os_acct;
+
+/* How a reservation was made. */
+enum { PH_OS_HUGE_NONE = 0, PH_OS_HUGE_THP = 1, PH_OS_HUGE_EXPLICIT = 2 };
+
+/* How decommit returns pages. */
+enum { PH_OS_DECOMMIT_NOW = 0, PH_OS_DECOMMIT_LAZY = 1 };
+
+void ph_os_acct_init(ph_os_acct *a);
+/* Frees the registry; in debug builds asserts no reservation is alive. */
+void ph_os_acct_fini(ph_os_acct *a);
+
+/* None -> Reserved.  size and align are multiples of the page size, align a
+ * power of two.  huge: PH_OS_HUGE_NONE, _THP (madvise MADV_HUGEPAGE on the
+ * whole, 2 MiB-aligned range) or _EXPLICIT (MAP_HUGETLB; on refusal falls
+ * back to normal pages and counts huge_fallbacks).  *got_huge (if not NULL)
+ * tells what was obtained.  PH_ENOMEM if the kernel refused. */
+int ph_os_reserve(ph_os_acct *a, size_t size, size_t align, int huge,
+                  void **out, int *got_huge);
+/* Reserved -> Committed (accounting; the kernel supplies pages on touch). */
+int ph_os_commit(ph_os_acct *a, void *p, size_t len);
+/* Committed -> Reserved: the pages go back to the kernel (RSS drops at once
+ * unless lazy).  Lazy uses MADV_FREE and falls back to DONTNEED. */
+int ph_os_decommit(ph_os_acct *a, void *p, size_t len, int lazy);
+/* Reserved|Committed -> None for a whole reservation made by ph_os_reserve.
+ * committed_len is how much of it is still counted as committed. */
+int ph_os_release(ph_os_acct *a, void *p, size_t size, size_t committed_len);
+
+/* Address space that a new reservation may take: RLIMIT_AS minus what the
+ * process maps now (SIZE_MAX when unlimited). */
+size_t ph_os_as_available(void);
+/* The page size. */
+size_t ph_os_page_size(void);
+/* Lines of /proc/self/maps (kernel mappings of the whole process), or -1. */
+long ph_os_process_mappings(void);
+/* Resident set size of the process in bytes (VmRSS), or 0. */
+uint64_t ph_os_process_rss(void);
+
+/* Fault injection, for tests (DESIGN.md: tests.faults).  Calls of the kinds in
+ * op_mask are counted from the moment of the call; the nth one (1-based)
+ * fails with PH_ENOMEM as if the kernel had refused, and so does every later
+ * one if sticky.  nth = 0 turns injection off.  Global to the process. */
+enum {
+  PH_OS_OP_RESERVE = 1,
+  PH_OS_OP_COMMIT = 2,
+  PH_OS_OP_DECOMMIT = 4,
+  PH_OS_OP_RELEASE = 8,
+  PH_OS_OP_ALL = 15
+};
+void ph_os_fault_set(unsigned op_mask, uint64_t nth, int sticky);
+/* Calls of the kinds in op_mask since the last ph_os_fault_set. */
+uint64_t ph_os_fault_calls(void);
+/* Injected failures since the last ph_os_fault_set. */
+uint64_t ph_os_fault_hits(void);
+
+#endif

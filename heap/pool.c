@@ -1,0 +1,83 @@
+/* heap/pool.c -- pools of one size class (DESIGN.md: heap.pool).
+ *
+ * A pool is one unit: a 64-byte header, then nslots slots of
+ * class_wsize[cls] words.  A slot is a block header word then its fields; a
+ * free slot is BLUE with wosize = slot words - 1 and field 0 linking the
+ * pool's free list, which is kept in address order when built.  Pools with
+ * free slots sit on their owner slot's avail list for that class; full pools
+ * are on no list (the sweep finds every pool through the unit tables). */
+#include "heap/internal.h"
+
+#include <string.h>
+
+/* Build the free list of a fresh pool: every slot free, in address order. */
+void ph_pool_init_free(struct ph_heap *h, ph_pool *p) {
+  uint32_t wsize = h->class_wsize[p->cls];
+  ph_value hd = ph_hd_make(wsize - 1, PH_BLUE, 0);
+  ph_value *s = (ph_value *)ph_pool_slots(p);
+  ph_value next = 0;
+  for (uint32_t i = p->nslots; i-- > 0;) {
+    ph_value *slot = s + (size_t)i * wsize;
+    slot[0] = hd;
+    slot[1] = next;
+    next = (ph_value)(slot + 1);
+  }
+  p->free = next;
+  p->nfree = p->nslots;
+  p->nlive = 0;
+}
+
+ph_pool *ph_pool_new_locked(struct ph_heap *h, unsigned cls, unsigned owner) {
+  ph_chunk *c;
+  uint32_t u;
+  if (ph_units_take_locked(h, 1, PH_U_POOL, &c, &u) != PH_OK)
+    return NULL;
+  ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
+  memset(p, 0, PH_POOL_HDR);
+  p->sig = PH_SIG_POOL;
+  p->kind = PH_U_POOL;
+  p->cls = (uint16_t)cls;
+  p->owner = owner;
+  p->nslots = h->class_nslots[cls];
+  p->chunk = c;
+  p->unit = u;
+  ph_pool_init_free(h, p);
+  h->pool_units++;
+  return p;
+}
+
+/* Push p on its owner's avail list.  Inside stop-the-world several
+ * participants push concurrently (CAS; pops never race with pushes because
+ * only the owner pops, outside stop-the-world).  Release on success so the
+ * pool header written before is visible to whoever pops it after the
+ * section; relaxed on failure (we retry with the fresh head). */
+void ph_pool_push_avail(struct ph_heap *h, ph_pool *p) {
+  _Atomic(ph_pool *) *head = &h->slots[p->owner].avail[p->cls];
+  ph_pool *old = atomic_load_explicit(head, memory_order_relaxed);
+  do {
+    p->next = old;
+  } while (!atomic_compare_exchange_weak_explicit(
+      head, &old, p, memory_order_release, memory_order_relaxed));
+}
+
+/* Write the alloc caches back into their pools (on entry to every
+ * stop-the-world section, and at detach).  Cached pools with free slots go
+ * back on the avail list, so the invariants of heap.pool hold again. */
+void ph_domain_flush_caches(struct ph_domain *d) {
+  struct ph_heap *h = d->heap;
+  for (unsigned c = 0; c < h->nclasses; c++) {
+    ph_alloc_cache *ac = &d->cache[c];
+    ph_pool *p = ac->pool;
+    if (!p)
+      continue;
+    p->free = ac->free;
+    p->nfree = ac->nfree;
+    p->nlive = p->nslots - ac->nfree;
+    p->cached = 0;
+    if (p->nfree > 0)
+      ph_pool_push_avail(h, p);
+    ac->pool = NULL;
+    ac->free = 0;
+    ac->nfree = 0;
+  }
+}

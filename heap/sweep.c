@@ -1,0 +1,121 @@
+/* heap/sweep.c -- parallel sweep (DESIGN.md: heap.sweep).
+ *
+ * Participants claim batches of units from the section's unit index space.
+ * For a pool: every BLACK block becomes WHITE and is counted live; every
+ * other slot becomes a BLUE free slot; the free list is rebuilt in address
+ * order and nlive/nfree recounted (compaction's stats tables come from these
+ * counts: no second pass over memory).  A pool with free slots is pushed on
+ * its owner's avail list; an empty pool, and every unmarked large block, is
+ * handed to ph_sweep_finish_stw_single, which frees their units under
+ * heap->lock. */
+#include "heap/internal.h"
+
+#include <string.h>
+
+static void sweep_pool(struct ph_heap *h, ph_worker *w, ph_pool *p) {
+  uint32_t wsize = h->class_wsize[p->cls];
+  ph_value blue = ph_hd_make(wsize - 1, PH_BLUE, 0);
+  ph_value *s = (ph_value *)ph_pool_slots(p);
+  ph_value next = 0;
+  uint32_t live = 0;
+  uint64_t lbytes = 0;
+  for (uint32_t i = p->nslots; i-- > 0;) {
+    ph_value *slot = s + (size_t)i * wsize;
+    ph_value hd = slot[0];
+    if (ph_hd_color(hd) == PH_BLACK) {
+      slot[0] = hd & ~PH_HD_COLOR_MASK;
+      live++;
+      lbytes += (ph_hd_wosize(hd) + 1) * 8;
+      continue;
+    }
+#if PH_POISON
+    if (ph_hd_color(hd) == PH_WHITE)
+      for (uint32_t k = 2; k < wsize; k++)
+        slot[k] = PH_POISON_WORD;
+#endif
+    slot[0] = blue;
+    slot[1] = next;
+    next = (ph_value)(slot + 1);
+  }
+  (void)lbytes;
+  p->free = next;
+  p->nlive = live;
+  p->nfree = p->nslots - live;
+  p->cached = 0;
+  p->evacuated = 0;
+  if (live == 0) {
+    p->next = w->empty_pools;
+    w->empty_pools = p;
+  } else if (p->nfree > 0) {
+    ph_pool_push_avail(h, p);
+    w->frag_bytes += (uint64_t)p->nfree * wsize * 8;
+  }
+}
+
+static void sweep_large(struct ph_heap *h, ph_worker *w, ph_large *l) {
+  (void)h;
+  ph_value *hp = (ph_value *)((char *)l + PH_LARGE_HDR);
+  if (ph_hd_color(*hp) == PH_BLACK) {
+    *hp &= ~PH_HD_COLOR_MASK;
+    return;
+  }
+  l->dead_next = w->dead_large;
+  w->dead_large = l;
+}
+
+void ph_sweep_stw(struct ph_heap *h, ph_worker *w) {
+  ph_stw *s = &h->stw;
+  const size_t batch = 8;
+  w->empty_pools = NULL;
+  w->dead_large = NULL;
+  w->frag_bytes = 0;
+  for (;;) {
+    /* relaxed: claims only need atomicity; results are published by the
+     * barrier that ends the sweep */
+    size_t g0 = atomic_fetch_add_explicit(&s->claim_units, batch,
+                                          memory_order_relaxed);
+    if (g0 >= s->total_units)
+      break;
+    for (size_t g = g0; g < g0 + batch && g < s->total_units; g++) {
+      ph_chunk *c;
+      uint32_t u;
+      ph_stw_unit_at(h, g, &c, &u);
+      uint8_t st = c->ustate[u];
+      if (st == PH_U_POOL)
+        sweep_pool(h, w, (ph_pool *)ph_unit_addr(h, c, u));
+      else if (st == PH_U_LARGE)
+        sweep_large(h, w, (ph_large *)ph_unit_addr(h, c, u));
+    }
+  }
+}
+
+/* Free what the sweep found dead, under heap->lock (other threads may be
+ * attaching or allocating large blocks... no: they wait; the lock keeps the
+ * chunk tables consistent with ph_stats_get and attach). */
+void ph_sweep_finish_stw_single(struct ph_heap *h) {
+  ph_stw *s = &h->stw;
+  pthread_mutex_lock(&h->lock);
+  uint64_t live = 0, blocks = 0;
+  for (unsigned i = 0; i < s->nparts; i++) {
+    ph_worker *w = &s->workers[i];
+    live += w->live_bytes;
+    blocks += w->live_blocks;
+    for (ph_pool *p = w->empty_pools, *n; p; p = n) {
+      n = p->next;
+      p->sig = PH_SIG_DEAD;
+      ph_units_free_locked(h, p->chunk, p->unit, 1);
+      h->pool_units--;
+    }
+    w->empty_pools = NULL;
+    for (ph_large *l = w->dead_large, *n; l; l = n) {
+      n = l->dead_next;
+      l->sig = PH_SIG_DEAD;
+      ph_units_free_locked(h, l->chunk, l->unit, l->nunits);
+      h->large_units -= l->nunits;
+    }
+    w->dead_large = NULL;
+  }
+  h->st.live_bytes = live;
+  h->st.live_blocks = blocks;
+  pthread_mutex_unlock(&h->lock);
+}

@@ -1,0 +1,279 @@
+/* poolheap: a parallel, compacting, garbage-collected heap for multicore
+ * language runtimes.
+ *
+ * This header is the library's one public interface and a contract: names and
+ * meanings here are only ever added to.  See DESIGN.md for the architecture.
+ *
+ * Quick model
+ * - A heap (ph_heap) is shared by several domains (ph_domain): threads that
+ *   attached themselves with ph_domain_attach.  Each domain allocates from its
+ *   own size-class pools without locks.
+ * - Collection is stop-the-world: every running domain joins at a safepoint
+ *   (ph_safepoint, or any allocation) and all of them mark and sweep in
+ *   parallel.  Domains inside a blocking section are not waited for; their
+ *   roots are scanned and updated by the others.
+ * - ph_compact additionally moves live blocks out of sparse pools and gives the
+ *   freed memory back to the operating system.
+ * - Values are words: 0, an immediate integer (low bit 1) or a pointer to
+ *   field 0 of a block.  A block is a header word followed by wosize fields.
+ *   Tags 0..250 are scanned (every field is a value); tags >= PH_TAG_RAW hold
+ *   raw bytes and are never scanned.
+ * - A value the caller still needs across any call that may collect
+ *   (ph_alloc, ph_safepoint, ph_collect, ph_compact, ph_verify, ph_census,
+ *   ph_blocking_leave) must live in a root: a handle-scope slot (ph_root), a
+ *   registered global slot (ph_root_add) or a slot visited by the embedder's
+ *   scan_roots hook.  Compaction moves blocks and rewrites those slots.
+ */
+#ifndef POOLHEAP_H
+#define POOLHEAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PH_VERSION_MAJOR 0
+#define PH_VERSION_MINOR 3
+
+/* ---------------------------------------------------------------- values */
+
+typedef uintptr_t ph_value;
+typedef struct ph_heap ph_heap;
+typedef struct ph_domain ph_domain;
+
+/* The immediate 0 (OCaml's unit). */
+#define PH_UNIT ((ph_value)1)
+/* First tag whose blocks hold raw bytes (never scanned). */
+#define PH_TAG_RAW 251u
+/* Largest tag. */
+#define PH_TAG_MAX 255u
+/* Largest field count a block may have (the header keeps 54 bits). */
+#define PH_MAX_WOSIZE (((size_t)1 << 40) - 1)
+
+/* Header word layout: wosize << 10 | color << 8 | tag.  The color bits
+ * belong to the collector; mutators never see anything but 0 there. */
+#define PH_HD_TAG_MASK ((ph_value)0xff)
+#define PH_HD_WOSIZE_SHIFT 10
+
+static inline ph_value ph_val_int(intptr_t i) {
+  return ((ph_value)i << 1) | (ph_value)1;
+}
+static inline intptr_t ph_int_val(ph_value v) { return (intptr_t)v >> 1; }
+static inline int ph_is_block(ph_value v) { return v != 0 && (v & 1) == 0; }
+static inline ph_value ph_hd_(ph_value v) { return ((const ph_value *)v)[-1]; }
+static inline size_t ph_wosize(ph_value v) {
+  return (size_t)(ph_hd_(v) >> PH_HD_WOSIZE_SHIFT);
+}
+static inline unsigned ph_tag(ph_value v) {
+  return (unsigned)(ph_hd_(v) & PH_HD_TAG_MASK);
+}
+static inline ph_value ph_field(ph_value v, size_t i) {
+  return ((const ph_value *)v)[i];
+}
+static inline void ph_set_field(ph_value v, size_t i, ph_value x) {
+  ((ph_value *)v)[i] = x;
+}
+static inline void *ph_raw(ph_value v) { return (void *)v; }
+
+/* ---------------------------------------------------------------- errors */
+
+enum {
+  PH_OK = 0,
+  PH_EINVAL = 1,   /* bad argument or configuration field */
+  PH_ENOMEM = 2,   /* the OS refused memory, or heap_limit was reached */
+  PH_ESTATE = 3,   /* not allowed now (see each function) */
+  PH_ECORRUPT = 4, /* ph_verify found a broken invariant */
+};
+/* A static English description of an error code (never NULL). */
+const char *ph_strerror(int err);
+
+/* ---------------------------------------------------------- configuration */
+
+typedef enum {
+  PH_HUGE_OFF = 0,         /* normal pages (default) */
+  PH_HUGE_TRANSPARENT = 1, /* madvise(MADV_HUGEPAGE) on 2 MiB-aligned chunks */
+  PH_HUGE_EXPLICIT = 2,    /* MAP_HUGETLB, falling back to normal pages */
+} ph_huge_mode;
+
+typedef enum {
+  PH_RELEASE_DECOMMIT = 0, /* madvise(MADV_DONTNEED) inside kept chunks */
+  PH_RELEASE_UNMAP = 1,    /* munmap whole free chunks; decommit the rest */
+  PH_RELEASE_LAZY = 2,     /* MADV_FREE (DONTNEED where the kernel lacks it) */
+  PH_RELEASE_KEEP = 3,     /* nothing is returned to the OS */
+} ph_release_mode;
+
+typedef enum {
+  PH_COMPACT_GLOBAL = 0,     /* a size class is compacted across all domains */
+  PH_COMPACT_PER_DOMAIN = 1, /* each domain compacts its own pools in address
+                                order (OCaml 5.2's behaviour, for comparison) */
+} ph_compact_scope;
+
+/* Phases reported to on_event, on every participating domain. */
+typedef enum {
+  PH_PHASE_STW = 0,      /* the whole stop-the-world section */
+  PH_PHASE_MARK = 1,     /* roots and marking */
+  PH_PHASE_SWEEP = 2,    /* sweeping pools and large blocks */
+  PH_PHASE_EVACUATE = 3, /* compaction: choosing pools and copying blocks */
+  PH_PHASE_UPDATE = 4,   /* compaction: rewriting pointers */
+  PH_PHASE_RELEASE = 5,  /* compaction: freeing pools, returning memory */
+  PH_PHASE_COUNT_ = 6
+} ph_phase;
+
+/* Called with the address of every slot that may hold a value. */
+typedef void (*ph_visit_fn)(ph_value *slot, void *ctx);
+/* The embedder's own roots: visit every slot of domain d.  Called during
+ * marking and during compaction's pointer update, for every attached domain
+ * (blocking ones too, from another domain's thread).  It must not allocate
+ * or call into poolheap other than through visit. */
+typedef void (*ph_scan_roots_fn)(ph_domain *d, ph_visit_fn visit, void *ctx,
+                                 void *user);
+/* Called around every phase on every participating domain; begin is 1 at the
+ * start and 0 at the end; time_ns is CLOCK_MONOTONIC.  Must not call into
+ * poolheap. */
+typedef void (*ph_event_fn)(ph_phase phase, int begin, unsigned domain,
+                            uint64_t time_ns, void *user);
+
+typedef struct ph_config {
+  unsigned max_domains;      /* 1..1024, default 64 */
+  size_t pool_size;          /* power of two, 4 KiB..4 MiB, default 32 KiB */
+  size_t heap_limit;         /* max committed bytes, 0 = none (default) */
+  unsigned gc_percent;       /* 0 = explicit only; 1..10000, default 100 */
+  ph_huge_mode huge_pages;   /* default PH_HUGE_OFF */
+  ph_scan_roots_fn scan_roots;
+  void *scan_roots_user;
+  ph_event_fn on_event;
+  void *on_event_user;
+  /* compaction */
+  ph_release_mode release;        /* default PH_RELEASE_DECOMMIT */
+  size_t retain;                  /* free pool bytes kept committed, default 0 */
+  ph_compact_scope compact_scope; /* default PH_COMPACT_GLOBAL */
+  unsigned compact_percent;       /* 0 = never (default); 1..100 */
+} ph_config;
+
+/* Fill *cfg with the defaults. */
+void ph_config_init(ph_config *cfg);
+
+/* ------------------------------------------------------ heap and domains */
+
+/* Create a heap.  cfg NULL means defaults.  PH_EINVAL (and nothing created)
+ * for any invalid field; PH_ENOMEM if the OS refused the first memory.
+ * *out is written only on success. */
+int ph_heap_create(const ph_config *cfg, ph_heap **out);
+/* Destroy a heap and release every mapping it made.  PH_ESTATE while a domain
+ * is attached; PH_EINVAL for NULL or a pointer that is not a live heap. */
+int ph_heap_destroy(ph_heap *h);
+
+/* The calling thread becomes a domain of h.  PH_ESTATE if max_domains are
+ * attached already.  A domain is used only by the thread that attached it. */
+int ph_domain_attach(ph_heap *h, ph_domain **out);
+/* Detach a domain (from its own thread).  Blocks it allocated stay alive
+ * while reachable from other roots; its pools are adopted by the heap; its
+ * handle-scope roots are dropped.  PH_ESTATE if already detached. */
+int ph_domain_detach(ph_domain *d);
+/* A small index, unique among attached domains, < max_domains. */
+unsigned ph_domain_index(const ph_domain *d);
+/* The heap a domain belongs to (NULL for an invalid handle). */
+ph_heap *ph_domain_heap(const ph_domain *d);
+
+/* ------------------------------------------------------------ allocation */
+
+/* Allocate a block of wosize >= 1 fields with the given tag (0..255).
+ * Scanned fields start as PH_UNIT; raw blocks are zeroed.  May collect
+ * first.  Returns 0 on failure and ph_last_error(d) says why: PH_EINVAL
+ * (wosize 0 or > PH_MAX_WOSIZE, tag > 255, bad domain), PH_ENOMEM, PH_ESTATE
+ * (detached domain). */
+ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag);
+/* The error of the last failing call on d (PH_OK if none failed). */
+int ph_last_error(const ph_domain *d);
+
+/* ----------------------------------------------------------------- roots */
+
+/* Handle scopes on the domain's root stack.  ph_scope_open returns a mark;
+ * ph_root pushes v and returns its slot, which stays at the same address
+ * until the scope closes and is kept up to date by the collector (NULL if the
+ * stack cannot grow); ph_scope_close pops back to mark: PH_ESTATE if mark is
+ * not the innermost open scope (closed twice or out of order). */
+size_t ph_scope_open(ph_domain *d);
+ph_value *ph_root(ph_domain *d, ph_value v);
+int ph_scope_close(ph_domain *d, size_t mark);
+
+/* Global roots: slots owned by the embedder, callable from any thread.
+ * ph_root_add: PH_EINVAL if slot is NULL or already registered.
+ * ph_root_remove: PH_EINVAL if slot is not registered. */
+int ph_root_add(ph_heap *h, ph_value *slot);
+int ph_root_remove(ph_heap *h, ph_value *slot);
+
+/* ------------------------------------------------------- stop-the-world */
+
+/* Join a pending stop-the-world section; one load when none is pending. */
+void ph_safepoint(ph_domain *d);
+/* Around code that does not touch the heap (a system call, a lock wait):
+ * collections run without waiting for this domain. */
+void ph_blocking_enter(ph_domain *d);
+void ph_blocking_leave(ph_domain *d);
+
+/* A full collection with every running domain taking part.  Returns after a
+ * whole collection that started after the call; concurrent requests from
+ * several domains coalesce. */
+int ph_collect(ph_domain *d);
+/* A full collection, then compaction, then release of free pools to the OS,
+ * with every running domain taking part.  Coalesces like ph_collect. */
+int ph_compact(ph_domain *d);
+/* Stop the world and check every invariant.  PH_OK, or PH_ECORRUPT with a
+ * description written to why (if why_size > 0). */
+int ph_verify(ph_domain *d, char *why, size_t why_size);
+
+/* ----------------------------------------------------------- observation */
+
+typedef struct ph_stats {
+  uint64_t collections;     /* completed collections (compactions included) */
+  uint64_t live_bytes;      /* sum of (wosize+1)*8 over blocks found live by
+                               the last collection */
+  uint64_t live_blocks;     /* blocks found live by the last collection */
+  uint64_t pool_bytes;      /* bytes of pools in use (holding blocks) */
+  uint64_t free_pool_bytes; /* bytes of committed pool memory not in use */
+  uint64_t large_bytes;     /* bytes of memory holding large blocks */
+  uint64_t committed_bytes; /* bytes committed (may be resident) */
+  uint64_t reserved_bytes;  /* address space reserved */
+  uint64_t mappings;        /* kernel mappings the heap holds now */
+  uint64_t allocated_bytes; /* bytes allocated since the heap was created */
+  uint64_t mark_ns;         /* last collection: marking (longest domain) */
+  uint64_t sweep_ns;        /* last collection: sweeping */
+  uint64_t stw_ns;          /* last stop-the-world section, whole */
+  uint64_t huge_fallbacks;  /* PH_HUGE_EXPLICIT reservations that fell back */
+  uint64_t domains;         /* domains attached now */
+  uint64_t size_classes;    /* number of small size classes */
+  /* compaction */
+  uint64_t compactions;
+  uint64_t evacuated_blocks; /* last compaction */
+  uint64_t evacuated_bytes;
+  uint64_t evacuated_pools;
+  uint64_t released_bytes; /* last compaction: returned to the OS */
+  uint64_t evacuate_ns;
+  uint64_t update_ns;
+  uint64_t release_ns;
+} ph_stats;
+
+/* Copy the heap's statistics.  Callable from any thread. */
+int ph_stats_get(ph_heap *h, ph_stats *out);
+
+/* One row of the fragmentation map. */
+typedef struct ph_census_class {
+  unsigned size_class;  /* 0 .. size_classes-1 */
+  size_t block_words;   /* words per block slot, header included */
+  size_t max_wosize;    /* largest wosize served by this class */
+  size_t pools;         /* pools of this class in use */
+  size_t live_blocks;   /* blocks allocated (not free) */
+  size_t free_blocks;   /* free slots in those pools */
+} ph_census_class;
+
+/* Stop the world and call fn once per size class, in order of size. */
+int ph_census(ph_domain *d, void (*fn)(const ph_census_class *c, void *user),
+              void *user);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* POOLHEAP_H */

@@ -1,0 +1,240 @@
+/* roots/roots.c -- the three kinds of roots (DESIGN.md: roots.*).
+ *
+ * roots.stack: each domain's handle scopes.  Slots live in segments that
+ *   never move, so the pointer ph_root returns stays valid until its scope
+ *   closes.  A scope mark is (nesting level << 32 | depth): closing anything
+ *   but the innermost open scope is PH_ESTATE, which catches a double close
+ *   and out-of-order closes.
+ * roots.global: slots registered by the embedder, an open-addressing set
+ *   guarded by roots_lock (callable from any thread).
+ * roots.hook: cfg.scan_roots, called for every attached domain.
+ *
+ * Inside a section, root work is claimed item by item with claim_roots:
+ * item 0 is the global set, item 1+i is domain slot i (its stack and the
+ * hook), so blocking domains' roots are scanned by whoever claims them. */
+#include "heap/internal.h"
+
+#include <stdlib.h>
+
+#define TOMB ((ph_value *)1)
+
+void ph_roots_domain_init(struct ph_domain *d) {
+  d->roots = NULL;
+  d->depth = 0;
+  d->scopes = NULL;
+  d->nscopes = d->scopes_cap = 0;
+}
+
+void ph_roots_domain_fini(struct ph_domain *d) {
+  for (ph_rootseg *s = d->roots, *p; s; s = p) {
+    p = s->prev;
+    free(s);
+  }
+  d->roots = NULL;
+  d->depth = 0;
+  free(d->scopes);
+  d->scopes = NULL;
+  d->nscopes = d->scopes_cap = 0;
+}
+
+size_t ph_scope_open(ph_domain *d) {
+  if (ph_check_domain(d) != PH_OK)
+    return (size_t)-1;
+  if (d->nscopes == d->scopes_cap) {
+    size_t ncap = d->scopes_cap ? d->scopes_cap * 2 : 16;
+    size_t *n = realloc(d->scopes, ncap * sizeof *n);
+    if (!n) {
+      d->last_error = PH_ENOMEM;
+      return (size_t)-1;
+    }
+    d->scopes = n;
+    d->scopes_cap = ncap;
+  }
+  size_t mark = ((size_t)d->nscopes << 32) | d->depth;
+  d->scopes[d->nscopes++] = mark;
+  return mark;
+}
+
+ph_value *ph_root(ph_domain *d, ph_value v) {
+  if (ph_check_domain(d) != PH_OK)
+    return NULL;
+  ph_rootseg *s = d->roots;
+  if (!s || s->used == PH_ROOTSEG_SLOTS) {
+    ph_rootseg *n = malloc(sizeof *n);
+    if (!n) {
+      d->last_error = PH_ENOMEM;
+      return NULL;
+    }
+    n->prev = s;
+    n->used = 0;
+    /* Publish the segment only once it is consistent: a section may scan
+     * this stack only while we are stopped, so plain stores suffice. */
+    d->roots = s = n;
+  }
+  ph_value *slot = &s->slot[s->used++];
+  *slot = v;
+  d->depth++;
+  return slot;
+}
+
+int ph_scope_close(ph_domain *d, size_t mark) {
+  int err = ph_check_domain(d);
+  if (err != PH_OK)
+    return err;
+  if (d->nscopes == 0 || d->scopes[d->nscopes - 1] != mark) {
+    d->last_error = PH_ESTATE;
+    return PH_ESTATE;
+  }
+  d->nscopes--;
+  size_t depth = mark & 0xffffffffu;
+  while (d->depth > depth) {
+    ph_rootseg *s = d->roots;
+    size_t drop = d->depth - depth;
+    if (drop < s->used) {
+      s->used -= drop;
+      d->depth = depth;
+      break;
+    }
+    d->depth -= s->used;
+    d->roots = s->prev;
+    free(s);
+  }
+  return PH_OK;
+}
+
+void ph_roots_visit_domain(struct ph_heap *h, unsigned slot,
+                           ph_visit_fn visit, void *ctx) {
+  struct ph_domain *d = h->slots[slot].dom;
+  if (!d)
+    return;
+  for (ph_rootseg *s = d->roots; s; s = s->prev)
+    for (size_t i = 0; i < s->used; i++)
+      visit(&s->slot[i], ctx);
+  if (h->cfg.scan_roots)
+    h->cfg.scan_roots(d, visit, ctx, h->cfg.scan_roots_user);
+}
+
+/* ---------------------------------------------------------- global set */
+
+static size_t hash_slot(ph_value *p, size_t cap) {
+  uintptr_t x = (uintptr_t)p >> 3;
+  x *= 0x9e3779b97f4a7c15ull;
+  return (size_t)(x >> 17) & (cap - 1);
+}
+
+static int set_insert_roots_locked(ph_value ***tab, size_t *cap,
+                                   ph_value *slot) {
+  size_t m = *cap - 1, i = hash_slot(slot, *cap);
+  ph_value **t = *tab;
+  size_t tomb = SIZE_MAX;
+  for (;; i = (i + 1) & m) {
+    if (t[i] == slot)
+      return PH_EINVAL;
+    if (t[i] == TOMB && tomb == SIZE_MAX)
+      tomb = i;
+    if (t[i] == NULL)
+      break;
+  }
+  t[tomb != SIZE_MAX ? tomb : i] = slot;
+  return PH_OK;
+}
+
+static int grow_roots_locked(struct ph_heap *h) {
+  size_t ncap = h->groots_cap ? h->groots_cap * 2 : 64;
+  if (h->groots_n * 2 < h->groots_cap)
+    ncap = h->groots_cap; /* mostly tombstones: rehash at the same size */
+  ph_value **n = calloc(ncap, sizeof *n);
+  if (!n)
+    return PH_ENOMEM;
+  for (size_t i = 0; i < h->groots_cap; i++)
+    if (h->groots[i] && h->groots[i] != TOMB)
+      set_insert_roots_locked(&n, &ncap, h->groots[i]);
+  free(h->groots);
+  h->groots = n;
+  h->groots_cap = ncap;
+  h->groots_used = h->groots_n;
+  return PH_OK;
+}
+
+int ph_root_add(ph_heap *h, ph_value *slot) {
+  if (!h || h->sig != PH_SIG_HEAP || !slot || ((uintptr_t)slot & 7))
+    return PH_EINVAL;
+  pthread_mutex_lock(&h->roots_lock);
+  int err = PH_OK;
+  if ((h->groots_used + 1) * 10 >= h->groots_cap * 7)
+    err = grow_roots_locked(h);
+  if (err == PH_OK) {
+    size_t m = h->groots_cap - 1, i = hash_slot(slot, h->groots_cap);
+    int tomb_reused = 0;
+    for (;; i = (i + 1) & m) {
+      if (h->groots[i] == slot) {
+        err = PH_EINVAL;
+        break;
+      }
+      if (h->groots[i] == NULL)
+        break;
+    }
+    if (err == PH_OK) {
+      err = set_insert_roots_locked(&h->groots, &h->groots_cap, slot);
+      (void)tomb_reused;
+      if (err == PH_OK) {
+        h->groots_n++;
+        h->groots_used++;
+      }
+    }
+  }
+  pthread_mutex_unlock(&h->roots_lock);
+  return err;
+}
+
+int ph_root_remove(ph_heap *h, ph_value *slot) {
+  if (!h || h->sig != PH_SIG_HEAP || !slot)
+    return PH_EINVAL;
+  int err = PH_EINVAL;
+  pthread_mutex_lock(&h->roots_lock);
+  if (h->groots_cap) {
+    size_t m = h->groots_cap - 1, i = hash_slot(slot, h->groots_cap);
+    for (; h->groots[i] != NULL; i = (i + 1) & m)
+      if (h->groots[i] == slot) {
+        h->groots[i] = TOMB;
+        h->groots_n--;
+        err = PH_OK;
+        break;
+      }
+  }
+  pthread_mutex_unlock(&h->roots_lock);
+  return err;
+}
+
+void ph_roots_visit_global(struct ph_heap *h, ph_visit_fn visit, void *ctx) {
+  pthread_mutex_lock(&h->roots_lock);
+  for (size_t i = 0; i < h->groots_cap; i++)
+    if (h->groots[i] && h->groots[i] != TOMB)
+      visit(h->groots[i], ctx);
+  pthread_mutex_unlock(&h->roots_lock);
+}
+
+void ph_roots_global_fini(struct ph_heap *h) {
+  free(h->groots);
+  h->groots = NULL;
+  h->groots_cap = h->groots_n = h->groots_used = 0;
+}
+
+/* Claim root items until none is left (see the header comment). */
+void ph_roots_scan_stw(struct ph_heap *h, ph_worker *w, ph_visit_fn visit,
+                       void *ctx) {
+  ph_stw *s = &h->stw;
+  size_t nitems = 1 + (size_t)h->cfg.max_domains;
+  for (;;) {
+    /* relaxed: the claim only needs atomicity */
+    size_t i =
+        atomic_fetch_add_explicit(&s->claim_roots, 1, memory_order_relaxed);
+    if (i >= nitems)
+      break;
+    if (i == 0)
+      ph_roots_visit_global(h, visit, ctx);
+    else
+      ph_roots_visit_domain(h, (unsigned)(i - 1), visit, ctx);
+  }
+  (void)w;
+}
