@@ -69,6 +69,12 @@ typedef struct ph_compact_plan {
   size_t *large_first; /* first slice of each large block */
   size_t nlarges, nslices;
   int failed; /* a plan allocation failed: nothing is evacuated */
+  /* compact.update.map: one bit per unit over [map_lo, map_lo + map_units
+   * units), set for evacuated pools.  Pool headers lie at a pool_size
+   * stride and alias to a few cache sets; this map stays in L1. */
+  uintptr_t map_lo;
+  size_t map_units;
+  uint64_t *map;
 } ph_compact_plan;
 
 /* ------------------------------------------------------------ phase 1 */
@@ -240,6 +246,30 @@ static void choose_stw(struct ph_heap *h, ph_compact_plan *plan) {
   }
 }
 
+#define PH_MAP_MAX_UNITS ((size_t)1 << 27)
+
+static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
+  plan->map = NULL;
+  if (h->nchunks == 0 || plan->failed)
+    return;
+  uintptr_t lo = (uintptr_t)h->chunks[0]->base;
+  ph_chunk *last = h->chunks[h->nchunks - 1];
+  uintptr_t hi = (uintptr_t)last->base + last->size;
+  size_t n = (hi - lo) >> h->pool_shift;
+  if (n > PH_MAP_MAX_UNITS)
+    return; /* chunks spread too far apart: headers are read instead */
+  plan->map = calloc((n + 63) / 64, sizeof(uint64_t));
+  if (!plan->map)
+    return;
+  plan->map_lo = lo;
+  plan->map_units = n;
+  for (unsigned c = 0; c < h->nclasses; c++)
+    for (size_t i = 0; i < plan->cls[c].nevac; i++) {
+      size_t u = ((uintptr_t)plan->cls[c].evac[i] - lo) >> h->pool_shift;
+      plan->map[u / 64] |= (uint64_t)1 << (u % 64);
+    }
+}
+
 /* Leader, between phases 2 and 3: one array of units, the large slices,
  * and the claim counters of phases 3 and 4. */
 static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
@@ -289,6 +319,7 @@ static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
     plan->nlarges = nl;
     plan->nslices = slices;
   }
+  build_map_stw_single(h, plan);
   atomic_store_explicit(&s->claim_b, 0, memory_order_relaxed);
   atomic_store_explicit(&s->claim_roots, 0, memory_order_relaxed);
   atomic_store_explicit(&s->claim_c, 0, memory_order_relaxed);
@@ -298,40 +329,62 @@ static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
 
 /* ------------------------------------------------------------ phase 3 */
 
+/* Index of the first live slot of src at or after the one that has `skip`
+ * live slots before it (heap.pool.bitmap). */
+static uint32_t nth_live(ph_pool *src, uint32_t skip) {
+  const uint64_t *bits = ph_pool_bits(src);
+  uint32_t wi = 0;
+  for (;;) {
+    uint64_t w = bits[wi];
+    uint32_t n = (uint32_t)__builtin_popcountll(w);
+    if (skip < n) {
+      while (skip--)
+        w &= w - 1;
+      return wi * 64 + (uint32_t)__builtin_ctzll(w);
+    }
+    skip -= n;
+    wi++;
+  }
+}
+
+/* Move u->count live blocks, in order, from the sources into u->dst.  The
+ * live bitmap written by the sweep says which slots to copy, so only live
+ * blocks are touched. */
 static void evacuate_unit(struct ph_heap *h, ph_worker *w, ph_evac_unit *u) {
   ph_pool *dst = u->dst;
-  uint32_t i = u->src_first, skip = u->src_skip, left = u->count;
+  uint32_t i = u->src_first, left = u->count;
+  uint32_t k = nth_live(u->src[i], u->src_skip);
   while (left > 0) {
     ph_pool *src = u->src[i];
     uint32_t wsize = h->class_wsize[src->cls];
-    ph_value *slot = (ph_value *)ph_pool_slots(src);
-    for (uint32_t k = 0; k < src->nslots && left > 0; k++, slot += wsize) {
-      /* Headers of a source shared with the neighbouring unit are read by
-       * both: atomic accesses (the other unit only counts them). */
-      ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);
-      unsigned col = ph_hd_color(hd);
-      if (col == PH_BLUE)
-        continue;
-      if (skip > 0) {
-        skip--;
-        continue;
+    const uint64_t *bits = ph_pool_bits(src);
+    ph_value *base = (ph_value *)ph_pool_slots(src);
+    uint32_t nwords = (src->nslots + 63) / 64;
+    for (uint32_t wi = k / 64; wi < nwords && left > 0; wi++) {
+      uint64_t word = bits[wi];
+      if (wi == k / 64)
+        word &= ~(uint64_t)0 << (k & 63);
+      while (word && left > 0) {
+        uint32_t si = wi * 64 + (uint32_t)__builtin_ctzll(word);
+        word &= word - 1;
+        ph_value *slot = base + (size_t)si * wsize;
+        ph_value hd = slot[0];
+        PH_ASSERT(ph_hd_color(hd) == PH_WHITE);
+        ph_value nv = dst->free;
+        PH_ASSERT(nv != 0);
+        dst->free = *(ph_value *)nv;
+        size_t wo = ph_hd_wosize(hd);
+        memcpy((ph_value *)nv - 1, slot, (wo + 1) * sizeof(ph_value));
+        slot[1] = nv;
+        slot[0] = (hd & ~PH_HD_COLOR_MASK) |
+                  ((ph_value)PH_FWD << PH_HD_COLOR_SHIFT);
+        w->evac_blocks++;
+        w->evac_bytes += (wo + 1) * 8;
+        left--;
       }
-      PH_ASSERT(col == PH_WHITE);
-      ph_value nv = dst->free;
-      PH_ASSERT(nv != 0);
-      dst->free = *(ph_value *)nv;
-      size_t wo = ph_hd_wosize(hd);
-      ph_value *to = (ph_value *)nv - 1;
-      memcpy(to, slot, (wo + 1) * sizeof(ph_value));
-      slot[1] = nv;
-      __atomic_store_n(slot, (hd & ~PH_HD_COLOR_MASK) |
-                                 ((ph_value)PH_FWD << PH_HD_COLOR_SHIFT),
-                       __ATOMIC_RELAXED);
-      w->evac_blocks++;
-      w->evac_bytes += (wo + 1) * 8;
-      left--;
     }
     i++;
+    k = 0;
   }
   dst->nfree -= u->count;
   dst->nlive += u->count;
@@ -365,51 +418,78 @@ static void evacuate_stw(struct ph_heap *h, ph_worker *w,
 
 /* ------------------------------------------------------------ phase 4 */
 
-static inline ph_value forward(const struct ph_heap *h, ph_value v) {
-  if (!ph_is_block(v))
-    return v;
-  const ph_unit_hdr *u = ph_unit_of(h, v);
-  if (!u->evacuated)
-    return v;
-  PH_ASSERT(ph_hd_color(*ph_hp(v)) == PH_FWD);
-  return *(const ph_value *)v;
-}
-
-typedef struct {
+/* compact.update.batch: a pointer needs forwarding iff its unit header
+ * says evacuated (O(1), and pool headers stay in cache).  The forwarding
+ * address is field 0 of the old copy: a cache miss per moved target.  So
+ * slots to fix are gathered with a prefetch of their target and fixed a
+ * batch later, when the loads have arrived: many misses in flight instead
+ * of one at a time. */
+#define PH_FWD_BATCH 32
+typedef struct fwd_batch {
   const struct ph_heap *h;
-} fwd_ctx;
+  const uint64_t *map; /* compact.update.map, or NULL */
+  uintptr_t map_lo;
+  size_t map_units;
+  unsigned shift;
+  unsigned n;
+  ph_value *slot[PH_FWD_BATCH];
+} fwd_batch;
 
-static void update_slot(ph_value *slot, void *ctx) {
-  const fwd_ctx *c = ctx;
-  *slot = forward(c->h, *slot);
-}
-
-static void update_fields(const struct ph_heap *h, ph_value *f, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    ph_value x = f[i];
-    if (ph_is_block(x)) {
-      const ph_unit_hdr *u = ph_unit_of(h, x);
-      if (u->evacuated)
-        f[i] = *(const ph_value *)x;
-    }
+static void fb_flush(fwd_batch *b) {
+  for (unsigned i = 0; i < b->n; i++) {
+    ph_value *s = b->slot[i];
+    PH_ASSERT(ph_hd_color(*ph_hp(*s)) == PH_FWD);
+    *s = *(const ph_value *)*s;
   }
+  b->n = 0;
 }
 
-static void update_pool(const struct ph_heap *h, ph_pool *p) {
-  uint32_t wsize = h->class_wsize[p->cls];
+static inline int fb_evacuated(const fwd_batch *b, ph_value x) {
+  if (b->map) {
+    size_t u = (x - b->map_lo) >> b->shift;
+    return u < b->map_units && (b->map[u / 64] >> (u % 64) & 1);
+  }
+  return ph_unit_of(b->h, x)->evacuated;
+}
+
+static inline void fb_add(fwd_batch *b, ph_value *slot) {
+  ph_value x = *slot;
+  if (!ph_is_block(x) || !fb_evacuated(b, x))
+    return;
+  __builtin_prefetch((const void *)x);
+  b->slot[b->n++] = slot;
+  if (b->n == PH_FWD_BATCH)
+    fb_flush(b);
+}
+
+static void update_slot(ph_value *slot, void *ctx) { fb_add(ctx, slot); }
+
+static void update_fields(fwd_batch *b, ph_value *f, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    fb_add(b, &f[i]);
+}
+
+static void update_pool(fwd_batch *b, ph_pool *p) {
+  uint32_t wsize = b->h->class_wsize[p->cls];
   ph_value *slot = (ph_value *)ph_pool_slots(p);
   for (uint32_t k = 0; k < p->nslots; k++, slot += wsize) {
     ph_value hd = slot[0];
     if (ph_hd_color(hd) == PH_WHITE && ph_hd_tag(hd) < PH_TAG_RAW)
-      update_fields(h, slot + 1, ph_hd_wosize(hd));
+      update_fields(b, slot + 1, ph_hd_wosize(hd));
   }
 }
 
 static void update_stw(struct ph_heap *h, ph_worker *w,
                        ph_compact_plan *plan) {
   ph_stw *s = &h->stw;
-  fwd_ctx ctx = {h};
-  ph_roots_scan_stw(h, w, update_slot, &ctx);
+  fwd_batch fb = {.h = h,
+                  .map = plan->map,
+                  .map_lo = plan->map_lo,
+                  .map_units = plan->map_units,
+                  .shift = h->pool_shift,
+                  .n = 0};
+  ph_roots_scan_stw(h, w, update_slot, &fb);
+  fb_flush(&fb);
   const size_t batch = 8;
   for (;;) {
     size_t g0 =
@@ -424,7 +504,7 @@ static void update_stw(struct ph_heap *h, ph_worker *w,
         continue;
       ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
       if (!p->evacuated)
-        update_pool(h, p);
+        update_pool(&fb, p);
     }
   }
   for (;;) {
@@ -445,8 +525,9 @@ static void update_stw(struct ph_heap *h, ph_worker *w,
     size_t wo = ph_hd_wosize(*hp);
     size_t a = (k - plan->large_first[lo]) * PH_LARGE_SLICE;
     size_t n = wo - a < PH_LARGE_SLICE ? wo - a : PH_LARGE_SLICE;
-    update_fields(h, hp + 1 + a, n);
+    update_fields(&fb, hp + 1 + a, n);
   }
+  fb_flush(&fb);
 }
 
 /* --------------------------------------------------------- phases 5, 6 */
@@ -461,7 +542,7 @@ static void free_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
 #if PH_POISON
       {
         ph_value *q = (ph_value *)ph_pool_slots(p);
-        size_t nw = (h->pool_size - PH_POOL_HDR) / 8;
+        size_t nw = (h->pool_size - h->pool_hdr) / 8;
         for (size_t k = 0; k < nw; k++)
           q[k] = PH_POISON_WORD;
       }
@@ -519,6 +600,7 @@ static void plan_free(struct ph_heap *h, ph_compact_plan *plan) {
   free(plan->units);
   free(plan->larges);
   free(plan->large_first);
+  free(plan->map);
   memset(plan, 0, sizeof *plan);
 }
 

@@ -126,10 +126,17 @@ typedef struct ph_pool {
   struct ph_pool *cnext;  /* compaction: candidate list of its class */
   struct ph_chunk *chunk; /* chunk holding this unit */
   uint32_t unit;          /* unit index within chunk */
-  uint32_t cached;        /* 1 while an owner's alloc cache holds it */
+  uint16_t cached;        /* 1 while an owner's alloc cache holds it */
+  uint16_t hdr;           /* bytes before the first slot (heap->pool_hdr) */
 } ph_pool;
+/* The fixed header; then the live bitmap (heap.pool.bitmap: one bit per
+ * slot, written by the sweep, read by compaction), then the slots at
+ * heap->pool_hdr bytes from the start. */
 #define PH_POOL_HDR 64u
 _Static_assert(sizeof(ph_pool) <= PH_POOL_HDR, "pool header too big");
+static inline uint64_t *ph_pool_bits(ph_pool *p) {
+  return (uint64_t *)((char *)p + PH_POOL_HDR);
+}
 
 /* heap.large: a block too big for a size class, in nunits whole units. */
 typedef struct ph_large {
@@ -234,6 +241,9 @@ typedef struct ph_worker {
   unsigned id; /* participant index 0..nparts-1 */
   struct ph_domain *dom;
   ph_mark_stack stack;
+#define PH_MARK_AHEAD 16 /* mark.prefetch ring, a power of two */
+  ph_value ring[PH_MARK_AHEAD];
+  unsigned ring_n; /* values queued (only the last PH_MARK_AHEAD kept) */
   uint64_t live_bytes, live_blocks;
   uint64_t t_mark, t_sweep, t_evac, t_update, t_release;
   /* sweep results to hand back under the lock */
@@ -307,6 +317,7 @@ struct ph_heap {
   uint32_t sig;
   ph_config cfg;
   size_t pool_size;
+  size_t pool_hdr; /* pool header + live bitmap, a multiple of 64 */
   unsigned pool_shift;
   uintptr_t pool_mask; /* ~(pool_size - 1) */
   /* heap.sizeclass (immutable after create) */
@@ -386,9 +397,7 @@ static inline ph_unit_hdr *ph_unit_of(const struct ph_heap *h, ph_value v) {
 /* heap/pool.c */
 ph_pool *ph_pool_new_locked(struct ph_heap *h, unsigned cls, unsigned owner);
 void ph_pool_init_free(struct ph_heap *h, ph_pool *p);
-static inline char *ph_pool_slots(ph_pool *p) {
-  return (char *)p + PH_POOL_HDR;
-}
+static inline char *ph_pool_slots(ph_pool *p) { return (char *)p + p->hdr; }
 static inline ph_value ph_pool_block(const struct ph_heap *h, ph_pool *p,
                                      uint32_t i) {
   return (ph_value)(ph_pool_slots(p) +

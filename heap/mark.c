@@ -57,12 +57,17 @@ void ph_mark_value(struct ph_heap *h, ph_worker *w, ph_value v) {
   ph_value hd = __atomic_load_n(hp, __ATOMIC_RELAXED);
   if (ph_hd_color(hd) != PH_WHITE)
     return;
-  /* relaxed: the mark bit only decides who scans the block; its fields were
-   * written before the section and are ordered by its barriers. */
-  hd = __atomic_fetch_or(hp, (ph_value)PH_BLACK << PH_HD_COLOR_SHIFT,
-                         __ATOMIC_RELAXED);
-  if (ph_hd_color(hd) != PH_WHITE)
-    return;
+  const ph_value black = (ph_value)PH_BLACK << PH_HD_COLOR_SHIFT;
+  if (h->stw.nparts == 1) {
+    /* alone: no other marker can race on this header */
+    __atomic_store_n(hp, hd | black, __ATOMIC_RELAXED);
+  } else {
+    /* relaxed: the mark bit only decides who scans the block; its fields
+     * were written before the section and are ordered by its barriers. */
+    hd = __atomic_fetch_or(hp, black, __ATOMIC_RELAXED);
+    if (ph_hd_color(hd) != PH_WHITE)
+      return;
+  }
   size_t wo = ph_hd_wosize(hd);
   w->live_bytes += (wo + 1) * 8;
   w->live_blocks++;
@@ -75,6 +80,24 @@ void ph_mark_slot_visit(ph_value *slot, void *ctx) {
   ph_mark_value(w->dom->heap, w, *slot);
 }
 
+/* mark.prefetch: a block found in a field is first prefetched and queued;
+ * it is marked PH_MARK_AHEAD blocks later, when its header has arrived. */
+static inline void mark_ahead(struct ph_heap *h, ph_worker *w, ph_value x) {
+  __builtin_prefetch(ph_hp(x), 1);
+  unsigned i = w->ring_n++ & (PH_MARK_AHEAD - 1);
+  if (w->ring_n > PH_MARK_AHEAD)
+    ph_mark_value(h, w, w->ring[i]);
+  w->ring[i] = x;
+}
+
+static void mark_ring_flush(struct ph_heap *h, ph_worker *w) {
+  unsigned n = w->ring_n < PH_MARK_AHEAD ? w->ring_n : PH_MARK_AHEAD;
+  unsigned start = w->ring_n - n;
+  w->ring_n = 0;
+  for (unsigned k = 0; k < n; k++)
+    ph_mark_value(h, w, w->ring[(start + k) & (PH_MARK_AHEAD - 1)]);
+}
+
 static void scan_entry(struct ph_heap *h, ph_worker *w, ph_mark_entry e) {
   size_t wo = ph_hd_wosize(ph_hd_load(e.v));
   size_t end = wo - e.start > PH_MARK_SLICE ? e.start + PH_MARK_SLICE : wo;
@@ -84,7 +107,7 @@ static void scan_entry(struct ph_heap *h, ph_worker *w, ph_mark_entry e) {
   for (size_t i = e.start; i < end; i++) {
     ph_value x = f[i];
     if (ph_is_block(x))
-      ph_mark_value(h, w, x);
+      mark_ahead(h, w, x);
   }
 }
 
@@ -121,7 +144,11 @@ static void drain_stw(struct ph_heap *h, ph_worker *w) {
   ph_stw *s = &h->stw;
   ph_mark_stack *st = &w->stack;
   for (;;) {
-    while (st->n > 0) {
+    while (st->n > 0 || w->ring_n > 0) {
+      if (st->n == 0) {
+        mark_ring_flush(h, w);
+        continue;
+      }
       ph_mark_entry e = st->e[--st->n];
       scan_entry(h, w, e);
       /* relaxed: a hint; a late read only delays sharing */

@@ -33,7 +33,8 @@ ph_pool *ph_pool_new_locked(struct ph_heap *h, unsigned cls, unsigned owner) {
   if (ph_units_take_locked(h, 1, PH_U_POOL, &c, &u) != PH_OK)
     return NULL;
   ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
-  memset(p, 0, PH_POOL_HDR);
+  memset(p, 0, h->pool_hdr);
+  p->hdr = (uint16_t)h->pool_hdr;
   p->sig = PH_SIG_POOL;
   p->kind = PH_U_POOL;
   p->cls = (uint16_t)cls;

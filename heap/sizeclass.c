@@ -6,6 +6,7 @@
  *   w_{k+1} = max(w_k + 1, floor(w_k * 8 / 7)), while w_{k+1} <= wmax;
  *   the last class is wmax itself,
  * where wmax = min(PH_MAX_SMALL_WSIZE, (pool words - pool header words) / 8)
+ * (the pool header includes the live bitmap, heap.pool.bitmap)
  * so that every pool holds at least 8 slots.  A request of s words goes to
  * the smallest class >= s, wasting less than 1/8 of its slot: either the
  * classes are consecutive (no waste) or w_{k+1} <= 8 w_k / 7, so
@@ -14,7 +15,10 @@
 #include "heap/internal.h"
 
 int ph_sizeclass_init(struct ph_heap *h) {
-  size_t pool_words = (h->pool_size - PH_POOL_HDR) / 8;
+  /* heap.pool.bitmap: one bit for each possible slot (2 words at least) */
+  size_t bits = (h->pool_size - PH_POOL_HDR) / 16;
+  h->pool_hdr = PH_POOL_HDR + ((bits + 511) / 512) * 64;
+  size_t pool_words = (h->pool_size - h->pool_hdr) / 8;
   size_t wmax = pool_words / 8;
   if (wmax > PH_MAX_SMALL_WSIZE)
     wmax = PH_MAX_SMALL_WSIZE;

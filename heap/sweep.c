@@ -1,7 +1,8 @@
 /* heap/sweep.c -- parallel sweep (DESIGN.md: heap.sweep).
  *
  * Participants claim batches of units from the section's unit index space.
- * For a pool: every BLACK block becomes WHITE and is counted live; every
+ * For a pool: every BLACK block becomes WHITE, is counted live and gets its
+ * bit in the pool's live bitmap (heap.pool.bitmap); every
  * other slot becomes a BLUE free slot; the free list is rebuilt in address
  * order and nlive/nfree recounted (compaction's stats tables come from these
  * counts: no second pass over memory).  A pool with free slots is pushed on
@@ -16,28 +17,32 @@ static void sweep_pool(struct ph_heap *h, ph_worker *w, ph_pool *p) {
   uint32_t wsize = h->class_wsize[p->cls];
   ph_value blue = ph_hd_make(wsize - 1, PH_BLUE, 0);
   ph_value *s = (ph_value *)ph_pool_slots(p);
+  uint64_t *bits = ph_pool_bits(p);
   ph_value next = 0;
   uint32_t live = 0;
-  uint64_t lbytes = 0;
+  uint64_t word = 0;
   for (uint32_t i = p->nslots; i-- > 0;) {
     ph_value *slot = s + (size_t)i * wsize;
     ph_value hd = slot[0];
     if (ph_hd_color(hd) == PH_BLACK) {
       slot[0] = hd & ~PH_HD_COLOR_MASK;
       live++;
-      lbytes += (ph_hd_wosize(hd) + 1) * 8;
-      continue;
-    }
+      word |= (uint64_t)1 << (i & 63);
+    } else {
 #if PH_POISON
-    if (ph_hd_color(hd) == PH_WHITE)
-      for (uint32_t k = 2; k < wsize; k++)
-        slot[k] = PH_POISON_WORD;
+      if (ph_hd_color(hd) == PH_WHITE)
+        for (uint32_t k = 2; k < wsize; k++)
+          slot[k] = PH_POISON_WORD;
 #endif
-    slot[0] = blue;
-    slot[1] = next;
-    next = (ph_value)(slot + 1);
+      slot[0] = blue;
+      slot[1] = next;
+      next = (ph_value)(slot + 1);
+    }
+    if ((i & 63) == 0) { /* the lowest slot of a bitmap word */
+      bits[i >> 6] = word;
+      word = 0;
+    }
   }
-  (void)lbytes;
   p->free = next;
   p->nlive = live;
   p->nfree = p->nslots - live;

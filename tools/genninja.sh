@@ -80,6 +80,22 @@ variant clang build/clang clang "-O2 -g -DNDEBUG" ""
 variant tsan build/tsan clang "-O1 -g -fsanitize=thread -DPH_DEBUG=1" "-fsanitize=thread"
 variant asan build/asan clang "-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -DPH_DEBUG=1" "-fsanitize=address,undefined"
 
+# ---- fuzz: the differential fuzzer (tests/fuzz_model.c) built with libFuzzer
+# against the asan library; not part of `all` (run it with tests/fuzz.sh).
+if [ -f tests/fuzz_model.c ]; then
+  fuzzflags="-O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -DPH_DEBUG=1"
+  echo
+  echo "# ---- fuzz"
+  echo "build build/fuzz/obj/tests/fuzz_model.o: cc tests/fuzz_model.c"
+  echo "  cc = clang"
+  echo "  cflags = $fuzzflags"
+  echo "build build/fuzz/fuzz_model: link build/fuzz/obj/tests/fuzz_model.o build/asan/libpoolheap.a"
+  echo "  cc = clang"
+  echo "  cflags = $fuzzflags"
+  echo "  ldflags = -fsanitize=fuzzer,address,undefined"
+  echo "build fuzz: phony build/fuzz/fuzz_model"
+fi
+
 cat <<'TAIL'
 
 build build/poolheap.pc: pc poolheap.pc.in

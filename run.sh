@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# poolheap's one entry point.  Each command installs what it needs (Debian).
+#   ./run.sh demo            the fragmentation demo (the main job)
+#   ./run.sh test            build every variant, run every test
+#   ./run.sh bench [--big]   the compaction benchmark with its peers
+#   ./run.sh soak MINUTES    long stress: TSan stress, mapping soak, fuzzing
+#   ./run.sh fuzz MINUTES    the differential fuzzer, open-ended
+#   ./run.sh install PREFIX  header, static and shared library, pkg-config
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need_pkgs() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "run.sh: installing ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+build_pkgs=(ninja-build gcc clang libclang-rt-14-dev libcmocka-dev)
+
+build() {
+  need_pkgs "${build_pkgs[@]}"
+  tools/genninja.sh > build.ninja.new
+  if ! cmp -s build.ninja build.ninja.new; then
+    echo "run.sh: build.ninja was stale; regenerated (commit it)" >&2
+    mv build.ninja.new build.ninja
+  else
+    rm -f build.ninja.new
+  fi
+  ninja -k 0 "$@"
+}
+
+cmd=${1:-help}
+shift || true
+case $cmd in
+  test)
+    build all
+    exec tests/run_tests.sh "$@"
+    ;;
+  demo)
+    need_pkgs gnuplot-nox libjemalloc2 libmimalloc2.0 libgc-dev
+    build release
+    exec demos/demo.sh "$@"
+    ;;
+  bench)
+    need_pkgs libjemalloc-dev libmimalloc-dev libgc-dev ocaml-nox
+    build release
+    exec bench/bench.sh "$@"
+    ;;
+  soak)
+    build all
+    exec tests/soak.sh "${1:-30}"
+    ;;
+  fuzz)
+    build all fuzz
+    exec tests/fuzz.sh "${1:-10}"
+    ;;
+  install)
+    prefix=${1:?usage: ./run.sh install PREFIX}
+    build build/libpoolheap.a build/libpoolheap.so
+    install -d "$prefix/include" "$prefix/lib/pkgconfig"
+    install -m 644 include/poolheap.h "$prefix/include/"
+    install -m 644 build/libpoolheap.a "$prefix/lib/"
+    install -m 755 build/libpoolheap.so "$prefix/lib/"
+    sed -e "s|@PREFIX@|$prefix|" poolheap.pc.in > "$prefix/lib/pkgconfig/poolheap.pc"
+    echo "installed into $prefix"
+    ;;
+  *)
+    sed -n '2,9p' "$0"
+    exit 2
+    ;;
+esac

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every test binary of every variant (built by `ninja all`).
+# Usage: tests/run_tests.sh [VARIANT...]   (default: debug asan tsan release clang)
+# Each binary runs under a timeout; cmocka's own summary lines are shown.
+# Ends with one line "N passed, N failed" (binaries x variants).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+variants=("$@")
+[ ${#variants[@]} -gt 0 ] || variants=(debug asan tsan release clang)
+export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 ${TSAN_OPTIONS:-}"
+export ASAN_OPTIONS="detect_leaks=1 abort_on_error=1 ${ASAN_OPTIONS:-}"
+export UBSAN_OPTIONS="print_stacktrace=1 halt_on_error=1 ${UBSAN_OPTIONS:-}"
+pass=0 fail=0 failed=()
+for v in "${variants[@]}"; do
+  case $v in release) dir=build ;; *) dir=build/$v ;; esac
+  for src in tests/test_*.c tests/example_*.c; do
+    name=$(basename "$src" .c)
+    bin=$dir/tests/$name
+    [ -x "$bin" ] || { echo "missing $bin"; fail=$((fail+1)); failed+=("$v/$name"); continue; }
+    echo "=== $v/$name"
+    start=$(date +%s)
+    if timeout 600 "$bin"; then
+      pass=$((pass+1))
+      echo "--- ok $v/$name ($(( $(date +%s) - start ))s)"
+    else
+      fail=$((fail+1)); failed+=("$v/$name")
+      echo "--- FAILED $v/$name"
+    fi
+  done
+done
+[ ${#failed[@]} -eq 0 ] || echo "failed: ${failed[*]}"
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
