@@ -23,6 +23,9 @@
  * before the call, leads (or joins) the next one. */
 #include "heap/internal.h"
 
+#include <stdio.h>
+#include <stdlib.h>
+
 static void prepare_stw_single(struct ph_heap *h);
 static void collect_stw(struct ph_heap *h, ph_worker *w);
 static void finish_collect_stw_single(struct ph_heap *h);
@@ -65,6 +68,28 @@ static uint64_t phase_end(struct ph_heap *h, ph_worker *w, ph_phase ph,
   return ph_now_ns() - t0;
 }
 
+/* PH_DEBUG >= 2: the whole heap is verified on the leader (the others wait
+ * at the barrier); a broken invariant aborts with its description.  This is
+ * also the compactor's precondition check (DESIGN.md: compact/). */
+static void expensive_check_stw(struct ph_heap *h, ph_worker *w,
+                                const char *when) {
+#if PH_EXPENSIVE
+  ph_stw *s = &h->stw;
+  if (w->dom == s->leader) {
+    char why[256];
+    if (ph_verify_stw_single(h, why, sizeof why) != PH_OK) {
+      fprintf(stderr, "poolheap: heap broken %s: %s\n", when, why);
+      abort();
+    }
+  }
+  ph_barrier_wait(&s->bar);
+#else
+  (void)h;
+  (void)w;
+  (void)when;
+#endif
+}
+
 /* The phases every participant runs (DESIGN.md: barrier.stw.sequence). */
 static void body_stw(struct ph_heap *h, ph_worker *w) {
   ph_stw *s = &h->stw;
@@ -75,10 +100,13 @@ static void body_stw(struct ph_heap *h, ph_worker *w) {
   ph_barrier_wait(&s->bar);
   if (s->kind & (PH_STW_COLLECT | PH_STW_COMPACT)) {
     collect_stw(h, w);
+    expensive_check_stw(h, w, "after the sweep");
     /* s->do_compact was written by the leader before collect_stw's last
      * barrier */
-    if ((s->kind & PH_STW_COMPACT) || s->do_compact)
+    if ((s->kind & PH_STW_COMPACT) || s->do_compact) {
       ph_compact_stw(h, w);
+      expensive_check_stw(h, w, "after compaction");
+    }
   }
   if (s->kind & (PH_STW_VERIFY | PH_STW_CENSUS)) {
     if (w->dom == s->leader) {
