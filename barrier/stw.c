@@ -191,9 +191,10 @@ static void finish_collect_stw_single(struct ph_heap *h) {
                      << h->pool_shift;
     size_t keep = h->cfg.retain > inuse / 4 ? h->cfg.retain : inuse / 4;
     uint64_t rel;
-    ph_units_release_locked(h, h->cfg.release == PH_RELEASE_UNMAP
-                                   ? PH_RELEASE_DECOMMIT
-                                   : (int)h->cfg.release,
+    ph_units_release_locked(h,
+                            h->cfg.release == PH_RELEASE_UNMAP
+                                ? PH_RELEASE_DECOMMIT
+                                : (int)h->cfg.release,
                             keep, &rel);
   }
   ph_pacing_reset_locked(h);
@@ -314,8 +315,7 @@ void ph_safepoint(ph_domain *d) {
   /* relaxed: one load on the fast path; ph_stw_join re-reads under the
    * lock, which orders everything that matters */
   if (__builtin_expect(
-          atomic_load_explicit(&d->heap->stw_pending, memory_order_relaxed),
-          0))
+          atomic_load_explicit(&d->heap->stw_pending, memory_order_relaxed), 0))
     ph_stw_join(d);
 }
 
@@ -365,9 +365,13 @@ static int run_checked(ph_domain *d, int kind, const ph_stw_req *req) {
   return err;
 }
 
-int ph_collect(ph_domain *d) { return run_checked(d, PH_STW_COLLECT, NULL); }
+int ph_collect(ph_domain *d) {
+  return run_checked(d, PH_STW_COLLECT, NULL);
+}
 
-int ph_compact(ph_domain *d) { return run_checked(d, PH_STW_COMPACT, NULL); }
+int ph_compact(ph_domain *d) {
+  return run_checked(d, PH_STW_COMPACT, NULL);
+}
 
 int ph_verify(ph_domain *d, char *why, size_t why_size) {
   if (why && why_size)

@@ -100,8 +100,8 @@ static void stats_stw(struct ph_heap *h, ph_compact_plan *plan) {
   ph_stw *s = &h->stw;
   const size_t batch = 16;
   for (;;) {
-    size_t g0 = atomic_fetch_add_explicit(&s->claim_units, batch,
-                                          memory_order_relaxed);
+    size_t g0 =
+        atomic_fetch_add_explicit(&s->claim_units, batch, memory_order_relaxed);
     if (g0 >= s->total_units)
       break;
     for (size_t g = g0; g < g0 + batch && g < s->total_units; g++) {
@@ -189,12 +189,11 @@ static void plan_group(ph_cclass *cc, ph_pool **cand, size_t n,
   PH_ASSERT(si == cc->nevac); /* every source block has a destination */
 }
 
-static void plan_class(struct ph_heap *h, ph_compact_plan *plan,
-                       unsigned cls) {
+static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
   ph_cclass *cc = &plan->cls[cls];
   size_t n = 0;
-  for (ph_pool *p = atomic_load_explicit(&plan->cand[cls],
-                                         memory_order_relaxed);
+  for (ph_pool *p =
+           atomic_load_explicit(&plan->cand[cls], memory_order_relaxed);
        p; p = p->cnext)
     n++;
   if (n == 0)
@@ -213,8 +212,8 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan,
     return;
   }
   size_t i = 0;
-  for (ph_pool *p = atomic_load_explicit(&plan->cand[cls],
-                                         memory_order_relaxed);
+  for (ph_pool *p =
+           atomic_load_explicit(&plan->cand[cls], memory_order_relaxed);
        p; p = p->cnext)
     cand[i++] = p;
   uint32_t nslots = h->class_nslots[cls];
@@ -238,8 +237,7 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan,
 static void choose_stw(struct ph_heap *h, ph_compact_plan *plan) {
   ph_stw *s = &h->stw;
   for (;;) {
-    size_t c =
-        atomic_fetch_add_explicit(&s->claim_a, 1, memory_order_relaxed);
+    size_t c = atomic_fetch_add_explicit(&s->claim_a, 1, memory_order_relaxed);
     if (c >= h->nclasses)
       break;
     plan_class(h, plan, (unsigned)c);
@@ -306,8 +304,7 @@ static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
     }
     plan->nunits = k;
     size_t i = 0, slices = 0;
-    for (ph_large *l =
-             atomic_load_explicit(&plan->large, memory_order_relaxed);
+    for (ph_large *l = atomic_load_explicit(&plan->large, memory_order_relaxed);
          l; l = l->dead_next) {
       plan->larges[i] = l;
       plan->large_first[i] = slices;
@@ -376,8 +373,8 @@ static void evacuate_unit(struct ph_heap *h, ph_worker *w, ph_evac_unit *u) {
         size_t wo = ph_hd_wosize(hd);
         memcpy((ph_value *)nv - 1, slot, (wo + 1) * sizeof(ph_value));
         slot[1] = nv;
-        slot[0] = (hd & ~PH_HD_COLOR_MASK) |
-                  ((ph_value)PH_FWD << PH_HD_COLOR_SHIFT);
+        slot[0] =
+            (hd & ~PH_HD_COLOR_MASK) | ((ph_value)PH_FWD << PH_HD_COLOR_SHIFT);
         w->evac_blocks++;
         w->evac_bytes += (wo + 1) * 8;
         left--;
@@ -408,9 +405,9 @@ static void evacuate_stw(struct ph_heap *h, ph_worker *w,
   for (size_t k = 0; k < plan->nunits; k++) {
     ph_evac_unit *u = &plan->units[k];
     struct ph_domain *o = h->slots[u->owner].dom;
-    int mine = o ? o == w->dom || (o->stw_expected != s->epoch &&
-                                   w->dom == s->leader)
-                 : w->dom == s->leader;
+    int mine =
+        o ? o == w->dom || (o->stw_expected != s->epoch && w->dom == s->leader)
+          : w->dom == s->leader;
     if (mine)
       evacuate_unit(h, w, u);
   }
@@ -462,7 +459,9 @@ static inline void fb_add(fwd_batch *b, ph_value *slot) {
     fb_flush(b);
 }
 
-static void update_slot(ph_value *slot, void *ctx) { fb_add(ctx, slot); }
+static void update_slot(ph_value *slot, void *ctx) {
+  fb_add(ctx, slot);
+}
 
 static void update_fields(fwd_batch *b, ph_value *f, size_t n) {
   for (size_t i = 0; i < n; i++)
@@ -479,8 +478,7 @@ static void update_pool(fwd_batch *b, ph_pool *p) {
   }
 }
 
-static void update_stw(struct ph_heap *h, ph_worker *w,
-                       ph_compact_plan *plan) {
+static void update_stw(struct ph_heap *h, ph_worker *w, ph_compact_plan *plan) {
   ph_stw *s = &h->stw;
   fwd_batch fb = {.h = h,
                   .map = plan->map,

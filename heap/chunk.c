@@ -6,11 +6,14 @@
  * bytes.  Each unit is PH_U_FREE (Reserved, no pages), PH_U_FREE_COMM
  * (Committed but unused), PH_U_POOL, PH_U_LARGE or PH_U_LARGE_TAIL.
  *
- * heap.chunk.growth: chunk sizes grow geometrically, two chunks of each size
- * before doubling (K = 2), so a heap of N bytes holds O(2 log N) mappings
- * with at most 3/2 address space overhead; every size is also capped by what
- * RLIMIT_AS leaves (half of it) and halved on refusal down to what the
- * request needs, so poolheap runs under ulimit -v.
+ * heap.chunk.growth: a new chunk is half of what the heap reserves now (at
+ * least 4 MiB, at least the request), so reservations grow by a factor 3/2:
+ * a heap of N bytes holds O(log N) mappings (about 17 for 1 GiB) and at most
+ * half again its size in address space.  Because the size follows what is
+ * reserved now, a heap that shrank (whole chunks unmapped) grows back in
+ * small steps.  Every size is also capped by half of what RLIMIT_AS leaves
+ * and halved on refusal down to what the request needs, so poolheap runs
+ * under ulimit -v.
  *
  * Every function here is _locked (heap->lock held) or _stw_single. */
 #include "heap/internal.h"
@@ -26,7 +29,9 @@ static size_t chunk_align(const struct ph_heap *h) {
   return h->pool_size;
 }
 
-static size_t round_up(size_t x, size_t a) { return (x + a - 1) & ~(a - 1); }
+static size_t round_up(size_t x, size_t a) {
+  return (x + a - 1) & ~(a - 1);
+}
 
 ph_chunk *ph_chunk_find(const struct ph_heap *h, const void *p) {
   unsigned lo = 0, hi = h->nchunks;
@@ -59,14 +64,20 @@ int ph_chunk_grow_locked(struct ph_heap *h, size_t min_units) {
     return PH_ENOMEM;
   size_t align = chunk_align(h);
   size_t need = round_up(min_units << h->pool_shift, align);
-  size_t size = h->next_chunk_size > need ? h->next_chunk_size : need;
+  size_t reserved =
+      (size_t)atomic_load_explicit(&h->os.reserved, memory_order_relaxed);
+  size_t size = round_up(reserved / 2, align);
+  if (size < PH_FIRST_CHUNK)
+    size = PH_FIRST_CHUNK;
+  if (size < need)
+    size = need;
   size_t avail = ph_os_as_available();
   if (avail != SIZE_MAX) {
     size_t cap = (avail / 2) & ~(align - 1);
     if (size > cap)
       size = cap > need ? cap : need;
   }
-  int huge = h->cfg.huge_pages == PH_HUGE_EXPLICIT    ? PH_OS_HUGE_EXPLICIT
+  int huge = h->cfg.huge_pages == PH_HUGE_EXPLICIT      ? PH_OS_HUGE_EXPLICIT
              : h->cfg.huge_pages == PH_HUGE_TRANSPARENT ? PH_OS_HUGE_THP
                                                         : PH_OS_HUGE_NONE;
   void *base = NULL;
@@ -95,11 +106,6 @@ int ph_chunk_grow_locked(struct ph_heap *h, size_t min_units) {
   c->ustate = us;
   c->huge = got;
   chunk_insert_locked(h, c);
-  /* Two chunks of each size, then double (heap.chunk.growth). */
-  if (size >= h->next_chunk_size && (h->nchunks % 2) == 0)
-    h->next_chunk_size *= 2;
-  if (h->next_chunk_size < PH_FIRST_CHUNK)
-    h->next_chunk_size = PH_FIRST_CHUNK;
   h->st.reserved_bytes = atomic_load(&h->os.reserved);
   return PH_OK;
 }
@@ -250,8 +256,7 @@ void ph_units_release_locked(struct ph_heap *h, int mode, size_t retain,
   size_t kept = 0;
   for (unsigned i = 0; i < h->nchunks; i++) {
     ph_chunk *c = h->chunks[i];
-    if (mode == PH_RELEASE_UNMAP && c->nfree == c->nunits &&
-        kept >= retain) {
+    if (mode == PH_RELEASE_UNMAP && c->nfree == c->nunits && kept >= retain) {
       size_t comm = 0;
       for (uint32_t u = 0; u < c->nunits; u++)
         comm += c->ustate[u] == PH_U_FREE_COMM ? h->pool_size : 0;
@@ -282,11 +287,10 @@ void ph_units_release_locked(struct ph_heap *h, int mode, size_t retain,
         lo = (char *)round_up((uintptr_t)lo, PH_HUGE_PAGE_SIZE);
         hi = (char *)((uintptr_t)hi & ~(PH_HUGE_PAGE_SIZE - 1));
       }
-      if (lo < hi &&
-          ph_os_decommit(&h->os, lo, (size_t)(hi - lo),
-                         mode == PH_RELEASE_LAZY ? PH_OS_DECOMMIT_LAZY
-                                                 : PH_OS_DECOMMIT_NOW) ==
-              PH_OK) {
+      if (lo < hi && ph_os_decommit(&h->os, lo, (size_t)(hi - lo),
+                                    mode == PH_RELEASE_LAZY
+                                        ? PH_OS_DECOMMIT_LAZY
+                                        : PH_OS_DECOMMIT_NOW) == PH_OK) {
         uint32_t a = (uint32_t)((size_t)(lo - c->base) >> h->pool_shift);
         uint32_t b = (uint32_t)((size_t)(hi - c->base) >> h->pool_shift);
         for (uint32_t k = a; k < b; k++)

@@ -84,5 +84,5 @@ unsigned ph_domain_index(const ph_domain *d) {
 
 ph_heap *ph_domain_heap(const ph_domain *d) {
   return d && (d->sig == PH_SIG_DOMAIN || d->sig == PH_SIG_DEAD) ? d->heap
-                                                                  : NULL;
+                                                                 : NULL;
 }

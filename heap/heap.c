@@ -11,8 +11,7 @@
 #define PH_MIN_GC_BYTES ((uint64_t)4 << 20)
 
 void ph_assert_fail(const char *cond, const char *file, int line) {
-  fprintf(stderr, "poolheap: assertion failed: %s (%s:%d)\n", cond, file,
-          line);
+  fprintf(stderr, "poolheap: assertion failed: %s (%s:%d)\n", cond, file, line);
   abort();
 }
 
@@ -106,7 +105,6 @@ int ph_heap_create(const ph_config *cfg, ph_heap **out) {
   h->pool_size = cfg->pool_size;
   h->pool_shift = (unsigned)__builtin_ctzl(cfg->pool_size);
   h->pool_mask = ~(uintptr_t)(cfg->pool_size - 1);
-  h->next_chunk_size = (size_t)4 << 20;
   ph_sizeclass_init(h);
   h->slots = calloc(cfg->max_domains, sizeof *h->slots);
   h->stw.workers = calloc(cfg->max_domains, sizeof *h->stw.workers);
@@ -185,7 +183,8 @@ int ph_stats_get(ph_heap *h, ph_stats *out) {
   /* relaxed: accounting counters, exact under heap->lock which we hold */
   s.committed_bytes =
       atomic_load_explicit(&h->os.committed, memory_order_relaxed);
-  s.reserved_bytes = atomic_load_explicit(&h->os.reserved, memory_order_relaxed);
+  s.reserved_bytes =
+      atomic_load_explicit(&h->os.reserved, memory_order_relaxed);
   s.mappings = atomic_load_explicit(&h->os.mappings, memory_order_relaxed);
   s.huge_fallbacks =
       atomic_load_explicit(&h->os.huge_fallbacks, memory_order_relaxed);

@@ -48,8 +48,7 @@ void ph_assert_fail(const char *cond, const char *file, int line);
 enum { PH_WHITE = 0, PH_BLACK = 1, PH_BLUE = 2, PH_FWD = 3 };
 #define PH_HD_COLOR_SHIFT 8
 #define PH_HD_COLOR_MASK ((ph_value)3 << PH_HD_COLOR_SHIFT)
-static inline ph_value ph_hd_make(size_t wosize, unsigned color,
-                                  unsigned tag) {
+static inline ph_value ph_hd_make(size_t wosize, unsigned color, unsigned tag) {
   return ((ph_value)wosize << PH_HD_WOSIZE_SHIFT) |
          ((ph_value)color << PH_HD_COLOR_SHIFT) | (ph_value)tag;
 }
@@ -62,7 +61,9 @@ static inline size_t ph_hd_wosize(ph_value hd) {
 static inline unsigned ph_hd_tag(ph_value hd) {
   return (unsigned)(hd & PH_HD_TAG_MASK);
 }
-static inline ph_value *ph_hp(ph_value v) { return (ph_value *)v - 1; }
+static inline ph_value *ph_hp(ph_value v) {
+  return (ph_value *)v - 1;
+}
 /* Header reads inside parallel phases, where another participant may be
  * setting the mark bit of the same word with an atomic RMW. */
 static inline ph_value ph_hd_load(ph_value v) {
@@ -194,20 +195,20 @@ typedef struct ph_slot {
 } ph_slot;
 
 struct ph_domain {
-  uint32_t sig;  /* PH_SIG_DOMAIN while attached, PH_SIG_DEAD after */
+  uint32_t sig;   /* PH_SIG_DOMAIN while attached, PH_SIG_DEAD after */
   unsigned index; /* slot index */
   struct ph_heap *heap;
   pthread_t thread;
-  int state;      /* PH_DS_*: written under heap->lock */
-  int last_error; /* owner only */
+  int state;             /* PH_DS_*: written under heap->lock */
+  int last_error;        /* owner only */
   uint64_t stw_expected; /* epoch of the STW that counts on us (lock) */
   ph_alloc_cache cache[PH_MAX_CLASSES]; /* owner, or flush at STW entry */
   /* roots.stack (owner; read and updated by stop-the-world participants) */
   ph_rootseg *roots;
-  size_t depth;       /* slots pushed in all segments */
-  size_t *scopes;     /* marks of open scopes, innermost last */
+  size_t depth;   /* slots pushed in all segments */
+  size_t *scopes; /* marks of open scopes, innermost last */
   size_t nscopes, scopes_cap;
-  _Atomic uint64_t allocated; /* bytes; owner stores (relaxed), any reads */
+  _Atomic uint64_t allocated;     /* bytes; owner stores (relaxed), any reads */
   struct ph_domain *retired_next; /* heap->retired list after detach */
 };
 
@@ -247,8 +248,8 @@ typedef struct ph_worker {
   uint64_t live_bytes, live_blocks;
   uint64_t t_mark, t_sweep, t_evac, t_update, t_release;
   /* sweep results to hand back under the lock */
-  ph_pool *empty_pools;  /* pools found empty, linked by next */
-  ph_large *dead_large;  /* dead large blocks, linked by dead_next */
+  ph_pool *empty_pools; /* pools found empty, linked by next */
+  ph_large *dead_large; /* dead large blocks, linked by dead_next */
   /* compaction */
   uint64_t evac_blocks, evac_bytes;
   uint64_t frag_bytes; /* sweep: free slot bytes in partly filled pools */
@@ -300,11 +301,11 @@ typedef struct ph_stw {
   /* mark termination (mark.share) */
   pthread_mutex_t mark_lock;
   pthread_cond_t mark_cond;
-  ph_mark_packet *shared;     /* (mark_lock) */
-  unsigned idle;              /* (mark_lock) */
-  int mark_done;              /* (mark_lock) */
-  _Atomic unsigned hungry;    /* participants waiting for work */
-  _Atomic int mark_overflow;  /* a stack could not grow: rescan needed */
+  ph_mark_packet *shared;    /* (mark_lock) */
+  unsigned idle;             /* (mark_lock) */
+  int mark_done;             /* (mark_lock) */
+  _Atomic unsigned hungry;   /* participants waiting for work */
+  _Atomic int mark_overflow; /* a stack could not grow: rescan needed */
   /* unit index space over the chunks, fixed for the section */
   size_t total_units;
   size_t unit_base[PH_MAX_CHUNKS + 1];
@@ -332,10 +333,9 @@ struct ph_heap {
   /* heap->lock guards: chunks and units, domain slots and states, the STW
    * election, the retired list, heap-level stats. */
   pthread_mutex_t lock;
-  pthread_cond_t cond; /* STW start/end, arrivals */
+  pthread_cond_t cond;             /* STW start/end, arrivals */
   ph_chunk *chunks[PH_MAX_CHUNKS]; /* sorted by base */
   unsigned nchunks;
-  size_t next_chunk_size; /* geometric growth (heap.chunk.growth) */
   size_t pool_units, large_units; /* units in use */
   ph_slot *slots;                 /* cfg.max_domains */
   unsigned ndomains;
@@ -345,12 +345,12 @@ struct ph_heap {
   pthread_mutex_t roots_lock;
   ph_value **groots;
   size_t groots_cap, groots_n; /* n: live entries */
-  size_t groots_used;           /* live entries + tombstones */
+  size_t groots_used;          /* live entries + tombstones */
 
   /* barrier.stw */
-  _Atomic int stw_pending; /* 1 while a section is elected or running */
-  uint64_t stw_started;    /* (lock) sections started */
-  uint64_t stw_done;       /* (lock) sections finished */
+  _Atomic int stw_pending;     /* 1 while a section is elected or running */
+  uint64_t stw_started;        /* (lock) sections started */
+  uint64_t stw_done;           /* (lock) sections finished */
   uint64_t last_collect_epoch; /* (lock) epoch of the last collecting one */
   uint64_t last_compact_epoch; /* (lock) epoch of the last compacting one */
   ph_stw stw;
@@ -397,11 +397,13 @@ static inline ph_unit_hdr *ph_unit_of(const struct ph_heap *h, ph_value v) {
 /* heap/pool.c */
 ph_pool *ph_pool_new_locked(struct ph_heap *h, unsigned cls, unsigned owner);
 void ph_pool_init_free(struct ph_heap *h, ph_pool *p);
-static inline char *ph_pool_slots(ph_pool *p) { return (char *)p + p->hdr; }
+static inline char *ph_pool_slots(ph_pool *p) {
+  return (char *)p + p->hdr;
+}
 static inline ph_value ph_pool_block(const struct ph_heap *h, ph_pool *p,
                                      uint32_t i) {
-  return (ph_value)(ph_pool_slots(p) +
-                    (size_t)i * h->class_wsize[p->cls] * 8 + 8);
+  return (ph_value)(ph_pool_slots(p) + (size_t)i * h->class_wsize[p->cls] * 8 +
+                    8);
 }
 void ph_pool_push_avail(struct ph_heap *h, ph_pool *p);
 void ph_domain_flush_caches(struct ph_domain *d);
@@ -450,8 +452,8 @@ void ph_roots_scan_stw(struct ph_heap *h, ph_worker *w, ph_visit_fn visit,
 void ph_roots_domain_init(struct ph_domain *d);
 void ph_roots_domain_fini(struct ph_domain *d);
 void ph_roots_global_fini(struct ph_heap *h);
-void ph_roots_visit_domain(struct ph_heap *h, unsigned slot,
-                           ph_visit_fn visit, void *ctx);
+void ph_roots_visit_domain(struct ph_heap *h, unsigned slot, ph_visit_fn visit,
+                           void *ctx);
 void ph_roots_visit_global(struct ph_heap *h, ph_visit_fn visit, void *ctx);
 
 /* compact/compact.c */

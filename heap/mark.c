@@ -30,8 +30,7 @@ static void push(ph_stw *s, ph_mark_stack *st, ph_value v, size_t start) {
     size_t ncap = st->cap ? st->cap * 2 : 4096;
     if (ph_mark_stack_limit && ncap > ph_mark_stack_limit)
       ncap = ph_mark_stack_limit;
-    ph_mark_entry *e =
-        ncap > st->cap ? realloc(st->e, ncap * sizeof *e) : NULL;
+    ph_mark_entry *e = ncap > st->cap ? realloc(st->e, ncap * sizeof *e) : NULL;
     if (!e) {
       atomic_store_explicit(&s->mark_overflow, 1, memory_order_relaxed);
       return;
@@ -187,8 +186,8 @@ static void rescan_stw(struct ph_heap *h, ph_worker *w) {
   ph_stw *s = &h->stw;
   const size_t batch = 16;
   for (;;) {
-    size_t g0 = atomic_fetch_add_explicit(&s->claim_c, batch,
-                                          memory_order_relaxed);
+    size_t g0 =
+        atomic_fetch_add_explicit(&s->claim_c, batch, memory_order_relaxed);
     if (g0 >= s->total_units)
       break;
     for (size_t g = g0; g < g0 + batch && g < s->total_units; g++) {

@@ -77,8 +77,8 @@ void ph_sweep_stw(struct ph_heap *h, ph_worker *w) {
   for (;;) {
     /* relaxed: claims only need atomicity; results are published by the
      * barrier that ends the sweep */
-    size_t g0 = atomic_fetch_add_explicit(&s->claim_units, batch,
-                                          memory_order_relaxed);
+    size_t g0 =
+        atomic_fetch_add_explicit(&s->claim_units, batch, memory_order_relaxed);
     if (g0 >= s->total_units)
       break;
     for (size_t g = g0; g < g0 + batch && g < s->total_units; g++) {

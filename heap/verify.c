@@ -154,8 +154,7 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
       }
     }
     if (!v.bad && nfree != c->nfree)
-      fail(&v, "chunk %u: %u free units, counter says %u", i, nfree,
-           c->nfree);
+      fail(&v, "chunk %u: %u free units, counter says %u", i, nfree, c->nfree);
   }
   /* every scanned field of every block */
   for (unsigned i = 0; i < h->nchunks && !v.bad; i++) {
@@ -177,8 +176,7 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
     return PH_ECORRUPT;
   if (pools != h->pool_units || large != h->large_units)
     fail(&v, "unit counters: pools %zu/%llu large %zu/%llu", h->pool_units,
-         (unsigned long long)pools, h->large_units,
-         (unsigned long long)large);
+         (unsigned long long)pools, h->large_units, (unsigned long long)large);
   uint64_t oc = atomic_load_explicit(&h->os.committed, memory_order_relaxed);
   if (!v.bad && oc != comm << h->pool_shift)
     fail(&v, "committed bytes %llu, units say %llu", (unsigned long long)oc,

@@ -60,9 +60,15 @@ typedef struct ph_domain ph_domain;
 static inline ph_value ph_val_int(intptr_t i) {
   return ((ph_value)i << 1) | (ph_value)1;
 }
-static inline intptr_t ph_int_val(ph_value v) { return (intptr_t)v >> 1; }
-static inline int ph_is_block(ph_value v) { return v != 0 && (v & 1) == 0; }
-static inline ph_value ph_hd_(ph_value v) { return ((const ph_value *)v)[-1]; }
+static inline intptr_t ph_int_val(ph_value v) {
+  return (intptr_t)v >> 1;
+}
+static inline int ph_is_block(ph_value v) {
+  return v != 0 && (v & 1) == 0;
+}
+static inline ph_value ph_hd_(ph_value v) {
+  return ((const ph_value *)v)[-1];
+}
 static inline size_t ph_wosize(ph_value v) {
   return (size_t)(ph_hd_(v) >> PH_HD_WOSIZE_SHIFT);
 }
@@ -75,7 +81,9 @@ static inline ph_value ph_field(ph_value v, size_t i) {
 static inline void ph_set_field(ph_value v, size_t i, ph_value x) {
   ((ph_value *)v)[i] = x;
 }
-static inline void *ph_raw(ph_value v) { return (void *)v; }
+static inline void *ph_raw(ph_value v) {
+  return (void *)v;
+}
 
 /* ---------------------------------------------------------------- errors */
 
@@ -136,18 +144,18 @@ typedef void (*ph_event_fn)(ph_phase phase, int begin, unsigned domain,
                             uint64_t time_ns, void *user);
 
 typedef struct ph_config {
-  unsigned max_domains;      /* 1..1024, default 64 */
-  size_t pool_size;          /* power of two, 4 KiB..4 MiB, default 32 KiB */
-  size_t heap_limit;         /* max committed bytes, 0 = none (default) */
-  unsigned gc_percent;       /* 0 = explicit only; 1..10000, default 100 */
-  ph_huge_mode huge_pages;   /* default PH_HUGE_OFF */
+  unsigned max_domains;    /* 1..1024, default 64 */
+  size_t pool_size;        /* power of two, 4 KiB..4 MiB, default 32 KiB */
+  size_t heap_limit;       /* max committed bytes, 0 = none (default) */
+  unsigned gc_percent;     /* 0 = explicit only; 1..10000, default 100 */
+  ph_huge_mode huge_pages; /* default PH_HUGE_OFF */
   ph_scan_roots_fn scan_roots;
   void *scan_roots_user;
   ph_event_fn on_event;
   void *on_event_user;
   /* compaction */
-  ph_release_mode release;        /* default PH_RELEASE_DECOMMIT */
-  size_t retain;                  /* free pool bytes kept committed, default 0 */
+  ph_release_mode release; /* default PH_RELEASE_DECOMMIT */
+  size_t retain;           /* free pool bytes kept committed, default 0 */
   ph_compact_scope compact_scope; /* default PH_COMPACT_GLOBAL */
   unsigned compact_percent;       /* 0 = never (default); 1..100 */
 } ph_config;
@@ -261,12 +269,12 @@ int ph_stats_get(ph_heap *h, ph_stats *out);
 
 /* One row of the fragmentation map. */
 typedef struct ph_census_class {
-  unsigned size_class;  /* 0 .. size_classes-1 */
-  size_t block_words;   /* words per block slot, header included */
-  size_t max_wosize;    /* largest wosize served by this class */
-  size_t pools;         /* pools of this class in use */
-  size_t live_blocks;   /* blocks allocated (not free) */
-  size_t free_blocks;   /* free slots in those pools */
+  unsigned size_class; /* 0 .. size_classes-1 */
+  size_t block_words;  /* words per block slot, header included */
+  size_t max_wosize;   /* largest wosize served by this class */
+  size_t pools;        /* pools of this class in use */
+  size_t live_blocks;  /* blocks allocated (not free) */
+  size_t free_blocks;  /* free slots in those pools */
 } ph_census_class;
 
 /* Stop the world and call fn once per size class, in order of size. */

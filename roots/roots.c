@@ -102,8 +102,8 @@ int ph_scope_close(ph_domain *d, size_t mark) {
   return PH_OK;
 }
 
-void ph_roots_visit_domain(struct ph_heap *h, unsigned slot,
-                           ph_visit_fn visit, void *ctx) {
+void ph_roots_visit_domain(struct ph_heap *h, unsigned slot, ph_visit_fn visit,
+                           void *ctx) {
   struct ph_domain *d = h->slots[slot].dom;
   if (!d)
     return;

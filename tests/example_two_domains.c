@@ -20,7 +20,7 @@ static int failures;
 #define CHECK(c)                                                               \
   do {                                                                         \
     if (!(c)) {                                                                \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);   \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);    \
       __atomic_fetch_add(&failures, 1, __ATOMIC_RELAXED);                      \
     }                                                                          \
   } while (0)
