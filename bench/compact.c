@@ -1,0 +1,468 @@
+/* bench/compact.c -- poolheap's compaction benchmark (issue 3, issue 5).
+ *
+ * Builds the frag(N, D, K) shape of shared context workloads.md with poolheap,
+ * exactly as the peers in bench/peers/ build it (same seeded generator, size
+ * mix, fates and pointer choices from bench/peers/peer_common.h), so that the
+ * checksum for a seed equals the peers'.  Then, on domain 0:
+ *   ph_collect (collect_ms, mark_ms, sweep_ms), RSS / maps / checksum,
+ *   ph_compact (compact_ms; evacuate/update/release from ph_stats), RSS /
+ *   maps / checksum, ph_verify, and a second ph_compact that must move 0.
+ * The other domains take part: they poll ph_safepoint in a loop, or (with
+ * --domains-compacting 1) wait inside ph_blocking_enter/leave.
+ * One JSON line per run on stdout; exit status 0 only if every run was ok.
+ *
+ *   compact [--shape W1|W2|W50|Wskew|Wbig] [--n N] [--domains D] [--keep K]
+ *           [--skew] [--seed S] [--runs R] [--scope global|per-domain]
+ *           [--release decommit|unmap|lazy|keep] [--domains-compacting 1|2]
+ *           [--gc-percent P] [--quick]
+ */
+#include <poolheap.h>
+
+#include "bench/peers/peer_common.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+
+#define MAXD 64
+
+typedef struct bench_opts {
+  const char *shape;
+  long long n;
+  int domains, keep, skew, compacting, quick;
+  unsigned gc_percent;
+  uint64_t seed;
+  ph_release_mode release;
+  ph_compact_scope scope;
+} bench_opts;
+
+typedef struct part {
+  unsigned d;
+  size_t n;
+  ph_value *rslot; /* this domain's handle-scope slot holding R */
+  uint64_t nkept, kept_bytes;
+} part;
+
+typedef struct result {
+  double build_ms, collect_ms, compact_ms, mark_ms, sweep_ms;
+  double evacuate_ms, update_ms, release_ms, cmark_ms, csweep_ms, stw_ms;
+  long long rss_built, rss_before, rss_after;
+  long maps_built, maps_before, maps_after;
+  uint64_t live_bytes, live_blocks, evacuated_bytes, evacuated_blocks;
+  uint64_t evacuated_pools, released_bytes, second_evacuated_bytes;
+  uint64_t committed_before, committed_after, heap_maps_before, heap_maps_after;
+  uint64_t checksum_before, checksum_after;
+  int verify_ok, participants;
+  char why[256];
+  char error[256];
+} result;
+
+static bench_opts opt;
+static ph_heap *heap;
+static part parts[MAXD];
+static result res;
+static pthread_barrier_t bar;
+static atomic_int done;
+static double t_start;
+
+static void fail(const char *what, int err) {
+  if (res.error[0] == 0)
+    snprintf(res.error, sizeof res.error, "%s: %s", what, ph_strerror(err));
+}
+
+static double ns_ms(uint64_t ns) {
+  return (double)ns / 1e6;
+}
+
+/* Wait for the others without holding up a collection. */
+static void wait_blocking(ph_domain *d) {
+  ph_blocking_enter(d);
+  pthread_barrier_wait(&bar);
+  ph_blocking_leave(d);
+}
+
+/* Build this domain's part: R, the blocks, then R[i] = immediate 0 for the
+ * dropped ones.  Same draws in the same order as frag_c.c's build_part. */
+static int build_part(ph_domain *d, part *p) {
+  size_t n = p->n;
+  peer_rng rng = peer_rng_for(opt.seed, p->d);
+  p->rslot = ph_root(d, PH_UNIT);
+  if (!p->rslot)
+    return fail("ph_root", PH_ENOMEM), -1;
+  p->nkept = p->kept_bytes = 0;
+  if (n == 0)
+    return 0; /* no root array at all: nothing of this part is live */
+  ph_value r = ph_alloc(d, n, 0);
+  if (!r)
+    return fail("ph_alloc(root array)", ph_last_error(d)), -1;
+  *p->rslot = r;
+  for (size_t i = 0; i < n; i++)
+    ph_set_field(r, i, ph_val_int(0));
+  uint32_t *list[2];
+  size_t cnt[2] = {0, 0};
+  list[0] = peer_aux_alloc(n * sizeof(uint32_t));
+  list[1] = peer_aux_alloc(n * sizeof(uint32_t));
+  size_t bits_len = n / 8 + 1;
+  uint8_t *bits = peer_aux_alloc(bits_len);
+  uint64_t live = 0;
+  int rc = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned w = peer_fields(&rng);
+    int kept = peer_uniform(&rng, 1000) < (uint64_t)opt.keep;
+    ph_value b = ph_alloc(d, w, 0); /* may collect: R is re-read below */
+    if (!b) {
+      fail("ph_alloc(block)", ph_last_error(d));
+      rc = -1;
+      break;
+    }
+    r = *p->rslot;
+    for (unsigned j = 0; j < w; j++) {
+      if (peer_uniform(&rng, 2) == 1 && cnt[kept] > 0) {
+        uint32_t k = list[kept][peer_uniform(&rng, cnt[kept])];
+        ph_set_field(b, j, ph_field(r, k));
+      } else {
+        ph_set_field(b, j, ph_val_int((intptr_t)i));
+      }
+    }
+    ph_set_field(r, i, b);
+    list[kept][cnt[kept]++] = (uint32_t)i;
+    if (kept) {
+      bits[i >> 3] |= (uint8_t)(1u << (i & 7));
+      live += (w + 1) * sizeof(ph_value);
+    }
+  }
+  if (rc == 0) {
+    r = *p->rslot;
+    for (size_t i = 0; i < n; i++)
+      if (!((bits[i >> 3] >> (i & 7)) & 1))
+        ph_set_field(r, i, ph_val_int(0));
+    p->nkept = cnt[1];
+    p->kept_bytes = live;
+  }
+  peer_aux_free(list[0], n * sizeof(uint32_t));
+  peer_aux_free(list[1], n * sizeof(uint32_t));
+  peer_aux_free(bits, bits_len);
+  return rc;
+}
+
+/* frag_c.c's checksum: every surviving block in root order, domain by domain:
+ * field count, immediates, and the field count of each pointed-to block.
+ * Called by domain 0 while nothing can collect. */
+static uint64_t checksum(void) {
+  uint64_t h = PEER_HASH_INIT;
+  for (int d = 0; d < opt.domains; d++) {
+    ph_value r = *parts[d].rslot;
+    for (size_t i = 0; i < parts[d].n; i++) {
+      ph_value v = ph_field(r, i);
+      if (!ph_is_block(v))
+        continue;
+      size_t w = ph_wosize(v);
+      h = peer_mix(h, w);
+      for (size_t j = 0; j < w; j++) {
+        ph_value f = ph_field(v, j);
+        if (ph_is_block(f))
+          h = peer_mix(h, ph_wosize(f));
+        else
+          h = peer_mix(h, (uint64_t)ph_int_val(f));
+      }
+    }
+  }
+  return h & PEER_HASH_MASK;
+}
+
+/* The measured sequence, on domain 0. */
+static void measure(ph_domain *d) {
+  ph_stats st;
+  int e;
+  res.rss_built = peer_rss_bytes();
+  res.maps_built = peer_maps_count(NULL, NULL);
+
+  double t0 = peer_now_ms();
+  if ((e = ph_collect(d)) != PH_OK)
+    return fail("ph_collect", e);
+  res.collect_ms = peer_now_ms() - t0;
+  ph_stats_get(heap, &st);
+  res.mark_ms = ns_ms(st.mark_ns);
+  res.sweep_ms = ns_ms(st.sweep_ns);
+  res.live_bytes = st.live_bytes;
+  res.live_blocks = st.live_blocks;
+  res.committed_before = st.committed_bytes;
+  res.heap_maps_before = st.mappings;
+  res.rss_before = peer_rss_bytes();
+  res.maps_before = peer_maps_count(NULL, NULL);
+  res.checksum_before = checksum();
+
+  t0 = peer_now_ms();
+  if ((e = ph_compact(d)) != PH_OK)
+    return fail("ph_compact", e);
+  res.compact_ms = peer_now_ms() - t0;
+  ph_stats_get(heap, &st);
+  res.evacuate_ms = ns_ms(st.evacuate_ns);
+  res.update_ms = ns_ms(st.update_ns);
+  res.release_ms = ns_ms(st.release_ns);
+  res.cmark_ms = ns_ms(st.mark_ns);
+  res.csweep_ms = ns_ms(st.sweep_ns);
+  res.stw_ms = ns_ms(st.stw_ns);
+  res.evacuated_bytes = st.evacuated_bytes;
+  res.evacuated_blocks = st.evacuated_blocks;
+  res.evacuated_pools = st.evacuated_pools;
+  res.released_bytes = st.released_bytes;
+  res.committed_after = st.committed_bytes;
+  res.heap_maps_after = st.mappings;
+  res.rss_after = peer_rss_bytes();
+  res.maps_after = peer_maps_count(NULL, NULL);
+  res.checksum_after = checksum();
+
+  res.verify_ok = ph_verify(d, res.why, sizeof res.why) == PH_OK;
+  if ((e = ph_compact(d)) != PH_OK)
+    return fail("second ph_compact", e);
+  ph_stats_get(heap, &st);
+  res.second_evacuated_bytes = st.evacuated_bytes;
+}
+
+static void *domain_main(void *arg) {
+  part *p = arg;
+  ph_domain *d;
+  int e = ph_domain_attach(heap, &d);
+  if (e != PH_OK) {
+    fail("ph_domain_attach", e);
+    if (p->d == 0)
+      atomic_store(&done, 1);
+    pthread_barrier_wait(&bar); /* built */
+    pthread_barrier_wait(&bar); /* measured */
+    return NULL;
+  }
+  size_t mark = ph_scope_open(d);
+  build_part(d, p);
+  wait_blocking(d); /* every part built */
+  if (p->d == 0) {
+    res.build_ms = peer_now_ms() - t_start;
+    if (res.error[0] == 0)
+      measure(d);
+    atomic_store(&done, 1);
+  } else if (opt.compacting >= 2) {
+    while (!atomic_load(&done)) { /* running: takes part in every STW */
+      ph_safepoint(d);
+      sched_yield();
+    }
+  }
+  wait_blocking(d); /* measured (domain 0 is done) */
+  ph_scope_close(d, mark);
+  ph_domain_detach(d);
+  return NULL;
+}
+
+static int run_once(int run) {
+  memset(&res, 0, sizeof res);
+  memset(parts, 0, sizeof parts);
+  atomic_store(&done, 0);
+  ph_config cfg;
+  ph_config_init(&cfg);
+  cfg.release = opt.release;
+  cfg.compact_scope = opt.scope;
+  cfg.gc_percent = opt.gc_percent;
+  int e = ph_heap_create(&cfg, &heap);
+  if (e != PH_OK) {
+    fail("ph_heap_create", e);
+  } else {
+    pthread_barrier_init(&bar, NULL, (unsigned)opt.domains);
+    pthread_t th[MAXD];
+    t_start = peer_now_ms();
+    for (int d = 0; d < opt.domains; d++) {
+      parts[d].d = (unsigned)d;
+      parts[d].n = (opt.skew && d > 0) ? 0 : (size_t)opt.n;
+    }
+    for (int d = 0; d < opt.domains; d++)
+      if (pthread_create(&th[d], NULL, domain_main, &parts[d]) != 0) {
+        perror("pthread_create");
+        exit(2);
+      }
+    for (int d = 0; d < opt.domains; d++)
+      pthread_join(th[d], NULL);
+    pthread_barrier_destroy(&bar);
+    if ((e = ph_heap_destroy(heap)) != PH_OK)
+      fail("ph_heap_destroy", e);
+  }
+
+  uint64_t model = 0;
+  for (int d = 0; d < opt.domains; d++)
+    model += parts[d].kept_bytes +
+             (parts[d].n ? (parts[d].n + 1) * sizeof(ph_value) : 0);
+  int ok = res.error[0] == 0 && res.checksum_before == res.checksum_after &&
+           res.verify_ok && res.second_evacuated_bytes == 0;
+  static const char *rel[] = {"decommit", "unmap", "lazy", "keep"};
+  FILE *f = stdout;
+  fprintf(f, "{\"system\":\"poolheap\",\"shape\":");
+  peer_json_str(f, opt.shape);
+  fprintf(f,
+          ",\"n\":%lld,\"domains\":%d,\"keep\":%d,\"skew\":%s,\"seed\":%llu,"
+          "\"run\":%d,\"scope\":\"%s\",\"release\":\"%s\","
+          "\"domains_compacting\":%d",
+          opt.n, opt.domains, opt.keep, opt.skew ? "true" : "false",
+          (unsigned long long)opt.seed, run,
+          opt.scope == PH_COMPACT_GLOBAL ? "global" : "per-domain",
+          rel[opt.release], opt.compacting);
+  fprintf(f,
+          ",\"build_ms\":%.3f,\"collect_ms\":%.3f,\"compact_ms\":%.3f,"
+          "\"whole_ms\":%.3f,\"compact_phase_ms\":%.3f,\"evacuate_ms\":%.3f,"
+          "\"update_ms\":%.3f,\"release_ms\":%.3f,\"mark_ms\":%.3f,"
+          "\"sweep_ms\":%.3f,\"compact_mark_ms\":%.3f,"
+          "\"compact_sweep_ms\":%.3f,\"compact_stw_ms\":%.3f",
+          res.build_ms, res.collect_ms, res.compact_ms,
+          res.collect_ms + res.compact_ms,
+          res.evacuate_ms + res.update_ms + res.release_ms, res.evacuate_ms,
+          res.update_ms, res.release_ms, res.mark_ms, res.sweep_ms,
+          res.cmark_ms, res.csweep_ms, res.stw_ms);
+  fprintf(f,
+          ",\"rss_built\":%lld,\"maps_built\":%ld,\"rss_before\":%lld,"
+          "\"rss_collected\":%lld,\"rss_after\":%lld,\"maps_before\":%ld,"
+          "\"maps_collected\":%ld,\"maps_after\":%ld,"
+          "\"committed_before\":%llu,\"committed_after\":%llu,"
+          "\"heap_maps_before\":%llu,\"heap_maps_after\":%llu",
+          res.rss_built, res.maps_built, res.rss_before, res.rss_before,
+          res.rss_after, res.maps_before, res.maps_before, res.maps_after,
+          (unsigned long long)res.committed_before,
+          (unsigned long long)res.committed_after,
+          (unsigned long long)res.heap_maps_before,
+          (unsigned long long)res.heap_maps_after);
+  fprintf(
+      f,
+      ",\"live_bytes\":%llu,\"live_blocks\":%llu,\"live_bytes_model\":%llu,"
+      "\"evacuated_bytes\":%llu,\"evacuated_blocks\":%llu,"
+      "\"evacuated_pools\":%llu,\"released_bytes\":%llu,"
+      "\"second_evacuated_bytes\":%llu,\"checksum_before\":%llu,"
+      "\"checksum_after\":%llu,\"verify_ok\":%s",
+      (unsigned long long)res.live_bytes, (unsigned long long)res.live_blocks,
+      (unsigned long long)model, (unsigned long long)res.evacuated_bytes,
+      (unsigned long long)res.evacuated_blocks,
+      (unsigned long long)res.evacuated_pools,
+      (unsigned long long)res.released_bytes,
+      (unsigned long long)res.second_evacuated_bytes,
+      (unsigned long long)res.checksum_before,
+      (unsigned long long)res.checksum_after, res.verify_ok ? "true" : "false");
+  if (!res.verify_ok && res.why[0]) {
+    fprintf(f, ",\"verify\":");
+    peer_json_str(f, res.why);
+  }
+  if (res.error[0]) {
+    fprintf(f, ",\"error\":");
+    peer_json_str(f, res.error);
+  }
+  fprintf(f, ",\"ok\":%s}\n", ok ? "true" : "false");
+  fflush(f);
+  return ok;
+}
+
+static void usage(void) {
+  fprintf(
+      stderr,
+      "usage: compact [--shape W1|W2|W50|Wskew|Wbig] [--n N] [--domains D]\n"
+      "               [--keep K] [--skew] [--seed S] [--runs R]\n"
+      "               [--scope global|per-domain]\n"
+      "               [--release decommit|unmap|lazy|keep]\n"
+      "               [--domains-compacting 1|2] [--gc-percent P] "
+      "[--quick]\n");
+  exit(1);
+}
+
+int main(int argc, char **argv) {
+  int runs = 1, have_seed = 0, explicit_ = 0;
+  opt.shape = "custom";
+  opt.n = 4000000;
+  opt.domains = 1;
+  opt.keep = 100;
+  opt.compacting = 2;
+  opt.gc_percent = 100;
+  opt.release = PH_RELEASE_DECOMMIT;
+  opt.scope = PH_COMPACT_GLOBAL;
+  for (int a = 1; a < argc; a++) {
+    const char *o = argv[a];
+    int flag = strcmp(o, "--skew") == 0 || strcmp(o, "--quick") == 0;
+    if (!flag && a + 1 >= argc)
+      usage();
+    if (strcmp(o, "--shape") == 0) {
+      const char *s = argv[++a];
+      opt.shape = s;
+      opt.skew = 0;
+      if (strcmp(s, "W1") == 0) {
+        opt.n = 4000000, opt.domains = 1, opt.keep = 100;
+      } else if (strcmp(s, "W2") == 0) {
+        opt.n = 2000000, opt.domains = 2, opt.keep = 100;
+      } else if (strcmp(s, "W50") == 0) {
+        opt.n = 4000000, opt.domains = 1, opt.keep = 500;
+      } else if (strcmp(s, "Wskew") == 0) {
+        opt.n = 4000000, opt.domains = 2, opt.keep = 100, opt.skew = 1;
+      } else if (strcmp(s, "Wbig") == 0) {
+        opt.n = 20000000, opt.domains = 1, opt.keep = 100;
+      } else {
+        usage();
+      }
+    } else if (strcmp(o, "--n") == 0) {
+      opt.n = peer_parse_size(argv[++a]), explicit_ = 1;
+    } else if (strcmp(o, "--domains") == 0) {
+      opt.domains = atoi(argv[++a]), explicit_ = 1;
+    } else if (strcmp(o, "--keep") == 0) {
+      opt.keep = atoi(argv[++a]), explicit_ = 1;
+    } else if (strcmp(o, "--skew") == 0) {
+      opt.skew = 1, explicit_ = 1;
+    } else if (strcmp(o, "--quick") == 0) {
+      opt.quick = 1;
+    } else if (strcmp(o, "--seed") == 0) {
+      opt.seed = strtoull(argv[++a], NULL, 0), have_seed = 1;
+    } else if (strcmp(o, "--runs") == 0) {
+      runs = atoi(argv[++a]);
+    } else if (strcmp(o, "--gc-percent") == 0) {
+      opt.gc_percent = (unsigned)atoi(argv[++a]);
+    } else if (strcmp(o, "--domains-compacting") == 0) {
+      opt.compacting = atoi(argv[++a]);
+    } else if (strcmp(o, "--scope") == 0) {
+      const char *s = argv[++a];
+      if (strcmp(s, "global") == 0)
+        opt.scope = PH_COMPACT_GLOBAL;
+      else if (strcmp(s, "per-domain") == 0)
+        opt.scope = PH_COMPACT_PER_DOMAIN;
+      else
+        usage();
+    } else if (strcmp(o, "--release") == 0) {
+      const char *s = argv[++a];
+      if (strcmp(s, "decommit") == 0)
+        opt.release = PH_RELEASE_DECOMMIT;
+      else if (strcmp(s, "unmap") == 0)
+        opt.release = PH_RELEASE_UNMAP;
+      else if (strcmp(s, "lazy") == 0)
+        opt.release = PH_RELEASE_LAZY;
+      else if (strcmp(s, "keep") == 0)
+        opt.release = PH_RELEASE_KEEP;
+      else
+        usage();
+    } else {
+      usage();
+    }
+  }
+  /* --quick: a twentieth of N (a small heap for CI), same D and K */
+  if (opt.quick && !explicit_)
+    opt.n /= 20;
+  if (opt.domains < 1 || opt.domains > MAXD || opt.n < 0 ||
+      opt.n > 0xFFFFFFFFLL || opt.keep < 0 || opt.keep > 1000 || runs < 1 ||
+      opt.compacting < 1 || opt.compacting > 2)
+    usage();
+  /* a named shape with changed parameters is not that shape (as the peers) */
+  if (explicit_)
+    opt.shape = "custom";
+  else if (opt.quick) { /* a named shape at a twentieth of its N */
+    static char qname[64];
+    snprintf(qname, sizeof qname, "%s-quick", opt.shape);
+    opt.shape = qname;
+  }
+  if (!have_seed)
+    opt.seed = peer_default_seed();
+  fprintf(stderr,
+          "compact: shape %s n %lld domains %d keep %d seed %llu runs %d "
+          "domains-compacting %d\n",
+          opt.shape, opt.n, opt.domains, opt.keep, (unsigned long long)opt.seed,
+          runs, opt.compacting);
+  int all_ok = 1;
+  for (int r = 0; r < runs; r++)
+    all_ok &= run_once(r);
+  return all_ok ? 0 : 4;
+}
