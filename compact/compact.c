@@ -42,21 +42,32 @@
 
 #define PH_LARGE_SLICE 65536 /* fields per update work item */
 
+struct ph_cclass;
 typedef struct ph_evac_unit {
   ph_pool *dst;
-  ph_pool **src;      /* the class's evacuated pools */
+  struct ph_cclass *cc; /* the class: its evac[] are the sources */
   uint32_t src_first; /* index into src */
   uint32_t src_skip;  /* live blocks of src[src_first] before ours */
   uint32_t count;     /* blocks to move into dst */
   uint32_t owner;     /* slot of the pools' owner */
 } ph_evac_unit;
 
+/* compact.update.table: for each evacuated pool e of a class, a copy of its
+ * live bitmap (nwords words) with the live count before each word, and
+ * fwd[base[e] + rank] = the new address of its rank-th live block.  About
+ * 8 bytes per moved block plus 1/100 of the evacuated pools: a pointer is
+ * forwarded from this dense table instead of from the old copy, which lies
+ * somewhere in all the evacuated memory. */
 typedef struct ph_cclass {
   ph_pool **keep, **evac;
   size_t nkeep, nevac;
   ph_evac_unit *units;
   size_t nunits;
-  uint64_t moved_blocks, moved_bytes;
+  uint64_t *ebits;   /* nevac * nwords, or NULL: forward through old copies */
+  uint32_t *eprefix; /* nevac * nwords */
+  uint32_t *ebase;   /* nevac */
+  ph_value *fwd;     /* live blocks of all evac pools */
+  uint32_t slot_bytes;
 } ph_cclass;
 
 typedef struct ph_compact_plan {
@@ -69,12 +80,14 @@ typedef struct ph_compact_plan {
   size_t *large_first; /* first slice of each large block */
   size_t nlarges, nslices;
   int failed; /* a plan allocation failed: nothing is evacuated */
-  /* compact.update.map: one bit per unit over [map_lo, map_lo + map_units
-   * units), set for evacuated pools.  Pool headers lie at a pool_size
-   * stride and alias to a few cache sets; this map stays in L1. */
+  /* compact.update.map: per unit over [map_lo, map_lo + map_units units),
+   * 0 or 1 + (class << 26 | index of the evacuated pool in its class).
+   * Pool headers lie at a pool_size stride and alias to a few cache sets;
+   * this table is dense (4 bytes a unit).  NULL: the headers are read. */
   uintptr_t map_lo;
   size_t map_units;
-  uint64_t *map;
+  uint32_t *map;
+  size_t nwords; /* bitmap words per pool */
 } ph_compact_plan;
 
 /* ------------------------------------------------------------ phase 1 */
@@ -165,7 +178,7 @@ static void plan_group(ph_cclass *cc, ph_pool **cand, size_t n,
     uint32_t room = dst->nfree, take = 0;
     ph_evac_unit *u = &cc->units[cc->nunits];
     u->dst = dst;
-    u->src = cc->evac;
+    u->cc = cc;
     u->src_first = (uint32_t)si;
     u->src_skip = skip;
     u->owner = dst->owner;
@@ -187,6 +200,47 @@ static void plan_group(ph_cclass *cc, ph_pool **cand, size_t n,
     }
   }
   PH_ASSERT(si == cc->nevac); /* every source block has a destination */
+}
+
+/* compact.update.table for one class (its evac[] is final). */
+static void build_table(struct ph_heap *h, ph_compact_plan *plan,
+                        ph_cclass *cc) {
+  size_t nw = plan->nwords, n = cc->nevac;
+  if (n == 0)
+    return;
+  uint64_t live = 0;
+  for (size_t e = 0; e < n; e++)
+    live += cc->evac[e]->nlive;
+  cc->ebits = malloc(n * nw * sizeof *cc->ebits);
+  cc->eprefix = malloc(n * nw * sizeof *cc->eprefix);
+  cc->ebase = malloc(n * sizeof *cc->ebase);
+  cc->fwd = malloc(live * sizeof *cc->fwd);
+  if (!cc->ebits || !cc->eprefix || !cc->ebase || !cc->fwd) {
+    free(cc->ebits);
+    free(cc->eprefix);
+    free(cc->ebase);
+    free(cc->fwd);
+    cc->ebits = NULL;
+    cc->eprefix = NULL;
+    cc->ebase = NULL;
+    cc->fwd = NULL;
+    return;
+  }
+  cc->slot_bytes = h->class_wsize[cc->evac[0]->cls] * 8;
+  uint32_t base = 0;
+  for (size_t e = 0; e < n; e++) {
+    const uint64_t *b = ph_pool_bits(cc->evac[e]);
+    uint32_t words = (cc->evac[e]->nslots + 63) / 64;
+    uint32_t before = 0;
+    cc->ebase[e] = base;
+    for (size_t k = 0; k < nw; k++) {
+      uint64_t word = k < words ? b[k] : 0;
+      cc->ebits[e * nw + k] = word;
+      cc->eprefix[e * nw + k] = before;
+      before += (uint32_t)__builtin_popcountll(word);
+    }
+    base += cc->evac[e]->nlive;
+  }
 }
 
 static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
@@ -232,6 +286,7 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
     }
   }
   free(cand);
+  build_table(h, plan, cc);
 }
 
 static void choose_stw(struct ph_heap *h, ph_compact_plan *plan) {
@@ -244,7 +299,7 @@ static void choose_stw(struct ph_heap *h, ph_compact_plan *plan) {
   }
 }
 
-#define PH_MAP_MAX_UNITS ((size_t)1 << 27)
+#define PH_MAP_MAX_UNITS ((size_t)1 << 22)
 
 static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   plan->map = NULL;
@@ -256,7 +311,7 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   size_t n = (hi - lo) >> h->pool_shift;
   if (n > PH_MAP_MAX_UNITS)
     return; /* chunks spread too far apart: headers are read instead */
-  plan->map = calloc((n + 63) / 64, sizeof(uint64_t));
+  plan->map = calloc(n, sizeof *plan->map);
   if (!plan->map)
     return;
   plan->map_lo = lo;
@@ -264,7 +319,7 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   for (unsigned c = 0; c < h->nclasses; c++)
     for (size_t i = 0; i < plan->cls[c].nevac; i++) {
       size_t u = ((uintptr_t)plan->cls[c].evac[i] - lo) >> h->pool_shift;
-      plan->map[u / 64] |= (uint64_t)1 << (u % 64);
+      plan->map[u] = 1 + (((uint32_t)c << 26) | (uint32_t)i);
     }
 }
 
@@ -347,15 +402,23 @@ static uint32_t nth_live(ph_pool *src, uint32_t skip) {
 /* Move u->count live blocks, in order, from the sources into u->dst.  The
  * live bitmap written by the sweep says which slots to copy, so only live
  * blocks are touched. */
-static void evacuate_unit(struct ph_heap *h, ph_worker *w, ph_evac_unit *u) {
+static void evacuate_unit(struct ph_heap *h, ph_compact_plan *plan,
+                          ph_worker *w, ph_evac_unit *u) {
   ph_pool *dst = u->dst;
+  ph_cclass *cc = u->cc;
+  /* Old copies get FWD and the new address when pointers will be forwarded
+   * through them (no table), and always in debug builds, where the update
+   * asserts it. */
+  int in_place = PH_DEBUG || !plan->map || !cc->fwd;
   uint32_t i = u->src_first, left = u->count;
-  uint32_t k = nth_live(u->src[i], u->src_skip);
+  uint32_t rank = u->src_skip;
+  uint32_t k = nth_live(cc->evac[i], u->src_skip);
   while (left > 0) {
-    ph_pool *src = u->src[i];
+    ph_pool *src = cc->evac[i];
     uint32_t wsize = h->class_wsize[src->cls];
     const uint64_t *bits = ph_pool_bits(src);
     ph_value *base = (ph_value *)ph_pool_slots(src);
+    ph_value *fwd = cc->fwd ? cc->fwd + cc->ebase[i] : NULL;
     uint32_t nwords = (src->nslots + 63) / 64;
     for (uint32_t wi = k / 64; wi < nwords && left > 0; wi++) {
       uint64_t word = bits[wi];
@@ -372,9 +435,14 @@ static void evacuate_unit(struct ph_heap *h, ph_worker *w, ph_evac_unit *u) {
         dst->free = *(ph_value *)nv;
         size_t wo = ph_hd_wosize(hd);
         memcpy((ph_value *)nv - 1, slot, (wo + 1) * sizeof(ph_value));
-        slot[1] = nv;
-        slot[0] =
-            (hd & ~PH_HD_COLOR_MASK) | ((ph_value)PH_FWD << PH_HD_COLOR_SHIFT);
+        if (fwd)
+          fwd[rank] = nv;
+        rank++;
+        if (in_place) {
+          slot[1] = nv;
+          slot[0] = (hd & ~PH_HD_COLOR_MASK) |
+                    ((ph_value)PH_FWD << PH_HD_COLOR_SHIFT);
+        }
         w->evac_blocks++;
         w->evac_bytes += (wo + 1) * 8;
         left--;
@@ -382,6 +450,7 @@ static void evacuate_unit(struct ph_heap *h, ph_worker *w, ph_evac_unit *u) {
     }
     i++;
     k = 0;
+    rank = 0;
   }
   dst->nfree -= u->count;
   dst->nlive += u->count;
@@ -396,7 +465,7 @@ static void evacuate_stw(struct ph_heap *h, ph_worker *w,
           atomic_fetch_add_explicit(&s->claim_b, 1, memory_order_relaxed);
       if (k >= plan->nunits)
         break;
-      evacuate_unit(h, w, &plan->units[k]);
+      evacuate_unit(h, plan, w, &plan->units[k]);
     }
     return;
   }
@@ -409,7 +478,7 @@ static void evacuate_stw(struct ph_heap *h, ph_worker *w,
         o ? o == w->dom || (o->stw_expected != s->epoch && w->dom == s->leader)
           : w->dom == s->leader;
     if (mine)
-      evacuate_unit(h, w, u);
+      evacuate_unit(h, plan, w, u);
   }
 }
 
@@ -424,37 +493,59 @@ static void evacuate_stw(struct ph_heap *h, ph_worker *w,
 #define PH_FWD_BATCH 32
 typedef struct fwd_batch {
   const struct ph_heap *h;
-  const uint64_t *map; /* compact.update.map, or NULL */
+  const ph_compact_plan *plan;
   uintptr_t map_lo;
   size_t map_units;
   unsigned shift;
   unsigned n;
   ph_value *slot[PH_FWD_BATCH];
+  const ph_value *src[PH_FWD_BATCH]; /* where the new address is */
 } fwd_batch;
 
 static void fb_flush(fwd_batch *b) {
-  for (unsigned i = 0; i < b->n; i++) {
-    ph_value *s = b->slot[i];
-    PH_ASSERT(ph_hd_color(*ph_hp(*s)) == PH_FWD);
-    *s = *(const ph_value *)*s;
-  }
+  for (unsigned i = 0; i < b->n; i++)
+    *b->slot[i] = *b->src[i];
   b->n = 0;
 }
 
-static inline int fb_evacuated(const fwd_batch *b, ph_value x) {
-  if (b->map) {
-    size_t u = (x - b->map_lo) >> b->shift;
-    return u < b->map_units && (b->map[u / 64] >> (u % 64) & 1);
+/* Where the new address of x is, or NULL if x did not move. */
+static inline const ph_value *fwd_source(const fwd_batch *b, ph_value x) {
+  const ph_compact_plan *plan = b->plan;
+  if (!plan->map) {
+    if (!ph_unit_of(b->h, x)->evacuated)
+      return NULL;
+    PH_ASSERT(ph_hd_color(*ph_hp(x)) == PH_FWD);
+    return (const ph_value *)x;
   }
-  return ph_unit_of(b->h, x)->evacuated;
+  size_t u = (x - b->map_lo) >> b->shift;
+  if (u >= b->map_units || plan->map[u] == 0)
+    return NULL;
+  uint32_t code = plan->map[u] - 1;
+  const ph_cclass *cc = &plan->cls[code >> 26];
+  uint32_t e = code & ((1u << 26) - 1);
+  PH_ASSERT(ph_hd_color(*ph_hp(x)) == PH_FWD);
+  if (!cc->fwd)
+    return (const ph_value *)x;
+  uint32_t off =
+      (uint32_t)(x & ~b->h->pool_mask) - (uint32_t)b->h->pool_hdr - 8;
+  uint32_t slot = off / cc->slot_bytes;
+  size_t wi = e * plan->nwords + slot / 64;
+  uint64_t below = cc->ebits[wi] & (((uint64_t)1 << (slot % 64)) - 1);
+  uint32_t rank = cc->eprefix[wi] + (uint32_t)__builtin_popcountll(below);
+  PH_ASSERT(cc->fwd[cc->ebase[e] + rank] == *(const ph_value *)x);
+  return &cc->fwd[cc->ebase[e] + rank];
 }
 
 static inline void fb_add(fwd_batch *b, ph_value *slot) {
   ph_value x = *slot;
-  if (!ph_is_block(x) || !fb_evacuated(b, x))
+  if (!ph_is_block(x))
     return;
-  __builtin_prefetch((const void *)x);
-  b->slot[b->n++] = slot;
+  const ph_value *src = fwd_source(b, x);
+  if (!src)
+    return;
+  __builtin_prefetch(src);
+  b->slot[b->n] = slot;
+  b->src[b->n++] = src;
   if (b->n == PH_FWD_BATCH)
     fb_flush(b);
 }
@@ -481,7 +572,7 @@ static void update_pool(fwd_batch *b, ph_pool *p) {
 static void update_stw(struct ph_heap *h, ph_worker *w, ph_compact_plan *plan) {
   ph_stw *s = &h->stw;
   fwd_batch fb = {.h = h,
-                  .map = plan->map,
+                  .plan = plan,
                   .map_lo = plan->map_lo,
                   .map_units = plan->map_units,
                   .shift = h->pool_shift,
@@ -594,6 +685,10 @@ static void plan_free(struct ph_heap *h, ph_compact_plan *plan) {
     free(plan->cls[c].keep);
     free(plan->cls[c].evac);
     free(plan->cls[c].units);
+    free(plan->cls[c].ebits);
+    free(plan->cls[c].eprefix);
+    free(plan->cls[c].ebase);
+    free(plan->cls[c].fwd);
   }
   free(plan->units);
   free(plan->larges);
@@ -616,6 +711,8 @@ void ph_compact_stw(struct ph_heap *h, ph_worker *w) {
       s->plan = calloc(1, sizeof *s->plan);
     else
       memset(s->plan, 0, sizeof *s->plan);
+    if (s->plan)
+      s->plan->nwords = (h->pool_hdr - PH_POOL_HDR) / 8;
     ph_stw_units_init_stw_single(h);
     atomic_store_explicit(&s->claim_units, 0, memory_order_relaxed);
     atomic_store_explicit(&s->claim_a, 0, memory_order_relaxed);
