@@ -257,6 +257,12 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
   cc->evac = malloc(n * sizeof *cc->evac);
   cc->units = malloc(n * sizeof *cc->units);
   if (!cand || !cc->keep || !cc->evac || !cc->units) {
+    /* nothing moves in this class: its pools need their free lists */
+    for (ph_pool *p = atomic_load_explicit(&plan->cand[cls],
+                                           memory_order_relaxed);
+         p; p = p->cnext)
+      if (p->unbuilt)
+        ph_pool_build_free(h, p);
     free(cand);
     free(cc->keep);
     free(cc->evac);
@@ -286,6 +292,11 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
     }
   }
   free(cand);
+  /* heap.sweep.lazy: the kept pools get their free lists (destinations
+   * need them in phase 3); evacuated pools are never written again */
+  for (size_t k = 0; k < cc->nkeep; k++)
+    if (cc->keep[k]->unbuilt)
+      ph_pool_build_free(h, cc->keep[k]);
   build_table(h, plan, cc);
 }
 
@@ -342,8 +353,12 @@ static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   if (plan->failed) {
     /* Nothing moves: undo the evacuation flags. */
     for (unsigned c = 0; c < h->nclasses; c++) {
-      for (size_t i = 0; i < plan->cls[c].nevac; i++)
-        plan->cls[c].evac[i]->evacuated = 0;
+      for (size_t i = 0; i < plan->cls[c].nevac; i++) {
+        ph_pool *p = plan->cls[c].evac[i];
+        p->evacuated = 0;
+        if (p->unbuilt)
+          ph_pool_build_free(h, p);
+      }
       plan->cls[c].nevac = 0;
       plan->cls[c].nunits = 0;
     }
@@ -643,7 +658,25 @@ static void free_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
       pools++;
     }
   }
-  /* avail lists: the kept pools with room, densest on top */
+  h->st.evacuated_pools = pools;
+  pthread_mutex_unlock(&h->lock);
+}
+
+/* Phase 5, leader: every pool with room goes back on its owner's avail
+ * list, sparser pools first so the densest are on top and used first.
+ * Pools the sweep left without a free list (no plan could be made) get
+ * one here. */
+static void relist_stw_single(struct ph_heap *h) {
+  for (unsigned i = 0; i < h->nchunks; i++) {
+    ph_chunk *ch = h->chunks[i];
+    for (uint32_t u = 0; u < ch->nunits; u++) {
+      if (ch->ustate[u] != PH_U_POOL)
+        continue;
+      ph_pool *p = (ph_pool *)ph_unit_addr(h, ch, u);
+      if (p->unbuilt)
+        ph_pool_build_free(h, p);
+    }
+  }
   for (unsigned i = 0; i < h->cfg.max_domains; i++)
     for (unsigned c = 0; c < h->nclasses; c++)
       atomic_store_explicit(&h->slots[i].avail[c], NULL, memory_order_relaxed);
@@ -667,8 +700,6 @@ static void free_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
         ph_pool_push_avail(h, p);
     }
   }
-  h->st.evacuated_pools = pools;
-  pthread_mutex_unlock(&h->lock);
 }
 
 static void release_stw_single(struct ph_heap *h) {
@@ -747,6 +778,7 @@ void ph_compact_stw(struct ph_heap *h, ph_worker *w) {
   if (leader) {
     if (plan)
       free_stw_single(h, plan);
+    relist_stw_single(h);
     /* Phase 6 */
     release_stw_single(h);
   }

@@ -66,6 +66,8 @@ int ph_chunk_grow_locked(struct ph_heap *h, size_t min_units) {
   size_t need = round_up(min_units << h->pool_shift, align);
   size_t reserved =
       (size_t)atomic_load_explicit(&h->os.reserved, memory_order_relaxed);
+  if (!h->cfg.heap_limit && need > h->commit_cap)
+    return PH_ENOMEM; /* could never be committed: do not reserve it */
   size_t size = round_up(reserved / 2, align);
   if (size < PH_FIRST_CHUNK)
     size = PH_FIRST_CHUNK;
@@ -117,9 +119,12 @@ static int commit_range_locked(struct ph_heap *h, ph_chunk *c, uint32_t u,
   for (size_t i = 0; i < n; i++)
     if (c->ustate[u + i] == PH_U_FREE)
       need += h->pool_size;
-  if (h->cfg.heap_limit &&
-      atomic_load_explicit(&h->os.committed, memory_order_relaxed) + need >
-          h->cfg.heap_limit)
+  /* heap_limit, or else what the machine has (heap.chunk.commitcap): a
+   * MAP_NORESERVE reservation succeeds for any size, so without this a
+   * request for terabytes would be committed and then touched. */
+  size_t cap = h->cfg.heap_limit ? h->cfg.heap_limit : h->commit_cap;
+  if (atomic_load_explicit(&h->os.committed, memory_order_relaxed) + need >
+      cap)
     return PH_ENOMEM;
   size_t i = 0;
   while (i < n) {

@@ -105,6 +105,7 @@ int ph_heap_create(const ph_config *cfg, ph_heap **out) {
   h->pool_size = cfg->pool_size;
   h->pool_shift = (unsigned)__builtin_ctzl(cfg->pool_size);
   h->pool_mask = ~(uintptr_t)(cfg->pool_size - 1);
+  h->commit_cap = ph_os_commit_cap();
   ph_sizeclass_init(h);
   h->slots = calloc(cfg->max_domains, sizeof *h->slots);
   h->stw.workers = calloc(cfg->max_domains, sizeof *h->stw.workers);

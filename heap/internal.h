@@ -127,7 +127,8 @@ typedef struct ph_pool {
   struct ph_pool *cnext;  /* compaction: candidate list of its class */
   struct ph_chunk *chunk; /* chunk holding this unit */
   uint32_t unit;          /* unit index within chunk */
-  uint16_t cached;        /* 1 while an owner's alloc cache holds it */
+  uint8_t cached;         /* 1 while an owner's alloc cache holds it */
+  uint8_t unbuilt;        /* swept without its free list (heap.sweep.lazy) */
   uint16_t hdr;           /* bytes before the first slot (heap->pool_hdr) */
 } ph_pool;
 /* The fixed header; then the live bitmap (heap.pool.bitmap: one bit per
@@ -329,6 +330,7 @@ struct ph_heap {
   uint8_t wosize_class[PH_MAX_SMALL_WSIZE + 1];
 
   ph_os_acct os;
+  size_t commit_cap; /* RAM + swap: committed bytes never exceed it */
 
   /* heap->lock guards: chunks and units, domain slots and states, the STW
    * election, the retired list, heap-level stats. */
@@ -397,6 +399,7 @@ static inline ph_unit_hdr *ph_unit_of(const struct ph_heap *h, ph_value v) {
 /* heap/pool.c */
 ph_pool *ph_pool_new_locked(struct ph_heap *h, unsigned cls, unsigned owner);
 void ph_pool_init_free(struct ph_heap *h, ph_pool *p);
+void ph_pool_build_free(struct ph_heap *h, ph_pool *p);
 static inline char *ph_pool_slots(ph_pool *p) {
   return (char *)p + p->hdr;
 }

@@ -97,17 +97,23 @@ static void mark_ring_flush(struct ph_heap *h, ph_worker *w) {
     ph_mark_value(h, w, w->ring[(start + k) & (PH_MARK_AHEAD - 1)]);
 }
 
+/* Mark the fields [from, to) of v, pushing nothing for v itself. */
+static void scan_fields(struct ph_heap *h, ph_worker *w, ph_value v,
+                        size_t from, size_t to) {
+  const ph_value *f = (const ph_value *)v;
+  for (size_t i = from; i < to; i++) {
+    ph_value x = f[i];
+    if (ph_is_block(x))
+      mark_ahead(h, w, x);
+  }
+}
+
 static void scan_entry(struct ph_heap *h, ph_worker *w, ph_mark_entry e) {
   size_t wo = ph_hd_wosize(ph_hd_load(e.v));
   size_t end = wo - e.start > PH_MARK_SLICE ? e.start + PH_MARK_SLICE : wo;
   if (end < wo)
     push(&h->stw, &w->stack, e.v, end);
-  const ph_value *f = (const ph_value *)e.v;
-  for (size_t i = e.start; i < end; i++) {
-    ph_value x = f[i];
-    if (ph_is_block(x))
-      mark_ahead(h, w, x);
-  }
+  scan_fields(h, w, e.v, e.start, end);
 }
 
 /* Give the older half of our stack to the others (mark.share). */
@@ -181,7 +187,10 @@ static void drain_stw(struct ph_heap *h, ph_worker *w) {
   }
 }
 
-/* mark.overflow: push the fields of every black block again. */
+/* mark.overflow: scan the fields of every black block again.  Fields are
+ * scanned here, not the blocks pushed, so a round marks every white child
+ * of a black block even if the stack overflows again: each round makes
+ * progress and the rounds end. */
 static void rescan_stw(struct ph_heap *h, ph_worker *w) {
   ph_stw *s = &h->stw;
   const size_t batch = 16;
@@ -201,15 +210,15 @@ static void rescan_stw(struct ph_heap *h, ph_worker *w) {
           ph_value v = ph_pool_block(h, p, i);
           ph_value hd = ph_hd_load(v);
           if (ph_hd_color(hd) == PH_BLACK && ph_hd_tag(hd) < PH_TAG_RAW)
-            push(s, &w->stack, v, 0);
+            scan_fields(h, w, v, 0, ph_hd_wosize(hd));
         }
       } else if (st == PH_U_LARGE) {
         ph_value v = (ph_value)(ph_unit_addr(h, c, u) + PH_LARGE_HDR + 8);
         ph_value hd = ph_hd_load(v);
         if (ph_hd_color(hd) == PH_BLACK && ph_hd_tag(hd) < PH_TAG_RAW)
-          push(s, &w->stack, v, 0);
+          scan_fields(h, w, v, 0, ph_hd_wosize(hd));
       }
-      if (w->stack.n > 0)
+      if (w->stack.n > 0 || w->ring_n > 0)
         drain_stw(h, w);
     }
   }

@@ -71,6 +71,9 @@ int ph_os_release(ph_os_acct *a, void *p, size_t size, size_t committed_len);
 /* Address space that a new reservation may take: RLIMIT_AS minus what the
  * process maps now (SIZE_MAX when unlimited). */
 size_t ph_os_as_available(void);
+/* What the machine can back: physical memory plus swap, in bytes
+ * (SIZE_MAX if unknown). */
+size_t ph_os_commit_cap(void);
 /* The page size. */
 size_t ph_os_page_size(void);
 /* Lines of /proc/self/maps (kernel mappings of the whole process), or -1. */

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/sysinfo.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -487,4 +488,14 @@ uint64_t ph_os_process_rss(void) {
   if (line == NULL)
     return 0;
   return strtoull(line + 7, NULL, 10) * 1024; /* the kernel reports kB */
+}
+
+size_t ph_os_commit_cap(void) {
+  struct sysinfo si;
+  if (sysinfo(&si) != 0)
+    return SIZE_MAX;
+  unsigned long long u = si.mem_unit ? si.mem_unit : 1;
+  unsigned long long b =
+      ((unsigned long long)si.totalram + si.totalswap) * u;
+  return b > SIZE_MAX ? SIZE_MAX : (size_t)b;
 }

@@ -8,12 +8,18 @@
  * counts: no second pass over memory).  A pool with free slots is pushed on
  * its owner's avail list; an empty pool, and every unmarked large block, is
  * handed to ph_sweep_finish_stw_single, which frees their units under
- * heap->lock. */
+ * heap->lock.
+ *
+ * heap.sweep.lazy: in a section that compacts explicitly, the sweep only
+ * recolors live blocks, writes the bitmap and counts; the compactor builds
+ * free lists (ph_pool_build_free) for the partly filled pools it keeps, and
+ * the avail lists, and never writes into the pools it evacuates. */
 #include "heap/internal.h"
 
 #include <string.h>
 
-static void sweep_pool(struct ph_heap *h, ph_worker *w, ph_pool *p) {
+static void sweep_pool(struct ph_heap *h, ph_worker *w, ph_pool *p,
+                       int lazy) {
   uint32_t wsize = h->class_wsize[p->cls];
   ph_value blue = ph_hd_make(wsize - 1, PH_BLUE, 0);
   ph_value *s = (ph_value *)ph_pool_slots(p);
@@ -28,7 +34,7 @@ static void sweep_pool(struct ph_heap *h, ph_worker *w, ph_pool *p) {
       slot[0] = hd & ~PH_HD_COLOR_MASK;
       live++;
       word |= (uint64_t)1 << (i & 63);
-    } else {
+    } else if (!lazy) {
 #if PH_POISON
       if (ph_hd_color(hd) == PH_WHITE)
         for (uint32_t k = 2; k < wsize; k++)
@@ -48,11 +54,13 @@ static void sweep_pool(struct ph_heap *h, ph_worker *w, ph_pool *p) {
   p->nfree = p->nslots - live;
   p->cached = 0;
   p->evacuated = 0;
+  p->unbuilt = lazy && live > 0 && live < p->nslots;
   if (live == 0) {
     p->next = w->empty_pools;
     w->empty_pools = p;
   } else if (p->nfree > 0) {
-    ph_pool_push_avail(h, p);
+    if (!lazy)
+      ph_pool_push_avail(h, p);
     w->frag_bytes += (uint64_t)p->nfree * wsize * 8;
   }
 }
@@ -71,6 +79,9 @@ static void sweep_large(struct ph_heap *h, ph_worker *w, ph_large *l) {
 void ph_sweep_stw(struct ph_heap *h, ph_worker *w) {
   ph_stw *s = &h->stw;
   const size_t batch = 8;
+  /* heap.sweep.lazy: before an explicit compaction, free lists are built
+   * only for the pools it keeps (most partly filled pools are evacuated) */
+  int lazy = (s->kind & PH_STW_COMPACT) != 0;
   w->empty_pools = NULL;
   w->dead_large = NULL;
   w->frag_bytes = 0;
@@ -87,7 +98,7 @@ void ph_sweep_stw(struct ph_heap *h, ph_worker *w) {
       ph_stw_unit_at(h, g, &c, &u);
       uint8_t st = c->ustate[u];
       if (st == PH_U_POOL)
-        sweep_pool(h, w, (ph_pool *)ph_unit_addr(h, c, u));
+        sweep_pool(h, w, (ph_pool *)ph_unit_addr(h, c, u), lazy);
       else if (st == PH_U_LARGE)
         sweep_large(h, w, (ph_large *)ph_unit_addr(h, c, u));
     }

@@ -89,7 +89,17 @@ if [ -f tests/fuzz_model.c ]; then
   echo "build build/fuzz/obj/tests/fuzz_model.o: cc tests/fuzz_model.c"
   echo "  cc = clang"
   echo "  cflags = $fuzzflags"
-  echo "build build/fuzz/fuzz_model: link build/fuzz/obj/tests/fuzz_model.o build/asan/libpoolheap.a"
+  # the library again, asan as in build/asan plus coverage for libFuzzer
+  libflags="-O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -DPH_DEBUG=1"
+  fobjs=""
+  for f in $lib; do
+    echo "build build/fuzz/obj/${f%.c}.o: cc $f"
+    echo "  cc = clang"
+    echo "  cflags = $libflags"
+    fobjs="$fobjs build/fuzz/obj/${f%.c}.o"
+  done
+  echo "build build/fuzz/libpoolheap.a: ar$fobjs"
+  echo "build build/fuzz/fuzz_model: link build/fuzz/obj/tests/fuzz_model.o build/fuzz/libpoolheap.a"
   echo "  cc = clang"
   echo "  cflags = $fuzzflags"
   echo "  ldflags = -fsanitize=fuzzer,address,undefined"

@@ -1,0 +1,227 @@
+/* tests/test_list10m.c -- marking never recurses on the C stack: a linked
+ * list of 10 million cells (1 million under ThreadSanitizer) is marked, by
+ * one domain and by two; a wide block whose children overflow a bounded
+ * mark stack is still marked completely (mark.overflow rescan). */
+#include "test_util.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+
+/* Test knob of heap/mark.c: the largest mark stack, in entries (0 = none). */
+extern size_t ph_mark_stack_limit;
+
+/* A list of n cells (tag 0, 2 fields: int, next), head in *head. */
+static void build_list(ph_domain *d, ph_value *head, size_t n) {
+  *head = PH_UNIT;
+  for (size_t i = 0; i < n; i++) {
+    ph_value c = ph_alloc(d, 2, 0);
+    assert_true(ph_is_block(c));
+    ph_set_field(c, 0, ph_val_int((intptr_t)i));
+    ph_set_field(c, 1, *head);
+    *head = c;
+  }
+}
+
+static void check_list(ph_value l, size_t n) {
+  size_t i = n;
+  for (; ph_is_block(l); l = ph_field(l, 1)) {
+    i--;
+    if (ph_int_val(ph_field(l, 0)) != (intptr_t)i)
+      fail_msg("cell %zu holds %ld", i, (long)ph_int_val(ph_field(l, 0)));
+  }
+  assert_int_equal(i, 0);
+  assert_int_equal(l, PH_UNIT);
+}
+
+static void test_list_10m_cells_marked(void **state) {
+  (void)state;
+  size_t n = TU_TSAN ? (size_t)1000000 : (size_t)10000000;
+  ph_heap *h = tu_heap(0);
+  ph_domain *d;
+  assert_int_equal(ph_domain_attach(h, &d), PH_OK);
+  size_t m = ph_scope_open(d);
+  ph_value *head = ph_root(d, PH_UNIT);
+  build_list(d, head, n);
+  assert_int_equal(ph_collect(d), PH_OK);
+  ph_stats st = tu_stats(h);
+  assert_int_equal(st.live_blocks, n);
+  assert_int_equal(st.live_bytes, n * TU_BYTES(2));
+  check_list(*head, n);
+  /* drop the second half of the list: exactly the first half stays */
+  ph_value l = *head;
+  for (size_t i = 1; i < n / 2; i++)
+    l = ph_field(l, 1);
+  ph_set_field(l, 1, PH_UNIT);
+  assert_int_equal(ph_collect(d), PH_OK);
+  st = tu_stats(h);
+  assert_int_equal(st.live_bytes, (n / 2) * TU_BYTES(2));
+  assert_int_equal(ph_scope_close(d, m), PH_OK);
+  assert_int_equal(ph_collect(d), PH_OK);
+  assert_int_equal(tu_stats(h).live_bytes, 0);
+  assert_int_equal(ph_domain_detach(d), PH_OK);
+  assert_int_equal(ph_heap_destroy(h), PH_OK);
+}
+
+/* Two domains take part in marking one long list built by one of them. */
+typedef struct two {
+  ph_heap *h;
+  _Atomic int done;
+} two;
+
+static void *idle_domain(void *arg) {
+  two *t = ((tu_thread_arg *)arg)->user;
+  ph_domain *d;
+  TU_CHECK(ph_domain_attach(t->h, &d) == PH_OK);
+  while (!atomic_load(&t->done))
+    ph_safepoint(d); /* joins every collection */
+  TU_CHECK(ph_domain_detach(d) == PH_OK);
+  return NULL;
+}
+
+static void *builder_domain(void *arg) {
+  two *t = ((tu_thread_arg *)arg)->user;
+  size_t n = tu_scale(2000000, 2);
+  ph_domain *d;
+  TU_CHECK(ph_domain_attach(t->h, &d) == PH_OK);
+  size_t m = ph_scope_open(d);
+  ph_value *head = ph_root(d, PH_UNIT);
+  for (size_t i = 0; i < n; i++) {
+    ph_value c = ph_alloc(d, 2, 0);
+    ph_set_field(c, 0, ph_val_int((intptr_t)i));
+    ph_set_field(c, 1, *head);
+    *head = c;
+  }
+  for (int k = 0; k < 2; k++) {
+    TU_CHECK(ph_collect(d) == PH_OK);
+    TU_CHECK(tu_stats(t->h).live_bytes == n * TU_BYTES(2));
+  }
+  size_t i = n;
+  for (ph_value l = *head; ph_is_block(l); l = ph_field(l, 1))
+    TU_CHECK(ph_int_val(ph_field(l, 0)) == (intptr_t)--i);
+  TU_CHECK(i == 0);
+  TU_CHECK(ph_scope_close(d, m) == PH_OK);
+  atomic_store(&t->done, 1);
+  TU_CHECK(ph_domain_detach(d) == PH_OK);
+  return NULL;
+}
+
+static void *two_dispatch(void *arg) {
+  tu_thread_arg *a = arg;
+  return a->index == 0 ? builder_domain(arg) : idle_domain(arg);
+}
+
+static void test_long_list_marked_by_two_domains(void **state) {
+  (void)state;
+  two t;
+  t.h = tu_heap(0);
+  atomic_store(&t.done, 0);
+  tu_threads_run(2, two_dispatch, &t);
+  tu_assert_no_failures();
+  assert_true(tu_stats(t.h).collections >= 2);
+  assert_int_equal(ph_heap_destroy(t.h), PH_OK);
+}
+
+/* A block of many fields, each pointing to a two-cell chain: with the mark
+ * stack bounded, entries are dropped and the overflow rescan must still
+ * find every block, and finish.  Runs in a forked child with an alarm so
+ * that a rescan that never converges fails the test instead of hanging. */
+static int overflow_child(size_t pool_size, size_t limit) {
+  ph_config cfg;
+  ph_config_init(&cfg);
+  cfg.gc_percent = 0;
+  cfg.pool_size = pool_size;
+  ph_heap *h;
+  if (ph_heap_create(&cfg, &h) != PH_OK)
+    return 2;
+  ph_domain *d;
+  if (ph_domain_attach(h, &d) != PH_OK)
+    return 3;
+  size_t m = ph_scope_open(d);
+  const size_t w = 20000;
+  ph_value *arr = ph_root(d, ph_alloc(d, w, 0));
+  if (!ph_is_block(*arr))
+    return 4;
+  for (size_t i = 0; i < w; i++) {
+    ph_value b = ph_alloc(d, 2, 0);
+    ph_set_field(b, 0, ph_val_int((intptr_t)i));
+    ph_set_field(*arr, i, b);
+    ph_value c = ph_alloc(d, 1, 0);
+    ph_set_field(c, 0, ph_val_int(-(intptr_t)i));
+    ph_set_field(ph_field(*arr, i), 1, c);
+  }
+  uint64_t expect = TU_BYTES(w) + w * (TU_BYTES(2) + TU_BYTES(1));
+  ph_mark_stack_limit = limit;
+  int r = ph_collect(d);
+  ph_mark_stack_limit = 0;
+  if (r != PH_OK)
+    return 5;
+  ph_stats st;
+  ph_stats_get(h, &st);
+  if (st.live_bytes != expect || tu_reach_bytes(arr, 1) != expect) {
+    fprintf(stderr, "live_bytes %llu, expected %llu\n",
+            (unsigned long long)st.live_bytes, (unsigned long long)expect);
+    return 6;
+  }
+  for (size_t i = 0; i < w; i++) {
+    ph_value b = ph_field(*arr, i);
+    if (ph_int_val(ph_field(b, 0)) != (intptr_t)i ||
+        ph_int_val(ph_field(ph_field(b, 1), 0)) != -(intptr_t)i)
+      return 7;
+  }
+  char why[256];
+  if (ph_verify(d, why, sizeof why) != PH_OK) {
+    fprintf(stderr, "verify: %s\n", why);
+    return 8;
+  }
+  ph_scope_close(d, m);
+  if (ph_domain_detach(d) != PH_OK || ph_heap_destroy(h) != PH_OK)
+    return 9;
+  return 0;
+}
+
+static void run_overflow(size_t pool_size, size_t limit) {
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    alarm(TU_TSAN ? 40 : 12);
+    _exit(overflow_child(pool_size, limit));
+  }
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  if (WIFSIGNALED(status))
+    fail_msg("pool %zu, mark stack limit %zu: child killed by signal %d%s",
+             pool_size, limit, WTERMSIG(status),
+             WTERMSIG(status) == SIGALRM ? " (the collection never ended)"
+                                         : "");
+  assert_true(WIFEXITED(status));
+  if (WEXITSTATUS(status) != 0)
+    fail_msg("pool %zu, mark stack limit %zu: child failed with %d", pool_size,
+             limit, WEXITSTATUS(status));
+}
+
+/* The stack is bounded below the fan-out of one block but above the slots
+ * of one pool. */
+static void test_mark_stack_overflow_rescan(void **state) {
+  (void)state;
+  run_overflow(4096, 256);
+}
+
+/* The stack is bounded below the number of marked blocks in one pool (the
+ * default 32 KiB pools hold over a thousand small blocks), as when malloc
+ * refuses to grow it in a large heap. */
+static void test_mark_stack_overflow_rescan_small_stack(void **state) {
+  (void)state;
+  run_overflow((size_t)32 << 10, 64);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_list_10m_cells_marked),
+      cmocka_unit_test(test_long_list_marked_by_two_domains),
+      cmocka_unit_test(test_mark_stack_overflow_rescan),
+      cmocka_unit_test(test_mark_stack_overflow_rescan_small_stack),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,164 @@
+/* tests/test_sizeclass.c -- the size-class rule (heap/sizeclass.c), for every
+ * pool size from 4 KiB to 4 MiB.
+ *
+ * The rule is recomputed here independently (w_0 = 2, w_{k+1} = max(w_k + 1,
+ * floor(8 w_k / 7)) while below wmax, then wmax = min(257, slot words / 8),
+ * slot words being the pool's words after its header h->pool_hdr)
+ * and compared with the heap's tables; and the property the rule promises
+ * is checked directly for every small wosize: its class is the smallest that
+ * fits and wastes less than 1/8 of the slot. */
+#include "test_util.h"
+
+#include "heap/internal.h"
+
+static ph_heap *heap_with_pool(size_t pool_size) {
+  ph_config cfg;
+  ph_config_init(&cfg);
+  cfg.pool_size = pool_size;
+  cfg.gc_percent = 0;
+  ph_heap *h = NULL;
+  assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
+  assert_int_equal(h->pool_size, pool_size);
+  return h;
+}
+
+/* Independent computation of the rule; returns the class count. */
+static unsigned rule_classes(size_t pool_size, size_t pool_hdr,
+                             uint32_t *w_out) {
+  size_t pool_words = (pool_size - pool_hdr) / 8;
+  size_t wmax = pool_words / 8;
+  if (wmax > PH_MAX_SMALL_WSIZE)
+    wmax = PH_MAX_SMALL_WSIZE;
+  unsigned n = 0;
+  for (size_t w = 2; w < wmax;) {
+    w_out[n++] = (uint32_t)w;
+    size_t next = w * 8 / 7;
+    w = next > w + 1 ? next : w + 1;
+  }
+  w_out[n++] = (uint32_t)wmax;
+  return n;
+}
+
+static void test_classes_follow_rule_all_pool_sizes(void **state) {
+  (void)state;
+  for (size_t ps = 4096; ps <= ((size_t)4 << 20); ps *= 2) {
+    ph_heap *h = heap_with_pool(ps);
+    uint32_t w[PH_MAX_CLASSES + 8];
+    /* the pool header (with its live bitmap) is at least the fixed part,
+     * 64-byte aligned, and leaves most of the pool for slots */
+    assert_true(h->pool_hdr >= PH_POOL_HDR && h->pool_hdr % 64 == 0);
+    assert_true(h->pool_hdr * 8 <= ps);
+    unsigned n = rule_classes(ps, h->pool_hdr, w);
+    assert_true(n <= PH_MAX_CLASSES);
+    assert_int_equal(h->nclasses, n);
+    for (unsigned k = 0; k < n; k++)
+      assert_int_equal(h->class_wsize[k], w[k]);
+    assert_int_equal(h->max_small_wosize, w[n - 1] - 1);
+    ph_stats st = tu_stats(h);
+    assert_int_equal(st.size_classes, n);
+    assert_int_equal(ph_heap_destroy(h), PH_OK);
+  }
+}
+
+static void test_classes_strictly_increasing(void **state) {
+  (void)state;
+  for (size_t ps = 4096; ps <= ((size_t)4 << 20); ps *= 2) {
+    ph_heap *h = heap_with_pool(ps);
+    assert_true(h->nclasses >= 2);
+    assert_int_equal(h->class_wsize[0], 2); /* one field + header */
+    for (unsigned k = 1; k < h->nclasses; k++)
+      if (h->class_wsize[k] <= h->class_wsize[k - 1])
+        fail_msg("pool %zu: class %u has %u words, class %u has %u", ps, k,
+                 h->class_wsize[k], k - 1, h->class_wsize[k - 1]);
+    assert_true(h->class_wsize[h->nclasses - 1] <= PH_MAX_SMALL_WSIZE);
+    assert_int_equal(ph_heap_destroy(h), PH_OK);
+  }
+}
+
+static void test_waste_below_one_eighth_every_wosize(void **state) {
+  (void)state;
+  for (size_t ps = 4096; ps <= ((size_t)4 << 20); ps *= 2) {
+    ph_heap *h = heap_with_pool(ps);
+    size_t checked = 0;
+    for (size_t wo = 1; wo <= h->max_small_wosize; wo++) {
+      unsigned c = ph_class_of_wosize(h, wo);
+      assert_true(c < h->nclasses);
+      size_t need = wo + 1, slot = h->class_wsize[c];
+      if (slot < need)
+        fail_msg("pool %zu wosize %zu: class %u of %zu words too small", ps, wo,
+                 c, slot);
+      if (c > 0 && h->class_wsize[c - 1] >= need)
+        fail_msg("pool %zu wosize %zu: class %u is not the smallest fit", ps,
+                 wo, c);
+      /* waste (slot - need) / slot < 1/8 */
+      if ((slot - need) * 8 >= slot)
+        fail_msg("pool %zu wosize %zu: slot %zu wastes %zu words (>= 1/8)", ps,
+                 wo, slot, slot - need);
+      checked++;
+    }
+    assert_int_equal(checked, h->max_small_wosize);
+    assert_int_equal(ph_heap_destroy(h), PH_OK);
+  }
+}
+
+static void test_pools_hold_at_least_eight_slots(void **state) {
+  (void)state;
+  for (size_t ps = 4096; ps <= ((size_t)4 << 20); ps *= 2) {
+    ph_heap *h = heap_with_pool(ps);
+    size_t pool_words = (ps - h->pool_hdr) / 8;
+    for (unsigned k = 0; k < h->nclasses; k++) {
+      assert_int_equal(h->class_nslots[k], pool_words / h->class_wsize[k]);
+      assert_true(h->class_nslots[k] >= 8);
+      /* the slots fit in the pool after its header */
+      assert_true(h->pool_hdr +
+                      (size_t)h->class_nslots[k] * h->class_wsize[k] * 8 <=
+                  ps);
+    }
+    assert_int_equal(ph_heap_destroy(h), PH_OK);
+  }
+}
+
+/* The census reports the same classes, in order. */
+typedef struct rows {
+  unsigned n;
+  ph_census_class r[PH_MAX_CLASSES];
+} rows;
+
+static void collect_row(const ph_census_class *c, void *user) {
+  rows *r = user;
+  if (r->n < PH_MAX_CLASSES)
+    r->r[r->n] = *c;
+  r->n++;
+}
+
+static void test_census_rows_match_classes(void **state) {
+  (void)state;
+  for (size_t ps = 4096; ps <= ((size_t)4 << 20); ps *= 4) {
+    ph_heap *h = heap_with_pool(ps);
+    ph_domain *d;
+    assert_int_equal(ph_domain_attach(h, &d), PH_OK);
+    rows r = {0};
+    assert_int_equal(ph_census(d, collect_row, &r), PH_OK);
+    assert_int_equal(r.n, h->nclasses);
+    for (unsigned k = 0; k < r.n; k++) {
+      assert_int_equal(r.r[k].size_class, k);
+      assert_int_equal(r.r[k].block_words, h->class_wsize[k]);
+      assert_int_equal(r.r[k].max_wosize, h->class_wsize[k] - 1);
+      assert_int_equal(r.r[k].pools, 0);
+      assert_int_equal(r.r[k].live_blocks, 0);
+    }
+    assert_int_equal(ph_domain_detach(d), PH_OK);
+    assert_int_equal(ph_heap_destroy(h), PH_OK);
+  }
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_classes_follow_rule_all_pool_sizes),
+      cmocka_unit_test(test_classes_strictly_increasing),
+      cmocka_unit_test(test_waste_below_one_eighth_every_wosize),
+      cmocka_unit_test(test_pools_hold_at_least_eight_slots),
+      cmocka_unit_test(test_census_rows_match_classes),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

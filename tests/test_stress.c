@@ -1,0 +1,729 @@
+/* tests/test_stress.c -- multi-domain stress test (written against
+ * include/poolheap.h only; meant for the tsan variant, runs in all).
+ *
+ * NLANES lanes run on 2 cores; each lane is a succession of threads, each of
+ * which attaches a domain, works for a random while, then detaches and
+ * exits, and the lane starts a new thread that attaches (so domains come and
+ * go mid-run).  Every domain:
+ *   - mutates its own graph, kept alive by handle-scope roots: allocations of
+ *     every size (small classes, large, raw), field sets, root drops;
+ *   - mutates one shared graph (global roots) under a pthread mutex, waiting
+ *     for the mutex inside a blocking section (lock while blocking, then
+ *     ph_blocking_leave while holding it: a waiter never holds up a
+ *     collection, and the holder is running, so it takes part in them);
+ *   - at random moments calls ph_collect or ph_compact, sits in a blocking
+ *     section for a while, or polls a safepoint;
+ *   - hands part of its graph to the shared graph before it detaches.
+ * Each graph has a model outside the heap: per node a unique id (field 0 of
+ * scanned blocks, word 0 of raw ones, whose other words follow a pattern),
+ * tag, wosize and every field (an immediate, 0 or an edge to a model node).
+ * The whole graph is compared with its model (shape, ids, fields, sharing)
+ * every time its addresses may have changed, in particular after every
+ * compaction, and ph_verify must pass after every compaction.
+ *
+ * Environment: POOLHEAP_SEED (replay; printed at start),
+ * POOLHEAP_STRESS_SECONDS (default 8), POOLHEAP_STRESS_OPS (ops per lane,
+ * instead of a duration).  Prints the number of compactions that ran. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <poolheap.h>
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define NLANES 7
+#define OWN_ROOTS 12
+#define SHARED_ROOTS 8
+#define OWN_MAXN 1200
+#define SHARED_MAXN 800
+
+/* ------------------------------------------------------------ rng */
+
+typedef struct rng {
+  uint64_t s;
+} rng;
+static uint64_t rnd(rng *r) {
+  uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+static unsigned below(rng *r, unsigned n) {
+  return (unsigned)(rnd(r) % n);
+}
+
+/* ------------------------------------------------------------ globals */
+
+static ph_heap *heap;
+static pthread_mutex_t shared_mu = PTHREAD_MUTEX_INITIALIZER;
+static ph_value shared_slots[SHARED_ROOTS]; /* global roots */
+static atomic_int failed;
+static atomic_int stop;
+static atomic_uint_fast64_t next_id = 1;
+static atomic_uint_fast64_t n_compact, n_collect, n_verify, n_ops, n_attach;
+static atomic_uint_fast64_t n_handoff, n_blocking, n_shared;
+static uint64_t seed;
+static uint64_t deadline_ns;
+static long ops_per_lane;
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+#define FAIL(...)                                                              \
+  do {                                                                         \
+    fprintf(stderr,                                                            \
+            "test_stress: FAILURE (seed %llu): ", (unsigned long long)seed);   \
+    fprintf(stderr, __VA_ARGS__);                                              \
+    fprintf(stderr, "\n");                                                     \
+    atomic_store(&failed, 1);                                                  \
+  } while (0)
+
+/* ------------------------------------------------------------ the model */
+
+/* A model value: 0, an odd immediate, or (node index + 1) << 1. */
+typedef uint64_t mval;
+#define MNODE(i) ((mval)((i) + 1) << 1)
+static int m_is_node(mval e) {
+  return e != 0 && (e & 1) == 0;
+}
+static size_t m_node(mval e) {
+  return (size_t)(e >> 1) - 1;
+}
+
+typedef struct node {
+  int used;
+  uint64_t id;
+  size_t wosize;
+  unsigned tag;
+  mval *f; /* scanned nodes: f[1..wosize-1] */
+  ph_value addr;
+  unsigned mark;
+} node;
+
+typedef struct graph {
+  const char *name;
+  node *n;
+  size_t cap, nlive;
+  size_t *order; /* nodes reached by the last sync */
+  size_t norder;
+  unsigned epoch;
+  int nroots;
+  ph_value **slot; /* heap root slots */
+  mval *root;      /* their model values */
+  int fresh;       /* addresses valid (no collection since the last sync) */
+} graph;
+
+static uint64_t raw_word(uint64_t id, size_t k) {
+  uint64_t x = (id + 7) * 0x9e3779b97f4a7c15ull + k * 0xbf58476d1ce4e5b9ull;
+  return x ^ (x >> 31);
+}
+
+static void g_init(graph *g, const char *name, size_t cap, int nroots) {
+  memset(g, 0, sizeof *g);
+  g->name = name;
+  g->cap = cap;
+  g->n = calloc(cap, sizeof *g->n);
+  g->order = calloc(cap, sizeof *g->order);
+  g->nroots = nroots;
+  g->slot = calloc((size_t)nroots, sizeof *g->slot);
+  g->root = calloc((size_t)nroots, sizeof *g->root);
+  assert_true(g->n && g->order && g->slot && g->root);
+}
+
+static void g_free_node(graph *g, size_t i) {
+  free(g->n[i].f);
+  memset(&g->n[i], 0, sizeof g->n[i]);
+  g->nlive--;
+}
+
+static void g_fini(graph *g) {
+  for (size_t i = 0; i < g->cap; i++)
+    if (g->n[i].used)
+      g_free_node(g, i);
+  free(g->n);
+  free(g->order);
+  free(g->slot);
+  free(g->root);
+}
+
+static int g_reach(graph *g, ph_value v, mval e, const char *what, size_t k) {
+  if (!m_is_node(e)) {
+    if (v != (ph_value)e) {
+      FAIL("%s graph: %s %zu is %#lx, model %#lx", g->name, what, k,
+           (unsigned long)v, (unsigned long)e);
+      return -1;
+    }
+    return 0;
+  }
+  size_t i = m_node(e);
+  node *n = &g->n[i];
+  if (!ph_is_block(v) || !n->used) {
+    FAIL("%s graph: %s %zu is %#lx, model node %zu (id %llu, used %d)", g->name,
+         what, k, (unsigned long)v, i, (unsigned long long)n->id, n->used);
+    return -1;
+  }
+  if (n->mark == g->epoch) {
+    if (n->addr != v) {
+      FAIL("%s graph: node id %llu reached at %#lx and %#lx", g->name,
+           (unsigned long long)n->id, (unsigned long)n->addr, (unsigned long)v);
+      return -1;
+    }
+    return 0;
+  }
+  n->mark = g->epoch;
+  n->addr = v;
+  g->order[g->norder++] = i;
+  return 0;
+}
+
+/* Compare the whole graph with the model, refresh addresses, free the
+ * model's unreachable nodes.  Returns -1 on a mismatch. */
+static int g_sync(graph *g) {
+  g->epoch++;
+  g->norder = 0;
+  for (int r = 0; r < g->nroots; r++)
+    if (g_reach(g, *g->slot[r], g->root[r], "root", (size_t)r))
+      return -1;
+  for (size_t q = 0; q < g->norder; q++) {
+    node *n = &g->n[g->order[q]];
+    ph_value v = n->addr;
+    if (ph_tag(v) != n->tag || ph_wosize(v) != n->wosize) {
+      FAIL("%s graph: node id %llu at %#lx has tag %u wosize %zu, model %u "
+           "%zu",
+           g->name, (unsigned long long)n->id, (unsigned long)v, ph_tag(v),
+           ph_wosize(v), n->tag, n->wosize);
+      return -1;
+    }
+    if (n->tag >= PH_TAG_RAW) {
+      const uint64_t *w = ph_raw(v);
+      for (size_t k = 0; k < n->wosize; k++)
+        if (w[k] != raw_word(n->id, k)) {
+          FAIL("%s graph: raw node id %llu word %zu is %#llx", g->name,
+               (unsigned long long)n->id, k, (unsigned long long)w[k]);
+          return -1;
+        }
+      continue;
+    }
+    if (ph_field(v, 0) != ph_val_int((intptr_t)n->id)) {
+      FAIL("%s graph: node at %#lx has id field %#lx, model id %llu", g->name,
+           (unsigned long)v, (unsigned long)ph_field(v, 0),
+           (unsigned long long)n->id);
+      return -1;
+    }
+    for (size_t k = 1; k < n->wosize; k++)
+      if (g_reach(g, ph_field(v, k), n->f[k], "field", k))
+        return -1;
+  }
+  for (size_t i = 0; i < g->cap; i++)
+    if (g->n[i].used && g->n[i].mark != g->epoch)
+      g_free_node(g, i);
+  g->fresh = 1;
+  return 0;
+}
+
+/* A value to store: a node reached by the last sync, an immediate or 0. */
+static void g_pick(graph *g, rng *r, ph_value *v, mval *e) {
+  unsigned b = below(r, 10);
+  if (b < 7 && g->norder) {
+    size_t i = g->order[below(r, (unsigned)g->norder)];
+    *v = g->n[i].addr;
+    *e = MNODE(i);
+  } else if (b < 9) {
+    *v = *e = ph_val_int((intptr_t)below(r, 1000) - 500);
+  } else {
+    *v = *e = 0;
+  }
+}
+
+static void g_set_field(graph *g, rng *r) {
+  if (!g->norder)
+    return;
+  node *n = &g->n[g->order[below(r, (unsigned)g->norder)]];
+  if (n->tag >= PH_TAG_RAW || n->wosize < 2)
+    return;
+  size_t f = 1 + below(r, (unsigned)n->wosize - 1);
+  ph_value v;
+  mval e;
+  g_pick(g, r, &v, &e);
+  ph_set_field(n->addr, f, v);
+  n->f[f] = e;
+}
+
+static void g_drop_root(graph *g, rng *r) {
+  int k = (int)below(r, (unsigned)g->nroots);
+  *g->slot[k] = PH_UNIT;
+  g->root[k] = PH_UNIT;
+}
+
+static void g_set_root(graph *g, rng *r) {
+  int k = (int)below(r, (unsigned)g->nroots);
+  ph_value v;
+  mval e;
+  g_pick(g, r, &v, &e);
+  *g->slot[k] = v;
+  g->root[k] = e;
+}
+
+static size_t g_new_index(graph *g) {
+  for (size_t i = 0; i < g->cap; i++)
+    if (!g->n[i].used)
+      return i;
+  return (size_t)-1;
+}
+
+static void choose_size(rng *r, size_t *wosize, unsigned *tag) {
+  unsigned k = below(r, 100);
+  if (k < 60) {
+    *wosize = 1 + below(r, 12);
+    *tag = below(r, PH_TAG_RAW);
+  } else if (k < 80) {
+    *wosize = 1 + below(r, 256); /* every small class */
+    *tag = below(r, PH_TAG_RAW);
+  } else if (k < 83) {
+    *wosize = 300 + below(r, 3000); /* large */
+    *tag = below(r, PH_TAG_RAW);
+  } else if (k < 97) {
+    *wosize = 1 + below(r, 64);
+    *tag = PH_TAG_RAW + below(r, PH_TAG_MAX - PH_TAG_RAW + 1);
+  } else {
+    *wosize = 300 + below(r, 2000);
+    *tag = PH_TAG_RAW + below(r, PH_TAG_MAX - PH_TAG_RAW + 1);
+  }
+}
+
+/* Allocate a burst of nodes straight into root slots, then sync (the
+ * allocations may have collected and moved everything), then link some of
+ * them.  Returns -1 on failure. */
+static int g_alloc_burst(graph *g, ph_domain *d, rng *r) {
+  unsigned burst = 1 + below(r, 8);
+  if (g->nlive + burst + 1 >= g->cap) {
+    /* model full: drop roots until the sync frees some */
+    for (int k = 0; k < g->nroots / 2; k++)
+      g_drop_root(g, r);
+    return g_sync(g);
+  }
+  for (unsigned b = 0; b < burst; b++) {
+    size_t wosize;
+    unsigned tag;
+    choose_size(r, &wosize, &tag);
+    ph_value v = ph_alloc(d, wosize, tag);
+    g->fresh = 0;
+    if (!v) {
+      FAIL("ph_alloc(%zu, %u) failed: %d", wosize, tag, ph_last_error(d));
+      return -1;
+    }
+    size_t i = g_new_index(g);
+    node *n = &g->n[i];
+    n->used = 1;
+    n->id = atomic_fetch_add(&next_id, 1);
+    n->wosize = wosize;
+    n->tag = tag;
+    g->nlive++;
+    if (tag >= PH_TAG_RAW) {
+      uint64_t *w = ph_raw(v);
+      for (size_t q = 0; q < wosize; q++)
+        w[q] = raw_word(n->id, q);
+    } else {
+      n->f = malloc(wosize * sizeof *n->f);
+      assert_non_null(n->f);
+      for (size_t q = 0; q < wosize; q++)
+        n->f[q] = PH_UNIT;
+      ph_set_field(v, 0, ph_val_int((intptr_t)n->id));
+    }
+    int k = (int)below(r, (unsigned)g->nroots);
+    *g->slot[k] = v;
+    g->root[k] = MNODE(i);
+  }
+  if (g_sync(g))
+    return -1;
+  unsigned links = below(r, 2 * burst + 2);
+  for (unsigned q = 0; q < links; q++)
+    g_set_field(g, r);
+  return 0;
+}
+
+/* Copy the model subgraph reached from model value e of src into dst (the
+ * heap nodes are the same; only the models change hands).  Returns the
+ * value in dst's terms, or 1 (PH_UNIT) if dst has no room. */
+static mval g_import(graph *dst, graph *src, mval e, size_t *map) {
+  if (!m_is_node(e))
+    return e;
+  size_t i = m_node(e);
+  if (map[i] != (size_t)-1)
+    return MNODE(map[i]);
+  node *s = &src->n[i];
+  size_t j = g_new_index(dst);
+  node *t = &dst->n[j];
+  *t = *s;
+  t->f = NULL;
+  t->mark = 0;
+  dst->nlive++;
+  map[i] = j;
+  if (s->f) {
+    t->f = malloc(s->wosize * sizeof *t->f);
+    assert_non_null(t->f);
+    for (size_t k = 0; k < s->wosize; k++)
+      t->f[k] = k ? g_import(dst, src, s->f[k], map) : PH_UNIT;
+  }
+  return MNODE(j);
+}
+
+static size_t g_count_from(graph *g, mval e, unsigned ep) {
+  if (!m_is_node(e))
+    return 0;
+  node *n = &g->n[m_node(e)];
+  if (n->mark == ep)
+    return 0;
+  n->mark = ep;
+  size_t c = 1;
+  for (size_t k = 1; n->f && k < n->wosize; k++)
+    c += g_count_from(g, n->f[k], ep);
+  return c;
+}
+
+/* ------------------------------------------------------------ domains */
+
+typedef struct worker {
+  int lane, gen;
+  rng r;
+  ph_domain *d;
+  graph own;
+  long done; /* operations run */
+} worker;
+
+static graph shared; /* guarded by shared_mu */
+static long shared_ids_ok;
+
+static void lock_shared(ph_domain *d) {
+  /* Waiting for the mutex must not hold up a collection: wait while
+   * blocking.  Once we hold it we are running again and take part in any
+   * section like everyone else (the holder never waits for anything but the
+   * collector). */
+  ph_blocking_enter(d);
+  pthread_mutex_lock(&shared_mu);
+  ph_blocking_leave(d);
+}
+
+static int check_compaction(worker *w) {
+  if (g_sync(&w->own))
+    return -1;
+  char why[512];
+  int err = ph_verify(w->d, why, sizeof why);
+  atomic_fetch_add(&n_verify, 1);
+  if (err != PH_OK) {
+    FAIL("ph_verify after compaction: %d %s", err, why);
+    return -1;
+  }
+  w->own.fresh = 0;
+  return g_sync(&w->own);
+}
+
+static int do_compact(worker *w) {
+  int err = ph_compact(w->d);
+  w->own.fresh = 0;
+  if (err != PH_OK) {
+    FAIL("ph_compact: %d", err);
+    return -1;
+  }
+  atomic_fetch_add(&n_compact, 1);
+  return check_compaction(w);
+}
+
+/* Work on the shared graph while holding its mutex. */
+static int shared_section(worker *w, int handoff) {
+  int rc = 0;
+  lock_shared(w->d);
+  atomic_fetch_add(&n_shared, 1);
+  w->own.fresh = 0;
+  if (g_sync(&shared)) {
+    rc = -1;
+    goto out;
+  }
+  if (handoff) {
+    /* give one of our roots' subgraphs to the shared graph */
+    if (g_sync(&w->own)) {
+      rc = -1;
+      goto out;
+    }
+    int k = (int)below(&w->r, OWN_ROOTS);
+    size_t need = g_count_from(&w->own, w->own.root[k], ++w->own.epoch);
+    if (need && shared.nlive + need + 8 < shared.cap) {
+      size_t *map = malloc(w->own.cap * sizeof *map);
+      assert_non_null(map);
+      memset(map, 0xff, w->own.cap * sizeof *map);
+      int s = (int)below(&w->r, SHARED_ROOTS);
+      shared.root[s] = g_import(&shared, &w->own, w->own.root[k], map);
+      *shared.slot[s] = *w->own.slot[k];
+      free(map);
+      atomic_fetch_add(&n_handoff, 1);
+    }
+    /* our graph is about to go: forget its roots (the shared graph now owns
+     * part of its nodes and may change them) */
+    for (int q = 0; q < OWN_ROOTS; q++)
+      *w->own.slot[q] = PH_UNIT;
+    w->own.nroots = 0;
+    if (g_sync(&w->own) || g_sync(&shared)) {
+      rc = -1;
+      goto out;
+    }
+  }
+  unsigned nops = 1 + below(&w->r, 6);
+  for (unsigned q = 0; q < nops && rc == 0; q++) {
+    unsigned o = below(&w->r, 100);
+    if (o < 35) {
+      rc = g_alloc_burst(&shared, w->d, &w->r);
+      w->own.fresh = 0;
+    } else if (o < 80) {
+      g_set_field(&shared, &w->r);
+    } else if (o < 88) {
+      g_drop_root(&shared, &w->r);
+    } else if (o < 97) {
+      g_set_root(&shared, &w->r);
+    } else if (o < 99) {
+      ph_safepoint(w->d);
+      w->own.fresh = 0;
+      rc = g_sync(&shared);
+    } else {
+      /* compact while holding the mutex: the waiters are blocking */
+      rc = do_compact(w);
+      if (rc == 0)
+        rc = g_sync(&shared);
+    }
+  }
+  if (rc == 0 && ++shared_ids_ok % 64 == 0)
+    rc = g_sync(&shared);
+out:
+  pthread_mutex_unlock(&shared_mu);
+  return rc;
+}
+
+static int sit_blocking(worker *w) {
+  ph_blocking_enter(w->d);
+  struct timespec ts = {0, (long)(200000 + below(&w->r, 3000000))};
+  nanosleep(&ts, NULL);
+  ph_blocking_leave(w->d);
+  atomic_fetch_add(&n_blocking, 1);
+  w->own.fresh = 0;
+  return g_sync(&w->own);
+}
+
+static int stopping(void) {
+  if (atomic_load(&failed) || atomic_load(&stop))
+    return 1;
+  if (ops_per_lane > 0)
+    return 0;
+  return now_ns() >= deadline_ns;
+}
+
+static void *worker_main(void *arg) {
+  worker *w = arg;
+  if (ph_domain_attach(heap, &w->d) != PH_OK) {
+    FAIL("lane %d: attach failed", w->lane);
+    return NULL;
+  }
+  atomic_fetch_add(&n_attach, 1);
+  g_init(&w->own, "own", OWN_MAXN, OWN_ROOTS);
+  size_t mark = ph_scope_open(w->d);
+  for (int k = 0; k < OWN_ROOTS; k++) {
+    w->own.slot[k] = ph_root(w->d, PH_UNIT);
+    w->own.root[k] = PH_UNIT;
+    if (!w->own.slot[k])
+      FAIL("ph_root returned NULL");
+  }
+  long life = 300 + below(&w->r, 3000);
+  int rc = g_sync(&w->own);
+  for (long op = 0; rc == 0 && op < life && !stopping(); op++) {
+    w->done++;
+    atomic_fetch_add_explicit(&n_ops, 1, memory_order_relaxed);
+    if (!w->own.fresh)
+      rc = g_sync(&w->own);
+    if (rc)
+      break;
+    unsigned o = below(&w->r, 1000);
+    if (o < 380) {
+      rc = g_alloc_burst(&w->own, w->d, &w->r);
+    } else if (o < 650) {
+      for (unsigned q = 0, n = 1 + below(&w->r, 6); q < n; q++)
+        g_set_field(&w->own, &w->r);
+    } else if (o < 700) {
+      g_drop_root(&w->own, &w->r);
+    } else if (o < 730) {
+      g_set_root(&w->own, &w->r);
+    } else if (o < 830) {
+      rc = shared_section(w, 0);
+    } else if (o < 836) {
+      rc = ph_collect(w->d);
+      atomic_fetch_add(&n_collect, 1);
+      if (rc != PH_OK)
+        FAIL("ph_collect: %d", rc);
+      w->own.fresh = 0;
+    } else if (o < 841) {
+      rc = do_compact(w);
+    } else if (o < 846) {
+      rc = sit_blocking(w);
+    } else if (o < 900) {
+      ph_safepoint(w->d);
+      w->own.fresh = 0;
+    } else {
+      g_set_field(&w->own, &w->r);
+    }
+  }
+  if (rc == 0 && !atomic_load(&failed))
+    rc = shared_section(w, 1);
+  if (ph_scope_close(w->d, mark) != PH_OK)
+    FAIL("scope close");
+  w->own.nroots = 0; /* the slots are gone */
+  /* one more check of the shared graph with our roots gone (our handed-off
+   * nodes must survive) */
+  if (rc == 0 && below(&w->r, 4) == 0)
+    rc = shared_section(w, 0);
+  if (ph_domain_detach(w->d) != PH_OK)
+    FAIL("detach");
+  g_fini(&w->own);
+  return NULL;
+}
+
+typedef struct lane {
+  int id;
+  pthread_t t;
+} lane;
+
+static void *lane_main(void *arg) {
+  lane *l = arg;
+  long ops_done = 0;
+  for (int gen = 0;; gen++) {
+    if (atomic_load(&failed) || atomic_load(&stop))
+      break;
+    if (ops_per_lane > 0 ? ops_done >= ops_per_lane : now_ns() >= deadline_ns)
+      break;
+    worker *w = calloc(1, sizeof *w);
+    assert_non_null(w);
+    w->lane = l->id;
+    w->gen = gen;
+    w->r.s = seed * 1000003u + (uint64_t)l->id * 7919u + (uint64_t)gen;
+    rnd(&w->r);
+    pthread_t t;
+    if (pthread_create(&t, NULL, worker_main, w) != 0) {
+      FAIL("pthread_create");
+      free(w);
+      break;
+    }
+    pthread_join(t, NULL);
+    ops_done += w->done + 1;
+    free(w);
+  }
+  return NULL;
+}
+
+static void pin_two_cores(void) {
+  cpu_set_t set, two;
+  if (sched_getaffinity(0, sizeof set, &set) != 0)
+    return;
+  CPU_ZERO(&two);
+  int n = 0;
+  for (int c = 0; c < CPU_SETSIZE && n < 2; c++)
+    if (CPU_ISSET(c, &set)) {
+      CPU_SET(c, &two);
+      n++;
+    }
+  if (n == 2)
+    sched_setaffinity(0, sizeof two, &two);
+}
+
+static void test_stress(void **state) {
+  (void)state;
+  const char *s = getenv("POOLHEAP_SEED");
+  seed = s ? strtoull(s, NULL, 0) : (uint64_t)now_ns() % 1000000007u;
+  const char *sec = getenv("POOLHEAP_STRESS_SECONDS");
+  double seconds = sec ? atof(sec) : 8.0;
+  const char *ops = getenv("POOLHEAP_STRESS_OPS");
+  ops_per_lane = ops ? atol(ops) : 0;
+  rng r = {seed};
+  ph_config cfg;
+  ph_config_init(&cfg);
+  cfg.max_domains = 16;
+  cfg.pool_size = (size_t)4096 << (2 * below(&r, 3)); /* 4K, 16K, 64K */
+  cfg.gc_percent = 30 + below(&r, 150);
+  cfg.compact_percent = below(&r, 2) ? 0 : 20 + below(&r, 60);
+  cfg.release = (ph_release_mode)below(&r, 4);
+  cfg.compact_scope = (ph_compact_scope)below(&r, 2);
+  printf("test_stress: seed %llu (POOLHEAP_SEED), %d lanes on 2 cores, %s; "
+         "pool %zu gc_percent %u compact_percent %u release %d scope %d\n",
+         (unsigned long long)seed, NLANES,
+         ops_per_lane ? "ops per lane" : "timed", cfg.pool_size, cfg.gc_percent,
+         cfg.compact_percent, (int)cfg.release, (int)cfg.compact_scope);
+  fflush(stdout);
+  pin_two_cores();
+  assert_int_equal(ph_heap_create(&cfg, &heap), PH_OK);
+  g_init(&shared, "shared", SHARED_MAXN, SHARED_ROOTS);
+  for (int k = 0; k < SHARED_ROOTS; k++) {
+    shared_slots[k] = PH_UNIT;
+    shared.slot[k] = &shared_slots[k];
+    shared.root[k] = PH_UNIT;
+    assert_int_equal(ph_root_add(heap, &shared_slots[k]), PH_OK);
+  }
+  uint64_t t0 = now_ns();
+  deadline_ns = t0 + (uint64_t)(seconds * 1e9);
+  lane lanes[NLANES];
+  for (int i = 0; i < NLANES; i++) {
+    lanes[i].id = i;
+    assert_int_equal(pthread_create(&lanes[i].t, NULL, lane_main, &lanes[i]),
+                     0);
+  }
+  for (int i = 0; i < NLANES; i++)
+    pthread_join(lanes[i].t, NULL);
+
+  /* the end: the shared graph, checked from a fresh domain */
+  ph_domain *d;
+  assert_int_equal(ph_domain_attach(heap, &d), PH_OK);
+  if (!atomic_load(&failed)) {
+    assert_int_equal(ph_compact(d), PH_OK);
+    atomic_fetch_add(&n_compact, 1);
+    char why[512];
+    int err = ph_verify(d, why, sizeof why);
+    if (err != PH_OK)
+      FAIL("final verify: %s", why);
+    pthread_mutex_lock(&shared_mu);
+    if (g_sync(&shared) == 0)
+      printf("test_stress: shared graph %zu nodes intact\n", shared.norder);
+    pthread_mutex_unlock(&shared_mu);
+  }
+  ph_stats st;
+  assert_int_equal(ph_stats_get(heap, &st), PH_OK);
+  printf("test_stress: %.1f s, %llu ops, %llu domains attached, %llu "
+         "ph_compact calls (%llu compactions ran in the heap, %llu "
+         "collections), %llu ph_collect calls, %llu verifies, %llu shared "
+         "sections, %llu blocking sits, %llu hand-offs\n",
+         (double)(now_ns() - t0) / 1e9, (unsigned long long)n_ops,
+         (unsigned long long)n_attach, (unsigned long long)n_compact,
+         (unsigned long long)st.compactions, (unsigned long long)st.collections,
+         (unsigned long long)n_collect, (unsigned long long)n_verify,
+         (unsigned long long)n_shared, (unsigned long long)n_blocking,
+         (unsigned long long)n_handoff);
+  assert_int_equal(ph_domain_detach(d), PH_OK);
+  for (int k = 0; k < SHARED_ROOTS; k++)
+    assert_int_equal(ph_root_remove(heap, &shared_slots[k]), PH_OK);
+  g_fini(&shared);
+  assert_int_equal(ph_heap_destroy(heap), PH_OK);
+  assert_int_equal(atomic_load(&failed), 0);
+  assert_true(st.compactions > 0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_stress),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

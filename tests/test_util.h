@@ -1,0 +1,345 @@
+/* tests/test_util.h -- helpers shared by the cmocka tests.
+ *
+ * - TU_TSAN: 1 under ThreadSanitizer (sizes are scaled down there with
+ *   tu_scale), TU_ASAN likewise for AddressSanitizer.
+ * - A seeded xorshift RNG: tu_rng_init prints the seed and honours the
+ *   environment variable POOLHEAP_SEED, so a failing run can be repeated.
+ * - tu_vmrss_kb (VmRSS of the process) and tu_maps_lines (lines of
+ *   /proc/self/maps).
+ * - Threads: tu_threads_run starts n threads and joins them; tu_dbarrier is
+ *   a pthread barrier wait for a thread attached as a domain (done inside a
+ *   blocking section, or collections would wait for it forever).
+ * - tu_reach_bytes: the bytes of every block reachable from a set of values,
+ *   recounted by the test itself ((wosize + 1) * 8 each, as live_bytes).
+ *
+ * Include after <cmocka.h>'s prerequisites; every helper is static inline.
+ */
+#ifndef POOLHEAP_TEST_UTIL_H
+#define POOLHEAP_TEST_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "poolheap.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------ sanitizers */
+#if defined(__SANITIZE_THREAD__)
+#define TU_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TU_TSAN 1
+#endif
+#endif
+#ifndef TU_TSAN
+#define TU_TSAN 0
+#endif
+
+#if defined(__SANITIZE_ADDRESS__)
+#define TU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TU_ASAN 1
+#endif
+#endif
+#ifndef TU_ASAN
+#define TU_ASAN 0
+#endif
+
+#if defined(PH_DEBUG) && PH_DEBUG
+#define TU_DEBUG 1
+#else
+#define TU_DEBUG 0
+#endif
+
+/* n, divided by div under ThreadSanitizer (at least 1). */
+static inline size_t tu_scale(size_t n, size_t div) {
+  if (!TU_TSAN)
+    return n;
+  return n / div ? n / div : 1;
+}
+
+/* ------------------------------------------------------------------ rng */
+typedef struct tu_rng {
+  uint64_t s;
+} tu_rng;
+
+/* The seed of this process: POOLHEAP_SEED if set, else from the clock.
+ * Printed once, with how to repeat it. */
+static inline uint64_t tu_seed(void) {
+  static uint64_t seed;
+  static int have;
+  if (!have) {
+    const char *e = getenv("POOLHEAP_SEED");
+    if (e && *e) {
+      seed = strtoull(e, NULL, 0);
+    } else {
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^
+             ((uint64_t)getpid() << 40);
+    }
+    have = 1;
+    printf("seed %" PRIu64 " (repeat with POOLHEAP_SEED=%" PRIu64 ")\n", seed,
+           seed);
+    fflush(stdout);
+  }
+  return seed;
+}
+
+/* A stream derived from the process seed and a stream number (one per
+ * thread or test), so threads do not share state. */
+static inline void tu_rng_init(tu_rng *r, uint64_t stream) {
+  uint64_t x = tu_seed() + 0x9e3779b97f4a7c15ull * (stream + 1);
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  r->s = x ? x : 1;
+}
+
+static inline uint64_t tu_next(tu_rng *r) {
+  uint64_t x = r->s;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  r->s = x;
+  return x * 0x2545f4914f6cdd1dull;
+}
+
+/* Uniform in [0, n) (n > 0). */
+static inline size_t tu_below(tu_rng *r, size_t n) {
+  return (size_t)(tu_next(r) % n);
+}
+
+/* --------------------------------------------------------------- /proc */
+/* VmRSS of this process in KiB, -1 if unknown. */
+static inline long tu_vmrss_kb(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f)
+    return -1;
+  char line[256];
+  long kb = -1;
+  while (fgets(line, sizeof line, f))
+    if (strncmp(line, "VmRSS:", 6) == 0) {
+      kb = strtol(line + 6, NULL, 10);
+      break;
+    }
+  fclose(f);
+  return kb;
+}
+
+/* Lines of /proc/self/maps (kernel mappings of the process), -1 if unknown. */
+static inline long tu_maps_lines(void) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  if (!f)
+    return -1;
+  long n = 0;
+  int c;
+  while ((c = fgetc(f)) != EOF)
+    n += c == '\n';
+  fclose(f);
+  return n;
+}
+
+/* ------------------------------------------------------------- threads */
+typedef void *(*tu_thread_fn)(void *);
+
+typedef struct tu_thread_arg {
+  unsigned index, n;
+  void *user;
+} tu_thread_arg;
+
+/* Run fn in n threads (arg: a tu_thread_arg) and join them all. */
+static inline void tu_threads_run(unsigned n, tu_thread_fn fn, void *user) {
+  pthread_t *t = calloc(n, sizeof *t);
+  tu_thread_arg *a = calloc(n, sizeof *a);
+  assert_non_null(t);
+  assert_non_null(a);
+  for (unsigned i = 0; i < n; i++) {
+    a[i].index = i;
+    a[i].n = n;
+    a[i].user = user;
+    assert_int_equal(pthread_create(&t[i], NULL, fn, &a[i]), 0);
+  }
+  for (unsigned i = 0; i < n; i++)
+    assert_int_equal(pthread_join(t[i], NULL), 0);
+  free(t);
+  free(a);
+}
+
+/* A pthread barrier wait by a domain's thread: inside a blocking section, so
+ * that a collection started by another domain does not wait for us. */
+static inline void tu_dbarrier(ph_domain *d, pthread_barrier_t *b) {
+  ph_blocking_enter(d);
+  pthread_barrier_wait(b);
+  ph_blocking_leave(d);
+}
+
+/* Join a thread from a domain's thread (inside a blocking section). */
+static inline void tu_djoin(ph_domain *d, pthread_t t) {
+  ph_blocking_enter(d);
+  assert_int_equal(pthread_join(t, NULL), 0);
+  ph_blocking_leave(d);
+}
+
+/* ------------------------------------------------- reachability recount */
+/* An open-addressing set of block addresses. */
+typedef struct tu_set {
+  ph_value *t;
+  size_t cap, n;
+} tu_set;
+
+static inline size_t tu_set_hash(ph_value v, size_t cap) {
+  return (size_t)(((uint64_t)v >> 3) * 0x9e3779b97f4a7c15ull >> 20) & (cap - 1);
+}
+
+/* Returns 1 if v was added, 0 if it was there. */
+static inline int tu_set_add(tu_set *s, ph_value v) {
+  if ((s->n + 1) * 2 > s->cap) {
+    size_t ncap = s->cap ? s->cap * 2 : 1024;
+    ph_value *nt = calloc(ncap, sizeof *nt);
+    assert_non_null(nt);
+    for (size_t i = 0; i < s->cap; i++)
+      if (s->t[i]) {
+        size_t j = tu_set_hash(s->t[i], ncap);
+        while (nt[j])
+          j = (j + 1) & (ncap - 1);
+        nt[j] = s->t[i];
+      }
+    free(s->t);
+    s->t = nt;
+    s->cap = ncap;
+  }
+  size_t j = tu_set_hash(v, s->cap);
+  while (s->t[j]) {
+    if (s->t[j] == v)
+      return 0;
+    j = (j + 1) & (s->cap - 1);
+  }
+  s->t[j] = v;
+  s->n++;
+  return 1;
+}
+
+static inline int tu_set_has(const tu_set *s, ph_value v) {
+  if (!s->cap)
+    return 0;
+  size_t j = tu_set_hash(v, s->cap);
+  while (s->t[j]) {
+    if (s->t[j] == v)
+      return 1;
+    j = (j + 1) & (s->cap - 1);
+  }
+  return 0;
+}
+
+static inline void tu_set_free(tu_set *s) {
+  free(s->t);
+  s->t = NULL;
+  s->cap = s->n = 0;
+}
+
+/* Walk everything reachable from roots[0..n) (iteratively), adding each
+ * block to *seen (which may already hold blocks: those are not counted
+ * again).  Returns the bytes of the newly seen blocks. */
+static inline uint64_t tu_reach_bytes_into(tu_set *seen, const ph_value *roots,
+                                           size_t n) {
+  size_t cap = 1024, top = 0;
+  ph_value *stack = malloc(cap * sizeof *stack);
+  assert_non_null(stack);
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!ph_is_block(roots[i]) || !tu_set_add(seen, roots[i]))
+      continue;
+    stack[top++] = roots[i];
+    while (top) {
+      ph_value v = stack[--top];
+      bytes += (ph_wosize(v) + 1) * 8;
+      if (ph_tag(v) >= PH_TAG_RAW)
+        continue;
+      for (size_t k = 0; k < ph_wosize(v); k++) {
+        ph_value x = ph_field(v, k);
+        if (!ph_is_block(x) || !tu_set_add(seen, x))
+          continue;
+        if (top == cap) {
+          cap *= 2;
+          stack = realloc(stack, cap * sizeof *stack);
+          assert_non_null(stack);
+        }
+        stack[top++] = x;
+      }
+    }
+  }
+  free(stack);
+  return bytes;
+}
+
+static inline uint64_t tu_reach_bytes(const ph_value *roots, size_t n) {
+  tu_set s = {0};
+  uint64_t b = tu_reach_bytes_into(&s, roots, n);
+  tu_set_free(&s);
+  return b;
+}
+
+/* ------------------------------------------------- checks in threads */
+/* cmocka's assertions may only fail in the test's own thread (they
+ * longjmp); other threads count failures with TU_CHECK and the test thread
+ * asserts the count with tu_assert_no_failures. */
+static inline int *tu_failures_p(void) {
+  static int failures;
+  return &failures;
+}
+#define TU_CHECK(c)                                                            \
+  do {                                                                         \
+    if (!(c)) {                                                                \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);    \
+      __atomic_fetch_add(tu_failures_p(), 1, __ATOMIC_RELAXED);                \
+    }                                                                          \
+  } while (0)
+static inline void tu_assert_no_failures(void) {
+  int f = __atomic_exchange_n(tu_failures_p(), 0, __ATOMIC_RELAXED);
+  assert_int_equal(f, 0);
+}
+
+/* ------------------------------------------------------------- misc */
+static inline ph_stats tu_stats(ph_heap *h) {
+  ph_stats st;
+  assert_int_equal(ph_stats_get(h, &st), PH_OK);
+  return st;
+}
+
+/* ph_verify must pass; prints the reason otherwise. */
+static inline void tu_verify_ok(ph_domain *d) {
+  char why[512];
+  int r = ph_verify(d, why, sizeof why);
+  if (r != PH_OK)
+    fail_msg("ph_verify: %s (%s)", ph_strerror(r), why);
+}
+
+/* A heap with defaults except gc_percent (0 = explicit collections only). */
+static inline ph_heap *tu_heap(unsigned gc_percent) {
+  ph_config cfg;
+  ph_config_init(&cfg);
+  cfg.gc_percent = gc_percent;
+  ph_heap *h = NULL;
+  assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
+  assert_non_null(h);
+  return h;
+}
+
+#define TU_BYTES(wosize) ((uint64_t)((wosize) + 1) * 8)
+
+#endif
