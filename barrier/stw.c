@@ -17,10 +17,11 @@
  * blocking section waits until no section is pending; entering one first
  * joins a section that counts on the domain.  Attach waits likewise.
  *
- * Coalescing.  ph_collect returns after a collecting section whose epoch is
- * later than the number of sections started at the call: a request that
- * arrives while another section runs joins it and then, if that one started
- * before the call, leads (or joins) the next one. */
+ * Coalescing.  ph_collect returns after a collecting section that started
+ * after the call: either one whose epoch is later than the number of
+ * sections started at the call, or one the caller took part in from its
+ * first barrier (marking starts only once every participant has arrived, so
+ * it began after the call).  Concurrent requests thus share one section. */
 #include "heap/internal.h"
 
 #include <stdio.h>
@@ -202,8 +203,9 @@ static void finish_collect_stw_single(struct ph_heap *h) {
 }
 
 /* Take part in the current section.  Returns the section's result for its
- * leader. */
-static int participate(struct ph_domain *d) {
+ * leader.  *did (if not NULL) gets what the section did: PH_STW_COLLECT
+ * and/or PH_STW_COMPACT. */
+static int participate_did(struct ph_domain *d, int *did) {
   struct ph_heap *h = d->heap;
   ph_stw *s = &h->stw;
   ph_domain_flush_caches(d);
@@ -219,6 +221,9 @@ static int participate(struct ph_domain *d) {
 
   body_stw(h, w);
   int result = d == s->leader ? s->result : PH_OK;
+  if (did)
+    *did = (s->kind & (PH_STW_COLLECT | PH_STW_COMPACT) ? PH_STW_COLLECT : 0) |
+           ((s->kind & PH_STW_COMPACT) || s->do_compact ? PH_STW_COMPACT : 0);
 
   pthread_mutex_lock(&h->lock);
   d->stw_expected = 0;
@@ -234,6 +239,10 @@ static int participate(struct ph_domain *d) {
   }
   pthread_mutex_unlock(&h->lock);
   return result;
+}
+
+static int participate(struct ph_domain *d) {
+  return participate_did(d, NULL);
 }
 
 static int satisfied_locked(struct ph_heap *h, int kind, uint64_t start) {
@@ -257,9 +266,16 @@ int ph_stw_run(struct ph_domain *d, int kind, const ph_stw_req *req) {
   for (;;) {
     if (atomic_load_explicit(&h->stw_pending, memory_order_relaxed)) {
       if (d->stw_expected == s->epoch) {
+        /* We take part from its first barrier, after our call: a whole
+         * collection (or compaction) that started after the call, even if
+         * it was elected before (barrier.stw coalescing). */
+        int did = 0;
         pthread_mutex_unlock(&h->lock);
-        participate(d);
+        participate_did(d, &did);
         pthread_mutex_lock(&h->lock);
+        if (!(kind & (PH_STW_VERIFY | PH_STW_CENSUS)) &&
+            (did & ((kind & PH_STW_COMPACT) ? PH_STW_COMPACT : PH_STW_COLLECT)))
+          break;
       } else {
         pthread_cond_wait(&h->cond, &h->lock);
       }

@@ -95,7 +95,7 @@ static size_t build_random(env *e, cu_rng *r, unsigned keep_pct,
   for (unsigned k = 0; k < cs.n; k++) {
     size_t lo = k ? cs.c[k - 1].max_wosize + 1 : 1, hi = cs.c[k].max_wosize;
     size_t slots = e->pool_size / 8 / cs.c[k].block_words;
-    size_t cnt = (slots * 3 + cu_below(r, slots + 1)) / CU_SCALE + 2;
+    size_t cnt = slots * 3 + cu_below(r, slots + 1) + 2;
     for (size_t i = 0; i < cnt; i++) {
       if (n == cap) {
         cap *= 2;
