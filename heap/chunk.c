@@ -123,8 +123,7 @@ static int commit_range_locked(struct ph_heap *h, ph_chunk *c, uint32_t u,
    * MAP_NORESERVE reservation succeeds for any size, so without this a
    * request for terabytes would be committed and then touched. */
   size_t cap = h->cfg.heap_limit ? h->cfg.heap_limit : h->commit_cap;
-  if (atomic_load_explicit(&h->os.committed, memory_order_relaxed) + need >
-      cap)
+  if (atomic_load_explicit(&h->os.committed, memory_order_relaxed) + need > cap)
     return PH_ENOMEM;
   size_t i = 0;
   while (i < n) {
@@ -246,11 +245,23 @@ static void chunk_remove_locked(struct ph_heap *h, unsigned i) {
   free(c);
 }
 
+/* Does chunk i touch chunks of ours on both sides?  The kernel merges
+ * adjacent anonymous mappings with equal flags, so unmapping such a chunk
+ * would split one kernel mapping in two: it is decommitted instead. */
+static int sandwiched(const struct ph_heap *h, unsigned i) {
+  const ph_chunk *c = h->chunks[i];
+  return i > 0 && i + 1 < h->nchunks &&
+         h->chunks[i - 1]->base + h->chunks[i - 1]->size == c->base &&
+         c->base + c->size == h->chunks[i + 1]->base;
+}
+
 /* heap.release: free committed units beyond `retain` bytes (the lowest
- * addresses are retained) go back to the OS, one call per contiguous run; in
- * UNMAP mode whole free chunks are unmapped.  With huge pages only whole
- * 2 MiB ranges are decommitted, so no huge page is broken up.  A refused
- * call leaves its units committed (nothing is lost, nothing is counted). */
+ * addresses are retained) go back to the OS, one call per contiguous run.
+ * In UNMAP mode whole free chunks are unmapped, unless unmapping would split
+ * a kernel mapping (a chunk adjacent to ours on both sides).  With huge
+ * pages only whole 2 MiB ranges are decommitted, so no huge page is broken
+ * up.  A refused call leaves its units committed (nothing is lost, nothing
+ * is counted). */
 void ph_units_release_locked(struct ph_heap *h, int mode, size_t retain,
                              uint64_t *released_bytes) {
   uint64_t released = 0;
@@ -261,7 +272,8 @@ void ph_units_release_locked(struct ph_heap *h, int mode, size_t retain,
   size_t kept = 0;
   for (unsigned i = 0; i < h->nchunks; i++) {
     ph_chunk *c = h->chunks[i];
-    if (mode == PH_RELEASE_UNMAP && c->nfree == c->nunits && kept >= retain) {
+    if (mode == PH_RELEASE_UNMAP && c->nfree == c->nunits && kept >= retain &&
+        !sandwiched(h, i)) {
       size_t comm = 0;
       for (uint32_t u = 0; u < c->nunits; u++)
         comm += c->ustate[u] == PH_U_FREE_COMM ? h->pool_size : 0;
