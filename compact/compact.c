@@ -3,12 +3,14 @@
  * It runs inside the stop-the-world section of ph_compact, right after the
  * collection's sweep, on every participant:
  *
- *   Phase 1 (compact.phase.stats).  Barrier.  Participants claim unit
- *     batches and push every partly filled pool on its class's candidate
- *     list, and every scanned large block on the large list.  The counts
- *     come from the sweep: no second pass over memory.
+ *   Phase 1 (compact.phase.stats).  The sweep already recorded, per
+ *     participant, every partly filled pool with its class, owner and live
+ *     count (ph_cand) and every surviving scanned large block: the stats
+ *     table costs no pass over memory and not even a pool header read.
+ *     Barrier; the leader sets up the plan.
  *   Phase 2 (compact.phase.choose).  Barrier.  Per size class (claimed), the
- *     candidates become an array.  GLOBAL scope: sorted densest first; with
+ *     records of that class become an array.  GLOBAL scope: sorted densest
+ *     first; with
  *     L live blocks and C slots per pool, the first k = ceil(L / C) are kept
  *     and the rest evacuated.  Any k pools can hold L blocks only if
  *     k * C >= L, and keeping the densest k moves the fewest blocks, so the
@@ -16,7 +18,8 @@
  *     address order (OCaml 5.2 keeps its pools in list order).  Each kept
  *     pool that receives blocks becomes one evacuation unit: a destination
  *     and the run of source blocks (first source, live blocks to skip in it,
- *     count) that fill it.  Evacuated pools get their `evacuated` flag.
+ *     count) that fill it.  The leader then marks the evacuated pools in a
+ *     dense map (compact.update.map).
  *   Phase 3 (compact.phase.evacuate).  Barrier.  Units are claimed by any
  *     participant (GLOBAL) or run by the pools' owner (PER_DOMAIN; the
  *     leader runs those of owners that are not participating).  Each live
@@ -26,8 +29,8 @@
  *     root items (global set, each domain's stack and hook, blocking
  *     domains' too), pool units (every live block of every pool that was
  *     not evacuated) and slices of large blocks.  Whether a pointer needs
- *     forwarding is read from its unit header's `evacuated` flag (an O(1)
- *     mask), not from the target block's header.
+ *     forwarding is one bit of the map, found from its address (an O(1)
+ *     shift), never from the target block's header.
  *   Phase 5 (compact.phase.free).  Barrier.  The leader frees the evacuated
  *     pools (poisoned first in debug builds) and rebuilds the avail lists
  *     from the kept pools, densest on top.
@@ -42,37 +45,25 @@
 
 #define PH_LARGE_SLICE 65536 /* fields per update work item */
 
-struct ph_cclass;
 typedef struct ph_evac_unit {
   ph_pool *dst;
-  struct ph_cclass *cc; /* the class: its evac[] are the sources */
+  ph_pool **src;      /* the class's evacuated pools */
   uint32_t src_first; /* index into src */
   uint32_t src_skip;  /* live blocks of src[src_first] before ours */
   uint32_t count;     /* blocks to move into dst */
   uint32_t owner;     /* slot of the pools' owner */
 } ph_evac_unit;
 
-/* compact.update.table: for each evacuated pool e of a class, a copy of its
- * live bitmap (nwords words) with the live count before each word, and
- * fwd[base[e] + rank] = the new address of its rank-th live block.  About
- * 8 bytes per moved block plus 1/100 of the evacuated pools: a pointer is
- * forwarded from this dense table instead of from the old copy, which lies
- * somewhere in all the evacuated memory. */
 typedef struct ph_cclass {
   ph_pool **keep, **evac;
+  uint32_t *elive; /* live blocks of each evac pool (from the sweep) */
   size_t nkeep, nevac;
   ph_evac_unit *units;
   size_t nunits;
-  uint64_t *ebits;   /* nevac * nwords, or NULL: forward through old copies */
-  uint32_t *eprefix; /* nevac * nwords */
-  uint32_t *ebase;   /* nevac */
-  ph_value *fwd;     /* live blocks of all evac pools */
-  uint32_t slot_bytes;
+  uint64_t moved_blocks, moved_bytes;
 } ph_cclass;
 
 typedef struct ph_compact_plan {
-  _Atomic(ph_pool *) cand[PH_MAX_CLASSES];
-  _Atomic(ph_large *) large;
   ph_cclass cls[PH_MAX_CLASSES];
   ph_evac_unit *units; /* all classes' units */
   size_t nunits;
@@ -80,108 +71,62 @@ typedef struct ph_compact_plan {
   size_t *large_first; /* first slice of each large block */
   size_t nlarges, nslices;
   int failed; /* a plan allocation failed: nothing is evacuated */
-  /* compact.update.map: per unit over [map_lo, map_lo + map_units units),
-   * 0 or 1 + (class << 26 | index of the evacuated pool in its class).
-   * Pool headers lie at a pool_size stride and alias to a few cache sets;
-   * this table is dense (4 bytes a unit).  NULL: the headers are read. */
+  /* compact.update.map: one bit per unit over [map_lo, map_lo + map_units
+   * units), set for evacuated pools.  Pool headers lie at a pool_size
+   * stride and alias to a few cache sets; this map stays in L1. */
   uintptr_t map_lo;
   size_t map_units;
-  uint32_t *map;
-  size_t nwords; /* bitmap words per pool */
+  uint64_t *map;
 } ph_compact_plan;
 
 /* ------------------------------------------------------------ phase 1 */
 
-static void push_cand(_Atomic(ph_pool *) *head, ph_pool *p) {
-  ph_pool *old = atomic_load_explicit(head, memory_order_relaxed);
-  do {
-    p->cnext = old;
-  } while (!atomic_compare_exchange_weak_explicit(
-      head, &old, p, memory_order_relaxed, memory_order_relaxed));
-  /* relaxed: the list is read after a barrier */
-}
-
-static void push_large(_Atomic(ph_large *) *head, ph_large *l) {
-  ph_large *old = atomic_load_explicit(head, memory_order_relaxed);
-  do {
-    l->dead_next = old;
-  } while (!atomic_compare_exchange_weak_explicit(
-      head, &old, l, memory_order_relaxed, memory_order_relaxed));
-}
-
-static void stats_stw(struct ph_heap *h, ph_compact_plan *plan) {
-  ph_stw *s = &h->stw;
-  const size_t batch = 16;
-  for (;;) {
-    size_t g0 =
-        atomic_fetch_add_explicit(&s->claim_units, batch, memory_order_relaxed);
-    if (g0 >= s->total_units)
-      break;
-    for (size_t g = g0; g < g0 + batch && g < s->total_units; g++) {
-      ph_chunk *c;
-      uint32_t u;
-      ph_stw_unit_at(h, g, &c, &u);
-      if (c->ustate[u] == PH_U_POOL) {
-        ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
-        p->evacuated = 0;
-        if (p->nlive > 0 && p->nfree > 0)
-          push_cand(&plan->cand[p->cls], p);
-      } else if (c->ustate[u] == PH_U_LARGE) {
-        ph_large *l = (ph_large *)ph_unit_addr(h, c, u);
-        ph_value hd = *(ph_value *)((char *)l + PH_LARGE_HDR);
-        if (ph_hd_tag(hd) < PH_TAG_RAW)
-          push_large(&plan->large, l);
-      }
-    }
-  }
-}
-
 /* ------------------------------------------------------------ phase 2 */
 
 static int by_density(const void *a, const void *b) {
-  const ph_pool *p = *(ph_pool *const *)a, *q = *(ph_pool *const *)b;
+  const ph_cand *p = a, *q = b;
   if (p->nlive != q->nlive)
     return p->nlive > q->nlive ? -1 : 1;
-  return p < q ? -1 : p > q;
+  return p->pool < q->pool ? -1 : p->pool > q->pool;
 }
 
 static int by_owner_address(const void *a, const void *b) {
-  const ph_pool *p = *(ph_pool *const *)a, *q = *(ph_pool *const *)b;
+  const ph_cand *p = a, *q = b;
   if (p->owner != q->owner)
     return p->owner < q->owner ? -1 : 1;
-  return p < q ? -1 : p > q;
+  return p->pool < q->pool ? -1 : p->pool > q->pool;
 }
 
 /* Plan one group (all candidates of a class, or one owner's): keep the
- * first k of cand[0..n), evacuate the rest, emit destination units. */
-static void plan_group(ph_cclass *cc, ph_pool **cand, size_t n,
+ * first k of cand[0..n), evacuate the rest, emit destination units.  Only
+ * the records are read; evacuated pools' live counts go to cc->elive. */
+static void plan_group(ph_cclass *cc, ph_cand *cand, size_t n,
                        uint32_t nslots) {
   uint64_t live = 0;
   for (size_t i = 0; i < n; i++)
-    live += cand[i]->nlive;
+    live += cand[i].nlive;
   size_t k = (size_t)((live + nslots - 1) / nslots);
   if (k >= n)
     k = n;
   size_t e0 = cc->nevac;
   for (size_t i = 0; i < k; i++)
-    cc->keep[cc->nkeep++] = cand[i];
+    cc->keep[cc->nkeep++] = cand[i].pool;
   for (size_t i = k; i < n; i++) {
-    cand[i]->evacuated = 1;
-    cc->evac[cc->nevac++] = cand[i];
+    cc->elive[cc->nevac] = cand[i].nlive;
+    cc->evac[cc->nevac++] = cand[i].pool;
   }
   /* destination units over the group's sources */
   size_t si = e0;
   uint32_t skip = 0;
-  uint32_t rem = si < cc->nevac ? cc->evac[si]->nlive : 0;
+  uint32_t rem = si < cc->nevac ? cc->elive[si] : 0;
   for (size_t j = 0; j < k && si < cc->nevac; j++) {
-    ph_pool *dst = cand[j];
-    uint32_t room = dst->nfree, take = 0;
+    uint32_t room = nslots - cand[j].nlive, take = 0;
     ph_evac_unit *u = &cc->units[cc->nunits];
-    u->dst = dst;
-    u->cc = cc;
+    u->dst = cand[j].pool;
+    u->src = cc->evac;
     u->src_first = (uint32_t)si;
     u->src_skip = skip;
-    u->owner = dst->owner;
+    u->owner = cand[j].owner;
     while (room > 0 && si < cc->nevac) {
       uint32_t t = room < rem ? room : rem;
       take += t;
@@ -191,7 +136,7 @@ static void plan_group(ph_cclass *cc, ph_pool **cand, size_t n,
       if (rem == 0) {
         si++;
         skip = 0;
-        rem = si < cc->nevac ? cc->evac[si]->nlive : 0;
+        rem = si < cc->nevac ? cc->elive[si] : 0;
       }
     }
     if (take > 0) {
@@ -202,80 +147,35 @@ static void plan_group(ph_cclass *cc, ph_pool **cand, size_t n,
   PH_ASSERT(si == cc->nevac); /* every source block has a destination */
 }
 
-/* compact.update.table for one class (its evac[] is final). */
-static void build_table(struct ph_heap *h, ph_compact_plan *plan,
-                        ph_cclass *cc) {
-  size_t nw = plan->nwords, n = cc->nevac;
-  if (n == 0)
-    return;
-  uint64_t live = 0;
-  for (size_t e = 0; e < n; e++)
-    live += cc->evac[e]->nlive;
-  cc->ebits = malloc(n * nw * sizeof *cc->ebits);
-  cc->eprefix = malloc(n * nw * sizeof *cc->eprefix);
-  cc->ebase = malloc(n * sizeof *cc->ebase);
-  cc->fwd = malloc(live * sizeof *cc->fwd);
-  if (!cc->ebits || !cc->eprefix || !cc->ebase || !cc->fwd) {
-    free(cc->ebits);
-    free(cc->eprefix);
-    free(cc->ebase);
-    free(cc->fwd);
-    cc->ebits = NULL;
-    cc->eprefix = NULL;
-    cc->ebase = NULL;
-    cc->fwd = NULL;
-    return;
-  }
-  cc->slot_bytes = h->class_wsize[cc->evac[0]->cls] * 8;
-  uint32_t base = 0;
-  for (size_t e = 0; e < n; e++) {
-    const uint64_t *b = ph_pool_bits(cc->evac[e]);
-    uint32_t words = (cc->evac[e]->nslots + 63) / 64;
-    uint32_t before = 0;
-    cc->ebase[e] = base;
-    for (size_t k = 0; k < nw; k++) {
-      uint64_t word = k < words ? b[k] : 0;
-      cc->ebits[e * nw + k] = word;
-      cc->eprefix[e * nw + k] = before;
-      before += (uint32_t)__builtin_popcountll(word);
-    }
-    base += cc->evac[e]->nlive;
-  }
-}
-
 static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
+  ph_stw *s = &h->stw;
   ph_cclass *cc = &plan->cls[cls];
   size_t n = 0;
-  for (ph_pool *p =
-           atomic_load_explicit(&plan->cand[cls], memory_order_relaxed);
-       p; p = p->cnext)
-    n++;
+  for (unsigned i = 0; i < s->nparts; i++)
+    for (size_t k = 0; k < s->workers[i].ncands; k++)
+      n += s->workers[i].cands[k].cls == cls;
   if (n == 0)
     return;
-  ph_pool **cand = malloc(n * sizeof *cand);
+  ph_cand *cand = malloc(n * sizeof *cand);
   cc->keep = malloc(n * sizeof *cc->keep);
   cc->evac = malloc(n * sizeof *cc->evac);
+  cc->elive = malloc(n * sizeof *cc->elive);
   cc->units = malloc(n * sizeof *cc->units);
-  if (!cand || !cc->keep || !cc->evac || !cc->units) {
-    /* nothing moves in this class: its pools need their free lists */
-    for (ph_pool *p = atomic_load_explicit(&plan->cand[cls],
-                                           memory_order_relaxed);
-         p; p = p->cnext)
-      if (p->unbuilt)
-        ph_pool_build_free(h, p);
+  if (!cand || !cc->keep || !cc->evac || !cc->elive || !cc->units) {
     free(cand);
     free(cc->keep);
     free(cc->evac);
+    free(cc->elive);
     free(cc->units);
     memset(cc, 0, sizeof *cc);
     plan->failed = 1; /* benign race: every writer writes 1 */
     return;
   }
   size_t i = 0;
-  for (ph_pool *p =
-           atomic_load_explicit(&plan->cand[cls], memory_order_relaxed);
-       p; p = p->cnext)
-    cand[i++] = p;
+  for (unsigned p = 0; p < s->nparts; p++)
+    for (size_t k = 0; k < s->workers[p].ncands; k++)
+      if (s->workers[p].cands[k].cls == cls)
+        cand[i++] = s->workers[p].cands[k];
   uint32_t nslots = h->class_nslots[cls];
   if (h->cfg.compact_scope == PH_COMPACT_GLOBAL) {
     qsort(cand, n, sizeof *cand, by_density);
@@ -285,19 +185,13 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
     size_t a = 0;
     while (a < n) {
       size_t b = a;
-      while (b < n && cand[b]->owner == cand[a]->owner)
+      while (b < n && cand[b].owner == cand[a].owner)
         b++;
       plan_group(cc, cand + a, b - a, nslots);
       a = b;
     }
   }
   free(cand);
-  /* heap.sweep.lazy: the kept pools get their free lists (destinations
-   * need them in phase 3); evacuated pools are never written again */
-  for (size_t k = 0; k < cc->nkeep; k++)
-    if (cc->keep[k]->unbuilt)
-      ph_pool_build_free(h, cc->keep[k]);
-  build_table(h, plan, cc);
 }
 
 static void choose_stw(struct ph_heap *h, ph_compact_plan *plan) {
@@ -310,7 +204,7 @@ static void choose_stw(struct ph_heap *h, ph_compact_plan *plan) {
   }
 }
 
-#define PH_MAP_MAX_UNITS ((size_t)1 << 22)
+#define PH_MAP_MAX_UNITS ((size_t)1 << 27)
 
 static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   plan->map = NULL;
@@ -322,7 +216,7 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   size_t n = (hi - lo) >> h->pool_shift;
   if (n > PH_MAP_MAX_UNITS)
     return; /* chunks spread too far apart: headers are read instead */
-  plan->map = calloc(n, sizeof *plan->map);
+  plan->map = calloc((n + 63) / 64, sizeof(uint64_t));
   if (!plan->map)
     return;
   plan->map_lo = lo;
@@ -330,35 +224,27 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   for (unsigned c = 0; c < h->nclasses; c++)
     for (size_t i = 0; i < plan->cls[c].nevac; i++) {
       size_t u = ((uintptr_t)plan->cls[c].evac[i] - lo) >> h->pool_shift;
-      plan->map[u] = 1 + (((uint32_t)c << 26) | (uint32_t)i);
+      plan->map[u / 64] |= (uint64_t)1 << (u % 64);
     }
 }
 
 /* Leader, between phases 2 and 3: one array of units, the large slices,
- * and the claim counters of phases 3 and 4. */
+ * the evacuation map (or, if it cannot be had, the `evacuated` flags in the
+ * pool headers), and the claim counters of phases 3 and 4. */
 static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   ph_stw *s = &h->stw;
-  size_t n = 0;
+  size_t n = 0, nl = 0;
   for (unsigned c = 0; c < h->nclasses; c++)
     n += plan->cls[c].nunits;
+  for (unsigned i = 0; i < s->nparts; i++)
+    nl += s->workers[i].nlarges;
   plan->units = n ? malloc(n * sizeof *plan->units) : NULL;
-  size_t nl = 0;
-  for (ph_large *l = atomic_load_explicit(&plan->large, memory_order_relaxed);
-       l; l = l->dead_next)
-    nl++;
   plan->larges = nl ? malloc(nl * sizeof *plan->larges) : NULL;
   plan->large_first = malloc((nl + 1) * sizeof *plan->large_first);
   if ((n && !plan->units) || (nl && !plan->larges) || !plan->large_first)
     plan->failed = 1;
-  if (plan->failed) {
-    /* Nothing moves: undo the evacuation flags. */
+  if (plan->failed) { /* nothing moves */
     for (unsigned c = 0; c < h->nclasses; c++) {
-      for (size_t i = 0; i < plan->cls[c].nevac; i++) {
-        ph_pool *p = plan->cls[c].evac[i];
-        p->evacuated = 0;
-        if (p->unbuilt)
-          ph_pool_build_free(h, p);
-      }
       plan->cls[c].nevac = 0;
       plan->cls[c].nunits = 0;
     }
@@ -374,24 +260,33 @@ static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
     }
     plan->nunits = k;
     size_t i = 0, slices = 0;
-    for (ph_large *l = atomic_load_explicit(&plan->large, memory_order_relaxed);
-         l; l = l->dead_next) {
-      plan->larges[i] = l;
-      plan->large_first[i] = slices;
-      ph_value hd = *(ph_value *)((char *)l + PH_LARGE_HDR);
-      slices += (ph_hd_wosize(hd) + PH_LARGE_SLICE - 1) / PH_LARGE_SLICE;
-      i++;
-    }
+    for (unsigned p = 0; p < s->nparts; p++)
+      for (size_t j = 0; j < s->workers[p].nlarges; j++) {
+        ph_large *l = s->workers[p].larges[j];
+        plan->larges[i] = l;
+        plan->large_first[i] = slices;
+        ph_value hd = *(ph_value *)((char *)l + PH_LARGE_HDR);
+        slices += (ph_hd_wosize(hd) + PH_LARGE_SLICE - 1) / PH_LARGE_SLICE;
+        i++;
+      }
     plan->large_first[nl] = slices;
     plan->nlarges = nl;
     plan->nslices = slices;
   }
   build_map_stw_single(h, plan);
+  if (!plan->map) /* fall back to the flags in the headers */
+    for (unsigned c = 0; c < h->nclasses; c++)
+      for (size_t i = 0; i < plan->cls[c].nevac; i++)
+        plan->cls[c].evac[i]->evacuated = 1;
   atomic_store_explicit(&s->claim_b, 0, memory_order_relaxed);
   atomic_store_explicit(&s->claim_roots, 0, memory_order_relaxed);
   atomic_store_explicit(&s->claim_c, 0, memory_order_relaxed);
   atomic_store_explicit(&s->claim_large, 0, memory_order_relaxed);
   ph_stw_units_init_stw_single(h);
+}
+
+static inline int map_has(const ph_compact_plan *plan, size_t u) {
+  return u < plan->map_units && (plan->map[u / 64] >> (u % 64) & 1);
 }
 
 /* ------------------------------------------------------------ phase 3 */
@@ -417,23 +312,15 @@ static uint32_t nth_live(ph_pool *src, uint32_t skip) {
 /* Move u->count live blocks, in order, from the sources into u->dst.  The
  * live bitmap written by the sweep says which slots to copy, so only live
  * blocks are touched. */
-static void evacuate_unit(struct ph_heap *h, ph_compact_plan *plan,
-                          ph_worker *w, ph_evac_unit *u) {
+static void evacuate_unit(struct ph_heap *h, ph_worker *w, ph_evac_unit *u) {
   ph_pool *dst = u->dst;
-  ph_cclass *cc = u->cc;
-  /* Old copies get FWD and the new address when pointers will be forwarded
-   * through them (no table), and always in debug builds, where the update
-   * asserts it. */
-  int in_place = PH_DEBUG || !plan->map || !cc->fwd;
   uint32_t i = u->src_first, left = u->count;
-  uint32_t rank = u->src_skip;
-  uint32_t k = nth_live(cc->evac[i], u->src_skip);
+  uint32_t k = nth_live(u->src[i], u->src_skip);
   while (left > 0) {
-    ph_pool *src = cc->evac[i];
+    ph_pool *src = u->src[i];
     uint32_t wsize = h->class_wsize[src->cls];
     const uint64_t *bits = ph_pool_bits(src);
     ph_value *base = (ph_value *)ph_pool_slots(src);
-    ph_value *fwd = cc->fwd ? cc->fwd + cc->ebase[i] : NULL;
     uint32_t nwords = (src->nslots + 63) / 64;
     for (uint32_t wi = k / 64; wi < nwords && left > 0; wi++) {
       uint64_t word = bits[wi];
@@ -450,14 +337,9 @@ static void evacuate_unit(struct ph_heap *h, ph_compact_plan *plan,
         dst->free = *(ph_value *)nv;
         size_t wo = ph_hd_wosize(hd);
         memcpy((ph_value *)nv - 1, slot, (wo + 1) * sizeof(ph_value));
-        if (fwd)
-          fwd[rank] = nv;
-        rank++;
-        if (in_place) {
-          slot[1] = nv;
-          slot[0] = (hd & ~PH_HD_COLOR_MASK) |
-                    ((ph_value)PH_FWD << PH_HD_COLOR_SHIFT);
-        }
+        slot[1] = nv;
+        slot[0] =
+            (hd & ~PH_HD_COLOR_MASK) | ((ph_value)PH_FWD << PH_HD_COLOR_SHIFT);
         w->evac_blocks++;
         w->evac_bytes += (wo + 1) * 8;
         left--;
@@ -465,7 +347,6 @@ static void evacuate_unit(struct ph_heap *h, ph_compact_plan *plan,
     }
     i++;
     k = 0;
-    rank = 0;
   }
   dst->nfree -= u->count;
   dst->nlive += u->count;
@@ -480,7 +361,7 @@ static void evacuate_stw(struct ph_heap *h, ph_worker *w,
           atomic_fetch_add_explicit(&s->claim_b, 1, memory_order_relaxed);
       if (k >= plan->nunits)
         break;
-      evacuate_unit(h, plan, w, &plan->units[k]);
+      evacuate_unit(h, w, &plan->units[k]);
     }
     return;
   }
@@ -493,7 +374,7 @@ static void evacuate_stw(struct ph_heap *h, ph_worker *w,
         o ? o == w->dom || (o->stw_expected != s->epoch && w->dom == s->leader)
           : w->dom == s->leader;
     if (mine)
-      evacuate_unit(h, plan, w, u);
+      evacuate_unit(h, w, u);
   }
 }
 
@@ -508,59 +389,37 @@ static void evacuate_stw(struct ph_heap *h, ph_worker *w,
 #define PH_FWD_BATCH 32
 typedef struct fwd_batch {
   const struct ph_heap *h;
-  const ph_compact_plan *plan;
+  const uint64_t *map; /* compact.update.map, or NULL */
   uintptr_t map_lo;
   size_t map_units;
   unsigned shift;
   unsigned n;
   ph_value *slot[PH_FWD_BATCH];
-  const ph_value *src[PH_FWD_BATCH]; /* where the new address is */
 } fwd_batch;
 
 static void fb_flush(fwd_batch *b) {
-  for (unsigned i = 0; i < b->n; i++)
-    *b->slot[i] = *b->src[i];
+  for (unsigned i = 0; i < b->n; i++) {
+    ph_value *s = b->slot[i];
+    PH_ASSERT(ph_hd_color(*ph_hp(*s)) == PH_FWD);
+    *s = *(const ph_value *)*s;
+  }
   b->n = 0;
 }
 
-/* Where the new address of x is, or NULL if x did not move. */
-static inline const ph_value *fwd_source(const fwd_batch *b, ph_value x) {
-  const ph_compact_plan *plan = b->plan;
-  if (!plan->map) {
-    if (!ph_unit_of(b->h, x)->evacuated)
-      return NULL;
-    PH_ASSERT(ph_hd_color(*ph_hp(x)) == PH_FWD);
-    return (const ph_value *)x;
+static inline int fb_evacuated(const fwd_batch *b, ph_value x) {
+  if (b->map) {
+    size_t u = (x - b->map_lo) >> b->shift;
+    return u < b->map_units && (b->map[u / 64] >> (u % 64) & 1);
   }
-  size_t u = (x - b->map_lo) >> b->shift;
-  if (u >= b->map_units || plan->map[u] == 0)
-    return NULL;
-  uint32_t code = plan->map[u] - 1;
-  const ph_cclass *cc = &plan->cls[code >> 26];
-  uint32_t e = code & ((1u << 26) - 1);
-  PH_ASSERT(ph_hd_color(*ph_hp(x)) == PH_FWD);
-  if (!cc->fwd)
-    return (const ph_value *)x;
-  uint32_t off =
-      (uint32_t)(x & ~b->h->pool_mask) - (uint32_t)b->h->pool_hdr - 8;
-  uint32_t slot = off / cc->slot_bytes;
-  size_t wi = e * plan->nwords + slot / 64;
-  uint64_t below = cc->ebits[wi] & (((uint64_t)1 << (slot % 64)) - 1);
-  uint32_t rank = cc->eprefix[wi] + (uint32_t)__builtin_popcountll(below);
-  PH_ASSERT(cc->fwd[cc->ebase[e] + rank] == *(const ph_value *)x);
-  return &cc->fwd[cc->ebase[e] + rank];
+  return ph_unit_of(b->h, x)->evacuated;
 }
 
 static inline void fb_add(fwd_batch *b, ph_value *slot) {
   ph_value x = *slot;
-  if (!ph_is_block(x))
+  if (!ph_is_block(x) || !fb_evacuated(b, x))
     return;
-  const ph_value *src = fwd_source(b, x);
-  if (!src)
-    return;
-  __builtin_prefetch(src);
-  b->slot[b->n] = slot;
-  b->src[b->n++] = src;
+  __builtin_prefetch((const void *)x);
+  b->slot[b->n++] = slot;
   if (b->n == PH_FWD_BATCH)
     fb_flush(b);
 }
@@ -587,7 +446,7 @@ static void update_pool(fwd_batch *b, ph_pool *p) {
 static void update_stw(struct ph_heap *h, ph_worker *w, ph_compact_plan *plan) {
   ph_stw *s = &h->stw;
   fwd_batch fb = {.h = h,
-                  .plan = plan,
+                  .map = plan->map,
                   .map_lo = plan->map_lo,
                   .map_units = plan->map_units,
                   .shift = h->pool_shift,
@@ -606,9 +465,12 @@ static void update_stw(struct ph_heap *h, ph_worker *w, ph_compact_plan *plan) {
       ph_stw_unit_at(h, g, &c, &u);
       if (c->ustate[u] != PH_U_POOL)
         continue;
-      ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
-      if (!p->evacuated)
-        update_pool(&fb, p);
+      char *ua = ph_unit_addr(h, c, u);
+      if (plan->map
+              ? map_has(plan, ((uintptr_t)ua - plan->map_lo) >> h->pool_shift)
+              : ((ph_pool *)ua)->evacuated)
+        continue; /* evacuated: not even its header is read */
+      update_pool(&fb, (ph_pool *)ua);
     }
   }
   for (;;) {
@@ -643,40 +505,26 @@ static void free_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
     ph_cclass *cc = &plan->cls[c];
     for (size_t i = 0; i < cc->nevac; i++) {
       ph_pool *p = cc->evac[i];
+      /* chunk and unit from the address: the header is not read */
+      ph_chunk *ch = ph_chunk_find(h, p);
+      uint32_t u = (uint32_t)((size_t)((char *)p - ch->base) >> h->pool_shift);
 #if PH_POISON
       {
         ph_value *q = (ph_value *)ph_pool_slots(p);
         size_t nw = (h->pool_size - h->pool_hdr) / 8;
         for (size_t k = 0; k < nw; k++)
           q[k] = PH_POISON_WORD;
+        p->sig = PH_SIG_DEAD;
       }
 #endif
-      p->sig = PH_SIG_DEAD;
-      p->evacuated = 0;
-      ph_units_free_locked(h, p->chunk, p->unit, 1);
+      if (!plan->map)
+        p->evacuated = 0; /* the fallback flag */
+      ph_units_free_locked(h, ch, u, 1);
       h->pool_units--;
       pools++;
     }
   }
-  h->st.evacuated_pools = pools;
-  pthread_mutex_unlock(&h->lock);
-}
-
-/* Phase 5, leader: every pool with room goes back on its owner's avail
- * list, sparser pools first so the densest are on top and used first.
- * Pools the sweep left without a free list (no plan could be made) get
- * one here. */
-static void relist_stw_single(struct ph_heap *h) {
-  for (unsigned i = 0; i < h->nchunks; i++) {
-    ph_chunk *ch = h->chunks[i];
-    for (uint32_t u = 0; u < ch->nunits; u++) {
-      if (ch->ustate[u] != PH_U_POOL)
-        continue;
-      ph_pool *p = (ph_pool *)ph_unit_addr(h, ch, u);
-      if (p->unbuilt)
-        ph_pool_build_free(h, p);
-    }
-  }
+  /* avail lists: the kept pools with room, densest on top */
   for (unsigned i = 0; i < h->cfg.max_domains; i++)
     for (unsigned c = 0; c < h->nclasses; c++)
       atomic_store_explicit(&h->slots[i].avail[c], NULL, memory_order_relaxed);
@@ -700,6 +548,8 @@ static void relist_stw_single(struct ph_heap *h) {
         ph_pool_push_avail(h, p);
     }
   }
+  h->st.evacuated_pools = pools;
+  pthread_mutex_unlock(&h->lock);
 }
 
 static void release_stw_single(struct ph_heap *h) {
@@ -716,10 +566,7 @@ static void plan_free(struct ph_heap *h, ph_compact_plan *plan) {
     free(plan->cls[c].keep);
     free(plan->cls[c].evac);
     free(plan->cls[c].units);
-    free(plan->cls[c].ebits);
-    free(plan->cls[c].eprefix);
-    free(plan->cls[c].ebase);
-    free(plan->cls[c].fwd);
+    free(plan->cls[c].elive);
   }
   free(plan->units);
   free(plan->larges);
@@ -742,18 +589,17 @@ void ph_compact_stw(struct ph_heap *h, ph_worker *w) {
       s->plan = calloc(1, sizeof *s->plan);
     else
       memset(s->plan, 0, sizeof *s->plan);
-    if (s->plan)
-      s->plan->nwords = (h->pool_hdr - PH_POOL_HDR) / 8;
     ph_stw_units_init_stw_single(h);
     atomic_store_explicit(&s->claim_units, 0, memory_order_relaxed);
     atomic_store_explicit(&s->claim_a, 0, memory_order_relaxed);
   }
   ph_barrier_wait(&s->bar);
   ph_compact_plan *plan = s->plan;
-  if (plan) {
-    stats_stw(h, plan);
-    /* Phase 2 */
-    ph_barrier_wait(&s->bar);
+  int lost = 0;
+  for (unsigned i = 0; i < s->nparts; i++)
+    lost |= s->workers[i].records_lost;
+  if (plan && !lost) {
+    /* Phase 2 (phase 1's records came from the sweep) */
     choose_stw(h, plan);
     if (ph_barrier_wait(&s->bar))
       gather_stw_single(h, plan);
@@ -778,7 +624,6 @@ void ph_compact_stw(struct ph_heap *h, ph_worker *w) {
   if (leader) {
     if (plan)
       free_stw_single(h, plan);
-    relist_stw_single(h);
     /* Phase 6 */
     release_stw_single(h);
   }

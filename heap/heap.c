@@ -157,8 +157,11 @@ int ph_heap_destroy(ph_heap *h) {
     n = d->retired_next;
     free(d);
   }
-  for (unsigned i = 0; i < h->cfg.max_domains; i++)
+  for (unsigned i = 0; i < h->cfg.max_domains; i++) {
     ph_mark_stack_free(&h->stw.workers[i].stack);
+    free(h->stw.workers[i].cands);
+    free(h->stw.workers[i].larges);
+  }
   ph_compact_fini(h);
   ph_roots_global_fini(h);
   ph_barrier_destroy(&h->stw.bar);

@@ -80,6 +80,7 @@ static inline ph_value ph_hd_load(ph_value v) {
 /* --------------------------------------------------------- size classes */
 /* heap.sizeclass: see heap/sizeclass.c for the rule. */
 #define PH_MAX_CLASSES 64
+_Static_assert(1024 <= UINT16_MAX, "owner fits a ph_cand");
 #define PH_MAX_SMALL_WSIZE 257 /* words per slot, header included */
 
 /* ---------------------------------------------------------------- units */
@@ -127,8 +128,7 @@ typedef struct ph_pool {
   struct ph_pool *cnext;  /* compaction: candidate list of its class */
   struct ph_chunk *chunk; /* chunk holding this unit */
   uint32_t unit;          /* unit index within chunk */
-  uint8_t cached;         /* 1 while an owner's alloc cache holds it */
-  uint8_t unbuilt;        /* swept without its free list (heap.sweep.lazy) */
+  uint16_t cached;        /* 1 while an owner's alloc cache holds it */
   uint16_t hdr;           /* bytes before the first slot (heap->pool_hdr) */
 } ph_pool;
 /* The fixed header; then the live bitmap (heap.pool.bitmap: one bit per
@@ -238,6 +238,17 @@ typedef struct ph_mark_stack {
   size_t n, cap;
 } ph_mark_stack;
 
+/* compact.phase.stats: a partly filled pool as the sweep saw it.  The
+ * compactor plans from these dense records and never reads the pool
+ * headers to plan (they lie at a pool_size stride: each one is a TLB and
+ * cache miss). */
+typedef struct ph_cand {
+  ph_pool *pool;
+  uint32_t nlive;
+  uint16_t cls;
+  uint16_t owner;
+} ph_cand;
+
 /* One participant's scratch state in a stop-the-world section. */
 typedef struct ph_worker {
   unsigned id; /* participant index 0..nparts-1 */
@@ -254,6 +265,12 @@ typedef struct ph_worker {
   /* compaction */
   uint64_t evac_blocks, evac_bytes;
   uint64_t frag_bytes; /* sweep: free slot bytes in partly filled pools */
+  /* sweep -> compaction (compact.phase.stats) */
+  ph_cand *cands;
+  size_t ncands, cands_cap;
+  ph_large **larges; /* surviving scanned large blocks */
+  size_t nlarges, larges_cap;
+  int records_lost; /* a record array could not grow: do not compact */
 } ph_worker;
 
 /* Shared packets of mark work (mark.share). */
@@ -399,7 +416,6 @@ static inline ph_unit_hdr *ph_unit_of(const struct ph_heap *h, ph_value v) {
 /* heap/pool.c */
 ph_pool *ph_pool_new_locked(struct ph_heap *h, unsigned cls, unsigned owner);
 void ph_pool_init_free(struct ph_heap *h, ph_pool *p);
-void ph_pool_build_free(struct ph_heap *h, ph_pool *p);
 static inline char *ph_pool_slots(ph_pool *p) {
   return (char *)p + p->hdr;
 }

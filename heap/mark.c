@@ -98,8 +98,8 @@ static void mark_ring_flush(struct ph_heap *h, ph_worker *w) {
 }
 
 /* Mark the fields [from, to) of v, pushing nothing for v itself. */
-static void scan_fields(struct ph_heap *h, ph_worker *w, ph_value v,
-                        size_t from, size_t to) {
+static inline void scan_fields(struct ph_heap *h, ph_worker *w, ph_value v,
+                               size_t from, size_t to) {
   const ph_value *f = (const ph_value *)v;
   for (size_t i = from; i < to; i++) {
     ph_value x = f[i];

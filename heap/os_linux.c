@@ -495,7 +495,6 @@ size_t ph_os_commit_cap(void) {
   if (sysinfo(&si) != 0)
     return SIZE_MAX;
   unsigned long long u = si.mem_unit ? si.mem_unit : 1;
-  unsigned long long b =
-      ((unsigned long long)si.totalram + si.totalswap) * u;
+  unsigned long long b = ((unsigned long long)si.totalram + si.totalswap) * u;
   return b > SIZE_MAX ? SIZE_MAX : (size_t)b;
 }

@@ -27,32 +27,6 @@ void ph_pool_init_free(struct ph_heap *h, ph_pool *p) {
   p->nlive = 0;
 }
 
-/* heap.sweep.lazy: build the free list of a pool swept without one, from
- * its live bitmap: every slot whose bit is clear becomes a BLUE free slot
- * (poisoned in debug builds), linked in address order. */
-void ph_pool_build_free(struct ph_heap *h, ph_pool *p) {
-  uint32_t wsize = h->class_wsize[p->cls];
-  ph_value blue = ph_hd_make(wsize - 1, PH_BLUE, 0);
-  const uint64_t *bits = ph_pool_bits(p);
-  ph_value *s = (ph_value *)ph_pool_slots(p);
-  ph_value next = 0;
-  for (uint32_t i = p->nslots; i-- > 0;) {
-    if (bits[i / 64] >> (i % 64) & 1)
-      continue;
-    ph_value *slot = s + (size_t)i * wsize;
-#if PH_POISON
-    if (ph_hd_color(slot[0]) == PH_WHITE)
-      for (uint32_t k = 2; k < wsize; k++)
-        slot[k] = PH_POISON_WORD;
-#endif
-    slot[0] = blue;
-    slot[1] = next;
-    next = (ph_value)(slot + 1);
-  }
-  p->free = next;
-  p->unbuilt = 0;
-}
-
 ph_pool *ph_pool_new_locked(struct ph_heap *h, unsigned cls, unsigned owner) {
   ph_chunk *c;
   uint32_t u;

@@ -6,20 +6,49 @@
  * other slot becomes a BLUE free slot; the free list is rebuilt in address
  * order and nlive/nfree recounted (compaction's stats tables come from these
  * counts: no second pass over memory).  A pool with free slots is pushed on
- * its owner's avail list; an empty pool, and every unmarked large block, is
+ * its owner's avail list and recorded for the compactor (ph_cand); an
+ * empty pool, and every unmarked large block, is
  * handed to ph_sweep_finish_stw_single, which frees their units under
- * heap->lock.
- *
- * heap.sweep.lazy: in a section that compacts explicitly, the sweep only
- * recolors live blocks, writes the bitmap and counts; the compactor builds
- * free lists (ph_pool_build_free) for the partly filled pools it keeps, and
- * the avail lists, and never writes into the pools it evacuates. */
+ * heap->lock. */
 #include "heap/internal.h"
 
+#include <stdlib.h>
 #include <string.h>
 
-static void sweep_pool(struct ph_heap *h, ph_worker *w, ph_pool *p,
-                       int lazy) {
+/* Append to a worker's record array, growing it; on failure the records are
+ * incomplete and the compactor must not plan from them. */
+static void *grow(ph_worker *w, void *arr, size_t *cap, size_t elem) {
+  size_t ncap = *cap ? *cap * 2 : 256;
+  void *n = realloc(arr, ncap * elem);
+  if (!n) {
+    w->records_lost = 1;
+    return NULL;
+  }
+  *cap = ncap;
+  return n;
+}
+
+static void record_cand(ph_worker *w, ph_pool *p) {
+  if (w->ncands == w->cands_cap) {
+    ph_cand *n = grow(w, w->cands, &w->cands_cap, sizeof *n);
+    if (!n)
+      return;
+    w->cands = n;
+  }
+  w->cands[w->ncands++] = (ph_cand){p, p->nlive, p->cls, (uint16_t)p->owner};
+}
+
+static void record_large(ph_worker *w, ph_large *l) {
+  if (w->nlarges == w->larges_cap) {
+    ph_large **n = grow(w, w->larges, &w->larges_cap, sizeof *n);
+    if (!n)
+      return;
+    w->larges = n;
+  }
+  w->larges[w->nlarges++] = l;
+}
+
+static void sweep_pool(struct ph_heap *h, ph_worker *w, ph_pool *p) {
   uint32_t wsize = h->class_wsize[p->cls];
   ph_value blue = ph_hd_make(wsize - 1, PH_BLUE, 0);
   ph_value *s = (ph_value *)ph_pool_slots(p);
@@ -34,7 +63,7 @@ static void sweep_pool(struct ph_heap *h, ph_worker *w, ph_pool *p,
       slot[0] = hd & ~PH_HD_COLOR_MASK;
       live++;
       word |= (uint64_t)1 << (i & 63);
-    } else if (!lazy) {
+    } else {
 #if PH_POISON
       if (ph_hd_color(hd) == PH_WHITE)
         for (uint32_t k = 2; k < wsize; k++)
@@ -54,14 +83,13 @@ static void sweep_pool(struct ph_heap *h, ph_worker *w, ph_pool *p,
   p->nfree = p->nslots - live;
   p->cached = 0;
   p->evacuated = 0;
-  p->unbuilt = lazy && live > 0 && live < p->nslots;
   if (live == 0) {
     p->next = w->empty_pools;
     w->empty_pools = p;
   } else if (p->nfree > 0) {
-    if (!lazy)
-      ph_pool_push_avail(h, p);
+    ph_pool_push_avail(h, p);
     w->frag_bytes += (uint64_t)p->nfree * wsize * 8;
+    record_cand(w, p);
   }
 }
 
@@ -70,6 +98,8 @@ static void sweep_large(struct ph_heap *h, ph_worker *w, ph_large *l) {
   ph_value *hp = (ph_value *)((char *)l + PH_LARGE_HDR);
   if (ph_hd_color(*hp) == PH_BLACK) {
     *hp &= ~PH_HD_COLOR_MASK;
+    if (ph_hd_tag(*hp) < PH_TAG_RAW)
+      record_large(w, l);
     return;
   }
   l->dead_next = w->dead_large;
@@ -79,12 +109,12 @@ static void sweep_large(struct ph_heap *h, ph_worker *w, ph_large *l) {
 void ph_sweep_stw(struct ph_heap *h, ph_worker *w) {
   ph_stw *s = &h->stw;
   const size_t batch = 8;
-  /* heap.sweep.lazy: before an explicit compaction, free lists are built
-   * only for the pools it keeps (most partly filled pools are evacuated) */
-  int lazy = (s->kind & PH_STW_COMPACT) != 0;
   w->empty_pools = NULL;
   w->dead_large = NULL;
   w->frag_bytes = 0;
+  w->ncands = 0;
+  w->nlarges = 0;
+  w->records_lost = 0;
   for (;;) {
     /* relaxed: claims only need atomicity; results are published by the
      * barrier that ends the sweep */
@@ -98,7 +128,7 @@ void ph_sweep_stw(struct ph_heap *h, ph_worker *w) {
       ph_stw_unit_at(h, g, &c, &u);
       uint8_t st = c->ustate[u];
       if (st == PH_U_POOL)
-        sweep_pool(h, w, (ph_pool *)ph_unit_addr(h, c, u), lazy);
+        sweep_pool(h, w, (ph_pool *)ph_unit_addr(h, c, u));
       else if (st == PH_U_LARGE)
         sweep_large(h, w, (ph_large *)ph_unit_addr(h, c, u));
     }

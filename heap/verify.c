@@ -26,14 +26,6 @@ static int fail(vctx *v, const char *fmt, ...) {
   return 0;
 }
 
-/* Is slot i of p allocated?  A pool swept lazily (heap.sweep.lazy) has no
- * free list yet: its bitmap says which slots survived. */
-static int slot_live(struct ph_heap *h, ph_pool *p, uint32_t i) {
-  if (p->unbuilt)
-    return (int)(ph_pool_bits(p)[i / 64] >> (i % 64) & 1);
-  return ph_hd_color(*ph_hp(ph_pool_block(h, p, i))) == PH_WHITE;
-}
-
 /* Is x the address of field 0 of a live (allocated) block of this heap? */
 static int valid_block(vctx *v, ph_value x) {
   struct ph_heap *h = v->h;
@@ -52,8 +44,7 @@ static int valid_block(vctx *v, ph_value x) {
   size_t sb = (size_t)h->class_wsize[p->cls] * 8;
   if ((char *)x < ph_pool_slots(p) + 8 || off % sb || off / sb >= p->nslots)
     return 0;
-  return slot_live(h, p, (uint32_t)(off / sb)) &&
-         ph_hd_color(*ph_hp(x)) == PH_WHITE;
+  return ph_hd_color(*ph_hp(x)) == PH_WHITE;
 }
 
 static void check_fields(vctx *v, ph_value b) {
@@ -84,21 +75,6 @@ static void check_pool(vctx *v, ph_chunk *c, uint32_t u, uint64_t *free_c) {
   }
   uint32_t wsize = h->class_wsize[p->cls];
   uint32_t blue = 0, white = 0;
-  if (p->unbuilt) { /* heap.sweep.lazy: only the bitmap and counts */
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < p->nslots; i++)
-      if (slot_live(h, p, i)) {
-        n++;
-        if (ph_hd_color(*ph_hp(ph_pool_block(h, p, i))) != PH_WHITE)
-          fail(v, "pool %p slot %u: live in the bitmap, not white", (void *)p,
-               i);
-      }
-    if (n != p->nlive || p->nlive + p->nfree != p->nslots || p->free)
-      fail(v, "pool %p (lazily swept): live %u free %u, bitmap %u",
-           (void *)p, p->nlive, p->nfree, n);
-    *free_c += p->nfree;
-    return;
-  }
   for (uint32_t i = 0; i < p->nslots && !v->bad; i++) {
     ph_value b = ph_pool_block(h, p, i);
     ph_value hd = *ph_hp(b);
@@ -186,9 +162,11 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
     for (uint32_t u = 0; u < c->nunits && !v.bad; u++) {
       if (c->ustate[u] == PH_U_POOL) {
         ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
-        for (uint32_t k = 0; k < p->nslots && !v.bad; k++)
-          if (slot_live(h, p, k))
-            check_fields(&v, ph_pool_block(h, p, k));
+        for (uint32_t k = 0; k < p->nslots && !v.bad; k++) {
+          ph_value b = ph_pool_block(h, p, k);
+          if (ph_hd_color(*ph_hp(b)) == PH_WHITE)
+            check_fields(&v, b);
+        }
       } else if (c->ustate[u] == PH_U_LARGE) {
         check_fields(&v, (ph_value)(ph_unit_addr(h, c, u) + PH_LARGE_HDR + 8));
       }
