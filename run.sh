@@ -23,6 +23,8 @@ need_pkgs() {
 }
 
 build_pkgs=(ninja-build gcc clang libclang-rt-14-dev libcmocka-dev)
+# the quick benchmark and demo that ./run.sh test also runs
+peer_pkgs=(libjemalloc-dev libjemalloc2 libmimalloc-dev libmimalloc2.0 libgc-dev ocaml-nox gnuplot-nox)
 
 build() {
   need_pkgs "${build_pkgs[@]}"
@@ -40,6 +42,7 @@ cmd=${1:-help}
 shift || true
 case $cmd in
   test)
+    need_pkgs "${peer_pkgs[@]}"
     build all
     exec tests/run_tests.sh "$@"
     ;;

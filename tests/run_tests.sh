@@ -2,11 +2,14 @@
 # Runs every test binary of every variant (built by `ninja all`).
 # Usage: tests/run_tests.sh [VARIANT...]   (default: debug asan tsan release clang)
 # Each binary runs under a timeout; cmocka's own summary lines are shown.
-# Ends with one line "N passed, N failed" (binaries x variants).
+# With no variant named, the quick modes of the benchmark (poolheap and the
+# peers that need no long build) and of the demo run too, so those scripts
+# cannot rot.  Ends with one line "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 variants=("$@")
-[ ${#variants[@]} -gt 0 ] || variants=(debug asan tsan release clang)
+scripts=0
+[ ${#variants[@]} -gt 0 ] || { variants=(debug asan tsan release clang); scripts=1; }
 export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 ${TSAN_OPTIONS:-}"
 export ASAN_OPTIONS="detect_leaks=1 abort_on_error=1 ${ASAN_OPTIONS:-}"
 export UBSAN_OPTIONS="print_stacktrace=1 halt_on_error=1 ${UBSAN_OPTIONS:-}"
@@ -28,6 +31,16 @@ for v in "${variants[@]}"; do
     fi
   done
 done
+if [ "$scripts" = 1 ]; then
+  for cmd in "bench/bench.sh --quick" "demos/demo.sh --quick"; do
+    echo "=== $cmd"
+    if timeout 600 $cmd; then
+      pass=$((pass+1)); echo "--- ok $cmd"
+    else
+      fail=$((fail+1)); failed+=("$cmd"); echo "--- FAILED $cmd"
+    fi
+  done
+fi
 [ ${#failed[@]} -eq 0 ] || echo "failed: ${failed[*]}"
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
