@@ -57,6 +57,24 @@ int ph_stw_unit_at(struct ph_heap *h, size_t gu, ph_chunk **c, uint32_t *u) {
   return PH_OK;
 }
 
+void ph_stw_each_unit_stw(struct ph_heap *h, _Atomic size_t *claim,
+                          size_t batch, ph_unit_fn fn, void *ctx) {
+  ph_stw *s = &h->stw;
+  for (;;) {
+    /* relaxed: a claim only needs atomicity; what the units' work wrote is
+     * published by the barrier that ends the phase */
+    size_t g0 = atomic_fetch_add_explicit(claim, batch, memory_order_relaxed);
+    if (g0 >= s->total_units)
+      return;
+    for (size_t g = g0; g < g0 + batch && g < s->total_units; g++) {
+      ph_chunk *c;
+      uint32_t u;
+      ph_stw_unit_at(h, g, &c, &u);
+      fn(h, c, u, ctx);
+    }
+  }
+}
+
 static void phase_begin(struct ph_heap *h, ph_worker *w, ph_phase ph,
                         uint64_t *t) {
   *t = ph_now_ns();

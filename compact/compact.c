@@ -389,6 +389,7 @@ static void evacuate_stw(struct ph_heap *h, ph_worker *w,
 #define PH_FWD_BATCH 32
 typedef struct fwd_batch {
   const struct ph_heap *h;
+  const struct ph_compact_plan *plan;
   const uint64_t *map; /* compact.update.map, or NULL */
   uintptr_t map_lo;
   size_t map_units;
@@ -443,9 +444,22 @@ static void update_pool(fwd_batch *b, ph_pool *p) {
   }
 }
 
+static void update_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
+  fwd_batch *fb = ctx;
+  const ph_compact_plan *plan = fb->plan;
+  if (c->ustate[u] != PH_U_POOL)
+    return;
+  char *ua = ph_unit_addr(h, c, u);
+  if (plan->map ? map_has(plan, ((uintptr_t)ua - plan->map_lo) >> h->pool_shift)
+                : ((ph_pool *)ua)->evacuated)
+    return; /* evacuated: not even its header is read */
+  update_pool(fb, (ph_pool *)ua);
+}
+
 static void update_stw(struct ph_heap *h, ph_worker *w, ph_compact_plan *plan) {
   ph_stw *s = &h->stw;
   fwd_batch fb = {.h = h,
+                  .plan = plan,
                   .map = plan->map,
                   .map_lo = plan->map_lo,
                   .map_units = plan->map_units,
@@ -453,26 +467,7 @@ static void update_stw(struct ph_heap *h, ph_worker *w, ph_compact_plan *plan) {
                   .n = 0};
   ph_roots_scan_stw(h, w, update_slot, &fb);
   fb_flush(&fb);
-  const size_t batch = 8;
-  for (;;) {
-    size_t g0 =
-        atomic_fetch_add_explicit(&s->claim_c, batch, memory_order_relaxed);
-    if (g0 >= s->total_units)
-      break;
-    for (size_t g = g0; g < g0 + batch && g < s->total_units; g++) {
-      ph_chunk *c;
-      uint32_t u;
-      ph_stw_unit_at(h, g, &c, &u);
-      if (c->ustate[u] != PH_U_POOL)
-        continue;
-      char *ua = ph_unit_addr(h, c, u);
-      if (plan->map
-              ? map_has(plan, ((uintptr_t)ua - plan->map_lo) >> h->pool_shift)
-              : ((ph_pool *)ua)->evacuated)
-        continue; /* evacuated: not even its header is read */
-      update_pool(&fb, (ph_pool *)ua);
-    }
-  }
+  ph_stw_each_unit_stw(h, &s->claim_c, 8, update_unit, &fb);
   for (;;) {
     size_t k =
         atomic_fetch_add_explicit(&s->claim_large, 1, memory_order_relaxed);
@@ -497,6 +492,21 @@ static void update_stw(struct ph_heap *h, ph_worker *w, ph_compact_plan *plan) {
 }
 
 /* --------------------------------------------------------- phases 5, 6 */
+
+/* Push every pool with room that is at least half full (dense) or less
+ * than half full (!dense) on its owner's avail list. */
+static void push_pools_locked(struct ph_heap *h, int dense) {
+  for (unsigned i = 0; i < h->nchunks; i++) {
+    ph_chunk *ch = h->chunks[i];
+    for (uint32_t u = ch->nunits; u-- > 0;) {
+      if (ch->ustate[u] != PH_U_POOL)
+        continue;
+      ph_pool *p = (ph_pool *)ph_unit_addr(h, ch, u);
+      if (p->nfree > 0 && (p->nlive * 2 >= p->nslots) == dense)
+        ph_pool_push_avail(h, p);
+    }
+  }
+}
 
 static void free_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   pthread_mutex_lock(&h->lock);
@@ -528,26 +538,8 @@ static void free_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   for (unsigned i = 0; i < h->cfg.max_domains; i++)
     for (unsigned c = 0; c < h->nclasses; c++)
       atomic_store_explicit(&h->slots[i].avail[c], NULL, memory_order_relaxed);
-  for (unsigned i = 0; i < h->nchunks; i++) {
-    ph_chunk *ch = h->chunks[i];
-    for (uint32_t u = ch->nunits; u-- > 0;) {
-      if (ch->ustate[u] != PH_U_POOL)
-        continue;
-      ph_pool *p = (ph_pool *)ph_unit_addr(h, ch, u);
-      if (p->nfree > 0 && p->nlive * 2 < p->nslots)
-        ph_pool_push_avail(h, p);
-    }
-  }
-  for (unsigned i = 0; i < h->nchunks; i++) {
-    ph_chunk *ch = h->chunks[i];
-    for (uint32_t u = ch->nunits; u-- > 0;) {
-      if (ch->ustate[u] != PH_U_POOL)
-        continue;
-      ph_pool *p = (ph_pool *)ph_unit_addr(h, ch, u);
-      if (p->nfree > 0 && p->nlive * 2 >= p->nslots)
-        ph_pool_push_avail(h, p);
-    }
-  }
+  push_pools_locked(h, 0);
+  push_pools_locked(h, 1);
   h->st.evacuated_pools = pools;
   pthread_mutex_unlock(&h->lock);
 }

@@ -88,6 +88,28 @@ void ph_pacing_reset_locked(struct ph_heap *h) {
   atomic_store_explicit(&h->alloc_since, 0, memory_order_relaxed);
 }
 
+/* Everything but the chunks (released before) goes; used by destroy and by
+ * a create that could not get its first chunk. */
+static void heap_free(struct ph_heap *h) {
+  for (unsigned i = 0; i < h->cfg.max_domains; i++) {
+    ph_mark_stack_free(&h->stw.workers[i].stack);
+    free(h->stw.workers[i].cands);
+    free(h->stw.workers[i].larges);
+  }
+  ph_compact_fini(h);
+  ph_roots_global_fini(h);
+  ph_barrier_destroy(&h->stw.bar);
+  pthread_cond_destroy(&h->stw.mark_cond);
+  pthread_mutex_destroy(&h->stw.mark_lock);
+  pthread_mutex_destroy(&h->roots_lock);
+  pthread_cond_destroy(&h->cond);
+  pthread_mutex_destroy(&h->lock);
+  ph_os_acct_fini(&h->os);
+  free(h->slots);
+  free(h->stw.workers);
+  free(h);
+}
+
 int ph_heap_create(const ph_config *cfg, ph_heap **out) {
   ph_config def;
   if (!out)
@@ -125,16 +147,7 @@ int ph_heap_create(const ph_config *cfg, ph_heap **out) {
   ph_pacing_reset_locked(h);
   /* The first chunk now, so that a heap that cannot get memory fails here. */
   if (ph_chunk_grow_locked(h, 1) != PH_OK) {
-    ph_barrier_destroy(&h->stw.bar);
-    pthread_cond_destroy(&h->stw.mark_cond);
-    pthread_mutex_destroy(&h->stw.mark_lock);
-    pthread_mutex_destroy(&h->roots_lock);
-    pthread_cond_destroy(&h->cond);
-    pthread_mutex_destroy(&h->lock);
-    ph_os_acct_fini(&h->os);
-    free(h->slots);
-    free(h->stw.workers);
-    free(h);
+    heap_free(h);
     return PH_ENOMEM;
   }
   h->sig = PH_SIG_HEAP;
@@ -157,23 +170,7 @@ int ph_heap_destroy(ph_heap *h) {
     n = d->retired_next;
     free(d);
   }
-  for (unsigned i = 0; i < h->cfg.max_domains; i++) {
-    ph_mark_stack_free(&h->stw.workers[i].stack);
-    free(h->stw.workers[i].cands);
-    free(h->stw.workers[i].larges);
-  }
-  ph_compact_fini(h);
-  ph_roots_global_fini(h);
-  ph_barrier_destroy(&h->stw.bar);
-  pthread_cond_destroy(&h->stw.mark_cond);
-  pthread_mutex_destroy(&h->stw.mark_lock);
-  pthread_mutex_destroy(&h->roots_lock);
-  pthread_cond_destroy(&h->cond);
-  pthread_mutex_destroy(&h->lock);
-  ph_os_acct_fini(&h->os);
-  free(h->slots);
-  free(h->stw.workers);
-  free(h);
+  heap_free(h);
   return PH_OK;
 }
 

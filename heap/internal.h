@@ -464,6 +464,12 @@ void ph_stw_join(struct ph_domain *d);
 /* The unit index space of the current section: global unit -> chunk. */
 void ph_stw_units_init_stw_single(struct ph_heap *h);
 int ph_stw_unit_at(struct ph_heap *h, size_t gu, ph_chunk **c, uint32_t *u);
+/* Claim batches of the section's unit index space with *claim until none
+ * is left, calling fn for each unit claimed (barrier.stw.claim). */
+typedef void (*ph_unit_fn)(struct ph_heap *h, ph_chunk *c, uint32_t u,
+                           void *ctx);
+void ph_stw_each_unit_stw(struct ph_heap *h, _Atomic size_t *claim,
+                          size_t batch, ph_unit_fn fn, void *ctx);
 
 /* roots/roots.c */
 void ph_roots_scan_stw(struct ph_heap *h, ph_worker *w, ph_visit_fn visit,

@@ -191,37 +191,29 @@ static void drain_stw(struct ph_heap *h, ph_worker *w) {
  * scanned here, not the blocks pushed, so a round marks every white child
  * of a black block even if the stack overflows again: each round makes
  * progress and the rounds end. */
-static void rescan_stw(struct ph_heap *h, ph_worker *w) {
-  ph_stw *s = &h->stw;
-  const size_t batch = 16;
-  for (;;) {
-    size_t g0 =
-        atomic_fetch_add_explicit(&s->claim_c, batch, memory_order_relaxed);
-    if (g0 >= s->total_units)
-      break;
-    for (size_t g = g0; g < g0 + batch && g < s->total_units; g++) {
-      ph_chunk *c;
-      uint32_t u;
-      ph_stw_unit_at(h, g, &c, &u);
-      uint8_t st = c->ustate[u];
-      if (st == PH_U_POOL) {
-        ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
-        for (uint32_t i = 0; i < p->nslots; i++) {
-          ph_value v = ph_pool_block(h, p, i);
-          ph_value hd = ph_hd_load(v);
-          if (ph_hd_color(hd) == PH_BLACK && ph_hd_tag(hd) < PH_TAG_RAW)
-            scan_fields(h, w, v, 0, ph_hd_wosize(hd));
-        }
-      } else if (st == PH_U_LARGE) {
-        ph_value v = (ph_value)(ph_unit_addr(h, c, u) + PH_LARGE_HDR + 8);
-        ph_value hd = ph_hd_load(v);
-        if (ph_hd_color(hd) == PH_BLACK && ph_hd_tag(hd) < PH_TAG_RAW)
-          scan_fields(h, w, v, 0, ph_hd_wosize(hd));
-      }
-      if (w->stack.n > 0 || w->ring_n > 0)
-        drain_stw(h, w);
+static void rescan_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
+  ph_worker *w = ctx;
+  uint8_t st = c->ustate[u];
+  if (st == PH_U_POOL) {
+    ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
+    for (uint32_t i = 0; i < p->nslots; i++) {
+      ph_value v = ph_pool_block(h, p, i);
+      ph_value hd = ph_hd_load(v);
+      if (ph_hd_color(hd) == PH_BLACK && ph_hd_tag(hd) < PH_TAG_RAW)
+        scan_fields(h, w, v, 0, ph_hd_wosize(hd));
     }
+  } else if (st == PH_U_LARGE) {
+    ph_value v = (ph_value)(ph_unit_addr(h, c, u) + PH_LARGE_HDR + 8);
+    ph_value hd = ph_hd_load(v);
+    if (ph_hd_color(hd) == PH_BLACK && ph_hd_tag(hd) < PH_TAG_RAW)
+      scan_fields(h, w, v, 0, ph_hd_wosize(hd));
   }
+  if (w->stack.n > 0 || w->ring_n > 0)
+    drain_stw(h, w);
+}
+
+static void rescan_stw(struct ph_heap *h, ph_worker *w) {
+  ph_stw_each_unit_stw(h, &h->stw.claim_c, 16, rescan_unit, w);
 }
 
 static void reset_termination_stw_single(ph_stw *s) {

@@ -106,33 +106,22 @@ static void sweep_large(struct ph_heap *h, ph_worker *w, ph_large *l) {
   w->dead_large = l;
 }
 
+static void sweep_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
+  uint8_t st = c->ustate[u];
+  if (st == PH_U_POOL)
+    sweep_pool(h, ctx, (ph_pool *)ph_unit_addr(h, c, u));
+  else if (st == PH_U_LARGE)
+    sweep_large(h, ctx, (ph_large *)ph_unit_addr(h, c, u));
+}
+
 void ph_sweep_stw(struct ph_heap *h, ph_worker *w) {
-  ph_stw *s = &h->stw;
-  const size_t batch = 8;
   w->empty_pools = NULL;
   w->dead_large = NULL;
   w->frag_bytes = 0;
   w->ncands = 0;
   w->nlarges = 0;
   w->records_lost = 0;
-  for (;;) {
-    /* relaxed: claims only need atomicity; results are published by the
-     * barrier that ends the sweep */
-    size_t g0 =
-        atomic_fetch_add_explicit(&s->claim_units, batch, memory_order_relaxed);
-    if (g0 >= s->total_units)
-      break;
-    for (size_t g = g0; g < g0 + batch && g < s->total_units; g++) {
-      ph_chunk *c;
-      uint32_t u;
-      ph_stw_unit_at(h, g, &c, &u);
-      uint8_t st = c->ustate[u];
-      if (st == PH_U_POOL)
-        sweep_pool(h, w, (ph_pool *)ph_unit_addr(h, c, u));
-      else if (st == PH_U_LARGE)
-        sweep_large(h, w, (ph_large *)ph_unit_addr(h, c, u));
-    }
-  }
+  ph_stw_each_unit_stw(h, &h->stw.claim_units, 8, sweep_unit, w);
 }
 
 /* Free what the sweep found dead, under heap->lock (other threads may be
