@@ -9,7 +9,8 @@
 # poolheap: both domains compacting (running, polling ph_safepoint) and only domain 0
 # (the other one blocking). Writes every JSON line to build/bench/results.jsonl and prints
 # a markdown table of medians (also in build/bench/results.md), the ratios poolheap / OCaml
-# 5.3 and the issue-3 figure checks as PASS/FAIL with the measured values.
+# 5.3 and the issue-3 figure checks as PASS/FAIL with the measured values, then the
+# allocation throughput of poolheap (build/bench/tput) and the peers (peers.sh tput).
 #
 #   --quick   CI smoke test: small shapes, poolheap plus the peers that need no long build
 #             (peers.sh quick), well under a minute. Exits non-zero on any correctness
@@ -68,7 +69,7 @@ if command -v ninja >/dev/null && [ -f "$REPO/build.ninja" ]; then
   if ! grep -q 'build/bench/compact:' "$REPO/build.ninja"; then
     say "build.ninja has no build/bench/compact: run tools/genninja.sh > build.ninja"
   fi
-  (cd "$REPO" && ninja build/bench/compact) >>"$LOG" 2>&1 || say "ninja build/bench/compact failed (log $LOG)"
+  (cd "$REPO" && ninja build/bench/compact build/bench/tput) >>"$LOG" 2>&1 || say "ninja build/bench/compact failed (log $LOG)"
 fi
 if [ ! -x "$COMPACT" ]; then
   say "$COMPACT missing"
@@ -371,6 +372,40 @@ open(md_path, "w").write(text + "\n")
 sys.exit(1 if correct_fail else 0)
 PY
 rc=$?
+if [ $QUICK = 0 ]; then
+  # Allocation throughput (issue 5): poolheap (build/bench/tput) against the
+  # malloc peers and Boehm (peers.sh tput), same seed and draws, 4M blocks,
+  # 1 and 2 threads, one run each per system.
+  TSEED=${BENCH_SEED:-$(date +%s)}
+  say "allocation throughput, seed $TSEED"
+  TPUT=$OUT/tput.jsonl
+  { "$REPO/build/bench/tput" --blocks 4000000 --seed "$TSEED"
+    PEERS_SEED=$TSEED "$REPO/bench/peers/peers.sh" tput 4000000; } >"$TPUT" 2>>"$LOG"
+  cat "$TPUT" >>"$RESULTS"
+  python3 - "$TPUT" <<'PY'
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    try:
+        j = json.loads(line)
+    except ValueError:
+        continue
+    if "error" in j:
+        rows.setdefault(j["system"], {})["error"] = j["error"]
+    elif "threads" in j:
+        rows.setdefault(j["system"], {})[j["threads"]] = j["blocks_per_sec"] / 1e6
+print()
+print("### Allocation throughput (frag size mix, 4M blocks, no frees; million blocks/s, one run each)")
+print()
+print("| system | 1 thread | 2 threads |")
+print("|---|---|---|")
+for sysname, r in rows.items():
+    if "error" in r:
+        print("| %s | not run: %s | |" % (sysname, r["error"]))
+    else:
+        print("| %s | %.1f | %.1f |" % (sysname, r.get(1, 0), r.get(2, 0)))
+PY
+fi
 if [ $QUICK = 1 ]; then
   if [ $rc = 0 ]; then echo "1 passed, 0 failed"; else echo "0 passed, 1 failed"; fi
 fi
