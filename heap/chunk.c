@@ -112,6 +112,10 @@ int ph_chunk_grow_locked(struct ph_heap *h, size_t min_units) {
   return PH_OK;
 }
 
+/* A unit this call has just committed (so that a refusal later in the same
+ * call can undo exactly those); never seen outside commit_range_locked. */
+#define PH_U_COMMITTING 0x80
+
 /* Commit units [u, u+n) of c whose state is PH_U_FREE. */
 static int commit_range_locked(struct ph_heap *h, ph_chunk *c, uint32_t u,
                                size_t n) {
@@ -139,9 +143,9 @@ static int commit_range_locked(struct ph_heap *h, ph_chunk *c, uint32_t u,
     if (err) { /* undo what this call committed */
       size_t k = 0;
       while (k < i) {
-        if (c->ustate[u + k] == PH_U_FREE_COMM + 16) {
+        if (c->ustate[u + k] == PH_U_COMMITTING) {
           size_t e = k;
-          while (e < i && c->ustate[u + e] == PH_U_FREE_COMM + 16)
+          while (e < i && c->ustate[u + e] == PH_U_COMMITTING)
             e++;
           ph_os_decommit(&h->os, ph_unit_addr(h, c, u + (uint32_t)k),
                          (e - k) << h->pool_shift, PH_OS_DECOMMIT_NOW);
@@ -155,11 +159,11 @@ static int commit_range_locked(struct ph_heap *h, ph_chunk *c, uint32_t u,
       return err;
     }
     for (size_t q = i; q < j; q++)
-      c->ustate[u + q] = PH_U_FREE_COMM + 16; /* committed by this call */
+      c->ustate[u + q] = PH_U_COMMITTING;
     i = j;
   }
   for (size_t q = 0; q < n; q++)
-    if (c->ustate[u + q] == PH_U_FREE_COMM + 16)
+    if (c->ustate[u + q] == PH_U_COMMITTING)
       c->ustate[u + q] = PH_U_FREE_COMM;
   return PH_OK;
 }
