@@ -23,6 +23,8 @@
  *   ph_blocking_leave) must live in a root: a handle-scope slot (ph_root), a
  *   registered global slot (ph_root_add) or a slot visited by the embedder's
  *   scan_roots hook.  Compaction moves blocks and rewrites those slots.
+ *   Report each slot through one kind of root only (not both registered
+ *   with ph_root_add and visited by the hook).
  */
 #ifndef POOLHEAP_H
 #define POOLHEAP_H
