@@ -62,10 +62,7 @@ static ph_pool *take_pool(struct ph_domain *d, unsigned cls) {
       return p;
     p = atomic_load_explicit(head, memory_order_relaxed);
   }
-  pthread_mutex_lock(&h->lock);
-  p = ph_pool_new_locked(h, cls, d->index);
-  pthread_mutex_unlock(&h->lock);
-  return p;
+  return ph_pool_new(h, cls, d->index);
 }
 
 static int refill(struct ph_domain *d, unsigned cls) {

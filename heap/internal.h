@@ -414,7 +414,7 @@ static inline ph_unit_hdr *ph_unit_of(const struct ph_heap *h, ph_value v) {
 }
 
 /* heap/pool.c */
-ph_pool *ph_pool_new_locked(struct ph_heap *h, unsigned cls, unsigned owner);
+ph_pool *ph_pool_new(struct ph_heap *h, unsigned cls, unsigned owner);
 void ph_pool_init_free(struct ph_heap *h, ph_pool *p);
 static inline char *ph_pool_slots(ph_pool *p) {
   return (char *)p + p->hdr;

@@ -27,10 +27,21 @@ void ph_pool_init_free(struct ph_heap *h, ph_pool *p) {
   p->nlive = 0;
 }
 
-ph_pool *ph_pool_new_locked(struct ph_heap *h, unsigned cls, unsigned owner) {
+/* A fresh pool of class cls for owner: the unit is taken under heap->lock,
+ * its memory (header, then every slot: the first touch of its pages) is
+ * written after the lock is dropped, so domains that open pools at the same
+ * time do not wait for each other's page faults.  Safe because the caller
+ * is a running domain: no section can start, so nothing walks the units,
+ * before it reaches a safepoint. */
+ph_pool *ph_pool_new(struct ph_heap *h, unsigned cls, unsigned owner) {
   ph_chunk *c;
   uint32_t u;
-  if (ph_units_take_locked(h, 1, PH_U_POOL, &c, &u) != PH_OK)
+  pthread_mutex_lock(&h->lock);
+  int err = ph_units_take_locked(h, 1, PH_U_POOL, &c, &u);
+  if (err == PH_OK)
+    h->pool_units++;
+  pthread_mutex_unlock(&h->lock);
+  if (err != PH_OK)
     return NULL;
   ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
   memset(p, 0, h->pool_hdr);
@@ -43,7 +54,6 @@ ph_pool *ph_pool_new_locked(struct ph_heap *h, unsigned cls, unsigned owner) {
   p->chunk = c;
   p->unit = u;
   ph_pool_init_free(h, p);
-  h->pool_units++;
   return p;
 }
 
