@@ -18,6 +18,7 @@
  */
 #include <poolheap.h>
 
+#include "bench/frag_build.h"
 #include "bench/peers/peer_common.h"
 
 #include <pthread.h>
@@ -98,49 +99,25 @@ static int build_part(ph_domain *d, part *p) {
   *p->rslot = r;
   for (size_t i = 0; i < n; i++)
     ph_set_field(r, i, ph_val_int(0));
-  uint32_t *list[2];
-  size_t cnt[2] = {0, 0};
-  list[0] = peer_aux_alloc(n * sizeof(uint32_t));
-  list[1] = peer_aux_alloc(n * sizeof(uint32_t));
   size_t bits_len = n / 8 + 1;
   uint8_t *bits = peer_aux_alloc(bits_len);
   uint64_t live = 0;
+  size_t nkept = 0;
   int rc = 0;
-  for (size_t i = 0; i < n; i++) {
-    unsigned w = peer_fields(&rng);
-    int kept = peer_uniform(&rng, 1000) < (uint64_t)opt.keep;
-    ph_value b = ph_alloc(d, w, 0); /* may collect: R is re-read below */
-    if (!b) {
-      fail("ph_alloc(block)", ph_last_error(d));
-      rc = -1;
-      break;
-    }
-    r = *p->rslot;
-    for (unsigned j = 0; j < w; j++) {
-      if (peer_uniform(&rng, 2) == 1 && cnt[kept] > 0) {
-        uint32_t k = list[kept][peer_uniform(&rng, cnt[kept])];
-        ph_set_field(b, j, ph_field(r, k));
-      } else {
-        ph_set_field(b, j, ph_val_int((intptr_t)i));
-      }
-    }
-    ph_set_field(r, i, b);
-    list[kept][cnt[kept]++] = (uint32_t)i;
-    if (kept) {
-      bits[i >> 3] |= (uint8_t)(1u << (i & 7));
-      live += (w + 1) * sizeof(ph_value);
-    }
+  int err = frag_build(d, p->rslot, n, opt.keep, &rng, bits, &nkept, &live,
+                       NULL, NULL);
+  if (err != PH_OK) {
+    fail("ph_alloc(block)", err);
+    rc = -1;
   }
   if (rc == 0) {
     r = *p->rslot;
     for (size_t i = 0; i < n; i++)
       if (!((bits[i >> 3] >> (i & 7)) & 1))
         ph_set_field(r, i, ph_val_int(0));
-    p->nkept = cnt[1];
+    p->nkept = nkept;
     p->kept_bytes = live;
   }
-  peer_aux_free(list[0], n * sizeof(uint32_t));
-  peer_aux_free(list[1], n * sizeof(uint32_t));
   peer_aux_free(bits, bits_len);
   return rc;
 }

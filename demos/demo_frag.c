@@ -13,6 +13,7 @@
  *
  *   demo_frag [--n N] [--keep K] [--seed S] [--json FILE]
  */
+#include "bench/frag_build.h"
 #include "demos/demo_common.h"
 
 #define BAR 40
@@ -123,6 +124,19 @@ static uint64_t checksum(ph_value r, size_t n) {
   return h & PEER_HASH_MASK;
 }
 
+typedef struct {
+  size_t n, step;
+} progress_t;
+
+static void print_progress(size_t i, void *ctx) {
+  const progress_t *p = ctx;
+  if ((i + 1) % p->step == 0) {
+    printf("%s%.0f%%", (i + 1) == p->step ? "" : " .. ",
+           100.0 * (double)(i + 1) / (double)p->n);
+    fflush(stdout);
+  }
+}
+
 static void usage(void) {
   fprintf(stderr,
           "usage: demo_frag [--n N] [--keep K] [--seed S] [--json FILE]\n");
@@ -187,45 +201,19 @@ int main(int argc, char **argv) {
   if (!R || *R == 0)
     demo_die(js, "poolheap", "root array: %s", ph_strerror(ph_last_error(d)));
   peer_rng rng = peer_rng_for(seed, 0);
-  uint32_t *list[2];
-  size_t cnt[2] = {0, 0};
-  list[0] = peer_aux_alloc(N * sizeof(uint32_t));
-  list[1] = peer_aux_alloc(N * sizeof(uint32_t));
   size_t bits_len = N / 8 + 1;
   uint8_t *kept_bits = peer_aux_alloc(bits_len);
   uint64_t live_expect = (uint64_t)(N + 1) * 8; /* the root array */
+  uint64_t kept_bytes = 0;
+  progress_t prog = {N, N / 10 ? N / 10 : 1};
   double t0 = peer_now_ms();
-  size_t step = N / 10 ? N / 10 : 1;
-  for (size_t i = 0; i < N; i++) {
-    unsigned w = peer_fields(&rng);
-    int kept = peer_uniform(&rng, 1000) < (uint64_t)K;
-    ph_value b = ph_alloc(d, w, 0);
-    if (b == 0)
-      demo_die(js, "poolheap", "ph_alloc: %s", ph_strerror(ph_last_error(d)));
-    ph_value r = *R; /* re-read: the allocation may have collected */
-    for (unsigned j = 0; j < w; j++) {
-      if (peer_uniform(&rng, 2) == 1 && cnt[kept] > 0) {
-        uint32_t k = list[kept][peer_uniform(&rng, cnt[kept])];
-        ph_set_field(b, j, ph_field(r, k));
-      } else {
-        ph_set_field(b, j, ph_val_int((intptr_t)i));
-      }
-    }
-    ph_set_field(r, i, b);
-    list[kept][cnt[kept]++] = (uint32_t)i;
-    if (kept) {
-      kept_bits[i >> 3] |= (uint8_t)(1u << (i & 7));
-      live_expect += (uint64_t)(w + 1) * 8;
-    }
-    if ((i + 1) % step == 0) {
-      printf("%s%.0f%%", (i + 1) == step ? "" : " .. ",
-             100.0 * (double)(i + 1) / (double)N);
-      fflush(stdout);
-    }
-  }
+  size_t nkept = 0;
+  int berr = frag_build(d, R, N, (unsigned)K, &rng, kept_bits, &nkept,
+                        &kept_bytes, print_progress, &prog);
+  if (berr != PH_OK)
+    demo_die(js, "poolheap", "ph_alloc: %s", ph_strerror(berr));
+  live_expect += kept_bytes;
   double build_ms = peer_now_ms() - t0;
-  peer_aux_free(list[0], N * sizeof(uint32_t));
-  peer_aux_free(list[1], N * sizeof(uint32_t));
   long long rss_built = peer_rss_bytes();
   long maps_built = peer_maps_count(NULL, NULL);
   ph_stats st;
@@ -251,7 +239,7 @@ int main(int argc, char **argv) {
   uint64_t sum_before = checksum(*R, N);
   printf("  dropped %s of them (R[i] = 0) and ran a full collection "
          "(ph_collect, %.0f ms):\n",
-         demo_group(g1, sizeof g1, N - cnt[1]), collect_ms);
+         demo_group(g1, sizeof g1, N - nkept), collect_ms);
   printf("  live: %s blocks, %.1f MiB (the embedder counts %.1f MiB: %s)\n",
          demo_group(g2, sizeof g2, before.live_blocks),
          DEMO_MB(before.live_bytes), DEMO_MB(live_expect),
