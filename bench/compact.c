@@ -127,23 +127,8 @@ static int build_part(ph_domain *d, part *p) {
  * Called by domain 0 while nothing can collect. */
 static uint64_t checksum(void) {
   uint64_t h = PEER_HASH_INIT;
-  for (int d = 0; d < opt.domains; d++) {
-    ph_value r = *parts[d].rslot;
-    for (size_t i = 0; i < parts[d].n; i++) {
-      ph_value v = ph_field(r, i);
-      if (!ph_is_block(v))
-        continue;
-      size_t w = ph_wosize(v);
-      h = peer_mix(h, w);
-      for (size_t j = 0; j < w; j++) {
-        ph_value f = ph_field(v, j);
-        if (ph_is_block(f))
-          h = peer_mix(h, ph_wosize(f));
-        else
-          h = peer_mix(h, (uint64_t)ph_int_val(f));
-      }
-    }
-  }
+  for (int d = 0; d < opt.domains; d++)
+    h = frag_checksum(h, *parts[d].rslot, parts[d].n);
   return h & PEER_HASH_MASK;
 }
 

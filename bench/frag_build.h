@@ -58,4 +58,27 @@ static inline int frag_build(ph_domain *d, ph_value *R, size_t n, unsigned keep,
   return err;
 }
 
+/* The peers' checksum (frag_c.c), continued over one root array r of n
+ * slots: every surviving block in root order, its field count, its
+ * immediates and the field count of each pointed-to block.  Start from
+ * PEER_HASH_INIT, mask the end result with PEER_HASH_MASK.  Nothing may
+ * collect meanwhile. */
+static inline uint64_t frag_checksum(uint64_t h, ph_value r, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    ph_value v = ph_field(r, i);
+    if (!ph_is_block(v))
+      continue;
+    size_t w = ph_wosize(v);
+    h = peer_mix(h, w);
+    for (size_t j = 0; j < w; j++) {
+      ph_value f = ph_field(v, j);
+      if (ph_is_block(f))
+        h = peer_mix(h, ph_wosize(f));
+      else
+        h = peer_mix(h, (uint64_t)ph_int_val(f));
+    }
+  }
+  return h;
+}
+
 #endif

@@ -106,22 +106,7 @@ static void census_json(FILE *j, const char *when, const census_t *cs,
 /* The peers' checksum (frag_c.c): every surviving block in root order, its
  * field count, its immediates and the field count of each pointed-to block. */
 static uint64_t checksum(ph_value r, size_t n) {
-  uint64_t h = PEER_HASH_INIT;
-  for (size_t i = 0; i < n; i++) {
-    ph_value v = ph_field(r, i);
-    if (!ph_is_block(v))
-      continue;
-    size_t w = ph_wosize(v);
-    h = peer_mix(h, w);
-    for (size_t j = 0; j < w; j++) {
-      ph_value f = ph_field(v, j);
-      if (ph_is_block(f))
-        h = peer_mix(h, ph_wosize(f));
-      else
-        h = peer_mix(h, f >> 1);
-    }
-  }
-  return h & PEER_HASH_MASK;
+  return frag_checksum(PEER_HASH_INIT, r, n) & PEER_HASH_MASK;
 }
 
 typedef struct {
