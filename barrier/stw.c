@@ -250,7 +250,6 @@ static int participate_did(struct ph_domain *d, int *did) {
       h->last_collect_epoch = s->epoch;
     if ((s->kind & PH_STW_COMPACT) || s->do_compact)
       h->last_compact_epoch = s->epoch;
-    h->stw_done++;
     /* release: pairs with the acquire in ph_safepoint's slow path */
     atomic_store_explicit(&h->stw_pending, 0, memory_order_release);
     pthread_cond_broadcast(&h->cond);

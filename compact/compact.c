@@ -60,7 +60,6 @@ typedef struct ph_cclass {
   size_t nkeep, nevac;
   ph_evac_unit *units;
   size_t nunits;
-  uint64_t moved_blocks, moved_bytes;
 } ph_cclass;
 
 typedef struct ph_compact_plan {
@@ -285,7 +284,13 @@ static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   ph_stw_units_init_stw_single(h);
 }
 
-static inline int map_has(const ph_compact_plan *plan, size_t u) {
+/* Was the unit holding address x evacuated?  One bit of the map
+ * (compact.update.map), or the header flag when there is no map. */
+static inline int unit_evacuated(const struct ph_heap *h,
+                                 const ph_compact_plan *plan, uintptr_t x) {
+  if (!plan->map)
+    return ph_unit_of(h, x)->evacuated;
+  size_t u = (x - plan->map_lo) >> h->pool_shift;
   return u < plan->map_units && (plan->map[u / 64] >> (u % 64) & 1);
 }
 
@@ -380,9 +385,9 @@ static void evacuate_stw(struct ph_heap *h, ph_worker *w,
 
 /* ------------------------------------------------------------ phase 4 */
 
-/* compact.update.batch: a pointer needs forwarding iff its unit header
- * says evacuated (O(1), and pool headers stay in cache).  The forwarding
- * address is field 0 of the old copy: a cache miss per moved target.  So
+/* compact.update.batch: a pointer needs forwarding iff its unit was
+ * evacuated (unit_evacuated: O(1)).  The forwarding address is field 0 of
+ * the old copy: a cache miss per moved target.  So
  * slots to fix are gathered with a prefetch of their target and fixed a
  * batch later, when the loads have arrived: many misses in flight instead
  * of one at a time. */
@@ -390,10 +395,6 @@ static void evacuate_stw(struct ph_heap *h, ph_worker *w,
 typedef struct fwd_batch {
   const struct ph_heap *h;
   const struct ph_compact_plan *plan;
-  const uint64_t *map; /* compact.update.map, or NULL */
-  uintptr_t map_lo;
-  size_t map_units;
-  unsigned shift;
   unsigned n;
   ph_value *slot[PH_FWD_BATCH];
 } fwd_batch;
@@ -407,17 +408,9 @@ static void fb_flush(fwd_batch *b) {
   b->n = 0;
 }
 
-static inline int fb_evacuated(const fwd_batch *b, ph_value x) {
-  if (b->map) {
-    size_t u = (x - b->map_lo) >> b->shift;
-    return u < b->map_units && (b->map[u / 64] >> (u % 64) & 1);
-  }
-  return ph_unit_of(b->h, x)->evacuated;
-}
-
 static inline void fb_add(fwd_batch *b, ph_value *slot) {
   ph_value x = *slot;
-  if (!ph_is_block(x) || !fb_evacuated(b, x))
+  if (!ph_is_block(x) || !unit_evacuated(b->h, b->plan, x))
     return;
   __builtin_prefetch((const void *)x);
   b->slot[b->n++] = slot;
@@ -450,21 +443,14 @@ static void update_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
   if (c->ustate[u] != PH_U_POOL)
     return;
   char *ua = ph_unit_addr(h, c, u);
-  if (plan->map ? map_has(plan, ((uintptr_t)ua - plan->map_lo) >> h->pool_shift)
-                : ((ph_pool *)ua)->evacuated)
+  if (unit_evacuated(h, plan, (uintptr_t)ua))
     return; /* evacuated: not even its header is read */
   update_pool(fb, (ph_pool *)ua);
 }
 
 static void update_stw(struct ph_heap *h, ph_worker *w, ph_compact_plan *plan) {
   ph_stw *s = &h->stw;
-  fwd_batch fb = {.h = h,
-                  .plan = plan,
-                  .map = plan->map,
-                  .map_lo = plan->map_lo,
-                  .map_units = plan->map_units,
-                  .shift = h->pool_shift,
-                  .n = 0};
+  fwd_batch fb = {.h = h, .plan = plan, .n = 0};
   ph_roots_scan_stw(h, w, update_slot, &fb);
   fb_flush(&fb);
   ph_stw_each_unit_stw(h, &s->claim_c, 8, update_unit, &fb);

@@ -108,7 +108,6 @@ int ph_chunk_grow_locked(struct ph_heap *h, size_t min_units) {
   c->ustate = us;
   c->huge = got;
   chunk_insert_locked(h, c);
-  h->st.reserved_bytes = atomic_load(&h->os.reserved);
   return PH_OK;
 }
 
@@ -321,7 +320,6 @@ void ph_units_release_locked(struct ph_heap *h, int mode, size_t retain,
       u = e;
     }
   }
-  h->st.reserved_bytes = atomic_load(&h->os.reserved);
   *released_bytes = released;
 }
 

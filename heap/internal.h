@@ -125,7 +125,6 @@ typedef struct ph_pool {
   uint32_t nfree;
   ph_value free;          /* first free block (field 0 address), 0 if none */
   struct ph_pool *next;   /* owner's avail list (pools with free slots) */
-  struct ph_pool *cnext;  /* compaction: candidate list of its class */
   struct ph_chunk *chunk; /* chunk holding this unit */
   uint32_t unit;          /* unit index within chunk */
   uint16_t cached;        /* 1 while an owner's alloc cache holds it */
@@ -369,7 +368,6 @@ struct ph_heap {
   /* barrier.stw */
   _Atomic int stw_pending;     /* 1 while a section is elected or running */
   uint64_t stw_started;        /* (lock) sections started */
-  uint64_t stw_done;           /* (lock) sections finished */
   uint64_t last_collect_epoch; /* (lock) epoch of the last collecting one */
   uint64_t last_compact_epoch; /* (lock) epoch of the last compacting one */
   ph_stw stw;
@@ -430,9 +428,6 @@ void ph_domain_flush_caches(struct ph_domain *d);
 /* heap/alloc.c */
 int ph_check_domain(const struct ph_domain *d);
 ph_value ph_large_alloc(struct ph_domain *d, size_t wosize, unsigned tag);
-static inline ph_large *ph_large_of(ph_value v) {
-  return (ph_large *)((char *)v - 8 - PH_LARGE_HDR);
-}
 
 /* heap/mark.c, heap/sweep.c */
 void ph_mark_stw(struct ph_heap *h, ph_worker *w);
