@@ -317,11 +317,19 @@ int ph_stw_run(struct ph_domain *d, int kind, const ph_stw_req *req) {
         n++;
       }
     }
+    /* barrier.helpers: they help only where there is heap work */
+    if (kind & (PH_STW_COLLECT | PH_STW_COMPACT))
+      for (unsigned i = 0; i < h->nhelpers; i++) {
+        h->helpers[i]->stw_expected = s->epoch;
+        n++;
+      }
     s->nparts = n;
     s->arrived = 0;
     s->left = 0;
     ph_barrier_reset(&s->bar, n);
     atomic_store_explicit(&h->stw_pending, 1, memory_order_release);
+    if (h->nhelpers)
+      pthread_cond_broadcast(&h->helper_cond);
     pthread_mutex_unlock(&h->lock);
     result = participate(d);
     pthread_mutex_lock(&h->lock);
@@ -330,6 +338,75 @@ int ph_stw_run(struct ph_domain *d, int kind, const ph_stw_req *req) {
   }
   pthread_mutex_unlock(&h->lock);
   return result;
+}
+
+/* barrier.helpers: a helper sleeps until a section counts on it, takes
+ * part, and sleeps again; it leaves when destroy sets helpers_stop. */
+static void *helper_main(void *arg) {
+  struct ph_domain *d = arg;
+  struct ph_heap *h = d->heap;
+  pthread_mutex_lock(&h->lock);
+  for (;;) {
+    if (atomic_load_explicit(&h->stw_pending, memory_order_relaxed) &&
+        d->stw_expected == h->stw.epoch) {
+      pthread_mutex_unlock(&h->lock);
+      participate(d);
+      pthread_mutex_lock(&h->lock);
+      continue;
+    }
+    if (h->helpers_stop)
+      break;
+    pthread_cond_wait(&h->helper_cond, &h->lock);
+  }
+  pthread_mutex_unlock(&h->lock);
+  return NULL;
+}
+
+int ph_stw_helpers_start(struct ph_heap *h) {
+  unsigned n = h->cfg.gc_helpers;
+  if (n == 0)
+    return PH_OK;
+  h->helpers = calloc(n, sizeof *h->helpers);
+  h->helper_threads = calloc(n, sizeof *h->helper_threads);
+  if (!h->helpers || !h->helper_threads)
+    return PH_ENOMEM;
+  for (unsigned i = 0; i < n; i++) {
+    struct ph_domain *d = calloc(1, sizeof *d);
+    if (!d)
+      return PH_ENOMEM;
+    d->sig = PH_SIG_DOMAIN;
+    d->index = h->cfg.max_domains + i; /* outside the slots */
+    d->heap = h;
+    d->state = PH_DS_RUNNING;
+    h->helpers[i] = d;
+    if (pthread_create(&h->helper_threads[i], NULL, helper_main, d) != 0) {
+      h->helpers[i] = NULL;
+      free(d);
+      return PH_ENOMEM;
+    }
+    pthread_mutex_lock(&h->lock);
+    h->nhelpers = i + 1;
+    pthread_mutex_unlock(&h->lock);
+  }
+  return PH_OK;
+}
+
+/* Stop and join the helpers (no section may be pending). */
+void ph_stw_helpers_stop(struct ph_heap *h) {
+  pthread_mutex_lock(&h->lock);
+  h->helpers_stop = 1;
+  pthread_cond_broadcast(&h->helper_cond);
+  unsigned n = h->nhelpers;
+  pthread_mutex_unlock(&h->lock);
+  for (unsigned i = 0; i < n; i++) {
+    pthread_join(h->helper_threads[i], NULL);
+    free(h->helpers[i]);
+  }
+  free(h->helpers);
+  free(h->helper_threads);
+  h->helpers = NULL;
+  h->helper_threads = NULL;
+  h->nhelpers = 0;
 }
 
 void ph_stw_join(struct ph_domain *d) {

@@ -31,7 +31,7 @@ typedef struct bench_opts {
   const char *shape;
   long long n;
   int domains, keep, skew, compacting, quick;
-  unsigned gc_percent;
+  unsigned gc_percent, helpers;
   uint64_t seed;
   ph_release_mode release;
   ph_compact_scope scope;
@@ -223,6 +223,7 @@ static int run_once(int run) {
   cfg.release = opt.release;
   cfg.compact_scope = opt.scope;
   cfg.gc_percent = opt.gc_percent;
+  cfg.gc_helpers = opt.helpers;
   int e = ph_heap_create(&cfg, &heap);
   if (e != PH_OK) {
     fail("ph_heap_create", e);
@@ -259,11 +260,11 @@ static int run_once(int run) {
   fprintf(f,
           ",\"n\":%lld,\"domains\":%d,\"keep\":%d,\"skew\":%s,\"seed\":%llu,"
           "\"run\":%d,\"scope\":\"%s\",\"release\":\"%s\","
-          "\"domains_compacting\":%d",
+          "\"domains_compacting\":%d,\"helpers\":%u",
           opt.n, opt.domains, opt.keep, opt.skew ? "true" : "false",
           (unsigned long long)opt.seed, run,
           opt.scope == PH_COMPACT_GLOBAL ? "global" : "per-domain",
-          rel[opt.release], opt.compacting);
+          rel[opt.release], opt.compacting, opt.helpers);
   fprintf(f,
           ",\"build_ms\":%.3f,\"collect_ms\":%.3f,\"compact_ms\":%.3f,"
           "\"whole_ms\":%.3f,\"compact_phase_ms\":%.3f,\"evacuate_ms\":%.3f,"
@@ -323,7 +324,8 @@ static void usage(void) {
       "               [--scope global|per-domain]\n"
       "               [--release decommit|unmap|lazy|keep]\n"
       "               [--domains-compacting 1|2] [--gc-percent P] "
-      "[--quick]\n");
+      "[--helpers H]\n"
+      "               [--quick]\n");
   exit(1);
 }
 
@@ -375,6 +377,8 @@ int main(int argc, char **argv) {
       runs = atoi(argv[++a]);
     } else if (strcmp(o, "--gc-percent") == 0) {
       opt.gc_percent = (unsigned)atoi(argv[++a]);
+    } else if (strcmp(o, "--helpers") == 0) {
+      opt.helpers = (unsigned)atoi(argv[++a]);
     } else if (strcmp(o, "--domains-compacting") == 0) {
       opt.compacting = atoi(argv[++a]);
     } else if (strcmp(o, "--scope") == 0) {

@@ -314,47 +314,113 @@ static uint32_t nth_live(ph_pool *src, uint32_t skip) {
   }
 }
 
-/* Move u->count live blocks, in order, from the sources into u->dst.  The
- * live bitmap written by the sweep says which slots to copy, so only live
- * blocks are touched. */
+/* compact.evacuate.batch: a unit is copied in batches.  The addresses of
+ * a batch's sources (live bits of the evacuated pools) and destinations
+ * (clear bits of the kept pool) come from the bitmaps, not from a free
+ * list whose next link is known only when the previous slot has arrived,
+ * so the loads and stores of a batch are all in flight at once; sources
+ * and destinations PH_EV_AHEAD blocks ahead are prefetched. */
+#define PH_EV_BATCH 128
+#define PH_EV_AHEAD 8
+
+typedef struct bit_iter {
+  const uint64_t *bits;
+  uint64_t word, flip; /* flip = ~0: iterate the clear bits */
+  uint32_t wi;
+} bit_iter;
+
+static inline uint32_t bit_next(bit_iter *it) {
+  while (it->word == 0)
+    it->word = it->bits[++it->wi] ^ it->flip;
+  uint32_t i = it->wi * 64 + (uint32_t)__builtin_ctzll(it->word);
+  it->word &= it->word - 1;
+  return i;
+}
+
+/* The free list of p from its clear live bits, lowest slot first. */
+static void relink_free(struct ph_heap *h, ph_pool *p) {
+  uint32_t wsize = h->class_wsize[p->cls];
+  ph_value *base = (ph_value *)ph_pool_slots(p);
+  const uint64_t *bits = ph_pool_bits(p);
+  ph_value next = 0;
+  for (uint32_t wi = (p->nslots + 63) / 64; wi-- > 0;) {
+    uint64_t free = ~bits[wi];
+    if (wi == p->nslots / 64)
+      free &= ((uint64_t)1 << (p->nslots % 64)) - 1;
+    while (free) {
+      uint32_t si = wi * 64 + 63 - (uint32_t)__builtin_clzll(free);
+      free &= ~((uint64_t)1 << (si % 64));
+      ph_value *slot = base + (size_t)si * wsize;
+      PH_ASSERT(ph_hd_color(slot[0]) == PH_BLUE);
+      slot[1] = next;
+      next = (ph_value)(slot + 1);
+    }
+  }
+  p->free = next;
+}
+
+/* Move u->count live blocks, in order, from the sources into u->dst. */
 static void evacuate_unit(struct ph_heap *h, ph_worker *w, ph_evac_unit *u) {
   ph_pool *dst = u->dst;
+  uint32_t wsize = h->class_wsize[dst->cls];
+  ph_value *dbase = (ph_value *)ph_pool_slots(dst);
+  uint64_t *dbits = ph_pool_bits(dst);
+  bit_iter di = {.bits = dbits, .word = ~dbits[0], .flip = ~(uint64_t)0};
   uint32_t i = u->src_first, left = u->count;
   uint32_t k = nth_live(u->src[i], u->src_skip);
+  ph_pool *src = u->src[i];
+  bit_iter si = {.bits = ph_pool_bits(src),
+                 .word = ph_pool_bits(src)[k / 64] & (~(uint64_t)0 << (k % 64)),
+                 .wi = k / 64};
+  uint32_t src_left = src->nlive - u->src_skip; /* live blocks not yet ours */
+  ph_value *from[PH_EV_BATCH], *to[PH_EV_BATCH];
+  uint64_t bytes = 0;
   while (left > 0) {
-    ph_pool *src = u->src[i];
-    uint32_t wsize = h->class_wsize[src->cls];
-    const uint64_t *bits = ph_pool_bits(src);
-    ph_value *base = (ph_value *)ph_pool_slots(src);
-    uint32_t nwords = (src->nslots + 63) / 64;
-    for (uint32_t wi = k / 64; wi < nwords && left > 0; wi++) {
-      uint64_t word = bits[wi];
-      if (wi == k / 64)
-        word &= ~(uint64_t)0 << (k & 63);
-      while (word && left > 0) {
-        uint32_t si = wi * 64 + (uint32_t)__builtin_ctzll(word);
-        word &= word - 1;
-        ph_value *slot = base + (size_t)si * wsize;
-        ph_value hd = slot[0];
-        PH_ASSERT(ph_hd_color(hd) == PH_WHITE);
-        ph_value nv = dst->free;
-        PH_ASSERT(nv != 0);
-        dst->free = *(ph_value *)nv;
-        size_t wo = ph_hd_wosize(hd);
-        memcpy((ph_value *)nv - 1, slot, (wo + 1) * sizeof(ph_value));
-        slot[1] = nv;
-        slot[0] =
-            (hd & ~PH_HD_COLOR_MASK) | ((ph_value)PH_FWD << PH_HD_COLOR_SHIFT);
-        w->evac_blocks++;
-        w->evac_bytes += (wo + 1) * 8;
-        left--;
+    uint32_t n = left < PH_EV_BATCH ? left : PH_EV_BATCH;
+    for (uint32_t j = 0; j < n; j++) {
+      if (src_left == 0) { /* next source pool */
+        src = u->src[++i];
+        si.bits = ph_pool_bits(src);
+        si.wi = 0;
+        si.word = si.bits[0];
+        src_left = src->nlive;
       }
+      from[j] = (ph_value *)ph_pool_slots(src) + (size_t)bit_next(&si) * wsize;
+      src_left--;
+      uint32_t d = bit_next(&di);
+      PH_ASSERT(d < dst->nslots);
+      dbits[d / 64] |= (uint64_t)1 << (d % 64);
+      to[j] = dbase + (size_t)d * wsize;
     }
-    i++;
-    k = 0;
+    for (uint32_t j = 0; j < n && j < PH_EV_AHEAD; j++) {
+      __builtin_prefetch(from[j]);
+      __builtin_prefetch(to[j], 1);
+    }
+    for (uint32_t j = 0; j < n; j++) {
+      if (j + PH_EV_AHEAD < n) {
+        __builtin_prefetch(from[j + PH_EV_AHEAD]);
+        __builtin_prefetch(to[j + PH_EV_AHEAD], 1);
+      }
+      ph_value *slot = from[j], *nv = to[j];
+      ph_value hd = slot[0];
+      PH_ASSERT(ph_hd_color(hd) == PH_WHITE);
+      PH_ASSERT(ph_hd_color(nv[0]) == PH_BLUE);
+      size_t wo = ph_hd_wosize(hd);
+      nv[0] = hd;
+      for (size_t f = 1; f <= wo; f++)
+        nv[f] = slot[f];
+      slot[1] = (ph_value)(nv + 1);
+      slot[0] =
+          (hd & ~PH_HD_COLOR_MASK) | ((ph_value)PH_FWD << PH_HD_COLOR_SHIFT);
+      bytes += (wo + 1) * 8;
+    }
+    left -= n;
   }
+  w->evac_blocks += u->count;
+  w->evac_bytes += bytes;
   dst->nfree -= u->count;
   dst->nlive += u->count;
+  relink_free(h, dst);
 }
 
 static void evacuate_stw(struct ph_heap *h, ph_worker *w,
@@ -388,23 +454,26 @@ static void evacuate_stw(struct ph_heap *h, ph_worker *w,
 /* compact.update.batch: a pointer needs forwarding iff its unit was
  * evacuated (unit_evacuated: O(1)).  The forwarding address is field 0 of
  * the old copy: a cache miss per moved target.  So
- * slots to fix are gathered with a prefetch of their target and fixed a
- * batch later, when the loads have arrived: many misses in flight instead
- * of one at a time. */
-#define PH_FWD_BATCH 32
+ * a slot to fix is queued in a ring with a prefetch of its target and fixed
+ * PH_FWD_AHEAD slots later, when the load has arrived: many misses in
+ * flight instead of one at a time. */
+#define PH_FWD_AHEAD 32 /* a power of two */
 typedef struct fwd_batch {
   const struct ph_heap *h;
   const struct ph_compact_plan *plan;
-  unsigned n;
-  ph_value *slot[PH_FWD_BATCH];
+  unsigned n; /* slots queued so far (mod 2^32) */
+  ph_value *slot[PH_FWD_AHEAD];
 } fwd_batch;
 
+static inline void fwd_fix(ph_value *s) {
+  PH_ASSERT(ph_hd_color(*ph_hp(*s)) == PH_FWD);
+  *s = *(const ph_value *)*s;
+}
+
 static void fb_flush(fwd_batch *b) {
-  for (unsigned i = 0; i < b->n; i++) {
-    ph_value *s = b->slot[i];
-    PH_ASSERT(ph_hd_color(*ph_hp(*s)) == PH_FWD);
-    *s = *(const ph_value *)*s;
-  }
+  unsigned n = b->n < PH_FWD_AHEAD ? b->n : PH_FWD_AHEAD;
+  for (unsigned i = b->n - n; i != b->n; i++)
+    fwd_fix(b->slot[i & (PH_FWD_AHEAD - 1)]);
   b->n = 0;
 }
 
@@ -413,9 +482,10 @@ static inline void fb_add(fwd_batch *b, ph_value *slot) {
   if (!ph_is_block(x) || !unit_evacuated(b->h, b->plan, x))
     return;
   __builtin_prefetch((const void *)x);
-  b->slot[b->n++] = slot;
-  if (b->n == PH_FWD_BATCH)
-    fb_flush(b);
+  unsigned i = b->n++ & (PH_FWD_AHEAD - 1);
+  if (b->n > PH_FWD_AHEAD)
+    fwd_fix(b->slot[i]);
+  b->slot[i] = slot;
 }
 
 static void update_slot(ph_value *slot, void *ctx) {

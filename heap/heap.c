@@ -76,6 +76,8 @@ static int config_valid(const ph_config *c) {
     return 0;
   if (c->heap_limit && c->heap_limit < c->pool_size)
     return 0;
+  if (c->gc_helpers > 64)
+    return 0;
   return 1;
 }
 
@@ -91,7 +93,7 @@ void ph_pacing_reset_locked(struct ph_heap *h) {
 /* Everything but the chunks (released before) goes; used by destroy and by
  * a create that could not get its first chunk. */
 static void heap_free(struct ph_heap *h) {
-  for (unsigned i = 0; i < h->cfg.max_domains; i++) {
+  for (unsigned i = 0; i < h->cfg.max_domains + h->cfg.gc_helpers; i++) {
     ph_mark_stack_free(&h->stw.workers[i].stack);
     free(h->stw.workers[i].cands);
     free(h->stw.workers[i].larges);
@@ -102,6 +104,7 @@ static void heap_free(struct ph_heap *h) {
   pthread_cond_destroy(&h->stw.mark_cond);
   pthread_mutex_destroy(&h->stw.mark_lock);
   pthread_mutex_destroy(&h->roots_lock);
+  pthread_cond_destroy(&h->helper_cond);
   pthread_cond_destroy(&h->cond);
   pthread_mutex_destroy(&h->lock);
   ph_os_acct_fini(&h->os);
@@ -130,7 +133,8 @@ int ph_heap_create(const ph_config *cfg, ph_heap **out) {
   h->commit_cap = ph_os_commit_cap();
   ph_sizeclass_init(h);
   h->slots = calloc(cfg->max_domains, sizeof *h->slots);
-  h->stw.workers = calloc(cfg->max_domains, sizeof *h->stw.workers);
+  h->stw.workers =
+      calloc(cfg->max_domains + cfg->gc_helpers, sizeof *h->stw.workers);
   if (!h->slots || !h->stw.workers) {
     free(h->slots);
     free(h->stw.workers);
@@ -140,6 +144,7 @@ int ph_heap_create(const ph_config *cfg, ph_heap **out) {
   ph_os_acct_init(&h->os);
   pthread_mutex_init(&h->lock, NULL);
   pthread_cond_init(&h->cond, NULL);
+  pthread_cond_init(&h->helper_cond, NULL);
   pthread_mutex_init(&h->roots_lock, NULL);
   pthread_mutex_init(&h->stw.mark_lock, NULL);
   pthread_cond_init(&h->stw.mark_cond, NULL);
@@ -147,6 +152,14 @@ int ph_heap_create(const ph_config *cfg, ph_heap **out) {
   ph_pacing_reset_locked(h);
   /* The first chunk now, so that a heap that cannot get memory fails here. */
   if (ph_chunk_grow_locked(h, 1) != PH_OK) {
+    heap_free(h);
+    return PH_ENOMEM;
+  }
+  if (ph_stw_helpers_start(h) != PH_OK) {
+    ph_stw_helpers_stop(h);
+    pthread_mutex_lock(&h->lock);
+    ph_chunks_destroy(h);
+    pthread_mutex_unlock(&h->lock);
     heap_free(h);
     return PH_ENOMEM;
   }
@@ -164,6 +177,10 @@ int ph_heap_destroy(ph_heap *h) {
     return PH_ESTATE;
   }
   h->sig = PH_SIG_DEAD;
+  pthread_mutex_unlock(&h->lock);
+  /* no domain: no section can be pending, the helpers are asleep */
+  ph_stw_helpers_stop(h);
+  pthread_mutex_lock(&h->lock);
   ph_chunks_destroy(h);
   pthread_mutex_unlock(&h->lock);
   for (struct ph_domain *d = h->retired, *n; d; d = n) {

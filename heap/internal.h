@@ -230,6 +230,7 @@ int ph_barrier_wait(ph_barrier *b);
 typedef struct ph_mark_entry {
   ph_value v;   /* block */
   size_t start; /* first field still to scan */
+  size_t end;   /* one past the last field to scan; 0: the whole block */
 } ph_mark_entry;
 
 typedef struct ph_mark_stack {
@@ -371,6 +372,13 @@ struct ph_heap {
   uint64_t last_collect_epoch; /* (lock) epoch of the last collecting one */
   uint64_t last_compact_epoch; /* (lock) epoch of the last compacting one */
   ph_stw stw;
+  /* barrier.helpers: cfg.gc_helpers threads, each a domain outside the
+   * slots; they sleep on helper_cond (with lock) between sections. */
+  struct ph_domain **helpers;
+  pthread_t *helper_threads;
+  unsigned nhelpers; /* started */
+  int helpers_stop;  /* (lock) destroy asks them to leave */
+  pthread_cond_t helper_cond;
 
   /* pacing (heap.pacing) */
   _Atomic uint64_t alloc_since; /* bytes handed to domains since last GC */
@@ -456,6 +464,8 @@ typedef struct ph_stw_req {
 } ph_stw_req;
 int ph_stw_run(struct ph_domain *d, int kind, const ph_stw_req *req);
 void ph_stw_join(struct ph_domain *d);
+int ph_stw_helpers_start(struct ph_heap *h);
+void ph_stw_helpers_stop(struct ph_heap *h);
 /* The unit index space of the current section: global unit -> chunk. */
 void ph_stw_units_init_stw_single(struct ph_heap *h);
 int ph_stw_unit_at(struct ph_heap *h, size_t gu, ph_chunk **c, uint32_t *u);

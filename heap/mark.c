@@ -8,7 +8,10 @@
  * recursion ever touches the C stack.
  *
  * mark.share: a participant whose stack is deeper than PH_SHARE_MIN gives
- * half of it to a shared list when some participant is hungry.  Termination:
+ * half of it to a shared list when some participant is hungry.  A range of
+ * a big block is split instead: when some participant is hungry, half of
+ * what is left of it goes to the shared list as one entry (start, end), so
+ * one huge root array is scanned by every participant.  Termination:
  * a participant with no work waits on mark_cond as idle; when all nparts are
  * idle and nothing is shared, marking is done.
  *
@@ -25,7 +28,8 @@
 /* Test knob (internal): the largest mark stack, in entries (0 = none). */
 size_t ph_mark_stack_limit = 0;
 
-static void push(ph_stw *s, ph_mark_stack *st, ph_value v, size_t start) {
+static void push(ph_stw *s, ph_mark_stack *st, ph_value v, size_t start,
+                 size_t end) {
   if (st->n == st->cap) {
     size_t ncap = st->cap ? st->cap * 2 : 4096;
     if (ph_mark_stack_limit && ncap > ph_mark_stack_limit)
@@ -40,6 +44,7 @@ static void push(ph_stw *s, ph_mark_stack *st, ph_value v, size_t start) {
   }
   st->e[st->n].v = v;
   st->e[st->n].start = start;
+  st->e[st->n].end = end;
   st->n++;
 }
 
@@ -71,7 +76,7 @@ void ph_mark_value(struct ph_heap *h, ph_worker *w, ph_value v) {
   w->live_bytes += (wo + 1) * 8;
   w->live_blocks++;
   if (ph_hd_tag(hd) < PH_TAG_RAW)
-    push(&h->stw, &w->stack, v, 0);
+    push(&h->stw, &w->stack, v, 0, 0);
 }
 
 void ph_mark_slot_visit(ph_value *slot, void *ctx) {
@@ -108,11 +113,22 @@ static inline void scan_fields(struct ph_heap *h, ph_worker *w, ph_value v,
   }
 }
 
+static int share_range(ph_stw *s, ph_value v, size_t start, size_t end);
+
 static void scan_entry(struct ph_heap *h, ph_worker *w, ph_mark_entry e) {
-  size_t wo = ph_hd_wosize(ph_hd_load(e.v));
+  ph_stw *s = &h->stw;
+  size_t wo = e.end ? e.end : ph_hd_wosize(ph_hd_load(e.v));
   size_t end = wo - e.start > PH_MARK_SLICE ? e.start + PH_MARK_SLICE : wo;
-  if (end < wo)
-    push(&h->stw, &w->stack, e.v, end);
+  if (end < wo) {
+    /* relaxed: a hint; a late read only delays sharing */
+    if (s->nparts > 1 && wo - end >= 2 * PH_MARK_SLICE &&
+        atomic_load_explicit(&s->hungry, memory_order_relaxed) > 0) {
+      size_t mid = end + (wo - end) / 2;
+      if (share_range(s, e.v, mid, wo))
+        wo = mid;
+    }
+    push(s, &w->stack, e.v, end, wo);
+  }
   scan_fields(h, w, e.v, e.start, end);
 }
 
@@ -135,11 +151,29 @@ static void share(ph_stw *s, ph_mark_stack *st) {
   pthread_mutex_unlock(&s->mark_lock);
 }
 
+/* Give [start, end) of v's fields to the others (mark.share); 0 if no
+ * packet could be had (the caller keeps the range). */
+static int share_range(ph_stw *s, ph_value v, size_t start, size_t end) {
+  ph_mark_packet *p = malloc(sizeof *p + sizeof(ph_mark_entry));
+  if (!p)
+    return 0;
+  p->n = 1;
+  p->e[0].v = v;
+  p->e[0].start = start;
+  p->e[0].end = end;
+  pthread_mutex_lock(&s->mark_lock);
+  p->next = s->shared;
+  s->shared = p;
+  pthread_cond_signal(&s->mark_cond);
+  pthread_mutex_unlock(&s->mark_lock);
+  return 1;
+}
+
 static void take_packet_mark_locked(ph_stw *s, ph_mark_stack *st) {
   ph_mark_packet *p = s->shared;
   s->shared = p->next;
   for (size_t i = 0; i < p->n; i++)
-    push(s, st, p->e[i].v, p->e[i].start);
+    push(s, st, p->e[i].v, p->e[i].start, p->e[i].end);
   free(p);
 }
 

@@ -160,6 +160,12 @@ typedef struct ph_config {
   size_t retain;           /* free pool bytes kept committed, default 0 */
   ph_compact_scope compact_scope; /* default PH_COMPACT_GLOBAL */
   unsigned compact_percent;       /* 0 = never (default); 1..100 */
+  /* GC helper threads: started by ph_heap_create, they take part in every
+   * collecting or compacting section (marking, sweeping, evacuating and
+   * updating beside the domains) and sleep otherwise.  They hold no roots
+   * and allocate nothing.  0..64, default 0.  on_event reports a helper as
+   * domain max_domains + k (k = 0 .. gc_helpers - 1). */
+  unsigned gc_helpers;
 } ph_config;
 
 /* Fill *cfg with the defaults. */
@@ -168,7 +174,8 @@ void ph_config_init(ph_config *cfg);
 /* ------------------------------------------------------ heap and domains */
 
 /* Create a heap.  cfg NULL means defaults.  PH_EINVAL (and nothing created)
- * for any invalid field; PH_ENOMEM if the OS refused the first memory.
+ * for any invalid field; PH_ENOMEM if the OS refused the first memory or a
+ * helper thread (gc_helpers).
  * *out is written only on success. */
 int ph_heap_create(const ph_config *cfg, ph_heap **out);
 /* Destroy a heap and release every mapping it made.  PH_ESTATE while a domain
