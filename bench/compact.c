@@ -23,6 +23,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <unistd.h>
 #include <stdatomic.h>
 
 #define MAXD 64
@@ -324,13 +325,13 @@ static void usage(void) {
       "               [--scope global|per-domain]\n"
       "               [--release decommit|unmap|lazy|keep]\n"
       "               [--domains-compacting 1|2] [--gc-percent P] "
-      "[--helpers H]\n"
+      "[--helpers H|auto]\n"
       "               [--quick]\n");
   exit(1);
 }
 
 int main(int argc, char **argv) {
-  int runs = 1, have_seed = 0, explicit_ = 0;
+  int runs = 1, have_seed = 0, explicit_ = 0, helpers_auto = 0;
   opt.shape = "custom";
   opt.n = 4000000;
   opt.domains = 1;
@@ -378,7 +379,9 @@ int main(int argc, char **argv) {
     } else if (strcmp(o, "--gc-percent") == 0) {
       opt.gc_percent = (unsigned)atoi(argv[++a]);
     } else if (strcmp(o, "--helpers") == 0) {
-      opt.helpers = (unsigned)atoi(argv[++a]);
+      const char *s = argv[++a];
+      helpers_auto = strcmp(s, "auto") == 0;
+      opt.helpers = helpers_auto ? 0 : (unsigned)atoi(s);
     } else if (strcmp(o, "--domains-compacting") == 0) {
       opt.compacting = atoi(argv[++a]);
     } else if (strcmp(o, "--scope") == 0) {
@@ -410,8 +413,14 @@ int main(int argc, char **argv) {
     opt.n /= 20;
   if (opt.domains < 1 || opt.domains > MAXD || opt.n < 0 ||
       opt.n > 0xFFFFFFFFLL || opt.keep < 0 || opt.keep > 1000 || runs < 1 ||
-      opt.compacting < 1 || opt.compacting > 2)
+      opt.compacting < 1 || opt.compacting > 2 || opt.helpers > 64)
     usage();
+  if (helpers_auto) { /* one helper per core the domains leave idle */
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    opt.helpers = ncpu > opt.domains ? (unsigned)(ncpu - opt.domains) : 0;
+    if (opt.helpers > 64)
+      opt.helpers = 64;
+  }
   /* a named shape with changed parameters is not that shape (as the peers) */
   if (explicit_)
     opt.shape = "custom";
@@ -424,9 +433,9 @@ int main(int argc, char **argv) {
     opt.seed = peer_default_seed();
   fprintf(stderr,
           "compact: shape %s n %lld domains %d keep %d seed %llu runs %d "
-          "domains-compacting %d\n",
+          "domains-compacting %d helpers %u\n",
           opt.shape, opt.n, opt.domains, opt.keep, (unsigned long long)opt.seed,
-          runs, opt.compacting);
+          runs, opt.compacting, opt.helpers);
   int all_ok = 1;
   for (int r = 0; r < runs; r++)
     all_ok &= run_once(r);

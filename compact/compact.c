@@ -661,7 +661,7 @@ void ph_compact_stw(struct ph_heap *h, ph_worker *w) {
   ph_barrier_wait(&s->bar);
   uint64_t t1 = ph_now_ns();
   ph_event(h, PH_PHASE_UPDATE, 1, w->dom->index);
-  if (plan)
+  if (plan && plan->nunits > 0) /* nothing moved: nothing to forward */
     update_stw(h, w, plan);
   w->t_update = ph_now_ns() - t1;
   ph_event(h, PH_PHASE_UPDATE, 0, w->dom->index);
