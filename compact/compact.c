@@ -69,7 +69,9 @@ typedef struct ph_compact_plan {
   ph_large **larges;
   size_t *large_first; /* first slice of each large block */
   size_t nlarges, nslices;
-  int failed; /* a plan allocation failed: nothing is evacuated */
+  /* a plan allocation failed: nothing is evacuated.  Written by any
+   * participant in phase 2 (relaxed: read by the leader after a barrier) */
+  _Atomic int failed;
   /* compact.update.map: one bit per unit over [map_lo, map_lo + map_units
    * units), set for evacuated pools.  Pool headers lie at a pool_size
    * stride and alias to a few cache sets; this map stays in L1. */
@@ -167,7 +169,7 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
     free(cc->elive);
     free(cc->units);
     memset(cc, 0, sizeof *cc);
-    plan->failed = 1; /* benign race: every writer writes 1 */
+    atomic_store_explicit(&plan->failed, 1, memory_order_relaxed);
     return;
   }
   size_t i = 0;
@@ -207,7 +209,8 @@ static void choose_stw(struct ph_heap *h, ph_compact_plan *plan) {
 
 static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   plan->map = NULL;
-  if (h->nchunks == 0 || plan->failed)
+  if (h->nchunks == 0 ||
+      atomic_load_explicit(&plan->failed, memory_order_relaxed))
     return;
   uintptr_t lo = (uintptr_t)h->chunks[0]->base;
   ph_chunk *last = h->chunks[h->nchunks - 1];
@@ -241,8 +244,9 @@ static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   plan->larges = nl ? malloc(nl * sizeof *plan->larges) : NULL;
   plan->large_first = malloc((nl + 1) * sizeof *plan->large_first);
   if ((n && !plan->units) || (nl && !plan->larges) || !plan->large_first)
-    plan->failed = 1;
-  if (plan->failed) { /* nothing moves */
+    atomic_store_explicit(&plan->failed, 1, memory_order_relaxed);
+  if (atomic_load_explicit(&plan->failed,
+                           memory_order_relaxed)) { /* nothing moves */
     for (unsigned c = 0; c < h->nclasses; c++) {
       plan->cls[c].nevac = 0;
       plan->cls[c].nunits = 0;
