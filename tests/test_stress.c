@@ -21,6 +21,8 @@
  * every time its addresses may have changed, in particular after every
  * compaction, and ph_verify must pass after every compaction.
  *
+ * The heap's configuration is drawn from the seed too, GC helper threads
+ * (0..2) included.
  * Environment: POOLHEAP_SEED (replay; printed at start),
  * POOLHEAP_STRESS_SECONDS (default 8), POOLHEAP_STRESS_OPS (ops per lane,
  * instead of a duration).  Prints the number of compactions that ran. */
@@ -659,11 +661,14 @@ static void test_stress(void **state) {
   cfg.compact_percent = below(&r, 2) ? 0 : 20 + below(&r, 60);
   cfg.release = (ph_release_mode)below(&r, 4);
   cfg.compact_scope = (ph_compact_scope)below(&r, 2);
+  cfg.gc_helpers = (unsigned)below(&r, 3);
   printf("test_stress: seed %llu (POOLHEAP_SEED), %d lanes on 2 cores, %s; "
-         "pool %zu gc_percent %u compact_percent %u release %d scope %d\n",
+         "pool %zu gc_percent %u compact_percent %u release %d scope %d "
+         "gc_helpers %u\n",
          (unsigned long long)seed, NLANES,
          ops_per_lane ? "ops per lane" : "timed", cfg.pool_size, cfg.gc_percent,
-         cfg.compact_percent, (int)cfg.release, (int)cfg.compact_scope);
+         cfg.compact_percent, (int)cfg.release, (int)cfg.compact_scope,
+         cfg.gc_helpers);
   fflush(stdout);
   pin_two_cores();
   assert_int_equal(ph_heap_create(&cfg, &heap), PH_OK);
