@@ -370,25 +370,36 @@ int ph_stw_helpers_start(struct ph_heap *h) {
   h->helper_threads = calloc(n, sizeof *h->helper_threads);
   if (!h->helpers || !h->helper_threads)
     return PH_ENOMEM;
-  for (unsigned i = 0; i < n; i++) {
+  /* A small stack: the phases keep their work on the heap, and the default
+   * 8 MiB reservation per thread would count against RLIMIT_AS. */
+  pthread_attr_t attr;
+  if (pthread_attr_init(&attr) != 0)
+    return PH_ENOMEM;
+  pthread_attr_setstacksize(&attr, (size_t)256 << 10);
+  int err = PH_OK;
+  for (unsigned i = 0; i < n && err == PH_OK; i++) {
     struct ph_domain *d = calloc(1, sizeof *d);
-    if (!d)
-      return PH_ENOMEM;
+    if (!d) {
+      err = PH_ENOMEM;
+      break;
+    }
     d->sig = PH_SIG_DOMAIN;
     d->index = h->cfg.max_domains + i; /* outside the slots */
     d->heap = h;
     d->state = PH_DS_RUNNING;
     h->helpers[i] = d;
-    if (pthread_create(&h->helper_threads[i], NULL, helper_main, d) != 0) {
+    if (pthread_create(&h->helper_threads[i], &attr, helper_main, d) != 0) {
       h->helpers[i] = NULL;
       free(d);
-      return PH_ENOMEM;
+      err = PH_ENOMEM;
+      break;
     }
     pthread_mutex_lock(&h->lock);
     h->nhelpers = i + 1;
     pthread_mutex_unlock(&h->lock);
   }
-  return PH_OK;
+  pthread_attr_destroy(&attr);
+  return err;
 }
 
 /* Stop and join the helpers (no section may be pending). */
