@@ -132,6 +132,15 @@ static void scan_entry(struct ph_heap *h, ph_worker *w, ph_mark_entry e) {
   scan_fields(h, w, e.v, e.start, end);
 }
 
+/* Put p on the shared list and wake one hungry participant. */
+static void publish(ph_stw *s, ph_mark_packet *p) {
+  pthread_mutex_lock(&s->mark_lock);
+  p->next = s->shared;
+  s->shared = p;
+  pthread_cond_signal(&s->mark_cond);
+  pthread_mutex_unlock(&s->mark_lock);
+}
+
 /* Give the older half of our stack to the others (mark.share). */
 static void share(ph_stw *s, ph_mark_stack *st) {
   size_t k = st->n / 2;
@@ -144,11 +153,7 @@ static void share(ph_stw *s, ph_mark_stack *st) {
   for (size_t i = k; i < st->n; i++)
     st->e[i - k] = st->e[i];
   st->n -= k;
-  pthread_mutex_lock(&s->mark_lock);
-  p->next = s->shared;
-  s->shared = p;
-  pthread_cond_signal(&s->mark_cond);
-  pthread_mutex_unlock(&s->mark_lock);
+  publish(s, p);
 }
 
 /* Give [start, end) of v's fields to the others (mark.share); 0 if no
@@ -161,11 +166,7 @@ static int share_range(ph_stw *s, ph_value v, size_t start, size_t end) {
   p->e[0].v = v;
   p->e[0].start = start;
   p->e[0].end = end;
-  pthread_mutex_lock(&s->mark_lock);
-  p->next = s->shared;
-  s->shared = p;
-  pthread_cond_signal(&s->mark_cond);
-  pthread_mutex_unlock(&s->mark_lock);
+  publish(s, p);
   return 1;
 }
 
