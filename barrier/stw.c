@@ -27,6 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+_Thread_local struct ph_heap *ph_tls_section;
+
 static void prepare_stw_single(struct ph_heap *h);
 static void collect_stw(struct ph_heap *h, ph_worker *w);
 static void finish_collect_stw_single(struct ph_heap *h);
@@ -237,7 +239,9 @@ static int participate_did(struct ph_domain *d, int *did) {
     pthread_cond_wait(&h->cond, &h->lock);
   pthread_mutex_unlock(&h->lock);
 
+  ph_tls_section = h; /* barrier.reentry: callbacks run in body_stw */
   body_stw(h, w);
+  ph_tls_section = NULL;
   int result = d == s->leader ? s->result : PH_OK;
   if (did)
     *did = (s->kind & (PH_STW_COLLECT | PH_STW_COMPACT) ? PH_STW_COLLECT : 0) |
@@ -436,12 +440,14 @@ void ph_safepoint(ph_domain *d) {
   /* relaxed: one load on the fast path; ph_stw_join re-reads under the
    * lock, which orders everything that matters */
   if (__builtin_expect(
-          atomic_load_explicit(&d->heap->stw_pending, memory_order_relaxed), 0))
+          atomic_load_explicit(&d->heap->stw_pending, memory_order_relaxed),
+          0) &&
+      !ph_in_section()) /* barrier.reentry: only on the slow path */
     ph_stw_join(d);
 }
 
 void ph_blocking_enter(ph_domain *d) {
-  if (ph_check_domain(d) != PH_OK)
+  if (ph_check_domain(d) != PH_OK || ph_in_section())
     return;
   struct ph_heap *h = d->heap;
   pthread_mutex_lock(&h->lock);
@@ -461,7 +467,7 @@ void ph_blocking_enter(ph_domain *d) {
 }
 
 void ph_blocking_leave(ph_domain *d) {
-  if (ph_check_domain(d) != PH_OK)
+  if (ph_check_domain(d) != PH_OK || ph_in_section())
     return;
   struct ph_heap *h = d->heap;
   pthread_mutex_lock(&h->lock);
@@ -480,6 +486,8 @@ static int run_checked(ph_domain *d, int kind, const ph_stw_req *req) {
   int err = ph_check_domain(d);
   if (err != PH_OK)
     return err;
+  if (ph_in_section()) /* barrier.reentry */
+    return PH_ESTATE;
   err = ph_stw_run(d, kind, req);
   if (err != PH_OK)
     d->last_error = err;

@@ -68,6 +68,8 @@ static ph_pool *take_pool(struct ph_domain *d, unsigned cls) {
 static int refill(struct ph_domain *d, unsigned cls) {
   struct ph_heap *h = d->heap;
   ph_alloc_cache *ac = &d->cache[cls];
+  if (ph_in_section()) /* barrier.reentry: a callback, another heap */
+    return PH_ESTATE;
   if (ac->pool) { /* exhausted: it is full now */
     ac->pool->free = 0;
     ac->pool->nfree = 0;
@@ -106,6 +108,10 @@ ph_value ph_large_alloc(struct ph_domain *d, size_t wosize, unsigned tag) {
   struct ph_heap *h = d->heap;
   size_t bytes = PH_LARGE_HDR + 8 + wosize * 8;
   size_t n = (bytes + h->pool_size - 1) >> h->pool_shift;
+  if (ph_in_section()) { /* barrier.reentry: a callback, another heap */
+    d->last_error = PH_ESTATE;
+    return 0;
+  }
   if (n >= UINT32_MAX) {
     d->last_error = PH_ENOMEM;
     return 0;
@@ -160,7 +166,17 @@ ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag) {
     d->last_error = PH_ESTATE;
     return 0;
   }
-  ph_safepoint(d);
+  /* ph_safepoint, with barrier.reentry on its slow path: from a callback
+   * (the section is pending) refuse; ph_last_error only on our own domain */
+  if (__builtin_expect(
+          atomic_load_explicit(&h->stw_pending, memory_order_relaxed), 0)) {
+    if (ph_in_section()) {
+      if (pthread_equal(d->thread, pthread_self()))
+        d->last_error = PH_ESTATE;
+      return 0;
+    }
+    ph_stw_join(d);
+  }
   if (wosize > h->max_small_wosize)
     return ph_large_alloc(d, wosize, tag);
   unsigned cls = ph_class_of_wosize(h, wosize);

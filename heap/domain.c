@@ -14,6 +14,8 @@
 int ph_domain_attach(ph_heap *h, ph_domain **out) {
   if (!h || h->sig != PH_SIG_HEAP || !out)
     return PH_EINVAL;
+  if (ph_in_section()) /* barrier.reentry */
+    return PH_ESTATE;
   struct ph_domain *d = calloc(1, sizeof *d);
   if (!d)
     return PH_ENOMEM;
@@ -45,6 +47,8 @@ int ph_domain_detach(ph_domain *d) {
   int err = ph_check_domain(d);
   if (err != PH_OK)
     return err;
+  if (ph_in_section()) /* barrier.reentry */
+    return PH_ESTATE;
   struct ph_heap *h = d->heap;
   pthread_mutex_lock(&h->lock);
   if (d->state == PH_DS_BLOCKING) { /* leave it first */

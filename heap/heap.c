@@ -123,6 +123,8 @@ int ph_heap_create(const ph_config *cfg, ph_heap **out) {
   }
   if (!config_valid(cfg))
     return PH_EINVAL;
+  if (ph_in_section()) /* barrier.reentry */
+    return PH_ESTATE;
   struct ph_heap *h = calloc(1, sizeof *h);
   if (!h)
     return PH_ENOMEM;
@@ -171,6 +173,8 @@ int ph_heap_create(const ph_config *cfg, ph_heap **out) {
 int ph_heap_destroy(ph_heap *h) {
   if (!h || h->sig != PH_SIG_HEAP)
     return PH_EINVAL;
+  if (ph_in_section()) /* barrier.reentry */
+    return PH_ESTATE;
   pthread_mutex_lock(&h->lock);
   if (h->ndomains > 0) {
     pthread_mutex_unlock(&h->lock);
@@ -194,6 +198,8 @@ int ph_heap_destroy(ph_heap *h) {
 int ph_stats_get(ph_heap *h, ph_stats *out) {
   if (!h || h->sig != PH_SIG_HEAP || !out)
     return PH_EINVAL;
+  if (ph_in_section()) /* barrier.reentry */
+    return PH_ESTATE;
   pthread_mutex_lock(&h->lock);
   ph_stats s = h->st;
   s.pool_bytes = (uint64_t)h->pool_units << h->pool_shift;

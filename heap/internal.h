@@ -464,6 +464,16 @@ typedef struct ph_stw_req {
 } ph_stw_req;
 int ph_stw_run(struct ph_domain *d, int kind, const ph_stw_req *req);
 void ph_stw_join(struct ph_domain *d);
+/* barrier.reentry: the heap whose section the calling thread takes part in
+ * (NULL outside sections).  Every embedder callback (census fn, on_event,
+ * scan_roots) runs inside a section, so a public entry point that finds it
+ * set was called from a callback and refuses (PH_ESTATE).  initial-exec:
+ * one %fs-relative load, also in libpoolheap.so. */
+extern _Thread_local struct ph_heap *ph_tls_section
+    __attribute__((tls_model("initial-exec")));
+static inline int ph_in_section(void) {
+  return ph_tls_section != NULL;
+}
 int ph_stw_helpers_start(struct ph_heap *h);
 void ph_stw_helpers_stop(struct ph_heap *h);
 /* The unit index space of the current section: global unit -> chunk. */

@@ -38,7 +38,7 @@ void ph_roots_domain_fini(struct ph_domain *d) {
 }
 
 size_t ph_scope_open(ph_domain *d) {
-  if (ph_check_domain(d) != PH_OK)
+  if (ph_check_domain(d) != PH_OK || ph_in_section()) /* barrier.reentry */
     return (size_t)-1;
   if (d->nscopes == d->scopes_cap) {
     size_t ncap = d->scopes_cap ? d->scopes_cap * 2 : 16;
@@ -56,7 +56,7 @@ size_t ph_scope_open(ph_domain *d) {
 }
 
 ph_value *ph_root(ph_domain *d, ph_value v) {
-  if (ph_check_domain(d) != PH_OK)
+  if (ph_check_domain(d) != PH_OK || ph_in_section()) /* barrier.reentry */
     return NULL;
   ph_rootseg *s = d->roots;
   if (!s || s->used == PH_ROOTSEG_SLOTS) {
@@ -81,6 +81,8 @@ int ph_scope_close(ph_domain *d, size_t mark) {
   int err = ph_check_domain(d);
   if (err != PH_OK)
     return err;
+  if (ph_in_section()) /* barrier.reentry */
+    return PH_ESTATE;
   if (d->nscopes == 0 || d->scopes[d->nscopes - 1] != mark) {
     d->last_error = PH_ESTATE;
     return PH_ESTATE;
@@ -159,6 +161,8 @@ static int grow_roots_locked(struct ph_heap *h) {
 int ph_root_add(ph_heap *h, ph_value *slot) {
   if (!h || h->sig != PH_SIG_HEAP || !slot || ((uintptr_t)slot & 7))
     return PH_EINVAL;
+  if (ph_in_section()) /* barrier.reentry */
+    return PH_ESTATE;
   pthread_mutex_lock(&h->roots_lock);
   int err = PH_OK;
   if ((h->groots_used + 1) * 10 >= h->groots_cap * 7)
@@ -190,6 +194,8 @@ int ph_root_add(ph_heap *h, ph_value *slot) {
 int ph_root_remove(ph_heap *h, ph_value *slot) {
   if (!h || h->sig != PH_SIG_HEAP || !slot)
     return PH_EINVAL;
+  if (ph_in_section()) /* barrier.reentry */
+    return PH_ESTATE;
   int err = PH_EINVAL;
   pthread_mutex_lock(&h->roots_lock);
   if (h->groots_cap) {
