@@ -366,20 +366,27 @@ static void *helper_main(void *arg) {
   return NULL;
 }
 
+/* barrier.helpers: usable bytes of a helper's stack (glibc puts the
+ * thread's descriptor and TLS at its top), above a guard page. */
+#define PH_HELPER_STACK ((size_t)256 << 10)
+
 int ph_stw_helpers_start(struct ph_heap *h) {
   unsigned n = h->cfg.gc_helpers;
   if (n == 0)
     return PH_OK;
   h->helpers = calloc(n, sizeof *h->helpers);
   h->helper_threads = calloc(n, sizeof *h->helper_threads);
-  if (!h->helpers || !h->helper_threads)
+  h->helper_stacks = calloc(n, sizeof *h->helper_stacks);
+  if (!h->helpers || !h->helper_threads || !h->helper_stacks)
     return PH_ENOMEM;
   /* A small stack: the phases keep their work on the heap, and the default
-   * 8 MiB reservation per thread would count against RLIMIT_AS. */
+   * 8 MiB reservation per thread would count against RLIMIT_AS.  We map it
+   * ourselves (with a guard page) and unmap it after the join: glibc would
+   * keep a stack it made in its cache, two mappings per helper after
+   * ph_heap_destroy. */
   pthread_attr_t attr;
   if (pthread_attr_init(&attr) != 0)
     return PH_ENOMEM;
-  pthread_attr_setstacksize(&attr, (size_t)256 << 10);
   int err = PH_OK;
   for (unsigned i = 0; i < n && err == PH_OK; i++) {
     struct ph_domain *d = calloc(1, sizeof *d);
@@ -391,13 +398,22 @@ int ph_stw_helpers_start(struct ph_heap *h) {
     d->index = h->cfg.max_domains + i; /* outside the slots */
     d->heap = h;
     d->state = PH_DS_RUNNING;
-    h->helpers[i] = d;
-    if (pthread_create(&h->helper_threads[i], &attr, helper_main, d) != 0) {
-      h->helpers[i] = NULL;
+    void *stack = NULL;
+    if (ph_os_stack_map(PH_HELPER_STACK, &stack) != PH_OK) {
       free(d);
       err = PH_ENOMEM;
       break;
     }
+    h->helpers[i] = d;
+    if (pthread_attr_setstack(&attr, stack, PH_HELPER_STACK) != 0 ||
+        pthread_create(&h->helper_threads[i], &attr, helper_main, d) != 0) {
+      h->helpers[i] = NULL;
+      free(d);
+      ph_os_stack_unmap(stack, PH_HELPER_STACK);
+      err = PH_ENOMEM;
+      break;
+    }
+    h->helper_stacks[i] = stack;
     pthread_mutex_lock(&h->lock);
     h->nhelpers = i + 1;
     pthread_mutex_unlock(&h->lock);
@@ -416,11 +432,14 @@ void ph_stw_helpers_stop(struct ph_heap *h) {
   for (unsigned i = 0; i < n; i++) {
     pthread_join(h->helper_threads[i], NULL);
     free(h->helpers[i]);
+    ph_os_stack_unmap(h->helper_stacks[i], PH_HELPER_STACK); /* joined */
   }
   free(h->helpers);
   free(h->helper_threads);
+  free(h->helper_stacks);
   h->helpers = NULL;
   h->helper_threads = NULL;
+  h->helper_stacks = NULL;
   h->nhelpers = 0;
 }
 

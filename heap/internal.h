@@ -376,8 +376,9 @@ struct ph_heap {
    * slots; they sleep on helper_cond (with lock) between sections. */
   struct ph_domain **helpers;
   pthread_t *helper_threads;
-  unsigned nhelpers; /* started */
-  int helpers_stop;  /* (lock) destroy asks them to leave */
+  void **helper_stacks; /* mapped by us (ph_os_stack_map), unmapped at stop */
+  unsigned nhelpers;    /* started */
+  int helpers_stop;     /* (lock) destroy asks them to leave */
   pthread_cond_t helper_cond;
 
   /* pacing (heap.pacing) */

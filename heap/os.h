@@ -68,6 +68,14 @@ int ph_os_decommit(ph_os_acct *a, void *p, size_t len, int lazy);
  * committed_len is how much of it is still counted as committed. */
 int ph_os_release(ph_os_acct *a, void *p, size_t size, size_t committed_len);
 
+/* A thread stack (barrier.helpers): size bytes (a multiple of the page size)
+ * above a PROT_NONE guard page, one mapping of size + a page that
+ * ph_os_stack_unmap gives back whole.  Not heap memory: not accounted.
+ * *out (the stack's low end) is written only on success; PH_ENOMEM if the
+ * kernel refused. */
+int ph_os_stack_map(size_t size, void **out);
+void ph_os_stack_unmap(void *stack, size_t size);
+
 /* Address space that a new reservation may take: RLIMIT_AS minus what the
  * process maps now (SIZE_MAX when unlimited). */
 size_t ph_os_as_available(void);

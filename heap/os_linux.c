@@ -418,6 +418,29 @@ int ph_os_release(ph_os_acct *a, void *p, size_t size, size_t committed_len) {
   return PH_OK;
 }
 
+/* ------------------------------------------------------- thread stacks */
+
+int ph_os_stack_map(size_t size, void **out) {
+  size_t pg = ph_os_page_size();
+  if (size == 0 || size % pg != 0)
+    return PH_EINVAL;
+  char *p = mmap(NULL, size + pg, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (p == MAP_FAILED)
+    return PH_ENOMEM;
+  if (mprotect(p, pg, PROT_NONE) != 0) { /* the guard page */
+    munmap(p, size + pg);
+    return PH_ENOMEM;
+  }
+  *out = p + pg;
+  return PH_OK;
+}
+
+void ph_os_stack_unmap(void *stack, size_t size) {
+  size_t pg = ph_os_page_size();
+  munmap((char *)stack - pg, size + pg);
+}
+
 /* --------------------------------------------------------- process probes */
 
 /* Read up to cap-1 bytes of a /proc file into buf, NUL-terminated.  Returns
