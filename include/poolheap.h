@@ -25,6 +25,17 @@
  *   scan_roots hook.  Compaction moves blocks and rewrites those slots.
  *   Report each slot through one kind of root only (not both registered
  *   with ph_root_add and visited by the hook).
+ * - Callbacks (the ph_census fn, on_event, scan_roots) run inside a
+ *   stop-the-world section.  A call into poolheap from inside one, on the
+ *   callback's thread, is refused in every build and changes nothing:
+ *   functions returning an error code return PH_ESTATE, ph_alloc returns 0
+ *   (ph_last_error PH_ESTATE when d is the calling thread's own domain),
+ *   ph_root NULL, ph_scope_open (size_t)-1, and ph_safepoint,
+ *   ph_blocking_enter and ph_blocking_leave return without effect.  Only
+ *   ph_strerror, ph_config_init, ph_domain_index, ph_domain_heap and
+ *   ph_last_error, which only read, work there; and ph_alloc on a domain
+ *   of another heap may still take a free slot from that domain's cache (it
+ *   is refused wherever it would wait, collect or take memory).
  */
 #ifndef POOLHEAP_H
 #define POOLHEAP_H
@@ -136,12 +147,14 @@ typedef void (*ph_visit_fn)(ph_value *slot, void *ctx);
 /* The embedder's own roots: visit every slot of domain d.  Called during
  * marking and during compaction's pointer update, for every attached domain
  * (blocking ones too, from another domain's thread).  It must not allocate
- * or call into poolheap other than through visit. */
+ * or call into poolheap other than through visit: such calls are refused
+ * (PH_ESTATE; see Callbacks above). */
 typedef void (*ph_scan_roots_fn)(ph_domain *d, ph_visit_fn visit, void *ctx,
                                  void *user);
 /* Called around every phase on every participating domain; begin is 1 at the
  * start and 0 at the end; time_ns is CLOCK_MONOTONIC.  Must not call into
- * poolheap. */
+ * poolheap: such calls are refused (PH_ESTATE; see Callbacks above), on GC
+ * helper threads too. */
 typedef void (*ph_event_fn)(ph_phase phase, int begin, unsigned domain,
                             uint64_t time_ns, void *user);
 
@@ -164,7 +177,9 @@ typedef struct ph_config {
    * collecting or compacting section (marking, sweeping, evacuating and
    * updating beside the domains) and sleep otherwise.  They hold no roots
    * and allocate nothing.  0..64, default 0.  on_event reports a helper as
-   * domain max_domains + k (k = 0 .. gc_helpers - 1). */
+   * domain max_domains + k (k = 0 .. gc_helpers - 1).  Each runs on a
+   * 256 KiB stack with a guard page that poolheap maps itself and unmaps
+   * when ph_heap_destroy has joined it. */
   unsigned gc_helpers;
 } ph_config;
 
@@ -179,7 +194,9 @@ void ph_config_init(ph_config *cfg);
  * *out is written only on success. */
 int ph_heap_create(const ph_config *cfg, ph_heap **out);
 /* Destroy a heap and release every mapping it made.  PH_ESTATE while a domain
- * is attached; PH_EINVAL for NULL or a pointer that is not a live heap. */
+ * is attached; PH_EINVAL for NULL or a pointer that is not a live heap.
+ * The GC helpers' stacks are mappings it made too: none is left behind
+ * (what the C library's malloc keeps for its threads is its own). */
 int ph_heap_destroy(ph_heap *h);
 
 /* The calling thread becomes a domain of h.  PH_ESTATE if max_domains are
@@ -200,7 +217,8 @@ ph_heap *ph_domain_heap(const ph_domain *d);
  * Scanned fields start as PH_UNIT; raw blocks are zeroed.  May collect
  * first.  Returns 0 on failure and ph_last_error(d) says why: PH_EINVAL
  * (wosize 0 or > PH_MAX_WOSIZE, tag > 255, bad domain), PH_ENOMEM, PH_ESTATE
- * (detached domain). */
+ * (detached domain, or called from inside a callback: see Callbacks at the
+ * top). */
 ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag);
 /* The error of the last failing call on d (PH_OK if none failed). */
 int ph_last_error(const ph_domain *d);
@@ -273,7 +291,8 @@ typedef struct ph_stats {
   uint64_t release_ns;
 } ph_stats;
 
-/* Copy the heap's statistics.  Callable from any thread. */
+/* Copy the heap's statistics.  Callable from any thread, but not from
+ * inside a callback (PH_ESTATE). */
 int ph_stats_get(ph_heap *h, ph_stats *out);
 
 /* One row of the fragmentation map. */
@@ -286,7 +305,9 @@ typedef struct ph_census_class {
   size_t free_blocks;  /* free slots in those pools */
 } ph_census_class;
 
-/* Stop the world and call fn once per size class, in order of size. */
+/* Stop the world and call fn once per size class, in order of size.  fn runs
+ * on the calling thread inside the section: a call into poolheap from fn is
+ * refused (PH_ESTATE; see Callbacks at the top). */
 int ph_census(ph_domain *d, void (*fn)(const ph_census_class *c, void *user),
               void *user);
 
