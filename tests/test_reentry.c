@@ -6,8 +6,9 @@
  * every poolheap function that takes a heap or a domain is refused:
  * PH_ESTATE (ph_alloc 0 with ph_last_error PH_ESTATE on the caller's own
  * domain, ph_root NULL, ph_scope_open (size_t)-1, the void functions
- * return without effect).  Unfixed, ph_alloc or ph_collect from the census
- * callback crashed (segfault) and ph_domain_attach waited forever.
+ * return without effect).  Unfixed, the first such call (ph_alloc or
+ * ph_collect from the census fn, ph_alloc from on_event or scan_roots)
+ * crashed the process (segfault), in release and debug builds.
  *
  * - census: the callback calls all of them on its own domain and heap;
  *   each is refused, and afterwards nothing happened: no collection was
