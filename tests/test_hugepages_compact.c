@@ -177,11 +177,121 @@ static void explicit_fallback_plans_like_normal_pages(void **state) {
   assert_int_equal(ex.released, off.released);
 }
 
+/* ------------------------------------------- two domains, several rounds */
+/* Two domains (and a GC helper) churn their own root arrays with small and
+ * large blocks under transparent huge pages, compacting at random points;
+ * between rounds, with both stopped, domain 0 hashes both graphs, compacts
+ * twice and checks the hash, ph_verify, and that the second compaction
+ * moved nothing (a plan chosen from ranges is stable). */
+#define CH_DOMAINS 2
+#define CH_LARGE 5000 /* fields: more than a 32 KiB pool */
+
+typedef struct churn {
+  ph_heap *h;
+  pthread_barrier_t bar;
+  ph_value *R[CH_DOMAINS];
+  size_t n, rounds;
+  uint64_t released;
+} churn;
+
+static uint64_t graph_hash(ph_value *const *R, size_t nr, size_t n) {
+  uint64_t h = 0x9e3779b97f4a7c15ull;
+  for (size_t r = 0; r < nr; r++)
+    for (size_t i = 0; i < n; i++) {
+      ph_value b = ph_field(*R[r], i);
+      if (!ph_is_block(b))
+        continue;
+      size_t w = ph_wosize(b);
+      h = (h ^ w) * 0x100000001b3ull;
+      for (size_t j = 0; j < w; j++) {
+        ph_value f = ph_field(b, j);
+        uint64_t x = ph_is_block(f)
+                         ? (uint64_t)ph_int_val(ph_field(f, 0)) << 1 |
+                               (uint64_t)ph_wosize(f) << 40
+                         : (uint64_t)f;
+        h = (h ^ x) * 0x100000001b3ull;
+      }
+    }
+  return h;
+}
+
+static void *churn_main(void *arg) {
+  tu_thread_arg *a = arg;
+  churn *c = a->user;
+  ph_domain *d = NULL;
+  assert_int_equal(ph_domain_attach(c->h, &d), PH_OK);
+  size_t mark = ph_scope_open(d);
+  ph_value *R = ph_root(d, ph_alloc(d, c->n, 0));
+  assert_non_null(R);
+  c->R[a->index] = R;
+  tu_rng rng;
+  tu_rng_init(&rng, 100 + a->index);
+  intptr_t id = (intptr_t)a->index << 40;
+  for (size_t round = 0; round < c->rounds; round++) {
+    for (size_t k = 0; k < c->n; k++) {
+      size_t i = tu_below(&rng, c->n);
+      unsigned what = (unsigned)tu_below(&rng, 1000);
+      if (what < (round % 2 ? 950u : 300u)) { /* drop: grow, shrink, ... */
+        ph_set_field(*R, i, ph_val_int(0));
+        continue;
+      }
+      size_t w =
+          round == 0 && what == 999 ? CH_LARGE : 1 + tu_below(&rng, MAX_FIELDS);
+      ph_value b = ph_alloc(d, w, 0);
+      assert_true(b != 0);
+      ph_set_field(b, 0, ph_val_int(id++));
+      for (size_t j = 1; j < w && j < 64; j++) { /* one in 8 may point */
+        ph_value t = tu_below(&rng, 8) ? 0 : ph_field(*R, tu_below(&rng, c->n));
+        ph_set_field(b, j, ph_is_block(t) ? t : ph_val_int((intptr_t)j));
+      }
+      ph_set_field(*R, i, b);
+      if (tu_below(&rng, c->n / 4) == 0)
+        assert_int_equal(ph_compact(d), PH_OK);
+    }
+    tu_dbarrier(d, &c->bar); /* both arrays are still */
+    if (a->index == 0) {
+      char why[256];
+      uint64_t before = graph_hash(c->R, CH_DOMAINS, c->n);
+      assert_int_equal(ph_compact(d), PH_OK);
+      ph_stats st;
+      assert_int_equal(ph_stats_get(c->h, &st), PH_OK);
+      c->released += st.released_bytes;
+      assert_int_equal(ph_compact(d), PH_OK);
+      assert_int_equal(ph_stats_get(c->h, &st), PH_OK);
+      assert_int_equal(st.evacuated_bytes, 0);
+      if (ph_verify(d, why, sizeof why) != PH_OK)
+        fail_msg("verify: %s", why);
+      assert_int_equal(graph_hash(c->R, CH_DOMAINS, c->n), before);
+    }
+    tu_dbarrier(d, &c->bar);
+  }
+  assert_int_equal(ph_scope_close(d, mark), PH_OK);
+  assert_int_equal(ph_domain_detach(d), PH_OK);
+  return NULL;
+}
+
+static void transparent_churn_two_domains(void **state) {
+  (void)state;
+  churn c = {.n = tu_scale(60000, 4), .rounds = 4};
+  ph_config cfg;
+  ph_config_init(&cfg);
+  cfg.huge_pages = PH_HUGE_TRANSPARENT;
+  cfg.gc_helpers = 1;
+  assert_int_equal(ph_heap_create(&cfg, &c.h), PH_OK);
+  assert_int_equal(pthread_barrier_init(&c.bar, NULL, CH_DOMAINS), 0);
+  tu_threads_run(CH_DOMAINS, churn_main, &c);
+  pthread_barrier_destroy(&c.bar);
+  assert_int_equal(ph_heap_destroy(c.h), PH_OK);
+  print_message("churn: %zu rounds, %.1f MiB released\n", c.rounds,
+                c.released / 1048576.0);
+}
+
 int main(void) {
   tu_seed();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(transparent_releases_like_normal_pages),
       cmocka_unit_test(explicit_fallback_plans_like_normal_pages),
+      cmocka_unit_test(transparent_churn_two_domains),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
