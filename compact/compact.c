@@ -7,7 +7,7 @@
  *     participant, every partly filled pool with its class, owner and live
  *     count (ph_cand) and every surviving scanned large block: the stats
  *     table costs no pass over memory and not even a pool header read.
- *     Barrier; the leader sets up the plan.
+ *     Barrier; the leader sets up the plan (and chooses the ranges, below).
  *   Phase 2 (compact.phase.choose).  Barrier.  Per size class (claimed), the
  *     records of that class become an array.  GLOBAL scope: sorted densest
  *     first; with
@@ -19,7 +19,10 @@
  *     pool that receives blocks becomes one evacuation unit: a destination
  *     and the run of source blocks (first source, live blocks to skip in it,
  *     count) that fill it.  The leader then marks the evacuated pools in a
- *     dense map (compact.update.map).
+ *     dense map (compact.update.map).  With huge pages (GLOBAL), the leader
+ *     first chose, at the end of phase 1, the 2 MiB ranges that stay in
+ *     use, and each class keeps its k densest pools among those ranges
+ *     (compact.choose.ranges), so that the other ranges empty whole.
  *   Phase 3 (compact.phase.evacuate).  Barrier.  Units are claimed by any
  *     participant (GLOBAL) or run by the pools' owner (PER_DOMAIN; the
  *     leader runs those of owners that are not participating).  Each live
@@ -116,7 +119,7 @@ static int rg_better(const rgreedy *g, size_t a, size_t b) {
   uint64_t y = (uint64_t)g->gain[b] * g->cost[a];
   if (x != y)
     return x > y;
-  /* live per unit of cost, as a cross product (at most 2^40 * 2^9) */
+  /* live bytes per unit of cost, as a cross product (at most 2^21 * 2^9) */
   x = g->live[a] * g->cost[b];
   y = g->live[b] * g->cost[a];
   if (x != y)
@@ -158,7 +161,7 @@ static size_t range_of(const struct ph_heap *h, const ph_compact_plan *plan,
 
 static void choose_ranges_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   ph_stw *s = &h->stw;
-  if (h->cfg.huge_pages == PH_HUGE_OFF ||
+  if (h->cfg.huge_pages == PH_HUGE_OFF || h->cfg.release == PH_RELEASE_KEEP ||
       h->cfg.compact_scope != PH_COMPACT_GLOBAL ||
       h->pool_size >= PH_HUGE_PAGE_SIZE || h->nchunks == 0)
     return;
