@@ -14,7 +14,7 @@
  *   compact [--shape W1|W2|W50|Wskew|Wbig] [--n N] [--domains D] [--keep K]
  *           [--skew] [--seed S] [--runs R] [--scope global|per-domain]
  *           [--release decommit|unmap|lazy|keep] [--domains-compacting 1|2]
- *           [--gc-percent P] [--quick]
+ *           [--gc-percent P] [--huge off|transparent|explicit] [--quick]
  */
 #include <poolheap.h>
 
@@ -36,6 +36,7 @@ typedef struct bench_opts {
   uint64_t seed;
   ph_release_mode release;
   ph_compact_scope scope;
+  ph_huge_mode huge;
 } bench_opts;
 
 typedef struct part {
@@ -225,6 +226,7 @@ static int run_once(int run) {
   cfg.compact_scope = opt.scope;
   cfg.gc_percent = opt.gc_percent;
   cfg.gc_helpers = opt.helpers;
+  cfg.huge_pages = opt.huge;
   int e = ph_heap_create(&cfg, &heap);
   if (e != PH_OK) {
     fail("ph_heap_create", e);
@@ -255,17 +257,18 @@ static int run_once(int run) {
   int ok = res.error[0] == 0 && res.checksum_before == res.checksum_after &&
            res.verify_ok && res.second_evacuated_bytes == 0;
   static const char *rel[] = {"decommit", "unmap", "lazy", "keep"};
+  static const char *huge[] = {"off", "transparent", "explicit"};
   FILE *f = stdout;
   fprintf(f, "{\"system\":\"poolheap\",\"shape\":");
   peer_json_str(f, opt.shape);
   fprintf(f,
           ",\"n\":%lld,\"domains\":%d,\"keep\":%d,\"skew\":%s,\"seed\":%llu,"
           "\"run\":%d,\"scope\":\"%s\",\"release\":\"%s\","
-          "\"domains_compacting\":%d,\"helpers\":%u",
+          "\"domains_compacting\":%d,\"helpers\":%u,\"huge\":\"%s\"",
           opt.n, opt.domains, opt.keep, opt.skew ? "true" : "false",
           (unsigned long long)opt.seed, run,
           opt.scope == PH_COMPACT_GLOBAL ? "global" : "per-domain",
-          rel[opt.release], opt.compacting, opt.helpers);
+          rel[opt.release], opt.compacting, opt.helpers, huge[opt.huge]);
   fprintf(f,
           ",\"build_ms\":%.3f,\"collect_ms\":%.3f,\"compact_ms\":%.3f,"
           "\"whole_ms\":%.3f,\"compact_phase_ms\":%.3f,\"evacuate_ms\":%.3f,"
@@ -326,7 +329,7 @@ static void usage(void) {
       "               [--release decommit|unmap|lazy|keep]\n"
       "               [--domains-compacting 1|2] [--gc-percent P] "
       "[--helpers H|auto]\n"
-      "               [--quick]\n");
+      "               [--huge off|transparent|explicit] [--quick]\n");
   exit(1);
 }
 
@@ -390,6 +393,16 @@ int main(int argc, char **argv) {
         opt.scope = PH_COMPACT_GLOBAL;
       else if (strcmp(s, "per-domain") == 0)
         opt.scope = PH_COMPACT_PER_DOMAIN;
+      else
+        usage();
+    } else if (strcmp(o, "--huge") == 0) {
+      const char *s = argv[++a];
+      if (strcmp(s, "off") == 0)
+        opt.huge = PH_HUGE_OFF;
+      else if (strcmp(s, "transparent") == 0)
+        opt.huge = PH_HUGE_TRANSPARENT;
+      else if (strcmp(s, "explicit") == 0)
+        opt.huge = PH_HUGE_EXPLICIT;
       else
         usage();
     } else if (strcmp(o, "--release") == 0) {

@@ -9,6 +9,7 @@
  *
  *   demo_worker [--mode compact|collect] [--tasks T] [--bytes S[k|M|G]]
  *               [--keep K] [--seed S] [--json FILE]
+ *               [--huge off|transparent|explicit]
  */
 #include "demos/demo_common.h"
 
@@ -16,7 +17,8 @@
 
 static void usage(void) {
   fprintf(stderr, "usage: demo_worker [--mode compact|collect] [--tasks T] "
-                  "[--bytes S] [--keep K] [--seed S] [--json FILE]\n");
+                  "[--bytes S] [--keep K] [--seed S] [--json FILE] "
+                  "[--huge off|transparent|explicit]\n");
   exit(1);
 }
 
@@ -25,6 +27,8 @@ int main(int argc, char **argv) {
   int K = 100, have_seed = 0, compact = 1;
   uint64_t seed = 0;
   const char *json_path = "-";
+  ph_config cfg;
+  ph_config_init(&cfg);
   for (int a = 1; a < argc; a++) {
     if (a + 1 >= argc)
       usage();
@@ -46,6 +50,16 @@ int main(int argc, char **argv) {
         compact = 0;
       else
         usage();
+    } else if (strcmp(o, "--huge") == 0) {
+      a++;
+      if (strcmp(argv[a], "off") == 0)
+        cfg.huge_pages = PH_HUGE_OFF;
+      else if (strcmp(argv[a], "transparent") == 0)
+        cfg.huge_pages = PH_HUGE_TRANSPARENT;
+      else if (strcmp(argv[a], "explicit") == 0)
+        cfg.huge_pages = PH_HUGE_EXPLICIT;
+      else
+        usage();
     } else if (strcmp(o, "--json") == 0)
       json_path = argv[++a];
     else
@@ -62,7 +76,7 @@ int main(int argc, char **argv) {
           system, T, S, K, (unsigned long long)seed);
 
   ph_heap *heap;
-  int err = ph_heap_create(NULL, &heap);
+  int err = ph_heap_create(&cfg, &heap);
   if (err != PH_OK)
     demo_die(js, system, "ph_heap_create: %s", ph_strerror(err));
   ph_domain *d;

@@ -254,7 +254,10 @@ void ph_blocking_leave(ph_domain *d);
  * several domains coalesce. */
 int ph_collect(ph_domain *d);
 /* A full collection, then compaction, then release of free pools to the OS,
- * with every running domain taking part.  Coalesces like ph_collect. */
+ * with every running domain taking part.  Coalesces like ph_collect.  With
+ * huge pages, memory goes back only in whole 2 MiB ranges; in
+ * PH_COMPACT_GLOBAL scope the pools kept are then chosen inside the ranges
+ * that stay in use, so that the other ranges empty whole. */
 int ph_compact(ph_domain *d);
 /* Stop the world and check every invariant.  PH_OK, or PH_ECORRUPT with a
  * description written to why (if why_size > 0). */
