@@ -1,0 +1,1487 @@
+/* tests/test_pools.c -- the pool layer through its own header only
+ * (include/poolheap_pools.h), with a small test collector of its own.
+ *
+ * The collector marks like OCaml 5: three colours rotate at every cycle
+ * (MARKED, UNMARKED, GARBAGE; the fourth stays unused); blocks are allocated
+ * MARKED; at a cycle the leader rotates the colours (GARBAGE := UNMARKED)
+ * and every owner calls php_cycle; the roots are darkened; then each thread
+ * marks (atomic CAS UNMARKED -> MARKED in the header), sweeps its own owner
+ * with a budget (php_sweep) and mutates (allocation, stores with a deletion
+ * barrier: snapshot at the beginning), all concurrently.
+ *
+ * Block kinds, as in OCaml:
+ *   T_TUPLE   every field a value
+ *   T_CLOS    f0 a raw code word (here: an address inside the heap, which
+ *             must never be forwarded), f1 the first environment field (an
+ *             immediate), f2 an infix header, f3 a raw code word, f4.. values.
+ *             A value may point at f3 (an infix pointer): its block is found
+ *             from the infix header, as OCaml does.
+ *   T_RAW     raw words (random bits; never scanned)
+ *   large T_TUPLE blocks beyond the largest size class
+ *
+ * After every compaction the hash of the reachable graph (a canonical walk:
+ * node numbers and offsets, never addresses) is unchanged, php_verify is
+ * clean, a second compaction moves nothing, and memory was released.
+ * Random tests print their seed; POOLHEAP_SEED repeats a run.  Under
+ * ThreadSanitizer the sizes are scaled down.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "poolheap_pools.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------ harness */
+#if defined(__SANITIZE_THREAD__)
+#define T_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define T_TSAN 1
+#endif
+#endif
+#ifndef T_TSAN
+#define T_TSAN 0
+#endif
+#define SCALE(n, div) (T_TSAN ? ((n) / (div) ? (n) / (div) : 1) : (n))
+
+static uint64_t seed(void) {
+  static uint64_t s;
+  static int have;
+  if (!have) {
+    const char *e = getenv("POOLHEAP_SEED");
+    if (e && *e) {
+      s = strtoull(e, NULL, 0);
+    } else {
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      s = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^
+          ((uint64_t)getpid() << 40);
+    }
+    have = 1;
+    printf("seed %" PRIu64 " (repeat with POOLHEAP_SEED=%" PRIu64 ")\n", s, s);
+    fflush(stdout);
+  }
+  return s;
+}
+
+typedef struct rng {
+  uint64_t s;
+} rng;
+
+static void rng_init(rng *r, uint64_t stream) {
+  uint64_t x = seed() + 0x9e3779b97f4a7c15ull * (stream + 1);
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  r->s = x ? x : 1;
+}
+
+static uint64_t rnext(rng *r) {
+  uint64_t x = r->s;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  r->s = x;
+  return x * 0x2545f4914f6cdd1dull;
+}
+
+static size_t below(rng *r, size_t n) {
+  return (size_t)(rnext(r) % n);
+}
+
+/* Checks in threads other than cmocka's: counted, asserted later. */
+static atomic_int failures;
+#define CHECK(c)                                                               \
+  do {                                                                         \
+    if (!(c)) {                                                                \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);    \
+      atomic_fetch_add(&failures, 1);                                          \
+    }                                                                          \
+  } while (0)
+
+static void assert_no_failures(void) {
+  assert_int_equal(atomic_exchange(&failures, 0), 0);
+}
+
+static void verify_ok(php_heap *h) {
+  char why[512];
+  why[0] = 0;
+  int e = php_verify(h, why, sizeof why);
+  if (e != PH_OK)
+    fail_msg("php_verify: %s: %s", ph_strerror(e), why);
+}
+
+/* The same from any thread. */
+static void verify_ok_mt(php_heap *h) {
+  char why[512];
+  why[0] = 0;
+  int e = php_verify(h, why, sizeof why);
+  if (e != PH_OK)
+    fprintf(stderr, "php_verify: %s: %s\n", ph_strerror(e), why);
+  CHECK(e == PH_OK);
+}
+
+static php_heap_stats hstats(php_heap *h) {
+  php_heap_stats st;
+  int e = php_heap_stats_get(h, &st);
+  CHECK(e == PH_OK);
+  return st;
+}
+
+/* ------------------------------------------------------ block kinds */
+enum { T_TUPLE = 0, T_CLOS = 247, T_INFIX = 249, T_RAW = 251 };
+#define CLOS_ENV 4   /* first environment field of a T_CLOS */
+#define CLOS_INFIX 3 /* field an infix pointer points at */
+
+/* The block an (interior) value belongs to: an infix pointer is moved back
+ * by its infix header's wosize, as in OCaml. */
+static ph_value block_of(ph_value v) {
+  ph_value hd = php_hd_load(v);
+  if (php_hd_tag(hd) == T_INFIX)
+    return v - php_hd_wosize(hd) * sizeof(ph_value);
+  return v;
+}
+
+/* The slots of b that hold values (the scan_block of the embedder). */
+static void scan_block(ph_value b, ph_visit_fn visit, void *ctx, void *user) {
+  (void)user;
+  ph_value hd = php_hd_load(b);
+  ph_value *f = (ph_value *)b;
+  size_t wo = php_hd_wosize(hd), i = 0;
+  switch (php_hd_tag(hd)) {
+  case T_TUPLE:
+    break;
+  case T_CLOS:
+    i = (size_t)ph_int_val(f[1]);
+    break;
+  default:
+    return;
+  }
+  for (; i < wo; i++)
+    visit(&f[i], ctx);
+}
+
+/* ------------------------------------------------------------ colours */
+/* Written by one thread while the others wait at a barrier. */
+typedef struct colours {
+  unsigned marked, unmarked, garbage;
+} colours;
+static colours col;
+
+static void colours_reset(php_heap *h) {
+  col = (colours){0, 1, 2};
+  assert_int_equal(php_set_colours(h, col.garbage), PH_OK);
+}
+
+/* OCaml's cycle: UNMARKED := MARKED, GARBAGE := UNMARKED, MARKED := the old
+ * GARBAGE (no block has it: it was swept). */
+static void colours_rotate(php_heap *h) {
+  colours n = {col.garbage, col.marked, col.unmarked};
+  col = n;
+  CHECK(php_set_colours(h, col.garbage) == PH_OK);
+}
+
+/* ------------------------------------------------- the allocation model */
+/* What the test itself allocated and saw freed (on_free), for the recount
+ * of the layer's counters. */
+static atomic_uint_least64_t m_small_blocks, m_small_words, m_large_blocks;
+static atomic_uint_least64_t m_freed;
+static size_t max_small; /* php_heap_stats.max_small_wosize */
+
+static void on_free(ph_value b, void *user) {
+  (void)user;
+  ph_value hd = php_hd_load(b);
+  size_t wo = php_hd_wosize(hd);
+  CHECK(wo > 0);
+  CHECK(php_hd_colour(hd) == col.garbage);
+  if (wo > max_small) {
+    atomic_fetch_sub(&m_large_blocks, 1);
+  } else {
+    atomic_fetch_sub(&m_small_blocks, 1);
+    atomic_fetch_sub(&m_small_words, wo + 1);
+  }
+  atomic_fetch_add(&m_freed, 1);
+}
+
+static void model_reset(void) {
+  atomic_store(&m_small_blocks, 0);
+  atomic_store(&m_small_words, 0);
+  atomic_store(&m_large_blocks, 0);
+  atomic_store(&m_freed, 0);
+}
+
+static ph_value alloc_counted(php_owner *o, size_t wo, unsigned tag) {
+  ph_value v = php_alloc(o, wo, (col.marked << PHP_HD_COLOUR_SHIFT) | tag);
+  CHECK(v != 0);
+  if (!v)
+    return 0;
+  CHECK(((ph_value *)v)[-1] == php_hd_make(wo, col.marked, tag));
+  if (wo > max_small) {
+    atomic_fetch_add(&m_large_blocks, 1);
+  } else {
+    atomic_fetch_add(&m_small_blocks, 1);
+    atomic_fetch_add(&m_small_words, wo + 1);
+  }
+  return v;
+}
+
+/* A random value among src[0..n) (an infix pointer for a closure, half the
+ * time), or an immediate. */
+static ph_value pick(rng *r, const ph_value *src, size_t n) {
+  if (n == 0 || below(r, 8) == 0)
+    return ph_val_int((intptr_t)below(r, 1000));
+  ph_value v = __atomic_load_n(&src[below(r, n)], __ATOMIC_ACQUIRE);
+  if (ph_is_block(v) && php_hd_tag(php_hd_load(v)) == T_CLOS &&
+      below(r, 2) == 0)
+    v += CLOS_INFIX * sizeof(ph_value);
+  return v;
+}
+
+/* A new block of a random kind whose value fields come from src (read with
+ * acquire loads: src may be shared).  Its fields are written before it is
+ * returned; the caller publishes it with a release store. */
+static ph_value make_block(php_owner *o, rng *r, const ph_value *src, size_t n,
+                           int allow_large) {
+  size_t k = below(r, 100);
+  if (allow_large && k == 0) {
+    size_t wo = max_small + 1 + below(r, 3000);
+    ph_value v = alloc_counted(o, wo, T_TUPLE);
+    if (v)
+      for (size_t i = 0; i < wo; i++)
+        ((ph_value *)v)[i] = i % 64 == 0 ? pick(r, src, n) : ph_val_int(7);
+    return v;
+  }
+  if (k < 55) {
+    size_t wo = 1 + below(r, k < 40 ? 6 : 60);
+    ph_value v = alloc_counted(o, wo, T_TUPLE);
+    if (v)
+      for (size_t i = 0; i < wo; i++)
+        ((ph_value *)v)[i] = pick(r, src, n);
+    return v;
+  }
+  if (k < 80) {
+    size_t wo = CLOS_ENV + 1 + below(r, 12);
+    ph_value v = alloc_counted(o, wo, T_CLOS);
+    if (!v)
+      return 0;
+    ph_value *f = (ph_value *)v;
+    /* raw code words that look like heap pointers: never forwarded */
+    ph_value any = n ? __atomic_load_n(&src[below(r, n)], __ATOMIC_ACQUIRE) : 0;
+    f[0] = ph_is_block(any) ? any : (ph_value)0x1000;
+    f[1] = ph_val_int(CLOS_ENV);
+    f[2] = php_hd_make(CLOS_INFIX, 0, T_INFIX);
+    f[3] = v; /* itself, raw */
+    for (size_t i = CLOS_ENV; i < wo; i++)
+      f[i] = pick(r, src, n);
+    return v;
+  }
+  size_t wo = 1 + below(r, 40);
+  ph_value v = alloc_counted(o, wo, T_RAW);
+  if (v)
+    for (size_t i = 0; i < wo; i++)
+      ((ph_value *)v)[i] = (ph_value)rnext(r) & ~(ph_value)1; /* even: looks
+                                                                 like a ptr */
+  return v;
+}
+
+/* --------------------------------------------------- graph identity */
+typedef struct nmap {
+  ph_value *k;
+  size_t *n;
+  size_t cap, used;
+} nmap;
+
+static size_t nm_slot(const nmap *m, ph_value v) {
+  size_t j = (size_t)((v >> 3) * 0x9e3779b97f4a7c15ull >> 17) & (m->cap - 1);
+  while (m->k[j] && m->k[j] != v)
+    j = (j + 1) & (m->cap - 1);
+  return j;
+}
+
+/* The number of v, adding it (as `next`) if new; *added says which. */
+static size_t nm_get(nmap *m, ph_value v, size_t next, int *added) {
+  if ((m->used + 1) * 2 > m->cap) {
+    nmap g = {calloc(m->cap ? m->cap * 2 : 4096, sizeof(ph_value)),
+              calloc(m->cap ? m->cap * 2 : 4096, sizeof(size_t)),
+              m->cap ? m->cap * 2 : 4096, m->used};
+    assert_non_null(g.k);
+    assert_non_null(g.n);
+    for (size_t i = 0; i < m->cap; i++)
+      if (m->k[i]) {
+        size_t j = nm_slot(&g, m->k[i]);
+        g.k[j] = m->k[i];
+        g.n[j] = m->n[i];
+      }
+    free(m->k);
+    free(m->n);
+    *m = g;
+  }
+  size_t j = nm_slot(m, v);
+  *added = !m->k[j];
+  if (*added) {
+    m->k[j] = v;
+    m->n[j] = next;
+    m->used++;
+  }
+  return m->n[j];
+}
+
+typedef struct graph {
+  uint64_t hash;
+  size_t blocks;
+  int all_marked; /* every reachable block has colour `want` */
+} graph;
+
+static uint64_t mix(uint64_t h, uint64_t x) {
+  h ^= x + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+  return h * 0xff51afd7ed558ccdull;
+}
+
+/* A canonical walk from roots: nodes numbered in discovery order, a pointer
+ * hashed as (number of its block, offset), raw words by their bits.  Equal
+ * for the same graph at other addresses.  want: the colour every reachable
+ * block must have (or 4: none). */
+static graph walk(ph_value *const *rootsets, const size_t *nroots, size_t nsets,
+                  unsigned want) {
+  nmap m = {0};
+  size_t cap = 4096, top = 0, next = 0;
+  ph_value *stack = malloc(cap * sizeof *stack);
+  assert_non_null(stack);
+  graph g = {0, 0, 1};
+  for (size_t s = 0; s < nsets; s++)
+    for (size_t i = 0; i < nroots[s]; i++) {
+      ph_value v = rootsets[s][i];
+      if (!ph_is_block(v)) {
+        g.hash = mix(g.hash, v);
+        continue;
+      }
+      ph_value b = block_of(v);
+      int added;
+      size_t n = nm_get(&m, b, next, &added);
+      g.hash = mix(mix(g.hash, n), v - b);
+      if (!added)
+        continue;
+      next++;
+      stack[top++] = b;
+      while (top) {
+        ph_value x = stack[--top];
+        ph_value hd = php_hd_load(x);
+        g.blocks++;
+        if (want < 4 && php_hd_colour(hd) != want)
+          g.all_marked = 0;
+        size_t wo = php_hd_wosize(hd);
+        unsigned tag = php_hd_tag(hd);
+        g.hash = mix(mix(g.hash, wo), tag);
+        ph_value *f = (ph_value *)x;
+        size_t first = tag == T_TUPLE  ? 0
+                       : tag == T_CLOS ? (size_t)ph_int_val(f[1])
+                                       : wo;
+        for (size_t k = 0; k < wo; k++) {
+          ph_value y = f[k];
+          if (k < first || !ph_is_block(y)) {
+            /* raw words: the code words of a closure keep their bits */
+            g.hash = mix(g.hash, y);
+            continue;
+          }
+          ph_value yb = block_of(y);
+          size_t yn = nm_get(&m, yb, next, &added);
+          g.hash = mix(mix(g.hash, yn + 1), y - yb);
+          if (added) {
+            next++;
+            if (top == cap) {
+              cap *= 2;
+              stack = realloc(stack, cap * sizeof *stack);
+              assert_non_null(stack);
+            }
+            stack[top++] = yb;
+          }
+        }
+      }
+    }
+  free(stack);
+  free(m.k);
+  free(m.n);
+  return g;
+}
+
+/* The same through closures' code words: they must equal what the test
+ * wrote (f3 == the closure itself, raw). */
+static int closures_intact(ph_value *roots, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    ph_value v = roots[i];
+    if (!ph_is_block(v))
+      continue;
+    ph_value b = block_of(v);
+    ph_value hd = php_hd_load(b);
+    if (php_hd_tag(hd) == T_CLOS) {
+      const ph_value *f = (const ph_value *)b;
+      if (f[2] != php_hd_make(CLOS_INFIX, 0, T_INFIX) ||
+          f[1] != ph_val_int(CLOS_ENV))
+        return 0;
+    }
+  }
+  return 1;
+}
+
+/* ------------------------------------------- counters against a recount */
+static php_counters counters_sum(php_owner **owners, size_t n, php_heap *h) {
+  php_counters sum = {0}, c;
+  for (size_t i = 0; i < n + 1; i++) {
+    int e =
+        i < n ? php_owner_counters(owners[i], &c) : php_orphan_counters(h, &c);
+    CHECK(e == PH_OK);
+    sum.pool_words += c.pool_words;
+    sum.pool_live_words += c.pool_live_words;
+    sum.pool_live_blocks += c.pool_live_blocks;
+    sum.pool_frag_words += c.pool_frag_words;
+    sum.large_words += c.large_words;
+    sum.large_blocks += c.large_blocks;
+    CHECK(c.pool_max_words >= c.pool_words);
+    CHECK(c.large_max_words >= c.large_words);
+    CHECK(c.pool_live_words + c.pool_frag_words <= c.pool_words);
+  }
+  return sum;
+}
+
+/* The layer's counters (owners and orphans) equal the test's own model and
+ * the heap's unit figures. */
+static void check_counters(php_owner **owners, size_t n, php_heap *h) {
+  php_counters s = counters_sum(owners, n, h);
+  php_heap_stats st = hstats(h);
+  CHECK(s.pool_live_blocks == atomic_load(&m_small_blocks));
+  CHECK(s.pool_live_words == atomic_load(&m_small_words));
+  CHECK(s.large_blocks == atomic_load(&m_large_blocks));
+  CHECK(s.pool_words * 8 == st.pool_bytes);
+  CHECK(s.large_words * 8 == st.large_bytes);
+  if (s.pool_live_blocks != atomic_load(&m_small_blocks) ||
+      s.pool_live_words != atomic_load(&m_small_words))
+    fprintf(stderr,
+            "counters: blocks %" PRIu64 "/%" PRIu64 " words %" PRIu64
+            "/%" PRIu64 "\n",
+            (uint64_t)s.pool_live_blocks,
+            (uint64_t)atomic_load(&m_small_blocks), (uint64_t)s.pool_live_words,
+            (uint64_t)atomic_load(&m_small_words));
+}
+
+/* ------------------------------------------------ marking (single thread) */
+typedef struct mstack {
+  ph_value *e;
+  size_t n, cap;
+} mstack;
+
+static void ms_push(mstack *s, ph_value v) {
+  if (s->n == s->cap) {
+    s->cap = s->cap ? s->cap * 2 : 1024;
+    s->e = realloc(s->e, s->cap * sizeof *s->e);
+    if (!s->e)
+      abort();
+  }
+  s->e[s->n++] = v;
+}
+
+/* Darken: UNMARKED -> MARKED with a CAS (other markers race), push the
+ * winner.  A reachable block never has the garbage colour. */
+static void darken(mstack *s, ph_value v) {
+  if (!ph_is_block(v))
+    return;
+  ph_value b = block_of(v);
+  ph_value *hp = (ph_value *)b - 1;
+  ph_value hd = __atomic_load_n(hp, __ATOMIC_RELAXED);
+  for (;;) {
+    unsigned c = php_hd_colour(hd);
+    CHECK(c != col.garbage);
+    CHECK(hd != 0);
+    if (c != col.unmarked)
+      return;
+    ph_value nh = (hd & ~PHP_HD_COLOUR_MASK) |
+                  ((ph_value)col.marked << PHP_HD_COLOUR_SHIFT);
+    if (__atomic_compare_exchange_n(hp, &hd, nh, 0, __ATOMIC_RELAXED,
+                                    __ATOMIC_RELAXED)) {
+      ms_push(s, b);
+      return;
+    }
+  }
+}
+
+static void darken_slot(ph_value *slot, void *ctx) {
+  darken(ctx, __atomic_load_n(slot, __ATOMIC_ACQUIRE));
+}
+
+/* Pop up to n blocks and darken their fields. */
+static void mark_some(mstack *s, size_t n) {
+  while (s->n && n--) {
+    ph_value b = s->e[--s->n];
+    scan_block(b, darken_slot, s, NULL);
+  }
+}
+
+/* One whole cycle on a quiescent heap (single thread): sweep what is left,
+ * rotate, cycle every owner, mark from roots to the end. */
+static void full_cycle(php_heap *h, php_owner **owners, size_t no,
+                       ph_value *roots, size_t nr) {
+  for (size_t i = 0; i < no; i++)
+    while (php_sweep(owners[i], 1 << 20) <= 0)
+      ;
+  colours_rotate(h);
+  for (size_t i = 0; i < no; i++)
+    assert_int_equal(php_cycle(owners[i]), PH_OK);
+  mstack s = {0};
+  for (size_t i = 0; i < nr; i++)
+    darken(&s, roots[i]);
+  while (s.n)
+    mark_some(&s, SIZE_MAX);
+  free(s.e);
+}
+
+/* --------------------------------------------------------- compaction */
+typedef struct cenv {
+  php_heap *h;
+  pthread_barrier_t bar;
+  unsigned nparts;
+  ph_value **roots; /* roots[part][0..nroots[part]) */
+  size_t *nroots;
+  /* a value kept outside every visited slot: forwarded with php_forward by
+   * participant 0 from its scan_roots */
+  ph_value side;
+  ph_value side_fwd;
+  php_compact_ops ops;
+  int result[16];
+} cenv;
+
+static void c_barrier(void *user) {
+  cenv *c = user;
+  pthread_barrier_wait(&c->bar);
+}
+
+static void c_scan_roots(unsigned part, ph_visit_fn visit, void *ctx,
+                         void *user) {
+  cenv *c = user;
+  for (size_t i = 0; i < c->nroots[part]; i++)
+    visit(&c->roots[part][i], ctx);
+  if (part == 0)
+    c->side_fwd = php_forward(c->h, c->side);
+}
+
+typedef struct cpart {
+  cenv *c;
+  unsigned part;
+} cpart;
+
+static void *c_part_main(void *arg) {
+  cpart *p = arg;
+  p->c->result[p->part] = php_compact_stw(p->c->h, p->part, &p->c->ops);
+  return NULL;
+}
+
+/* Run a compaction with nparts participants (this thread is part 0). */
+static int compact_run(cenv *c) {
+  pthread_t t[16];
+  cpart parts[16];
+  assert_true(c->nparts >= 1 && c->nparts <= 16);
+  pthread_barrier_init(&c->bar, NULL, c->nparts);
+  c->ops = (php_compact_ops){.nparts = c->nparts,
+                             .barrier = c_barrier,
+                             .scan_roots = c_scan_roots,
+                             .scan_block = scan_block,
+                             .live_colours = 1u << col.unmarked,
+                             .user = c};
+  for (unsigned i = 1; i < c->nparts; i++) {
+    parts[i] = (cpart){c, i};
+    assert_int_equal(pthread_create(&t[i], NULL, c_part_main, &parts[i]), 0);
+  }
+  parts[0] = (cpart){c, 0};
+  c_part_main(&parts[0]);
+  for (unsigned i = 1; i < c->nparts; i++)
+    pthread_join(t[i], NULL);
+  pthread_barrier_destroy(&c->bar);
+  for (unsigned i = 1; i < c->nparts; i++)
+    assert_int_equal(c->result[i], c->result[0]);
+  return c->result[0];
+}
+
+/* ====================================================================== */
+
+static php_heap *heap_new(size_t pool_size) {
+  php_config cfg;
+  php_config_init(&cfg);
+  cfg.on_free = on_free;
+  if (pool_size)
+    cfg.pool_size = pool_size;
+  php_heap *h = NULL;
+  assert_int_equal(php_heap_create(&cfg, &h), PH_OK);
+  assert_non_null(h);
+  php_heap_stats st;
+  assert_int_equal(php_heap_stats_get(h, &st), PH_OK);
+  max_small = st.max_small_wosize;
+  model_reset();
+  colours_reset(h);
+  return h;
+}
+
+/* Bad input is refused with its code and changes nothing. */
+static void test_errors(void **state) {
+  (void)state;
+  php_config cfg;
+  php_config_init(&cfg);
+  php_heap *h = (php_heap *)0x1;
+  cfg.pool_size = 3000;
+  assert_int_equal(php_heap_create(&cfg, &h), PH_EINVAL);
+  assert_ptr_equal(h, (php_heap *)0x1);
+  php_config_init(&cfg);
+  cfg.huge_pages = (ph_huge_mode)7;
+  assert_int_equal(php_heap_create(&cfg, &h), PH_EINVAL);
+  php_config_init(&cfg);
+  cfg.release = (ph_release_mode)9;
+  assert_int_equal(php_heap_create(&cfg, &h), PH_EINVAL);
+  assert_int_equal(php_heap_create(NULL, NULL), PH_EINVAL);
+  assert_int_equal(php_heap_destroy(NULL), PH_EINVAL);
+
+  h = heap_new(0);
+  php_owner *o = (php_owner *)0x1;
+  assert_int_equal(php_owner_create(NULL, &o), PH_EINVAL);
+  assert_int_equal(php_owner_create(h, NULL), PH_EINVAL);
+  assert_ptr_equal(o, (php_owner *)0x1);
+  assert_int_equal(php_owner_create(h, &o), PH_OK);
+  assert_ptr_equal(php_owner_heap(o), h);
+  assert_null(php_owner_heap(NULL));
+  assert_int_equal(php_last_error(o), PH_OK);
+
+  assert_int_equal(php_alloc(o, 0, 0), 0);
+  assert_int_equal(php_last_error(o), PH_EINVAL);
+  assert_int_equal(php_alloc(o, 1, 1024), 0);
+  assert_int_equal(php_last_error(o), PH_EINVAL);
+  assert_int_equal(php_alloc(o, PH_MAX_WOSIZE + 1, 0), 0);
+  assert_int_equal(php_last_error(o), PH_EINVAL);
+  assert_int_equal(php_alloc(NULL, 1, 0), 0);
+  assert_int_equal(php_set_colours(h, 4), PH_EINVAL);
+  assert_int_equal(php_set_colours(NULL, 1), PH_EINVAL);
+  assert_int_equal(php_sweep(NULL, 100), 100);
+
+  /* every header bit combination is the embedder's, colour 3 included */
+  ph_value v = php_alloc(o, 3, (3u << PHP_HD_COLOUR_SHIFT) | 200);
+  assert_true(v != 0);
+  assert_int_equal(php_last_error(o), PH_EINVAL); /* not cleared */
+  assert_int_equal(((ph_value *)v)[-1], php_hd_make(3, 3, 200));
+  ((ph_value *)v)[-1] = php_hd_make(3, col.marked, 0);
+
+  /* more than the machine can back: refused, nothing kept */
+  php_heap_stats st = hstats(h);
+  assert_int_equal(php_alloc(o, (size_t)1 << 39, 0), 0);
+  assert_int_equal(php_last_error(o), PH_ENOMEM);
+  php_heap_stats st2 = hstats(h);
+  assert_int_equal(st2.committed_bytes, st.committed_bytes);
+  assert_int_equal(st2.mappings, st.mappings);
+
+  php_counters c = {.pool_words = 12345};
+  assert_int_equal(php_owner_counters(NULL, &c), PH_EINVAL);
+  assert_int_equal(php_owner_counters(o, NULL), PH_EINVAL);
+  assert_int_equal(c.pool_words, 12345);
+  assert_int_equal(php_orphan_counters(NULL, &c), PH_EINVAL);
+  assert_int_equal(php_heap_stats_get(NULL, &st), PH_EINVAL);
+
+  /* visiting: not an address of the heap */
+  static ph_value outside[4];
+  assert_int_equal(php_visit_pool_of(h, (ph_value)&outside[1], NULL, NULL),
+                   PH_EINVAL);
+  assert_int_equal(php_visit_pool_of(h, 0, NULL, NULL), PH_EINVAL);
+
+  /* compaction with bad ops: refused before any barrier */
+  php_compact_ops ops = {.nparts = 1, .barrier = NULL};
+  assert_int_equal(php_compact_stw(h, 0, &ops), PH_EINVAL);
+  cenv ce = {.h = h};
+  ops = (php_compact_ops){.nparts = 1,
+                          .barrier = c_barrier,
+                          .scan_block = scan_block,
+                          .live_colours = 1u << col.garbage,
+                          .user = &ce};
+  assert_int_equal(php_compact_stw(h, 0, &ops), PH_EINVAL);
+  ops.live_colours = 1u << col.unmarked;
+  assert_int_equal(php_compact_stw(h, 1, &ops), PH_EINVAL);
+  ops.nparts = 0;
+  assert_int_equal(php_compact_stw(h, 0, &ops), PH_EINVAL);
+  assert_int_equal(php_compact_stw(h, 0, NULL), PH_EINVAL);
+  assert_int_equal(php_compact_stw(NULL, 0, &ops), PH_EINVAL);
+
+  /* outside a compaction php_forward changes nothing */
+  assert_int_equal(php_forward(h, v), v);
+  assert_int_equal(php_forward(h, v + 8), v + 8);
+  assert_int_equal(php_forward(h, PH_UNIT), PH_UNIT);
+
+  /* php_cycle with memory left unswept */
+  assert_int_equal(php_cycle(o), PH_OK);
+  assert_int_equal(php_cycle(o), PH_ESTATE);
+  while (php_sweep(o, 1000) <= 0)
+    ;
+  assert_int_equal(php_cycle(o), PH_OK);
+  while (php_sweep(o, 1000) <= 0)
+    ;
+
+  assert_int_equal(php_heap_destroy(h), PH_ESTATE);
+  verify_ok(h);
+  assert_int_equal(php_owner_destroy(o), PH_OK);
+  assert_int_equal(php_owner_destroy(NULL), PH_EINVAL);
+  assert_int_equal(php_heap_destroy(h), PH_OK);
+  assert_no_failures();
+}
+
+/* Allocation in every class and large: header, counters, a sweep that
+ * frees the garbage colour and keeps every other colour. */
+static void test_alloc_sweep(void **state) {
+  (void)state;
+  php_heap *h = heap_new(0);
+  php_owner *o;
+  assert_int_equal(php_owner_create(h, &o), PH_OK);
+  rng r;
+  rng_init(&r, 1);
+  enum { N = 20000 };
+  ph_value *b = malloc(N * sizeof *b);
+  size_t *wos = malloc(N * sizeof *wos);
+  assert_non_null(b);
+  assert_non_null(wos);
+  uint64_t words = 0, blocks = 0, large = 0;
+  for (size_t i = 0; i < N; i++) {
+    size_t wo = i % 997 == 0 ? max_small + 1 + below(&r, 5000)
+                             : 1 + below(&r, max_small);
+    wos[i] = wo;
+    unsigned c = (unsigned)below(&r, 4);
+    b[i] = php_alloc(o, wo, (c << PHP_HD_COLOUR_SHIFT) | (unsigned)(i & 255));
+    assert_true(b[i] != 0);
+    assert_int_equal(((ph_value *)b[i])[-1], php_hd_make(wo, c, i & 255));
+    assert_int_equal(b[i] & 7, 0);
+    for (size_t k = 0; k < (wo < 8 ? wo : 8); k++)
+      ((ph_value *)b[i])[k] = (ph_value)i;
+    if (wo > max_small) {
+      large++;
+    } else {
+      blocks++;
+      words += wo + 1;
+    }
+  }
+  php_counters c;
+  assert_int_equal(php_owner_counters(o, &c), PH_OK);
+  assert_int_equal(c.pool_live_blocks, blocks);
+  assert_int_equal(c.pool_live_words, words);
+  assert_int_equal(c.large_blocks, large);
+  assert_true(c.pool_words >= words);
+  assert_true(c.pool_max_words >= c.pool_words);
+  verify_ok(h);
+  /* no two blocks overlap: field 0 still holds its own index */
+  for (size_t i = 0; i < N; i++)
+    assert_int_equal(((ph_value *)b[i])[0], (ph_value)i);
+
+  /* a sweep frees exactly the garbage colour, with on_free first */
+  assert_int_equal(php_cycle(o), PH_OK);
+  uint64_t g_blocks = 0, g_words = 0, g_large = 0;
+  for (size_t i = 0; i < N; i++) {
+    ph_value hd = ((ph_value *)b[i])[-1];
+    if (php_hd_colour(hd) != col.garbage)
+      continue;
+    if (php_hd_wosize(hd) > max_small) {
+      g_large++;
+    } else {
+      g_blocks++;
+      g_words += php_hd_wosize(hd) + 1;
+    }
+  }
+  atomic_store(&m_small_blocks, blocks);
+  atomic_store(&m_small_words, words);
+  atomic_store(&m_large_blocks, large);
+  atomic_store(&m_freed, 0);
+  /* incrementally, with a small budget: every call does some work and
+   * returns what is left of it; a result > 0 means done */
+  size_t calls = 0;
+  intptr_t left;
+  while ((left = php_sweep(o, 100)) <= 0)
+    calls++;
+  assert_true(calls > 10);
+  assert_true(left <= 100);
+  assert_int_equal(php_sweep(o, 100), 100); /* nothing left */
+  assert_int_equal(php_sweep(o, 0), 0);
+  assert_int_equal(atomic_load(&m_freed), g_blocks + g_large);
+  assert_int_equal(php_owner_counters(o, &c), PH_OK);
+  assert_int_equal(c.pool_live_blocks, blocks - g_blocks);
+  assert_int_equal(c.pool_live_words, words - g_words);
+  assert_int_equal(c.large_blocks, large - g_large);
+  /* the survivors are intact; the small garbage slots are free (0) */
+  for (size_t i = 0; i < N; i++) {
+    if (wos[i] > max_small)
+      continue;
+    ph_value hd = ((ph_value *)b[i])[-1];
+    if (hd != 0)
+      assert_int_equal(((ph_value *)b[i])[0], (ph_value)i);
+  }
+  verify_ok(h);
+  php_heap_stats st = hstats(h);
+  assert_int_equal(c.pool_words * 8, st.pool_bytes);
+  assert_int_equal(c.large_words * 8, st.large_bytes);
+  free(b);
+  free(wos);
+  assert_int_equal(php_owner_destroy(o), PH_OK);
+  assert_int_equal(php_heap_destroy(h), PH_OK);
+  assert_no_failures();
+}
+
+/* php_visit_pool_of: every allocated block of the pool, any interior
+ * address, a large block alone. */
+typedef struct vctx {
+  ph_value want;
+  int found;
+  size_t n;
+  ph_value last;
+  int ordered;
+} vctx;
+
+static void visit_count(ph_value b, ph_value hd, void *user) {
+  vctx *v = user;
+  CHECK(hd != 0);
+  CHECK(hd == php_hd_load(b) || php_hd_load(b) == 0);
+  v->found |= b == v->want;
+  if (b <= v->last)
+    v->ordered = 0;
+  v->last = b;
+  v->n++;
+}
+
+static ph_value unit_of(php_heap *h, ph_value v) {
+  return v & ~(ph_value)(hstats(h).pool_size - 1);
+}
+
+static void test_visit(void **state) {
+  (void)state;
+  php_heap *h = heap_new(0);
+  php_owner *o;
+  assert_int_equal(php_owner_create(h, &o), PH_OK);
+  enum { N = 3000 };
+  ph_value b[N];
+  for (size_t i = 0; i < N; i++)
+    b[i] = alloc_counted(o, 7, T_TUPLE);
+  /* every block is visited from any address inside it; the pools (filled
+   * one after the other) partition the blocks */
+  size_t total = 0;
+  for (size_t i = 0; i < N; i++) {
+    vctx v = {.want = b[i], .ordered = 1};
+    assert_int_equal(php_visit_pool_of(h, b[i] + 3 * 8, visit_count, &v),
+                     PH_OK);
+    assert_true(v.found);
+    assert_true(v.ordered);
+    if (i == 0 || unit_of(h, b[i]) != unit_of(h, b[i - 1]))
+      total += v.n;
+  }
+  assert_int_equal(total, N);
+  /* free the even ones: the visit sees exactly the odd ones of the pool */
+  assert_int_equal(php_cycle(o), PH_OK);
+  for (size_t i = 0; i < N; i += 2)
+    ((ph_value *)b[i])[-1] = php_hd_make(7, col.garbage, T_TUPLE);
+  while (php_sweep(o, 1 << 20) <= 0)
+    ;
+  size_t odd = 0;
+  for (size_t i = 1; i < N; i += 2)
+    odd += unit_of(h, b[i]) == unit_of(h, b[1]);
+  vctx v = {.want = b[1], .ordered = 1};
+  assert_int_equal(php_visit_pool_of(h, b[1], visit_count, &v), PH_OK);
+  assert_true(v.found);
+  assert_int_equal(v.n, odd);
+  /* a large block: only itself, from any address inside it */
+  ph_value l = alloc_counted(o, max_small + 100, T_TUPLE);
+  vctx vl = {.want = l, .ordered = 1};
+  assert_int_equal(php_visit_pool_of(h, l + 8 * 50, visit_count, &vl), PH_OK);
+  assert_true(vl.found);
+  assert_int_equal(vl.n, 1);
+  assert_int_equal(php_visit_pool_of(h, l, NULL, NULL), PH_EINVAL);
+  verify_ok(h);
+  assert_int_equal(php_owner_destroy(o), PH_OK);
+  assert_int_equal(php_heap_destroy(h), PH_OK);
+  assert_no_failures();
+}
+
+/* Orphan and adopt: counters travel, blocks stay, allocation adopts an
+ * orphaned pool with room before taking a new one. */
+static void test_orphan_adopt(void **state) {
+  (void)state;
+  php_heap *h = heap_new(0);
+  php_owner *a, *b;
+  assert_int_equal(php_owner_create(h, &a), PH_OK);
+  assert_int_equal(php_owner_create(h, &b), PH_OK);
+  enum { N = 5000 };
+  ph_value *v = malloc(N * sizeof *v);
+  assert_non_null(v);
+  for (size_t i = 0; i < N; i++) {
+    v[i] = alloc_counted(a, 1 + i % 30, T_TUPLE);
+    ((ph_value *)v[i])[0] = ph_val_int((intptr_t)i);
+  }
+  alloc_counted(a, max_small + 10, T_RAW);
+  /* make some garbage and leave it unswept: orphaning sweeps it first */
+  assert_int_equal(php_cycle(a), PH_OK);
+  for (size_t i = 0; i < N; i += 3)
+    ((ph_value *)v[i])[-1] = php_hd_make(1 + i % 30, col.garbage, T_TUPLE);
+  php_counters ca, cb, co;
+  assert_int_equal(php_owner_orphan(a), PH_OK);
+  assert_int_equal(php_owner_counters(a, &ca), PH_OK);
+  assert_int_equal(ca.pool_words, 0);
+  assert_int_equal(ca.pool_live_blocks, 0);
+  assert_int_equal(ca.large_blocks, 0);
+  assert_int_equal(php_orphan_counters(h, &co), PH_OK);
+  assert_int_equal(co.pool_live_blocks, atomic_load(&m_small_blocks));
+  assert_int_equal(co.pool_live_words, atomic_load(&m_small_words));
+  assert_int_equal(co.large_blocks, 1);
+  verify_ok(h);
+  /* allocation by b adopts orphaned pools with room, class by class */
+  php_heap_stats st0 = hstats(h);
+  ph_value x = alloc_counted(b, 2, T_TUPLE); /* its class has room */
+  php_heap_stats st1 = hstats(h);
+  assert_int_equal(st1.pool_bytes, st0.pool_bytes); /* no new pool */
+  assert_int_equal(php_owner_counters(b, &cb), PH_OK);
+  assert_true(cb.pool_words > 0);
+  /* adopt everything else */
+  assert_int_equal(php_owner_adopt(b), PH_OK);
+  assert_int_equal(php_orphan_counters(h, &co), PH_OK);
+  assert_int_equal(co.pool_words, 0);
+  assert_int_equal(co.large_words, 0);
+  assert_int_equal(co.pool_live_blocks, 0);
+  php_owner *all[2] = {a, b};
+  check_counters(all, 2, h);
+  for (size_t i = 0; i < N; i++)
+    if (i % 3)
+      assert_int_equal(((ph_value *)v[i])[0], ph_val_int((intptr_t)i));
+  assert_true(x != 0);
+  verify_ok(h);
+  /* b sweeps the adopted pools in its next cycle */
+  colours_rotate(h);
+  assert_int_equal(php_cycle(b), PH_OK);
+  while (php_sweep(b, 1 << 20) <= 0)
+    ;
+  check_counters(all, 2, h);
+  verify_ok(h);
+  free(v);
+  assert_int_equal(php_owner_destroy(a), PH_OK);
+  assert_int_equal(php_owner_destroy(b), PH_OK);
+  assert_int_equal(php_heap_destroy(h), PH_OK);
+  assert_no_failures();
+}
+
+/* The verifier sees a broken slot header. */
+static void test_verify_detects(void **state) {
+  (void)state;
+  php_heap *h = heap_new(0);
+  php_owner *o;
+  assert_int_equal(php_owner_create(h, &o), PH_OK);
+  ph_value v = alloc_counted(o, 3, T_TUPLE);
+  for (int i = 0; i < 3; i++)
+    ((ph_value *)v)[i] = PH_UNIT;
+  verify_ok(h);
+  ph_value saved = ((ph_value *)v)[-1];
+  ((ph_value *)v)[-1] = php_hd_make(max_small + 50, col.marked, T_TUPLE);
+  char why[256] = "";
+  assert_int_equal(php_verify(h, why, sizeof why), PH_ECORRUPT);
+  assert_true(why[0] != 0);
+  /* why_size 0: nothing written */
+  char none[4] = "xyz";
+  assert_int_equal(php_verify(h, none, 0), PH_ECORRUPT);
+  assert_string_equal(none, "xyz");
+  ((ph_value *)v)[-1] = saved;
+  verify_ok(h);
+  assert_int_equal(php_verify(NULL, why, sizeof why), PH_EINVAL);
+  assert_int_equal(php_owner_destroy(o), PH_OK);
+  assert_int_equal(php_heap_destroy(h), PH_OK);
+  assert_no_failures();
+}
+
+/* Callbacks' calls into the layer are refused and change nothing. */
+static php_owner *reentry_owner;
+static php_heap *reentry_heap;
+static atomic_int reentry_seen;
+
+static void on_free_reenter(ph_value b, void *user) {
+  (void)b;
+  (void)user;
+  php_heap_stats st;
+  php_counters c;
+  php_owner *o2 = NULL;
+  CHECK(php_alloc(reentry_owner, 2, 0) == 0);
+  CHECK(php_heap_stats_get(reentry_heap, &st) == PH_ESTATE);
+  CHECK(php_sweep(reentry_owner, 100) == 100);
+  CHECK(php_cycle(reentry_owner) == PH_ESTATE);
+  CHECK(php_owner_adopt(reentry_owner) == PH_ESTATE);
+  CHECK(php_owner_orphan(reentry_owner) == PH_ESTATE);
+  CHECK(php_owner_create(reentry_heap, &o2) == PH_ESTATE);
+  CHECK(o2 == NULL);
+  CHECK(php_owner_counters(reentry_owner, &c) == PH_ESTATE);
+  CHECK(php_verify(reentry_heap, NULL, 0) == PH_ESTATE);
+  CHECK(php_set_colours(reentry_heap, 1) == PH_ESTATE);
+  atomic_fetch_add(&reentry_seen, 1);
+}
+
+static void test_reentry(void **state) {
+  (void)state;
+  php_config cfg;
+  php_config_init(&cfg);
+  cfg.on_free = on_free_reenter;
+  assert_int_equal(php_heap_create(&cfg, &reentry_heap), PH_OK);
+  php_heap *h = reentry_heap;
+  php_owner *o;
+  assert_int_equal(php_owner_create(h, &o), PH_OK);
+  reentry_owner = o;
+  col = (colours){0, 1, 2};
+  assert_int_equal(php_set_colours(h, 2), PH_OK);
+  for (int i = 0; i < 100; i++) {
+    ph_value v = php_alloc(o, 4, (2u << PHP_HD_COLOUR_SHIFT) | T_TUPLE);
+    assert_true(v != 0);
+  }
+  ph_value keep = php_alloc(o, 4, T_TUPLE); /* colour 0: lives */
+  assert_true(keep != 0);
+  assert_int_equal(php_cycle(o), PH_OK);
+  assert_true(php_sweep(o, 1 << 20) > 0);
+  assert_int_equal(atomic_load(&reentry_seen), 100);
+  assert_no_failures();
+  /* nothing changed by the refused calls */
+  php_counters c;
+  assert_int_equal(php_owner_counters(o, &c), PH_OK);
+  assert_int_equal(c.pool_live_blocks, 1);
+  assert_int_equal(c.pool_live_words, 5);
+  verify_ok(h);
+  assert_int_equal(php_owner_destroy(o), PH_OK);
+  assert_int_equal(php_heap_destroy(h), PH_OK);
+}
+
+/* ------------------------------------------ compaction, one thread's graph */
+
+/* Build a fragmented graph over several owners, mark it with the test
+ * collector, compact with nparts participants, and check graph identity,
+ * php_forward of an outside value, verify, a stable second compaction and
+ * the memory released. */
+static void compact_case(unsigned nparts, size_t pool_size, uint64_t stream) {
+  php_heap *h = heap_new(pool_size);
+  enum { NO = 3 };
+  php_owner *own[NO];
+  for (int i = 0; i < NO; i++)
+    assert_int_equal(php_owner_create(h, &own[i]), PH_OK);
+  rng r;
+  rng_init(&r, stream);
+  size_t nroots = SCALE(4000, 4);
+  ph_value *roots = calloc(nroots, sizeof *roots);
+  assert_non_null(roots);
+  size_t nblocks = SCALE(120000, 8);
+  for (size_t i = 0; i < nroots; i++)
+    roots[i] = PH_UNIT;
+  for (size_t i = 0; i < nblocks; i++) {
+    ph_value v = make_block(own[i % NO], &r, roots, nroots, 1);
+    assert_true(v != 0);
+    roots[below(&r, nroots)] = v; /* most blocks die */
+  }
+  /* a closure in root 0 and an infix pointer to it kept outside */
+  ph_value cl = make_block(own[0], &r, roots, nroots, 0);
+  while (php_hd_tag(php_hd_load(cl)) != T_CLOS)
+    cl = make_block(own[0], &r, roots, nroots, 0);
+  roots[0] = cl;
+  /* two cycles: the second marks what is reachable; its GARBAGE is what
+   * died, its UNMARKED is what lives (OCaml's state at a compaction) */
+  full_cycle(h, own, NO, roots, nroots);
+  for (int i = 0; i < NO; i++)
+    while (php_sweep(own[i], 1 << 20) <= 0)
+      ;
+  colours_rotate(h);
+  for (int i = 0; i < NO; i++)
+    assert_int_equal(php_cycle(own[i]), PH_OK);
+  ph_value *rs[1] = {roots};
+  size_t ns[1] = {nroots};
+  graph g0 = walk(rs, ns, 1, col.unmarked);
+  assert_true(g0.all_marked);
+  php_heap_stats s0 = hstats(h);
+  uint64_t blocks0 =
+      atomic_load(&m_small_blocks) + atomic_load(&m_large_blocks);
+  assert_true(g0.blocks < blocks0); /* there is garbage */
+
+  cenv c = {.h = h, .nparts = nparts};
+  ph_value **pr = calloc(nparts, sizeof *pr);
+  size_t *pn = calloc(nparts, sizeof *pn);
+  for (unsigned p = 0; p < nparts; p++) { /* roots split among participants */
+    size_t a = nroots * p / nparts, b = nroots * (p + 1) / nparts;
+    pr[p] = roots + a;
+    pn[p] = b - a;
+  }
+  c.roots = pr;
+  c.nroots = pn;
+  c.side = cl + CLOS_INFIX * 8;
+  atomic_store(&m_freed, 0);
+  assert_int_equal(compact_run(&c), PH_OK);
+  /* the garbage was freed by the compaction's sweep, on_free first */
+  assert_int_equal(atomic_load(&m_freed), blocks0 - g0.blocks);
+  graph g1 = walk(rs, ns, 1, col.unmarked);
+  assert_int_equal(g1.hash, g0.hash);
+  assert_int_equal(g1.blocks, g0.blocks);
+  assert_true(closures_intact(roots, nroots));
+  assert_int_equal(c.side_fwd, roots[0] + CLOS_INFIX * 8);
+  verify_ok(h);
+  php_heap_stats s1 = hstats(h);
+  assert_int_equal(s1.compactions, s0.compactions + 1);
+  assert_true(s1.evacuated_blocks > 0);
+  assert_true(s1.evacuated_pools > 0);
+  assert_true(s1.released_bytes > 0);
+  assert_true(s1.committed_bytes < s0.committed_bytes);
+  assert_true(s1.mappings <= s0.mappings);
+  check_counters(own, NO, h);
+  /* every owner's sweep has nothing left to do */
+  for (int i = 0; i < NO; i++)
+    assert_int_equal(php_sweep(own[i], 10), 10);
+
+  /* a second compaction moves nothing */
+  c.side = roots[0];
+  assert_int_equal(compact_run(&c), PH_OK);
+  php_heap_stats s2 = hstats(h);
+  assert_int_equal(s2.evacuated_blocks, 0);
+  assert_int_equal(s2.evacuated_pools, 0);
+  assert_int_equal(s2.pool_bytes, s1.pool_bytes);
+  assert_int_equal(c.side_fwd, roots[0]);
+  graph g2 = walk(rs, ns, 1, col.unmarked);
+  assert_int_equal(g2.hash, g0.hash);
+  verify_ok(h);
+
+  /* life goes on: allocate, cycle, sweep, on the compacted heap */
+  for (size_t i = 0; i < nblocks / 4; i++) {
+    ph_value v = make_block(own[i % NO], &r, roots, nroots, 1);
+    assert_true(v != 0);
+    roots[below(&r, nroots)] = v;
+  }
+  full_cycle(h, own, NO, roots, nroots);
+  for (int i = 0; i < NO; i++)
+    while (php_sweep(own[i], 1 << 20) <= 0)
+      ;
+  check_counters(own, NO, h);
+  verify_ok(h);
+  free(pr);
+  free(pn);
+  free(roots);
+  for (int i = 0; i < NO; i++)
+    assert_int_equal(php_owner_destroy(own[i]), PH_OK);
+  assert_int_equal(php_heap_destroy(h), PH_OK);
+  assert_no_failures();
+}
+
+static void test_compact_one(void **state) {
+  (void)state;
+  compact_case(1, 0, 10);
+}
+
+static void test_compact_parallel(void **state) {
+  (void)state;
+  compact_case(3, 0, 11);
+  compact_case(4, 8192, 12);
+}
+
+/* A block that has neither a live colour nor the garbage colour: the
+ * compaction refuses on every participant, moves nothing. */
+static void test_compact_bad_colour(void **state) {
+  (void)state;
+  php_heap *h = heap_new(0);
+  php_owner *o;
+  assert_int_equal(php_owner_create(h, &o), PH_OK);
+  rng r;
+  rng_init(&r, 20);
+  enum { NR = 500 };
+  ph_value roots[NR];
+  for (size_t i = 0; i < NR; i++)
+    roots[i] = PH_UNIT;
+  for (size_t i = 0; i < 20000; i++)
+    roots[below(&r, NR)] = make_block(o, &r, roots, NR, 0);
+  full_cycle(h, &o, 1, roots, NR);
+  while (php_sweep(o, 1 << 20) <= 0)
+    ;
+  colours_rotate(h);
+  assert_int_equal(php_cycle(o), PH_OK);
+  /* one block with the MARKED colour (neither live nor garbage now) */
+  ph_value odd = make_block(o, &r, roots, NR, 0);
+  roots[0] = odd;
+  ph_value *rs[1] = {roots};
+  size_t ns[1] = {NR};
+  graph g0 = walk(rs, ns, 1, 4);
+  php_heap_stats s0 = hstats(h);
+  ph_value *pr[2] = {roots, roots + NR / 2};
+  size_t pn[2] = {NR / 2, NR - NR / 2};
+  cenv c = {.h = h, .nparts = 2, .roots = pr, .nroots = pn};
+  assert_int_equal(compact_run(&c), PH_EINVAL);
+  graph g1 = walk(rs, ns, 1, 4);
+  assert_int_equal(g1.hash, g0.hash);
+  php_heap_stats s1 = hstats(h);
+  assert_int_equal(s1.evacuated_blocks, 0);
+  assert_int_equal(s1.compactions, s0.compactions);
+  verify_ok(h);
+  assert_int_equal(php_owner_destroy(o), PH_OK);
+  assert_int_equal(php_heap_destroy(h), PH_OK);
+  assert_no_failures();
+}
+
+/* ------------------------------------------- the concurrent collector */
+#define MT_MAX 8
+#define MT_ROOTS 256
+#define MT_SHARED 64
+
+typedef struct mt {
+  php_heap *h;
+  unsigned n;
+  size_t cycles, steps;
+  pthread_barrier_t bar;
+  ph_value shared[MT_SHARED]; /* any thread reads and writes (atomics) */
+  struct mtw {
+    struct mt *m;
+    unsigned idx;
+    php_owner *o;
+    ph_value roots[MT_ROOTS];
+    mstack st;
+    rng r;
+    size_t orphans, visits;
+  } w[MT_MAX];
+  cenv ce;
+  ph_value *croots[MT_MAX + 1];
+  size_t cn[MT_MAX + 1];
+  uint64_t released, moved;
+} mt;
+
+/* Mutate: allocate blocks from any reachable values, store them in our
+ * roots, in shared slots, or in a field of a reachable tuple, with a
+ * deletion barrier (the old value is darkened). */
+static void mt_mutate(struct mtw *w) {
+  mt *m = w->m;
+  rng *r = &w->r;
+  for (int k = 0; k < 4; k++) {
+    const ph_value *src = below(r, 3) ? w->roots : m->shared;
+    size_t ns = src == w->roots ? MT_ROOTS : MT_SHARED;
+    ph_value v = make_block(w->o, r, src, ns, 1);
+    if (!v)
+      return;
+    switch (below(r, 4)) {
+    case 0: { /* a shared slot */
+      ph_value old = __atomic_exchange_n(&m->shared[below(r, MT_SHARED)], v,
+                                         __ATOMIC_ACQ_REL);
+      darken(&w->st, old);
+      break;
+    }
+    case 1: { /* a field of a tuple reachable from our roots */
+      ph_value t = w->roots[below(r, MT_ROOTS)];
+      if (ph_is_block(t) && php_hd_tag(php_hd_load(block_of(t))) == T_TUPLE) {
+        t = block_of(t);
+        size_t wo = php_hd_wosize(php_hd_load(t));
+        ph_value *f = (ph_value *)t + below(r, wo);
+        ph_value old = __atomic_exchange_n(f, v, __ATOMIC_ACQ_REL);
+        darken(&w->st, old);
+        break;
+      }
+    }
+      /* fall through */
+    default: /* our own roots were darkened at the cycle */
+      __atomic_store_n(&w->roots[below(r, MT_ROOTS)], v, __ATOMIC_RELEASE);
+    }
+  }
+}
+
+static void mt_visit(struct mtw *w, ph_value v) {
+  vctx c = {.want = block_of(v), .ordered = 1};
+  int e = php_visit_pool_of(w->m->h, v, visit_count, &c);
+  CHECK(e == PH_OK);
+  CHECK(c.found);
+  CHECK(c.ordered);
+  w->visits++;
+}
+
+static void mt_stw_check(mt *m) {
+  php_owner *own[MT_MAX];
+  for (unsigned i = 0; i < m->n; i++)
+    own[i] = m->w[i].o;
+  check_counters(own, m->n, m->h);
+  /* every reachable block was marked in this cycle (snapshot at the
+   * beginning + allocation MARKED): none is free or garbage */
+  graph g = walk(m->croots, m->cn, m->n + 1, col.marked);
+  CHECK(g.all_marked);
+  CHECK(g.blocks <=
+        atomic_load(&m_small_blocks) + atomic_load(&m_large_blocks));
+  verify_ok_mt(m->h);
+}
+
+static void mt_compact(mt *m, unsigned idx) {
+  static graph g0;
+  static php_heap_stats s0;
+  if (idx == 0) {
+    m->ce.ops.live_colours = 1u << col.unmarked;
+    g0 = walk(m->croots, m->cn, m->n + 1, col.unmarked);
+    CHECK(g0.all_marked);
+    s0 = hstats(m->h);
+  }
+  pthread_barrier_wait(&m->bar);
+  for (int round = 0; round < 2; round++) {
+    int e = php_compact_stw(m->h, idx, &m->ce.ops);
+    CHECK(e == PH_OK);
+    pthread_barrier_wait(&m->bar);
+    if (idx == 0) {
+      graph g = walk(m->croots, m->cn, m->n + 1, col.unmarked);
+      CHECK(g.hash == g0.hash);
+      CHECK(g.blocks == g0.blocks);
+      verify_ok_mt(m->h);
+      php_heap_stats s = hstats(m->h);
+      CHECK(s.mappings <= s0.mappings);
+      if (round == 0) {
+        m->moved += s.evacuated_blocks;
+        if (s.released_bytes > 0 && s.committed_bytes < s0.committed_bytes)
+          m->released++;
+      } else {
+        CHECK(s.evacuated_blocks == 0);
+      }
+      php_owner *own[MT_MAX];
+      for (unsigned i = 0; i < m->n; i++)
+        own[i] = m->w[i].o;
+      check_counters(own, m->n, m->h);
+    }
+    pthread_barrier_wait(&m->bar);
+  }
+}
+
+static void *mt_main(void *arg) {
+  struct mtw *w = arg;
+  mt *m = w->m;
+  for (size_t cyc = 0; cyc < m->cycles; cyc++) {
+    /* the concurrent phase: mark, sweep, mutate, visit, orphan */
+    for (size_t s = 0; s < m->steps; s++) {
+      mt_mutate(w);
+      if (w->st.n && below(&w->r, 32) == 0)
+        mt_visit(w, w->st.e[w->st.n - 1] +
+                        8 * below(&w->r, php_hd_wosize(php_hd_load(
+                                             w->st.e[w->st.n - 1]))));
+      mark_some(&w->st, 16);
+      php_sweep(w->o, 300);
+      if (s == m->steps / 2 && cyc % m->n == w->idx && cyc % 2 == 1) {
+        /* this domain terminates and a new one takes its place: its roots
+         * still reach blocks in the orphaned pools */
+        CHECK(php_owner_destroy(w->o) == PH_OK);
+        CHECK(php_owner_create(m->h, &w->o) == PH_OK);
+        w->orphans++;
+      }
+    }
+    while (w->st.n)
+      mark_some(&w->st, SIZE_MAX);
+    while (php_sweep(w->o, 1 << 20) <= 0)
+      ;
+    pthread_barrier_wait(&m->bar);
+    if (w->idx == 0)
+      mt_stw_check(m);
+    pthread_barrier_wait(&m->bar);
+    /* the cycle: colours rotate (one thread), orphans adopted, php_cycle */
+    if (w->idx == 0)
+      colours_rotate(m->h);
+    pthread_barrier_wait(&m->bar);
+    if (w->idx == cyc % m->n)
+      CHECK(php_owner_adopt(w->o) == PH_OK);
+    pthread_barrier_wait(&m->bar);
+    CHECK(php_cycle(w->o) == PH_OK);
+    pthread_barrier_wait(&m->bar);
+    if (cyc % 3 == 2)
+      mt_compact(m, w->idx);
+    /* roots of the new cycle */
+    for (size_t i = 0; i < MT_ROOTS; i++)
+      darken(&w->st, w->roots[i]);
+    if (w->idx == 0)
+      for (size_t i = 0; i < MT_SHARED; i++)
+        darken(&w->st, m->shared[i]);
+    pthread_barrier_wait(&m->bar);
+  }
+  return NULL;
+}
+
+static void mt_compact_scan_roots(unsigned part, ph_visit_fn visit, void *ctx,
+                                  void *user) {
+  mt *m = user;
+  for (size_t i = 0; i < MT_ROOTS; i++)
+    visit(&m->w[part].roots[i], ctx);
+  if (part == 0)
+    for (size_t i = 0; i < MT_SHARED; i++)
+      visit(&m->shared[i], ctx);
+}
+
+static void mt_barrier(void *user) {
+  mt *m = user;
+  pthread_barrier_wait(&m->bar);
+}
+
+static void test_concurrent(void **state) {
+  (void)state;
+  mt *m = calloc(1, sizeof *m);
+  assert_non_null(m);
+  m->h = heap_new(0);
+  m->n = T_TSAN ? 3 : 4;
+  m->cycles = SCALE(12, 2);
+  m->steps = SCALE(3000, 6);
+  pthread_barrier_init(&m->bar, NULL, m->n);
+  for (size_t i = 0; i < MT_SHARED; i++)
+    m->shared[i] = PH_UNIT;
+  for (unsigned i = 0; i < m->n; i++) {
+    struct mtw *w = &m->w[i];
+    w->m = m;
+    w->idx = i;
+    rng_init(&w->r, 100 + i);
+    for (size_t k = 0; k < MT_ROOTS; k++)
+      w->roots[k] = PH_UNIT;
+    assert_int_equal(php_owner_create(m->h, &w->o), PH_OK);
+    m->croots[i] = w->roots;
+    m->cn[i] = MT_ROOTS;
+  }
+  m->croots[m->n] = m->shared;
+  m->cn[m->n] = MT_SHARED;
+  m->ce.ops = (php_compact_ops){.nparts = m->n,
+                                .barrier = mt_barrier,
+                                .scan_roots = mt_compact_scan_roots,
+                                .scan_block = scan_block,
+                                .live_colours = 0, /* set by mt_compact */
+                                .user = m};
+  pthread_t t[MT_MAX];
+  for (unsigned i = 1; i < m->n; i++)
+    assert_int_equal(pthread_create(&t[i], NULL, mt_main, &m->w[i]), 0);
+  mt_main(&m->w[0]);
+  for (unsigned i = 1; i < m->n; i++)
+    pthread_join(t[i], NULL);
+  assert_no_failures();
+  size_t orphans = 0, visits = 0;
+  for (unsigned i = 0; i < m->n; i++) {
+    orphans += m->w[i].orphans;
+    visits += m->w[i].visits;
+    free(m->w[i].st.e);
+  }
+  printf("concurrent: %u threads, %zu cycles, %zu orphanings, %zu visits, "
+         "%" PRIu64 " blocks moved, %" PRIu64 " compactions released\n",
+         m->n, m->cycles, orphans, visits, m->moved, m->released);
+  assert_true(orphans > 0);
+  assert_true(visits > 0);
+  assert_true(m->moved > 0);
+  assert_true(m->released > 0);
+  for (unsigned i = 0; i < m->n; i++)
+    assert_int_equal(php_owner_destroy(m->w[i].o), PH_OK);
+  assert_int_equal(php_heap_destroy(m->h), PH_OK);
+  pthread_barrier_destroy(&m->bar);
+  free(m);
+}
+
+int main(void) {
+  seed();
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_alloc_sweep),
+      cmocka_unit_test(test_visit),
+      cmocka_unit_test(test_orphan_adopt),
+      cmocka_unit_test(test_verify_detects),
+      cmocka_unit_test(test_reentry),
+      cmocka_unit_test(test_compact_one),
+      cmocka_unit_test(test_compact_parallel),
+      cmocka_unit_test(test_compact_bad_colour),
+      cmocka_unit_test(test_concurrent),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
