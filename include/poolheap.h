@@ -52,78 +52,25 @@ extern "C" {
 
 /* ---------------------------------------------------------------- values */
 
-typedef uintptr_t ph_value;
+/* ph_value, PH_UNIT, PH_TAG_MAX, PH_MAX_WOSIZE, PH_HD_TAG_MASK,
+ * PH_HD_WOSIZE_SHIFT, the value helpers (ph_val_int, ph_int_val,
+ * ph_is_block, ph_hd_, ph_wosize, ph_tag, ph_field, ph_set_field, ph_raw),
+ * the error codes (PH_OK, PH_EINVAL, PH_ENOMEM, PH_ESTATE, PH_ECORRUPT:
+ * ph_verify found a broken invariant), ph_strerror, ph_huge_mode,
+ * ph_release_mode and ph_visit_fn are defined by the pool layer's header,
+ * which the managed collector is built on; their meanings are unchanged. */
+#include "poolheap_pools.h"
+
 typedef struct ph_heap ph_heap;
 typedef struct ph_domain ph_domain;
 
-/* The immediate 0 (OCaml's unit). */
-#define PH_UNIT ((ph_value)1)
 /* First tag whose blocks hold raw bytes (never scanned). */
 #define PH_TAG_RAW 251u
-/* Largest tag. */
-#define PH_TAG_MAX 255u
-/* Largest field count a block may have (the header keeps 54 bits). */
-#define PH_MAX_WOSIZE (((size_t)1 << 40) - 1)
 
 /* Header word layout: wosize << 10 | color << 8 | tag.  The color bits
  * belong to the collector; mutators never see anything but 0 there. */
-#define PH_HD_TAG_MASK ((ph_value)0xff)
-#define PH_HD_WOSIZE_SHIFT 10
-
-static inline ph_value ph_val_int(intptr_t i) {
-  return ((ph_value)i << 1) | (ph_value)1;
-}
-static inline intptr_t ph_int_val(ph_value v) {
-  return (intptr_t)v >> 1;
-}
-static inline int ph_is_block(ph_value v) {
-  return v != 0 && (v & 1) == 0;
-}
-static inline ph_value ph_hd_(ph_value v) {
-  return ((const ph_value *)v)[-1];
-}
-static inline size_t ph_wosize(ph_value v) {
-  return (size_t)(ph_hd_(v) >> PH_HD_WOSIZE_SHIFT);
-}
-static inline unsigned ph_tag(ph_value v) {
-  return (unsigned)(ph_hd_(v) & PH_HD_TAG_MASK);
-}
-static inline ph_value ph_field(ph_value v, size_t i) {
-  return ((const ph_value *)v)[i];
-}
-static inline void ph_set_field(ph_value v, size_t i, ph_value x) {
-  ((ph_value *)v)[i] = x;
-}
-static inline void *ph_raw(ph_value v) {
-  return (void *)v;
-}
-
-/* ---------------------------------------------------------------- errors */
-
-enum {
-  PH_OK = 0,
-  PH_EINVAL = 1,   /* bad argument or configuration field */
-  PH_ENOMEM = 2,   /* the OS refused memory, or heap_limit was reached */
-  PH_ESTATE = 3,   /* not allowed now (see each function) */
-  PH_ECORRUPT = 4, /* ph_verify found a broken invariant */
-};
-/* A static English description of an error code (never NULL). */
-const char *ph_strerror(int err);
 
 /* ---------------------------------------------------------- configuration */
-
-typedef enum {
-  PH_HUGE_OFF = 0,         /* normal pages (default) */
-  PH_HUGE_TRANSPARENT = 1, /* madvise(MADV_HUGEPAGE) on 2 MiB-aligned chunks */
-  PH_HUGE_EXPLICIT = 2,    /* MAP_HUGETLB, falling back to normal pages */
-} ph_huge_mode;
-
-typedef enum {
-  PH_RELEASE_DECOMMIT = 0, /* madvise(MADV_DONTNEED) inside kept chunks */
-  PH_RELEASE_UNMAP = 1,    /* munmap whole free chunks; decommit the rest */
-  PH_RELEASE_LAZY = 2,     /* MADV_FREE (DONTNEED where the kernel lacks it) */
-  PH_RELEASE_KEEP = 3,     /* nothing is returned to the OS */
-} ph_release_mode;
 
 typedef enum {
   PH_COMPACT_GLOBAL = 0,     /* a size class is compacted across all domains */
@@ -142,8 +89,6 @@ typedef enum {
   PH_PHASE_COUNT_ = 6
 } ph_phase;
 
-/* Called with the address of every slot that may hold a value. */
-typedef void (*ph_visit_fn)(ph_value *slot, void *ctx);
 /* The embedder's own roots: visit every slot of domain d.  Called during
  * marking and during compaction's pointer update, for every attached domain
  * (blocking ones too, from another domain's thread).  It must not allocate

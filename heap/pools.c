@@ -1,0 +1,979 @@
+/* heap/pools.c -- the public pool layer: heap, owners, allocation, sweeping
+ * by colour, orphans, visiting, counters and the verifier
+ * (include/poolheap_pools.h; DESIGN.md: pools.*).  Compaction is in
+ * compact/pools_compact.c.
+ *
+ * Chunks, units, size classes, the OS layer and unit release are those of
+ * heap/ (a ph_heap core that only this layer uses); pools and large blocks
+ * have the layout of heap.pool and heap.large, but a free slot is a header
+ * word of 0 (pools.header) so that every colour is the embedder's. */
+#include "heap/pools_internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+_Thread_local int php_tls_callback;
+
+static int ok_heap(const struct php_heap *h) {
+  return h && h->sig == PHP_SIG_HEAP;
+}
+static int ok_owner(const struct php_owner *o) {
+  return o && o->sig == PHP_SIG_OWNER;
+}
+
+static uint64_t pool_words(const struct php_heap *h) {
+  return h->core->pool_size / 8;
+}
+
+/* pools.counters: the words of a pool that are no slot (header, bitmap,
+ * tail). */
+uint64_t php_pool_frag_const(const struct php_heap *h, unsigned cls) {
+  const struct ph_heap *c = h->core;
+  return pool_words(h) - (uint64_t)c->class_nslots[cls] * c->class_wsize[cls];
+}
+
+/* The counters one pool contributes. */
+static php_counters pool_counts(const struct php_heap *h, const php_pool *p) {
+  uint32_t ws = h->core->class_wsize[p->cls];
+  php_counters c = {0};
+  c.pool_words = pool_words(h);
+  c.pool_live_blocks = p->nlive;
+  c.pool_live_words = p->live_words;
+  c.pool_frag_words =
+      php_pool_frag_const(h, p->cls) + (uint64_t)p->nlive * ws - p->live_words;
+  return c;
+}
+
+static php_counters large_counts(const struct php_heap *h, const php_large *l) {
+  php_counters c = {0};
+  c.large_words = (uint64_t)l->nunits * pool_words(h);
+  c.large_blocks = 1;
+  return c;
+}
+
+static void counters_add(php_counters *a, const php_counters *b, int sign) {
+#define PHP_ADD(f) a->f = sign > 0 ? a->f + b->f : a->f - b->f
+  PHP_ADD(pool_words);
+  PHP_ADD(pool_live_words);
+  PHP_ADD(pool_live_blocks);
+  PHP_ADD(pool_frag_words);
+  PHP_ADD(large_words);
+  PHP_ADD(large_blocks);
+#undef PHP_ADD
+  if (a->pool_words > a->pool_max_words)
+    a->pool_max_words = a->pool_words;
+  if (a->large_words > a->large_max_words)
+    a->large_max_words = a->large_words;
+}
+
+/* ------------------------------------------------------------- the heap */
+
+void php_config_init(php_config *cfg) {
+  if (!cfg)
+    return;
+  memset(cfg, 0, sizeof *cfg);
+  cfg->pool_size = 32 << 10;
+  cfg->huge_pages = PH_HUGE_OFF;
+  cfg->release = PH_RELEASE_DECOMMIT;
+}
+
+static int config_valid(const php_config *c) {
+  if (c->pool_size < (4u << 10) || c->pool_size > (4u << 20) ||
+      (c->pool_size & (c->pool_size - 1)))
+    return 0;
+  if ((unsigned)c->huge_pages > PH_HUGE_EXPLICIT ||
+      (unsigned)c->release > PH_RELEASE_KEEP)
+    return 0;
+  if (c->heap_limit && c->heap_limit < c->pool_size)
+    return 0;
+  return 1;
+}
+
+int php_heap_create(const php_config *cfg, php_heap **out) {
+  php_config def;
+  if (!out)
+    return PH_EINVAL;
+  if (!cfg) {
+    php_config_init(&def);
+    cfg = &def;
+  }
+  if (!config_valid(cfg))
+    return PH_EINVAL;
+  if (php_tls_callback)
+    return PH_ESTATE;
+  struct php_heap *h = calloc(1, sizeof *h);
+  struct ph_heap *c = calloc(1, sizeof *c);
+  if (!h || !c) {
+    free(h);
+    free(c);
+    return PH_ENOMEM;
+  }
+  h->cfg = *cfg;
+  h->core = c;
+  ph_config_init(&c->cfg);
+  c->cfg.max_domains = 1;
+  c->cfg.pool_size = cfg->pool_size;
+  c->cfg.heap_limit = cfg->heap_limit;
+  c->cfg.huge_pages = cfg->huge_pages;
+  c->cfg.release = cfg->release;
+  c->cfg.retain = cfg->retain;
+  c->pool_size = cfg->pool_size;
+  c->pool_shift = (unsigned)__builtin_ctzl(cfg->pool_size);
+  c->pool_mask = ~(uintptr_t)(cfg->pool_size - 1);
+  c->commit_cap = ph_os_commit_cap();
+  ph_sizeclass_init(c);
+  ph_os_acct_init(&c->os);
+  pthread_mutex_init(&c->lock, NULL);
+  atomic_init(&h->garbage, 2);
+  if (ph_chunk_grow_locked(c, 1) != PH_OK) {
+    pthread_mutex_destroy(&c->lock);
+    ph_os_acct_fini(&c->os);
+    free(c);
+    free(h);
+    return PH_ENOMEM;
+  }
+  h->sig = PHP_SIG_HEAP;
+  *out = h;
+  return PH_OK;
+}
+
+int php_heap_destroy(php_heap *h) {
+  if (!ok_heap(h))
+    return PH_EINVAL;
+  if (php_tls_callback)
+    return PH_ESTATE;
+  struct ph_heap *c = h->core;
+  pthread_mutex_lock(&c->lock);
+  if (h->nowners > 0) {
+    pthread_mutex_unlock(&c->lock);
+    return PH_ESTATE;
+  }
+  h->sig = PH_SIG_DEAD;
+  ph_chunks_destroy(c);
+  pthread_mutex_unlock(&c->lock);
+  pthread_mutex_destroy(&c->lock);
+  ph_os_acct_fini(&c->os);
+  for (unsigned i = 0; i < h->cp.parts_cap; i++) {
+    free(h->cp.parts[i].cands);
+    free(h->cp.parts[i].larges);
+  }
+  free(h->cp.parts);
+  free(c);
+  free(h);
+  return PH_OK;
+}
+
+int php_set_colours(php_heap *h, unsigned garbage) {
+  if (!ok_heap(h) || garbage > 3)
+    return PH_EINVAL;
+  if (php_tls_callback)
+    return PH_ESTATE;
+  /* relaxed: set while no owner sweeps; the embedder's barrier (or the
+   * thread itself) orders it before the sweeps that read it */
+  atomic_store_explicit(&h->garbage, garbage, memory_order_relaxed);
+  return PH_OK;
+}
+
+int php_heap_stats_get(php_heap *h, php_heap_stats *out) {
+  if (!ok_heap(h) || !out)
+    return PH_EINVAL;
+  if (php_tls_callback)
+    return PH_ESTATE;
+  struct ph_heap *c = h->core;
+  php_heap_stats s = {0};
+  pthread_mutex_lock(&c->lock);
+  s.pool_size = c->pool_size;
+  s.size_classes = c->nclasses;
+  s.max_small_wosize = c->max_small_wosize;
+  /* relaxed: accounting counters, exact under the lock we hold */
+  s.committed_bytes =
+      atomic_load_explicit(&c->os.committed, memory_order_relaxed);
+  s.reserved_bytes =
+      atomic_load_explicit(&c->os.reserved, memory_order_relaxed);
+  s.mappings = atomic_load_explicit(&c->os.mappings, memory_order_relaxed);
+  s.pool_bytes = (uint64_t)c->pool_units << c->pool_shift;
+  s.large_bytes = (uint64_t)c->large_units << c->pool_shift;
+  uint64_t fc = 0;
+  for (unsigned i = 0; i < c->nchunks; i++)
+    for (uint32_t u = 0; u < c->chunks[i]->nunits; u++)
+      fc += c->chunks[i]->ustate[u] == PH_U_FREE_COMM;
+  s.free_bytes = fc << c->pool_shift;
+  s.compactions = h->compactions;
+  s.evacuated_blocks = h->evacuated_blocks;
+  s.evacuated_bytes = h->evacuated_bytes;
+  s.evacuated_pools = h->evacuated_pools;
+  s.released_bytes = h->released_bytes;
+  pthread_mutex_unlock(&c->lock);
+  *out = s;
+  return PH_OK;
+}
+
+/* --------------------------------------------------------------- owners */
+
+int php_owner_create(php_heap *h, php_owner **out) {
+  if (!ok_heap(h) || !out)
+    return PH_EINVAL;
+  if (php_tls_callback)
+    return PH_ESTATE;
+  struct php_owner *o = calloc(1, sizeof *o);
+  if (!o)
+    return PH_ENOMEM;
+  o->sig = PHP_SIG_OWNER;
+  o->h = h;
+  o->next_to_sweep = h->core->nclasses;
+  pthread_mutex_lock(&h->core->lock);
+  o->next_owner = h->owners;
+  if (h->owners)
+    h->owners->prev_owner = o;
+  h->owners = o;
+  h->nowners++;
+  pthread_mutex_unlock(&h->core->lock);
+  *out = o;
+  return PH_OK;
+}
+
+php_heap *php_owner_heap(const php_owner *o) {
+  return ok_owner(o) ? o->h : NULL;
+}
+
+int php_last_error(const php_owner *o) {
+  return ok_owner(o) ? o->last_error : PH_EINVAL;
+}
+
+int php_owner_counters(const php_owner *o, php_counters *out) {
+  if (!ok_owner(o) || !out)
+    return PH_EINVAL;
+  if (php_tls_callback)
+    return PH_ESTATE;
+  *out = o->c;
+  return PH_OK;
+}
+
+int php_orphan_counters(php_heap *h, php_counters *out) {
+  if (!ok_heap(h) || !out)
+    return PH_EINVAL;
+  if (php_tls_callback)
+    return PH_ESTATE;
+  pthread_mutex_lock(&h->core->lock);
+  *out = h->orph.c;
+  pthread_mutex_unlock(&h->core->lock);
+  return PH_OK;
+}
+
+/* Move list *from onto *to, giving its pools owner o. */
+static void move_pools(php_pool **from, php_pool **to, struct php_owner *o) {
+  while (*from) {
+    php_pool *p = *from;
+    *from = p->next;
+    p->owner = o;
+    p->next = *to;
+    *to = p;
+  }
+}
+
+static void move_larges(php_large **from, php_large **to, struct php_owner *o) {
+  while (*from) {
+    php_large *l = *from;
+    *from = l->next;
+    l->owner = o;
+    l->next = *to;
+    *to = l;
+  }
+}
+
+int php_owner_orphan(php_owner *o) {
+  if (!ok_owner(o))
+    return PH_EINVAL;
+  if (php_tls_callback)
+    return PH_ESTATE;
+  while (php_sweep(o, INTPTR_MAX) <= 0)
+    ;
+  struct php_heap *h = o->h;
+  pthread_mutex_lock(&h->core->lock);
+  for (unsigned c = 0; c < h->core->nclasses; c++) {
+    php_pool *l = atomic_load_explicit(&h->orph.avail[c], memory_order_relaxed);
+    move_pools(&o->avail[c], &l, NULL);
+    atomic_store_explicit(&h->orph.avail[c], l, memory_order_relaxed);
+    move_pools(&o->full[c], &h->orph.full[c], NULL);
+  }
+  move_larges(&o->large, &h->orph.large, NULL);
+  counters_add(&h->orph.c, &o->c, 1);
+  php_counters keep = {.pool_max_words = o->c.pool_max_words,
+                       .large_max_words = o->c.large_max_words};
+  o->c = keep;
+  pthread_mutex_unlock(&h->core->lock);
+  return PH_OK;
+}
+
+int php_owner_adopt(php_owner *o) {
+  if (!ok_owner(o))
+    return PH_EINVAL;
+  if (php_tls_callback)
+    return PH_ESTATE;
+  struct php_heap *h = o->h;
+  pthread_mutex_lock(&h->core->lock);
+  for (unsigned c = 0; c < h->core->nclasses; c++) {
+    php_pool *l = atomic_load_explicit(&h->orph.avail[c], memory_order_relaxed);
+    move_pools(&l, &o->avail[c], o);
+    atomic_store_explicit(&h->orph.avail[c], NULL, memory_order_relaxed);
+    move_pools(&h->orph.full[c], &o->full[c], o);
+  }
+  move_larges(&h->orph.large, &o->large, o);
+  counters_add(&o->c, &h->orph.c, 1);
+  php_counters keep = {.pool_max_words = h->orph.c.pool_max_words,
+                       .large_max_words = h->orph.c.large_max_words};
+  h->orph.c = keep;
+  pthread_mutex_unlock(&h->core->lock);
+  return PH_OK;
+}
+
+int php_owner_destroy(php_owner *o) {
+  int err = php_owner_orphan(o);
+  if (err != PH_OK)
+    return err;
+  struct php_heap *h = o->h;
+  pthread_mutex_lock(&h->core->lock);
+  if (o->prev_owner)
+    o->prev_owner->next_owner = o->next_owner;
+  else
+    h->owners = o->next_owner;
+  if (o->next_owner)
+    o->next_owner->prev_owner = o->prev_owner;
+  h->nowners--;
+  o->sig = PH_SIG_DEAD;
+  pthread_mutex_unlock(&h->core->lock);
+  free(o);
+  return PH_OK;
+}
+
+/* ------------------------------------------------------------- sweeping */
+
+void php_call_on_free(struct php_heap *h, ph_value b) {
+  if (!h->cfg.on_free)
+    return;
+  php_tls_callback = 1;
+  h->cfg.on_free(b, h->cfg.on_free_user);
+  php_tls_callback = 0;
+}
+
+/* pools.sweep: sweep p.  A slot whose colour is garbage goes to on_free
+ * and becomes free (header 0); the free list is rebuilt in address order
+ * and nlive / live_words recounted.  live_mask (compaction): colours that
+ * are live; any other allocated block sets *bad; set_bits: write the live
+ * bitmap (heap.pool.bitmap).  live_mask 0: every other colour is live. */
+void php_sweep_pool_counts(struct php_heap *h, php_pool *p, unsigned garbage,
+                           unsigned live_mask, int set_bits, int *bad) {
+  uint32_t ws = h->core->class_wsize[p->cls];
+  ph_value *s = php_pool_slots(p);
+  uint64_t *bits = php_pool_bits(p);
+  ph_value next = 0;
+  uint32_t live = 0;
+  uint64_t words = 0, word = 0;
+  for (uint32_t i = p->nslots; i-- > 0;) {
+    ph_value *slot = s + (size_t)i * ws;
+    ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);
+    if (hd != 0 && php_hd_colour(hd) == garbage) {
+      php_call_on_free(h, (ph_value)(slot + 1));
+#if PH_POISON
+      for (uint32_t k = 2; k < ws; k++)
+        slot[k] = PH_POISON_WORD;
+#endif
+      __atomic_store_n(slot, 0, __ATOMIC_RELAXED);
+      hd = 0;
+    }
+    if (hd == 0) {
+      slot[1] = next;
+      next = (ph_value)(slot + 1);
+    } else {
+      if (live_mask && !(live_mask >> php_hd_colour(hd) & 1))
+        *bad = 1;
+      live++;
+      words += php_hd_wosize(hd) + 1;
+      word |= (uint64_t)1 << (i & 63);
+    }
+    if ((i & 63) == 0) {
+      if (set_bits)
+        bits[i >> 6] = word;
+      word = 0;
+    }
+  }
+  p->free = next;
+  p->nlive = live;
+  p->live_words = words;
+}
+
+static void free_pool_locked(struct php_heap *h, php_pool *p) {
+  p->sig = PH_SIG_DEAD;
+  ph_units_free_locked(h->core, p->chunk, p->unit, 1);
+  h->core->pool_units--;
+}
+
+static void owner_sweep_pool(struct php_owner *o, php_pool *p) {
+  struct php_heap *h = o->h;
+  php_counters before = pool_counts(h, p);
+  php_sweep_pool_counts(h, p,
+                        atomic_load_explicit(&h->garbage, memory_order_relaxed),
+                        0, 0, NULL);
+  counters_add(&o->c, &before, -1);
+  if (p->nlive == 0) {
+    pthread_mutex_lock(&h->core->lock);
+    free_pool_locked(h, p);
+    pthread_mutex_unlock(&h->core->lock);
+    return;
+  }
+  php_counters after = pool_counts(h, p);
+  counters_add(&o->c, &after, 1);
+  php_pool **l = p->free ? &o->avail[p->cls] : &o->full[p->cls];
+  p->next = *l;
+  *l = p;
+}
+
+/* Sweep one large block; returns its words of work. */
+static intptr_t owner_sweep_large(struct php_owner *o, php_large *l) {
+  struct php_heap *h = o->h;
+  ph_value b = php_large_block(l);
+  ph_value hd = php_hd_load(b);
+  if (php_hd_colour(hd) !=
+      atomic_load_explicit(&h->garbage, memory_order_relaxed)) {
+    l->next = o->large;
+    o->large = l;
+    return (intptr_t)php_hd_wosize(hd) + 1;
+  }
+  php_call_on_free(h, b);
+  php_counters lc = large_counts(h, l);
+  counters_add(&o->c, &lc, -1);
+  pthread_mutex_lock(&h->core->lock);
+  l->sig = PH_SIG_DEAD;
+  ph_units_free_locked(h->core, l->chunk, l->unit, l->nunits);
+  h->core->large_units -= l->nunits;
+  pthread_mutex_unlock(&h->core->lock);
+  return (intptr_t)php_hd_wosize(hd) + 1;
+}
+
+intptr_t php_sweep(php_owner *o, intptr_t budget) {
+  if (!ok_owner(o) || php_tls_callback)
+    return budget;
+  struct php_heap *h = o->h;
+  intptr_t pw = (intptr_t)pool_words(h);
+  while (budget > 0 && o->next_to_sweep < h->core->nclasses) {
+    unsigned c = o->next_to_sweep;
+    php_pool **l = o->unswept_avail[c]  ? &o->unswept_avail[c]
+                   : o->unswept_full[c] ? &o->unswept_full[c]
+                                        : NULL;
+    if (!l) {
+      o->next_to_sweep++;
+      continue;
+    }
+    php_pool *p = *l;
+    *l = p->next;
+    owner_sweep_pool(o, p);
+    budget -= pw;
+  }
+  while (budget > 0 && o->unswept_large) {
+    php_large *l = o->unswept_large;
+    o->unswept_large = l->next;
+    budget -= owner_sweep_large(o, l);
+  }
+  return budget;
+}
+
+int php_cycle(php_owner *o) {
+  if (!ok_owner(o))
+    return PH_EINVAL;
+  if (php_tls_callback)
+    return PH_ESTATE;
+  unsigned n = o->h->core->nclasses;
+  if (o->unswept_large)
+    return PH_ESTATE;
+  for (unsigned c = 0; c < n; c++)
+    if (o->unswept_avail[c] || o->unswept_full[c])
+      return PH_ESTATE;
+  for (unsigned c = 0; c < n; c++) {
+    o->unswept_avail[c] = o->avail[c];
+    o->unswept_full[c] = o->full[c];
+    o->avail[c] = o->full[c] = NULL;
+  }
+  o->unswept_large = o->large;
+  o->large = NULL;
+  o->next_to_sweep = 0;
+  return PH_OK;
+}
+
+/* ----------------------------------------------------------- allocation */
+
+/* A fresh pool of class cls for o, on its avail list. */
+static php_pool *new_pool(struct php_owner *o, unsigned cls) {
+  struct php_heap *h = o->h;
+  struct ph_heap *core = h->core;
+  ph_chunk *c;
+  uint32_t u;
+  pthread_mutex_lock(&core->lock);
+  int err = ph_units_take_locked(core, 1, PH_U_POOL, &c, &u);
+  if (err == PH_OK)
+    core->pool_units++;
+  pthread_mutex_unlock(&core->lock);
+  if (err != PH_OK)
+    return NULL;
+  php_pool *p = (php_pool *)ph_unit_addr(core, c, u);
+  memset(p, 0, core->pool_hdr);
+  p->sig = PHP_SIG_POOL;
+  p->kind = PH_U_POOL;
+  p->cls = (uint16_t)cls;
+  p->nslots = core->class_nslots[cls];
+  p->hdr = (uint16_t)core->pool_hdr;
+  p->chunk = c;
+  p->unit = u;
+  p->owner = o;
+  uint32_t ws = core->class_wsize[cls];
+  ph_value *s = php_pool_slots(p), next = 0;
+  for (uint32_t i = p->nslots; i-- > 0;) {
+    ph_value *slot = s + (size_t)i * ws;
+    slot[0] = 0;
+    slot[1] = next;
+    next = (ph_value)(slot + 1);
+  }
+  p->free = next;
+  php_counters pc = pool_counts(h, p);
+  counters_add(&o->c, &pc, 1);
+  p->next = o->avail[cls];
+  o->avail[cls] = p;
+  return p;
+}
+
+/* pools.alloc: a pool with room for class cls on top of o->avail[cls]. */
+static php_pool *find_pool(struct php_owner *o, unsigned cls) {
+  struct php_heap *h = o->h;
+  while (!o->avail[cls] && (o->unswept_avail[cls] || o->unswept_full[cls])) {
+    php_pool **l =
+        o->unswept_avail[cls] ? &o->unswept_avail[cls] : &o->unswept_full[cls];
+    php_pool *p = *l;
+    *l = p->next;
+    owner_sweep_pool(o, p);
+  }
+  if (o->avail[cls])
+    return o->avail[cls];
+  /* relaxed: a hint, the pop is under the lock */
+  if (atomic_load_explicit(&h->orph.avail[cls], memory_order_relaxed)) {
+    pthread_mutex_lock(&h->core->lock);
+    php_pool *p =
+        atomic_load_explicit(&h->orph.avail[cls], memory_order_relaxed);
+    if (p) {
+      atomic_store_explicit(&h->orph.avail[cls], p->next, memory_order_relaxed);
+      php_counters pc = pool_counts(h, p);
+      counters_add(&h->orph.c, &pc, -1);
+      counters_add(&o->c, &pc, 1);
+      p->owner = o;
+      p->next = o->avail[cls];
+      o->avail[cls] = p;
+    }
+    pthread_mutex_unlock(&h->core->lock);
+    if (p)
+      return p;
+  }
+  return new_pool(o, cls);
+}
+
+static ph_value large_alloc(struct php_owner *o, size_t wosize, unsigned bits) {
+  struct php_heap *h = o->h;
+  struct ph_heap *core = h->core;
+  size_t n =
+      (PH_LARGE_HDR + 8 + wosize * 8 + core->pool_size - 1) >> core->pool_shift;
+  if (n >= UINT32_MAX) {
+    o->last_error = PH_ENOMEM;
+    return 0;
+  }
+  ph_chunk *c;
+  uint32_t u;
+  pthread_mutex_lock(&core->lock);
+  int err = ph_units_take_locked(core, n, PH_U_LARGE, &c, &u);
+  if (err == PH_OK)
+    core->large_units += n;
+  pthread_mutex_unlock(&core->lock);
+  if (err != PH_OK) {
+    o->last_error = err;
+    return 0;
+  }
+  php_large *l = (php_large *)ph_unit_addr(core, c, u);
+  memset(l, 0, PH_LARGE_HDR);
+  l->sig = PHP_SIG_LARGE;
+  l->kind = PH_U_LARGE;
+  l->nunits = (uint32_t)n;
+  l->unit = u;
+  l->chunk = c;
+  l->owner = o;
+  l->next = o->large;
+  o->large = l;
+  php_counters lc = large_counts(h, l);
+  counters_add(&o->c, &lc, 1);
+  ph_value b = php_large_block(l);
+  __atomic_store_n((ph_value *)b - 1,
+                   ((ph_value)wosize << PH_HD_WOSIZE_SHIFT) | bits,
+                   __ATOMIC_RELAXED);
+  return b;
+}
+
+ph_value php_alloc(php_owner *o, size_t wosize, unsigned header_bits) {
+  if (!ok_owner(o))
+    return 0;
+  if (php_tls_callback) { /* pools.reentry */
+    o->last_error = PH_ESTATE;
+    return 0;
+  }
+  if (wosize == 0 || wosize > PH_MAX_WOSIZE || header_bits > PHP_HD_BITS_MAX) {
+    o->last_error = PH_EINVAL;
+    return 0;
+  }
+  struct ph_heap *core = o->h->core;
+  if (wosize > core->max_small_wosize)
+    return large_alloc(o, wosize, header_bits);
+  unsigned cls = ph_class_of_wosize(core, wosize);
+  php_pool *p = o->avail[cls];
+  if (!p && !(p = find_pool(o, cls))) {
+    o->last_error = PH_ENOMEM;
+    return 0;
+  }
+  ph_value b = p->free;
+  p->free = *(ph_value *)b;
+  p->nlive++;
+  p->live_words += wosize + 1;
+  if (!p->free) { /* full: it is the head of avail */
+    o->avail[cls] = p->next;
+    p->next = o->full[cls];
+    o->full[cls] = p;
+  }
+  o->c.pool_live_blocks++;
+  o->c.pool_live_words += wosize + 1;
+  o->c.pool_frag_words += core->class_wsize[cls] - (wosize + 1);
+  /* relaxed: a visitor of the pool may read it (pools.visit); the fields
+   * are published by the embedder's own ordering */
+  __atomic_store_n((ph_value *)b - 1,
+                   ((ph_value)wosize << PH_HD_WOSIZE_SHIFT) | header_bits,
+                   __ATOMIC_RELAXED);
+  return b;
+}
+
+/* -------------------------------------------------------------- visiting */
+
+int php_visit_pool_of(php_heap *h, ph_value addr, php_block_fn fn, void *user) {
+  if (!ok_heap(h) || !fn)
+    return PH_EINVAL;
+  if (php_tls_callback)
+    return PH_ESTATE;
+  struct ph_heap *core = h->core;
+  ph_value *slots = NULL, one = 0;
+  uint32_t ws = 0, n = 0;
+  pthread_mutex_lock(&core->lock);
+  ph_chunk *c = ph_chunk_find(core, (void *)addr);
+  if (c) {
+    uint32_t u = (uint32_t)((addr - (uintptr_t)c->base) >> core->pool_shift);
+    while (u > 0 && c->ustate[u] == PH_U_LARGE_TAIL)
+      u--;
+    char *ua = ph_unit_addr(core, c, u);
+    if (c->ustate[u] == PH_U_POOL) {
+      php_pool *p = (php_pool *)ua;
+      ws = core->class_wsize[p->cls];
+      slots = php_pool_slots(p);
+      if (addr >= (ph_value)slots &&
+          addr < (ph_value)(slots + (size_t)p->nslots * ws))
+        n = p->nslots;
+    } else if (c->ustate[u] == PH_U_LARGE) {
+      ph_value b = php_large_block((php_large *)ua);
+      if (addr >= b - 8 && addr < b + php_hd_wosize(php_hd_load(b)) * 8)
+        one = b;
+    }
+  }
+  pthread_mutex_unlock(&core->lock);
+  if (!n && !one)
+    return PH_EINVAL;
+  php_tls_callback = 1;
+  if (one) {
+    fn(one, php_hd_load(one), user);
+  } else {
+    for (uint32_t i = 0; i < n; i++) {
+      ph_value *slot = slots + (size_t)i * ws;
+      ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);
+      if (hd != 0)
+        fn((ph_value)(slot + 1), hd, user);
+    }
+  }
+  php_tls_callback = 0;
+  return PH_OK;
+}
+
+/* ------------------------------------------------------ list rebuilding */
+
+/* After a compaction (world stopped, lock held): every pool and large block
+ * onto its owner's (or the orphans') swept lists, sparser pools first so
+ * the densest are used first, and every counter recounted. */
+void php_rebuild_lists_locked(struct php_heap *h) {
+  struct ph_heap *core = h->core;
+  for (struct php_owner *o = h->owners; o; o = o->next_owner) {
+    for (unsigned c = 0; c < core->nclasses; c++)
+      o->avail[c] = o->full[c] = o->unswept_avail[c] = o->unswept_full[c] =
+          NULL;
+    o->large = o->unswept_large = NULL;
+    o->next_to_sweep = core->nclasses;
+    o->c = (php_counters){.pool_max_words = o->c.pool_max_words,
+                          .large_max_words = o->c.large_max_words};
+  }
+  for (unsigned c = 0; c < core->nclasses; c++) {
+    atomic_store_explicit(&h->orph.avail[c], NULL, memory_order_relaxed);
+    h->orph.full[c] = NULL;
+  }
+  h->orph.large = NULL;
+  h->orph.c = (php_counters){.pool_max_words = h->orph.c.pool_max_words,
+                             .large_max_words = h->orph.c.large_max_words};
+  for (int dense = 0; dense < 2; dense++)
+    for (unsigned i = 0; i < core->nchunks; i++) {
+      ph_chunk *ch = core->chunks[i];
+      for (uint32_t u = ch->nunits; u-- > 0;) {
+        char *ua = ph_unit_addr(core, ch, u);
+        if (ch->ustate[u] == PH_U_LARGE && dense == 0) {
+          php_large *l = (php_large *)ua;
+          php_counters lc = large_counts(h, l);
+          if (l->owner) {
+            l->next = l->owner->large;
+            l->owner->large = l;
+            counters_add(&l->owner->c, &lc, 1);
+          } else {
+            l->next = h->orph.large;
+            h->orph.large = l;
+            counters_add(&h->orph.c, &lc, 1);
+          }
+        }
+        if (ch->ustate[u] != PH_U_POOL)
+          continue;
+        php_pool *p = (php_pool *)ua;
+        if ((p->nlive * 2 >= p->nslots) != dense)
+          continue;
+        php_counters pc = pool_counts(h, p);
+        struct php_owner *o = p->owner;
+        counters_add(o ? &o->c : &h->orph.c, &pc, 1);
+        if (!p->free) {
+          php_pool **l = o ? &o->full[p->cls] : &h->orph.full[p->cls];
+          p->next = *l;
+          *l = p;
+        } else if (o) {
+          p->next = o->avail[p->cls];
+          o->avail[p->cls] = p;
+        } else {
+          p->next = atomic_load_explicit(&h->orph.avail[p->cls],
+                                         memory_order_relaxed);
+          atomic_store_explicit(&h->orph.avail[p->cls], p,
+                                memory_order_relaxed);
+        }
+      }
+    }
+}
+
+/* ----------------------------------------------------------- the verifier */
+
+typedef struct vctx {
+  struct php_heap *h;
+  char *why;
+  size_t why_size;
+  int bad;
+} vctx;
+
+static void vfail(vctx *v, const char *fmt, ...) {
+  if (!v->bad && v->why && v->why_size) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(v->why, v->why_size, fmt, ap);
+    va_end(ap);
+  }
+  v->bad = 1;
+}
+
+static void check_pool(vctx *v, ph_chunk *c, uint32_t u) {
+  struct ph_heap *core = v->h->core;
+  php_pool *p = (php_pool *)ph_unit_addr(core, c, u);
+  if (p->sig != PHP_SIG_POOL || p->kind != PH_U_POOL ||
+      p->cls >= core->nclasses || p->nslots != core->class_nslots[p->cls] ||
+      p->chunk != c || p->unit != u || p->hdr != core->pool_hdr) {
+    vfail(v, "pool %p: bad header", (void *)p);
+    return;
+  }
+  uint32_t ws = core->class_wsize[p->cls], live = 0, nfree = 0;
+  uint64_t words = 0;
+  ph_value *s = php_pool_slots(p);
+  for (uint32_t i = 0; i < p->nslots && !v->bad; i++) {
+    ph_value hd = s[(size_t)i * ws];
+    if (hd == 0) {
+      nfree++;
+      continue;
+    }
+    size_t wo = php_hd_wosize(hd);
+    if (wo == 0 || wo > ws - 1 || ph_class_of_wosize(core, wo) != p->cls)
+      vfail(v, "pool %p slot %u: wosize %zu not of class %u", (void *)p, i, wo,
+            p->cls);
+    live++;
+    words += wo + 1;
+  }
+  if (v->bad)
+    return;
+  if (live != p->nlive || words != p->live_words)
+    vfail(v, "pool %p: live %u words %llu, recount %u %llu", (void *)p,
+          p->nlive, (unsigned long long)p->live_words, live,
+          (unsigned long long)words);
+  uint32_t n = 0;
+  for (ph_value f = p->free; f && !v->bad; f = *(ph_value *)f) {
+    size_t off = (size_t)(f - 8 - (ph_value)s);
+    if (f < (ph_value)s + 8 || off % ((size_t)ws * 8) ||
+        off / ((size_t)ws * 8) >= p->nslots || ((ph_value *)f)[-1] != 0 ||
+        ++n > nfree)
+      vfail(v, "pool %p: free list broken at %p", (void *)p, (void *)f);
+  }
+  if (!v->bad && n != nfree)
+    vfail(v, "pool %p: free list has %u of %u free slots", (void *)p, n, nfree);
+}
+
+/* Walk one list: right owner, class, state; adds to *seen and *cnt. */
+static void check_list(vctx *v, php_pool *p, struct php_owner *o, unsigned c,
+                       int want_free, int swept, size_t *seen,
+                       php_counters *cnt) {
+  size_t limit = v->h->core->pool_units;
+  for (; p && !v->bad; p = p->next) {
+    if (p->sig != PHP_SIG_POOL || p->owner != o || p->cls != c ||
+        ++*seen > limit)
+      vfail(v, "list %p/%u broken at pool %p", (void *)o, c, (void *)p);
+    else if (swept && (want_free ? !p->free : p->free != 0))
+      vfail(v, "pool %p on the %s list", (void *)p,
+            want_free ? "avail" : "full");
+    else {
+      php_counters pc = pool_counts(v->h, p);
+      counters_add(cnt, &pc, 1);
+    }
+  }
+}
+
+static void check_larges(vctx *v, php_large *l, struct php_owner *o,
+                         size_t *seen, php_counters *cnt) {
+  for (; l && !v->bad; l = l->next) {
+    if (l->sig != PHP_SIG_LARGE || l->owner != o || ++*seen > 1u << 30)
+      vfail(v, "large list of %p broken at %p", (void *)o, (void *)l);
+    else {
+      php_counters lc = large_counts(v->h, l);
+      counters_add(cnt, &lc, 1);
+    }
+  }
+}
+
+static void check_counts(vctx *v, const php_counters *have,
+                         const php_counters *want, const void *who) {
+  if (v->bad)
+    return;
+  if (have->pool_words != want->pool_words ||
+      have->pool_live_words != want->pool_live_words ||
+      have->pool_live_blocks != want->pool_live_blocks ||
+      have->pool_frag_words != want->pool_frag_words ||
+      have->large_words != want->large_words ||
+      have->large_blocks != want->large_blocks ||
+      have->pool_max_words < have->pool_words ||
+      have->large_max_words < have->large_words)
+    vfail(v,
+          "counters of %p: pools %llu/%llu live %llu/%llu blocks %llu/%llu "
+          "frag %llu/%llu large %llu/%llu",
+          who, (unsigned long long)have->pool_words,
+          (unsigned long long)want->pool_words,
+          (unsigned long long)have->pool_live_words,
+          (unsigned long long)want->pool_live_words,
+          (unsigned long long)have->pool_live_blocks,
+          (unsigned long long)want->pool_live_blocks,
+          (unsigned long long)have->pool_frag_words,
+          (unsigned long long)want->pool_frag_words,
+          (unsigned long long)have->large_words,
+          (unsigned long long)want->large_words);
+}
+
+int php_verify(php_heap *h, char *why, size_t why_size) {
+  if (!ok_heap(h))
+    return PH_EINVAL;
+  if (php_tls_callback)
+    return PH_ESTATE;
+  if (why && why_size)
+    why[0] = 0;
+  vctx v = {h, why, why_size, 0};
+  struct ph_heap *core = h->core;
+  pthread_mutex_lock(&core->lock);
+  uint64_t pools = 0, large = 0, larges = 0, comm = 0;
+  for (unsigned i = 0; i < core->nchunks && !v.bad; i++) {
+    ph_chunk *c = core->chunks[i];
+    if (i > 0 &&
+        core->chunks[i - 1]->base + core->chunks[i - 1]->size > c->base)
+      vfail(&v, "chunks %u and %u overlap or are unsorted", i - 1, i);
+    uint32_t nfree = 0;
+    for (uint32_t u = 0; u < c->nunits && !v.bad; u++) {
+      uint8_t st = c->ustate[u];
+      comm += st != PH_U_FREE;
+      if (st == PH_U_FREE || st == PH_U_FREE_COMM) {
+        nfree++;
+        if (u < c->hint)
+          vfail(&v, "chunk %u: free unit %u below hint %u", i, u, c->hint);
+      } else if (st == PH_U_POOL) {
+        pools++;
+        check_pool(&v, c, u);
+      } else if (st == PH_U_LARGE) {
+        php_large *l = (php_large *)ph_unit_addr(core, c, u);
+        ph_value b = php_large_block(l);
+        size_t wo = php_hd_wosize(*((ph_value *)b - 1));
+        if (l->sig != PHP_SIG_LARGE || l->nunits == 0 ||
+            u + l->nunits > c->nunits || l->unit != u || l->chunk != c ||
+            wo <= core->max_small_wosize ||
+            PH_LARGE_HDR + 8 + wo * 8 > (size_t)l->nunits << core->pool_shift)
+          vfail(&v, "large block at %p: bad header", (void *)l);
+        for (uint32_t k = 1; k < l->nunits && !v.bad; k++)
+          if (c->ustate[u + k] != PH_U_LARGE_TAIL)
+            vfail(&v, "large block at %p: unit %u not a tail", (void *)l, k);
+        large += l->nunits;
+        larges++;
+      } else if (st != PH_U_LARGE_TAIL) {
+        vfail(&v, "chunk %u unit %u: bad state %u", i, u, st);
+      }
+    }
+    if (!v.bad && nfree != c->nfree)
+      vfail(&v, "chunk %u: %u free units, counter says %u", i, nfree, c->nfree);
+  }
+  if (!v.bad && (pools != core->pool_units || large != core->large_units))
+    vfail(&v, "unit counters: pools %zu/%llu large %zu/%llu", core->pool_units,
+          (unsigned long long)pools, core->large_units,
+          (unsigned long long)large);
+  uint64_t oc = atomic_load_explicit(&core->os.committed, memory_order_relaxed);
+  if (!v.bad && oc != comm << core->pool_shift)
+    vfail(&v, "committed bytes %llu, units say %llu", (unsigned long long)oc,
+          (unsigned long long)(comm << core->pool_shift));
+  uint64_t om = atomic_load_explicit(&core->os.mappings, memory_order_relaxed);
+  if (!v.bad && om != core->nchunks)
+    vfail(&v, "mappings %llu, chunks %u", (unsigned long long)om,
+          core->nchunks);
+  /* lists and counters */
+  size_t seen = 0, lseen = 0;
+  for (struct php_owner *o = h->owners; o && !v.bad; o = o->next_owner) {
+    php_counters cnt = {0};
+    for (unsigned c = 0; c < core->nclasses; c++) {
+      check_list(&v, o->avail[c], o, c, 1, 1, &seen, &cnt);
+      check_list(&v, o->full[c], o, c, 0, 1, &seen, &cnt);
+      check_list(&v, o->unswept_avail[c], o, c, 0, 0, &seen, &cnt);
+      check_list(&v, o->unswept_full[c], o, c, 0, 0, &seen, &cnt);
+    }
+    check_larges(&v, o->large, o, &lseen, &cnt);
+    check_larges(&v, o->unswept_large, o, &lseen, &cnt);
+    check_counts(&v, &o->c, &cnt, o);
+  }
+  php_counters ocnt = {0};
+  for (unsigned c = 0; c < core->nclasses && !v.bad; c++) {
+    check_list(&v,
+               atomic_load_explicit(&h->orph.avail[c], memory_order_relaxed),
+               NULL, c, 1, 1, &seen, &ocnt);
+    check_list(&v, h->orph.full[c], NULL, c, 0, 1, &seen, &ocnt);
+  }
+  check_larges(&v, h->orph.large, NULL, &lseen, &ocnt);
+  check_counts(&v, &h->orph.c, &ocnt, "the orphans");
+  if (!v.bad && (seen != pools || lseen != larges))
+    vfail(&v, "%zu of %llu pools and %zu of %llu large blocks on lists", seen,
+          (unsigned long long)pools, lseen, (unsigned long long)larges);
+  pthread_mutex_unlock(&core->lock);
+  return v.bad ? PH_ECORRUPT : PH_OK;
+}
