@@ -167,11 +167,13 @@ static int commit_range_locked(struct ph_heap *h, ph_chunk *c, uint32_t u,
   return PH_OK;
 }
 
-static int find_run(ph_chunk *c, size_t n, uint32_t *out) {
+/* The first run of n free units of c at or after unit `from` (not below
+ * the hint). */
+static int find_run(ph_chunk *c, size_t n, uint32_t from, uint32_t *out) {
   if (c->nfree < n)
     return 0;
   uint32_t run = 0;
-  for (uint32_t u = c->hint; u < c->nunits; u++) {
+  for (uint32_t u = from > c->hint ? from : c->hint; u < c->nunits; u++) {
     uint8_t s = c->ustate[u];
     if (s == PH_U_FREE || s == PH_U_FREE_COMM) {
       if (++run == n) {
@@ -185,6 +187,13 @@ static int find_run(ph_chunk *c, size_t n, uint32_t *out) {
   return 0;
 }
 
+static int run_committed(const ph_chunk *c, uint32_t u, size_t n) {
+  for (size_t k = 0; k < n; k++)
+    if (c->ustate[u + k] != PH_U_FREE_COMM)
+      return 0;
+  return 1;
+}
+
 static void advance_hint(ph_chunk *c) {
   while (c->hint < c->nunits && c->ustate[c->hint] != PH_U_FREE &&
          c->ustate[c->hint] != PH_U_FREE_COMM)
@@ -193,15 +202,26 @@ static void advance_hint(ph_chunk *c) {
 
 int ph_units_take_locked(struct ph_heap *h, size_t n, int state,
                          ph_chunk **chunk_out, uint32_t *unit_out) {
+  int refused = PH_OK;
   for (int attempt = 0; attempt < 2; attempt++) {
     for (unsigned i = 0; i < h->nchunks; i++) {
       ph_chunk *c = h->chunks[i];
-      uint32_t u;
-      if (!find_run(c, n, &u))
+      uint32_t u = 0, from = 0;
+      int err = PH_ENOMEM;
+      /* first fit; once a commit was refused (heap_limit, or the OS), the
+       * search goes on for a run that is committed already (free pool
+       * memory), which needs no commit and no OS call (heap.unit) */
+      while (find_run(c, n, from, &u)) {
+        from = u + 1;
+        if (refused != PH_OK && !run_committed(c, u, n))
+          continue;
+        err = commit_range_locked(h, c, u, n);
+        if (err == PH_OK)
+          break;
+        refused = err;
+      }
+      if (err != PH_OK)
         continue;
-      int err = commit_range_locked(h, c, u, n);
-      if (err)
-        return err;
       c->ustate[u] = (uint8_t)state;
       for (size_t k = 1; k < n; k++)
         c->ustate[u + k] =
@@ -212,6 +232,8 @@ int ph_units_take_locked(struct ph_heap *h, size_t n, int state,
       *unit_out = u;
       return PH_OK;
     }
+    if (refused != PH_OK)
+      return refused; /* at the limit: a new chunk would not help */
     if (attempt == 0) {
       int err = ph_chunk_grow_locked(h, n);
       if (err)
