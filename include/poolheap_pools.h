@@ -46,8 +46,10 @@
  *   orphans and php_heap_stats_get may be read from any thread.
  * - Callbacks (on_free, a php_visit_pool_of function, the compaction
  *   callbacks) must not call into the pool layer, except php_forward from
- *   the compaction's scan callbacks: such calls are refused (PH_ESTATE, or
- *   0 from php_alloc) and change nothing.
+ *   the compaction's scan callbacks: such calls are refused in every build
+ *   (PH_ESTATE, 0 from php_alloc, the budget from php_sweep) and change
+ *   nothing.  php_config_init, php_last_error and php_owner_heap only read
+ *   and work there.
  *
  * Errors: every function that can fail returns PH_OK or an error code
  * (PH_EINVAL bad argument, PH_ENOMEM memory refused or heap_limit reached,
