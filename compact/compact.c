@@ -42,6 +42,7 @@
  *     Barrier.
  */
 #include "heap/internal.h"
+#include "compact/ranges.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -81,225 +82,38 @@ typedef struct ph_compact_plan {
   uintptr_t map_lo;
   size_t map_units;
   uint64_t *map;
-  /* compact.choose.ranges: with huge pages, the release ranges (2 MiB of a
-   * huge chunk, one unit of another) chosen to stay in use: rkeep[r] is 1
-   * for each.  Range r of chunk i is rbase[i] + (unit >> rshift) (rshift
-   * only in huge chunks).  rkeep NULL: the normal plan. */
-  uint8_t *rkeep;
-  size_t *rbase;
-  unsigned rshift;
+  /* compact.choose.ranges (compact/ranges.h): with huge pages, the release
+   * ranges chosen to stay in use; ranges.keep NULL: the normal plan. */
+  ph_ranges ranges;
 } ph_compact_plan;
 
 /* ------------------------------------------------------------ phase 1 */
 
-/* compact.choose.ranges (leader, end of phase 1).  With huge pages the
- * release gives back only whole 2 MiB ranges, and the k densest pools of a
- * class lie all over the heap: every range keeps one and nothing is given
- * back.  So first the ranges that stay in use are chosen, then each class
- * keeps its k densest pools among those (phase 2).  A range with a pool
- * that is not a candidate (full) or a large block stays anyway: it is
- * taken first.  Then, greedily, the range whose candidate pools cover the
- * most of what the classes still lack (min(pools of class c in it, k_c -
- * pools of c taken so far), summed over c, per unit of memory), the denser
- * in live bytes on ties, then the lower: until every class has k pools in
- * taken ranges.  Gains only shrink as ranges are taken, so a range popped
- * from a max-heap whose recomputed gain has not shrunk is the best one
- * (lazy greedy).  Every range left out holds only candidate pools, which
- * are all evacuated: it becomes wholly free and is released. */
-
-typedef struct rgreedy {
-  uint32_t *gain, *cost;
-  uint64_t *live;
-  size_t *heap, n;
-} rgreedy;
-
-/* Is range a a better pick than range b? */
-static int rg_better(const rgreedy *g, size_t a, size_t b) {
-  uint64_t x = (uint64_t)g->gain[a] * g->cost[b];
-  uint64_t y = (uint64_t)g->gain[b] * g->cost[a];
-  if (x != y)
-    return x > y;
-  /* live bytes per unit of cost, as a cross product (at most 2^21 * 2^9) */
-  x = g->live[a] * g->cost[b];
-  y = g->live[b] * g->cost[a];
-  if (x != y)
-    return x > y;
-  return a < b;
-}
-
-static void rg_down(rgreedy *g, size_t i) {
-  for (;;) {
-    size_t l = 2 * i + 1, m = i;
-    if (l < g->n && rg_better(g, g->heap[l], g->heap[m]))
-      m = l;
-    if (l + 1 < g->n && rg_better(g, g->heap[l + 1], g->heap[m]))
-      m = l + 1;
-    if (m == i)
-      return;
-    size_t t = g->heap[i];
-    g->heap[i] = g->heap[m];
-    g->heap[m] = t;
-    i = m;
-  }
-}
-
-/* The range of the pool at p (plan->rbase/rshift set). */
-static size_t range_of(const struct ph_heap *h, const ph_compact_plan *plan,
-                       const void *p) {
-  unsigned lo = 0, hi = h->nchunks;
-  while (hi - lo > 1) {
-    unsigned mid = (lo + hi) / 2;
-    if ((const char *)p >= h->chunks[mid]->base)
-      lo = mid;
-    else
-      hi = mid;
-  }
-  const ph_chunk *c = h->chunks[lo];
-  size_t u = (size_t)((const char *)p - c->base) >> h->pool_shift;
-  return plan->rbase[lo] + (c->huge != PH_OS_HUGE_NONE ? u >> plan->rshift : u);
-}
-
+/* compact.choose.ranges (leader, end of phase 1): the shared chooser of
+ * compact/ranges.c over the sweep's records, in GLOBAL scope when memory is
+ * released. */
 static void choose_ranges_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   ph_stw *s = &h->stw;
   if (h->cfg.huge_pages == PH_HUGE_OFF || h->cfg.release == PH_RELEASE_KEEP ||
-      h->cfg.compact_scope != PH_COMPACT_GLOBAL ||
-      h->pool_size >= PH_HUGE_PAGE_SIZE || h->nchunks == 0)
+      h->cfg.compact_scope != PH_COMPACT_GLOBAL)
     return;
-  unsigned rshift = 0;
-  while (((size_t)1 << (h->pool_shift + rshift)) < PH_HUGE_PAGE_SIZE)
-    rshift++;
-  size_t nr = 0, nc = 0;
-  int huge = 0;
+  size_t nc = 0;
   for (unsigned i = 0; i < s->nparts; i++) {
     if (s->workers[i].records_lost)
       return;
     nc += s->workers[i].ncands;
   }
-  for (unsigned i = 0; i < h->nchunks; i++)
-    huge |= h->chunks[i]->huge != PH_OS_HUGE_NONE;
-  if (!huge || nc == 0)
-    return; /* every release range is one unit: the normal plan */
-  size_t *rbase = malloc((h->nchunks + 1) * sizeof *rbase);
-  if (!rbase)
+  ph_range_rec *rec = nc ? malloc(nc * sizeof *rec) : NULL;
+  if (!rec)
     return;
-  for (unsigned i = 0; i < h->nchunks; i++) {
-    const ph_chunk *c = h->chunks[i];
-    rbase[i] = nr;
-    nr += c->huge != PH_OS_HUGE_NONE
-              ? ((size_t)c->nunits + ((size_t)1 << rshift) - 1) >> rshift
-              : c->nunits;
-  }
-  rbase[h->nchunks] = nr;
-  plan->rbase = rbase;
-  plan->rshift = rshift;
-  uint32_t *used = calloc(nr, sizeof *used);       /* units in use */
-  uint32_t *start = calloc(nr + 1, sizeof *start); /* candidates by range */
-  uint32_t *rid = malloc(nc * sizeof *rid);
-  uint16_t *rcls = malloc(nc * sizeof *rcls);
-  rgreedy g = {.gain = calloc(nr, sizeof *g.gain),
-               .cost = malloc(nr * sizeof *g.cost),
-               .live = calloc(nr, sizeof *g.live),
-               .heap = malloc(nr * sizeof *g.heap)};
-  uint8_t *rkeep = calloc(nr, 1);
-  if (!used || !start || !rid || !rcls || !g.gain || !g.cost || !g.live ||
-      !g.heap || !rkeep || nr > UINT32_MAX || nc > UINT32_MAX)
-    goto out;
-  /* units in use and the cost (units) of each range */
-  for (unsigned i = 0; i < h->nchunks; i++) {
-    const ph_chunk *c = h->chunks[i];
-    unsigned sh = c->huge != PH_OS_HUGE_NONE ? rshift : 0;
-    for (uint32_t u = 0; u < c->nunits; u++) {
-      size_t r = rbase[i] + (u >> sh);
-      g.cost[r] = (u & (((uint32_t)1 << sh) - 1)) + 1;
-      used[r] += c->ustate[u] >= PH_U_POOL;
-    }
-  }
-  /* candidates: per range their count, live bytes and classes; per class
-   * the pools it keeps (k, as plan_group computes it) */
-  uint64_t live_c[PH_MAX_CLASSES] = {0}, n_c[PH_MAX_CLASSES] = {0};
-  uint64_t need[PH_MAX_CLASSES];
   size_t j = 0;
   for (unsigned p = 0; p < s->nparts; p++)
     for (size_t k = 0; k < s->workers[p].ncands; k++, j++) {
       const ph_cand *cd = &s->workers[p].cands[k];
-      size_t r = range_of(h, plan, cd->pool);
-      rid[j] = (uint32_t)r;
-      start[r + 1]++;
-      g.live[r] += (uint64_t)cd->nlive * h->class_wsize[cd->cls] * 8;
-      live_c[cd->cls] += cd->nlive;
-      n_c[cd->cls]++;
+      rec[j] = (ph_range_rec){cd->pool, cd->nlive, cd->cls};
     }
-  for (size_t r = 0; r < nr; r++)
-    start[r + 1] += start[r];
-  j = 0;
-  for (unsigned p = 0; p < s->nparts; p++)
-    for (size_t k = 0; k < s->workers[p].ncands; k++, j++)
-      rcls[start[rid[j]]++] = s->workers[p].cands[k].cls;
-  for (size_t r = nr; r > 0; r--) /* start[r] was advanced to the end */
-    start[r] = start[r - 1];
-  start[0] = 0;
-  unsigned unmet = 0;
-  for (unsigned c = 0; c < h->nclasses; c++) {
-    uint32_t ns = h->class_nslots[c];
-    need[c] = (live_c[c] + ns - 1) / ns;
-    if (need[c] > n_c[c])
-      need[c] = n_c[c];
-    unmet += need[c] > 0;
-  }
-  /* ranges that stay in use anyway */
-  for (size_t r = 0; r < nr; r++)
-    if (used[r] > start[r + 1] - start[r]) {
-      rkeep[r] = 1;
-      for (uint32_t e = start[r]; e < start[r + 1]; e++)
-        if (need[rcls[e]] > 0 && --need[rcls[e]] == 0)
-          unmet--;
-    }
-  /* lazy greedy over the others (gain: pools still needed, capped per
-   * class; cnt counts a range's pools per class while its gain is taken) */
-  uint32_t cnt[PH_MAX_CLASSES] = {0};
-  for (size_t r = 0; r < nr; r++)
-    if (!rkeep[r] && start[r + 1] > start[r]) {
-      g.gain[r] = start[r + 1] - start[r]; /* an upper bound */
-      g.heap[g.n++] = r;
-    }
-  for (size_t i = g.n / 2; i-- > 0;)
-    rg_down(&g, i);
-  while (unmet > 0 && g.n > 0) {
-    size_t r = g.heap[0];
-    uint32_t gain = 0;
-    for (uint32_t e = start[r]; e < start[r + 1]; e++)
-      gain += cnt[rcls[e]]++ < need[rcls[e]];
-    for (uint32_t e = start[r]; e < start[r + 1]; e++)
-      cnt[rcls[e]] = 0;
-    if (gain < g.gain[r]) { /* shrank: back into the heap */
-      g.gain[r] = gain;
-      if (gain == 0)
-        g.heap[0] = g.heap[--g.n];
-      rg_down(&g, 0);
-      continue;
-    }
-    rkeep[r] = 1;
-    for (uint32_t e = start[r]; e < start[r + 1]; e++)
-      if (need[rcls[e]] > 0 && --need[rcls[e]] == 0)
-        unmet--;
-    g.heap[0] = g.heap[--g.n];
-    rg_down(&g, 0);
-  }
-  PH_ASSERT(unmet == 0); /* all ranges together hold every candidate */
-  if (unmet == 0) {
-    plan->rkeep = rkeep;
-    rkeep = NULL;
-  }
-out:
-  free(used);
-  free(start);
-  free(rid);
-  free(rcls);
-  free(g.gain);
-  free(g.cost);
-  free(g.live);
-  free(g.heap);
-  free(rkeep);
+  ph_ranges_choose(h, rec, nc, &plan->ranges);
+  free(rec);
 }
 
 /* ------------------------------------------------------------ phase 2 */
@@ -398,12 +212,12 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
       if (s->workers[p].cands[k].cls == cls)
         cand[i++] = s->workers[p].cands[k];
   uint32_t nslots = h->class_nslots[cls];
-  if (plan->rkeep) {
+  if (plan->ranges.keep) {
     /* compact.choose.ranges: the densest of the pools in ranges that
      * stay in use (there are at least k of them), then the rest */
     size_t nin = 0;
     for (size_t j = 0; j < n; j++)
-      if (plan->rkeep[range_of(h, plan, cand[j].pool)]) {
+      if (plan->ranges.keep[ph_range_of(h, &plan->ranges, cand[j].pool)]) {
         ph_cand t = cand[nin];
         cand[nin++] = cand[j];
         cand[j] = t;
@@ -863,8 +677,7 @@ static void plan_free(struct ph_heap *h, ph_compact_plan *plan) {
   free(plan->larges);
   free(plan->large_first);
   free(plan->map);
-  free(plan->rkeep);
-  free(plan->rbase);
+  ph_ranges_free(&plan->ranges);
   memset(plan, 0, sizeof *plan);
 }
 

@@ -21,6 +21,7 @@
  *     memory released per cfg.release and cfg.retain.
  */
 #include "heap/pools_internal.h"
+#include "compact/ranges.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -147,7 +148,7 @@ static void sweep_unit(struct php_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
           return;
         me->cands = n;
       }
-      me->cands[me->ncands++] = (php_cand){p, p->nlive};
+      me->cands[me->ncands++] = (php_cand){p, p->nlive, 1};
     }
   } else if (c->ustate[u] == PH_U_LARGE) {
     php_large *l = (php_large *)ua;
@@ -177,6 +178,8 @@ static int by_class_density(const void *a, const void *b) {
   const php_cand *p = a, *q = b;
   if (p->pool->cls != q->pool->cls)
     return p->pool->cls < q->pool->cls ? -1 : 1;
+  if (p->kept_range != q->kept_range) /* compact.choose.ranges */
+    return p->kept_range > q->kept_range ? -1 : 1;
   if (p->nlive != q->nlive)
     return p->nlive > q->nlive ? -1 : 1;
   return p->pool < q->pool ? -1 : p->pool > q->pool;
@@ -235,6 +238,23 @@ static void plan_stw_single(struct php_heap *h, unsigned nparts) {
     j += cp->parts[i].nlarges;
   }
   cp->nlarges = nl;
+  /* compact.choose.ranges: with huge pages, the ranges that stay in use
+   * first; each class keeps its densest pools among them */
+  ph_range_rec *rec =
+      n && h->cfg.release != PH_RELEASE_KEEP && h->cfg.huge_pages != PH_HUGE_OFF
+          ? malloc(n * sizeof *rec)
+          : NULL;
+  if (rec) {
+    for (size_t i = 0; i < n; i++)
+      rec[i] = (ph_range_rec){cand[i].pool, cand[i].nlive, cand[i].pool->cls};
+    ph_ranges rg;
+    ph_ranges_choose(core, rec, n, &rg);
+    if (rg.keep)
+      for (size_t i = 0; i < n; i++)
+        cand[i].kept_range = rg.keep[ph_range_of(core, &rg, cand[i].pool)];
+    ph_ranges_free(&rg);
+    free(rec);
+  }
   if (n)
     qsort(cand, n, sizeof *cand, by_class_density);
   size_t a = 0;

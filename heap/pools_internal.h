@@ -98,6 +98,7 @@ typedef struct php_orphans {
 typedef struct php_cand {
   php_pool *pool;
   uint32_t nlive;
+  uint32_t kept_range; /* compact.choose.ranges: in a range that stays */
 } php_cand;
 
 typedef struct php_cpart {
