@@ -335,8 +335,9 @@ static size_t chunk_committed(const struct ph_heap *h, const ph_chunk *c) {
  * units become PH_U_FREE_COMM; a partly committed last unit gives its pages
  * back and becomes PH_U_FREE (so free units stay whole, and heap_limit is
  * not exceeded by units that were never wholly committed).  Returns 0 if
- * that was refused: the block then stays as it was (dead, swept again next
- * time) and nothing is lost. */
+ * that was refused: the block then stays in its units, dead and made raw
+ * (its fields may point at blocks this sweep freed, and no one may scan
+ * them), and a later sweep frees it: nothing is lost. */
 int ph_large_free_locked(struct ph_heap *h, ph_large *l) {
   ph_chunk *c = l->chunk;
   uint32_t u = l->unit;
@@ -346,7 +347,9 @@ int ph_large_free_locked(struct ph_heap *h, ph_large *l) {
   l->sig = PH_SIG_DEAD;
   if (part && ph_os_decommit(&h->os, ph_unit_addr(h, c, u + (uint32_t)full),
                              part, PH_OS_DECOMMIT_NOW) != PH_OK) {
+    ph_value *hp = (ph_value *)((char *)l + PH_LARGE_HDR);
     l->sig = PH_SIG_LARGE;
+    *hp = (*hp & ~PH_HD_TAG_MASK) | PH_TAG_RAW;
     return 0;
   }
   for (size_t k = 0; k < n; k++)
