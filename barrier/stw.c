@@ -38,7 +38,12 @@ void ph_stw_units_init_stw_single(struct ph_heap *h) {
   size_t t = 0;
   for (unsigned i = 0; i < h->nchunks; i++) {
     s->unit_base[i] = t;
-    t += h->chunks[i]->nunits;
+    /* a wholly free chunk holds nothing to sweep, rescan or update: it gets
+     * no indices (ph_stw_unit_at finds the last chunk starting at or below
+     * an index, so it is never returned), and reserved but unused address
+     * space costs a section nothing */
+    if (h->chunks[i]->nfree < h->chunks[i]->nunits)
+      t += h->chunks[i]->nunits;
   }
   s->unit_base[h->nchunks] = t;
   s->total_units = t;

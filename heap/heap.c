@@ -203,7 +203,6 @@ int ph_stats_get(ph_heap *h, ph_stats *out) {
   pthread_mutex_lock(&h->lock);
   ph_stats s = h->st;
   s.pool_bytes = (uint64_t)h->pool_units << h->pool_shift;
-  s.large_bytes = (uint64_t)h->large_units << h->pool_shift;
   /* relaxed: accounting counters, exact under heap->lock which we hold */
   s.committed_bytes =
       atomic_load_explicit(&h->os.committed, memory_order_relaxed);
@@ -212,13 +211,10 @@ int ph_stats_get(ph_heap *h, ph_stats *out) {
   s.mappings = atomic_load_explicit(&h->os.mappings, memory_order_relaxed);
   s.huge_fallbacks =
       atomic_load_explicit(&h->os.huge_fallbacks, memory_order_relaxed);
-  uint64_t free_comm = 0;
-  for (unsigned i = 0; i < h->nchunks; i++) {
-    ph_chunk *c = h->chunks[i];
-    for (uint32_t u = 0; u < c->nunits; u++)
-      free_comm += c->ustate[u] == PH_U_FREE_COMM;
-  }
-  s.free_pool_bytes = free_comm << h->pool_shift;
+  /* heap.stats: committed = pools + large blocks' pages + free committed
+   * units (ph_verify recounts it), so no walk over the units */
+  s.large_bytes = h->large_comm;
+  s.free_pool_bytes = s.committed_bytes - s.pool_bytes - s.large_bytes;
   uint64_t alloc =
       atomic_load_explicit(&h->retired_allocated, memory_order_relaxed);
   for (unsigned i = 0; i < h->cfg.max_domains; i++)

@@ -149,6 +149,8 @@ typedef struct ph_large {
   uint32_t unit;
   struct ph_chunk *chunk;
   struct ph_large *dead_next; /* sweep: dead large blocks of one worker */
+  size_t comm; /* heap.large.commit: bytes committed from this unit's start
+                  (the block's pages); the rest of its units is Reserved */
 } ph_large;
 #define PH_LARGE_HDR 64u /* then the block header word, then field 0 */
 _Static_assert(sizeof(ph_large) <= PH_LARGE_HDR, "large header too big");
@@ -172,9 +174,10 @@ typedef struct ph_chunk {
 enum { PH_DS_FREE = 0, PH_DS_RUNNING = 1, PH_DS_BLOCKING = 2 };
 
 typedef struct ph_alloc_cache {
-  ph_value free;  /* next free block of the cached pool, 0 if none */
-  uint32_t nfree; /* length of that list */
-  ph_pool *pool;  /* cached pool, NULL if none */
+  ph_value free;          /* next free block of the cached pool, 0 if none */
+  uint32_t nfree;         /* length of that list */
+  uint32_t nfree_charged; /* nfree when pacing was last charged (heap.pacing) */
+  ph_pool *pool;          /* cached pool, NULL if none */
 } ph_alloc_cache;
 
 /* roots.stack: segments that never move, so ph_root's slots stay put. */
@@ -356,6 +359,7 @@ struct ph_heap {
   ph_chunk *chunks[PH_MAX_CHUNKS]; /* sorted by base */
   unsigned nchunks;
   size_t pool_units, large_units; /* units in use */
+  size_t large_comm;              /* bytes committed by large blocks */
   ph_slot *slots;                 /* cfg.max_domains */
   unsigned ndomains;
   struct ph_domain *retired;
@@ -404,6 +408,15 @@ int ph_chunk_grow_locked(struct ph_heap *h, size_t min_units);
 /* Find n contiguous free units, commit them, mark them with state. */
 int ph_units_take_locked(struct ph_heap *h, size_t n, int state,
                          ph_chunk **chunk_out, uint32_t *unit_out);
+/* The same for a large block of `bytes` bytes (header included) in n units:
+ * only its pages are committed (heap.large.commit); *comm_out gets how many
+ * bytes from its first unit's start are. */
+int ph_units_take_large_locked(struct ph_heap *h, size_t n, size_t bytes,
+                               ph_chunk **chunk_out, uint32_t *unit_out,
+                               size_t *comm_out);
+/* Free a dead large block's units (updates large_units and large_comm);
+ * 0 if the OS refused, leaving the block in place. */
+int ph_large_free_locked(struct ph_heap *h, ph_large *l);
 /* Return n units starting at unit to the free (committed) state. */
 void ph_units_free_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
                           size_t n);
@@ -432,6 +445,11 @@ static inline ph_value ph_pool_block(const struct ph_heap *h, ph_pool *p,
                     8);
 }
 void ph_pool_push_avail(struct ph_heap *h, ph_pool *p);
+/* heap.pacing: charge bytes allocated (slots handed out, large blocks). */
+static inline void ph_pacing_add(struct ph_heap *h, uint64_t bytes) {
+  /* relaxed: a counter; the decision it feeds tolerates being late */
+  atomic_fetch_add_explicit(&h->alloc_since, bytes, memory_order_relaxed);
+}
 void ph_domain_flush_caches(struct ph_domain *d);
 
 /* heap/alloc.c */

@@ -81,6 +81,9 @@ void ph_domain_flush_caches(struct ph_domain *d) {
     ph_pool *p = ac->pool;
     if (!p)
       continue;
+    /* heap.pacing: charge the slots handed out since the last charge */
+    ph_pacing_add(h, (uint64_t)(ac->nfree_charged - ac->nfree) *
+                         h->class_wsize[c] * 8);
     p->free = ac->free;
     p->nfree = ac->nfree;
     p->nlive = p->nslots - ac->nfree;
@@ -90,5 +93,6 @@ void ph_domain_flush_caches(struct ph_domain *d) {
     ac->pool = NULL;
     ac->free = 0;
     ac->nfree = 0;
+    ac->nfree_charged = 0;
   }
 }

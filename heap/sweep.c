@@ -144,9 +144,7 @@ void ph_sweep_finish_stw_single(struct ph_heap *h) {
     w->empty_pools = NULL;
     for (ph_large *l = w->dead_large, *n; l; l = n) {
       n = l->dead_next;
-      l->sig = PH_SIG_DEAD;
-      ph_units_free_locked(h, l->chunk, l->unit, l->nunits);
-      h->large_units -= l->nunits;
+      ph_large_free_locked(h, l); /* refused: stays, swept again next time */
     }
     w->dead_large = NULL;
   }

@@ -117,7 +117,7 @@ static void check_pool(vctx *v, ph_chunk *c, uint32_t u, uint64_t *free_c) {
 
 int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
   vctx v = {h, why, why_size, 0};
-  uint64_t pools = 0, large = 0, comm = 0, freeslots = 0;
+  uint64_t pools = 0, large = 0, comm = 0, large_comm = 0, freeslots = 0;
   for (unsigned i = 0; i < h->nchunks && !v.bad; i++) {
     ph_chunk *c = h->chunks[i];
     if (i > 0 && h->chunks[i - 1]->base + h->chunks[i - 1]->size > c->base)
@@ -125,8 +125,8 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
     uint32_t nfree = 0;
     for (uint32_t u = 0; u < c->nunits && !v.bad; u++) {
       uint8_t st = c->ustate[u];
-      if (st != PH_U_FREE)
-        comm++;
+      if (st != PH_U_FREE && st != PH_U_LARGE && st != PH_U_LARGE_TAIL)
+        comm += h->pool_size;
       if (st == PH_U_FREE || st == PH_U_FREE_COMM) {
         nfree++;
         if (u < c->hint)
@@ -141,7 +141,11 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
         if (l->sig != PH_SIG_LARGE || l->nunits == 0 ||
             u + l->nunits > c->nunits || l->unit != u || l->chunk != c ||
             ph_hd_color(*ph_hp(b)) != PH_WHITE || wo <= h->max_small_wosize ||
-            PH_LARGE_HDR + 8 + wo * 8 > (size_t)l->nunits << h->pool_shift) {
+            PH_LARGE_HDR + 8 + wo * 8 > (size_t)l->nunits << h->pool_shift ||
+            /* heap.large.commit: its pages, nothing beyond its last unit */
+            l->comm < PH_LARGE_HDR + 8 + wo * 8 ||
+            l->comm > (size_t)l->nunits << h->pool_shift ||
+            l->comm % ph_os_page_size()) {
           fail(&v, "large block at %p: bad header", (void *)l);
           break;
         }
@@ -149,6 +153,8 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
           if (c->ustate[u + k] != PH_U_LARGE_TAIL)
             fail(&v, "large block at %p: unit %u not a tail", (void *)l, k);
         large += l->nunits;
+        large_comm += l->comm;
+        comm += l->comm;
       } else if (st != PH_U_LARGE_TAIL) {
         fail(&v, "chunk %u unit %u: bad state %u", i, u, st);
       }
@@ -174,13 +180,16 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
   }
   if (v.bad)
     return PH_ECORRUPT;
-  if (pools != h->pool_units || large != h->large_units)
-    fail(&v, "unit counters: pools %zu/%llu large %zu/%llu", h->pool_units,
-         (unsigned long long)pools, h->large_units, (unsigned long long)large);
+  if (pools != h->pool_units || large != h->large_units ||
+      large_comm != h->large_comm)
+    fail(&v, "unit counters: pools %zu/%llu large %zu/%llu (%zu/%llu bytes)",
+         h->pool_units, (unsigned long long)pools, h->large_units,
+         (unsigned long long)large, h->large_comm,
+         (unsigned long long)large_comm);
   uint64_t oc = atomic_load_explicit(&h->os.committed, memory_order_relaxed);
-  if (!v.bad && oc != comm << h->pool_shift)
+  if (!v.bad && oc != comm)
     fail(&v, "committed bytes %llu, units say %llu", (unsigned long long)oc,
-         (unsigned long long)(comm << h->pool_shift));
+         (unsigned long long)comm);
   uint64_t om = atomic_load_explicit(&h->os.mappings, memory_order_relaxed);
   if (!v.bad && om != h->nchunks)
     fail(&v, "mappings %llu, chunks %u", (unsigned long long)om, h->nchunks);

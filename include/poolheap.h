@@ -161,7 +161,8 @@ typedef void (*ph_event_fn)(ph_phase phase, int begin, unsigned domain,
 typedef struct ph_config {
   unsigned max_domains;    /* 1..1024, default 64 */
   size_t pool_size;        /* power of two, 4 KiB..4 MiB, default 32 KiB */
-  size_t heap_limit;       /* max committed bytes, 0 = none (default) */
+  size_t heap_limit;       /* max committed bytes, 0 = none (default); a
+                              large block counts only the pages it uses */
   unsigned gc_percent;     /* 0 = explicit only; 1..10000, default 100 */
   ph_huge_mode huge_pages; /* default PH_HUGE_OFF */
   ph_scan_roots_fn scan_roots;
@@ -218,7 +219,10 @@ ph_heap *ph_domain_heap(const ph_domain *d);
  * first.  Returns 0 on failure and ph_last_error(d) says why: PH_EINVAL
  * (wosize 0 or > PH_MAX_WOSIZE, tag > 255, bad domain), PH_ENOMEM, PH_ESTATE
  * (detached domain, or called from inside a callback: see Callbacks at the
- * top). */
+ * top).  A block that could never fit heap_limit (or, without
+ * one, the machine's memory) is refused with PH_ENOMEM at once, without a
+ * collection; a refused allocation reserves nothing: the heap's reserved
+ * bytes and mappings are as they were. */
 ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag);
 /* The error of the last failing call on d (PH_OK if none failed). */
 int ph_last_error(const ph_domain *d);
@@ -272,7 +276,8 @@ typedef struct ph_stats {
   uint64_t live_blocks;     /* blocks found live by the last collection */
   uint64_t pool_bytes;      /* bytes of pools in use (holding blocks) */
   uint64_t free_pool_bytes; /* bytes of committed pool memory not in use */
-  uint64_t large_bytes;     /* bytes of memory holding large blocks */
+  uint64_t large_bytes;     /* bytes of memory holding large blocks (their
+                               committed pages, not whole units) */
   uint64_t committed_bytes; /* bytes committed (may be resident) */
   uint64_t reserved_bytes;  /* address space reserved */
   uint64_t mappings;        /* kernel mappings the heap holds now */
