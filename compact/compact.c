@@ -463,10 +463,12 @@ static void evacuate_stw(struct ph_heap *h, ph_worker *w,
  * flight instead of one at a time.  The ring is emptied at the end of every
  * root item, for the global set before roots_lock is released
  * (roots.global.done): a root slot is never written after its item ends.
- * compact.update.once: the fix re-reads the slot and forwards it only if it
- * still points into an evacuated unit (new addresses never do), so a slot
- * reported twice is rewritten once; root slots are read and written with
- * relaxed atomics, as two participants may hold the same one. */
+ * compact.update.once: the fix of a root slot re-reads it and forwards it
+ * only if it still points into an evacuated unit (new addresses never do),
+ * so a slot reported twice is rewritten once; root slots are read and
+ * written with relaxed atomics, as two participants may hold the same one.
+ * Fields of blocks are visited once, by the claimer of their unit or slice,
+ * and keep the plain fix. */
 #define PH_FWD_AHEAD 32 /* a power of two */
 typedef struct fwd_batch {
   const struct ph_heap *h;
@@ -475,43 +477,51 @@ typedef struct fwd_batch {
   ph_value *slot[PH_FWD_AHEAD];
 } fwd_batch;
 
-static inline void fwd_fix(const fwd_batch *b, ph_value *s) {
-  ph_value x = __atomic_load_n(s, __ATOMIC_RELAXED);
-  if (!unit_evacuated(b->h, b->plan, x))
-    return; /* compact.update.once: fixed already (reported twice) */
-  PH_ASSERT(ph_hd_color(*ph_hp(x)) == PH_FWD);
-  __atomic_store_n(s, *(const ph_value *)x, __ATOMIC_RELAXED);
+/* root: a root slot (compact.update.once); otherwise a field of a block,
+ * which only the participant that claimed the block visits, once. */
+static inline void fwd_fix(const fwd_batch *b, ph_value *s, int root) {
+  if (root) {
+    ph_value x = __atomic_load_n(s, __ATOMIC_RELAXED);
+    if (!unit_evacuated(b->h, b->plan, x))
+      return; /* fixed already: the slot was reported twice */
+    PH_ASSERT(ph_hd_color(*ph_hp(x)) == PH_FWD);
+    __atomic_store_n(s, *(const ph_value *)x, __ATOMIC_RELAXED);
+    return;
+  }
+  PH_ASSERT(ph_hd_color(*ph_hp(*s)) == PH_FWD);
+  *s = *(const ph_value *)*s;
 }
 
-static void fb_flush(fwd_batch *b) {
+static inline void fb_flush(fwd_batch *b, int root) {
   unsigned n = b->n < PH_FWD_AHEAD ? b->n : PH_FWD_AHEAD;
   for (unsigned i = b->n - n; i != b->n; i++)
-    fwd_fix(b, b->slot[i & (PH_FWD_AHEAD - 1)]);
+    fwd_fix(b, b->slot[i & (PH_FWD_AHEAD - 1)], root);
   b->n = 0;
 }
 
-/* x: the value *slot held when it was read */
-static inline void fb_add(fwd_batch *b, ph_value *slot, ph_value x) {
+/* x: the value *slot held when it was read.  The ring holds only root
+ * slots or only fields: it is emptied at the end of every root item. */
+static inline void fb_add(fwd_batch *b, ph_value *slot, ph_value x, int root) {
   if (!ph_is_block(x) || !unit_evacuated(b->h, b->plan, x))
     return;
   __builtin_prefetch((const void *)x);
   unsigned i = b->n++ & (PH_FWD_AHEAD - 1);
   if (b->n > PH_FWD_AHEAD)
-    fwd_fix(b, b->slot[i]);
+    fwd_fix(b, b->slot[i], root);
   b->slot[i] = slot;
 }
 
 static void update_slot(ph_value *slot, void *ctx) {
-  fb_add(ctx, slot, __atomic_load_n(slot, __ATOMIC_RELAXED));
+  fb_add(ctx, slot, __atomic_load_n(slot, __ATOMIC_RELAXED), 1);
 }
 
 static void update_root_item_done(void *ctx) {
-  fb_flush(ctx);
+  fb_flush(ctx, 1);
 }
 
 static void update_fields(fwd_batch *b, ph_value *f, size_t n) {
   for (size_t i = 0; i < n; i++)
-    fb_add(b, &f[i], f[i]);
+    fb_add(b, &f[i], f[i], 0);
 }
 
 static void update_pool(fwd_batch *b, ph_pool *p) {
@@ -560,7 +570,7 @@ static void update_stw(struct ph_heap *h, ph_worker *w, ph_compact_plan *plan) {
     size_t n = wo - a < PH_LARGE_SLICE ? wo - a : PH_LARGE_SLICE;
     update_fields(&fb, hp + 1 + a, n);
   }
-  fb_flush(&fb);
+  fb_flush(&fb, 0);
 }
 
 /* --------------------------------------------------------- phases 5, 6 */
