@@ -221,9 +221,9 @@ int ph_last_error(const ph_domain *d);
  * stack cannot grow); ph_scope_close pops back to mark: PH_ESTATE if mark is
  * not the innermost open scope (closed twice or out of order).
  * Marks are unique for the domain's lifetime: the mark of a scope closed
- * earlier, or of another domain, is never the innermost open scope, even
- * when a newer scope sits at the same depth, so closing with it is
- * PH_ESTATE and closes nothing.  ph_scope_open returns (size_t)-1 if it
+ * earlier, or of another attached domain, is never the innermost open
+ * scope, even when a newer scope sits at the same depth, so closing with it
+ * is PH_ESTATE and closes nothing.  ph_scope_open returns (size_t)-1 if it
  * fails.
  * Inside a blocking section (between ph_blocking_enter and
  * ph_blocking_leave), where other domains scan and update this stack, all
