@@ -13,7 +13,8 @@
  *   same depth, and a mark of another domain closes nothing.
  *
  * Random parts print their seed (POOLHEAP_SEED repeats a run); threaded
- * parts are scaled down under TSan. */
+ * parts are scaled down under TSan.  `test_roots_hardening PATTERN` runs
+ * only the tests whose names match PATTERN. */
 #include "test_util.h"
 
 /* A cell of wosize 3 holding i in field 0, followed by `gap` garbage cells
@@ -35,7 +36,11 @@ static int holds(ph_value v, intptr_t i) {
 /* ------------------------------------------------ item 1: remove in update */
 
 enum { NGS = 64 };
-static ph_value gslot[NGS];
+/* The global root slots: static, or (free_slots) the removed ones each in
+ * its own malloc block, freed right after removal (ASan sees any later
+ * access). */
+static ph_value gstatic[NGS];
+static ph_value *gs[NGS];
 
 typedef struct remove_ctx {
   pthread_mutex_t m;
@@ -43,6 +48,7 @@ typedef struct remove_ctx {
   _Atomic int in_update; /* on_event: PH_PHASE_UPDATE has begun */
   int go, done, timeout; /* (m) */
   ph_heap *h;
+  int free_slots;
   ph_value after[NGS]; /* removed slots: value read right after removal */
   int remove_err;
 } remove_ctx;
@@ -59,8 +65,8 @@ static void rm_event(ph_phase phase, int begin, unsigned dom, uint64_t t,
 }
 
 /* The hook of the update phase hands over to the plain thread and waits
- * until it has removed (and read back) half of the global roots: the window
- * a slow hook opens in a real runtime. */
+ * until it has removed half of the global roots: the window a slow hook
+ * opens in a real runtime. */
 static void rm_hook(ph_domain *d, ph_visit_fn visit, void *ctx, void *user) {
   (void)d;
   (void)visit;
@@ -91,10 +97,14 @@ static void *remover(void *arg) {
     pthread_cond_wait(&rc.c, &rc.m);
   pthread_mutex_unlock(&rc.m);
   for (int i = 0; i < NGS; i += 2) {
-    if (ph_root_remove(rc.h, &gslot[i]) != PH_OK)
+    if (ph_root_remove(rc.h, gs[i]) != PH_OK)
       rc.remove_err++;
-    /* the slot is ours again: what we read now must stay */
-    rc.after[i] = __atomic_load_n(&gslot[i], __ATOMIC_RELAXED);
+    /* the slot is ours again: what we read now must stay, or it goes */
+    rc.after[i] = __atomic_load_n(gs[i], __ATOMIC_RELAXED);
+    if (rc.free_slots) {
+      free(gs[i]);
+      gs[i] = NULL;
+    }
   }
   pthread_mutex_lock(&rc.m);
   rc.done = 1;
@@ -103,8 +113,7 @@ static void *remover(void *arg) {
   return NULL;
 }
 
-static void test_root_remove_during_update(void **state) {
-  (void)state;
+static void remove_during_update(int free_slots) {
   ph_config cfg;
   ph_config_init(&cfg);
   cfg.gc_percent = 0;
@@ -115,14 +124,17 @@ static void test_root_remove_during_update(void **state) {
   ph_domain *d;
   assert_int_equal(ph_domain_attach(h, &d), PH_OK);
   rc.h = h;
+  rc.free_slots = free_slots;
+  rc.go = rc.done = rc.timeout = rc.remove_err = 0;
   for (int i = 0; i < NGS; i++) {
-    gslot[i] = PH_UNIT;
-    assert_int_equal(ph_root_add(h, &gslot[i]), PH_OK);
+    gs[i] = free_slots && i % 2 == 0 ? malloc(sizeof(ph_value)) : &gstatic[i];
+    assert_non_null(gs[i]);
+    *gs[i] = PH_UNIT;
+    assert_int_equal(ph_root_add(h, gs[i]), PH_OK);
   }
-  for (int i = 0; i < NGS; i++)
-    gslot[i] = sparse_cell(d, i, 200);
   ph_value before[NGS];
-  memcpy(before, gslot, sizeof before);
+  for (int i = 0; i < NGS; i++)
+    before[i] = *gs[i] = sparse_cell(d, i, 200);
   pthread_t t;
   assert_int_equal(pthread_create(&t, NULL, remover, NULL), 0);
   assert_int_equal(ph_compact(d), PH_OK);
@@ -132,23 +144,38 @@ static void test_root_remove_during_update(void **state) {
   assert_true(tu_stats(h).evacuated_blocks > 0);
   int moved = 0, written_after_remove = 0, stale = 0;
   for (int i = 0; i < NGS; i += 2) {
-    moved += gslot[i] != before[i];
-    written_after_remove += gslot[i] != rc.after[i];
+    if (!free_slots)
+      written_after_remove += *gs[i] != rc.after[i];
     stale += !holds(rc.after[i], i); /* not updated before the removal */
   }
-  printf("removed slots: %d of %d moved, %d written after removal, %d stale "
-         "at removal\n",
-         moved, NGS / 2, written_after_remove, stale);
+  for (int i = 1; i < NGS; i += 2) { /* the others are still updated */
+    assert_true(holds(*gs[i], i));
+    moved += *gs[i] != before[i];
+  }
+  printf("removed slots%s: %d written after removal, %d stale at removal; "
+         "%d of %d kept slots moved\n",
+         free_slots ? " (freed)" : "", written_after_remove, stale, moved,
+         NGS / 2);
   assert_true(moved >= NGS / 4); /* the scenario happened */
   assert_int_equal(written_after_remove, 0);
   assert_int_equal(stale, 0);
-  for (int i = 1; i < NGS; i += 2) /* the others are still updated */
-    assert_true(holds(gslot[i], i));
   tu_verify_ok(d);
   for (int i = 1; i < NGS; i += 2)
-    assert_int_equal(ph_root_remove(h, &gslot[i]), PH_OK);
+    assert_int_equal(ph_root_remove(h, gs[i]), PH_OK);
   assert_int_equal(ph_domain_detach(d), PH_OK);
   assert_int_equal(ph_heap_destroy(h), PH_OK);
+}
+
+/* The removed slots keep the value they held at removal. */
+static void test_root_remove_during_update(void **state) {
+  (void)state;
+  remove_during_update(0);
+}
+
+/* The removed slots are freed at once (ASan: no use after free). */
+static void test_root_remove_and_free_during_update(void **state) {
+  (void)state;
+  remove_during_update(1);
 }
 
 /* ------------------------------------------ item 4: scopes while blocking */
@@ -430,10 +457,15 @@ static void test_mark_of_other_domain_refused(void **state) {
   assert_int_equal(ph_heap_destroy(h), PH_OK);
 }
 
-int main(void) {
+/* argv[1], if given, runs only the tests whose names match that pattern
+ * (cmocka's filter: '*' and '?' wildcards). */
+int main(int argc, char **argv) {
   tu_seed();
+  if (argc > 1)
+    cmocka_set_test_filter(argv[1]);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_root_remove_during_update),
+      cmocka_unit_test(test_root_remove_and_free_during_update),
       cmocka_unit_test(test_scope_calls_refused_while_blocking),
       cmocka_unit_test(test_scope_calls_while_blocking_concurrent),
       cmocka_unit_test(test_hook_reports_slot_twice),
