@@ -24,7 +24,7 @@
  *   registered global slot (ph_root_add) or a slot visited by the embedder's
  *   scan_roots hook.  Compaction moves blocks and rewrites those slots.
  *   Report each slot through one kind of root only (not both registered
- *   with ph_root_add and visited by the hook).  A slot reported twice all
+ *   with ph_root_add and visited by the hook).  A slot reported twice anyway
  *   the same is still updated correctly (see ph_scan_roots_fn); it only
  *   costs a second visit.
  */
