@@ -25,8 +25,8 @@
  *   scan_roots hook.  Compaction moves blocks and rewrites those slots.
  *   Report each slot through one kind of root only (not both registered
  *   with ph_root_add and visited by the hook).  A slot reported twice anyway
- *   the same is still updated correctly (see ph_scan_roots_fn); it only
- *   costs a second visit.
+ *   is still updated correctly (see ph_scan_roots_fn); it only costs a
+ *   second visit.
  */
 #ifndef POOLHEAP_H
 #define POOLHEAP_H
