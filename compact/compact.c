@@ -699,7 +699,15 @@ static void evacuate_stw(struct ph_heap *h, ph_worker *w,
  * the old copy: a cache miss per moved target.  So
  * a slot to fix is queued in a ring with a prefetch of its target and fixed
  * PH_FWD_AHEAD slots later, when the load has arrived: many misses in
- * flight instead of one at a time. */
+ * flight instead of one at a time.  The ring is emptied at the end of every
+ * root item, for the global set before roots_lock is released
+ * (roots.global.done): a root slot is never written after its item ends.
+ * compact.update.once: the fix of a root slot re-reads it and forwards it
+ * only if it still points into an evacuated unit (new addresses never do),
+ * so a slot reported twice is rewritten once; root slots are read and
+ * written with relaxed atomics, as two participants may hold the same one.
+ * Fields of blocks are visited once, by the claimer of their unit or slice,
+ * and keep the plain fix. */
 #define PH_FWD_AHEAD 32 /* a power of two */
 typedef struct fwd_batch {
   const struct ph_heap *h;
@@ -708,36 +716,51 @@ typedef struct fwd_batch {
   ph_value *slot[PH_FWD_AHEAD];
 } fwd_batch;
 
-static inline void fwd_fix(ph_value *s) {
+/* root: a root slot (compact.update.once); otherwise a field of a block,
+ * which only the participant that claimed the block visits, once. */
+static inline void fwd_fix(const fwd_batch *b, ph_value *s, int root) {
+  if (root) {
+    ph_value x = __atomic_load_n(s, __ATOMIC_RELAXED);
+    if (!unit_evacuated(b->h, b->plan, x))
+      return; /* fixed already: the slot was reported twice */
+    PH_ASSERT(ph_hd_color(*ph_hp(x)) == PH_FWD);
+    __atomic_store_n(s, *(const ph_value *)x, __ATOMIC_RELAXED);
+    return;
+  }
   PH_ASSERT(ph_hd_color(*ph_hp(*s)) == PH_FWD);
   *s = *(const ph_value *)*s;
 }
 
-static void fb_flush(fwd_batch *b) {
+static inline void fb_flush(fwd_batch *b, int root) {
   unsigned n = b->n < PH_FWD_AHEAD ? b->n : PH_FWD_AHEAD;
   for (unsigned i = b->n - n; i != b->n; i++)
-    fwd_fix(b->slot[i & (PH_FWD_AHEAD - 1)]);
+    fwd_fix(b, b->slot[i & (PH_FWD_AHEAD - 1)], root);
   b->n = 0;
 }
 
-static inline void fb_add(fwd_batch *b, ph_value *slot) {
-  ph_value x = *slot;
+/* x: the value *slot held when it was read.  The ring holds only root
+ * slots or only fields: it is emptied at the end of every root item. */
+static inline void fb_add(fwd_batch *b, ph_value *slot, ph_value x, int root) {
   if (!ph_is_block(x) || !unit_evacuated(b->h, b->plan, x))
     return;
   __builtin_prefetch((const void *)x);
   unsigned i = b->n++ & (PH_FWD_AHEAD - 1);
   if (b->n > PH_FWD_AHEAD)
-    fwd_fix(b->slot[i]);
+    fwd_fix(b, b->slot[i], root);
   b->slot[i] = slot;
 }
 
 static void update_slot(ph_value *slot, void *ctx) {
-  fb_add(ctx, slot);
+  fb_add(ctx, slot, __atomic_load_n(slot, __ATOMIC_RELAXED), 1);
+}
+
+static void update_root_item_done(void *ctx) {
+  fb_flush(ctx, 1);
 }
 
 static void update_fields(fwd_batch *b, ph_value *f, size_t n) {
   for (size_t i = 0; i < n; i++)
-    fb_add(b, &f[i]);
+    fb_add(b, &f[i], f[i], 0);
 }
 
 static void update_pool(fwd_batch *b, ph_pool *p) {
@@ -764,8 +787,7 @@ static void update_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
 static void update_stw(struct ph_heap *h, ph_worker *w, ph_compact_plan *plan) {
   ph_stw *s = &h->stw;
   fwd_batch fb = {.h = h, .plan = plan, .n = 0};
-  ph_roots_scan_stw(h, w, update_slot, &fb);
-  fb_flush(&fb);
+  ph_roots_scan_done_stw(h, w, update_slot, update_root_item_done, &fb);
   ph_stw_each_unit_stw(h, &s->claim_c, 8, update_unit, &fb);
   for (;;) {
     size_t k =
@@ -787,7 +809,7 @@ static void update_stw(struct ph_heap *h, ph_worker *w, ph_compact_plan *plan) {
     size_t n = wo - a < PH_LARGE_SLICE ? wo - a : PH_LARGE_SLICE;
     update_fields(&fb, hp + 1 + a, n);
   }
-  fb_flush(&fb);
+  fb_flush(&fb, 0);
 }
 
 /* --------------------------------------------------------- phases 5, 6 */

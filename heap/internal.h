@@ -187,6 +187,11 @@ typedef struct ph_rootseg {
   size_t used;
   ph_value slot[PH_ROOTSEG_SLOTS];
 } ph_rootseg;
+/* roots.mark: an open scope, its mark and the depth to pop back to. */
+typedef struct ph_scope_rec {
+  size_t mark;
+  size_t depth;
+} ph_scope_rec;
 
 /* A domain slot: the per-owner state that outlives a domain's attachment
  * (its pools stay owned by the slot; the next domain attached to the slot
@@ -208,9 +213,10 @@ struct ph_domain {
   ph_alloc_cache cache[PH_MAX_CLASSES]; /* owner, or flush at STW entry */
   /* roots.stack (owner; read and updated by stop-the-world participants) */
   ph_rootseg *roots;
-  size_t depth;   /* slots pushed in all segments */
-  size_t *scopes; /* marks of open scopes, innermost last */
+  size_t depth;         /* slots pushed in all segments */
+  ph_scope_rec *scopes; /* open scopes, innermost last */
   size_t nscopes, scopes_cap;
+  uint64_t scope_serial;          /* scopes opened so far (roots.mark) */
   _Atomic uint64_t allocated;     /* bytes; owner stores (relaxed), any reads */
   struct ph_domain *retired_next; /* heap->retired list after detach */
 };
@@ -508,12 +514,18 @@ void ph_stw_each_unit_stw(struct ph_heap *h, _Atomic size_t *claim,
 /* roots/roots.c */
 void ph_roots_scan_stw(struct ph_heap *h, ph_worker *w, ph_visit_fn visit,
                        void *ctx);
+/* The same, calling done(ctx) at the end of each root item: for the global
+ * set before roots_lock is released (roots.global.done), so a visitor that
+ * defers its work on slots finishes it while the slots are still roots. */
+void ph_roots_scan_done_stw(struct ph_heap *h, ph_worker *w, ph_visit_fn visit,
+                            void (*done)(void *ctx), void *ctx);
 void ph_roots_domain_init(struct ph_domain *d);
 void ph_roots_domain_fini(struct ph_domain *d);
 void ph_roots_global_fini(struct ph_heap *h);
 void ph_roots_visit_domain(struct ph_heap *h, unsigned slot, ph_visit_fn visit,
                            void *ctx);
-void ph_roots_visit_global(struct ph_heap *h, ph_visit_fn visit, void *ctx);
+void ph_roots_visit_global(struct ph_heap *h, ph_visit_fn visit,
+                           void (*done)(void *ctx), void *ctx);
 
 /* compact/compact.c */
 void ph_compact_stw(struct ph_heap *h, ph_worker *w);

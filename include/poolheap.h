@@ -24,7 +24,9 @@
  *   registered global slot (ph_root_add) or a slot visited by the embedder's
  *   scan_roots hook.  Compaction moves blocks and rewrites those slots.
  *   Report each slot through one kind of root only (not both registered
- *   with ph_root_add and visited by the hook).
+ *   with ph_root_add and visited by the hook).  A slot reported twice anyway
+ *   is still updated correctly (see ph_scan_roots_fn); it only costs a
+ *   second visit.
  * - Callbacks (the ph_census fn, on_event, scan_roots) run inside a
  *   stop-the-world section.  A call into poolheap from inside one, on the
  *   callback's thread, is refused in every build and changes nothing:
@@ -148,7 +150,13 @@ typedef void (*ph_visit_fn)(ph_value *slot, void *ctx);
  * marking and during compaction's pointer update, for every attached domain
  * (blocking ones too, from another domain's thread).  It must not allocate
  * or call into poolheap other than through visit: such calls are refused
- * (PH_ESTATE; see Callbacks above). */
+ * (PH_ESTATE; see Callbacks above).
+ * A slot visited more than once in one pass (twice by the hook, by the hooks
+ * of two domains, or by the hook and also registered with ph_root_add) is
+ * harmless in every build: marking only reads it, and compaction's update
+ * rewrites a root slot only while it still points into a block that moved,
+ * so a repeated visit finds the new address and leaves it alone.  By the
+ * time the section ends, every visited slot holds its block's new address. */
 typedef void (*ph_scan_roots_fn)(ph_domain *d, ph_visit_fn visit, void *ctx,
                                  void *user);
 /* Called around every phase on every participating domain; begin is 1 at the
@@ -233,14 +241,29 @@ int ph_last_error(const ph_domain *d);
  * ph_root pushes v and returns its slot, which stays at the same address
  * until the scope closes and is kept up to date by the collector (NULL if the
  * stack cannot grow); ph_scope_close pops back to mark: PH_ESTATE if mark is
- * not the innermost open scope (closed twice or out of order). */
+ * not the innermost open scope (closed twice or out of order).
+ * Marks are unique for the domain's lifetime: the mark of a scope closed
+ * earlier, or of another attached domain, is never the innermost open
+ * scope, even when a newer scope sits at the same depth, so closing with it
+ * is PH_ESTATE and closes nothing.  ph_scope_open returns (size_t)-1 if it
+ * fails.
+ * Inside a blocking section (between ph_blocking_enter and
+ * ph_blocking_leave), where other domains scan and update this stack, all
+ * three are refused as ph_alloc is: ph_scope_open returns (size_t)-1,
+ * ph_root NULL, ph_scope_close PH_ESTATE, each with ph_last_error(d) ==
+ * PH_ESTATE, and the stack stays as it was.  Open and fill scopes before
+ * ph_blocking_enter, close them after ph_blocking_leave. */
 size_t ph_scope_open(ph_domain *d);
 ph_value *ph_root(ph_domain *d, ph_value v);
 int ph_scope_close(ph_domain *d, size_t mark);
 
 /* Global roots: slots owned by the embedder, callable from any thread.
  * ph_root_add: PH_EINVAL if slot is NULL or already registered.
- * ph_root_remove: PH_EINVAL if slot is not registered. */
+ * ph_root_remove: PH_EINVAL if slot is not registered.  Once it has
+ * returned PH_OK, poolheap never reads or writes *slot again (a collection
+ * or compaction that is scanning or updating the global roots finishes with
+ * them before the removal takes effect), so the slot may be freed or reused
+ * at once, even while another domain collects. */
 int ph_root_add(ph_heap *h, ph_value *slot);
 int ph_root_remove(ph_heap *h, ph_value *slot);
 
@@ -249,7 +272,8 @@ int ph_root_remove(ph_heap *h, ph_value *slot);
 /* Join a pending stop-the-world section; one load when none is pending. */
 void ph_safepoint(ph_domain *d);
 /* Around code that does not touch the heap (a system call, a lock wait):
- * collections run without waiting for this domain. */
+ * collections run without waiting for this domain.  Allocation and the
+ * handle-scope calls are refused in between (PH_ESTATE, see ph_scope_open). */
 void ph_blocking_enter(ph_domain *d);
 void ph_blocking_leave(ph_domain *d);
 

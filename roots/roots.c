@@ -2,11 +2,18 @@
  *
  * roots.stack: each domain's handle scopes.  Slots live in segments that
  *   never move, so the pointer ph_root returns stays valid until its scope
- *   closes.  A scope mark is (nesting level << 32 | depth): closing anything
- *   but the innermost open scope is PH_ESTATE, which catches a double close
- *   and out-of-order closes.
+ *   closes.  The three calls are refused (PH_ESTATE) inside a blocking
+ *   section, where other domains scan and update the stack.
+ * roots.mark: a scope mark is (scopes opened by the domain << 10 | domain
+ *   index), unique for the domain's lifetime; the depth to pop back to is
+ *   kept beside it.  Closing anything but the innermost open scope is
+ *   PH_ESTATE, which catches a double close, out-of-order closes and a stale
+ *   mark of a scope closed earlier.
  * roots.global: slots registered by the embedder, an open-addressing set
- *   guarded by roots_lock (callable from any thread).
+ *   guarded by roots_lock (callable from any thread).  roots.global.done:
+ *   a pass over the set ends (the compactor's deferred slot fixes included)
+ *   before roots_lock is released, so once ph_root_remove returns the slot
+ *   is never read or written again.
  * roots.hook: cfg.scan_roots, called for every attached domain.
  *
  * Inside a section, root work is claimed item by item with claim_roots:
@@ -23,6 +30,18 @@ void ph_roots_domain_init(struct ph_domain *d) {
   d->depth = 0;
   d->scopes = NULL;
   d->nscopes = d->scopes_cap = 0;
+  d->scope_serial = 0;
+}
+
+/* barrier.blocking: while the domain is blocking, other domains' sections
+ * scan and update its stack, so the owner may not change it.  state is
+ * written only by the owner (under heap->lock), so the owner reads it
+ * without the lock. */
+static int stack_usable(struct ph_domain *d) {
+  if (d->state == PH_DS_RUNNING)
+    return 1;
+  d->last_error = PH_ESTATE;
+  return 0;
 }
 
 void ph_roots_domain_fini(struct ph_domain *d) {
@@ -38,11 +57,12 @@ void ph_roots_domain_fini(struct ph_domain *d) {
 }
 
 size_t ph_scope_open(ph_domain *d) {
-  if (ph_check_domain(d) != PH_OK || ph_in_section()) /* barrier.reentry */
+  if (ph_check_domain(d) != PH_OK || ph_in_section() || /* barrier.reentry */
+      !stack_usable(d))
     return (size_t)-1;
   if (d->nscopes == d->scopes_cap) {
     size_t ncap = d->scopes_cap ? d->scopes_cap * 2 : 16;
-    size_t *n = realloc(d->scopes, ncap * sizeof *n);
+    ph_scope_rec *n = realloc(d->scopes, ncap * sizeof *n);
     if (!n) {
       d->last_error = PH_ENOMEM;
       return (size_t)-1;
@@ -50,13 +70,15 @@ size_t ph_scope_open(ph_domain *d) {
     d->scopes = n;
     d->scopes_cap = ncap;
   }
-  size_t mark = ((size_t)d->nscopes << 32) | d->depth;
-  d->scopes[d->nscopes++] = mark;
+  /* roots.mark: 54 bits of serial never wrap; never 0 or (size_t)-1 */
+  size_t mark = (size_t)(++d->scope_serial << 10) | (d->index & 1023u);
+  d->scopes[d->nscopes++] = (ph_scope_rec){mark, d->depth};
   return mark;
 }
 
 ph_value *ph_root(ph_domain *d, ph_value v) {
-  if (ph_check_domain(d) != PH_OK || ph_in_section()) /* barrier.reentry */
+  if (ph_check_domain(d) != PH_OK || ph_in_section() || /* barrier.reentry */
+      !stack_usable(d))
     return NULL;
   ph_rootseg *s = d->roots;
   if (!s || s->used == PH_ROOTSEG_SLOTS) {
@@ -83,12 +105,13 @@ int ph_scope_close(ph_domain *d, size_t mark) {
     return err;
   if (ph_in_section()) /* barrier.reentry */
     return PH_ESTATE;
-  if (d->nscopes == 0 || d->scopes[d->nscopes - 1] != mark) {
+  if (!stack_usable(d))
+    return PH_ESTATE;
+  if (d->nscopes == 0 || d->scopes[d->nscopes - 1].mark != mark) {
     d->last_error = PH_ESTATE;
     return PH_ESTATE;
   }
-  d->nscopes--;
-  size_t depth = mark & 0xffffffffu;
+  size_t depth = d->scopes[--d->nscopes].depth;
   while (d->depth > depth) {
     ph_rootseg *s = d->roots;
     size_t drop = d->depth - depth;
@@ -212,11 +235,14 @@ int ph_root_remove(ph_heap *h, ph_value *slot) {
   return err;
 }
 
-void ph_roots_visit_global(struct ph_heap *h, ph_visit_fn visit, void *ctx) {
+void ph_roots_visit_global(struct ph_heap *h, ph_visit_fn visit,
+                           void (*done)(void *ctx), void *ctx) {
   pthread_mutex_lock(&h->roots_lock);
   for (size_t i = 0; i < h->groots_cap; i++)
     if (h->groots[i] && h->groots[i] != TOMB)
       visit(h->groots[i], ctx);
+  if (done) /* roots.global.done: still under the lock */
+    done(ctx);
   pthread_mutex_unlock(&h->roots_lock);
 }
 
@@ -226,9 +252,10 @@ void ph_roots_global_fini(struct ph_heap *h) {
   h->groots_cap = h->groots_n = h->groots_used = 0;
 }
 
-/* Claim root items until none is left (see the header comment). */
-void ph_roots_scan_stw(struct ph_heap *h, ph_worker *w, ph_visit_fn visit,
-                       void *ctx) {
+/* Claim root items until none is left (see the header comment); done (if
+ * not NULL) ends each item. */
+void ph_roots_scan_done_stw(struct ph_heap *h, ph_worker *w, ph_visit_fn visit,
+                            void (*done)(void *ctx), void *ctx) {
   ph_stw *s = &h->stw;
   size_t nitems = 1 + (size_t)h->cfg.max_domains;
   for (;;) {
@@ -237,10 +264,18 @@ void ph_roots_scan_stw(struct ph_heap *h, ph_worker *w, ph_visit_fn visit,
         atomic_fetch_add_explicit(&s->claim_roots, 1, memory_order_relaxed);
     if (i >= nitems)
       break;
-    if (i == 0)
-      ph_roots_visit_global(h, visit, ctx);
-    else
+    if (i == 0) {
+      ph_roots_visit_global(h, visit, done, ctx);
+    } else {
       ph_roots_visit_domain(h, (unsigned)(i - 1), visit, ctx);
+      if (done)
+        done(ctx);
+    }
   }
   (void)w;
+}
+
+void ph_roots_scan_stw(struct ph_heap *h, ph_worker *w, ph_visit_fn visit,
+                       void *ctx) {
+  ph_roots_scan_done_stw(h, w, visit, NULL, ctx);
 }
