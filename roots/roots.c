@@ -38,8 +38,11 @@ void ph_roots_domain_fini(struct ph_domain *d) {
 }
 
 size_t ph_scope_open(ph_domain *d) {
-  if (ph_check_domain(d) != PH_OK)
+  int err = ph_check_domain(d);
+  if (err != PH_OK) {
+    ph_domain_note_error(d, err);
     return (size_t)-1;
+  }
   if (d->nscopes == d->scopes_cap) {
     size_t ncap = d->scopes_cap ? d->scopes_cap * 2 : 16;
     size_t *n = realloc(d->scopes, ncap * sizeof *n);
@@ -56,8 +59,11 @@ size_t ph_scope_open(ph_domain *d) {
 }
 
 ph_value *ph_root(ph_domain *d, ph_value v) {
-  if (ph_check_domain(d) != PH_OK)
+  int err = ph_check_domain(d);
+  if (err != PH_OK) {
+    ph_domain_note_error(d, err);
     return NULL;
+  }
   ph_rootseg *s = d->roots;
   if (!s || s->used == PH_ROOTSEG_SLOTS) {
     ph_rootseg *n = malloc(sizeof *n);
@@ -79,8 +85,10 @@ ph_value *ph_root(ph_domain *d, ph_value v) {
 
 int ph_scope_close(ph_domain *d, size_t mark) {
   int err = ph_check_domain(d);
-  if (err != PH_OK)
+  if (err != PH_OK) {
+    ph_domain_note_error(d, err);
     return err;
+  }
   if (d->nscopes == 0 || d->scopes[d->nscopes - 1] != mark) {
     d->last_error = PH_ESTATE;
     return PH_ESTATE;
@@ -157,7 +165,7 @@ static int grow_roots_locked(struct ph_heap *h) {
 }
 
 int ph_root_add(ph_heap *h, ph_value *slot) {
-  if (!h || h->sig != PH_SIG_HEAP || !slot || ((uintptr_t)slot & 7))
+  if (!slot || ((uintptr_t)slot & 7) || !ph_heap_is_live(h))
     return PH_EINVAL;
   pthread_mutex_lock(&h->roots_lock);
   int err = PH_OK;
@@ -188,7 +196,7 @@ int ph_root_add(ph_heap *h, ph_value *slot) {
 }
 
 int ph_root_remove(ph_heap *h, ph_value *slot) {
-  if (!h || h->sig != PH_SIG_HEAP || !slot)
+  if (!slot || !ph_heap_is_live(h))
     return PH_EINVAL;
   int err = PH_EINVAL;
   pthread_mutex_lock(&h->roots_lock);
