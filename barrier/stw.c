@@ -437,11 +437,7 @@ void ph_safepoint(ph_domain *d) {
    * read only once d is known to be this thread's domain) */
   if (__builtin_expect(ph_check_domain(d) != PH_OK, 0))
     return;
-  /* relaxed: one load on the fast path; ph_stw_join re-reads under the
-   * lock, which orders everything that matters */
-  if (__builtin_expect(
-          atomic_load_explicit(&d->heap->stw_pending, memory_order_relaxed), 0))
-    ph_stw_join(d);
+  ph_safepoint_owner(d);
 }
 
 void ph_blocking_enter(ph_domain *d) {

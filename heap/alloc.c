@@ -174,7 +174,7 @@ ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag) {
     d->last_error = PH_ESTATE;
     return 0;
   }
-  ph_safepoint(d);
+  ph_safepoint_owner(d); /* d was checked above */
   if (wosize > h->max_small_wosize)
     return ph_large_alloc(d, wosize, tag);
   unsigned cls = ph_class_of_wosize(h, wosize);

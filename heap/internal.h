@@ -491,6 +491,13 @@ typedef struct ph_stw_req {
 } ph_stw_req;
 int ph_stw_run(struct ph_domain *d, int kind, const ph_stw_req *req);
 void ph_stw_join(struct ph_domain *d);
+/* ph_safepoint for a domain already checked by its owner: one load when
+ * nothing is pending (relaxed; ph_stw_join re-reads under the lock). */
+static inline void ph_safepoint_owner(struct ph_domain *d) {
+  if (__builtin_expect(
+          atomic_load_explicit(&d->heap->stw_pending, memory_order_relaxed), 0))
+    ph_stw_join(d);
+}
 int ph_stw_helpers_start(struct ph_heap *h);
 void ph_stw_helpers_stop(struct ph_heap *h);
 /* The unit index space of the current section: global unit -> chunk. */

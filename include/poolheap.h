@@ -194,7 +194,10 @@ int ph_heap_destroy(ph_heap *h);
  * and ph_last_error) on a domain from another thread gets PH_ESTATE, and
  * ph_safepoint and ph_blocking_enter/leave ignore it.  A thread that exits
  * with domains still attached has them detached at its exit (as by
- * ph_domain_detach), so later collections do not wait for it. */
+ * ph_domain_detach, from a thread-specific data destructor), so later
+ * collections do not wait for it; until then scan_roots is still called for
+ * such a domain, so the hook must not depend on state the thread's earlier
+ * destructors (C++ thread_local, other keys) have freed. */
 int ph_domain_attach(ph_heap *h, ph_domain **out);
 /* Detach a domain (from its own thread).  Blocks it allocated stay alive
  * while reachable from other roots; its pools are adopted by the heap; its
