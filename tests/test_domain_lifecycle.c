@@ -252,6 +252,81 @@ static void test_stale_handle_recycled(void **state) {
   pthread_barrier_destroy(&s.done);
 }
 
+/* Stale calls racing with the recycling of the same handles: one thread
+ * churns attach/detach on a small heap (its handles cycle through the
+ * retired list), another calls every function on handles it saw detached.
+ * Each stale call must be refused, the churning domain must never see an
+ * error it did not cause, and TSan must see no race. */
+typedef struct race_ctx {
+  ph_heap *h;
+  _Atomic(ph_domain *) seen[PH_RETIRED_KEEP + 4];
+  _Atomic int stop;
+  size_t cycles, stale_calls, accepted, foreign_errors;
+} race_ctx;
+
+static void *race_churn(void *arg) {
+  race_ctx *c = arg;
+  const size_t n = tu_scale(20000, 10);
+  for (size_t i = 0; i < n; i++) {
+    ph_domain *d = NULL;
+    assert_int_equal(ph_domain_attach(c->h, &d), PH_OK);
+    assert_true(ph_alloc(d, 2, 0) != 0);
+    size_t m = ph_scope_open(d);
+    assert_non_null(ph_root(d, PH_UNIT));
+    assert_int_equal(ph_scope_close(d, m), PH_OK);
+    ph_safepoint(d);
+    if (ph_last_error(d) != PH_OK)
+      c->foreign_errors++;
+    assert_int_equal(ph_domain_detach(d), PH_OK);
+    atomic_store(&c->seen[i % (PH_RETIRED_KEEP + 4)], d);
+  }
+  c->cycles = n;
+  atomic_store(&c->stop, 1);
+  return NULL;
+}
+
+static void *race_stale(void *arg) {
+  race_ctx *c = arg;
+  size_t k = 0;
+  while (!atomic_load(&c->stop)) {
+    ph_domain *d = atomic_load(&c->seen[k++ % (PH_RETIRED_KEEP + 4)]);
+    if (!d)
+      continue;
+    c->stale_calls++;
+    c->accepted += ph_alloc(d, 1, 0) != 0;
+    c->accepted += ph_collect(d) != PH_ESTATE;
+    c->accepted += ph_scope_open(d) != (size_t)-1;
+    c->accepted += ph_root(d, PH_UNIT) != NULL;
+    c->accepted += ph_scope_close(d, 0) != PH_ESTATE;
+    c->accepted += ph_domain_detach(d) != PH_ESTATE;
+    ph_safepoint(d);
+    ph_blocking_enter(d);
+    ph_blocking_leave(d);
+    (void)ph_last_error(d);
+    (void)ph_domain_index(d);
+    c->accepted += ph_domain_heap(d) != c->h;
+  }
+  return NULL;
+}
+
+static void test_stale_race(void **state) {
+  (void)state;
+  race_ctx c;
+  memset(&c, 0, sizeof c);
+  assert_int_equal(ph_heap_create(NULL, &c.h), PH_OK);
+  pthread_t a, b;
+  assert_int_equal(pthread_create(&a, NULL, race_stale, &c), 0);
+  assert_int_equal(pthread_create(&b, NULL, race_churn, &c), 0);
+  assert_int_equal(pthread_join(b, NULL), 0);
+  assert_int_equal(pthread_join(a, NULL), 0);
+  print_message("stale race: %zu cycles, %zu rounds of stale calls, %zu "
+                "accepted, %zu errors seen by the live domain\n",
+                c.cycles, c.stale_calls, c.accepted, c.foreign_errors);
+  assert_int_equal(c.accepted, 0);
+  assert_int_equal(c.foreign_errors, 0);
+  assert_int_equal(ph_heap_destroy(c.h), PH_OK);
+}
+
 /* ------------------------------------------- threads that do not detach */
 
 typedef struct exit_ctx {
@@ -339,6 +414,7 @@ int main(void) {
       cmocka_unit_test(test_churn_one_thread),
       cmocka_unit_test(test_churn_threads),
       cmocka_unit_test(test_stale_handle_recycled),
+      cmocka_unit_test(test_stale_race),
       cmocka_unit_test(test_exit_idle),
       cmocka_unit_test(test_exit_blocking),
       cmocka_unit_test(test_exit_while_collecting),
