@@ -254,7 +254,7 @@ int ph_root_remove(ph_heap *h, ph_value *slot);
 /* Join a pending stop-the-world section; one load when none is pending.
  * NULL, a detached handle, another thread's domain and junk (a pointer to
  * readable memory that is not a domain handle, told apart by its signature
- * word) are ignored; that check costs two more loads, no lock. */
+ * word) are ignored; that check costs a few more loads, no lock. */
 void ph_safepoint(ph_domain *d);
 /* Around code that does not touch the heap (a system call, a lock wait):
  * collections run without waiting for this domain.  NULL, junk, detached
