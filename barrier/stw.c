@@ -461,13 +461,11 @@ void ph_stw_join(struct ph_domain *d) {
 /* ------------------------------------------------------------- public */
 
 void ph_safepoint(ph_domain *d) {
-  /* relaxed: one load on the fast path; ph_stw_join re-reads under the
-   * lock, which orders everything that matters */
-  if (__builtin_expect(
-          atomic_load_explicit(&d->heap->stw_pending, memory_order_relaxed),
-          0) &&
-      !ph_in_section()) /* barrier.reentry: only on the slow path */
-    ph_stw_join(d);
+  /* NULL, junk, detached or another thread's handle: ignored (d->heap is
+   * read only once d is known to be this thread's domain) */
+  if (__builtin_expect(ph_check_domain(d) != PH_OK, 0))
+    return;
+  (void)ph_safepoint_owner(d); /* barrier.reentry on its slow path */
 }
 
 void ph_blocking_enter(ph_domain *d) {
@@ -508,8 +506,10 @@ void ph_blocking_leave(ph_domain *d) {
 
 static int run_checked(ph_domain *d, int kind, const ph_stw_req *req) {
   int err = ph_check_domain(d);
-  if (err != PH_OK)
+  if (err != PH_OK) {
+    ph_domain_note_error(d, err);
     return err;
+  }
   if (ph_in_section()) /* barrier.reentry */
     return PH_ESTATE;
   err = ph_stw_run(d, kind, req);

@@ -14,16 +14,31 @@
 int ph_check_domain(const struct ph_domain *d) {
   if (!d)
     return PH_EINVAL;
-  if (d->sig == PH_SIG_DEAD)
+  /* relaxed: a stale handle may be recycled by another thread meanwhile;
+   * whatever the loads see, a call from this thread is refused unless the
+   * handle is attached and was attached by this thread (heap.domain). */
+  uint32_t sig = atomic_load_explicit(&d->sig, memory_order_relaxed);
+  if (sig == PH_SIG_DEAD)
     return PH_ESTATE;
-  if (d->sig != PH_SIG_DOMAIN)
+  if (sig != PH_SIG_DOMAIN)
     return PH_EINVAL;
-#if PH_DEBUG
-  /* domain.owner: a domain is used only by the thread that attached it. */
-  if (!pthread_equal(d->thread, pthread_self()))
+  /* domain.owner: a domain is used only by the thread that attached it
+   * (every build: this is what makes a recycled handle safe). */
+  if (atomic_load_explicit(&d->owner, memory_order_relaxed) != ph_thread_tag())
     return PH_ESTATE;
-#endif
   return PH_OK;
+}
+
+void ph_domain_note_error(struct ph_domain *d, int err) {
+  if (!d || atomic_load_explicit(&d->sig, memory_order_relaxed) != PH_SIG_DEAD)
+    return;
+  /* A detached handle's fields are guarded by heap->lock (attach recycles
+   * it under the lock), and its heap never changes. */
+  struct ph_heap *h = d->heap;
+  pthread_mutex_lock(&h->lock);
+  if (atomic_load_explicit(&d->sig, memory_order_relaxed) == PH_SIG_DEAD)
+    atomic_store_explicit(&d->last_error, err, memory_order_relaxed);
+  pthread_mutex_unlock(&h->lock);
 }
 
 static void count_alloc(struct ph_domain *d, uint64_t bytes) {
@@ -163,8 +178,7 @@ ph_value ph_large_alloc(struct ph_domain *d, size_t wosize, unsigned tag) {
 ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag) {
   int err = ph_check_domain(d);
   if (err != PH_OK) {
-    if (d && d->sig == PH_SIG_DEAD) /* a detached handle stays readable */
-      d->last_error = err;
+    ph_domain_note_error(d, err); /* a detached handle stays readable */
     return 0;
   }
   if (wosize == 0 || wosize > PH_MAX_WOSIZE || tag > PH_TAG_MAX) {
@@ -176,16 +190,11 @@ ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag) {
     d->last_error = PH_ESTATE;
     return 0;
   }
-  /* ph_safepoint, with barrier.reentry on its slow path: from a callback
-   * (the section is pending) refuse; ph_last_error only on our own domain */
-  if (__builtin_expect(
-          atomic_load_explicit(&h->stw_pending, memory_order_relaxed), 0)) {
-    if (ph_in_section()) {
-      if (pthread_equal(d->thread, pthread_self()))
-        d->last_error = PH_ESTATE;
-      return 0;
-    }
-    ph_stw_join(d);
+  /* d was checked above (its owner's thread); barrier.reentry on the slow
+   * path: from a callback (the section is pending) refuse */
+  if (ph_safepoint_owner(d) != PH_OK) {
+    d->last_error = PH_ESTATE;
+    return 0;
   }
   if (wosize > h->max_small_wosize)
     return ph_large_alloc(d, wosize, tag);
@@ -209,7 +218,10 @@ ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag) {
 }
 
 int ph_last_error(const ph_domain *d) {
-  if (!d || (d->sig != PH_SIG_DOMAIN && d->sig != PH_SIG_DEAD))
+  if (!d)
     return PH_EINVAL;
-  return d->last_error;
+  uint32_t sig = atomic_load_explicit(&d->sig, memory_order_relaxed);
+  if (sig != PH_SIG_DOMAIN && sig != PH_SIG_DEAD)
+    return PH_EINVAL;
+  return atomic_load_explicit(&d->last_error, memory_order_relaxed);
 }

@@ -90,6 +90,41 @@ void ph_pacing_reset_locked(struct ph_heap *h) {
   atomic_store_explicit(&h->alloc_since, 0, memory_order_relaxed);
 }
 
+/* The live-heap registry: every heap between create and destroy, so that
+ * a pointer that is not a live heap (destroyed, or never one) is refused
+ * without being dereferenced.  Lock order: live_lock, then heap->lock.  It
+ * covers calls made after ph_heap_destroy returned, not calls racing with
+ * it (those are the embedder's bug). */
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ph_heap *live_heaps; /* (live_lock) */
+
+static int live_find_locked(const struct ph_heap *h) {
+  for (struct ph_heap *p = live_heaps; p; p = p->live_next)
+    if (p == h)
+      return 1;
+  return 0;
+}
+
+int ph_heap_is_live(const struct ph_heap *h) {
+  if (!h)
+    return 0;
+  pthread_mutex_lock(&live_lock);
+  int live = live_find_locked(h);
+  pthread_mutex_unlock(&live_lock);
+  return live;
+}
+
+int ph_heap_lock_live(struct ph_heap *h) {
+  if (!h)
+    return PH_EINVAL;
+  pthread_mutex_lock(&live_lock);
+  int live = live_find_locked(h);
+  if (live) /* destroy needs live_lock, then this lock: h stays */
+    pthread_mutex_lock(&h->lock);
+  pthread_mutex_unlock(&live_lock);
+  return live ? PH_OK : PH_EINVAL;
+}
+
 /* Everything but the chunks (released before) goes; used by destroy and by
  * a create that could not get its first chunk. */
 static void heap_free(struct ph_heap *h) {
@@ -166,22 +201,38 @@ int ph_heap_create(const ph_config *cfg, ph_heap **out) {
     return PH_ENOMEM;
   }
   h->sig = PH_SIG_HEAP;
+  pthread_mutex_lock(&live_lock);
+  h->live_next = live_heaps;
+  live_heaps = h;
+  pthread_mutex_unlock(&live_lock);
   *out = h;
   return PH_OK;
 }
 
 int ph_heap_destroy(ph_heap *h) {
-  if (!h || h->sig != PH_SIG_HEAP)
+  if (!h)
     return PH_EINVAL;
   if (ph_in_section()) /* barrier.reentry */
     return PH_ESTATE;
+  pthread_mutex_lock(&live_lock);
+  if (!live_find_locked(h)) { /* destroyed already, or never a heap */
+    pthread_mutex_unlock(&live_lock);
+    return PH_EINVAL;
+  }
   pthread_mutex_lock(&h->lock);
   if (h->ndomains > 0) {
     pthread_mutex_unlock(&h->lock);
+    pthread_mutex_unlock(&live_lock);
     return PH_ESTATE;
   }
   h->sig = PH_SIG_DEAD;
   pthread_mutex_unlock(&h->lock);
+  for (struct ph_heap **p = &live_heaps; *p; p = &(*p)->live_next)
+    if (*p == h) {
+      *p = h->live_next;
+      break;
+    }
+  pthread_mutex_unlock(&live_lock);
   /* no domain: no section can be pending, the helpers are asleep */
   ph_stw_helpers_stop(h);
   pthread_mutex_lock(&h->lock);
@@ -196,11 +247,13 @@ int ph_heap_destroy(ph_heap *h) {
 }
 
 int ph_stats_get(ph_heap *h, ph_stats *out) {
-  if (!h || h->sig != PH_SIG_HEAP || !out)
+  if (!out)
     return PH_EINVAL;
   if (ph_in_section()) /* barrier.reentry */
     return PH_ESTATE;
-  pthread_mutex_lock(&h->lock);
+  int err = ph_heap_lock_live(h); /* takes h->lock */
+  if (err != PH_OK)
+    return err;
   ph_stats s = h->st;
   s.pool_bytes = (uint64_t)h->pool_units << h->pool_shift;
   /* relaxed: accounting counters, exact under heap->lock which we hold */

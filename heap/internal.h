@@ -202,14 +202,19 @@ typedef struct ph_slot {
   struct ph_domain *dom; /* attached domain, NULL if none (heap->lock) */
 } ph_slot;
 
+/* heap.domain.handle: a handle is recycled only through its heap's
+ * retired list, so `heap` never changes.  A stale call may read sig, owner,
+ * index and last_error while the handle is being recycled for another
+ * thread: those are atomics (index through __atomic builtins); a call whose
+ * owner check fails reads nothing else. */
 struct ph_domain {
-  uint32_t sig;   /* PH_SIG_DOMAIN while attached, PH_SIG_DEAD after */
-  unsigned index; /* slot index */
+  _Atomic uint32_t sig; /* PH_SIG_DOMAIN while attached, PH_SIG_DEAD after */
+  unsigned index;       /* slot index */
   struct ph_heap *heap;
-  pthread_t thread;
-  int state;             /* PH_DS_*: written under heap->lock */
-  int last_error;        /* owner only */
-  uint64_t stw_expected; /* epoch of the STW that counts on us (lock) */
+  _Atomic uintptr_t owner; /* ph_thread_tag() of the attaching thread */
+  int state;               /* PH_DS_*: written under heap->lock */
+  _Atomic int last_error;  /* owner; a detached handle's under heap->lock */
+  uint64_t stw_expected;   /* epoch of the STW that counts on us (lock) */
   ph_alloc_cache cache[PH_MAX_CLASSES]; /* owner, or flush at STW entry */
   /* roots.stack (owner; read and updated by stop-the-world participants) */
   ph_rootseg *roots;
@@ -219,7 +224,19 @@ struct ph_domain {
   uint64_t scope_serial;          /* scopes opened so far (roots.mark) */
   _Atomic uint64_t allocated;     /* bytes; owner stores (relaxed), any reads */
   struct ph_domain *retired_next; /* heap->retired list after detach */
+  struct ph_domain *thread_next;  /* owner: ph_tl_domains list */
 };
+
+/* heap.domain.exit: the domains attached by the calling thread (a list
+ * through thread_next), detached by a thread-exit destructor.  Its address
+ * is the thread's tag for the owner check (unique among live threads). */
+extern _Thread_local struct ph_domain *ph_tl_domains
+    __attribute__((tls_model("initial-exec")));
+static inline uintptr_t ph_thread_tag(void) {
+  return (uintptr_t)&ph_tl_domains;
+}
+/* Detached handles kept before the oldest is recycled (heap.domain). */
+#define PH_RETIRED_KEEP 64u
 
 /* ------------------------------------------------------------- barriers */
 /* barrier.sense: a reusable barrier for n threads (mutex + condvar). */
@@ -368,7 +385,10 @@ struct ph_heap {
   size_t large_comm;              /* bytes committed by large blocks */
   ph_slot *slots;                 /* cfg.max_domains */
   unsigned ndomains;
-  struct ph_domain *retired;
+  struct ph_domain *retired; /* detached handles, oldest first (FIFO) */
+  struct ph_domain *retired_tail;
+  unsigned nretired;
+  struct ph_heap *live_next; /* the live-heap registry (heap/heap.c) */
 
   /* roots.global: open-addressing set of slots, guarded by roots_lock. */
   pthread_mutex_t roots_lock;
@@ -460,6 +480,9 @@ void ph_domain_flush_caches(struct ph_domain *d);
 
 /* heap/alloc.c */
 int ph_check_domain(const struct ph_domain *d);
+/* After a failed check: record err as d's last error if d is a detached
+ * handle (a live handle belongs to its owner; junk is not written). */
+void ph_domain_note_error(struct ph_domain *d, int err);
 ph_value ph_large_alloc(struct ph_domain *d, size_t wosize, unsigned tag);
 
 /* heap/mark.c, heap/sweep.c */
@@ -471,6 +494,10 @@ void ph_sweep_finish_stw_single(struct ph_heap *h);
 void ph_mark_stack_free(ph_mark_stack *s);
 
 /* heap/heap.c */
+/* The live-heap registry: PH_OK with h->lock held if h is a live heap,
+ * else PH_EINVAL (h is never dereferenced then). */
+int ph_heap_lock_live(struct ph_heap *h);
+int ph_heap_is_live(const struct ph_heap *h);
 uint64_t ph_now_ns(void);
 void ph_event(struct ph_heap *h, ph_phase ph, int begin, unsigned dom);
 void ph_pacing_reset_locked(struct ph_heap *h);
@@ -498,6 +525,20 @@ extern _Thread_local struct ph_heap *ph_tls_section
     __attribute__((tls_model("initial-exec")));
 static inline int ph_in_section(void) {
   return ph_tls_section != NULL;
+}
+/* ph_safepoint for a domain already checked by its owner: one load when
+ * nothing is pending (relaxed; ph_stw_join re-reads under the lock).
+ * barrier.reentry on the slow path only: PH_ESTATE from inside a callback
+ * (its section is pending), and nothing joined. */
+static inline int ph_safepoint_owner(struct ph_domain *d) {
+  if (__builtin_expect(
+          atomic_load_explicit(&d->heap->stw_pending, memory_order_relaxed),
+          0)) {
+    if (ph_in_section())
+      return PH_ESTATE;
+    ph_stw_join(d);
+  }
+  return PH_OK;
 }
 int ph_stw_helpers_start(struct ph_heap *h);
 void ph_stw_helpers_stop(struct ph_heap *h);

@@ -204,16 +204,40 @@ void ph_config_init(ph_config *cfg);
 int ph_heap_create(const ph_config *cfg, ph_heap **out);
 /* Destroy a heap and release every mapping it made.  PH_ESTATE while a domain
  * is attached; PH_EINVAL for NULL or a pointer that is not a live heap.
+ * Every function taking a ph_heap* checks it against a process-wide registry
+ * of live heaps before reading it: a heap already destroyed (destroyed twice,
+ * attached to, asked for stats or roots afterwards) gives PH_EINVAL, unless
+ * a later ph_heap_create reused its address.  Calls racing with
+ * ph_heap_destroy on the same heap are not covered.  Detached domain handles
+ * are freed with their heap: do not use them after ph_heap_destroy.
  * The GC helpers' stacks are mappings it made too: none is left behind
  * (what the C library's malloc keeps for its threads is its own). */
 int ph_heap_destroy(ph_heap *h);
 
 /* The calling thread becomes a domain of h.  PH_ESTATE if max_domains are
- * attached already.  A domain is used only by the thread that attached it. */
+ * attached already.  A domain is used only by the thread that attached it.
+ * Every build checks this: a call (other than ph_domain_index, ph_domain_heap
+ * and ph_last_error) on a domain from another thread gets PH_ESTATE, and
+ * ph_safepoint and ph_blocking_enter/leave ignore it.  A thread that exits
+ * with domains still attached has them detached at its exit (as by
+ * ph_domain_detach, from a thread-specific data destructor), so later
+ * collections do not wait for it; until then scan_roots is still called for
+ * such a domain, so the hook must not depend on state the thread's earlier
+ * destructors (C++ thread_local, other keys) have freed. */
 int ph_domain_attach(ph_heap *h, ph_domain **out);
 /* Detach a domain (from its own thread).  Blocks it allocated stay alive
  * while reachable from other roots; its pools are adopted by the heap; its
- * handle-scope roots are dropped.  PH_ESTATE if already detached. */
+ * handle-scope roots are dropped.  PH_ESTATE if already detached.
+ * A stale handle (one that was detached) gets PH_ESTATE from every call that
+ * returns an error (ph_last_error then says PH_ESTATE), and ph_safepoint and
+ * ph_blocking_enter/leave ignore it; ph_domain_index returns (unsigned)-1.
+ * Its memory is kept, not freed, so this never reads freed memory; once 64
+ * more domains of the same heap have detached, it may be reused for a new
+ * attachment.  Then a stale call from any thread but the new owner still
+ * gets PH_ESTATE and changes nothing (ph_domain_index, ph_domain_heap and
+ * ph_last_error report the new domain); from the new owner's thread the
+ * pointer is that thread's live handle again (ph_domain_attach returned
+ * it).  So attach/detach churn uses bounded memory. */
 int ph_domain_detach(ph_domain *d);
 /* A small index, unique among attached domains, < max_domains. */
 unsigned ph_domain_index(const ph_domain *d);
@@ -232,7 +256,10 @@ ph_heap *ph_domain_heap(const ph_domain *d);
  * collection; a refused allocation reserves nothing: the heap's reserved
  * bytes and mappings are as they were. */
 ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag);
-/* The error of the last failing call on d (PH_OK if none failed). */
+/* The error of the last failing call on d (PH_OK if none failed).  Calls
+ * refused because d was detached record PH_ESTATE here too; calls refused
+ * because d belongs to another thread leave it alone.  PH_EINVAL for NULL or
+ * a pointer that is not a domain handle. */
 int ph_last_error(const ph_domain *d);
 
 /* ----------------------------------------------------------------- roots */
@@ -269,10 +296,14 @@ int ph_root_remove(ph_heap *h, ph_value *slot);
 
 /* ------------------------------------------------------- stop-the-world */
 
-/* Join a pending stop-the-world section; one load when none is pending. */
+/* Join a pending stop-the-world section; one load when none is pending.
+ * NULL, a detached handle, another thread's domain and junk (a pointer to
+ * readable memory that is not a domain handle, told apart by its signature
+ * word) are ignored; that check costs a few more loads, no lock. */
 void ph_safepoint(ph_domain *d);
 /* Around code that does not touch the heap (a system call, a lock wait):
- * collections run without waiting for this domain.  Allocation and the
+ * collections run without waiting for this domain.  NULL, junk, detached
+ * and other threads' handles are ignored.  Allocation and the
  * handle-scope calls are refused in between (PH_ESTATE, see ph_scope_open). */
 void ph_blocking_enter(ph_domain *d);
 void ph_blocking_leave(ph_domain *d);
@@ -323,8 +354,9 @@ typedef struct ph_stats {
   uint64_t release_ns;
 } ph_stats;
 
-/* Copy the heap's statistics.  Callable from any thread, but not from
- * inside a callback (PH_ESTATE). */
+/* Copy the heap's statistics.  Callable from any thread.  PH_EINVAL for a
+ * NULL out or a pointer that is not a live heap; PH_ESTATE from inside a
+ * callback. */
 int ph_stats_get(ph_heap *h, ph_stats *out);
 
 /* One row of the fragmentation map. */

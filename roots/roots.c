@@ -57,8 +57,12 @@ void ph_roots_domain_fini(struct ph_domain *d) {
 }
 
 size_t ph_scope_open(ph_domain *d) {
-  if (ph_check_domain(d) != PH_OK || ph_in_section() || /* barrier.reentry */
-      !stack_usable(d))
+  int err = ph_check_domain(d);
+  if (err != PH_OK) {
+    ph_domain_note_error(d, err);
+    return (size_t)-1;
+  }
+  if (ph_in_section() || !stack_usable(d)) /* barrier.reentry, .blocking */
     return (size_t)-1;
   if (d->nscopes == d->scopes_cap) {
     size_t ncap = d->scopes_cap ? d->scopes_cap * 2 : 16;
@@ -77,8 +81,12 @@ size_t ph_scope_open(ph_domain *d) {
 }
 
 ph_value *ph_root(ph_domain *d, ph_value v) {
-  if (ph_check_domain(d) != PH_OK || ph_in_section() || /* barrier.reentry */
-      !stack_usable(d))
+  int err = ph_check_domain(d);
+  if (err != PH_OK) {
+    ph_domain_note_error(d, err);
+    return NULL;
+  }
+  if (ph_in_section() || !stack_usable(d)) /* barrier.reentry, .blocking */
     return NULL;
   ph_rootseg *s = d->roots;
   if (!s || s->used == PH_ROOTSEG_SLOTS) {
@@ -101,8 +109,10 @@ ph_value *ph_root(ph_domain *d, ph_value v) {
 
 int ph_scope_close(ph_domain *d, size_t mark) {
   int err = ph_check_domain(d);
-  if (err != PH_OK)
+  if (err != PH_OK) {
+    ph_domain_note_error(d, err);
     return err;
+  }
   if (ph_in_section()) /* barrier.reentry */
     return PH_ESTATE;
   if (!stack_usable(d))
@@ -182,7 +192,7 @@ static int grow_roots_locked(struct ph_heap *h) {
 }
 
 int ph_root_add(ph_heap *h, ph_value *slot) {
-  if (!h || h->sig != PH_SIG_HEAP || !slot || ((uintptr_t)slot & 7))
+  if (!slot || ((uintptr_t)slot & 7) || !ph_heap_is_live(h))
     return PH_EINVAL;
   if (ph_in_section()) /* barrier.reentry */
     return PH_ESTATE;
@@ -215,7 +225,7 @@ int ph_root_add(ph_heap *h, ph_value *slot) {
 }
 
 int ph_root_remove(ph_heap *h, ph_value *slot) {
-  if (!h || h->sig != PH_SIG_HEAP || !slot)
+  if (!slot || !ph_heap_is_live(h))
     return PH_EINVAL;
   if (ph_in_section()) /* barrier.reentry */
     return PH_ESTATE;
