@@ -13,7 +13,7 @@
 #define PH_HEAP_INTERNAL_H
 
 #include "poolheap.h"
-#include "heap/os.h"
+#include "os/os.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

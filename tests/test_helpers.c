@@ -30,7 +30,7 @@
 
 #include "tests/compact_util.h"
 
-#include "heap/os.h"
+#include "os/os.h"
 
 #include <malloc.h>
 #include <pthread.h>

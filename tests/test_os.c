@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "heap/os.h"
+#include "os/os.h"
 #include "poolheap.h"
 
 #include <pthread.h>

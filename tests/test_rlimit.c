@@ -26,7 +26,7 @@
 
 #include "reliability_util.h"
 
-#include "heap/os.h"
+#include "os/os.h"
 
 #include <malloc.h>
 #include <stdio.h>

@@ -12,7 +12,7 @@
  * registry of live reservations that catches ranges this layer never handed
  * out.  All counters are C11 atomics; see the comments on each access.
  */
-#include "heap/os.h"
+#include "os/os.h"
 
 #include "poolheap.h"
 
