@@ -61,7 +61,7 @@ static void pacing_poll(struct ph_domain *d) {
   if (atomic_load_explicit(&h->alloc_since, memory_order_relaxed) <=
       atomic_load_explicit(&h->gc_threshold, memory_order_relaxed))
     return;
-  ph_stw_run(d, PH_STW_COLLECT | PH_STW_AUTO, NULL);
+  ph_gc_run(d, PH_STW_COLLECT | PH_STW_AUTO, NULL);
 }
 
 static ph_pool *take_pool(struct ph_domain *d, unsigned cls) {
@@ -98,7 +98,7 @@ static int refill(struct ph_domain *d, unsigned cls) {
   ph_pool *p = take_pool(d, cls);
   if (!p) {
     /* Out of memory: a collection may free whole pools. */
-    ph_stw_run(d, PH_STW_COLLECT, NULL);
+    ph_gc_run(d, PH_STW_COLLECT, NULL);
     p = take_pool(d, cls);
     if (!p)
       return PH_ENOMEM;
@@ -145,7 +145,7 @@ ph_value ph_large_alloc(struct ph_domain *d, size_t wosize, unsigned tag) {
   int err = PH_ENOMEM;
   for (int attempt = 0; attempt < 2 && err != PH_OK; attempt++) {
     if (attempt == 1)
-      ph_stw_run(d, PH_STW_COLLECT, NULL);
+      ph_gc_run(d, PH_STW_COLLECT, NULL);
     pthread_mutex_lock(&h->lock);
     err = ph_units_take_large_locked(h, n, bytes, &c, &u, &comm);
     if (err == PH_OK) {

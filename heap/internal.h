@@ -320,6 +320,10 @@ typedef struct ph_census_req {
   void *user;
 } ph_census_req;
 
+struct ph_worker;
+/* The body of a section: every participant runs it (barrier.stw). */
+typedef void (*ph_stw_body)(struct ph_heap *h, struct ph_worker *w);
+
 /* One stop-the-world section (barrier.stw).  Fields marked (lock) are
  * written under heap->lock; the rest by participants, ordered by barriers. */
 typedef struct ph_stw {
@@ -336,6 +340,8 @@ typedef struct ph_stw {
   size_t why_size;
   int result;
   int do_compact; /* leader decides after the sweep (auto compaction) */
+  int did;        /* PH_STW_COLLECT|PH_STW_COMPACT: what the body did */
+  ph_stw_body body; /* (lock) what every participant runs */
   ph_census_req census;
   /* work distribution: claimed with atomic fetch_add */
   _Atomic size_t claim_roots;
@@ -514,7 +520,10 @@ typedef struct ph_stw_req {
   size_t why_size;
   ph_census_req census;
 } ph_stw_req;
-int ph_stw_run(struct ph_domain *d, int kind, const ph_stw_req *req);
+int ph_stw_run(struct ph_domain *d, int kind, ph_stw_body body,
+               const ph_stw_req *req);
+/* gc/collect.c: ph_stw_run with the collector's sequence as the body. */
+int ph_gc_run(struct ph_domain *d, int kind, const ph_stw_req *req);
 void ph_stw_join(struct ph_domain *d);
 /* barrier.reentry: the heap whose section the calling thread takes part in
  * (NULL outside sections).  Every embedder callback (census fn, on_event,
