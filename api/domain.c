@@ -1,4 +1,4 @@
-/* heap/domain.c -- attaching and detaching domains (DESIGN.md:
+/* api/domain.c -- attaching and detaching domains (DESIGN.md:
  * heap.domain).
  *
  * A domain occupies a slot.  Pools belong to slots, not to domains: when a
@@ -17,12 +17,9 @@
  * heap.domain.exit: a thread-specific key's destructor detaches every
  * domain a thread still has attached when it exits, so a thread that ends
  * without ph_domain_detach cannot hang later collections. */
-#include "heap/internal.h"
+#include "api/api.h"
 
 #include <stdlib.h>
-
-_Thread_local struct ph_domain *ph_tl_domains
-    __attribute__((tls_model("initial-exec")));
 
 static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
 static pthread_key_t exit_key;
@@ -55,7 +52,7 @@ int ph_domain_attach(ph_heap *h, ph_domain **out) {
   if (err != PH_OK)
     return err;
   while (atomic_load_explicit(&h->stw_pending, memory_order_relaxed))
-    pthread_cond_wait(&h->cond, &h->lock);
+    pthread_cond_wait(&h->sync->cond, &h->lock);
   unsigned i = 0;
   while (i < h->cfg.max_domains && h->slots[i].dom)
     i++;
@@ -110,17 +107,17 @@ int ph_domain_detach(ph_domain *d) {
   pthread_mutex_lock(&h->lock);
   if (d->state == PH_DS_BLOCKING) { /* leave it first */
     while (atomic_load_explicit(&h->stw_pending, memory_order_relaxed))
-      pthread_cond_wait(&h->cond, &h->lock);
+      pthread_cond_wait(&h->sync->cond, &h->lock);
     d->state = PH_DS_RUNNING;
   }
   /* join every section that counts on us, then leave */
   while (atomic_load_explicit(&h->stw_pending, memory_order_relaxed)) {
-    if (d->stw_expected == h->stw.epoch) {
+    if (d->stw_expected == h->sync->stw.epoch) {
       pthread_mutex_unlock(&h->lock);
       ph_stw_join(d);
       pthread_mutex_lock(&h->lock);
     } else {
-      pthread_cond_wait(&h->cond, &h->lock);
+      pthread_cond_wait(&h->sync->cond, &h->lock);
     }
   }
   ph_domain_flush_caches(d);

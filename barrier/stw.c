@@ -22,81 +22,30 @@
  * sections started at the call, or one the caller took part in from its
  * first barrier (marking starts only once every participant has arrived, so
  * it began after the call).  Concurrent requests thus share one section. */
-#include "heap/internal.h"
+#include "barrier/barrier.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 
 _Thread_local struct ph_heap *ph_tls_section;
 
-void ph_stw_units_init_stw_single(struct ph_heap *h) {
-  ph_stw *s = &h->stw;
-  size_t t = 0;
-  for (unsigned i = 0; i < h->nchunks; i++) {
-    s->unit_base[i] = t;
-    /* a wholly free chunk holds nothing to sweep, rescan or update: it gets
-     * no indices (ph_stw_unit_at finds the last chunk starting at or below
-     * an index, so it is never returned), and reserved but unused address
-     * space costs a section nothing */
-    if (h->chunks[i]->nfree < h->chunks[i]->nunits)
-      t += h->chunks[i]->nunits;
-  }
-  s->unit_base[h->nchunks] = t;
-  s->total_units = t;
-}
-
-int ph_stw_unit_at(struct ph_heap *h, size_t gu, ph_chunk **c, uint32_t *u) {
-  ph_stw *s = &h->stw;
-  unsigned lo = 0, hi = h->nchunks;
-  while (hi - lo > 1) {
-    unsigned mid = (lo + hi) / 2;
-    if (s->unit_base[mid] <= gu)
-      lo = mid;
-    else
-      hi = mid;
-  }
-  *c = h->chunks[lo];
-  *u = (uint32_t)(gu - s->unit_base[lo]);
-  return PH_OK;
-}
-
-void ph_stw_each_unit_stw(struct ph_heap *h, _Atomic size_t *claim,
-                          size_t batch, ph_unit_fn fn, void *ctx) {
-  ph_stw *s = &h->stw;
-  for (;;) {
-    /* relaxed: a claim only needs atomicity; what the units' work wrote is
-     * published by the barrier that ends the phase */
-    size_t g0 = atomic_fetch_add_explicit(claim, batch, memory_order_relaxed);
-    if (g0 >= s->total_units)
-      return;
-    for (size_t g = g0; g < g0 + batch && g < s->total_units; g++) {
-      ph_chunk *c;
-      uint32_t u;
-      ph_stw_unit_at(h, g, &c, &u);
-      fn(h, c, u, ctx);
-    }
-  }
-}
-
 /* Take part in the current section.  Returns the section's result for its
  * leader.  *did (if not NULL) gets what the section did: PH_STW_COLLECT
  * and/or PH_STW_COMPACT. */
 static int participate_did(struct ph_domain *d, int *did) {
   struct ph_heap *h = d->heap;
-  ph_stw *s = &h->stw;
+  ph_stw *s = &h->sync->stw;
   ph_domain_flush_caches(d);
   pthread_mutex_lock(&h->lock);
-  ph_worker *w = &s->workers[s->arrived];
-  w->id = s->arrived++;
-  w->dom = d;
+  unsigned id = s->arrived++;
   if (s->arrived == s->nparts)
-    pthread_cond_broadcast(&h->cond);
+    pthread_cond_broadcast(&h->sync->cond);
   while (s->arrived < s->nparts)
-    pthread_cond_wait(&h->cond, &h->lock);
+    pthread_cond_wait(&h->sync->cond, &h->lock);
   pthread_mutex_unlock(&h->lock);
 
   ph_tls_section = h; /* barrier.reentry: callbacks run in the body */
-  s->body(h, w);
+  s->body(h, id, d);
   ph_tls_section = NULL;
   int result = d == s->leader ? s->result : PH_OK;
   if (did)
@@ -106,12 +55,12 @@ static int participate_did(struct ph_domain *d, int *did) {
   d->stw_expected = 0;
   if (++s->left == s->nparts) {
     if (s->did & PH_STW_COLLECT)
-      h->last_collect_epoch = s->epoch;
+      h->sync->last_collect_epoch = s->epoch;
     if (s->did & PH_STW_COMPACT)
-      h->last_compact_epoch = s->epoch;
+      h->sync->last_compact_epoch = s->epoch;
     /* release: pairs with the acquire in ph_safepoint's slow path */
     atomic_store_explicit(&h->stw_pending, 0, memory_order_release);
-    pthread_cond_broadcast(&h->cond);
+    pthread_cond_broadcast(&h->sync->cond);
   }
   pthread_mutex_unlock(&h->lock);
   return result;
@@ -125,21 +74,21 @@ static int satisfied_locked(struct ph_heap *h, int kind, uint64_t start) {
   if (kind & (PH_STW_VERIFY | PH_STW_CENSUS))
     return 0;
   if (kind & PH_STW_COMPACT)
-    return h->last_compact_epoch > start;
-  return h->last_collect_epoch > start;
+    return h->sync->last_compact_epoch > start;
+  return h->sync->last_collect_epoch > start;
 }
 
 int ph_stw_run(struct ph_domain *d, int kind, ph_stw_body body,
-               const ph_stw_req *req) {
+               const void *arg) {
   struct ph_heap *h = d->heap;
-  ph_stw *s = &h->stw;
+  ph_stw *s = &h->sync->stw;
   int result = PH_OK;
   pthread_mutex_lock(&h->lock);
   if (d->state != PH_DS_RUNNING) {
     pthread_mutex_unlock(&h->lock);
     return PH_ESTATE;
   }
-  uint64_t start = h->stw_started;
+  uint64_t start = h->sync->stw_started;
   for (;;) {
     if (atomic_load_explicit(&h->stw_pending, memory_order_relaxed)) {
       if (d->stw_expected == s->epoch) {
@@ -154,23 +103,19 @@ int ph_stw_run(struct ph_domain *d, int kind, ph_stw_body body,
             (did & ((kind & PH_STW_COMPACT) ? PH_STW_COMPACT : PH_STW_COLLECT)))
           break;
       } else {
-        pthread_cond_wait(&h->cond, &h->lock);
+        pthread_cond_wait(&h->sync->cond, &h->lock);
       }
       continue;
     }
     if (satisfied_locked(h, kind, start))
       break;
     /* lead a new section */
-    s->epoch = ++h->stw_started;
+    s->epoch = ++h->sync->stw_started;
     s->kind = kind;
     s->body = body;
     s->did = 0;
     s->leader = d;
-    if (req) {
-      s->why = req->why;
-      s->why_size = req->why_size;
-      s->census = req->census;
-    }
+    s->arg = arg;
     unsigned n = 0;
     for (unsigned i = 0; i < h->cfg.max_domains; i++) {
       struct ph_domain *o = h->slots[i].dom;
@@ -181,8 +126,8 @@ int ph_stw_run(struct ph_domain *d, int kind, ph_stw_body body,
     }
     /* barrier.helpers: they help only where there is heap work */
     if (kind & (PH_STW_COLLECT | PH_STW_COMPACT))
-      for (unsigned i = 0; i < h->nhelpers; i++) {
-        h->helpers[i]->stw_expected = s->epoch;
+      for (unsigned i = 0; i < h->sync->nhelpers; i++) {
+        h->sync->helpers[i]->stw_expected = s->epoch;
         n++;
       }
     s->nparts = n;
@@ -190,8 +135,8 @@ int ph_stw_run(struct ph_domain *d, int kind, ph_stw_body body,
     s->left = 0;
     ph_barrier_reset(&s->bar, n);
     atomic_store_explicit(&h->stw_pending, 1, memory_order_release);
-    if (h->nhelpers)
-      pthread_cond_broadcast(&h->helper_cond);
+    if (h->sync->nhelpers)
+      pthread_cond_broadcast(&h->sync->helper_cond);
     pthread_mutex_unlock(&h->lock);
     result = participate(d);
     pthread_mutex_lock(&h->lock);
@@ -210,15 +155,15 @@ static void *helper_main(void *arg) {
   pthread_mutex_lock(&h->lock);
   for (;;) {
     if (atomic_load_explicit(&h->stw_pending, memory_order_relaxed) &&
-        d->stw_expected == h->stw.epoch) {
+        d->stw_expected == h->sync->stw.epoch) {
       pthread_mutex_unlock(&h->lock);
       participate(d);
       pthread_mutex_lock(&h->lock);
       continue;
     }
-    if (h->helpers_stop)
+    if (h->sync->helpers_stop)
       break;
-    pthread_cond_wait(&h->helper_cond, &h->lock);
+    pthread_cond_wait(&h->sync->helper_cond, &h->lock);
   }
   pthread_mutex_unlock(&h->lock);
   return NULL;
@@ -232,10 +177,10 @@ int ph_stw_helpers_start(struct ph_heap *h) {
   unsigned n = h->cfg.gc_helpers;
   if (n == 0)
     return PH_OK;
-  h->helpers = calloc(n, sizeof *h->helpers);
-  h->helper_threads = calloc(n, sizeof *h->helper_threads);
-  h->helper_stacks = calloc(n, sizeof *h->helper_stacks);
-  if (!h->helpers || !h->helper_threads || !h->helper_stacks)
+  h->sync->helpers = calloc(n, sizeof *h->sync->helpers);
+  h->sync->helper_threads = calloc(n, sizeof *h->sync->helper_threads);
+  h->sync->helper_stacks = calloc(n, sizeof *h->sync->helper_stacks);
+  if (!h->sync->helpers || !h->sync->helper_threads || !h->sync->helper_stacks)
     return PH_ENOMEM;
   /* A small stack: the phases keep their work on the heap, and the default
    * 8 MiB reservation per thread would count against RLIMIT_AS.  We map it
@@ -262,18 +207,19 @@ int ph_stw_helpers_start(struct ph_heap *h) {
       err = PH_ENOMEM;
       break;
     }
-    h->helpers[i] = d;
+    h->sync->helpers[i] = d;
     if (pthread_attr_setstack(&attr, stack, PH_HELPER_STACK) != 0 ||
-        pthread_create(&h->helper_threads[i], &attr, helper_main, d) != 0) {
-      h->helpers[i] = NULL;
+        pthread_create(&h->sync->helper_threads[i], &attr, helper_main, d) !=
+            0) {
+      h->sync->helpers[i] = NULL;
       free(d);
       ph_os_stack_unmap(stack, PH_HELPER_STACK);
       err = PH_ENOMEM;
       break;
     }
-    h->helper_stacks[i] = stack;
+    h->sync->helper_stacks[i] = stack;
     pthread_mutex_lock(&h->lock);
-    h->nhelpers = i + 1;
+    h->sync->nhelpers = i + 1;
     pthread_mutex_unlock(&h->lock);
   }
   pthread_attr_destroy(&attr);
@@ -283,29 +229,29 @@ int ph_stw_helpers_start(struct ph_heap *h) {
 /* Stop and join the helpers (no section may be pending). */
 void ph_stw_helpers_stop(struct ph_heap *h) {
   pthread_mutex_lock(&h->lock);
-  h->helpers_stop = 1;
-  pthread_cond_broadcast(&h->helper_cond);
-  unsigned n = h->nhelpers;
+  h->sync->helpers_stop = 1;
+  pthread_cond_broadcast(&h->sync->helper_cond);
+  unsigned n = h->sync->nhelpers;
   pthread_mutex_unlock(&h->lock);
   for (unsigned i = 0; i < n; i++) {
-    pthread_join(h->helper_threads[i], NULL);
-    free(h->helpers[i]);
-    ph_os_stack_unmap(h->helper_stacks[i], PH_HELPER_STACK); /* joined */
+    pthread_join(h->sync->helper_threads[i], NULL);
+    free(h->sync->helpers[i]);
+    ph_os_stack_unmap(h->sync->helper_stacks[i], PH_HELPER_STACK); /* joined */
   }
-  free(h->helpers);
-  free(h->helper_threads);
-  free(h->helper_stacks);
-  h->helpers = NULL;
-  h->helper_threads = NULL;
-  h->helper_stacks = NULL;
-  h->nhelpers = 0;
+  free(h->sync->helpers);
+  free(h->sync->helper_threads);
+  free(h->sync->helper_stacks);
+  h->sync->helpers = NULL;
+  h->sync->helper_threads = NULL;
+  h->sync->helper_stacks = NULL;
+  h->sync->nhelpers = 0;
 }
 
 void ph_stw_join(struct ph_domain *d) {
   struct ph_heap *h = d->heap;
   pthread_mutex_lock(&h->lock);
   int join = atomic_load_explicit(&h->stw_pending, memory_order_relaxed) &&
-             d->stw_expected == h->stw.epoch && d->state == PH_DS_RUNNING;
+             d->stw_expected == h->sync->stw.epoch && d->state == PH_DS_RUNNING;
   pthread_mutex_unlock(&h->lock);
   if (join)
     participate(d);
@@ -332,7 +278,7 @@ void ph_blocking_enter(ph_domain *d) {
     return;
   }
   while (atomic_load_explicit(&h->stw_pending, memory_order_relaxed) &&
-         d->stw_expected == h->stw.epoch) {
+         d->stw_expected == h->sync->stw.epoch) {
     pthread_mutex_unlock(&h->lock);
     participate(d);
     pthread_mutex_lock(&h->lock);
@@ -352,7 +298,7 @@ void ph_blocking_leave(ph_domain *d) {
     return;
   }
   while (atomic_load_explicit(&h->stw_pending, memory_order_relaxed))
-    pthread_cond_wait(&h->cond, &h->lock);
+    pthread_cond_wait(&h->sync->cond, &h->lock);
   d->state = PH_DS_RUNNING;
   pthread_mutex_unlock(&h->lock);
 }

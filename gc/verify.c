@@ -1,9 +1,9 @@
-/* heap/verify.c -- the whole-heap check run by ph_verify inside
+/* gc/verify.c -- the whole-heap check run by ph_verify inside
  * stop-the-world (DESIGN.md: heap.verify).  Single-threaded and thorough:
  * chunk tables, unit states, every pool header and slot, every free list,
  * every large block, every scanned field and root, the avail lists and the
  * accounting counters against a recount. */
-#include "heap/internal.h"
+#include "gc/gc.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -220,15 +220,15 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
                (void *)sg->slot[i]);
   }
   if (!v.bad) {
-    pthread_mutex_lock(&h->roots_lock);
-    for (size_t i = 0; i < h->groots_cap && !v.bad; i++) {
-      ph_value *slot = h->groots[i];
+    pthread_mutex_lock(&h->roots->roots_lock);
+    for (size_t i = 0; i < h->roots->groots_cap && !v.bad; i++) {
+      ph_value *slot = h->roots->groots[i];
       if (slot && slot != (ph_value *)1 && ph_is_block(*slot) &&
           !valid_block(&v, *slot))
         fail(&v, "global root %p = %p is not a live block", (void *)slot,
              (void *)*slot);
     }
-    pthread_mutex_unlock(&h->roots_lock);
+    pthread_mutex_unlock(&h->roots->roots_lock);
   }
   (void)freeslots;
   return v.bad ? PH_ECORRUPT : PH_OK;

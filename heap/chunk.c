@@ -16,7 +16,7 @@
  * under ulimit -v.
  *
  * Every function here is _locked (heap->lock held) or _stw_single. */
-#include "heap/internal.h"
+#include "heap/heap.h"
 
 #include <stdlib.h>
 #include <string.h>

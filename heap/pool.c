@@ -6,7 +6,7 @@
  * pool's free list, which is kept in address order when built.  Pools with
  * free slots sit on their owner slot's avail list for that class; full pools
  * are on no list (the sweep finds every pool through the unit tables). */
-#include "heap/internal.h"
+#include "heap/heap.h"
 
 #include <string.h>
 
@@ -95,4 +95,15 @@ void ph_domain_flush_caches(struct ph_domain *d) {
     ac->nfree = 0;
     ac->nfree_charged = 0;
   }
+}
+
+#define PH_MIN_GC_BYTES ((uint64_t)4 << 20)
+
+void ph_pacing_reset_locked(struct ph_heap *h) {
+  uint64_t t = h->st.live_bytes / 100 * h->cfg.gc_percent;
+  if (t < PH_MIN_GC_BYTES)
+    t = PH_MIN_GC_BYTES;
+  /* relaxed: pacing counters (heap.pacing) */
+  atomic_store_explicit(&h->gc_threshold, t, memory_order_relaxed);
+  atomic_store_explicit(&h->alloc_since, 0, memory_order_relaxed);
 }

@@ -19,7 +19,7 @@
  * Inside a section, root work is claimed item by item with claim_roots:
  * item 0 is the global set, item 1+i is domain slot i (its stack and the
  * hook), so blocking domains' roots are scanned by whoever claims them. */
-#include "heap/internal.h"
+#include "roots/roots.h"
 
 #include <stdlib.h>
 
@@ -175,19 +175,20 @@ static int set_insert_roots_locked(ph_value ***tab, size_t *cap,
 }
 
 static int grow_roots_locked(struct ph_heap *h) {
-  size_t ncap = h->groots_cap ? h->groots_cap * 2 : 64;
-  if (h->groots_n * 2 < h->groots_cap)
-    ncap = h->groots_cap; /* mostly tombstones: rehash at the same size */
+  size_t ncap = h->roots->groots_cap ? h->roots->groots_cap * 2 : 64;
+  if (h->roots->groots_n * 2 < h->roots->groots_cap)
+    ncap =
+        h->roots->groots_cap; /* mostly tombstones: rehash at the same size */
   ph_value **n = calloc(ncap, sizeof *n);
   if (!n)
     return PH_ENOMEM;
-  for (size_t i = 0; i < h->groots_cap; i++)
-    if (h->groots[i] && h->groots[i] != TOMB)
-      set_insert_roots_locked(&n, &ncap, h->groots[i]);
-  free(h->groots);
-  h->groots = n;
-  h->groots_cap = ncap;
-  h->groots_used = h->groots_n;
+  for (size_t i = 0; i < h->roots->groots_cap; i++)
+    if (h->roots->groots[i] && h->roots->groots[i] != TOMB)
+      set_insert_roots_locked(&n, &ncap, h->roots->groots[i]);
+  free(h->roots->groots);
+  h->roots->groots = n;
+  h->roots->groots_cap = ncap;
+  h->roots->groots_used = h->roots->groots_n;
   return PH_OK;
 }
 
@@ -196,31 +197,33 @@ int ph_root_add(ph_heap *h, ph_value *slot) {
     return PH_EINVAL;
   if (ph_in_section()) /* barrier.reentry */
     return PH_ESTATE;
-  pthread_mutex_lock(&h->roots_lock);
+  pthread_mutex_lock(&h->roots->roots_lock);
   int err = PH_OK;
-  if ((h->groots_used + 1) * 10 >= h->groots_cap * 7)
+  if ((h->roots->groots_used + 1) * 10 >= h->roots->groots_cap * 7)
     err = grow_roots_locked(h);
   if (err == PH_OK) {
-    size_t m = h->groots_cap - 1, i = hash_slot(slot, h->groots_cap);
+    size_t m = h->roots->groots_cap - 1,
+           i = hash_slot(slot, h->roots->groots_cap);
     int tomb_reused = 0;
     for (;; i = (i + 1) & m) {
-      if (h->groots[i] == slot) {
+      if (h->roots->groots[i] == slot) {
         err = PH_EINVAL;
         break;
       }
-      if (h->groots[i] == NULL)
+      if (h->roots->groots[i] == NULL)
         break;
     }
     if (err == PH_OK) {
-      err = set_insert_roots_locked(&h->groots, &h->groots_cap, slot);
+      err = set_insert_roots_locked(&h->roots->groots, &h->roots->groots_cap,
+                                    slot);
       (void)tomb_reused;
       if (err == PH_OK) {
-        h->groots_n++;
-        h->groots_used++;
+        h->roots->groots_n++;
+        h->roots->groots_used++;
       }
     }
   }
-  pthread_mutex_unlock(&h->roots_lock);
+  pthread_mutex_unlock(&h->roots->roots_lock);
   return err;
 }
 
@@ -230,48 +233,52 @@ int ph_root_remove(ph_heap *h, ph_value *slot) {
   if (ph_in_section()) /* barrier.reentry */
     return PH_ESTATE;
   int err = PH_EINVAL;
-  pthread_mutex_lock(&h->roots_lock);
-  if (h->groots_cap) {
-    size_t m = h->groots_cap - 1, i = hash_slot(slot, h->groots_cap);
-    for (; h->groots[i] != NULL; i = (i + 1) & m)
-      if (h->groots[i] == slot) {
-        h->groots[i] = TOMB;
-        h->groots_n--;
+  pthread_mutex_lock(&h->roots->roots_lock);
+  if (h->roots->groots_cap) {
+    size_t m = h->roots->groots_cap - 1,
+           i = hash_slot(slot, h->roots->groots_cap);
+    for (; h->roots->groots[i] != NULL; i = (i + 1) & m)
+      if (h->roots->groots[i] == slot) {
+        h->roots->groots[i] = TOMB;
+        h->roots->groots_n--;
         err = PH_OK;
         break;
       }
   }
-  pthread_mutex_unlock(&h->roots_lock);
+  pthread_mutex_unlock(&h->roots->roots_lock);
   return err;
 }
 
 void ph_roots_visit_global(struct ph_heap *h, ph_visit_fn visit,
                            void (*done)(void *ctx), void *ctx) {
-  pthread_mutex_lock(&h->roots_lock);
-  for (size_t i = 0; i < h->groots_cap; i++)
-    if (h->groots[i] && h->groots[i] != TOMB)
-      visit(h->groots[i], ctx);
+  pthread_mutex_lock(&h->roots->roots_lock);
+  for (size_t i = 0; i < h->roots->groots_cap; i++)
+    if (h->roots->groots[i] && h->roots->groots[i] != TOMB)
+      visit(h->roots->groots[i], ctx);
   if (done) /* roots.global.done: still under the lock */
     done(ctx);
-  pthread_mutex_unlock(&h->roots_lock);
+  pthread_mutex_unlock(&h->roots->roots_lock);
 }
 
 void ph_roots_global_fini(struct ph_heap *h) {
-  free(h->groots);
-  h->groots = NULL;
-  h->groots_cap = h->groots_n = h->groots_used = 0;
+  free(h->roots->groots);
+  h->roots->groots = NULL;
+  h->roots->groots_cap = h->roots->groots_n = h->roots->groots_used = 0;
+}
+
+void ph_roots_rewind_stw_single(struct ph_heap *h) {
+  atomic_store_explicit(&h->roots->claim_items, 0, memory_order_relaxed);
 }
 
 /* Claim root items until none is left (see the header comment); done (if
  * not NULL) ends each item. */
-void ph_roots_scan_done_stw(struct ph_heap *h, ph_worker *w, ph_visit_fn visit,
+void ph_roots_scan_done_stw(struct ph_heap *h, ph_visit_fn visit,
                             void (*done)(void *ctx), void *ctx) {
-  ph_stw *s = &h->stw;
   size_t nitems = 1 + (size_t)h->cfg.max_domains;
   for (;;) {
     /* relaxed: the claim only needs atomicity */
-    size_t i =
-        atomic_fetch_add_explicit(&s->claim_roots, 1, memory_order_relaxed);
+    size_t i = atomic_fetch_add_explicit(&h->roots->claim_items, 1,
+                                         memory_order_relaxed);
     if (i >= nitems)
       break;
     if (i == 0) {
@@ -282,10 +289,8 @@ void ph_roots_scan_done_stw(struct ph_heap *h, ph_worker *w, ph_visit_fn visit,
         done(ctx);
     }
   }
-  (void)w;
 }
 
-void ph_roots_scan_stw(struct ph_heap *h, ph_worker *w, ph_visit_fn visit,
-                       void *ctx) {
-  ph_roots_scan_done_stw(h, w, visit, NULL, ctx);
+void ph_roots_scan_stw(struct ph_heap *h, ph_visit_fn visit, void *ctx) {
+  ph_roots_scan_done_stw(h, visit, NULL, ctx);
 }

@@ -17,8 +17,8 @@
 #ifndef PH_TESTS_RELIABILITY_UTIL_H
 #define PH_TESTS_RELIABILITY_UTIL_H
 
-#include "heap/internal.h"
-#include "heap/os.h"
+#include "api/api.h"
+#include "os/os.h"
 #include "poolheap.h"
 
 #include <stdint.h>

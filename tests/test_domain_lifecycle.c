@@ -13,7 +13,7 @@
  */
 #include "test_util.h"
 
-#include "heap/internal.h" /* PH_RETIRED_KEEP */
+#include "api/api.h" /* PH_RETIRED_KEEP */
 
 #include <signal.h>
 

@@ -6,7 +6,7 @@
  * injection and page size. */
 #include "test_util.h"
 
-#include "heap/internal.h"
+#include "api/api.h"
 
 static ph_heap *mk(size_t pool_size, size_t heap_limit, unsigned gc_percent,
                    ph_release_mode release) {
