@@ -899,19 +899,19 @@ static void test_bad_input_table(void **state) {
   pthread_t warm;
   assert_int_equal(pthread_create(&warm, NULL, warm_thread, NULL), 0);
   assert_int_equal(pthread_join(warm, NULL), 0);
-  long base = ru_maps();
+  long base = tu_maps_lines();
   assert_int_equal(ph_heap_create(NULL, &H), PH_OK);
   assert_int_equal(ph_domain_attach(H, &D), PH_OK);
   /* some data that must survive every row */
   ru_table t;
-  uint64_t rng = 42;
+  tu_rng rng = {42};
   assert_int_equal(ru_table_init(&t, D, 2000), PH_OK);
   for (size_t i = 0; i < t.n; i++)
-    assert_int_equal(ru_put(&t, i, 1 + ru_below(&rng, 40), 0, ru_rand(&rng)),
+    assert_int_equal(ru_put(&t, i, 1 + tu_below(&rng, 40), 0, tu_next(&rng)),
                      PH_OK);
   for (size_t i = 0; i < n; i++) {
     const row *r = &rows[i];
-    if (r->debug_only && !RU_PH_DEBUG) {
+    if (r->debug_only && !TU_DEBUG) {
       skipped++;
       continue;
     }
@@ -935,8 +935,8 @@ static void test_bad_input_table(void **state) {
   ru_heap_ranges(H, &rr);
   assert_int_equal(ph_heap_destroy(H), PH_OK);
   assert_int_equal(ru_ranges_mapped(&rr), 0);
-  if (RU_MAPS_EXACT && ru_maps() != base)
-    fail_msg("mappings %ld after destroy, %ld before", ru_maps(), base);
+  if (TU_MAPS_EXACT && tu_maps_lines() != base)
+    fail_msg("mappings %ld after destroy, %ld before", tu_maps_lines(), base);
   print_message("badinput: %zu rows, %zu run, %zu skipped (need PH_DEBUG), "
                 "%zu failed\n",
                 n, ran, skipped, failed);

@@ -65,16 +65,16 @@ static ph_stats workload(ph_huge_mode mode, int *all_explicit) {
   assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
   assert_int_equal(ph_domain_attach(h, &d), PH_OK);
   ru_table t;
-  uint64_t rng = 3;
+  tu_rng rng = {3};
   char why[256];
   assert_int_equal(ru_table_init(&t, d, 120000), PH_OK);
   for (size_t i = 0; i < t.n; i++)
-    assert_int_equal(ru_put(&t, i, 1 + ru_below(&rng, 12),
-                            ru_below(&rng, 6) ? 0 : PH_TAG_RAW, ru_rand(&rng)),
+    assert_int_equal(ru_put(&t, i, 1 + tu_below(&rng, 12),
+                            tu_below(&rng, 6) ? 0 : PH_TAG_RAW, tu_next(&rng)),
                      PH_OK);
   assert_int_equal(ph_collect(d), PH_OK);
   for (size_t i = 0; i < t.n; i++)
-    if (ru_below(&rng, 3) != 0)
+    if (tu_below(&rng, 3) != 0)
       ru_drop(&t, i);
   assert_int_equal(ph_compact(d), PH_OK);
   if (ph_verify(d, why, sizeof why) != PH_OK)
@@ -132,7 +132,7 @@ static int restore_nr(void **state) {
 }
 
 static void test_explicit_real(void **state) {
-  if (RU_TSAN || RU_ASAN) {
+  if (TU_TSAN || TU_ASAN) {
     print_message("hugepages: real explicit case skipped under a sanitizer "
                   "(the variants share this machine's huge page pool)\n");
     skip();
