@@ -48,7 +48,7 @@
 
 #define PH_LARGE_SLICE 65536 /* fields per update work item */
 
-/* ------------------------------------------------------------ phase 1 */
+/* ------------------ phase 1: the sweep's records; compact.choose.ranges */
 
 /* compact.choose.ranges (leader, end of phase 1).  With huge pages the
  * release gives back only whole 2 MiB ranges, and the k densest pools of a

@@ -60,7 +60,7 @@ static void check_fields(vctx *v, ph_value b) {
   }
 }
 
-static void check_pool(vctx *v, ph_chunk *c, uint32_t u, uint64_t *free_c) {
+static void check_pool(vctx *v, ph_chunk *c, uint32_t u) {
   struct ph_heap *h = v->h;
   ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
   if (p->sig != PH_SIG_POOL || p->kind != PH_U_POOL) {
@@ -112,12 +112,11 @@ static void check_pool(vctx *v, ph_chunk *c, uint32_t u, uint64_t *free_c) {
   }
   if (!v->bad && n != p->nfree)
     fail(v, "pool %p: free list has %u of %u", (void *)p, n, p->nfree);
-  *free_c += blue;
 }
 
 int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
   vctx v = {h, why, why_size, 0};
-  uint64_t pools = 0, large = 0, comm = 0, large_comm = 0, freeslots = 0;
+  uint64_t pools = 0, large = 0, comm = 0, large_comm = 0;
   for (unsigned i = 0; i < h->nchunks && !v.bad; i++) {
     ph_chunk *c = h->chunks[i];
     if (i > 0 && h->chunks[i - 1]->base + h->chunks[i - 1]->size > c->base)
@@ -133,7 +132,7 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
           fail(&v, "chunk %u: free unit %u below hint %u", i, u, c->hint);
       } else if (st == PH_U_POOL) {
         pools++;
-        check_pool(&v, c, u, &freeslots);
+        check_pool(&v, c, u);
       } else if (st == PH_U_LARGE) {
         ph_large *l = (ph_large *)ph_unit_addr(h, c, u);
         ph_value b = (ph_value)((char *)l + PH_LARGE_HDR + 8);
@@ -230,6 +229,5 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
     }
     pthread_mutex_unlock(&h->roots->roots_lock);
   }
-  (void)freeslots;
   return v.bad ? PH_ECORRUPT : PH_OK;
 }

@@ -64,7 +64,6 @@ static inline ph_value ph_hd_load(ph_value v) {
 /* --------------------------------------------------------- size classes */
 /* heap.sizeclass: see heap/sizeclass.c for the rule. */
 #define PH_MAX_CLASSES 64
-_Static_assert(1024 <= UINT16_MAX, "owner fits a ph_cand");
 #define PH_MAX_SMALL_WSIZE 257 /* words per slot, header included */
 
 /* ---------------------------------------------------------------- units */
@@ -184,6 +183,8 @@ typedef struct ph_cand {
   uint16_t cls;
   uint16_t owner;
 } ph_cand;
+/* every owner slot (cfg.max_domains <= 1024) fits ph_cand.owner */
+_Static_assert(1024 <= UINT16_MAX, "owner fits a ph_cand");
 
 /* One participant's pool-layer state in a stop-the-world section: what
  * the mark counted, what the sweep found, the records it hands to the

@@ -204,7 +204,6 @@ int ph_root_add(ph_heap *h, ph_value *slot) {
   if (err == PH_OK) {
     size_t m = h->roots->groots_cap - 1,
            i = hash_slot(slot, h->roots->groots_cap);
-    int tomb_reused = 0;
     for (;; i = (i + 1) & m) {
       if (h->roots->groots[i] == slot) {
         err = PH_EINVAL;
@@ -216,7 +215,6 @@ int ph_root_add(ph_heap *h, ph_value *slot) {
     if (err == PH_OK) {
       err = set_insert_roots_locked(&h->roots->groots, &h->roots->groots_cap,
                                     slot);
-      (void)tomb_reused;
       if (err == PH_OK) {
         h->roots->groots_n++;
         h->roots->groots_used++;

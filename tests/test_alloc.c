@@ -1,7 +1,7 @@
 /* tests/test_alloc.c -- allocation: every size class, pool free lists, large
  * blocks, the statistics that allocation moves, and the census.
  *
- * Internal test: includes heap/internal.h to find the pool of a block and to
+ * Internal test: includes api/api.h to find the pool of a block and to
  * read the size-class tables. */
 #include "test_util.h"
 

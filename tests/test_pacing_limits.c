@@ -2,7 +2,7 @@
  * pacing charges what is allocated, large blocks commit only their pages
  * (DESIGN.md: heap.chunk.refuse, heap.pacing, heap.large.commit).
  *
- * Internal test: includes heap/internal.h for the OS layer's fault
+ * Internal test: includes api/api.h for the OS layer's fault
  * injection and page size. */
 #include "test_util.h"
 
