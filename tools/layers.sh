@@ -2,7 +2,8 @@
 # Checks the layering of DESIGN.md (Layers): os < heap < compact < barrier
 # < roots < gc < api.  1: no #include of a file in a higher layer's
 # directory; 2: no object of a layer uses a symbol defined by a higher
-# layer (needs the release objects: ninja build/libpoolheap.a).
+# layer (needs the release objects: ninja build/libpoolheap.a); 3: every
+# tag cited in a comment is defined in DESIGN.md.
 # Usage: tools/layers.sh   (exit 0 when both hold)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,5 +41,15 @@ for d in "${layers[@]}"; do
     done
   done
 done
-[ "$bad" = 0 ] && echo "layers ok: no include and no call goes up"
+# 3: every DESIGN.md tag a comment cites (word.word, a layer's name first)
+# is defined there, as a heading or in backquotes.
+for t in $(grep -rohE '\b(os|heap|compact|barrier|roots|gc|api|mark|domain|tests)\.[a-z_]+(\.[a-z_]+)*\b' \
+  "${layers[@]}" tests bench demos include --include=*.c --include=*.h |
+  grep -vE '\.(c|h|sh|md|txt|log)$|^os\.(committed|reserved|mappings|huge_fallbacks|path)' | sort -u); do
+  if ! grep -qE "^#{2,3} \`?$t\`?( |$)|\`$t\`" DESIGN.md; then
+    echo "tag not in DESIGN.md: $t"
+    bad=1
+  fi
+done
+[ "$bad" = 0 ] && echo "layers ok: no include and no call goes up; every cited tag is defined"
 exit "$bad"
