@@ -7,10 +7,12 @@
  * (epoch), snapshots every RUNNING domain as an expected participant
  * (d->stw_expected = epoch) and publishes stw_pending = 1.
  *
- * Participation.  Each participant flushes its alloc caches, takes a worker
- * index on arrival, and waits until all nparts have arrived; then all run
- * the phases, separated by ph_barrier_wait; at the end each one leaves under
- * heap->lock and the last to leave clears stw_pending and wakes every waiter.
+ * Participation.  Each participant flushes its alloc caches, takes a
+ * participant index on arrival, and waits until all nparts have arrived;
+ * then all run the section's body (a function pointer the leader stored:
+ * gc/collect.c's sequence), which separates its phases with
+ * ph_barrier_wait; at the end each one leaves under heap->lock and the last
+ * to leave clears stw_pending and wakes every waiter.
  *
  * Domains in a blocking section are not participants: the leader flushes
  * their caches and the participants scan and update their roots.  Leaving a

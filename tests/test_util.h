@@ -94,8 +94,9 @@ typedef struct tu_rng {
  * that names what it seeds (what != NULL). */
 static inline uint64_t tu_seed_named(const char *what) {
   static uint64_t seed;
-  static int have;
-  if (!have) {
+  static int have; /* written once, by the first call (the main thread) */
+  int first = !have;
+  if (first) {
     const char *e = getenv("POOLHEAP_SEED");
     if (e && *e) {
       seed = strtoull(e, NULL, 0);
@@ -105,13 +106,13 @@ static inline uint64_t tu_seed_named(const char *what) {
       seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^
              ((uint64_t)getpid() << 40);
     }
+    have = 1;
   }
-  if (!have || what) {
+  if (first || what) {
     printf("%s%sseed %" PRIu64 " (repeat with POOLHEAP_SEED=%" PRIu64 ")\n",
            what ? what : "", what ? ": " : "", seed, seed);
     fflush(stdout);
   }
-  have = 1;
   return seed;
 }
 
