@@ -96,13 +96,9 @@ int ph_domain_attach(ph_heap *h, ph_domain **out) {
 }
 
 int ph_domain_detach(ph_domain *d) {
-  int err = ph_check_domain(d);
-  if (err != PH_OK) {
-    ph_domain_note_error(d, err);
+  int err = ph_domain_enter(d);
+  if (err != PH_OK)
     return err;
-  }
-  if (ph_in_section()) /* barrier.reentry */
-    return PH_ESTATE;
   struct ph_heap *h = d->heap;
   pthread_mutex_lock(&h->lock);
   if (d->state == PH_DS_BLOCKING) { /* leave it first */

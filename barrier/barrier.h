@@ -91,6 +91,18 @@ extern _Thread_local struct ph_heap *ph_tls_section
 static inline int ph_in_section(void) {
   return ph_tls_section != NULL;
 }
+/* The checks a public call on a domain starts with, other than ph_alloc
+ * (whose fast path leaves barrier.reentry to its slow path): the owner check
+ * (domain.owner; a detached handle records the error, ph_domain_note_error),
+ * then barrier.reentry.  PH_OK, or the error to return. */
+static inline int ph_domain_enter(struct ph_domain *d) {
+  int err = ph_check_domain(d);
+  if (err != PH_OK) {
+    ph_domain_note_error(d, err);
+    return err;
+  }
+  return ph_in_section() ? PH_ESTATE : PH_OK;
+}
 /* ph_safepoint for a domain already checked by its owner: one load when
  * nothing is pending (relaxed; ph_stw_join re-reads under the lock).
  * barrier.reentry on the slow path only: PH_ESTATE from inside a callback

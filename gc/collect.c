@@ -249,13 +249,9 @@ int ph_gc_run(struct ph_domain *d, int kind, const ph_gc_req *req) {
 /* ------------------------------------------------------------- public */
 
 static int run_checked(ph_domain *d, int kind, const ph_gc_req *req) {
-  int err = ph_check_domain(d);
-  if (err != PH_OK) {
-    ph_domain_note_error(d, err);
+  int err = ph_domain_enter(d);
+  if (err != PH_OK)
     return err;
-  }
-  if (ph_in_section()) /* barrier.reentry */
-    return PH_ESTATE;
   err = ph_gc_run(d, kind, req);
   if (err != PH_OK)
     d->last_error = err;

@@ -57,12 +57,7 @@ void ph_roots_domain_fini(struct ph_domain *d) {
 }
 
 size_t ph_scope_open(ph_domain *d) {
-  int err = ph_check_domain(d);
-  if (err != PH_OK) {
-    ph_domain_note_error(d, err);
-    return (size_t)-1;
-  }
-  if (ph_in_section() || !stack_usable(d)) /* barrier.reentry, .blocking */
+  if (ph_domain_enter(d) != PH_OK || !stack_usable(d))
     return (size_t)-1;
   if (d->nscopes == d->scopes_cap) {
     size_t ncap = d->scopes_cap ? d->scopes_cap * 2 : 16;
@@ -81,12 +76,7 @@ size_t ph_scope_open(ph_domain *d) {
 }
 
 ph_value *ph_root(ph_domain *d, ph_value v) {
-  int err = ph_check_domain(d);
-  if (err != PH_OK) {
-    ph_domain_note_error(d, err);
-    return NULL;
-  }
-  if (ph_in_section() || !stack_usable(d)) /* barrier.reentry, .blocking */
+  if (ph_domain_enter(d) != PH_OK || !stack_usable(d))
     return NULL;
   ph_rootseg *s = d->roots;
   if (!s || s->used == PH_ROOTSEG_SLOTS) {
@@ -108,13 +98,9 @@ ph_value *ph_root(ph_domain *d, ph_value v) {
 }
 
 int ph_scope_close(ph_domain *d, size_t mark) {
-  int err = ph_check_domain(d);
-  if (err != PH_OK) {
-    ph_domain_note_error(d, err);
+  int err = ph_domain_enter(d);
+  if (err != PH_OK)
     return err;
-  }
-  if (ph_in_section()) /* barrier.reentry */
-    return PH_ESTATE;
   if (!stack_usable(d))
     return PH_ESTATE;
   if (d->nscopes == 0 || d->scopes[d->nscopes - 1].mark != mark) {
