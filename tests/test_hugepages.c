@@ -42,19 +42,6 @@ static int write_long(const char *path, long v) {
   return (fclose(f) == 0 && ok) ? 0 : -1;
 }
 
-static long meminfo(const char *key) {
-  FILE *f = fopen("/proc/meminfo", "r");
-  char line[256];
-  long v = -1;
-  size_t n = strlen(key);
-  while (f && fgets(line, sizeof line, f))
-    if (strncmp(line, key, n) == 0 && line[n] == ':')
-      v = strtol(line + n + 1, NULL, 10);
-  if (f)
-    fclose(f);
-  return v;
-}
-
 /* Allocate ~12 MB (three chunks), collect, drop, compact, verify. */
 static ph_stats workload(ph_huge_mode mode, int *all_explicit) {
   ph_config cfg;
@@ -95,10 +82,10 @@ static ph_stats workload(ph_huge_mode mode, int *all_explicit) {
 }
 
 static void test_explicit_fallback(void **state) {
-  if (meminfo("HugePages_Free") != 0) {
+  if (tu_meminfo("HugePages_Free") != 0) {
     print_message("hugepages: skipped: %ld huge pages are free, the "
                   "fallback would not happen\n",
-                  meminfo("HugePages_Free"));
+                  tu_meminfo("HugePages_Free"));
     skip();
   }
   int all;
@@ -148,7 +135,7 @@ static void test_explicit_real(void **state) {
     skip();
   }
   old_nr = nr;
-  long free_pages = meminfo("HugePages_Free");
+  long free_pages = tu_meminfo("HugePages_Free");
   if (free_pages < 16) {
     print_message("hugepages: real explicit case skipped: the kernel gave "
                   "only %ld free huge pages\n",

@@ -11,7 +11,7 @@
  *   caller's; tu_mix, a word mixer (splitmix64's finalizer).
  * - tu_vmrss_kb (VmRSS of the process) and tu_maps_lines (lines of
  *   /proc/self/maps), read by the library's ph_os_process_rss and
- *   ph_os_process_mappings.
+ *   ph_os_process_mappings; tu_meminfo (a /proc/meminfo field).
  * - Threads: tu_threads_run starts n threads and joins them; tu_dbarrier is
  *   a pthread barrier wait for a thread attached as a domain (done inside a
  *   blocking section, or collections would wait for it forever).
@@ -160,6 +160,21 @@ static inline long tu_vmrss_kb(void) {
 /* Lines of /proc/self/maps (kernel mappings of the process), -1 if unknown. */
 static inline long tu_maps_lines(void) {
   return ph_os_process_mappings();
+}
+
+/* The number after "key:" in /proc/meminfo (HugePages_Free, ...), -1 if
+ * absent. */
+static inline long tu_meminfo(const char *key) {
+  FILE *f = fopen("/proc/meminfo", "r");
+  char line[256];
+  long v = -1;
+  size_t n = strlen(key);
+  while (f && fgets(line, sizeof line, f))
+    if (strncmp(line, key, n) == 0 && line[n] == ':')
+      v = strtol(line + n + 1, NULL, 10);
+  if (f)
+    fclose(f);
+  return v;
 }
 
 /* ------------------------------------------------------------- threads */
