@@ -41,75 +41,36 @@
  *     the OS per cfg.release, keeping cfg.retain bytes (heap.release).
  *     Barrier.
  */
-#include "heap/internal.h"
-#include "compact/ranges.h"
+#include "compact/compact.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #define PH_LARGE_SLICE 65536 /* fields per update work item */
 
-typedef struct ph_evac_unit {
-  ph_pool *dst;
-  ph_pool **src;      /* the class's evacuated pools */
-  uint32_t src_first; /* index into src */
-  uint32_t src_skip;  /* live blocks of src[src_first] before ours */
-  uint32_t count;     /* blocks to move into dst */
-  uint32_t owner;     /* slot of the pools' owner */
-} ph_evac_unit;
+/* ------------------ phase 1: the sweep's records; compact.choose.ranges */
 
-typedef struct ph_cclass {
-  ph_pool **keep, **evac;
-  uint32_t *elive; /* live blocks of each evac pool (from the sweep) */
-  size_t nkeep, nevac;
-  ph_evac_unit *units;
-  size_t nunits;
-} ph_cclass;
-
-typedef struct ph_compact_plan {
-  ph_cclass cls[PH_MAX_CLASSES];
-  ph_evac_unit *units; /* all classes' units */
-  size_t nunits;
-  ph_large **larges;
-  size_t *large_first; /* first slice of each large block */
-  size_t nlarges, nslices;
-  /* a plan allocation failed: nothing is evacuated.  Written by any
-   * participant in phase 2 (relaxed: read by the leader after a barrier) */
-  _Atomic int failed;
-  /* compact.update.map: one bit per unit over [map_lo, map_lo + map_units
-   * units), set for evacuated pools.  Pool headers lie at a pool_size
-   * stride and alias to a few cache sets; this map stays in L1. */
-  uintptr_t map_lo;
-  size_t map_units;
-  uint64_t *map;
-  /* compact.choose.ranges (compact/ranges.h): with huge pages, the release
-   * ranges chosen to stay in use; ranges.keep NULL: the normal plan. */
-  ph_ranges ranges;
-} ph_compact_plan;
-
-/* ------------------------------------------------------------ phase 1 */
-
-/* compact.choose.ranges (leader, end of phase 1): the shared chooser of
- * compact/ranges.c over the sweep's records, in GLOBAL scope when memory is
- * released. */
+/* compact.choose.ranges (leader, end of phase 1): the chooser of
+ * compact/ranges.c, shared with the pool layer's compactor, over the
+ * sweep's records, in GLOBAL scope when memory is released. */
 static void choose_ranges_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
-  ph_stw *s = &h->stw;
+  ph_section *s = &h->sec;
   if (h->cfg.huge_pages == PH_HUGE_OFF || h->cfg.release == PH_RELEASE_KEEP ||
       h->cfg.compact_scope != PH_COMPACT_GLOBAL)
     return;
   size_t nc = 0;
   for (unsigned i = 0; i < s->nparts; i++) {
-    if (s->workers[i].records_lost)
+    if (s->pw[i].records_lost)
       return;
-    nc += s->workers[i].ncands;
+    nc += s->pw[i].ncands;
   }
   ph_range_rec *rec = nc ? malloc(nc * sizeof *rec) : NULL;
   if (!rec)
     return;
   size_t j = 0;
   for (unsigned p = 0; p < s->nparts; p++)
-    for (size_t k = 0; k < s->workers[p].ncands; k++, j++) {
-      const ph_cand *cd = &s->workers[p].cands[k];
+    for (size_t k = 0; k < s->pw[p].ncands; k++, j++) {
+      const ph_cand *cd = &s->pw[p].cands[k];
       rec[j] = (ph_range_rec){cd->pool, cd->nlive, cd->cls};
     }
   ph_ranges_choose(h, rec, nc, &plan->ranges);
@@ -183,12 +144,12 @@ static void plan_group(ph_cclass *cc, ph_cand *cand, size_t n,
 }
 
 static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
-  ph_stw *s = &h->stw;
+  ph_section *s = &h->sec;
   ph_cclass *cc = &plan->cls[cls];
   size_t n = 0;
   for (unsigned i = 0; i < s->nparts; i++)
-    for (size_t k = 0; k < s->workers[i].ncands; k++)
-      n += s->workers[i].cands[k].cls == cls;
+    for (size_t k = 0; k < s->pw[i].ncands; k++)
+      n += s->pw[i].cands[k].cls == cls;
   if (n == 0)
     return;
   ph_cand *cand = malloc(n * sizeof *cand);
@@ -208,9 +169,9 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
   }
   size_t i = 0;
   for (unsigned p = 0; p < s->nparts; p++)
-    for (size_t k = 0; k < s->workers[p].ncands; k++)
-      if (s->workers[p].cands[k].cls == cls)
-        cand[i++] = s->workers[p].cands[k];
+    for (size_t k = 0; k < s->pw[p].ncands; k++)
+      if (s->pw[p].cands[k].cls == cls)
+        cand[i++] = s->pw[p].cands[k];
   uint32_t nslots = h->class_nslots[cls];
   if (plan->ranges.keep) {
     /* compact.choose.ranges: the densest of the pools in ranges that
@@ -249,9 +210,10 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
 }
 
 static void choose_stw(struct ph_heap *h, ph_compact_plan *plan) {
-  ph_stw *s = &h->stw;
+  ph_section *s = &h->sec;
   for (;;) {
-    size_t c = atomic_fetch_add_explicit(&s->claim_a, 1, memory_order_relaxed);
+    size_t c =
+        atomic_fetch_add_explicit(&s->claim_choose, 1, memory_order_relaxed);
     if (c >= h->nclasses)
       break;
     plan_class(h, plan, (unsigned)c);
@@ -286,13 +248,14 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
 /* Leader, between phases 2 and 3: one array of units, the large slices,
  * the evacuation map (or, if it cannot be had, the `evacuated` flags in the
  * pool headers), and the claim counters of phases 3 and 4. */
-static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
-  ph_stw *s = &h->stw;
+static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan,
+                              const ph_compact_part *part) {
+  ph_section *s = &h->sec;
   size_t n = 0, nl = 0;
   for (unsigned c = 0; c < h->nclasses; c++)
     n += plan->cls[c].nunits;
   for (unsigned i = 0; i < s->nparts; i++)
-    nl += s->workers[i].nlarges;
+    nl += s->pw[i].nlarges;
   plan->units = n ? malloc(n * sizeof *plan->units) : NULL;
   plan->larges = nl ? malloc(nl * sizeof *plan->larges) : NULL;
   plan->large_first = malloc((nl + 1) * sizeof *plan->large_first);
@@ -317,8 +280,8 @@ static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
     plan->nunits = k;
     size_t i = 0, slices = 0;
     for (unsigned p = 0; p < s->nparts; p++)
-      for (size_t j = 0; j < s->workers[p].nlarges; j++) {
-        ph_large *l = s->workers[p].larges[j];
+      for (size_t j = 0; j < s->pw[p].nlarges; j++) {
+        ph_large *l = s->pw[p].larges[j];
         plan->larges[i] = l;
         plan->large_first[i] = slices;
         ph_value hd = *(ph_value *)((char *)l + PH_LARGE_HDR);
@@ -334,11 +297,11 @@ static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
     for (unsigned c = 0; c < h->nclasses; c++)
       for (size_t i = 0; i < plan->cls[c].nevac; i++)
         plan->cls[c].evac[i]->evacuated = 1;
-  atomic_store_explicit(&s->claim_b, 0, memory_order_relaxed);
-  atomic_store_explicit(&s->claim_roots, 0, memory_order_relaxed);
-  atomic_store_explicit(&s->claim_c, 0, memory_order_relaxed);
-  atomic_store_explicit(&s->claim_large, 0, memory_order_relaxed);
-  ph_stw_units_init_stw_single(h);
+  atomic_store_explicit(&s->claim_evacuate, 0, memory_order_relaxed);
+  part->roots_rewind(part->arg);
+  atomic_store_explicit(&s->claim_update_units, 0, memory_order_relaxed);
+  atomic_store_explicit(&s->claim_update_large, 0, memory_order_relaxed);
+  ph_units_index_stw_single(h);
 }
 
 /* Was the unit holding address x evacuated?  One bit of the map
@@ -417,7 +380,8 @@ static void relink_free(struct ph_heap *h, ph_pool *p) {
 }
 
 /* Move u->count live blocks, in order, from the sources into u->dst. */
-static void evacuate_unit(struct ph_heap *h, ph_worker *w, ph_evac_unit *u) {
+static void evacuate_unit(struct ph_heap *h, ph_pool_worker *w,
+                          ph_evac_unit *u) {
   ph_pool *dst = u->dst;
   uint32_t wsize = h->class_wsize[dst->cls];
   ph_value *dbase = (ph_value *)ph_pool_slots(dst);
@@ -480,28 +444,25 @@ static void evacuate_unit(struct ph_heap *h, ph_worker *w, ph_evac_unit *u) {
   relink_free(h, dst);
 }
 
-static void evacuate_stw(struct ph_heap *h, ph_worker *w,
+static void evacuate_stw(struct ph_heap *h, const ph_compact_part *part,
                          ph_compact_plan *plan) {
-  ph_stw *s = &h->stw;
+  ph_section *s = &h->sec;
+  ph_pool_worker *w = &s->pw[part->id];
   if (h->cfg.compact_scope == PH_COMPACT_GLOBAL) {
     for (;;) {
-      size_t k =
-          atomic_fetch_add_explicit(&s->claim_b, 1, memory_order_relaxed);
+      size_t k = atomic_fetch_add_explicit(&s->claim_evacuate, 1,
+                                           memory_order_relaxed);
       if (k >= plan->nunits)
         break;
       evacuate_unit(h, w, &plan->units[k]);
     }
     return;
   }
-  /* PER_DOMAIN: a domain evacuates its own pools; the leader also those
-   * whose owner does not take part. */
+  /* PER_DOMAIN: a domain evacuates its own pools; the caller's rule says
+   * who runs those whose owner does not take part. */
   for (size_t k = 0; k < plan->nunits; k++) {
     ph_evac_unit *u = &plan->units[k];
-    struct ph_domain *o = h->slots[u->owner].dom;
-    int mine =
-        o ? o == w->dom || (o->stw_expected != s->epoch && w->dom == s->leader)
-          : w->dom == s->leader;
-    if (mine)
+    if (part->evacuates_slot(part->arg, u->owner))
       evacuate_unit(h, w, u);
   }
 }
@@ -513,7 +474,15 @@ static void evacuate_stw(struct ph_heap *h, ph_worker *w,
  * the old copy: a cache miss per moved target.  So
  * a slot to fix is queued in a ring with a prefetch of its target and fixed
  * PH_FWD_AHEAD slots later, when the load has arrived: many misses in
- * flight instead of one at a time. */
+ * flight instead of one at a time.  The ring is emptied at the end of every
+ * root item, for the global set before roots_lock is released
+ * (roots.global.done): a root slot is never written after its item ends.
+ * compact.update.once: the fix of a root slot re-reads it and forwards it
+ * only if it still points into an evacuated unit (new addresses never do),
+ * so a slot reported twice is rewritten once; root slots are read and
+ * written with relaxed atomics, as two participants may hold the same one.
+ * Fields of blocks are visited once, by the claimer of their unit or slice,
+ * and keep the plain fix. */
 #define PH_FWD_AHEAD 32 /* a power of two */
 typedef struct fwd_batch {
   const struct ph_heap *h;
@@ -522,36 +491,51 @@ typedef struct fwd_batch {
   ph_value *slot[PH_FWD_AHEAD];
 } fwd_batch;
 
-static inline void fwd_fix(ph_value *s) {
+/* root: a root slot (compact.update.once); otherwise a field of a block,
+ * which only the participant that claimed the block visits, once. */
+static inline void fwd_fix(const fwd_batch *b, ph_value *s, int root) {
+  if (root) {
+    ph_value x = __atomic_load_n(s, __ATOMIC_RELAXED);
+    if (!unit_evacuated(b->h, b->plan, x))
+      return; /* fixed already: the slot was reported twice */
+    PH_ASSERT(ph_hd_color(*ph_hp(x)) == PH_FWD);
+    __atomic_store_n(s, *(const ph_value *)x, __ATOMIC_RELAXED);
+    return;
+  }
   PH_ASSERT(ph_hd_color(*ph_hp(*s)) == PH_FWD);
   *s = *(const ph_value *)*s;
 }
 
-static void fb_flush(fwd_batch *b) {
+static inline void fb_flush(fwd_batch *b, int root) {
   unsigned n = b->n < PH_FWD_AHEAD ? b->n : PH_FWD_AHEAD;
   for (unsigned i = b->n - n; i != b->n; i++)
-    fwd_fix(b->slot[i & (PH_FWD_AHEAD - 1)]);
+    fwd_fix(b, b->slot[i & (PH_FWD_AHEAD - 1)], root);
   b->n = 0;
 }
 
-static inline void fb_add(fwd_batch *b, ph_value *slot) {
-  ph_value x = *slot;
+/* x: the value *slot held when it was read.  The ring holds only root
+ * slots or only fields: it is emptied at the end of every root item. */
+static inline void fb_add(fwd_batch *b, ph_value *slot, ph_value x, int root) {
   if (!ph_is_block(x) || !unit_evacuated(b->h, b->plan, x))
     return;
   __builtin_prefetch((const void *)x);
   unsigned i = b->n++ & (PH_FWD_AHEAD - 1);
   if (b->n > PH_FWD_AHEAD)
-    fwd_fix(b->slot[i]);
+    fwd_fix(b, b->slot[i], root);
   b->slot[i] = slot;
 }
 
 static void update_slot(ph_value *slot, void *ctx) {
-  fb_add(ctx, slot);
+  fb_add(ctx, slot, __atomic_load_n(slot, __ATOMIC_RELAXED), 1);
+}
+
+static void update_root_item_done(void *ctx) {
+  fb_flush(ctx, 1);
 }
 
 static void update_fields(fwd_batch *b, ph_value *f, size_t n) {
   for (size_t i = 0; i < n; i++)
-    fb_add(b, &f[i]);
+    fb_add(b, &f[i], f[i], 0);
 }
 
 static void update_pool(fwd_batch *b, ph_pool *p) {
@@ -575,15 +559,15 @@ static void update_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
   update_pool(fb, (ph_pool *)ua);
 }
 
-static void update_stw(struct ph_heap *h, ph_worker *w, ph_compact_plan *plan) {
-  ph_stw *s = &h->stw;
+static void update_stw(struct ph_heap *h, const ph_compact_part *part,
+                       ph_compact_plan *plan) {
+  ph_section *s = &h->sec;
   fwd_batch fb = {.h = h, .plan = plan, .n = 0};
-  ph_roots_scan_stw(h, w, update_slot, &fb);
-  fb_flush(&fb);
-  ph_stw_each_unit_stw(h, &s->claim_c, 8, update_unit, &fb);
+  part->scan_roots(part->arg, update_slot, update_root_item_done, &fb);
+  ph_units_each_stw(h, &s->claim_update_units, 8, update_unit, &fb);
   for (;;) {
-    size_t k =
-        atomic_fetch_add_explicit(&s->claim_large, 1, memory_order_relaxed);
+    size_t k = atomic_fetch_add_explicit(&s->claim_update_large, 1,
+                                         memory_order_relaxed);
     if (k >= plan->nslices)
       break;
     size_t lo = 0, hi = plan->nlarges;
@@ -601,7 +585,7 @@ static void update_stw(struct ph_heap *h, ph_worker *w, ph_compact_plan *plan) {
     size_t n = wo - a < PH_LARGE_SLICE ? wo - a : PH_LARGE_SLICE;
     update_fields(&fb, hp + 1 + a, n);
   }
-  fb_flush(&fb);
+  fb_flush(&fb, 0);
 }
 
 /* --------------------------------------------------------- phases 5, 6 */
@@ -683,52 +667,52 @@ static void plan_free(struct ph_heap *h, ph_compact_plan *plan) {
 
 /* ------------------------------------------------------------- driver */
 
-void ph_compact_stw(struct ph_heap *h, ph_worker *w) {
-  ph_stw *s = &h->stw;
-  int leader = w->dom == s->leader;
+void ph_compact_stw(struct ph_heap *h, const ph_compact_part *part) {
+  ph_section *s = &h->sec;
+  ph_pool_worker *w = &s->pw[part->id];
+  int leader = part->leader;
   uint64_t t0 = ph_now_ns();
-  ph_event(h, PH_PHASE_EVACUATE, 1, w->dom->index);
+  ph_event(h, PH_PHASE_EVACUATE, 1, part->dom);
   w->evac_blocks = w->evac_bytes = 0;
   /* Phase 1 */
-  if (ph_barrier_wait(&s->bar)) {
-    if (!s->plan)
-      s->plan = calloc(1, sizeof *s->plan);
+  if (part->barrier(part->arg)) {
+    if (!h->plan)
+      h->plan = calloc(1, sizeof *h->plan);
     else
-      memset(s->plan, 0, sizeof *s->plan);
-    ph_stw_units_init_stw_single(h);
-    atomic_store_explicit(&s->claim_units, 0, memory_order_relaxed);
-    atomic_store_explicit(&s->claim_a, 0, memory_order_relaxed);
-    if (s->plan)
-      choose_ranges_stw_single(h, s->plan);
+      memset(h->plan, 0, sizeof *h->plan);
+    ph_units_index_stw_single(h);
+    atomic_store_explicit(&s->claim_choose, 0, memory_order_relaxed);
+    if (h->plan)
+      choose_ranges_stw_single(h, h->plan);
   }
-  ph_barrier_wait(&s->bar);
-  ph_compact_plan *plan = s->plan;
+  part->barrier(part->arg);
+  ph_compact_plan *plan = h->plan;
   int lost = 0;
   for (unsigned i = 0; i < s->nparts; i++)
-    lost |= s->workers[i].records_lost;
+    lost |= s->pw[i].records_lost;
   if (plan && !lost) {
     /* Phase 2 (phase 1's records came from the sweep) */
     choose_stw(h, plan);
-    if (ph_barrier_wait(&s->bar))
-      gather_stw_single(h, plan);
+    if (part->barrier(part->arg))
+      gather_stw_single(h, plan, part);
     /* Phase 3 */
-    ph_barrier_wait(&s->bar);
-    evacuate_stw(h, w, plan);
+    part->barrier(part->arg);
+    evacuate_stw(h, part, plan);
   }
   w->t_evac = ph_now_ns() - t0;
-  ph_event(h, PH_PHASE_EVACUATE, 0, w->dom->index);
+  ph_event(h, PH_PHASE_EVACUATE, 0, part->dom);
   /* Phase 4 */
-  ph_barrier_wait(&s->bar);
+  part->barrier(part->arg);
   uint64_t t1 = ph_now_ns();
-  ph_event(h, PH_PHASE_UPDATE, 1, w->dom->index);
+  ph_event(h, PH_PHASE_UPDATE, 1, part->dom);
   if (plan && plan->nunits > 0) /* nothing moved: nothing to forward */
-    update_stw(h, w, plan);
+    update_stw(h, part, plan);
   w->t_update = ph_now_ns() - t1;
-  ph_event(h, PH_PHASE_UPDATE, 0, w->dom->index);
+  ph_event(h, PH_PHASE_UPDATE, 0, part->dom);
   /* Phase 5 */
-  ph_barrier_wait(&s->bar);
+  part->barrier(part->arg);
   uint64_t t2 = ph_now_ns();
-  ph_event(h, PH_PHASE_RELEASE, 1, w->dom->index);
+  ph_event(h, PH_PHASE_RELEASE, 1, part->dom);
   if (leader) {
     if (plan)
       free_stw_single(h, plan);
@@ -736,11 +720,11 @@ void ph_compact_stw(struct ph_heap *h, ph_worker *w) {
     release_stw_single(h);
   }
   w->t_release = ph_now_ns() - t2;
-  ph_event(h, PH_PHASE_RELEASE, 0, w->dom->index);
-  if (ph_barrier_wait(&s->bar)) {
+  ph_event(h, PH_PHASE_RELEASE, 0, part->dom);
+  if (part->barrier(part->arg)) {
     uint64_t ev = 0, up = 0, re = 0, blocks = 0, bytes = 0;
     for (unsigned i = 0; i < s->nparts; i++) {
-      ph_worker *x = &s->workers[i];
+      ph_pool_worker *x = &s->pw[i];
       ev = x->t_evac > ev ? x->t_evac : ev;
       up = x->t_update > up ? x->t_update : up;
       re = x->t_release > re ? x->t_release : re;
@@ -760,10 +744,10 @@ void ph_compact_stw(struct ph_heap *h, ph_worker *w) {
     if (plan)
       plan_free(h, plan);
   }
-  ph_barrier_wait(&s->bar);
+  part->barrier(part->arg);
 }
 
 void ph_compact_fini(struct ph_heap *h) {
-  free(h->stw.plan);
-  h->stw.plan = NULL;
+  free(h->plan);
+  h->plan = NULL;
 }

@@ -30,7 +30,7 @@
 
 /* ---------------------------------------------------------- forwarding */
 
-/* pools.compact.map: v's new address if its unit was evacuated, at the same
+/* compact.update.map: v's new address if its unit was evacuated, at the same
  * offset into the moved block (interior pointers: OCaml's infix). */
 static inline ph_value fwd_value(const struct php_heap *h, const uint64_t *map,
                                  ph_value v) {
@@ -154,8 +154,9 @@ static void sweep_unit(struct php_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
     php_large *l = (php_large *)ua;
     ph_value b = php_large_block(l);
     unsigned col = php_hd_colour(php_hd_load(b));
-    if (col == cp->garbage) {
-      php_call_on_free(h, b);
+    if (col == cp->garbage || l->base.pad) {
+      if (!l->base.pad)
+        php_call_on_free(h, b);
       l->next = me->dead;
       me->dead = l;
       return;
@@ -464,9 +465,7 @@ static void free_release_stw_single(struct php_heap *h, unsigned nparts,
     }
     for (php_large *l = pt->dead, *n; l; l = n) {
       n = l->next;
-      l->sig = PH_SIG_DEAD;
-      ph_units_free_locked(core, l->chunk, l->unit, l->nunits);
-      core->large_units -= l->nunits;
+      php_large_free_locked(h, l); /* refused: it stays, swept again later */
     }
     blocks += pt->moved_blocks;
     bytes += pt->moved_bytes;

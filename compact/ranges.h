@@ -10,7 +10,7 @@
 #ifndef PH_COMPACT_RANGES_H
 #define PH_COMPACT_RANGES_H
 
-#include "heap/internal.h"
+#include "heap/heap.h"
 
 typedef struct ph_ranges {
   uint8_t *keep;  /* keep[r]: range r stays in use; NULL: the normal plan */

@@ -6,7 +6,7 @@
  * pool's free list, which is kept in address order when built.  Pools with
  * free slots sit on their owner slot's avail list for that class; full pools
  * are on no list (the sweep finds every pool through the unit tables). */
-#include "heap/internal.h"
+#include "heap/heap.h"
 
 #include <string.h>
 
@@ -81,6 +81,9 @@ void ph_domain_flush_caches(struct ph_domain *d) {
     ph_pool *p = ac->pool;
     if (!p)
       continue;
+    /* heap.pacing: charge the slots handed out since the last charge */
+    ph_pacing_add(h, (uint64_t)(ac->nfree_charged - ac->nfree) *
+                         h->class_wsize[c] * 8);
     p->free = ac->free;
     p->nfree = ac->nfree;
     p->nlive = p->nslots - ac->nfree;
@@ -90,5 +93,17 @@ void ph_domain_flush_caches(struct ph_domain *d) {
     ac->pool = NULL;
     ac->free = 0;
     ac->nfree = 0;
+    ac->nfree_charged = 0;
   }
+}
+
+#define PH_MIN_GC_BYTES ((uint64_t)4 << 20)
+
+void ph_pacing_reset_locked(struct ph_heap *h) {
+  uint64_t t = h->st.live_bytes / 100 * h->cfg.gc_percent;
+  if (t < PH_MIN_GC_BYTES)
+    t = PH_MIN_GC_BYTES;
+  /* relaxed: pacing counters (heap.pacing) */
+  atomic_store_explicit(&h->gc_threshold, t, memory_order_relaxed);
+  atomic_store_explicit(&h->alloc_since, 0, memory_order_relaxed);
 }

@@ -48,7 +48,7 @@ static php_counters pool_counts(const struct php_heap *h, const php_pool *p) {
 
 static php_counters large_counts(const struct php_heap *h, const php_large *l) {
   php_counters c = {0};
-  c.large_words = (uint64_t)l->nunits * pool_words(h);
+  c.large_words = (uint64_t)l->base.nunits * pool_words(h);
   c.large_blocks = 1;
   return c;
 }
@@ -69,6 +69,25 @@ static void counters_add(php_counters *a, const php_counters *b, int sign) {
 }
 
 /* ------------------------------------------------------------- the heap */
+
+/* The basics of poolheap_pools.h, which poolheap.h shares: the pool layer
+ * owns them. */
+const char *ph_strerror(int err) {
+  switch (err) {
+  case PH_OK:
+    return "success";
+  case PH_EINVAL:
+    return "invalid argument or configuration";
+  case PH_ENOMEM:
+    return "out of memory (the OS refused or heap_limit was reached)";
+  case PH_ESTATE:
+    return "call not allowed in the current state";
+  case PH_ECORRUPT:
+    return "heap invariant broken";
+  default:
+    return "unknown error";
+  }
+}
 
 void php_config_init(php_config *cfg) {
   if (!cfg)
@@ -112,8 +131,9 @@ int php_heap_create(const php_config *cfg, php_heap **out) {
   }
   h->cfg = *cfg;
   h->core = c;
-  ph_config_init(&c->cfg);
+  memset(&c->cfg, 0, sizeof c->cfg); /* the fields the units read */
   c->cfg.max_domains = 1;
+  c->cfg.compact_scope = PH_COMPACT_GLOBAL;
   c->cfg.pool_size = cfg->pool_size;
   c->cfg.heap_limit = cfg->heap_limit;
   c->cfg.huge_pages = cfg->huge_pages;
@@ -430,26 +450,43 @@ static void owner_sweep_pool(struct php_owner *o, php_pool *p) {
   *l = p;
 }
 
+/* Give a garbage large block's units back (lock held); 0 if the OS
+ * refused (heap.large.commit): the block stays, marked, and the next sweep
+ * tries again without telling on_free twice. */
+int php_large_free_locked(struct php_heap *h, php_large *l) {
+  if (ph_large_free_locked(h->core, &l->base))
+    return 1;
+  l->base.sig = PH_SIG_LARGE; /* ph_large_free_locked made it raw */
+  l->base.pad = 1;
+  return 0;
+}
+
 /* Sweep one large block; returns its words of work. */
 static intptr_t owner_sweep_large(struct php_owner *o, php_large *l) {
   struct php_heap *h = o->h;
   ph_value b = php_large_block(l);
   ph_value hd = php_hd_load(b);
-  if (php_hd_colour(hd) !=
-      atomic_load_explicit(&h->garbage, memory_order_relaxed)) {
+  intptr_t work = (intptr_t)php_hd_wosize(hd) + 1;
+  if (!l->base.pad &&
+      php_hd_colour(hd) !=
+          atomic_load_explicit(&h->garbage, memory_order_relaxed)) {
     l->next = o->large;
     o->large = l;
-    return (intptr_t)php_hd_wosize(hd) + 1;
+    return work;
   }
-  php_call_on_free(h, b);
+  if (!l->base.pad)
+    php_call_on_free(h, b);
   php_counters lc = large_counts(h, l);
-  counters_add(&o->c, &lc, -1);
   pthread_mutex_lock(&h->core->lock);
-  l->sig = PH_SIG_DEAD;
-  ph_units_free_locked(h->core, l->chunk, l->unit, l->nunits);
-  h->core->large_units -= l->nunits;
+  int freed = php_large_free_locked(h, l);
   pthread_mutex_unlock(&h->core->lock);
-  return (intptr_t)php_hd_wosize(hd) + 1;
+  if (freed) {
+    counters_add(&o->c, &lc, -1);
+  } else {
+    l->next = o->large;
+    o->large = l;
+  }
+  return work;
 }
 
 intptr_t php_sweep(php_owner *o, intptr_t budget) {
@@ -586,22 +623,27 @@ static ph_value large_alloc(struct php_owner *o, size_t wosize, unsigned bits) {
   }
   ph_chunk *c;
   uint32_t u;
+  size_t comm = 0, bytes = PH_LARGE_HDR + 8 + wosize * 8;
   pthread_mutex_lock(&core->lock);
-  int err = ph_units_take_locked(core, n, PH_U_LARGE, &c, &u);
-  if (err == PH_OK)
+  int err = ph_units_take_large_locked(core, n, bytes, &c, &u, &comm);
+  php_large *l = NULL;
+  if (err == PH_OK) {
+    l = (php_large *)ph_unit_addr(core, c, u);
+    memset(l, 0, PH_LARGE_HDR);
+    l->base.sig = PH_SIG_LARGE;
+    l->base.kind = PH_U_LARGE;
+    l->base.nunits = (uint32_t)n;
+    l->base.unit = u;
+    l->base.chunk = c;
+    l->base.comm = comm;
     core->large_units += n;
+    core->large_comm += comm;
+  }
   pthread_mutex_unlock(&core->lock);
   if (err != PH_OK) {
     o->last_error = err;
     return 0;
   }
-  php_large *l = (php_large *)ph_unit_addr(core, c, u);
-  memset(l, 0, PH_LARGE_HDR);
-  l->sig = PHP_SIG_LARGE;
-  l->kind = PH_U_LARGE;
-  l->nunits = (uint32_t)n;
-  l->unit = u;
-  l->chunk = c;
   l->owner = o;
   l->next = o->large;
   o->large = l;
@@ -852,7 +894,7 @@ static void check_list(vctx *v, php_pool *p, struct php_owner *o, unsigned c,
 static void check_larges(vctx *v, php_large *l, struct php_owner *o,
                          size_t *seen, php_counters *cnt) {
   for (; l && !v->bad; l = l->next) {
-    if (l->sig != PHP_SIG_LARGE || l->owner != o || ++*seen > 1u << 30)
+    if (l->base.sig != PH_SIG_LARGE || l->owner != o || ++*seen > 1u << 30)
       vfail(v, "large list of %p broken at %p", (void *)o, (void *)l);
     else {
       php_counters lc = large_counts(v->h, l);
@@ -898,7 +940,7 @@ int php_verify(php_heap *h, char *why, size_t why_size) {
   vctx v = {h, why, why_size, 0};
   struct ph_heap *core = h->core;
   pthread_mutex_lock(&core->lock);
-  uint64_t pools = 0, large = 0, larges = 0, comm = 0;
+  uint64_t pools = 0, large = 0, larges = 0, comm = 0, lcomm = 0;
   for (unsigned i = 0; i < core->nchunks && !v.bad; i++) {
     ph_chunk *c = core->chunks[i];
     if (i > 0 &&
@@ -907,7 +949,8 @@ int php_verify(php_heap *h, char *why, size_t why_size) {
     uint32_t nfree = 0;
     for (uint32_t u = 0; u < c->nunits && !v.bad; u++) {
       uint8_t st = c->ustate[u];
-      comm += st != PH_U_FREE;
+      if (st != PH_U_FREE && st != PH_U_LARGE && st != PH_U_LARGE_TAIL)
+        comm += core->pool_size;
       if (st == PH_U_FREE || st == PH_U_FREE_COMM) {
         nfree++;
         if (u < c->hint)
@@ -916,18 +959,23 @@ int php_verify(php_heap *h, char *why, size_t why_size) {
         pools++;
         check_pool(&v, c, u);
       } else if (st == PH_U_LARGE) {
-        php_large *l = (php_large *)ph_unit_addr(core, c, u);
-        ph_value b = php_large_block(l);
+        ph_large *l = (ph_large *)ph_unit_addr(core, c, u);
+        ph_value b = php_large_block((php_large *)l);
         size_t wo = php_hd_wosize(*((ph_value *)b - 1));
-        if (l->sig != PHP_SIG_LARGE || l->nunits == 0 ||
+        if (l->sig != PH_SIG_LARGE || l->nunits == 0 ||
             u + l->nunits > c->nunits || l->unit != u || l->chunk != c ||
             wo <= core->max_small_wosize ||
-            PH_LARGE_HDR + 8 + wo * 8 > (size_t)l->nunits << core->pool_shift)
+            PH_LARGE_HDR + 8 + wo * 8 > (size_t)l->nunits << core->pool_shift ||
+            /* heap.large.commit: its pages, nothing beyond its last unit */
+            l->comm < PH_LARGE_HDR + 8 + wo * 8 ||
+            l->comm > (size_t)l->nunits << core->pool_shift)
           vfail(&v, "large block at %p: bad header", (void *)l);
         for (uint32_t k = 1; k < l->nunits && !v.bad; k++)
           if (c->ustate[u + k] != PH_U_LARGE_TAIL)
             vfail(&v, "large block at %p: unit %u not a tail", (void *)l, k);
         large += l->nunits;
+        lcomm += l->comm;
+        comm += l->comm;
         larges++;
       } else if (st != PH_U_LARGE_TAIL) {
         vfail(&v, "chunk %u unit %u: bad state %u", i, u, st);
@@ -936,14 +984,15 @@ int php_verify(php_heap *h, char *why, size_t why_size) {
     if (!v.bad && nfree != c->nfree)
       vfail(&v, "chunk %u: %u free units, counter says %u", i, nfree, c->nfree);
   }
-  if (!v.bad && (pools != core->pool_units || large != core->large_units))
+  if (!v.bad && (pools != core->pool_units || large != core->large_units ||
+                 lcomm != core->large_comm))
     vfail(&v, "unit counters: pools %zu/%llu large %zu/%llu", core->pool_units,
           (unsigned long long)pools, core->large_units,
           (unsigned long long)large);
   uint64_t oc = atomic_load_explicit(&core->os.committed, memory_order_relaxed);
-  if (!v.bad && oc != comm << core->pool_shift)
+  if (!v.bad && oc != comm)
     vfail(&v, "committed bytes %llu, units say %llu", (unsigned long long)oc,
-          (unsigned long long)(comm << core->pool_shift));
+          (unsigned long long)comm);
   uint64_t om = atomic_load_explicit(&core->os.mappings, memory_order_relaxed);
   if (!v.bad && om != core->nchunks)
     vfail(&v, "mappings %llu, chunks %u", (unsigned long long)om,

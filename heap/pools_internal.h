@@ -10,12 +10,11 @@
 #define PH_HEAP_POOLS_INTERNAL_H
 
 #include "poolheap_pools.h"
-#include "heap/internal.h"
+#include "heap/heap.h"
 
 #define PHP_SIG_HEAP 0x50484850u  /* "PHHP" */
 #define PHP_SIG_OWNER 0x5048574eu /* "PHWN" */
 #define PHP_SIG_POOL 0x50485050u  /* "PHPP" */
-#define PHP_SIG_LARGE 0x5048504cu /* "PHPL" */
 
 /* pools.header: a pool of the layer.  Same place and size as ph_pool (one
  * unit: this header, the live bitmap, then the slots at hdr bytes); a free
@@ -47,16 +46,13 @@ static inline ph_value *php_pool_slots(php_pool *p) {
   return (ph_value *)((char *)p + p->hdr);
 }
 
-/* A large block of the layer: nunits whole units, this header, then the
- * block header word at PH_LARGE_HDR, then field 0. */
+/* A large block of the layer: a heap.large header (PH_SIG_LARGE; only its
+ * pages committed, heap.large.commit) followed by the layer's links, then
+ * the block header word at PH_LARGE_HDR, then field 0.  base.pad is 1 for a
+ * garbage block whose units the OS would not take back (ph_large_free_locked
+ * refused): on_free has seen it, it is freed again at its next sweep. */
 typedef struct php_large {
-  uint32_t sig;
-  uint8_t kind; /* PH_U_LARGE */
-  uint8_t pad0;
-  uint16_t pad1;
-  uint32_t nunits;
-  uint32_t unit;
-  struct ph_chunk *chunk;
+  ph_large base;
   struct php_large *next;
   struct php_owner *owner; /* NULL: orphaned */
 } php_large;
@@ -138,7 +134,7 @@ typedef struct php_compact {
   size_t nunits;
   php_large **larges; /* every live large block */
   size_t nlarges;
-  /* pools.compact.map: one bit per unit over [map_lo, map_lo + map_units),
+  /* compact.update.map: one bit per unit over [map_lo, map_lo + map_units),
    * set for evacuated pools; read by visit and php_forward */
   _Atomic(uint64_t *) map;
   uintptr_t map_lo;
@@ -168,5 +164,7 @@ void php_sweep_pool_counts(struct php_heap *h, php_pool *p, unsigned garbage,
 void php_rebuild_lists_locked(struct php_heap *h);
 uint64_t php_pool_frag_const(const struct php_heap *h, unsigned cls);
 void php_call_on_free(struct php_heap *h, ph_value b);
+/* Free a garbage large block's units (lock held); 0 if the OS refused. */
+int php_large_free_locked(struct php_heap *h, php_large *l);
 
 #endif

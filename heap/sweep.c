@@ -10,14 +10,14 @@
  * empty pool, and every unmarked large block, is
  * handed to ph_sweep_finish_stw_single, which frees their units under
  * heap->lock. */
-#include "heap/internal.h"
+#include "heap/heap.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 /* Append to a worker's record array, growing it; on failure the records are
  * incomplete and the compactor must not plan from them. */
-static void *grow(ph_worker *w, void *arr, size_t *cap, size_t elem) {
+static void *grow(ph_pool_worker *w, void *arr, size_t *cap, size_t elem) {
   size_t ncap = *cap ? *cap * 2 : 256;
   void *n = realloc(arr, ncap * elem);
   if (!n) {
@@ -28,7 +28,7 @@ static void *grow(ph_worker *w, void *arr, size_t *cap, size_t elem) {
   return n;
 }
 
-static void record_cand(ph_worker *w, ph_pool *p) {
+static void record_cand(ph_pool_worker *w, ph_pool *p) {
   if (w->ncands == w->cands_cap) {
     ph_cand *n = grow(w, w->cands, &w->cands_cap, sizeof *n);
     if (!n)
@@ -38,7 +38,7 @@ static void record_cand(ph_worker *w, ph_pool *p) {
   w->cands[w->ncands++] = (ph_cand){p, p->nlive, p->cls, (uint16_t)p->owner};
 }
 
-static void record_large(ph_worker *w, ph_large *l) {
+static void record_large(ph_pool_worker *w, ph_large *l) {
   if (w->nlarges == w->larges_cap) {
     ph_large **n = grow(w, w->larges, &w->larges_cap, sizeof *n);
     if (!n)
@@ -48,7 +48,7 @@ static void record_large(ph_worker *w, ph_large *l) {
   w->larges[w->nlarges++] = l;
 }
 
-static void sweep_pool(struct ph_heap *h, ph_worker *w, ph_pool *p) {
+static void sweep_pool(struct ph_heap *h, ph_pool_worker *w, ph_pool *p) {
   uint32_t wsize = h->class_wsize[p->cls];
   ph_value blue = ph_hd_make(wsize - 1, PH_BLUE, 0);
   ph_value *s = (ph_value *)ph_pool_slots(p);
@@ -93,7 +93,7 @@ static void sweep_pool(struct ph_heap *h, ph_worker *w, ph_pool *p) {
   }
 }
 
-static void sweep_large(struct ph_heap *h, ph_worker *w, ph_large *l) {
+static void sweep_large(struct ph_heap *h, ph_pool_worker *w, ph_large *l) {
   (void)h;
   ph_value *hp = (ph_value *)((char *)l + PH_LARGE_HDR);
   if (ph_hd_color(*hp) == PH_BLACK) {
@@ -114,25 +114,24 @@ static void sweep_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
     sweep_large(h, ctx, (ph_large *)ph_unit_addr(h, c, u));
 }
 
-void ph_sweep_stw(struct ph_heap *h, ph_worker *w) {
+void ph_sweep_stw(struct ph_heap *h, ph_pool_worker *w) {
   w->empty_pools = NULL;
   w->dead_large = NULL;
   w->frag_bytes = 0;
   w->ncands = 0;
   w->nlarges = 0;
   w->records_lost = 0;
-  ph_stw_each_unit_stw(h, &h->stw.claim_units, 8, sweep_unit, w);
+  ph_units_each_stw(h, &h->sec.claim_sweep, 8, sweep_unit, w);
 }
 
-/* Free what the sweep found dead, under heap->lock (other threads may be
- * attaching or allocating large blocks... no: they wait; the lock keeps the
- * chunk tables consistent with ph_stats_get and attach). */
+/* Free what the sweep found dead, under heap->lock (the lock keeps the
+ * chunk tables consistent with ph_stats_get, which may run meanwhile). */
 void ph_sweep_finish_stw_single(struct ph_heap *h) {
-  ph_stw *s = &h->stw;
+  ph_section *s = &h->sec;
   pthread_mutex_lock(&h->lock);
   uint64_t live = 0, blocks = 0;
   for (unsigned i = 0; i < s->nparts; i++) {
-    ph_worker *w = &s->workers[i];
+    ph_pool_worker *w = &s->pw[i];
     live += w->live_bytes;
     blocks += w->live_blocks;
     for (ph_pool *p = w->empty_pools, *n; p; p = n) {
@@ -144,9 +143,7 @@ void ph_sweep_finish_stw_single(struct ph_heap *h) {
     w->empty_pools = NULL;
     for (ph_large *l = w->dead_large, *n; l; l = n) {
       n = l->dead_next;
-      l->sig = PH_SIG_DEAD;
-      ph_units_free_locked(h, l->chunk, l->unit, l->nunits);
-      h->large_units -= l->nunits;
+      ph_large_free_locked(h, l); /* refused: stays, swept again next time */
     }
     w->dead_large = NULL;
   }

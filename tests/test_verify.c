@@ -5,7 +5,7 @@
  * the heap (debug builds verify around every collection). */
 #include "test_util.h"
 
-#include "heap/internal.h"
+#include "api/api.h"
 
 static ph_heap *h;
 static ph_domain *d;
