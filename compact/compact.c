@@ -27,7 +27,7 @@
  *     participant (GLOBAL) or run by the pools' owner (PER_DOMAIN; the
  *     leader runs those of owners that are not participating).  Each live
  *     block is copied into a free slot of the destination; the old block
- *     gets the new address in field 0 and FWD in its header.
+ *     gets the new address in field 0 and keeps its header.
  *   Phase 4 (compact.phase.update).  Barrier.  Every participant claims
  *     root items (global set, each domain's stack and hook, blocking
  *     domains' too), pool units (every live block of every pool that was
@@ -371,7 +371,7 @@ static void relink_free(struct ph_heap *h, ph_pool *p) {
       uint32_t si = wi * 64 + 63 - (uint32_t)__builtin_clzll(free);
       free &= ~((uint64_t)1 << (si % 64));
       ph_value *slot = base + (size_t)si * wsize;
-      PH_ASSERT(ph_hd_color(slot[0]) == PH_BLUE);
+      PH_ASSERT(slot[0] == 0);
       slot[1] = next;
       next = (ph_value)(slot + 1);
     }
@@ -424,15 +424,15 @@ static void evacuate_unit(struct ph_heap *h, ph_pool_worker *w,
       }
       ph_value *slot = from[j], *nv = to[j];
       ph_value hd = slot[0];
-      PH_ASSERT(ph_hd_color(hd) == PH_WHITE);
-      PH_ASSERT(ph_hd_color(nv[0]) == PH_BLUE);
+      PH_ASSERT(ph_hd_color(hd) == PH_WHITE && hd != 0);
+      PH_ASSERT(nv[0] == 0);
       size_t wo = ph_hd_wosize(hd);
       nv[0] = hd;
       for (size_t f = 1; f <= wo; f++)
         nv[f] = slot[f];
+      /* the new address in field 0; the old header stays: a moved block
+       * is known from the map (compact.update.map), not from a colour */
       slot[1] = (ph_value)(nv + 1);
-      slot[0] =
-          (hd & ~PH_HD_COLOR_MASK) | ((ph_value)PH_FWD << PH_HD_COLOR_SHIFT);
       bytes += (wo + 1) * 8;
     }
     left -= n;
@@ -497,12 +497,12 @@ static inline void fwd_fix(const fwd_batch *b, ph_value *s, int root) {
   if (root) {
     ph_value x = __atomic_load_n(s, __ATOMIC_RELAXED);
     if (!unit_evacuated(b->h, b->plan, x))
-      return; /* fixed already: the slot was reported twice */
-    PH_ASSERT(ph_hd_color(*ph_hp(x)) == PH_FWD);
+      return;                  /* fixed already: the slot was reported twice */
+    PH_ASSERT(*ph_hp(x) != 0); /* a moved block keeps its header */
     __atomic_store_n(s, *(const ph_value *)x, __ATOMIC_RELAXED);
     return;
   }
-  PH_ASSERT(ph_hd_color(*ph_hp(*s)) == PH_FWD);
+  PH_ASSERT(unit_evacuated(b->h, b->plan, *s) && *ph_hp(*s) != 0);
   *s = *(const ph_value *)*s;
 }
 

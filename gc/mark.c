@@ -59,7 +59,8 @@ void ph_mark_value(struct ph_heap *h, ph_worker *w, ph_value v) {
     return;
   ph_value *hp = ph_hp(v);
   ph_value hd = __atomic_load_n(hp, __ATOMIC_RELAXED);
-  if (ph_hd_color(hd) != PH_WHITE)
+  /* pools.header: a free slot is a header of 0, WHITE too: never marked */
+  if (ph_hd_color(hd) != PH_WHITE || hd == 0)
     return;
   const ph_value black = (ph_value)PH_BLACK << PH_HD_COLOR_SHIFT;
   if (h->sec.nparts == 1) {

@@ -36,7 +36,7 @@ static int valid_block(vctx *v, ph_value x) {
   char *ua = ph_unit_addr(h, c, u);
   if (c->ustate[u] == PH_U_LARGE)
     return (char *)x == ua + PH_LARGE_HDR + 8 &&
-           ph_hd_color(*ph_hp(x)) == PH_WHITE;
+           ph_hd_color(*ph_hp(x)) == PH_WHITE && *ph_hp(x) != 0;
   if (c->ustate[u] != PH_U_POOL)
     return 0;
   ph_pool *p = (ph_pool *)ua;
@@ -44,7 +44,8 @@ static int valid_block(vctx *v, ph_value x) {
   size_t sb = (size_t)h->class_wsize[p->cls] * 8;
   if ((char *)x < ph_pool_slots(p) + 8 || off % sb || off / sb >= p->nslots)
     return 0;
-  return ph_hd_color(*ph_hp(x)) == PH_WHITE;
+  /* a free slot's header is 0 (pools.header) */
+  return ph_hd_color(*ph_hp(x)) == PH_WHITE && *ph_hp(x) != 0;
 }
 
 static void check_fields(vctx *v, ph_value b) {
@@ -78,13 +79,11 @@ static void check_pool(vctx *v, ph_chunk *c, uint32_t u) {
   for (uint32_t i = 0; i < p->nslots && !v->bad; i++) {
     ph_value b = ph_pool_block(h, p, i);
     ph_value hd = *ph_hp(b);
-    switch (ph_hd_color(hd)) {
-    case PH_BLUE:
+    if (hd == 0) { /* a free slot (pools.header) */
       blue++;
-      if (ph_hd_wosize(hd) != wsize - 1)
-        fail(v, "pool %p slot %u: free slot with wosize %zu", (void *)p, i,
-             ph_hd_wosize(hd));
-      break;
+      continue;
+    }
+    switch (ph_hd_color(hd)) {
     case PH_WHITE:
       white++;
       if (ph_hd_wosize(hd) == 0 || ph_hd_wosize(hd) > wsize - 1 ||
@@ -106,8 +105,8 @@ static void check_pool(vctx *v, ph_chunk *c, uint32_t u) {
   }
   uint32_t n = 0;
   for (ph_value f = p->free; f && !v->bad; f = *(ph_value *)f) {
-    if (ph_unit_of(h, f) != (ph_unit_hdr *)p ||
-        ph_hd_color(*ph_hp(f)) != PH_BLUE || ++n > p->nfree)
+    if (ph_unit_of(h, f) != (ph_unit_hdr *)p || *ph_hp(f) != 0 ||
+        ++n > p->nfree)
       fail(v, "pool %p: free list broken at %p", (void *)p, (void *)f);
   }
   if (!v->bad && n != p->nfree)

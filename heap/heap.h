@@ -23,13 +23,15 @@
 #include <stdint.h>
 
 /* ------------------------------------------------------------- headers */
-/* heap.block.header: wosize << 10 | color << 8 | tag.  Colors belong to the
- * collector:
+/* heap.block.header: wosize << 10 | color << 8 | tag.  The managed
+ * collector's colors:
  *   WHITE  allocated, not (yet) marked; every block between collections
  *   BLACK  marked by the current collection (only inside stop-the-world)
- *   BLUE   a free slot on its pool's free list; field 0 links the list
- *   FWD    evacuated by compaction; field 0 is the new address */
-enum { PH_WHITE = 0, PH_BLACK = 1, PH_BLUE = 2, PH_FWD = 3 };
+ * A free slot is a header word of 0 (wosize 0; field 0 links its pool's free
+ * list), and a block moved by compaction keeps its header (field 0 is the new
+ * address; the map of evacuated units says it moved): the pool format of
+ * the pool layer (pools.header), which uses no color itself. */
+enum { PH_WHITE = 0, PH_BLACK = 1 };
 #define PH_HD_COLOR_SHIFT 8
 #define PH_HD_COLOR_MASK ((ph_value)3 << PH_HD_COLOR_SHIFT)
 static inline ph_value ph_hd_make(size_t wosize, unsigned color, unsigned tag) {
@@ -90,7 +92,8 @@ struct ph_chunk;
 
 /* heap.pool: a pool of equal slots of one size class.
  * Invariant (outside stop-the-world, pool not cached by its owner):
- *   nlive + nfree == nslots, nfree == length(free list) == BLUE slots.
+ *   nlive + nfree == nslots, nfree == length(free list) == slots with a
+ *   header of 0.
  * While cached (owner's alloc cache holds its free list), nlive/nfree/free
  * are stale and the cache is the truth; caches are flushed on entry to every
  * stop-the-world section.

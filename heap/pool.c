@@ -2,7 +2,7 @@
  *
  * A pool is one unit: a 64-byte header, then nslots slots of
  * class_wsize[cls] words.  A slot is a block header word then its fields; a
- * free slot is BLUE with wosize = slot words - 1 and field 0 linking the
+ * free slot is a header word of 0 (pools.header) and field 0 links the
  * pool's free list, which is kept in address order when built.  Pools with
  * free slots sit on their owner slot's avail list for that class; full pools
  * are on no list (the sweep finds every pool through the unit tables). */
@@ -13,7 +13,7 @@
 /* Build the free list of a fresh pool: every slot free, in address order. */
 void ph_pool_init_free(struct ph_heap *h, ph_pool *p) {
   uint32_t wsize = h->class_wsize[p->cls];
-  ph_value hd = ph_hd_make(wsize - 1, PH_BLUE, 0);
+  ph_value hd = 0; /* a free slot (pools.header) */
   ph_value *s = (ph_value *)ph_pool_slots(p);
   ph_value next = 0;
   for (uint32_t i = p->nslots; i-- > 0;) {

@@ -3,13 +3,12 @@
  * Participants claim batches of units from the section's unit index space.
  * For a pool: every BLACK block becomes WHITE, is counted live and gets its
  * bit in the pool's live bitmap (heap.pool.bitmap); every
- * other slot becomes a BLUE free slot; the free list is rebuilt in address
- * order and nlive/nfree recounted (compaction's stats tables come from these
- * counts: no second pass over memory).  A pool with free slots is pushed on
- * its owner's avail list and recorded for the compactor (ph_cand); an
- * empty pool, and every unmarked large block, is
- * handed to ph_sweep_finish_stw_single, which frees their units under
- * heap->lock. */
+ * other slot becomes a free slot (header 0); the free list is rebuilt in
+ * address order and nlive/nfree recounted (compaction's stats tables come from
+ * these counts: no second pass over memory).  A pool with free slots is pushed
+ * on its owner's avail list and recorded for the compactor (ph_cand); an empty
+ * pool, and every unmarked large block, is handed to
+ * ph_sweep_finish_stw_single, which frees their units under heap->lock. */
 #include "heap/heap.h"
 
 #include <stdlib.h>
@@ -50,7 +49,6 @@ static void record_large(ph_pool_worker *w, ph_large *l) {
 
 static void sweep_pool(struct ph_heap *h, ph_pool_worker *w, ph_pool *p) {
   uint32_t wsize = h->class_wsize[p->cls];
-  ph_value blue = ph_hd_make(wsize - 1, PH_BLUE, 0);
   ph_value *s = (ph_value *)ph_pool_slots(p);
   uint64_t *bits = ph_pool_bits(p);
   ph_value next = 0;
@@ -65,11 +63,11 @@ static void sweep_pool(struct ph_heap *h, ph_pool_worker *w, ph_pool *p) {
       word |= (uint64_t)1 << (i & 63);
     } else {
 #if PH_POISON
-      if (ph_hd_color(hd) == PH_WHITE)
+      if (hd != 0) /* it dies now */
         for (uint32_t k = 2; k < wsize; k++)
           slot[k] = PH_POISON_WORD;
 #endif
-      slot[0] = blue;
+      slot[0] = 0; /* a free slot (pools.header) */
       slot[1] = next;
       next = (ph_value)(slot + 1);
     }
