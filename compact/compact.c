@@ -95,9 +95,10 @@ static int by_owner_address(const void *a, const void *b) {
 
 /* Plan one group (all candidates of a class, or one owner's): keep the
  * first k of cand[0..n), evacuate the rest, emit destination units.  Only
- * the records are read; evacuated pools' live counts go to cc->elive. */
-static void plan_group(ph_cclass *cc, ph_cand *cand, size_t n,
-                       uint32_t nslots) {
+ * the records are read; evacuated pools' live counts go to cc->elive.
+ * Shared with the pool layer's compactor (compact/pools_compact.c). */
+void ph_compact_plan_group(ph_cclass *cc, ph_cand *cand, size_t n,
+                           uint32_t nslots) {
   uint64_t live = 0;
   for (size_t i = 0; i < n; i++)
     live += cand[i].nlive;
@@ -191,10 +192,10 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
 #endif
     qsort(cand, nin, sizeof *cand, by_density);
     qsort(cand + nin, n - nin, sizeof *cand, by_density);
-    plan_group(cc, cand, n, nslots);
+    ph_compact_plan_group(cc, cand, n, nslots);
   } else if (h->cfg.compact_scope == PH_COMPACT_GLOBAL) {
     qsort(cand, n, sizeof *cand, by_density);
-    plan_group(cc, cand, n, nslots);
+    ph_compact_plan_group(cc, cand, n, nslots);
   } else {
     qsort(cand, n, sizeof *cand, by_owner_address);
     size_t a = 0;
@@ -202,7 +203,7 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
       size_t b = a;
       while (b < n && cand[b].owner == cand[a].owner)
         b++;
-      plan_group(cc, cand + a, b - a, nslots);
+      ph_compact_plan_group(cc, cand + a, b - a, nslots);
       a = b;
     }
   }
@@ -379,9 +380,11 @@ static void relink_free(struct ph_heap *h, ph_pool *p) {
   p->free = next;
 }
 
-/* Move u->count live blocks, in order, from the sources into u->dst. */
-static void evacuate_unit(struct ph_heap *h, ph_pool_worker *w,
-                          ph_evac_unit *u) {
+/* compact.phase.evacuate: move u->count live blocks, in order, from the
+ * sources into u->dst; *blocks and *bytes count them.  Shared with the pool
+ * layer's compactor. */
+void ph_compact_evacuate_unit(struct ph_heap *h, const ph_evac_unit *u,
+                              uint64_t *blocks, uint64_t *moved) {
   ph_pool *dst = u->dst;
   uint32_t wsize = h->class_wsize[dst->cls];
   ph_value *dbase = (ph_value *)ph_pool_slots(dst);
@@ -424,7 +427,7 @@ static void evacuate_unit(struct ph_heap *h, ph_pool_worker *w,
       }
       ph_value *slot = from[j], *nv = to[j];
       ph_value hd = slot[0];
-      PH_ASSERT(ph_hd_color(hd) == PH_WHITE && hd != 0);
+      PH_ASSERT(hd != 0); /* allocated; its color is the client's */
       PH_ASSERT(nv[0] == 0);
       size_t wo = ph_hd_wosize(hd);
       nv[0] = hd;
@@ -437,10 +440,11 @@ static void evacuate_unit(struct ph_heap *h, ph_pool_worker *w,
     }
     left -= n;
   }
-  w->evac_blocks += u->count;
-  w->evac_bytes += bytes;
+  *blocks += u->count;
+  *moved += bytes;
   dst->nfree -= u->count;
   dst->nlive += u->count;
+  dst->live_words += (uint32_t)(bytes / 8);
   relink_free(h, dst);
 }
 
@@ -454,7 +458,8 @@ static void evacuate_stw(struct ph_heap *h, const ph_compact_part *part,
                                            memory_order_relaxed);
       if (k >= plan->nunits)
         break;
-      evacuate_unit(h, w, &plan->units[k]);
+      ph_compact_evacuate_unit(h, &plan->units[k], &w->evac_blocks,
+                               &w->evac_bytes);
     }
     return;
   }
@@ -463,7 +468,7 @@ static void evacuate_stw(struct ph_heap *h, const ph_compact_part *part,
   for (size_t k = 0; k < plan->nunits; k++) {
     ph_evac_unit *u = &plan->units[k];
     if (part->evacuates_slot(part->arg, u->owner))
-      evacuate_unit(h, w, u);
+      ph_compact_evacuate_unit(h, u, &w->evac_blocks, &w->evac_bytes);
   }
 }
 

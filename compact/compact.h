@@ -69,6 +69,15 @@ typedef struct ph_compact_part {
   void *arg;
 } ph_compact_part;
 
+/* Shared with the pool layer's compactor (compact/pools_compact.c):
+ * compact.phase.choose for one group of records (cc's arrays hold n each),
+ * and compact.phase.evacuate for one unit (*blocks, *bytes count what it
+ * moved; the destination's nlive, nfree, live_words and free list follow). */
+void ph_compact_plan_group(ph_cclass *cc, ph_cand *cand, size_t n,
+                           uint32_t nslots);
+void ph_compact_evacuate_unit(struct ph_heap *h, const ph_evac_unit *u,
+                              uint64_t *blocks, uint64_t *bytes);
+
 /* compact/compact.c: the six phases (the first barrier included). */
 void ph_compact_stw(struct ph_heap *h, const ph_compact_part *part);
 void ph_compact_fini(struct ph_heap *h);

@@ -115,6 +115,8 @@ typedef struct ph_pool {
   uint32_t unit;          /* unit index within chunk */
   uint16_t cached;        /* 1 while an owner's alloc cache holds it */
   uint16_t hdr;           /* bytes before the first slot (heap->pool_hdr) */
+  uint32_t live_words;    /* pool layer: sum of wosize + 1 over the
+                             allocated slots (pools.counters) */
 } ph_pool;
 /* The fixed header; then the live bitmap (heap.pool.bitmap: one bit per
  * slot, written by the sweep, read by compaction), then the slots at

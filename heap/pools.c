@@ -4,9 +4,9 @@
  * compact/pools_compact.c.
  *
  * Chunks, units, size classes, the OS layer and unit release are those of
- * heap/ (a ph_heap core that only this layer uses); pools and large blocks
- * have the layout of heap.pool and heap.large, but a free slot is a header
- * word of 0 (pools.header) so that every colour is the embedder's. */
+ * heap/ (a ph_heap core that only this layer uses); pools are ph_pool and
+ * large blocks heap.large blocks, the managed collector's: a free slot is a
+ * header word of 0 (pools.header), so every colour is the embedder's. */
 #include "heap/pools_internal.h"
 
 #include <stdarg.h>
@@ -35,7 +35,7 @@ uint64_t php_pool_frag_const(const struct php_heap *h, unsigned cls) {
 }
 
 /* The counters one pool contributes. */
-static php_counters pool_counts(const struct php_heap *h, const php_pool *p) {
+static php_counters pool_counts(const struct php_heap *h, const ph_pool *p) {
   uint32_t ws = h->core->class_wsize[p->cls];
   php_counters c = {0};
   c.pool_words = pool_words(h);
@@ -175,11 +175,9 @@ int php_heap_destroy(php_heap *h) {
   pthread_mutex_unlock(&c->lock);
   pthread_mutex_destroy(&c->lock);
   ph_os_acct_fini(&c->os);
-  for (unsigned i = 0; i < h->cp.parts_cap; i++) {
-    free(h->cp.parts[i].cands);
-    free(h->cp.parts[i].larges);
-  }
-  free(h->cp.parts);
+  if (h->cp)
+    h->cp_free(h->cp); /* compact/pools_compact.c's scratch */
+  free(h->otab);
   free(c);
   free(h);
   return PH_OK;
@@ -244,6 +242,23 @@ int php_owner_create(php_heap *h, php_owner **out) {
   o->h = h;
   o->next_to_sweep = h->core->nclasses;
   pthread_mutex_lock(&h->core->lock);
+  uint32_t i = 0;
+  while (i < h->otab_cap && h->otab[i])
+    i++;
+  if (i == h->otab_cap) { /* pools.owner: the table grows */
+    uint32_t ncap = h->otab_cap ? h->otab_cap * 2 : 16;
+    struct php_owner **t = realloc(h->otab, ncap * sizeof *t);
+    if (!t) {
+      pthread_mutex_unlock(&h->core->lock);
+      free(o);
+      return PH_ENOMEM;
+    }
+    memset(t + h->otab_cap, 0, (ncap - h->otab_cap) * sizeof *t);
+    h->otab = t;
+    h->otab_cap = ncap;
+  }
+  o->index = i;
+  h->otab[i] = o;
   o->next_owner = h->owners;
   if (h->owners)
     h->owners->prev_owner = o;
@@ -283,11 +298,11 @@ int php_orphan_counters(php_heap *h, php_counters *out) {
 }
 
 /* Move list *from onto *to, giving its pools owner o. */
-static void move_pools(php_pool **from, php_pool **to, struct php_owner *o) {
+static void move_pools(ph_pool **from, ph_pool **to, struct php_owner *o) {
   while (*from) {
-    php_pool *p = *from;
+    ph_pool *p = *from;
     *from = p->next;
-    p->owner = o;
+    p->owner = o ? o->index : PHP_NO_OWNER;
     p->next = *to;
     *to = p;
   }
@@ -313,7 +328,7 @@ int php_owner_orphan(php_owner *o) {
   struct php_heap *h = o->h;
   pthread_mutex_lock(&h->core->lock);
   for (unsigned c = 0; c < h->core->nclasses; c++) {
-    php_pool *l = atomic_load_explicit(&h->orph.avail[c], memory_order_relaxed);
+    ph_pool *l = atomic_load_explicit(&h->orph.avail[c], memory_order_relaxed);
     move_pools(&o->avail[c], &l, NULL);
     atomic_store_explicit(&h->orph.avail[c], l, memory_order_relaxed);
     move_pools(&o->full[c], &h->orph.full[c], NULL);
@@ -335,7 +350,7 @@ int php_owner_adopt(php_owner *o) {
   struct php_heap *h = o->h;
   pthread_mutex_lock(&h->core->lock);
   for (unsigned c = 0; c < h->core->nclasses; c++) {
-    php_pool *l = atomic_load_explicit(&h->orph.avail[c], memory_order_relaxed);
+    ph_pool *l = atomic_load_explicit(&h->orph.avail[c], memory_order_relaxed);
     move_pools(&l, &o->avail[c], o);
     atomic_store_explicit(&h->orph.avail[c], NULL, memory_order_relaxed);
     move_pools(&h->orph.full[c], &o->full[c], o);
@@ -362,6 +377,7 @@ int php_owner_destroy(php_owner *o) {
   if (o->next_owner)
     o->next_owner->prev_owner = o->prev_owner;
   h->nowners--;
+  h->otab[o->index] = NULL;
   o->sig = PH_SIG_DEAD;
   pthread_mutex_unlock(&h->core->lock);
   free(o);
@@ -383,11 +399,11 @@ void php_call_on_free(struct php_heap *h, ph_value b) {
  * and nlive / live_words recounted.  live_mask (compaction): colours that
  * are live; any other allocated block sets *bad; set_bits: write the live
  * bitmap (heap.pool.bitmap).  live_mask 0: every other colour is live. */
-void php_sweep_pool_counts(struct php_heap *h, php_pool *p, unsigned garbage,
+void php_sweep_pool_counts(struct php_heap *h, ph_pool *p, unsigned garbage,
                            unsigned live_mask, int set_bits, int *bad) {
   uint32_t ws = h->core->class_wsize[p->cls];
-  ph_value *s = php_pool_slots(p);
-  uint64_t *bits = php_pool_bits(p);
+  ph_value *s = php_slots(p);
+  uint64_t *bits = ph_pool_bits(p);
   ph_value next = 0;
   uint32_t live = 0;
   uint64_t words = 0, word = 0;
@@ -421,16 +437,17 @@ void php_sweep_pool_counts(struct php_heap *h, php_pool *p, unsigned garbage,
   }
   p->free = next;
   p->nlive = live;
-  p->live_words = words;
+  p->nfree = p->nslots - live;
+  p->live_words = (uint32_t)words;
 }
 
-static void free_pool_locked(struct php_heap *h, php_pool *p) {
+static void free_pool_locked(struct php_heap *h, ph_pool *p) {
   p->sig = PH_SIG_DEAD;
   ph_units_free_locked(h->core, p->chunk, p->unit, 1);
   h->core->pool_units--;
 }
 
-static void owner_sweep_pool(struct php_owner *o, php_pool *p) {
+static void owner_sweep_pool(struct php_owner *o, ph_pool *p) {
   struct php_heap *h = o->h;
   php_counters before = pool_counts(h, p);
   php_sweep_pool_counts(h, p,
@@ -445,7 +462,7 @@ static void owner_sweep_pool(struct php_owner *o, php_pool *p) {
   }
   php_counters after = pool_counts(h, p);
   counters_add(&o->c, &after, 1);
-  php_pool **l = p->free ? &o->avail[p->cls] : &o->full[p->cls];
+  ph_pool **l = p->free ? &o->avail[p->cls] : &o->full[p->cls];
   p->next = *l;
   *l = p;
 }
@@ -496,14 +513,14 @@ intptr_t php_sweep(php_owner *o, intptr_t budget) {
   intptr_t pw = (intptr_t)pool_words(h);
   while (budget > 0 && o->next_to_sweep < h->core->nclasses) {
     unsigned c = o->next_to_sweep;
-    php_pool **l = o->unswept_avail[c]  ? &o->unswept_avail[c]
-                   : o->unswept_full[c] ? &o->unswept_full[c]
-                                        : NULL;
+    ph_pool **l = o->unswept_avail[c]  ? &o->unswept_avail[c]
+                  : o->unswept_full[c] ? &o->unswept_full[c]
+                                       : NULL;
     if (!l) {
       o->next_to_sweep++;
       continue;
     }
-    php_pool *p = *l;
+    ph_pool *p = *l;
     *l = p->next;
     owner_sweep_pool(o, p);
     budget -= pw;
@@ -541,7 +558,7 @@ int php_cycle(php_owner *o) {
 /* ----------------------------------------------------------- allocation */
 
 /* A fresh pool of class cls for o, on its avail list. */
-static php_pool *new_pool(struct php_owner *o, unsigned cls) {
+static ph_pool *new_pool(struct php_owner *o, unsigned cls) {
   struct php_heap *h = o->h;
   struct ph_heap *core = h->core;
   ph_chunk *c;
@@ -553,18 +570,19 @@ static php_pool *new_pool(struct php_owner *o, unsigned cls) {
   pthread_mutex_unlock(&core->lock);
   if (err != PH_OK)
     return NULL;
-  php_pool *p = (php_pool *)ph_unit_addr(core, c, u);
+  ph_pool *p = (ph_pool *)ph_unit_addr(core, c, u);
   memset(p, 0, core->pool_hdr);
-  p->sig = PHP_SIG_POOL;
+  p->sig = PH_SIG_POOL;
   p->kind = PH_U_POOL;
   p->cls = (uint16_t)cls;
   p->nslots = core->class_nslots[cls];
   p->hdr = (uint16_t)core->pool_hdr;
   p->chunk = c;
   p->unit = u;
-  p->owner = o;
+  p->owner = o->index;
+  p->nfree = p->nslots;
   uint32_t ws = core->class_wsize[cls];
-  ph_value *s = php_pool_slots(p), next = 0;
+  ph_value *s = php_slots(p), next = 0;
   for (uint32_t i = p->nslots; i-- > 0;) {
     ph_value *slot = s + (size_t)i * ws;
     slot[0] = 0;
@@ -580,12 +598,12 @@ static php_pool *new_pool(struct php_owner *o, unsigned cls) {
 }
 
 /* pools.alloc: a pool with room for class cls on top of o->avail[cls]. */
-static php_pool *find_pool(struct php_owner *o, unsigned cls) {
+static ph_pool *find_pool(struct php_owner *o, unsigned cls) {
   struct php_heap *h = o->h;
   while (!o->avail[cls] && (o->unswept_avail[cls] || o->unswept_full[cls])) {
-    php_pool **l =
+    ph_pool **l =
         o->unswept_avail[cls] ? &o->unswept_avail[cls] : &o->unswept_full[cls];
-    php_pool *p = *l;
+    ph_pool *p = *l;
     *l = p->next;
     owner_sweep_pool(o, p);
   }
@@ -594,14 +612,14 @@ static php_pool *find_pool(struct php_owner *o, unsigned cls) {
   /* relaxed: a hint, the pop is under the lock */
   if (atomic_load_explicit(&h->orph.avail[cls], memory_order_relaxed)) {
     pthread_mutex_lock(&h->core->lock);
-    php_pool *p =
+    ph_pool *p =
         atomic_load_explicit(&h->orph.avail[cls], memory_order_relaxed);
     if (p) {
       atomic_store_explicit(&h->orph.avail[cls], p->next, memory_order_relaxed);
       php_counters pc = pool_counts(h, p);
       counters_add(&h->orph.c, &pc, -1);
       counters_add(&o->c, &pc, 1);
-      p->owner = o;
+      p->owner = o->index;
       p->next = o->avail[cls];
       o->avail[cls] = p;
     }
@@ -671,7 +689,7 @@ ph_value php_alloc(php_owner *o, size_t wosize, unsigned header_bits) {
   if (wosize > core->max_small_wosize)
     return large_alloc(o, wosize, header_bits);
   unsigned cls = ph_class_of_wosize(core, wosize);
-  php_pool *p = o->avail[cls];
+  ph_pool *p = o->avail[cls];
   if (!p && !(p = find_pool(o, cls))) {
     o->last_error = PH_ENOMEM;
     return 0;
@@ -679,7 +697,8 @@ ph_value php_alloc(php_owner *o, size_t wosize, unsigned header_bits) {
   ph_value b = p->free;
   p->free = *(ph_value *)b;
   p->nlive++;
-  p->live_words += wosize + 1;
+  p->nfree--;
+  p->live_words += (uint32_t)(wosize + 1);
   if (!p->free) { /* full: it is the head of avail */
     o->avail[cls] = p->next;
     p->next = o->full[cls];
@@ -714,9 +733,9 @@ int php_visit_pool_of(php_heap *h, ph_value addr, php_block_fn fn, void *user) {
       u--;
     char *ua = ph_unit_addr(core, c, u);
     if (c->ustate[u] == PH_U_POOL) {
-      php_pool *p = (php_pool *)ua;
+      ph_pool *p = (ph_pool *)ua;
       ws = core->class_wsize[p->cls];
-      slots = php_pool_slots(p);
+      slots = php_slots(p);
       if (addr >= (ph_value)slots &&
           addr < (ph_value)(slots + (size_t)p->nslots * ws))
         n = p->nslots;
@@ -787,14 +806,14 @@ void php_rebuild_lists_locked(struct php_heap *h) {
         }
         if (ch->ustate[u] != PH_U_POOL)
           continue;
-        php_pool *p = (php_pool *)ua;
+        ph_pool *p = (ph_pool *)ua;
         if ((p->nlive * 2 >= p->nslots) != dense)
           continue;
         php_counters pc = pool_counts(h, p);
-        struct php_owner *o = p->owner;
+        struct php_owner *o = php_pool_owner(h, p);
         counters_add(o ? &o->c : &h->orph.c, &pc, 1);
         if (!p->free) {
-          php_pool **l = o ? &o->full[p->cls] : &h->orph.full[p->cls];
+          ph_pool **l = o ? &o->full[p->cls] : &h->orph.full[p->cls];
           p->next = *l;
           *l = p;
         } else if (o) {
@@ -831,8 +850,8 @@ static void vfail(vctx *v, const char *fmt, ...) {
 
 static void check_pool(vctx *v, ph_chunk *c, uint32_t u) {
   struct ph_heap *core = v->h->core;
-  php_pool *p = (php_pool *)ph_unit_addr(core, c, u);
-  if (p->sig != PHP_SIG_POOL || p->kind != PH_U_POOL ||
+  ph_pool *p = (ph_pool *)ph_unit_addr(core, c, u);
+  if (p->sig != PH_SIG_POOL || p->kind != PH_U_POOL ||
       p->cls >= core->nclasses || p->nslots != core->class_nslots[p->cls] ||
       p->chunk != c || p->unit != u || p->hdr != core->pool_hdr) {
     vfail(v, "pool %p: bad header", (void *)p);
@@ -840,7 +859,7 @@ static void check_pool(vctx *v, ph_chunk *c, uint32_t u) {
   }
   uint32_t ws = core->class_wsize[p->cls], live = 0, nfree = 0;
   uint64_t words = 0;
-  ph_value *s = php_pool_slots(p);
+  ph_value *s = php_slots(p);
   for (uint32_t i = 0; i < p->nslots && !v->bad; i++) {
     ph_value hd = s[(size_t)i * ws];
     if (hd == 0) {
@@ -856,7 +875,8 @@ static void check_pool(vctx *v, ph_chunk *c, uint32_t u) {
   }
   if (v->bad)
     return;
-  if (live != p->nlive || words != p->live_words)
+  if (live != p->nlive || words != p->live_words ||
+      p->nfree != p->nslots - live || p->cached || p->evacuated)
     vfail(v, "pool %p: live %u words %llu, recount %u %llu", (void *)p,
           p->nlive, (unsigned long long)p->live_words, live,
           (unsigned long long)words);
@@ -873,13 +893,13 @@ static void check_pool(vctx *v, ph_chunk *c, uint32_t u) {
 }
 
 /* Walk one list: right owner, class, state; adds to *seen and *cnt. */
-static void check_list(vctx *v, php_pool *p, struct php_owner *o, unsigned c,
+static void check_list(vctx *v, ph_pool *p, struct php_owner *o, unsigned c,
                        int want_free, int swept, size_t *seen,
                        php_counters *cnt) {
   size_t limit = v->h->core->pool_units;
   for (; p && !v->bad; p = p->next) {
-    if (p->sig != PHP_SIG_POOL || p->owner != o || p->cls != c ||
-        ++*seen > limit)
+    if (p->sig != PH_SIG_POOL || p->owner != (o ? o->index : PHP_NO_OWNER) ||
+        p->cls != c || ++*seen > limit)
       vfail(v, "list %p/%u broken at pool %p", (void *)o, c, (void *)p);
     else if (swept && (want_free ? !p->free : p->free != 0))
       vfail(v, "pool %p on the %s list", (void *)p,
