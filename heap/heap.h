@@ -371,6 +371,16 @@ static inline ph_unit_hdr *ph_unit_of(const struct ph_heap *h, ph_value v) {
   return (ph_unit_hdr *)(v & h->pool_mask);
 }
 
+/* heap/sweep.c (heap.sweep.pool): the per-pool sweep by an embedder's
+ * garbage color, for the pool layer: garbage slots go to on_free(ctx, b)
+ * and become free; live headers are not written (a color outside live_mask,
+ * if not 0, sets *bad); nlive, nfree, live_words and the free list are
+ * recounted, the live bitmap written if set_bits. */
+void ph_pool_sweep_garbage(struct ph_heap *h, ph_pool *p, unsigned garbage,
+                           unsigned live_mask, int set_bits,
+                           void (*on_free)(void *ctx, ph_value b), void *ctx,
+                           int *bad);
+
 /* heap/pool.c */
 ph_pool *ph_pool_new(struct ph_heap *h, unsigned cls, unsigned owner);
 void ph_pool_init_free(struct ph_heap *h, ph_pool *p);

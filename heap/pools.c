@@ -394,51 +394,21 @@ void php_call_on_free(struct php_heap *h, ph_value b) {
   php_tls_callback = 0;
 }
 
-/* pools.sweep: sweep p.  A slot whose colour is garbage goes to on_free
- * and becomes free (header 0); the free list is rebuilt in address order
- * and nlive / live_words recounted.  live_mask (compaction): colours that
- * are live; any other allocated block sets *bad; set_bits: write the live
- * bitmap (heap.pool.bitmap).  live_mask 0: every other colour is live. */
+static void on_free_cb(void *ctx, ph_value b) {
+  php_call_on_free(ctx, b);
+}
+
+/* pools.sweep: sweep p with heap.sweep.pool, the per-pool sweep of the
+ * managed collector: garbage to on_free, then free; live_mask
+ * (compaction): colours that are live, any other sets *bad; set_bits: the
+ * live bitmap (heap.pool.bitmap).  live_mask 0: every other colour is
+ * live. */
 void php_sweep_pool_counts(struct php_heap *h, ph_pool *p, unsigned garbage,
                            unsigned live_mask, int set_bits, int *bad) {
-  uint32_t ws = h->core->class_wsize[p->cls];
-  ph_value *s = php_slots(p);
-  uint64_t *bits = ph_pool_bits(p);
-  ph_value next = 0;
-  uint32_t live = 0;
-  uint64_t words = 0, word = 0;
-  for (uint32_t i = p->nslots; i-- > 0;) {
-    ph_value *slot = s + (size_t)i * ws;
-    ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);
-    if (hd != 0 && php_hd_colour(hd) == garbage) {
-      php_call_on_free(h, (ph_value)(slot + 1));
-#if PH_POISON
-      for (uint32_t k = 2; k < ws; k++)
-        slot[k] = PH_POISON_WORD;
-#endif
-      __atomic_store_n(slot, 0, __ATOMIC_RELAXED);
-      hd = 0;
-    }
-    if (hd == 0) {
-      slot[1] = next;
-      next = (ph_value)(slot + 1);
-    } else {
-      if (live_mask && !(live_mask >> php_hd_colour(hd) & 1))
-        *bad = 1;
-      live++;
-      words += php_hd_wosize(hd) + 1;
-      word |= (uint64_t)1 << (i & 63);
-    }
-    if ((i & 63) == 0) {
-      if (set_bits)
-        bits[i >> 6] = word;
-      word = 0;
-    }
-  }
-  p->free = next;
-  p->nlive = live;
-  p->nfree = p->nslots - live;
-  p->live_words = (uint32_t)words;
+  int ignored = 0;
+  ph_pool_sweep_garbage(h->core, p, garbage, live_mask, set_bits,
+                        h->cfg.on_free ? on_free_cb : NULL, h,
+                        bad ? bad : &ignored);
 }
 
 static void free_pool_locked(struct php_heap *h, ph_pool *p) {
