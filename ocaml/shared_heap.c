@@ -89,6 +89,15 @@ static php_heap *pho_heap;
 static pthread_once_t pho_once = PTHREAD_ONCE_INIT;
 static int pho_init_error;
 
+/* A domain starts (php_owner_create) and terminates (php_owner_destroy)
+ * outside the stop-the-world sections: it leaves the participants before
+ * its heap is torn down, so other domains may be compacting or verifying
+ * meanwhile, which the pool layer allows only with no owner inside another
+ * call.  This lock keeps the two apart: participant 0 holds it across
+ * php_compact_stw (the others wait for it in the first barrier), the
+ * verifier across php_verify. */
+static pthread_mutex_t pho_owners_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static size_t pho_env_bytes(const char *name, size_t dflt) {
   const char *s = getenv(name);
   if (!s || !*s)
@@ -170,7 +179,10 @@ struct caml_heap_state *caml_init_shared_heap(void) {
       caml_stat_alloc_noexc(sizeof(struct caml_heap_state));
   if (heap == NULL)
     return NULL;
-  if (php_owner_create(pho_heap, &heap->owner) != PH_OK) {
+  pthread_mutex_lock(&pho_owners_lock);
+  int rc = php_owner_create(pho_heap, &heap->owner);
+  pthread_mutex_unlock(&pho_owners_lock);
+  if (rc != PH_OK) {
     caml_stat_free(heap);
     return NULL;
   }
@@ -182,7 +194,9 @@ struct caml_heap_state *caml_init_shared_heap(void) {
  * then its pools and large blocks become orphans, adopted by the domains
  * at the next cycle; its counters go to the orphans' with them. */
 void caml_teardown_shared_heap(struct caml_heap_state *heap) {
+  pthread_mutex_lock(&pho_owners_lock);
   int rc = php_owner_destroy(heap->owner);
+  pthread_mutex_unlock(&pho_owners_lock);
   if (rc != PH_OK)
     caml_fatal_error("poolheap: orphaning a domain's pools: %s",
                      ph_strerror(rc));
@@ -481,7 +495,11 @@ void caml_compact_heap(caml_domain_state *domain_state,
   ops.user = &ctx;
   pho_barriers = 0;
   pho_open_span = 0;
+  if (part == 0)
+    pthread_mutex_lock(&pho_owners_lock);
   int rc = php_compact_stw(pho_heap, part, &ops);
+  if (part == 0)
+    pthread_mutex_unlock(&pho_owners_lock);
   pho_span_end();
   if (rc != PH_OK) {
     /* PH_EINVAL: a block of no known colour (nothing moved); PH_ENOMEM: no
@@ -500,7 +518,8 @@ void caml_compact_heap(caml_domain_state *domain_state,
 /* After the colours rotate and before marking (stw_cycle_all_domains, with
  * OCAMLRUNPARAM=V=1): everything reachable is UNMARKED or NOT_MARKABLE, and
  * the pool layer's own invariants hold.  Every domain runs it on its own
- * roots, concurrently; php_verify runs under a lock, one domain at a time.
+ * roots, concurrently; php_verify runs under pho_owners_lock, one domain
+ * at a time.
  */
 struct pho_verify {
   value *stack;
@@ -551,8 +570,6 @@ static void pho_verify_block(struct pho_verify *st, value v) {
   }
 }
 
-static caml_plat_mutex pho_verify_lock = CAML_PLAT_MUTEX_INITIALIZER;
-
 void caml_verify_heap_from_stw(caml_domain_state *domain) {
   struct pho_verify st = {NULL, 0, 0, ADDRMAP_INIT};
   caml_do_roots(&pho_verify_push, (scanning_action_flags)0, &st, domain, 1);
@@ -563,9 +580,9 @@ void caml_verify_heap_from_stw(caml_domain_state *domain) {
   caml_stat_free(st.stack);
 
   char why[256];
-  caml_plat_lock_blocking(&pho_verify_lock);
+  pthread_mutex_lock(&pho_owners_lock);
   int rc = php_verify(pho_heap, why, sizeof why);
-  caml_plat_unlock(&pho_verify_lock);
+  pthread_mutex_unlock(&pho_owners_lock);
   if (rc != PH_OK)
     caml_fatal_error("poolheap verify: %s: %s", ph_strerror(rc),
                      rc == PH_ECORRUPT ? why : "");
