@@ -67,9 +67,13 @@ case $cmd in
     exec tests/fuzz.sh "${1:-10}"
     ;;
   ocaml)
+    need_pkgs npm make gcc
+    [ "${1:-}" = --tsan ] && need_pkgs libunwind-dev
     exec ocaml/build.sh "$@"
     ;;
   ocaml-test)
+    need_pkgs npm make gcc
+    [ "${1:-}" = --tsan ] && need_pkgs libunwind-dev
     exec ocaml/test.sh "$@"
     ;;
   install)

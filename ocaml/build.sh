@@ -4,8 +4,9 @@
 # compiles itself on poolheap) and installed into a cached prefix, printed as
 # the last line.  Builds what is missing only.
 #
-#   ocaml/build.sh            the poolheap toolchain
-#   ocaml/build.sh stock      stock 5.3.0 built the same way (for ocaml-test)
+#   ocaml/build.sh [--tsan]        the poolheap toolchain (--tsan: OCaml's
+#                                  ThreadSanitizer mode, --enable-tsan)
+#   ocaml/build.sh stock [--tsan]  stock 5.3.0 built the same way (ocaml-test)
 #
 # Env: POOLHEAP_CACHE (default $HOME/.cache/poolheap), JOBS (default nproc).
 # Layout in the cache:
@@ -13,17 +14,22 @@
 #   ocaml-5.3.0-poolheap-HASH            the install prefix (bin/ocamlopt ...)
 #   ocaml-5.3.0-poolheap-HASH-tree       its build tree (the testsuite runs here)
 #   ocaml-5.3.0-stock, ...-stock-tree    stock, configured the same way
-# HASH covers the binding, this script and the library sources it adds.
+#   ...-tsan, ...-tsan-tree               the same with --enable-tsan
+# HASH covers the binding, the library sources it adds and PATCH_VERSION
+# (bump it when the way the tree is patched changes).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 source "$HERE/common.sh"
 
+PATCH_VERSION=1
 if [ "${1:-}" = stock ]; then
-  build_stock
-  echo "$STOCK_PREFIX"
+  build_stock "${2:+-tsan}"
+  echo "$STOCK_PREFIX${2:+-tsan}"
   exit 0
 fi
+TSAN=""
+[ "${1:-}" = --tsan ] && TSAN=-tsan
 
 # poolheap's library: the pool layer's sources and what they link against.
 # (heap/pools.c takes ph_config_init from heap/heap.c, which brings the rest
@@ -34,9 +40,9 @@ for d in os heap compact barrier roots gc api; do
 done
 LIB_FILES=$(cd "$REPO" && find include "${LIB_DIRS[@]}" -type f \( -name '*.c' -o -name '*.h' \) | LC_ALL=C sort)
 
-HASH=$( (cd "$REPO" && cat ocaml/shared_heap.c ocaml/build.sh ocaml/common.sh $LIB_FILES) \
+HASH=$( (echo "patch $PATCH_VERSION"; cd "$REPO" && cat ocaml/shared_heap.c $LIB_FILES) \
         | sha256sum | cut -c1-12)
-PREFIX=$CACHE/ocaml-5.3.0-poolheap-$HASH
+PREFIX=$CACHE/ocaml-5.3.0-poolheap-$HASH$TSAN
 TREE=$PREFIX-tree
 
 if [ -f "$TREE/.built" ] && [ -x "$PREFIX/bin/ocamlopt" ]; then
@@ -78,7 +84,8 @@ sed -i -e 's|^runtime_COMMON_C_SOURCES = \\$|include runtime/poolheap.mk\nruntim
   "$TREE/Makefile"
 grep -q '^include runtime/poolheap.mk$' "$TREE/Makefile" || { log "patching Makefile failed"; exit 2; }
 
-build_tree "$TREE" "$PREFIX"
+if [ -n "$TSAN" ]; then build_tree "$TREE" "$PREFIX" --enable-tsan
+else build_tree "$TREE" "$PREFIX"; fi
 # the binding really is in every installed runtime variant
 for lib in libasmrun libasmrund libasmruni libasmrun_pic libcamlrun libcamlrund libcamlruni libcamlrun_pic; do
   n=$(nm "$PREFIX/lib/ocaml/$lib.a" 2>/dev/null | grep -c ' T php_compact_stw$' || true)

@@ -25,14 +25,16 @@ fetch_ocaml_src() {
   chmod +x "$OCAML_SRC/configure"
 }
 
-# A build tree: a copy of the source, configured with ocamltest, world.opt,
-# installed.  $1 tree, $2 prefix.  Skipped when $1/.built exists.
+# A build tree: a copy of the source, configured with ocamltest (and any
+# further configure arguments), world.opt, installed.  $1 tree, $2 prefix,
+# then configure arguments.  Skipped when $1/.built exists.
 build_tree() {
   local tree=$1 prefix=$2 t0
+  shift 2
   [ -f "$tree/.built" ] && [ -x "$prefix/bin/ocamlopt" ] && return 0
   t0=$(date +%s)
-  log "configuring $tree (prefix $prefix)"
-  (cd "$tree" && ./configure --prefix="$prefix" --enable-ocamltest --disable-ocamldoc \
+  log "configuring $tree (prefix $prefix) $*"
+  (cd "$tree" && ./configure --prefix="$prefix" --enable-ocamltest --disable-ocamldoc "$@" \
       >configure.log 2>&1) || { tail -30 "$tree/configure.log" >&2; return 2; }
   log "make -j$JOBS world.opt in $tree (10-20 minutes on 2 cores)"
   (cd "$tree" && make -j"$JOBS" world.opt >make.log 2>&1) \
@@ -44,10 +46,14 @@ build_tree() {
   log "built $tree in $(cat "$tree/.build_seconds") s"
 }
 
+# Stock 5.3.0, configured as the poolheap build is.  $1: "" or -tsan.
 build_stock() {
+  local sfx=${1:-} prefix=$STOCK_PREFIX${1:-}
+  local tree=$prefix-tree
   fetch_ocaml_src || return 2
-  if [ ! -f "$STOCK_TREE/.built" ]; then
-    rm -rf "$STOCK_TREE"; cp -a "$OCAML_SRC" "$STOCK_TREE"
+  if [ ! -f "$tree/.built" ]; then
+    rm -rf "$tree"; cp -a "$OCAML_SRC" "$tree"
   fi
-  build_tree "$STOCK_TREE" "$STOCK_PREFIX"
+  if [ "$sfx" = -tsan ]; then build_tree "$tree" "$prefix" --enable-tsan
+  else build_tree "$tree" "$prefix"; fi
 }
