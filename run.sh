@@ -67,12 +67,14 @@ case $cmd in
     exec tests/fuzz.sh "${1:-10}"
     ;;
   ocaml)
-    need_pkgs npm make gcc
+    command -v npm >/dev/null || need_pkgs npm
+    need_pkgs make gcc
     [ "${1:-}" = --tsan ] && need_pkgs libunwind-dev
     exec ocaml/build.sh "$@"
     ;;
   ocaml-test)
-    need_pkgs npm make gcc
+    command -v npm >/dev/null || need_pkgs npm
+    need_pkgs make gcc
     [ "${1:-}" = --tsan ] && need_pkgs libunwind-dev
     exec ocaml/test.sh "$@"
     ;;
