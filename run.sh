@@ -5,7 +5,7 @@
 #   ./run.sh bench [--big]   the compaction benchmark with its peers
 #   ./run.sh soak MINUTES    long stress: TSan stress, mapping soak, fuzzing
 #   ./run.sh fuzz MINUTES    the differential fuzzer, open-ended
-#   ./run.sh install PREFIX  header, static and shared library, pkg-config
+#   ./run.sh install PREFIX  headers, static and shared library, pkg-config
 #   ./run.sh ocaml           OCaml 5.3 on poolheap (built, bootstrapped, installed; prints the prefix)
 #   ./run.sh ocaml-test [DIRS...]  OCaml's testsuite on stock 5.3 and on poolheap, side by side
 set -euo pipefail
@@ -82,7 +82,7 @@ case $cmd in
     prefix=${1:?usage: ./run.sh install PREFIX}
     build build/libpoolheap.a build/libpoolheap.so
     install -d "$prefix/include" "$prefix/lib/pkgconfig"
-    install -m 644 include/poolheap.h "$prefix/include/"
+    install -m 644 include/poolheap.h include/poolheap_pools.h "$prefix/include/"
     install -m 644 build/libpoolheap.a "$prefix/lib/"
     install -m 755 build/libpoolheap.so "$prefix/lib/"
     sed -e "s|@PREFIX@|$prefix|" poolheap.pc.in > "$prefix/lib/pkgconfig/poolheap.pc"

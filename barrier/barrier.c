@@ -5,7 +5,7 @@
  * domains than cores (waiters sleep instead of spinning), and every write
  * made before ph_barrier_wait happens-before every read made after it in any
  * participant (the mutex orders them), which is what the phases rely on. */
-#include "heap/internal.h"
+#include "barrier/barrier.h"
 
 void ph_barrier_init(ph_barrier *b) {
   pthread_mutex_init(&b->m, NULL);

@@ -7,10 +7,12 @@
  * (epoch), snapshots every RUNNING domain as an expected participant
  * (d->stw_expected = epoch) and publishes stw_pending = 1.
  *
- * Participation.  Each participant flushes its alloc caches, takes a worker
- * index on arrival, and waits until all nparts have arrived; then all run
- * the phases, separated by ph_barrier_wait; at the end each one leaves under
- * heap->lock and the last to leave clears stw_pending and wakes every waiter.
+ * Participation.  Each participant flushes its alloc caches, takes a
+ * participant index on arrival, and waits until all nparts have arrived;
+ * then all run the section's body (a function pointer the leader stored:
+ * gc/collect.c's sequence), which separates its phases with
+ * ph_barrier_wait; at the end each one leaves under heap->lock and the last
+ * to leave clears stw_pending and wakes every waiter.
  *
  * Domains in a blocking section are not participants: the leader flushes
  * their caches and the participants scan and update their roots.  Leaving a
@@ -22,241 +24,45 @@
  * sections started at the call, or one the caller took part in from its
  * first barrier (marking starts only once every participant has arrived, so
  * it began after the call).  Concurrent requests thus share one section. */
-#include "heap/internal.h"
+#include "barrier/barrier.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 
 _Thread_local struct ph_heap *ph_tls_section;
 
-static void prepare_stw_single(struct ph_heap *h);
-static void collect_stw(struct ph_heap *h, ph_worker *w);
-static void finish_collect_stw_single(struct ph_heap *h);
-
-void ph_stw_units_init_stw_single(struct ph_heap *h) {
-  ph_stw *s = &h->stw;
-  size_t t = 0;
-  for (unsigned i = 0; i < h->nchunks; i++) {
-    s->unit_base[i] = t;
-    t += h->chunks[i]->nunits;
-  }
-  s->unit_base[h->nchunks] = t;
-  s->total_units = t;
-}
-
-int ph_stw_unit_at(struct ph_heap *h, size_t gu, ph_chunk **c, uint32_t *u) {
-  ph_stw *s = &h->stw;
-  unsigned lo = 0, hi = h->nchunks;
-  while (hi - lo > 1) {
-    unsigned mid = (lo + hi) / 2;
-    if (s->unit_base[mid] <= gu)
-      lo = mid;
-    else
-      hi = mid;
-  }
-  *c = h->chunks[lo];
-  *u = (uint32_t)(gu - s->unit_base[lo]);
-  return PH_OK;
-}
-
-void ph_stw_each_unit_stw(struct ph_heap *h, _Atomic size_t *claim,
-                          size_t batch, ph_unit_fn fn, void *ctx) {
-  ph_stw *s = &h->stw;
-  for (;;) {
-    /* relaxed: a claim only needs atomicity; what the units' work wrote is
-     * published by the barrier that ends the phase */
-    size_t g0 = atomic_fetch_add_explicit(claim, batch, memory_order_relaxed);
-    if (g0 >= s->total_units)
-      return;
-    for (size_t g = g0; g < g0 + batch && g < s->total_units; g++) {
-      ph_chunk *c;
-      uint32_t u;
-      ph_stw_unit_at(h, g, &c, &u);
-      fn(h, c, u, ctx);
-    }
-  }
-}
-
-static void phase_begin(struct ph_heap *h, ph_worker *w, ph_phase ph,
-                        uint64_t *t) {
-  *t = ph_now_ns();
-  ph_event(h, ph, 1, w->dom->index);
-}
-
-static uint64_t phase_end(struct ph_heap *h, ph_worker *w, ph_phase ph,
-                          uint64_t t0) {
-  ph_event(h, ph, 0, w->dom->index);
-  return ph_now_ns() - t0;
-}
-
-/* PH_DEBUG >= 2: the whole heap is verified on the leader (the others wait
- * at the barrier); a broken invariant aborts with its description.  This is
- * also the compactor's precondition check (DESIGN.md: compact/). */
-static void expensive_check_stw(struct ph_heap *h, ph_worker *w,
-                                const char *when) {
-#if PH_EXPENSIVE
-  ph_stw *s = &h->stw;
-  if (w->dom == s->leader) {
-    char why[256];
-    if (ph_verify_stw_single(h, why, sizeof why) != PH_OK) {
-      fprintf(stderr, "poolheap: heap broken %s: %s\n", when, why);
-      abort();
-    }
-  }
-  ph_barrier_wait(&s->bar);
-#else
-  (void)h;
-  (void)w;
-  (void)when;
-#endif
-}
-
-/* The phases every participant runs (DESIGN.md: barrier.stw.sequence). */
-static void body_stw(struct ph_heap *h, ph_worker *w) {
-  ph_stw *s = &h->stw;
-  uint64_t t0;
-  phase_begin(h, w, PH_PHASE_STW, &t0);
-  if (ph_barrier_wait(&s->bar))
-    prepare_stw_single(h);
-  ph_barrier_wait(&s->bar);
-  if (s->kind & (PH_STW_COLLECT | PH_STW_COMPACT)) {
-    collect_stw(h, w);
-    expensive_check_stw(h, w, "after the sweep");
-    /* s->do_compact was written by the leader before collect_stw's last
-     * barrier */
-    if ((s->kind & PH_STW_COMPACT) || s->do_compact) {
-      ph_compact_stw(h, w);
-      expensive_check_stw(h, w, "after compaction");
-    }
-  }
-  if (s->kind & (PH_STW_VERIFY | PH_STW_CENSUS)) {
-    if (w->dom == s->leader) {
-      if (s->kind & PH_STW_VERIFY)
-        s->result = ph_verify_stw_single(h, s->why, s->why_size);
-      if (s->kind & PH_STW_CENSUS)
-        ph_census_stw_single(h, &s->census);
-    }
-  }
-  if (ph_barrier_wait(&s->bar)) {
-    pthread_mutex_lock(&h->lock);
-    h->st.stw_ns = ph_now_ns() - t0;
-    pthread_mutex_unlock(&h->lock);
-  }
-  phase_end(h, w, PH_PHASE_STW, t0);
-}
-
-/* Leader, after every participant arrived. */
-static void prepare_stw_single(struct ph_heap *h) {
-  ph_stw *s = &h->stw;
-  /* blocking domains do not flush their own caches (barrier.blocking) */
-  for (unsigned i = 0; i < h->cfg.max_domains; i++) {
-    struct ph_domain *d = h->slots[i].dom;
-    if (d && d->state == PH_DS_BLOCKING)
-      ph_domain_flush_caches(d);
-  }
-  s->do_compact = 0;
-  s->result = PH_OK;
-  if (!(s->kind & (PH_STW_COLLECT | PH_STW_COMPACT)))
-    return;
-  /* avail lists are rebuilt by the sweep */
-  for (unsigned i = 0; i < h->cfg.max_domains; i++)
-    for (unsigned c = 0; c < h->nclasses; c++)
-      atomic_store_explicit(&h->slots[i].avail[c], NULL, memory_order_relaxed);
-  ph_stw_units_init_stw_single(h);
-  atomic_store_explicit(&s->claim_roots, 0, memory_order_relaxed);
-  atomic_store_explicit(&s->claim_units, 0, memory_order_relaxed);
-  atomic_store_explicit(&s->claim_c, 0, memory_order_relaxed);
-  atomic_store_explicit(&s->mark_overflow, 0, memory_order_relaxed);
-  s->idle = 0;
-  s->mark_done = 0;
-}
-
-static void collect_stw(struct ph_heap *h, ph_worker *w) {
-  ph_stw *s = &h->stw;
-  uint64_t t;
-  w->live_bytes = w->live_blocks = 0;
-  phase_begin(h, w, PH_PHASE_MARK, &t);
-  ph_mark_stw(h, w); /* ends with a barrier */
-  w->t_mark = phase_end(h, w, PH_PHASE_MARK, t);
-  phase_begin(h, w, PH_PHASE_SWEEP, &t);
-  ph_sweep_stw(h, w);
-  w->t_sweep = phase_end(h, w, PH_PHASE_SWEEP, t);
-  if (ph_barrier_wait(&s->bar))
-    finish_collect_stw_single(h);
-  ph_barrier_wait(&s->bar);
-}
-
-static void finish_collect_stw_single(struct ph_heap *h) {
-  ph_stw *s = &h->stw;
-  ph_sweep_finish_stw_single(h);
-  uint64_t mark = 0, sweep = 0, frag = 0;
-  for (unsigned i = 0; i < s->nparts; i++) {
-    ph_worker *w = &s->workers[i];
-    mark = w->t_mark > mark ? w->t_mark : mark;
-    sweep = w->t_sweep > sweep ? w->t_sweep : sweep;
-    frag += w->frag_bytes;
-  }
-  pthread_mutex_lock(&h->lock);
-  h->st.mark_ns = mark;
-  h->st.sweep_ns = sweep;
-  h->st.collections++;
-  uint64_t pool_bytes = (uint64_t)h->pool_units << h->pool_shift;
-  if ((s->kind & PH_STW_AUTO) && h->cfg.compact_percent &&
-      frag * 100 > (uint64_t)h->cfg.compact_percent * pool_bytes)
-    s->do_compact = 1;
-  if (!(s->kind & PH_STW_COMPACT) && !s->do_compact &&
-      h->cfg.release != PH_RELEASE_KEEP) {
-    /* heap.release.collect: keep a quarter of the heap in use (or retain)
-     * committed for the next burst; give the rest back. */
-    uint64_t inuse = (uint64_t)(h->pool_units + h->large_units)
-                     << h->pool_shift;
-    size_t keep = h->cfg.retain > inuse / 4 ? h->cfg.retain : inuse / 4;
-    uint64_t rel;
-    ph_units_release_locked(h,
-                            h->cfg.release == PH_RELEASE_UNMAP
-                                ? PH_RELEASE_DECOMMIT
-                                : (int)h->cfg.release,
-                            keep, &rel);
-  }
-  ph_pacing_reset_locked(h);
-  pthread_mutex_unlock(&h->lock);
-}
-
 /* Take part in the current section.  Returns the section's result for its
  * leader.  *did (if not NULL) gets what the section did: PH_STW_COLLECT
  * and/or PH_STW_COMPACT. */
 static int participate_did(struct ph_domain *d, int *did) {
   struct ph_heap *h = d->heap;
-  ph_stw *s = &h->stw;
+  ph_stw *s = &h->sync->stw;
   ph_domain_flush_caches(d);
   pthread_mutex_lock(&h->lock);
-  ph_worker *w = &s->workers[s->arrived];
-  w->id = s->arrived++;
-  w->dom = d;
+  unsigned id = s->arrived++;
   if (s->arrived == s->nparts)
-    pthread_cond_broadcast(&h->cond);
+    pthread_cond_broadcast(&h->sync->cond);
   while (s->arrived < s->nparts)
-    pthread_cond_wait(&h->cond, &h->lock);
+    pthread_cond_wait(&h->sync->cond, &h->lock);
   pthread_mutex_unlock(&h->lock);
 
-  ph_tls_section = h; /* barrier.reentry: callbacks run in body_stw */
-  body_stw(h, w);
+  ph_tls_section = h; /* barrier.reentry: callbacks run in the body */
+  s->body(h, id, d);
   ph_tls_section = NULL;
   int result = d == s->leader ? s->result : PH_OK;
   if (did)
-    *did = (s->kind & (PH_STW_COLLECT | PH_STW_COMPACT) ? PH_STW_COLLECT : 0) |
-           ((s->kind & PH_STW_COMPACT) || s->do_compact ? PH_STW_COMPACT : 0);
+    *did = s->did;
 
   pthread_mutex_lock(&h->lock);
   d->stw_expected = 0;
   if (++s->left == s->nparts) {
-    if (s->kind & (PH_STW_COLLECT | PH_STW_COMPACT))
-      h->last_collect_epoch = s->epoch;
-    if ((s->kind & PH_STW_COMPACT) || s->do_compact)
-      h->last_compact_epoch = s->epoch;
+    if (s->did & PH_STW_COLLECT)
+      h->sync->last_collect_epoch = s->epoch;
+    if (s->did & PH_STW_COMPACT)
+      h->sync->last_compact_epoch = s->epoch;
     /* release: pairs with the acquire in ph_safepoint's slow path */
     atomic_store_explicit(&h->stw_pending, 0, memory_order_release);
-    pthread_cond_broadcast(&h->cond);
+    pthread_cond_broadcast(&h->sync->cond);
   }
   pthread_mutex_unlock(&h->lock);
   return result;
@@ -270,20 +76,21 @@ static int satisfied_locked(struct ph_heap *h, int kind, uint64_t start) {
   if (kind & (PH_STW_VERIFY | PH_STW_CENSUS))
     return 0;
   if (kind & PH_STW_COMPACT)
-    return h->last_compact_epoch > start;
-  return h->last_collect_epoch > start;
+    return h->sync->last_compact_epoch > start;
+  return h->sync->last_collect_epoch > start;
 }
 
-int ph_stw_run(struct ph_domain *d, int kind, const ph_stw_req *req) {
+int ph_stw_run(struct ph_domain *d, int kind, ph_stw_body body,
+               const void *arg) {
   struct ph_heap *h = d->heap;
-  ph_stw *s = &h->stw;
+  ph_stw *s = &h->sync->stw;
   int result = PH_OK;
   pthread_mutex_lock(&h->lock);
   if (d->state != PH_DS_RUNNING) {
     pthread_mutex_unlock(&h->lock);
     return PH_ESTATE;
   }
-  uint64_t start = h->stw_started;
+  uint64_t start = h->sync->stw_started;
   for (;;) {
     if (atomic_load_explicit(&h->stw_pending, memory_order_relaxed)) {
       if (d->stw_expected == s->epoch) {
@@ -298,21 +105,19 @@ int ph_stw_run(struct ph_domain *d, int kind, const ph_stw_req *req) {
             (did & ((kind & PH_STW_COMPACT) ? PH_STW_COMPACT : PH_STW_COLLECT)))
           break;
       } else {
-        pthread_cond_wait(&h->cond, &h->lock);
+        pthread_cond_wait(&h->sync->cond, &h->lock);
       }
       continue;
     }
     if (satisfied_locked(h, kind, start))
       break;
     /* lead a new section */
-    s->epoch = ++h->stw_started;
+    s->epoch = ++h->sync->stw_started;
     s->kind = kind;
+    s->body = body;
+    s->did = 0;
     s->leader = d;
-    if (req) {
-      s->why = req->why;
-      s->why_size = req->why_size;
-      s->census = req->census;
-    }
+    s->arg = arg;
     unsigned n = 0;
     for (unsigned i = 0; i < h->cfg.max_domains; i++) {
       struct ph_domain *o = h->slots[i].dom;
@@ -323,8 +128,8 @@ int ph_stw_run(struct ph_domain *d, int kind, const ph_stw_req *req) {
     }
     /* barrier.helpers: they help only where there is heap work */
     if (kind & (PH_STW_COLLECT | PH_STW_COMPACT))
-      for (unsigned i = 0; i < h->nhelpers; i++) {
-        h->helpers[i]->stw_expected = s->epoch;
+      for (unsigned i = 0; i < h->sync->nhelpers; i++) {
+        h->sync->helpers[i]->stw_expected = s->epoch;
         n++;
       }
     s->nparts = n;
@@ -332,8 +137,8 @@ int ph_stw_run(struct ph_domain *d, int kind, const ph_stw_req *req) {
     s->left = 0;
     ph_barrier_reset(&s->bar, n);
     atomic_store_explicit(&h->stw_pending, 1, memory_order_release);
-    if (h->nhelpers)
-      pthread_cond_broadcast(&h->helper_cond);
+    if (h->sync->nhelpers)
+      pthread_cond_broadcast(&h->sync->helper_cond);
     pthread_mutex_unlock(&h->lock);
     result = participate(d);
     pthread_mutex_lock(&h->lock);
@@ -352,15 +157,15 @@ static void *helper_main(void *arg) {
   pthread_mutex_lock(&h->lock);
   for (;;) {
     if (atomic_load_explicit(&h->stw_pending, memory_order_relaxed) &&
-        d->stw_expected == h->stw.epoch) {
+        d->stw_expected == h->sync->stw.epoch) {
       pthread_mutex_unlock(&h->lock);
       participate(d);
       pthread_mutex_lock(&h->lock);
       continue;
     }
-    if (h->helpers_stop)
+    if (h->sync->helpers_stop)
       break;
-    pthread_cond_wait(&h->helper_cond, &h->lock);
+    pthread_cond_wait(&h->sync->helper_cond, &h->lock);
   }
   pthread_mutex_unlock(&h->lock);
   return NULL;
@@ -374,10 +179,10 @@ int ph_stw_helpers_start(struct ph_heap *h) {
   unsigned n = h->cfg.gc_helpers;
   if (n == 0)
     return PH_OK;
-  h->helpers = calloc(n, sizeof *h->helpers);
-  h->helper_threads = calloc(n, sizeof *h->helper_threads);
-  h->helper_stacks = calloc(n, sizeof *h->helper_stacks);
-  if (!h->helpers || !h->helper_threads || !h->helper_stacks)
+  h->sync->helpers = calloc(n, sizeof *h->sync->helpers);
+  h->sync->helper_threads = calloc(n, sizeof *h->sync->helper_threads);
+  h->sync->helper_stacks = calloc(n, sizeof *h->sync->helper_stacks);
+  if (!h->sync->helpers || !h->sync->helper_threads || !h->sync->helper_stacks)
     return PH_ENOMEM;
   /* A small stack: the phases keep their work on the heap, and the default
    * 8 MiB reservation per thread would count against RLIMIT_AS.  We map it
@@ -404,18 +209,19 @@ int ph_stw_helpers_start(struct ph_heap *h) {
       err = PH_ENOMEM;
       break;
     }
-    h->helpers[i] = d;
+    h->sync->helpers[i] = d;
     if (pthread_attr_setstack(&attr, stack, PH_HELPER_STACK) != 0 ||
-        pthread_create(&h->helper_threads[i], &attr, helper_main, d) != 0) {
-      h->helpers[i] = NULL;
+        pthread_create(&h->sync->helper_threads[i], &attr, helper_main, d) !=
+            0) {
+      h->sync->helpers[i] = NULL;
       free(d);
       ph_os_stack_unmap(stack, PH_HELPER_STACK);
       err = PH_ENOMEM;
       break;
     }
-    h->helper_stacks[i] = stack;
+    h->sync->helper_stacks[i] = stack;
     pthread_mutex_lock(&h->lock);
-    h->nhelpers = i + 1;
+    h->sync->nhelpers = i + 1;
     pthread_mutex_unlock(&h->lock);
   }
   pthread_attr_destroy(&attr);
@@ -425,29 +231,29 @@ int ph_stw_helpers_start(struct ph_heap *h) {
 /* Stop and join the helpers (no section may be pending). */
 void ph_stw_helpers_stop(struct ph_heap *h) {
   pthread_mutex_lock(&h->lock);
-  h->helpers_stop = 1;
-  pthread_cond_broadcast(&h->helper_cond);
-  unsigned n = h->nhelpers;
+  h->sync->helpers_stop = 1;
+  pthread_cond_broadcast(&h->sync->helper_cond);
+  unsigned n = h->sync->nhelpers;
   pthread_mutex_unlock(&h->lock);
   for (unsigned i = 0; i < n; i++) {
-    pthread_join(h->helper_threads[i], NULL);
-    free(h->helpers[i]);
-    ph_os_stack_unmap(h->helper_stacks[i], PH_HELPER_STACK); /* joined */
+    pthread_join(h->sync->helper_threads[i], NULL);
+    free(h->sync->helpers[i]);
+    ph_os_stack_unmap(h->sync->helper_stacks[i], PH_HELPER_STACK); /* joined */
   }
-  free(h->helpers);
-  free(h->helper_threads);
-  free(h->helper_stacks);
-  h->helpers = NULL;
-  h->helper_threads = NULL;
-  h->helper_stacks = NULL;
-  h->nhelpers = 0;
+  free(h->sync->helpers);
+  free(h->sync->helper_threads);
+  free(h->sync->helper_stacks);
+  h->sync->helpers = NULL;
+  h->sync->helper_threads = NULL;
+  h->sync->helper_stacks = NULL;
+  h->sync->nhelpers = 0;
 }
 
 void ph_stw_join(struct ph_domain *d) {
   struct ph_heap *h = d->heap;
   pthread_mutex_lock(&h->lock);
   int join = atomic_load_explicit(&h->stw_pending, memory_order_relaxed) &&
-             d->stw_expected == h->stw.epoch && d->state == PH_DS_RUNNING;
+             d->stw_expected == h->sync->stw.epoch && d->state == PH_DS_RUNNING;
   pthread_mutex_unlock(&h->lock);
   if (join)
     participate(d);
@@ -456,13 +262,11 @@ void ph_stw_join(struct ph_domain *d) {
 /* ------------------------------------------------------------- public */
 
 void ph_safepoint(ph_domain *d) {
-  /* relaxed: one load on the fast path; ph_stw_join re-reads under the
-   * lock, which orders everything that matters */
-  if (__builtin_expect(
-          atomic_load_explicit(&d->heap->stw_pending, memory_order_relaxed),
-          0) &&
-      !ph_in_section()) /* barrier.reentry: only on the slow path */
-    ph_stw_join(d);
+  /* NULL, junk, detached or another thread's handle: ignored (d->heap is
+   * read only once d is known to be this thread's domain) */
+  if (__builtin_expect(ph_check_domain(d) != PH_OK, 0))
+    return;
+  (void)ph_safepoint_owner(d); /* barrier.reentry on its slow path */
 }
 
 void ph_blocking_enter(ph_domain *d) {
@@ -476,7 +280,7 @@ void ph_blocking_enter(ph_domain *d) {
     return;
   }
   while (atomic_load_explicit(&h->stw_pending, memory_order_relaxed) &&
-         d->stw_expected == h->stw.epoch) {
+         d->stw_expected == h->sync->stw.epoch) {
     pthread_mutex_unlock(&h->lock);
     participate(d);
     pthread_mutex_lock(&h->lock);
@@ -496,44 +300,7 @@ void ph_blocking_leave(ph_domain *d) {
     return;
   }
   while (atomic_load_explicit(&h->stw_pending, memory_order_relaxed))
-    pthread_cond_wait(&h->cond, &h->lock);
+    pthread_cond_wait(&h->sync->cond, &h->lock);
   d->state = PH_DS_RUNNING;
   pthread_mutex_unlock(&h->lock);
-}
-
-static int run_checked(ph_domain *d, int kind, const ph_stw_req *req) {
-  int err = ph_check_domain(d);
-  if (err != PH_OK)
-    return err;
-  if (ph_in_section()) /* barrier.reentry */
-    return PH_ESTATE;
-  err = ph_stw_run(d, kind, req);
-  if (err != PH_OK)
-    d->last_error = err;
-  return err;
-}
-
-int ph_collect(ph_domain *d) {
-  return run_checked(d, PH_STW_COLLECT, NULL);
-}
-
-int ph_compact(ph_domain *d) {
-  return run_checked(d, PH_STW_COMPACT, NULL);
-}
-
-int ph_verify(ph_domain *d, char *why, size_t why_size) {
-  if (why && why_size)
-    why[0] = 0;
-  if (!why)
-    why_size = 0;
-  ph_stw_req req = {.why = why, .why_size = why_size};
-  return run_checked(d, PH_STW_VERIFY, &req);
-}
-
-int ph_census(ph_domain *d, void (*fn)(const ph_census_class *c, void *user),
-              void *user) {
-  if (!fn)
-    return PH_EINVAL;
-  ph_stw_req req = {.census = {.fn = fn, .user = user}};
-  return run_checked(d, PH_STW_CENSUS, &req);
 }

@@ -27,7 +27,7 @@
  *     participant (GLOBAL) or run by the pools' owner (PER_DOMAIN; the
  *     leader runs those of owners that are not participating).  Each live
  *     block is copied into a free slot of the destination; the old block
- *     gets the new address in field 0 and FWD in its header.
+ *     gets the new address in field 0 and keeps its header.
  *   Phase 4 (compact.phase.update).  Barrier.  Every participant claims
  *     root items (global set, each domain's stack and hook, blocking
  *     domains' too), pool units (every live block of every pool that was
@@ -41,265 +41,40 @@
  *     the OS per cfg.release, keeping cfg.retain bytes (heap.release).
  *     Barrier.
  */
-#include "heap/internal.h"
+#include "compact/compact.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #define PH_LARGE_SLICE 65536 /* fields per update work item */
 
-typedef struct ph_evac_unit {
-  ph_pool *dst;
-  ph_pool **src;      /* the class's evacuated pools */
-  uint32_t src_first; /* index into src */
-  uint32_t src_skip;  /* live blocks of src[src_first] before ours */
-  uint32_t count;     /* blocks to move into dst */
-  uint32_t owner;     /* slot of the pools' owner */
-} ph_evac_unit;
+/* ------------------ phase 1: the sweep's records; compact.choose.ranges */
 
-typedef struct ph_cclass {
-  ph_pool **keep, **evac;
-  uint32_t *elive; /* live blocks of each evac pool (from the sweep) */
-  size_t nkeep, nevac;
-  ph_evac_unit *units;
-  size_t nunits;
-} ph_cclass;
-
-typedef struct ph_compact_plan {
-  ph_cclass cls[PH_MAX_CLASSES];
-  ph_evac_unit *units; /* all classes' units */
-  size_t nunits;
-  ph_large **larges;
-  size_t *large_first; /* first slice of each large block */
-  size_t nlarges, nslices;
-  /* a plan allocation failed: nothing is evacuated.  Written by any
-   * participant in phase 2 (relaxed: read by the leader after a barrier) */
-  _Atomic int failed;
-  /* compact.update.map: one bit per unit over [map_lo, map_lo + map_units
-   * units), set for evacuated pools.  Pool headers lie at a pool_size
-   * stride and alias to a few cache sets; this map stays in L1. */
-  uintptr_t map_lo;
-  size_t map_units;
-  uint64_t *map;
-  /* compact.choose.ranges: with huge pages, the release ranges (2 MiB of a
-   * huge chunk, one unit of another) chosen to stay in use: rkeep[r] is 1
-   * for each.  Range r of chunk i is rbase[i] + (unit >> rshift) (rshift
-   * only in huge chunks).  rkeep NULL: the normal plan. */
-  uint8_t *rkeep;
-  size_t *rbase;
-  unsigned rshift;
-} ph_compact_plan;
-
-/* ------------------------------------------------------------ phase 1 */
-
-/* compact.choose.ranges (leader, end of phase 1).  With huge pages the
- * release gives back only whole 2 MiB ranges, and the k densest pools of a
- * class lie all over the heap: every range keeps one and nothing is given
- * back.  So first the ranges that stay in use are chosen, then each class
- * keeps its k densest pools among those (phase 2).  A range with a pool
- * that is not a candidate (full) or a large block stays anyway: it is
- * taken first.  Then, greedily, the range whose candidate pools cover the
- * most of what the classes still lack (min(pools of class c in it, k_c -
- * pools of c taken so far), summed over c, per unit of memory), the denser
- * in live bytes on ties, then the lower: until every class has k pools in
- * taken ranges.  Gains only shrink as ranges are taken, so a range popped
- * from a max-heap whose recomputed gain has not shrunk is the best one
- * (lazy greedy).  Every range left out holds only candidate pools, which
- * are all evacuated: it becomes wholly free and is released. */
-
-typedef struct rgreedy {
-  uint32_t *gain, *cost;
-  uint64_t *live;
-  size_t *heap, n;
-} rgreedy;
-
-/* Is range a a better pick than range b? */
-static int rg_better(const rgreedy *g, size_t a, size_t b) {
-  uint64_t x = (uint64_t)g->gain[a] * g->cost[b];
-  uint64_t y = (uint64_t)g->gain[b] * g->cost[a];
-  if (x != y)
-    return x > y;
-  /* live bytes per unit of cost, as a cross product (at most 2^21 * 2^9) */
-  x = g->live[a] * g->cost[b];
-  y = g->live[b] * g->cost[a];
-  if (x != y)
-    return x > y;
-  return a < b;
-}
-
-static void rg_down(rgreedy *g, size_t i) {
-  for (;;) {
-    size_t l = 2 * i + 1, m = i;
-    if (l < g->n && rg_better(g, g->heap[l], g->heap[m]))
-      m = l;
-    if (l + 1 < g->n && rg_better(g, g->heap[l + 1], g->heap[m]))
-      m = l + 1;
-    if (m == i)
-      return;
-    size_t t = g->heap[i];
-    g->heap[i] = g->heap[m];
-    g->heap[m] = t;
-    i = m;
-  }
-}
-
-/* The range of the pool at p (plan->rbase/rshift set). */
-static size_t range_of(const struct ph_heap *h, const ph_compact_plan *plan,
-                       const void *p) {
-  unsigned lo = 0, hi = h->nchunks;
-  while (hi - lo > 1) {
-    unsigned mid = (lo + hi) / 2;
-    if ((const char *)p >= h->chunks[mid]->base)
-      lo = mid;
-    else
-      hi = mid;
-  }
-  const ph_chunk *c = h->chunks[lo];
-  size_t u = (size_t)((const char *)p - c->base) >> h->pool_shift;
-  return plan->rbase[lo] + (c->huge != PH_OS_HUGE_NONE ? u >> plan->rshift : u);
-}
-
+/* compact.choose.ranges (leader, end of phase 1): the chooser of
+ * compact/ranges.c, shared with the pool layer's compactor, over the
+ * sweep's records, in GLOBAL scope when memory is released. */
 static void choose_ranges_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
-  ph_stw *s = &h->stw;
+  ph_section *s = &h->sec;
   if (h->cfg.huge_pages == PH_HUGE_OFF || h->cfg.release == PH_RELEASE_KEEP ||
-      h->cfg.compact_scope != PH_COMPACT_GLOBAL ||
-      h->pool_size >= PH_HUGE_PAGE_SIZE || h->nchunks == 0)
+      h->cfg.compact_scope != PH_COMPACT_GLOBAL)
     return;
-  unsigned rshift = 0;
-  while (((size_t)1 << (h->pool_shift + rshift)) < PH_HUGE_PAGE_SIZE)
-    rshift++;
-  size_t nr = 0, nc = 0;
-  int huge = 0;
+  size_t nc = 0;
   for (unsigned i = 0; i < s->nparts; i++) {
-    if (s->workers[i].records_lost)
+    if (s->pw[i].records_lost)
       return;
-    nc += s->workers[i].ncands;
+    nc += s->pw[i].ncands;
   }
-  for (unsigned i = 0; i < h->nchunks; i++)
-    huge |= h->chunks[i]->huge != PH_OS_HUGE_NONE;
-  if (!huge || nc == 0)
-    return; /* every release range is one unit: the normal plan */
-  size_t *rbase = malloc((h->nchunks + 1) * sizeof *rbase);
-  if (!rbase)
+  ph_range_rec *rec = nc ? malloc(nc * sizeof *rec) : NULL;
+  if (!rec)
     return;
-  for (unsigned i = 0; i < h->nchunks; i++) {
-    const ph_chunk *c = h->chunks[i];
-    rbase[i] = nr;
-    nr += c->huge != PH_OS_HUGE_NONE
-              ? ((size_t)c->nunits + ((size_t)1 << rshift) - 1) >> rshift
-              : c->nunits;
-  }
-  rbase[h->nchunks] = nr;
-  plan->rbase = rbase;
-  plan->rshift = rshift;
-  uint32_t *used = calloc(nr, sizeof *used);       /* units in use */
-  uint32_t *start = calloc(nr + 1, sizeof *start); /* candidates by range */
-  uint32_t *rid = malloc(nc * sizeof *rid);
-  uint16_t *rcls = malloc(nc * sizeof *rcls);
-  rgreedy g = {.gain = calloc(nr, sizeof *g.gain),
-               .cost = malloc(nr * sizeof *g.cost),
-               .live = calloc(nr, sizeof *g.live),
-               .heap = malloc(nr * sizeof *g.heap)};
-  uint8_t *rkeep = calloc(nr, 1);
-  if (!used || !start || !rid || !rcls || !g.gain || !g.cost || !g.live ||
-      !g.heap || !rkeep || nr > UINT32_MAX || nc > UINT32_MAX)
-    goto out;
-  /* units in use and the cost (units) of each range */
-  for (unsigned i = 0; i < h->nchunks; i++) {
-    const ph_chunk *c = h->chunks[i];
-    unsigned sh = c->huge != PH_OS_HUGE_NONE ? rshift : 0;
-    for (uint32_t u = 0; u < c->nunits; u++) {
-      size_t r = rbase[i] + (u >> sh);
-      g.cost[r] = (u & (((uint32_t)1 << sh) - 1)) + 1;
-      used[r] += c->ustate[u] >= PH_U_POOL;
-    }
-  }
-  /* candidates: per range their count, live bytes and classes; per class
-   * the pools it keeps (k, as plan_group computes it) */
-  uint64_t live_c[PH_MAX_CLASSES] = {0}, n_c[PH_MAX_CLASSES] = {0};
-  uint64_t need[PH_MAX_CLASSES];
   size_t j = 0;
   for (unsigned p = 0; p < s->nparts; p++)
-    for (size_t k = 0; k < s->workers[p].ncands; k++, j++) {
-      const ph_cand *cd = &s->workers[p].cands[k];
-      size_t r = range_of(h, plan, cd->pool);
-      rid[j] = (uint32_t)r;
-      start[r + 1]++;
-      g.live[r] += (uint64_t)cd->nlive * h->class_wsize[cd->cls] * 8;
-      live_c[cd->cls] += cd->nlive;
-      n_c[cd->cls]++;
+    for (size_t k = 0; k < s->pw[p].ncands; k++, j++) {
+      const ph_cand *cd = &s->pw[p].cands[k];
+      rec[j] = (ph_range_rec){cd->pool, cd->nlive, cd->cls};
     }
-  for (size_t r = 0; r < nr; r++)
-    start[r + 1] += start[r];
-  j = 0;
-  for (unsigned p = 0; p < s->nparts; p++)
-    for (size_t k = 0; k < s->workers[p].ncands; k++, j++)
-      rcls[start[rid[j]]++] = s->workers[p].cands[k].cls;
-  for (size_t r = nr; r > 0; r--) /* start[r] was advanced to the end */
-    start[r] = start[r - 1];
-  start[0] = 0;
-  unsigned unmet = 0;
-  for (unsigned c = 0; c < h->nclasses; c++) {
-    uint32_t ns = h->class_nslots[c];
-    need[c] = (live_c[c] + ns - 1) / ns;
-    if (need[c] > n_c[c])
-      need[c] = n_c[c];
-    unmet += need[c] > 0;
-  }
-  /* ranges that stay in use anyway */
-  for (size_t r = 0; r < nr; r++)
-    if (used[r] > start[r + 1] - start[r]) {
-      rkeep[r] = 1;
-      for (uint32_t e = start[r]; e < start[r + 1]; e++)
-        if (need[rcls[e]] > 0 && --need[rcls[e]] == 0)
-          unmet--;
-    }
-  /* lazy greedy over the others (gain: pools still needed, capped per
-   * class; cnt counts a range's pools per class while its gain is taken) */
-  uint32_t cnt[PH_MAX_CLASSES] = {0};
-  for (size_t r = 0; r < nr; r++)
-    if (!rkeep[r] && start[r + 1] > start[r]) {
-      g.gain[r] = start[r + 1] - start[r]; /* an upper bound */
-      g.heap[g.n++] = r;
-    }
-  for (size_t i = g.n / 2; i-- > 0;)
-    rg_down(&g, i);
-  while (unmet > 0 && g.n > 0) {
-    size_t r = g.heap[0];
-    uint32_t gain = 0;
-    for (uint32_t e = start[r]; e < start[r + 1]; e++)
-      gain += cnt[rcls[e]]++ < need[rcls[e]];
-    for (uint32_t e = start[r]; e < start[r + 1]; e++)
-      cnt[rcls[e]] = 0;
-    if (gain < g.gain[r]) { /* shrank: back into the heap */
-      g.gain[r] = gain;
-      if (gain == 0)
-        g.heap[0] = g.heap[--g.n];
-      rg_down(&g, 0);
-      continue;
-    }
-    rkeep[r] = 1;
-    for (uint32_t e = start[r]; e < start[r + 1]; e++)
-      if (need[rcls[e]] > 0 && --need[rcls[e]] == 0)
-        unmet--;
-    g.heap[0] = g.heap[--g.n];
-    rg_down(&g, 0);
-  }
-  PH_ASSERT(unmet == 0); /* all ranges together hold every candidate */
-  if (unmet == 0) {
-    plan->rkeep = rkeep;
-    rkeep = NULL;
-  }
-out:
-  free(used);
-  free(start);
-  free(rid);
-  free(rcls);
-  free(g.gain);
-  free(g.cost);
-  free(g.live);
-  free(g.heap);
-  free(rkeep);
+  ph_ranges_choose(h, rec, nc, &plan->ranges);
+  free(rec);
 }
 
 /* ------------------------------------------------------------ phase 2 */
@@ -320,9 +95,10 @@ static int by_owner_address(const void *a, const void *b) {
 
 /* Plan one group (all candidates of a class, or one owner's): keep the
  * first k of cand[0..n), evacuate the rest, emit destination units.  Only
- * the records are read; evacuated pools' live counts go to cc->elive. */
-static void plan_group(ph_cclass *cc, ph_cand *cand, size_t n,
-                       uint32_t nslots) {
+ * the records are read; evacuated pools' live counts go to cc->elive.
+ * Shared with the pool layer's compactor (compact/pools_compact.c). */
+void ph_compact_plan_group(ph_cclass *cc, ph_cand *cand, size_t n,
+                           uint32_t nslots) {
   uint64_t live = 0;
   for (size_t i = 0; i < n; i++)
     live += cand[i].nlive;
@@ -369,12 +145,12 @@ static void plan_group(ph_cclass *cc, ph_cand *cand, size_t n,
 }
 
 static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
-  ph_stw *s = &h->stw;
+  ph_section *s = &h->sec;
   ph_cclass *cc = &plan->cls[cls];
   size_t n = 0;
   for (unsigned i = 0; i < s->nparts; i++)
-    for (size_t k = 0; k < s->workers[i].ncands; k++)
-      n += s->workers[i].cands[k].cls == cls;
+    for (size_t k = 0; k < s->pw[i].ncands; k++)
+      n += s->pw[i].cands[k].cls == cls;
   if (n == 0)
     return;
   ph_cand *cand = malloc(n * sizeof *cand);
@@ -394,16 +170,16 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
   }
   size_t i = 0;
   for (unsigned p = 0; p < s->nparts; p++)
-    for (size_t k = 0; k < s->workers[p].ncands; k++)
-      if (s->workers[p].cands[k].cls == cls)
-        cand[i++] = s->workers[p].cands[k];
+    for (size_t k = 0; k < s->pw[p].ncands; k++)
+      if (s->pw[p].cands[k].cls == cls)
+        cand[i++] = s->pw[p].cands[k];
   uint32_t nslots = h->class_nslots[cls];
-  if (plan->rkeep) {
+  if (plan->ranges.keep) {
     /* compact.choose.ranges: the densest of the pools in ranges that
      * stay in use (there are at least k of them), then the rest */
     size_t nin = 0;
     for (size_t j = 0; j < n; j++)
-      if (plan->rkeep[range_of(h, plan, cand[j].pool)]) {
+      if (plan->ranges.keep[ph_range_of(h, &plan->ranges, cand[j].pool)]) {
         ph_cand t = cand[nin];
         cand[nin++] = cand[j];
         cand[j] = t;
@@ -416,10 +192,10 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
 #endif
     qsort(cand, nin, sizeof *cand, by_density);
     qsort(cand + nin, n - nin, sizeof *cand, by_density);
-    plan_group(cc, cand, n, nslots);
+    ph_compact_plan_group(cc, cand, n, nslots);
   } else if (h->cfg.compact_scope == PH_COMPACT_GLOBAL) {
     qsort(cand, n, sizeof *cand, by_density);
-    plan_group(cc, cand, n, nslots);
+    ph_compact_plan_group(cc, cand, n, nslots);
   } else {
     qsort(cand, n, sizeof *cand, by_owner_address);
     size_t a = 0;
@@ -427,7 +203,7 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
       size_t b = a;
       while (b < n && cand[b].owner == cand[a].owner)
         b++;
-      plan_group(cc, cand + a, b - a, nslots);
+      ph_compact_plan_group(cc, cand + a, b - a, nslots);
       a = b;
     }
   }
@@ -435,9 +211,10 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
 }
 
 static void choose_stw(struct ph_heap *h, ph_compact_plan *plan) {
-  ph_stw *s = &h->stw;
+  ph_section *s = &h->sec;
   for (;;) {
-    size_t c = atomic_fetch_add_explicit(&s->claim_a, 1, memory_order_relaxed);
+    size_t c =
+        atomic_fetch_add_explicit(&s->claim_choose, 1, memory_order_relaxed);
     if (c >= h->nclasses)
       break;
     plan_class(h, plan, (unsigned)c);
@@ -472,13 +249,14 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
 /* Leader, between phases 2 and 3: one array of units, the large slices,
  * the evacuation map (or, if it cannot be had, the `evacuated` flags in the
  * pool headers), and the claim counters of phases 3 and 4. */
-static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
-  ph_stw *s = &h->stw;
+static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan,
+                              const ph_compact_part *part) {
+  ph_section *s = &h->sec;
   size_t n = 0, nl = 0;
   for (unsigned c = 0; c < h->nclasses; c++)
     n += plan->cls[c].nunits;
   for (unsigned i = 0; i < s->nparts; i++)
-    nl += s->workers[i].nlarges;
+    nl += s->pw[i].nlarges;
   plan->units = n ? malloc(n * sizeof *plan->units) : NULL;
   plan->larges = nl ? malloc(nl * sizeof *plan->larges) : NULL;
   plan->large_first = malloc((nl + 1) * sizeof *plan->large_first);
@@ -503,8 +281,8 @@ static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
     plan->nunits = k;
     size_t i = 0, slices = 0;
     for (unsigned p = 0; p < s->nparts; p++)
-      for (size_t j = 0; j < s->workers[p].nlarges; j++) {
-        ph_large *l = s->workers[p].larges[j];
+      for (size_t j = 0; j < s->pw[p].nlarges; j++) {
+        ph_large *l = s->pw[p].larges[j];
         plan->larges[i] = l;
         plan->large_first[i] = slices;
         ph_value hd = *(ph_value *)((char *)l + PH_LARGE_HDR);
@@ -520,11 +298,11 @@ static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
     for (unsigned c = 0; c < h->nclasses; c++)
       for (size_t i = 0; i < plan->cls[c].nevac; i++)
         plan->cls[c].evac[i]->evacuated = 1;
-  atomic_store_explicit(&s->claim_b, 0, memory_order_relaxed);
-  atomic_store_explicit(&s->claim_roots, 0, memory_order_relaxed);
-  atomic_store_explicit(&s->claim_c, 0, memory_order_relaxed);
-  atomic_store_explicit(&s->claim_large, 0, memory_order_relaxed);
-  ph_stw_units_init_stw_single(h);
+  atomic_store_explicit(&s->claim_evacuate, 0, memory_order_relaxed);
+  part->roots_rewind(part->arg);
+  atomic_store_explicit(&s->claim_update_units, 0, memory_order_relaxed);
+  atomic_store_explicit(&s->claim_update_large, 0, memory_order_relaxed);
+  ph_units_index_stw_single(h);
 }
 
 /* Was the unit holding address x evacuated?  One bit of the map
@@ -594,7 +372,7 @@ static void relink_free(struct ph_heap *h, ph_pool *p) {
       uint32_t si = wi * 64 + 63 - (uint32_t)__builtin_clzll(free);
       free &= ~((uint64_t)1 << (si % 64));
       ph_value *slot = base + (size_t)si * wsize;
-      PH_ASSERT(ph_hd_color(slot[0]) == PH_BLUE);
+      PH_ASSERT(slot[0] == 0);
       slot[1] = next;
       next = (ph_value)(slot + 1);
     }
@@ -602,8 +380,11 @@ static void relink_free(struct ph_heap *h, ph_pool *p) {
   p->free = next;
 }
 
-/* Move u->count live blocks, in order, from the sources into u->dst. */
-static void evacuate_unit(struct ph_heap *h, ph_worker *w, ph_evac_unit *u) {
+/* compact.phase.evacuate: move u->count live blocks, in order, from the
+ * sources into u->dst; *blocks and *bytes count them.  Shared with the pool
+ * layer's compactor. */
+void ph_compact_evacuate_unit(struct ph_heap *h, const ph_evac_unit *u,
+                              uint64_t *blocks, uint64_t *moved) {
   ph_pool *dst = u->dst;
   uint32_t wsize = h->class_wsize[dst->cls];
   ph_value *dbase = (ph_value *)ph_pool_slots(dst);
@@ -646,49 +427,48 @@ static void evacuate_unit(struct ph_heap *h, ph_worker *w, ph_evac_unit *u) {
       }
       ph_value *slot = from[j], *nv = to[j];
       ph_value hd = slot[0];
-      PH_ASSERT(ph_hd_color(hd) == PH_WHITE);
-      PH_ASSERT(ph_hd_color(nv[0]) == PH_BLUE);
+      PH_ASSERT(hd != 0); /* allocated; its color is the client's */
+      PH_ASSERT(nv[0] == 0);
       size_t wo = ph_hd_wosize(hd);
       nv[0] = hd;
       for (size_t f = 1; f <= wo; f++)
         nv[f] = slot[f];
+      /* the new address in field 0; the old header stays: a moved block
+       * is known from the map (compact.update.map), not from a colour */
       slot[1] = (ph_value)(nv + 1);
-      slot[0] =
-          (hd & ~PH_HD_COLOR_MASK) | ((ph_value)PH_FWD << PH_HD_COLOR_SHIFT);
       bytes += (wo + 1) * 8;
     }
     left -= n;
   }
-  w->evac_blocks += u->count;
-  w->evac_bytes += bytes;
+  *blocks += u->count;
+  *moved += bytes;
   dst->nfree -= u->count;
   dst->nlive += u->count;
+  dst->live_words += (uint32_t)(bytes / 8);
   relink_free(h, dst);
 }
 
-static void evacuate_stw(struct ph_heap *h, ph_worker *w,
+static void evacuate_stw(struct ph_heap *h, const ph_compact_part *part,
                          ph_compact_plan *plan) {
-  ph_stw *s = &h->stw;
+  ph_section *s = &h->sec;
+  ph_pool_worker *w = &s->pw[part->id];
   if (h->cfg.compact_scope == PH_COMPACT_GLOBAL) {
     for (;;) {
-      size_t k =
-          atomic_fetch_add_explicit(&s->claim_b, 1, memory_order_relaxed);
+      size_t k = atomic_fetch_add_explicit(&s->claim_evacuate, 1,
+                                           memory_order_relaxed);
       if (k >= plan->nunits)
         break;
-      evacuate_unit(h, w, &plan->units[k]);
+      ph_compact_evacuate_unit(h, &plan->units[k], &w->evac_blocks,
+                               &w->evac_bytes);
     }
     return;
   }
-  /* PER_DOMAIN: a domain evacuates its own pools; the leader also those
-   * whose owner does not take part. */
+  /* PER_DOMAIN: a domain evacuates its own pools; the caller's rule says
+   * who runs those whose owner does not take part. */
   for (size_t k = 0; k < plan->nunits; k++) {
     ph_evac_unit *u = &plan->units[k];
-    struct ph_domain *o = h->slots[u->owner].dom;
-    int mine =
-        o ? o == w->dom || (o->stw_expected != s->epoch && w->dom == s->leader)
-          : w->dom == s->leader;
-    if (mine)
-      evacuate_unit(h, w, u);
+    if (part->evacuates_slot(part->arg, u->owner))
+      ph_compact_evacuate_unit(h, u, &w->evac_blocks, &w->evac_bytes);
   }
 }
 
@@ -699,7 +479,15 @@ static void evacuate_stw(struct ph_heap *h, ph_worker *w,
  * the old copy: a cache miss per moved target.  So
  * a slot to fix is queued in a ring with a prefetch of its target and fixed
  * PH_FWD_AHEAD slots later, when the load has arrived: many misses in
- * flight instead of one at a time. */
+ * flight instead of one at a time.  The ring is emptied at the end of every
+ * root item, for the global set before roots_lock is released
+ * (roots.global.done): a root slot is never written after its item ends.
+ * compact.update.once: the fix of a root slot re-reads it and forwards it
+ * only if it still points into an evacuated unit (new addresses never do),
+ * so a slot reported twice is rewritten once; root slots are read and
+ * written with relaxed atomics, as two participants may hold the same one.
+ * Fields of blocks are visited once, by the claimer of their unit or slice,
+ * and keep the plain fix. */
 #define PH_FWD_AHEAD 32 /* a power of two */
 typedef struct fwd_batch {
   const struct ph_heap *h;
@@ -708,36 +496,51 @@ typedef struct fwd_batch {
   ph_value *slot[PH_FWD_AHEAD];
 } fwd_batch;
 
-static inline void fwd_fix(ph_value *s) {
-  PH_ASSERT(ph_hd_color(*ph_hp(*s)) == PH_FWD);
+/* root: a root slot (compact.update.once); otherwise a field of a block,
+ * which only the participant that claimed the block visits, once. */
+static inline void fwd_fix(const fwd_batch *b, ph_value *s, int root) {
+  if (root) {
+    ph_value x = __atomic_load_n(s, __ATOMIC_RELAXED);
+    if (!unit_evacuated(b->h, b->plan, x))
+      return;                  /* fixed already: the slot was reported twice */
+    PH_ASSERT(*ph_hp(x) != 0); /* a moved block keeps its header */
+    __atomic_store_n(s, *(const ph_value *)x, __ATOMIC_RELAXED);
+    return;
+  }
+  PH_ASSERT(unit_evacuated(b->h, b->plan, *s) && *ph_hp(*s) != 0);
   *s = *(const ph_value *)*s;
 }
 
-static void fb_flush(fwd_batch *b) {
+static inline void fb_flush(fwd_batch *b, int root) {
   unsigned n = b->n < PH_FWD_AHEAD ? b->n : PH_FWD_AHEAD;
   for (unsigned i = b->n - n; i != b->n; i++)
-    fwd_fix(b->slot[i & (PH_FWD_AHEAD - 1)]);
+    fwd_fix(b, b->slot[i & (PH_FWD_AHEAD - 1)], root);
   b->n = 0;
 }
 
-static inline void fb_add(fwd_batch *b, ph_value *slot) {
-  ph_value x = *slot;
+/* x: the value *slot held when it was read.  The ring holds only root
+ * slots or only fields: it is emptied at the end of every root item. */
+static inline void fb_add(fwd_batch *b, ph_value *slot, ph_value x, int root) {
   if (!ph_is_block(x) || !unit_evacuated(b->h, b->plan, x))
     return;
   __builtin_prefetch((const void *)x);
   unsigned i = b->n++ & (PH_FWD_AHEAD - 1);
   if (b->n > PH_FWD_AHEAD)
-    fwd_fix(b->slot[i]);
+    fwd_fix(b, b->slot[i], root);
   b->slot[i] = slot;
 }
 
 static void update_slot(ph_value *slot, void *ctx) {
-  fb_add(ctx, slot);
+  fb_add(ctx, slot, __atomic_load_n(slot, __ATOMIC_RELAXED), 1);
+}
+
+static void update_root_item_done(void *ctx) {
+  fb_flush(ctx, 1);
 }
 
 static void update_fields(fwd_batch *b, ph_value *f, size_t n) {
   for (size_t i = 0; i < n; i++)
-    fb_add(b, &f[i]);
+    fb_add(b, &f[i], f[i], 0);
 }
 
 static void update_pool(fwd_batch *b, ph_pool *p) {
@@ -761,15 +564,15 @@ static void update_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
   update_pool(fb, (ph_pool *)ua);
 }
 
-static void update_stw(struct ph_heap *h, ph_worker *w, ph_compact_plan *plan) {
-  ph_stw *s = &h->stw;
+static void update_stw(struct ph_heap *h, const ph_compact_part *part,
+                       ph_compact_plan *plan) {
+  ph_section *s = &h->sec;
   fwd_batch fb = {.h = h, .plan = plan, .n = 0};
-  ph_roots_scan_stw(h, w, update_slot, &fb);
-  fb_flush(&fb);
-  ph_stw_each_unit_stw(h, &s->claim_c, 8, update_unit, &fb);
+  part->scan_roots(part->arg, update_slot, update_root_item_done, &fb);
+  ph_units_each_stw(h, &s->claim_update_units, 8, update_unit, &fb);
   for (;;) {
-    size_t k =
-        atomic_fetch_add_explicit(&s->claim_large, 1, memory_order_relaxed);
+    size_t k = atomic_fetch_add_explicit(&s->claim_update_large, 1,
+                                         memory_order_relaxed);
     if (k >= plan->nslices)
       break;
     size_t lo = 0, hi = plan->nlarges;
@@ -787,7 +590,7 @@ static void update_stw(struct ph_heap *h, ph_worker *w, ph_compact_plan *plan) {
     size_t n = wo - a < PH_LARGE_SLICE ? wo - a : PH_LARGE_SLICE;
     update_fields(&fb, hp + 1 + a, n);
   }
-  fb_flush(&fb);
+  fb_flush(&fb, 0);
 }
 
 /* --------------------------------------------------------- phases 5, 6 */
@@ -863,59 +666,58 @@ static void plan_free(struct ph_heap *h, ph_compact_plan *plan) {
   free(plan->larges);
   free(plan->large_first);
   free(plan->map);
-  free(plan->rkeep);
-  free(plan->rbase);
+  ph_ranges_free(&plan->ranges);
   memset(plan, 0, sizeof *plan);
 }
 
 /* ------------------------------------------------------------- driver */
 
-void ph_compact_stw(struct ph_heap *h, ph_worker *w) {
-  ph_stw *s = &h->stw;
-  int leader = w->dom == s->leader;
+void ph_compact_stw(struct ph_heap *h, const ph_compact_part *part) {
+  ph_section *s = &h->sec;
+  ph_pool_worker *w = &s->pw[part->id];
+  int leader = part->leader;
   uint64_t t0 = ph_now_ns();
-  ph_event(h, PH_PHASE_EVACUATE, 1, w->dom->index);
+  ph_event(h, PH_PHASE_EVACUATE, 1, part->dom);
   w->evac_blocks = w->evac_bytes = 0;
   /* Phase 1 */
-  if (ph_barrier_wait(&s->bar)) {
-    if (!s->plan)
-      s->plan = calloc(1, sizeof *s->plan);
+  if (part->barrier(part->arg)) {
+    if (!h->plan)
+      h->plan = calloc(1, sizeof *h->plan);
     else
-      memset(s->plan, 0, sizeof *s->plan);
-    ph_stw_units_init_stw_single(h);
-    atomic_store_explicit(&s->claim_units, 0, memory_order_relaxed);
-    atomic_store_explicit(&s->claim_a, 0, memory_order_relaxed);
-    if (s->plan)
-      choose_ranges_stw_single(h, s->plan);
+      memset(h->plan, 0, sizeof *h->plan);
+    ph_units_index_stw_single(h);
+    atomic_store_explicit(&s->claim_choose, 0, memory_order_relaxed);
+    if (h->plan)
+      choose_ranges_stw_single(h, h->plan);
   }
-  ph_barrier_wait(&s->bar);
-  ph_compact_plan *plan = s->plan;
+  part->barrier(part->arg);
+  ph_compact_plan *plan = h->plan;
   int lost = 0;
   for (unsigned i = 0; i < s->nparts; i++)
-    lost |= s->workers[i].records_lost;
+    lost |= s->pw[i].records_lost;
   if (plan && !lost) {
     /* Phase 2 (phase 1's records came from the sweep) */
     choose_stw(h, plan);
-    if (ph_barrier_wait(&s->bar))
-      gather_stw_single(h, plan);
+    if (part->barrier(part->arg))
+      gather_stw_single(h, plan, part);
     /* Phase 3 */
-    ph_barrier_wait(&s->bar);
-    evacuate_stw(h, w, plan);
+    part->barrier(part->arg);
+    evacuate_stw(h, part, plan);
   }
   w->t_evac = ph_now_ns() - t0;
-  ph_event(h, PH_PHASE_EVACUATE, 0, w->dom->index);
+  ph_event(h, PH_PHASE_EVACUATE, 0, part->dom);
   /* Phase 4 */
-  ph_barrier_wait(&s->bar);
+  part->barrier(part->arg);
   uint64_t t1 = ph_now_ns();
-  ph_event(h, PH_PHASE_UPDATE, 1, w->dom->index);
+  ph_event(h, PH_PHASE_UPDATE, 1, part->dom);
   if (plan && plan->nunits > 0) /* nothing moved: nothing to forward */
-    update_stw(h, w, plan);
+    update_stw(h, part, plan);
   w->t_update = ph_now_ns() - t1;
-  ph_event(h, PH_PHASE_UPDATE, 0, w->dom->index);
+  ph_event(h, PH_PHASE_UPDATE, 0, part->dom);
   /* Phase 5 */
-  ph_barrier_wait(&s->bar);
+  part->barrier(part->arg);
   uint64_t t2 = ph_now_ns();
-  ph_event(h, PH_PHASE_RELEASE, 1, w->dom->index);
+  ph_event(h, PH_PHASE_RELEASE, 1, part->dom);
   if (leader) {
     if (plan)
       free_stw_single(h, plan);
@@ -923,11 +725,11 @@ void ph_compact_stw(struct ph_heap *h, ph_worker *w) {
     release_stw_single(h);
   }
   w->t_release = ph_now_ns() - t2;
-  ph_event(h, PH_PHASE_RELEASE, 0, w->dom->index);
-  if (ph_barrier_wait(&s->bar)) {
+  ph_event(h, PH_PHASE_RELEASE, 0, part->dom);
+  if (part->barrier(part->arg)) {
     uint64_t ev = 0, up = 0, re = 0, blocks = 0, bytes = 0;
     for (unsigned i = 0; i < s->nparts; i++) {
-      ph_worker *x = &s->workers[i];
+      ph_pool_worker *x = &s->pw[i];
       ev = x->t_evac > ev ? x->t_evac : ev;
       up = x->t_update > up ? x->t_update : up;
       re = x->t_release > re ? x->t_release : re;
@@ -947,10 +749,10 @@ void ph_compact_stw(struct ph_heap *h, ph_worker *w) {
     if (plan)
       plan_free(h, plan);
   }
-  ph_barrier_wait(&s->bar);
+  part->barrier(part->arg);
 }
 
 void ph_compact_fini(struct ph_heap *h) {
-  free(h->stw.plan);
-  h->stw.plan = NULL;
+  free(h->plan);
+  h->plan = NULL;
 }

@@ -16,7 +16,7 @@
  * under ulimit -v.
  *
  * Every function here is _locked (heap->lock held) or _stw_single. */
-#include "heap/internal.h"
+#include "heap/heap.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -59,7 +59,8 @@ static void chunk_insert_locked(struct ph_heap *h, ph_chunk *c) {
   h->nchunks++;
 }
 
-int ph_chunk_grow_locked(struct ph_heap *h, size_t min_units) {
+static int chunk_grow_locked(struct ph_heap *h, size_t min_units,
+                             ph_chunk **out) {
   if (h->nchunks >= PH_MAX_CHUNKS)
     return PH_ENOMEM;
   size_t align = chunk_align(h);
@@ -68,12 +69,14 @@ int ph_chunk_grow_locked(struct ph_heap *h, size_t min_units) {
       (size_t)atomic_load_explicit(&h->os.reserved, memory_order_relaxed);
   if (!h->cfg.heap_limit && need > h->commit_cap)
     return PH_ENOMEM; /* could never be committed: do not reserve it */
+  size_t avail = ph_os_as_available();
+  if (need > avail)
+    return PH_ENOMEM; /* RLIMIT_AS could never fit it */
   size_t size = round_up(reserved / 2, align);
   if (size < PH_FIRST_CHUNK)
     size = PH_FIRST_CHUNK;
   if (size < need)
     size = need;
-  size_t avail = ph_os_as_available();
   if (avail != SIZE_MAX) {
     size_t cap = (avail / 2) & ~(align - 1);
     if (size > cap)
@@ -108,20 +111,36 @@ int ph_chunk_grow_locked(struct ph_heap *h, size_t min_units) {
   c->ustate = us;
   c->huge = got;
   chunk_insert_locked(h, c);
+  *out = c;
   return PH_OK;
+}
+
+int ph_chunk_grow_locked(struct ph_heap *h, size_t min_units) {
+  ph_chunk *c;
+  return chunk_grow_locked(h, min_units, &c);
 }
 
 /* A unit this call has just committed (so that a refusal later in the same
  * call can undo exactly those); never seen outside commit_range_locked. */
 #define PH_U_COMMITTING 0x80
 
-/* Commit units [u, u+n) of c whose state is PH_U_FREE. */
+/* Bytes of unit i of a run that lie below len (len > i units). */
+static size_t unit_part(const struct ph_heap *h, size_t i, size_t len) {
+  size_t lo = i << h->pool_shift;
+  return len - lo < h->pool_size ? len - lo : h->pool_size;
+}
+
+/* Make the first len bytes of units [u, u+n) Committed (len > n-1 units):
+ * PH_U_FREE units are committed up to len, and the rest of a partly used
+ * last unit is left Reserved, or decommitted if it was PH_U_FREE_COMM
+ * (heap.large.commit).  *comm gets how many bytes from unit u on are
+ * Committed afterwards: len, or the whole run if that decommit was refused. */
 static int commit_range_locked(struct ph_heap *h, ph_chunk *c, uint32_t u,
-                               size_t n) {
+                               size_t n, size_t len, size_t *comm) {
   size_t need = 0;
   for (size_t i = 0; i < n; i++)
     if (c->ustate[u + i] == PH_U_FREE)
-      need += h->pool_size;
+      need += unit_part(h, i, len);
   /* heap_limit, or else what the machine has (heap.chunk.commitcap): a
    * MAP_NORESERVE reservation succeeds for any size, so without this a
    * request for terabytes would be committed and then touched. */
@@ -137,8 +156,9 @@ static int commit_range_locked(struct ph_heap *h, ph_chunk *c, uint32_t u,
     size_t j = i;
     while (j < n && c->ustate[u + j] == PH_U_FREE)
       j++;
-    int err = ph_os_commit(&h->os, ph_unit_addr(h, c, u + (uint32_t)i),
-                           (j - i) << h->pool_shift);
+    int err =
+        ph_os_commit(&h->os, ph_unit_addr(h, c, u + (uint32_t)i),
+                     ((j - 1 - i) << h->pool_shift) + unit_part(h, j - 1, len));
     if (err) { /* undo what this call committed */
       size_t k = 0;
       while (k < i) {
@@ -147,7 +167,9 @@ static int commit_range_locked(struct ph_heap *h, ph_chunk *c, uint32_t u,
           while (e < i && c->ustate[u + e] == PH_U_COMMITTING)
             e++;
           ph_os_decommit(&h->os, ph_unit_addr(h, c, u + (uint32_t)k),
-                         (e - k) << h->pool_shift, PH_OS_DECOMMIT_NOW);
+                         ((e - 1 - k) << h->pool_shift) +
+                             unit_part(h, e - 1, len),
+                         PH_OS_DECOMMIT_NOW);
           for (size_t q = k; q < e; q++)
             c->ustate[u + q] = PH_U_FREE;
           k = e;
@@ -161,6 +183,12 @@ static int commit_range_locked(struct ph_heap *h, ph_chunk *c, uint32_t u,
       c->ustate[u + q] = PH_U_COMMITTING;
     i = j;
   }
+  *comm = len;
+  size_t tail = (n << h->pool_shift) - len;
+  if (tail && c->ustate[u + n - 1] == PH_U_FREE_COMM &&
+      ph_os_decommit(&h->os, ph_unit_addr(h, c, u) + len, tail,
+                     PH_OS_DECOMMIT_NOW) != PH_OK)
+    *comm = n << h->pool_shift; /* refused: the tail stays committed */
   for (size_t q = 0; q < n; q++)
     if (c->ustate[u + q] == PH_U_COMMITTING)
       c->ustate[u + q] = PH_U_FREE_COMM;
@@ -200,22 +228,44 @@ static void advance_hint(ph_chunk *c) {
     c->hint++;
 }
 
-int ph_units_take_locked(struct ph_heap *h, size_t n, int state,
-                         ph_chunk **chunk_out, uint32_t *unit_out) {
-  int refused = PH_OK;
+/* heap.large.commit: how much of a large block's n units is committed in
+ * chunk c: its header and fields (bytes from the unit start) rounded up to a
+ * page, or to 2 MiB in a transparent-huge chunk (so no huge page is split),
+ * or all n units in an explicit-huge chunk. */
+static size_t large_len(const struct ph_heap *h, const ph_chunk *c, size_t n,
+                        size_t bytes) {
+  size_t all = n << h->pool_shift;
+  size_t g = c->huge == PH_OS_HUGE_EXPLICIT ? h->pool_size
+             : c->huge == PH_OS_HUGE_THP    ? PH_HUGE_PAGE_SIZE
+                                            : ph_os_page_size();
+  size_t len = round_up(bytes, g);
+  return len < all ? len : all;
+}
+
+static void chunk_remove_locked(struct ph_heap *h, unsigned i);
+
+/* Take n contiguous free units; bytes == 0 for whole units, else a large
+ * block of that many bytes (heap.large.commit). */
+static int take_locked(struct ph_heap *h, size_t n, size_t bytes, int state,
+                       ph_chunk **chunk_out, uint32_t *unit_out,
+                       size_t *comm_out) {
+  ph_chunk *grown = NULL;
+  int err = PH_ENOMEM, refused = PH_OK;
   for (int attempt = 0; attempt < 2; attempt++) {
     for (unsigned i = 0; i < h->nchunks; i++) {
       ph_chunk *c = h->chunks[i];
       uint32_t u = 0, from = 0;
-      int err = PH_ENOMEM;
-      /* first fit; once a commit was refused (heap_limit, or the OS), the
-       * search goes on for a run that is committed already (free pool
-       * memory), which needs no commit and no OS call (heap.unit) */
+      size_t comm = 0;
+      err = PH_ENOMEM;
+      /* heap.unit.refused: first fit; once a commit was refused (heap_limit
+       * or the OS), the search goes on for a run committed already (free
+       * pool memory), which needs no commit and no OS call */
       while (find_run(c, n, from, &u)) {
         from = u + 1;
         if (refused != PH_OK && !run_committed(c, u, n))
           continue;
-        err = commit_range_locked(h, c, u, n);
+        size_t len = bytes ? large_len(h, c, n, bytes) : n << h->pool_shift;
+        err = commit_range_locked(h, c, u, n, len, &comm);
         if (err == PH_OK)
           break;
         refused = err;
@@ -230,17 +280,48 @@ int ph_units_take_locked(struct ph_heap *h, size_t n, int state,
       advance_hint(c);
       *chunk_out = c;
       *unit_out = u;
+      *comm_out = comm;
       return PH_OK;
     }
-    if (refused != PH_OK)
-      return refused; /* at the limit: a new chunk would not help */
+    if (refused != PH_OK) {
+      err = refused; /* at the limit: a new chunk would not help */
+      goto refused;
+    }
     if (attempt == 0) {
-      int err = ph_chunk_grow_locked(h, n);
+      /* heap.chunk.refuse: a new chunk's units must all be committed; if
+       * that cannot fit the cap, do not reserve anything. */
+      size_t cap = h->cfg.heap_limit ? h->cfg.heap_limit : h->commit_cap;
+      size_t need =
+          bytes ? round_up(bytes, ph_os_page_size()) : n << h->pool_shift;
+      if (need > cap || atomic_load_explicit(&h->os.committed,
+                                             memory_order_relaxed) > cap - need)
+        return PH_ENOMEM;
+      err = chunk_grow_locked(h, n, &grown);
       if (err)
         return err;
     }
   }
-  return PH_ENOMEM;
+refused:
+  /* heap.chunk.refuse: a reservation made for this request goes back */
+  if (grown && grown->nfree == grown->nunits)
+    for (unsigned i = 0; i < h->nchunks; i++)
+      if (h->chunks[i] == grown) {
+        chunk_remove_locked(h, i);
+        break;
+      }
+  return err;
+}
+
+int ph_units_take_locked(struct ph_heap *h, size_t n, int state,
+                         ph_chunk **chunk_out, uint32_t *unit_out) {
+  size_t comm;
+  return take_locked(h, n, 0, state, chunk_out, unit_out, &comm);
+}
+
+int ph_units_take_large_locked(struct ph_heap *h, size_t n, size_t bytes,
+                               ph_chunk **chunk_out, uint32_t *unit_out,
+                               size_t *comm_out) {
+  return take_locked(h, n, bytes, PH_U_LARGE, chunk_out, unit_out, comm_out);
 }
 
 void ph_units_free_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
@@ -255,12 +336,58 @@ void ph_units_free_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
     c->hint = unit;
 }
 
+/* heap.large: a large block records how much of its units is committed
+ * (from its first unit's start); every other unit but PH_U_FREE is wholly
+ * committed. */
+static size_t chunk_committed(const struct ph_heap *h, const ph_chunk *c) {
+  size_t comm = 0;
+  for (uint32_t u = 0; u < c->nunits; u++) {
+    uint8_t st = c->ustate[u];
+    if (st == PH_U_LARGE) {
+      const ph_large *l = (const ph_large *)ph_unit_addr(h, c, u);
+      comm += l->comm;
+      u += l->nunits - 1;
+    } else if (st != PH_U_FREE) {
+      comm += h->pool_size;
+    }
+  }
+  return comm;
+}
+
+/* heap.large.commit: free a dead large block's units.  Wholly committed
+ * units become PH_U_FREE_COMM; a partly committed last unit gives its pages
+ * back and becomes PH_U_FREE (so free units stay whole, and heap_limit is
+ * not exceeded by units that were never wholly committed).  Returns 0 if
+ * that was refused: the block then stays in its units, dead and made raw
+ * (its fields may point at blocks this sweep freed, and no one may scan
+ * them), and a later sweep frees it: nothing is lost. */
+int ph_large_free_locked(struct ph_heap *h, ph_large *l) {
+  ph_chunk *c = l->chunk;
+  uint32_t u = l->unit;
+  size_t n = l->nunits, comm = l->comm;
+  size_t full = comm >> h->pool_shift;
+  size_t part = comm & (h->pool_size - 1);
+  l->sig = PH_SIG_DEAD;
+  if (part && ph_os_decommit(&h->os, ph_unit_addr(h, c, u + (uint32_t)full),
+                             part, PH_OS_DECOMMIT_NOW) != PH_OK) {
+    ph_value *hp = (ph_value *)((char *)l + PH_LARGE_HDR);
+    l->sig = PH_SIG_LARGE;
+    *hp = (*hp & ~PH_HD_TAG_MASK) | PH_TAG_RAW;
+    return 0;
+  }
+  for (size_t k = 0; k < n; k++)
+    c->ustate[u + k] = k < full ? PH_U_FREE_COMM : PH_U_FREE;
+  c->nfree += (uint32_t)n;
+  if (u < c->hint)
+    c->hint = u;
+  h->large_units -= n;
+  h->large_comm -= comm;
+  return 1;
+}
+
 static void chunk_remove_locked(struct ph_heap *h, unsigned i) {
   ph_chunk *c = h->chunks[i];
-  size_t comm = 0;
-  for (uint32_t u = 0; u < c->nunits; u++)
-    if (c->ustate[u] != PH_U_FREE)
-      comm += h->pool_size;
+  size_t comm = chunk_committed(h, c);
   if (ph_os_release(&h->os, c->base, c->size, comm) != PH_OK)
     return; /* keep it: still usable */
   memmove(&h->chunks[i], &h->chunks[i + 1],
@@ -295,6 +422,10 @@ void ph_units_release_locked(struct ph_heap *h, int mode, size_t retain,
     return;
   }
   size_t kept = 0;
+  /* free committed bytes not yet visited: the unit scan stops when none is
+   * left, so a mostly free (Reserved) chunk is not walked unit by unit */
+  uint64_t left = atomic_load_explicit(&h->os.committed, memory_order_relaxed) -
+                  ((uint64_t)h->pool_units << h->pool_shift) - h->large_comm;
   for (unsigned i = 0; i < h->nchunks; i++) {
     ph_chunk *c = h->chunks[i];
     if (mode == PH_RELEASE_UNMAP && c->nfree == c->nunits && kept >= retain &&
@@ -306,12 +437,13 @@ void ph_units_release_locked(struct ph_heap *h, int mode, size_t retain,
       chunk_remove_locked(h, i);
       if (h->nchunks < before) {
         released += comm;
+        left -= comm;
         i--;
         continue;
       }
     }
     uint32_t u = 0;
-    while (u < c->nunits) {
+    while (u < c->nunits && left > 0) {
       if (c->ustate[u] != PH_U_FREE_COMM) {
         u++;
         continue;
@@ -319,6 +451,7 @@ void ph_units_release_locked(struct ph_heap *h, int mode, size_t retain,
       uint32_t e = u;
       while (e < c->nunits && c->ustate[e] == PH_U_FREE_COMM)
         e++;
+      left -= (uint64_t)(e - u) << h->pool_shift;
       /* retain the lowest free units */
       while (u < e && kept < retain) {
         kept += h->pool_size;

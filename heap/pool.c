@@ -2,18 +2,18 @@
  *
  * A pool is one unit: a 64-byte header, then nslots slots of
  * class_wsize[cls] words.  A slot is a block header word then its fields; a
- * free slot is BLUE with wosize = slot words - 1 and field 0 linking the
+ * free slot is a header word of 0 (pools.header) and field 0 links the
  * pool's free list, which is kept in address order when built.  Pools with
  * free slots sit on their owner slot's avail list for that class; full pools
  * are on no list (the sweep finds every pool through the unit tables). */
-#include "heap/internal.h"
+#include "heap/heap.h"
 
 #include <string.h>
 
 /* Build the free list of a fresh pool: every slot free, in address order. */
 void ph_pool_init_free(struct ph_heap *h, ph_pool *p) {
   uint32_t wsize = h->class_wsize[p->cls];
-  ph_value hd = ph_hd_make(wsize - 1, PH_BLUE, 0);
+  ph_value hd = 0; /* a free slot (pools.header) */
   ph_value *s = (ph_value *)ph_pool_slots(p);
   ph_value next = 0;
   for (uint32_t i = p->nslots; i-- > 0;) {
@@ -81,6 +81,9 @@ void ph_domain_flush_caches(struct ph_domain *d) {
     ph_pool *p = ac->pool;
     if (!p)
       continue;
+    /* heap.pacing: charge the slots handed out since the last charge */
+    ph_pacing_add(h, (uint64_t)(ac->nfree_charged - ac->nfree) *
+                         h->class_wsize[c] * 8);
     p->free = ac->free;
     p->nfree = ac->nfree;
     p->nlive = p->nslots - ac->nfree;
@@ -90,5 +93,17 @@ void ph_domain_flush_caches(struct ph_domain *d) {
     ac->pool = NULL;
     ac->free = 0;
     ac->nfree = 0;
+    ac->nfree_charged = 0;
   }
+}
+
+#define PH_MIN_GC_BYTES ((uint64_t)4 << 20)
+
+void ph_pacing_reset_locked(struct ph_heap *h) {
+  uint64_t t = h->st.live_bytes / 100 * h->cfg.gc_percent;
+  if (t < PH_MIN_GC_BYTES)
+    t = PH_MIN_GC_BYTES;
+  /* relaxed: pacing counters (heap.pacing) */
+  atomic_store_explicit(&h->gc_threshold, t, memory_order_relaxed);
+  atomic_store_explicit(&h->alloc_since, 0, memory_order_relaxed);
 }

@@ -4,9 +4,9 @@
  * compact/pools_compact.c.
  *
  * Chunks, units, size classes, the OS layer and unit release are those of
- * heap/ (a ph_heap core that only this layer uses); pools and large blocks
- * have the layout of heap.pool and heap.large, but a free slot is a header
- * word of 0 (pools.header) so that every colour is the embedder's. */
+ * heap/ (a ph_heap core that only this layer uses); pools are ph_pool and
+ * large blocks heap.large blocks, the managed collector's: a free slot is a
+ * header word of 0 (pools.header), so every colour is the embedder's. */
 #include "heap/pools_internal.h"
 
 #include <stdarg.h>
@@ -35,7 +35,7 @@ uint64_t php_pool_frag_const(const struct php_heap *h, unsigned cls) {
 }
 
 /* The counters one pool contributes. */
-static php_counters pool_counts(const struct php_heap *h, const php_pool *p) {
+static php_counters pool_counts(const struct php_heap *h, const ph_pool *p) {
   uint32_t ws = h->core->class_wsize[p->cls];
   php_counters c = {0};
   c.pool_words = pool_words(h);
@@ -48,7 +48,7 @@ static php_counters pool_counts(const struct php_heap *h, const php_pool *p) {
 
 static php_counters large_counts(const struct php_heap *h, const php_large *l) {
   php_counters c = {0};
-  c.large_words = (uint64_t)l->nunits * pool_words(h);
+  c.large_words = (uint64_t)l->base.nunits * pool_words(h);
   c.large_blocks = 1;
   return c;
 }
@@ -69,6 +69,25 @@ static void counters_add(php_counters *a, const php_counters *b, int sign) {
 }
 
 /* ------------------------------------------------------------- the heap */
+
+/* The basics of poolheap_pools.h, which poolheap.h shares: the pool layer
+ * owns them. */
+const char *ph_strerror(int err) {
+  switch (err) {
+  case PH_OK:
+    return "success";
+  case PH_EINVAL:
+    return "invalid argument or configuration";
+  case PH_ENOMEM:
+    return "out of memory (the OS refused or heap_limit was reached)";
+  case PH_ESTATE:
+    return "call not allowed in the current state";
+  case PH_ECORRUPT:
+    return "heap invariant broken";
+  default:
+    return "unknown error";
+  }
+}
 
 void php_config_init(php_config *cfg) {
   if (!cfg)
@@ -112,8 +131,9 @@ int php_heap_create(const php_config *cfg, php_heap **out) {
   }
   h->cfg = *cfg;
   h->core = c;
-  ph_config_init(&c->cfg);
+  memset(&c->cfg, 0, sizeof c->cfg); /* the fields the units read */
   c->cfg.max_domains = 1;
+  c->cfg.compact_scope = PH_COMPACT_GLOBAL;
   c->cfg.pool_size = cfg->pool_size;
   c->cfg.heap_limit = cfg->heap_limit;
   c->cfg.huge_pages = cfg->huge_pages;
@@ -155,11 +175,9 @@ int php_heap_destroy(php_heap *h) {
   pthread_mutex_unlock(&c->lock);
   pthread_mutex_destroy(&c->lock);
   ph_os_acct_fini(&c->os);
-  for (unsigned i = 0; i < h->cp.parts_cap; i++) {
-    free(h->cp.parts[i].cands);
-    free(h->cp.parts[i].larges);
-  }
-  free(h->cp.parts);
+  if (h->cp)
+    h->cp_free(h->cp); /* compact/pools_compact.c's scratch */
+  free(h->otab);
   free(c);
   free(h);
   return PH_OK;
@@ -224,6 +242,23 @@ int php_owner_create(php_heap *h, php_owner **out) {
   o->h = h;
   o->next_to_sweep = h->core->nclasses;
   pthread_mutex_lock(&h->core->lock);
+  uint32_t i = 0;
+  while (i < h->otab_cap && h->otab[i])
+    i++;
+  if (i == h->otab_cap) { /* pools.owner: the table grows */
+    uint32_t ncap = h->otab_cap ? h->otab_cap * 2 : 16;
+    struct php_owner **t = realloc(h->otab, ncap * sizeof *t);
+    if (!t) {
+      pthread_mutex_unlock(&h->core->lock);
+      free(o);
+      return PH_ENOMEM;
+    }
+    memset(t + h->otab_cap, 0, (ncap - h->otab_cap) * sizeof *t);
+    h->otab = t;
+    h->otab_cap = ncap;
+  }
+  o->index = i;
+  h->otab[i] = o;
   o->next_owner = h->owners;
   if (h->owners)
     h->owners->prev_owner = o;
@@ -263,11 +298,11 @@ int php_orphan_counters(php_heap *h, php_counters *out) {
 }
 
 /* Move list *from onto *to, giving its pools owner o. */
-static void move_pools(php_pool **from, php_pool **to, struct php_owner *o) {
+static void move_pools(ph_pool **from, ph_pool **to, struct php_owner *o) {
   while (*from) {
-    php_pool *p = *from;
+    ph_pool *p = *from;
     *from = p->next;
-    p->owner = o;
+    p->owner = o ? o->index : PHP_NO_OWNER;
     p->next = *to;
     *to = p;
   }
@@ -293,7 +328,7 @@ int php_owner_orphan(php_owner *o) {
   struct php_heap *h = o->h;
   pthread_mutex_lock(&h->core->lock);
   for (unsigned c = 0; c < h->core->nclasses; c++) {
-    php_pool *l = atomic_load_explicit(&h->orph.avail[c], memory_order_relaxed);
+    ph_pool *l = atomic_load_explicit(&h->orph.avail[c], memory_order_relaxed);
     move_pools(&o->avail[c], &l, NULL);
     atomic_store_explicit(&h->orph.avail[c], l, memory_order_relaxed);
     move_pools(&o->full[c], &h->orph.full[c], NULL);
@@ -315,7 +350,7 @@ int php_owner_adopt(php_owner *o) {
   struct php_heap *h = o->h;
   pthread_mutex_lock(&h->core->lock);
   for (unsigned c = 0; c < h->core->nclasses; c++) {
-    php_pool *l = atomic_load_explicit(&h->orph.avail[c], memory_order_relaxed);
+    ph_pool *l = atomic_load_explicit(&h->orph.avail[c], memory_order_relaxed);
     move_pools(&l, &o->avail[c], o);
     atomic_store_explicit(&h->orph.avail[c], NULL, memory_order_relaxed);
     move_pools(&h->orph.full[c], &o->full[c], o);
@@ -342,6 +377,7 @@ int php_owner_destroy(php_owner *o) {
   if (o->next_owner)
     o->next_owner->prev_owner = o->prev_owner;
   h->nowners--;
+  h->otab[o->index] = NULL;
   o->sig = PH_SIG_DEAD;
   pthread_mutex_unlock(&h->core->lock);
   free(o);
@@ -358,59 +394,30 @@ void php_call_on_free(struct php_heap *h, ph_value b) {
   php_tls_callback = 0;
 }
 
-/* pools.sweep: sweep p.  A slot whose colour is garbage goes to on_free
- * and becomes free (header 0); the free list is rebuilt in address order
- * and nlive / live_words recounted.  live_mask (compaction): colours that
- * are live; any other allocated block sets *bad; set_bits: write the live
- * bitmap (heap.pool.bitmap).  live_mask 0: every other colour is live. */
-void php_sweep_pool_counts(struct php_heap *h, php_pool *p, unsigned garbage,
-                           unsigned live_mask, int set_bits, int *bad) {
-  uint32_t ws = h->core->class_wsize[p->cls];
-  ph_value *s = php_pool_slots(p);
-  uint64_t *bits = php_pool_bits(p);
-  ph_value next = 0;
-  uint32_t live = 0;
-  uint64_t words = 0, word = 0;
-  for (uint32_t i = p->nslots; i-- > 0;) {
-    ph_value *slot = s + (size_t)i * ws;
-    ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);
-    if (hd != 0 && php_hd_colour(hd) == garbage) {
-      php_call_on_free(h, (ph_value)(slot + 1));
-#if PH_POISON
-      for (uint32_t k = 2; k < ws; k++)
-        slot[k] = PH_POISON_WORD;
-#endif
-      __atomic_store_n(slot, 0, __ATOMIC_RELAXED);
-      hd = 0;
-    }
-    if (hd == 0) {
-      slot[1] = next;
-      next = (ph_value)(slot + 1);
-    } else {
-      if (live_mask && !(live_mask >> php_hd_colour(hd) & 1))
-        *bad = 1;
-      live++;
-      words += php_hd_wosize(hd) + 1;
-      word |= (uint64_t)1 << (i & 63);
-    }
-    if ((i & 63) == 0) {
-      if (set_bits)
-        bits[i >> 6] = word;
-      word = 0;
-    }
-  }
-  p->free = next;
-  p->nlive = live;
-  p->live_words = words;
+static void on_free_cb(void *ctx, ph_value b) {
+  php_call_on_free(ctx, b);
 }
 
-static void free_pool_locked(struct php_heap *h, php_pool *p) {
+/* pools.sweep: sweep p with heap.sweep.pool, the per-pool sweep of the
+ * managed collector: garbage to on_free, then free; live_mask
+ * (compaction): colours that are live, any other sets *bad; set_bits: the
+ * live bitmap (heap.pool.bitmap).  live_mask 0: every other colour is
+ * live. */
+void php_sweep_pool_counts(struct php_heap *h, ph_pool *p, unsigned garbage,
+                           unsigned live_mask, int set_bits, int *bad) {
+  int ignored = 0;
+  ph_pool_sweep_garbage(h->core, p, garbage, live_mask, set_bits,
+                        h->cfg.on_free ? on_free_cb : NULL, h,
+                        bad ? bad : &ignored);
+}
+
+static void free_pool_locked(struct php_heap *h, ph_pool *p) {
   p->sig = PH_SIG_DEAD;
   ph_units_free_locked(h->core, p->chunk, p->unit, 1);
   h->core->pool_units--;
 }
 
-static void owner_sweep_pool(struct php_owner *o, php_pool *p) {
+static void owner_sweep_pool(struct php_owner *o, ph_pool *p) {
   struct php_heap *h = o->h;
   php_counters before = pool_counts(h, p);
   php_sweep_pool_counts(h, p,
@@ -425,9 +432,20 @@ static void owner_sweep_pool(struct php_owner *o, php_pool *p) {
   }
   php_counters after = pool_counts(h, p);
   counters_add(&o->c, &after, 1);
-  php_pool **l = p->free ? &o->avail[p->cls] : &o->full[p->cls];
+  ph_pool **l = p->free ? &o->avail[p->cls] : &o->full[p->cls];
   p->next = *l;
   *l = p;
+}
+
+/* Give a garbage large block's units back (lock held); 0 if the OS
+ * refused (heap.large.commit): the block stays, marked, and the next sweep
+ * tries again without telling on_free twice. */
+int php_large_free_locked(struct php_heap *h, php_large *l) {
+  if (ph_large_free_locked(h->core, &l->base))
+    return 1;
+  l->base.sig = PH_SIG_LARGE; /* ph_large_free_locked made it raw */
+  l->base.pad = 1;
+  return 0;
 }
 
 /* Sweep one large block; returns its words of work. */
@@ -435,21 +453,27 @@ static intptr_t owner_sweep_large(struct php_owner *o, php_large *l) {
   struct php_heap *h = o->h;
   ph_value b = php_large_block(l);
   ph_value hd = php_hd_load(b);
-  if (php_hd_colour(hd) !=
-      atomic_load_explicit(&h->garbage, memory_order_relaxed)) {
+  intptr_t work = (intptr_t)php_hd_wosize(hd) + 1;
+  if (!l->base.pad &&
+      php_hd_colour(hd) !=
+          atomic_load_explicit(&h->garbage, memory_order_relaxed)) {
     l->next = o->large;
     o->large = l;
-    return (intptr_t)php_hd_wosize(hd) + 1;
+    return work;
   }
-  php_call_on_free(h, b);
+  if (!l->base.pad)
+    php_call_on_free(h, b);
   php_counters lc = large_counts(h, l);
-  counters_add(&o->c, &lc, -1);
   pthread_mutex_lock(&h->core->lock);
-  l->sig = PH_SIG_DEAD;
-  ph_units_free_locked(h->core, l->chunk, l->unit, l->nunits);
-  h->core->large_units -= l->nunits;
+  int freed = php_large_free_locked(h, l);
   pthread_mutex_unlock(&h->core->lock);
-  return (intptr_t)php_hd_wosize(hd) + 1;
+  if (freed) {
+    counters_add(&o->c, &lc, -1);
+  } else {
+    l->next = o->large;
+    o->large = l;
+  }
+  return work;
 }
 
 intptr_t php_sweep(php_owner *o, intptr_t budget) {
@@ -459,14 +483,14 @@ intptr_t php_sweep(php_owner *o, intptr_t budget) {
   intptr_t pw = (intptr_t)pool_words(h);
   while (budget > 0 && o->next_to_sweep < h->core->nclasses) {
     unsigned c = o->next_to_sweep;
-    php_pool **l = o->unswept_avail[c]  ? &o->unswept_avail[c]
-                   : o->unswept_full[c] ? &o->unswept_full[c]
-                                        : NULL;
+    ph_pool **l = o->unswept_avail[c]  ? &o->unswept_avail[c]
+                  : o->unswept_full[c] ? &o->unswept_full[c]
+                                       : NULL;
     if (!l) {
       o->next_to_sweep++;
       continue;
     }
-    php_pool *p = *l;
+    ph_pool *p = *l;
     *l = p->next;
     owner_sweep_pool(o, p);
     budget -= pw;
@@ -504,7 +528,7 @@ int php_cycle(php_owner *o) {
 /* ----------------------------------------------------------- allocation */
 
 /* A fresh pool of class cls for o, on its avail list. */
-static php_pool *new_pool(struct php_owner *o, unsigned cls) {
+static ph_pool *new_pool(struct php_owner *o, unsigned cls) {
   struct php_heap *h = o->h;
   struct ph_heap *core = h->core;
   ph_chunk *c;
@@ -516,18 +540,19 @@ static php_pool *new_pool(struct php_owner *o, unsigned cls) {
   pthread_mutex_unlock(&core->lock);
   if (err != PH_OK)
     return NULL;
-  php_pool *p = (php_pool *)ph_unit_addr(core, c, u);
+  ph_pool *p = (ph_pool *)ph_unit_addr(core, c, u);
   memset(p, 0, core->pool_hdr);
-  p->sig = PHP_SIG_POOL;
+  p->sig = PH_SIG_POOL;
   p->kind = PH_U_POOL;
   p->cls = (uint16_t)cls;
   p->nslots = core->class_nslots[cls];
   p->hdr = (uint16_t)core->pool_hdr;
   p->chunk = c;
   p->unit = u;
-  p->owner = o;
+  p->owner = o->index;
+  p->nfree = p->nslots;
   uint32_t ws = core->class_wsize[cls];
-  ph_value *s = php_pool_slots(p), next = 0;
+  ph_value *s = php_slots(p), next = 0;
   for (uint32_t i = p->nslots; i-- > 0;) {
     ph_value *slot = s + (size_t)i * ws;
     slot[0] = 0;
@@ -543,12 +568,12 @@ static php_pool *new_pool(struct php_owner *o, unsigned cls) {
 }
 
 /* pools.alloc: a pool with room for class cls on top of o->avail[cls]. */
-static php_pool *find_pool(struct php_owner *o, unsigned cls) {
+static ph_pool *find_pool(struct php_owner *o, unsigned cls) {
   struct php_heap *h = o->h;
   while (!o->avail[cls] && (o->unswept_avail[cls] || o->unswept_full[cls])) {
-    php_pool **l =
+    ph_pool **l =
         o->unswept_avail[cls] ? &o->unswept_avail[cls] : &o->unswept_full[cls];
-    php_pool *p = *l;
+    ph_pool *p = *l;
     *l = p->next;
     owner_sweep_pool(o, p);
   }
@@ -557,14 +582,14 @@ static php_pool *find_pool(struct php_owner *o, unsigned cls) {
   /* relaxed: a hint, the pop is under the lock */
   if (atomic_load_explicit(&h->orph.avail[cls], memory_order_relaxed)) {
     pthread_mutex_lock(&h->core->lock);
-    php_pool *p =
+    ph_pool *p =
         atomic_load_explicit(&h->orph.avail[cls], memory_order_relaxed);
     if (p) {
       atomic_store_explicit(&h->orph.avail[cls], p->next, memory_order_relaxed);
       php_counters pc = pool_counts(h, p);
       counters_add(&h->orph.c, &pc, -1);
       counters_add(&o->c, &pc, 1);
-      p->owner = o;
+      p->owner = o->index;
       p->next = o->avail[cls];
       o->avail[cls] = p;
     }
@@ -586,22 +611,27 @@ static ph_value large_alloc(struct php_owner *o, size_t wosize, unsigned bits) {
   }
   ph_chunk *c;
   uint32_t u;
+  size_t comm = 0, bytes = PH_LARGE_HDR + 8 + wosize * 8;
   pthread_mutex_lock(&core->lock);
-  int err = ph_units_take_locked(core, n, PH_U_LARGE, &c, &u);
-  if (err == PH_OK)
+  int err = ph_units_take_large_locked(core, n, bytes, &c, &u, &comm);
+  php_large *l = NULL;
+  if (err == PH_OK) {
+    l = (php_large *)ph_unit_addr(core, c, u);
+    memset(l, 0, PH_LARGE_HDR);
+    l->base.sig = PH_SIG_LARGE;
+    l->base.kind = PH_U_LARGE;
+    l->base.nunits = (uint32_t)n;
+    l->base.unit = u;
+    l->base.chunk = c;
+    l->base.comm = comm;
     core->large_units += n;
+    core->large_comm += comm;
+  }
   pthread_mutex_unlock(&core->lock);
   if (err != PH_OK) {
     o->last_error = err;
     return 0;
   }
-  php_large *l = (php_large *)ph_unit_addr(core, c, u);
-  memset(l, 0, PH_LARGE_HDR);
-  l->sig = PHP_SIG_LARGE;
-  l->kind = PH_U_LARGE;
-  l->nunits = (uint32_t)n;
-  l->unit = u;
-  l->chunk = c;
   l->owner = o;
   l->next = o->large;
   o->large = l;
@@ -629,7 +659,7 @@ ph_value php_alloc(php_owner *o, size_t wosize, unsigned header_bits) {
   if (wosize > core->max_small_wosize)
     return large_alloc(o, wosize, header_bits);
   unsigned cls = ph_class_of_wosize(core, wosize);
-  php_pool *p = o->avail[cls];
+  ph_pool *p = o->avail[cls];
   if (!p && !(p = find_pool(o, cls))) {
     o->last_error = PH_ENOMEM;
     return 0;
@@ -637,7 +667,8 @@ ph_value php_alloc(php_owner *o, size_t wosize, unsigned header_bits) {
   ph_value b = p->free;
   p->free = *(ph_value *)b;
   p->nlive++;
-  p->live_words += wosize + 1;
+  p->nfree--;
+  p->live_words += (uint32_t)(wosize + 1);
   if (!p->free) { /* full: it is the head of avail */
     o->avail[cls] = p->next;
     p->next = o->full[cls];
@@ -672,9 +703,9 @@ int php_visit_pool_of(php_heap *h, ph_value addr, php_block_fn fn, void *user) {
       u--;
     char *ua = ph_unit_addr(core, c, u);
     if (c->ustate[u] == PH_U_POOL) {
-      php_pool *p = (php_pool *)ua;
+      ph_pool *p = (ph_pool *)ua;
       ws = core->class_wsize[p->cls];
-      slots = php_pool_slots(p);
+      slots = php_slots(p);
       if (addr >= (ph_value)slots &&
           addr < (ph_value)(slots + (size_t)p->nslots * ws))
         n = p->nslots;
@@ -745,14 +776,14 @@ void php_rebuild_lists_locked(struct php_heap *h) {
         }
         if (ch->ustate[u] != PH_U_POOL)
           continue;
-        php_pool *p = (php_pool *)ua;
+        ph_pool *p = (ph_pool *)ua;
         if ((p->nlive * 2 >= p->nslots) != dense)
           continue;
         php_counters pc = pool_counts(h, p);
-        struct php_owner *o = p->owner;
+        struct php_owner *o = php_pool_owner(h, p);
         counters_add(o ? &o->c : &h->orph.c, &pc, 1);
         if (!p->free) {
-          php_pool **l = o ? &o->full[p->cls] : &h->orph.full[p->cls];
+          ph_pool **l = o ? &o->full[p->cls] : &h->orph.full[p->cls];
           p->next = *l;
           *l = p;
         } else if (o) {
@@ -789,8 +820,8 @@ static void vfail(vctx *v, const char *fmt, ...) {
 
 static void check_pool(vctx *v, ph_chunk *c, uint32_t u) {
   struct ph_heap *core = v->h->core;
-  php_pool *p = (php_pool *)ph_unit_addr(core, c, u);
-  if (p->sig != PHP_SIG_POOL || p->kind != PH_U_POOL ||
+  ph_pool *p = (ph_pool *)ph_unit_addr(core, c, u);
+  if (p->sig != PH_SIG_POOL || p->kind != PH_U_POOL ||
       p->cls >= core->nclasses || p->nslots != core->class_nslots[p->cls] ||
       p->chunk != c || p->unit != u || p->hdr != core->pool_hdr) {
     vfail(v, "pool %p: bad header", (void *)p);
@@ -798,7 +829,7 @@ static void check_pool(vctx *v, ph_chunk *c, uint32_t u) {
   }
   uint32_t ws = core->class_wsize[p->cls], live = 0, nfree = 0;
   uint64_t words = 0;
-  ph_value *s = php_pool_slots(p);
+  ph_value *s = php_slots(p);
   for (uint32_t i = 0; i < p->nslots && !v->bad; i++) {
     ph_value hd = s[(size_t)i * ws];
     if (hd == 0) {
@@ -814,7 +845,8 @@ static void check_pool(vctx *v, ph_chunk *c, uint32_t u) {
   }
   if (v->bad)
     return;
-  if (live != p->nlive || words != p->live_words)
+  if (live != p->nlive || words != p->live_words ||
+      p->nfree != p->nslots - live || p->cached || p->evacuated)
     vfail(v, "pool %p: live %u words %llu, recount %u %llu", (void *)p,
           p->nlive, (unsigned long long)p->live_words, live,
           (unsigned long long)words);
@@ -831,13 +863,13 @@ static void check_pool(vctx *v, ph_chunk *c, uint32_t u) {
 }
 
 /* Walk one list: right owner, class, state; adds to *seen and *cnt. */
-static void check_list(vctx *v, php_pool *p, struct php_owner *o, unsigned c,
+static void check_list(vctx *v, ph_pool *p, struct php_owner *o, unsigned c,
                        int want_free, int swept, size_t *seen,
                        php_counters *cnt) {
   size_t limit = v->h->core->pool_units;
   for (; p && !v->bad; p = p->next) {
-    if (p->sig != PHP_SIG_POOL || p->owner != o || p->cls != c ||
-        ++*seen > limit)
+    if (p->sig != PH_SIG_POOL || p->owner != (o ? o->index : PHP_NO_OWNER) ||
+        p->cls != c || ++*seen > limit)
       vfail(v, "list %p/%u broken at pool %p", (void *)o, c, (void *)p);
     else if (swept && (want_free ? !p->free : p->free != 0))
       vfail(v, "pool %p on the %s list", (void *)p,
@@ -852,7 +884,7 @@ static void check_list(vctx *v, php_pool *p, struct php_owner *o, unsigned c,
 static void check_larges(vctx *v, php_large *l, struct php_owner *o,
                          size_t *seen, php_counters *cnt) {
   for (; l && !v->bad; l = l->next) {
-    if (l->sig != PHP_SIG_LARGE || l->owner != o || ++*seen > 1u << 30)
+    if (l->base.sig != PH_SIG_LARGE || l->owner != o || ++*seen > 1u << 30)
       vfail(v, "large list of %p broken at %p", (void *)o, (void *)l);
     else {
       php_counters lc = large_counts(v->h, l);
@@ -898,7 +930,7 @@ int php_verify(php_heap *h, char *why, size_t why_size) {
   vctx v = {h, why, why_size, 0};
   struct ph_heap *core = h->core;
   pthread_mutex_lock(&core->lock);
-  uint64_t pools = 0, large = 0, larges = 0, comm = 0;
+  uint64_t pools = 0, large = 0, larges = 0, comm = 0, lcomm = 0;
   for (unsigned i = 0; i < core->nchunks && !v.bad; i++) {
     ph_chunk *c = core->chunks[i];
     if (i > 0 &&
@@ -907,7 +939,8 @@ int php_verify(php_heap *h, char *why, size_t why_size) {
     uint32_t nfree = 0;
     for (uint32_t u = 0; u < c->nunits && !v.bad; u++) {
       uint8_t st = c->ustate[u];
-      comm += st != PH_U_FREE;
+      if (st != PH_U_FREE && st != PH_U_LARGE && st != PH_U_LARGE_TAIL)
+        comm += core->pool_size;
       if (st == PH_U_FREE || st == PH_U_FREE_COMM) {
         nfree++;
         if (u < c->hint)
@@ -916,18 +949,23 @@ int php_verify(php_heap *h, char *why, size_t why_size) {
         pools++;
         check_pool(&v, c, u);
       } else if (st == PH_U_LARGE) {
-        php_large *l = (php_large *)ph_unit_addr(core, c, u);
-        ph_value b = php_large_block(l);
+        ph_large *l = (ph_large *)ph_unit_addr(core, c, u);
+        ph_value b = php_large_block((php_large *)l);
         size_t wo = php_hd_wosize(*((ph_value *)b - 1));
-        if (l->sig != PHP_SIG_LARGE || l->nunits == 0 ||
+        if (l->sig != PH_SIG_LARGE || l->nunits == 0 ||
             u + l->nunits > c->nunits || l->unit != u || l->chunk != c ||
             wo <= core->max_small_wosize ||
-            PH_LARGE_HDR + 8 + wo * 8 > (size_t)l->nunits << core->pool_shift)
+            PH_LARGE_HDR + 8 + wo * 8 > (size_t)l->nunits << core->pool_shift ||
+            /* heap.large.commit: its pages, nothing beyond its last unit */
+            l->comm < PH_LARGE_HDR + 8 + wo * 8 ||
+            l->comm > (size_t)l->nunits << core->pool_shift)
           vfail(&v, "large block at %p: bad header", (void *)l);
         for (uint32_t k = 1; k < l->nunits && !v.bad; k++)
           if (c->ustate[u + k] != PH_U_LARGE_TAIL)
             vfail(&v, "large block at %p: unit %u not a tail", (void *)l, k);
         large += l->nunits;
+        lcomm += l->comm;
+        comm += l->comm;
         larges++;
       } else if (st != PH_U_LARGE_TAIL) {
         vfail(&v, "chunk %u unit %u: bad state %u", i, u, st);
@@ -936,14 +974,15 @@ int php_verify(php_heap *h, char *why, size_t why_size) {
     if (!v.bad && nfree != c->nfree)
       vfail(&v, "chunk %u: %u free units, counter says %u", i, nfree, c->nfree);
   }
-  if (!v.bad && (pools != core->pool_units || large != core->large_units))
+  if (!v.bad && (pools != core->pool_units || large != core->large_units ||
+                 lcomm != core->large_comm))
     vfail(&v, "unit counters: pools %zu/%llu large %zu/%llu", core->pool_units,
           (unsigned long long)pools, core->large_units,
           (unsigned long long)large);
   uint64_t oc = atomic_load_explicit(&core->os.committed, memory_order_relaxed);
-  if (!v.bad && oc != comm << core->pool_shift)
+  if (!v.bad && oc != comm)
     vfail(&v, "committed bytes %llu, units say %llu", (unsigned long long)oc,
-          (unsigned long long)(comm << core->pool_shift));
+          (unsigned long long)comm);
   uint64_t om = atomic_load_explicit(&core->os.mappings, memory_order_relaxed);
   if (!v.bad && om != core->nchunks)
     vfail(&v, "mappings %llu, chunks %u", (unsigned long long)om,

@@ -12,7 +12,7 @@
  * classes are consecutive (no waste) or w_{k+1} <= 8 w_k / 7, so
  * (w_{k+1} - s) / w_{k+1} < (w_{k+1} - w_k) / w_{k+1} <= 1/8.
  * Blocks of more than wmax - 1 fields are large blocks. */
-#include "heap/internal.h"
+#include "heap/heap.h"
 
 int ph_sizeclass_init(struct ph_heap *h) {
   /* heap.pool.bitmap: one bit for each possible slot (2 words at least) */

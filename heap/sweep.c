@@ -1,23 +1,23 @@
 /* heap/sweep.c -- parallel sweep (DESIGN.md: heap.sweep).
  *
  * Participants claim batches of units from the section's unit index space.
- * For a pool: every BLACK block becomes WHITE, is counted live and gets its
- * bit in the pool's live bitmap (heap.pool.bitmap); every
- * other slot becomes a BLUE free slot; the free list is rebuilt in address
- * order and nlive/nfree recounted (compaction's stats tables come from these
- * counts: no second pass over memory).  A pool with free slots is pushed on
- * its owner's avail list and recorded for the compactor (ph_cand); an
- * empty pool, and every unmarked large block, is
- * handed to ph_sweep_finish_stw_single, which frees their units under
- * heap->lock. */
-#include "heap/internal.h"
+ * For a pool (heap.sweep.pool, the per-pool sweep the pool layer uses too):
+ * every BLACK block becomes WHITE, is counted live and gets its bit in the
+ * pool's live bitmap (heap.pool.bitmap); every other slot becomes a free
+ * slot (header 0); the free list is rebuilt in address order and nlive/nfree
+ * recounted (compaction's stats tables come from these counts: no second
+ * pass over memory).  A pool with free slots is pushed
+ * on its owner's avail list and recorded for the compactor (ph_cand); an empty
+ * pool, and every unmarked large block, is handed to
+ * ph_sweep_finish_stw_single, which frees their units under heap->lock. */
+#include "heap/heap.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 /* Append to a worker's record array, growing it; on failure the records are
  * incomplete and the compactor must not plan from them. */
-static void *grow(ph_worker *w, void *arr, size_t *cap, size_t elem) {
+static void *grow(ph_pool_worker *w, void *arr, size_t *cap, size_t elem) {
   size_t ncap = *cap ? *cap * 2 : 256;
   void *n = realloc(arr, ncap * elem);
   if (!n) {
@@ -28,7 +28,7 @@ static void *grow(ph_worker *w, void *arr, size_t *cap, size_t elem) {
   return n;
 }
 
-static void record_cand(ph_worker *w, ph_pool *p) {
+static void record_cand(ph_pool_worker *w, ph_pool *p) {
   if (w->ncands == w->cands_cap) {
     ph_cand *n = grow(w, w->cands, &w->cands_cap, sizeof *n);
     if (!n)
@@ -38,7 +38,7 @@ static void record_cand(ph_worker *w, ph_pool *p) {
   w->cands[w->ncands++] = (ph_cand){p, p->nlive, p->cls, (uint16_t)p->owner};
 }
 
-static void record_large(ph_worker *w, ph_large *l) {
+static void record_large(ph_pool_worker *w, ph_large *l) {
   if (w->nlarges == w->larges_cap) {
     ph_large **n = grow(w, w->larges, &w->larges_cap, sizeof *n);
     if (!n)
@@ -48,39 +48,80 @@ static void record_large(ph_worker *w, ph_large *l) {
   w->larges[w->nlarges++] = l;
 }
 
-static void sweep_pool(struct ph_heap *h, ph_worker *w, ph_pool *p) {
+/* heap.sweep.pool: the one per-pool sweep of both clients, specialised by
+ * its constant arguments.  by_mark (the managed collector): a block is live
+ * iff its color is `color` (BLACK), and its header is made WHITE again;
+ * else (the pool layer): a block is garbage iff its color is `color` (the
+ * embedder's garbage color), on_free sees it first, and live headers are
+ * not written (live_mask: colors allowed for them, *bad set otherwise).
+ * Every other slot becomes free (header 0, pools.header); the free list is
+ * rebuilt in address order, nlive and nfree recounted, the live bitmap
+ * written (heap.pool.bitmap) if set_bits, live_words if count_words.
+ * Headers are read and written with relaxed atomics: in the pool layer,
+ * markers of other threads may be setting colors meanwhile. */
+static inline __attribute__((always_inline)) void
+pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
+           unsigned live_mask, int set_bits, int count_words,
+           void (*on_free)(void *ctx, ph_value b), void *ctx, int *bad) {
   uint32_t wsize = h->class_wsize[p->cls];
-  ph_value blue = ph_hd_make(wsize - 1, PH_BLUE, 0);
   ph_value *s = (ph_value *)ph_pool_slots(p);
   uint64_t *bits = ph_pool_bits(p);
   ph_value next = 0;
   uint32_t live = 0;
-  uint64_t word = 0;
+  uint64_t word = 0, words = 0;
   for (uint32_t i = p->nslots; i-- > 0;) {
     ph_value *slot = s + (size_t)i * wsize;
-    ph_value hd = slot[0];
-    if (ph_hd_color(hd) == PH_BLACK) {
-      slot[0] = hd & ~PH_HD_COLOR_MASK;
+    ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);
+    int keep = by_mark ? ph_hd_color(hd) == color
+                       : hd != 0 && ph_hd_color(hd) != color;
+    if (keep) {
+      if (by_mark)
+        __atomic_store_n(slot, hd & ~PH_HD_COLOR_MASK, __ATOMIC_RELAXED);
+      else if (live_mask && !(live_mask >> ph_hd_color(hd) & 1))
+        *bad = 1;
       live++;
+      if (count_words)
+        words += ph_hd_wosize(hd) + 1;
       word |= (uint64_t)1 << (i & 63);
     } else {
+      if (hd != 0) { /* it dies now */
+        if (on_free)
+          on_free(ctx, (ph_value)(slot + 1));
 #if PH_POISON
-      if (ph_hd_color(hd) == PH_WHITE)
         for (uint32_t k = 2; k < wsize; k++)
           slot[k] = PH_POISON_WORD;
 #endif
-      slot[0] = blue;
+        __atomic_store_n(slot, 0, __ATOMIC_RELAXED);
+      }
       slot[1] = next;
       next = (ph_value)(slot + 1);
     }
     if ((i & 63) == 0) { /* the lowest slot of a bitmap word */
-      bits[i >> 6] = word;
+      if (set_bits)
+        bits[i >> 6] = word;
       word = 0;
     }
   }
   p->free = next;
   p->nlive = live;
   p->nfree = p->nslots - live;
+  if (count_words)
+    p->live_words = (uint32_t)words;
+}
+
+void ph_pool_sweep_garbage(struct ph_heap *h, ph_pool *p, unsigned garbage,
+                           unsigned live_mask, int set_bits,
+                           void (*on_free)(void *ctx, ph_value b), void *ctx,
+                           int *bad) {
+  if (set_bits)
+    pool_sweep(h, p, 0, garbage, live_mask, 1, 1, on_free, ctx, bad);
+  else
+    pool_sweep(h, p, 0, garbage, live_mask, 0, 1, on_free, ctx, bad);
+}
+
+static void sweep_pool(struct ph_heap *h, ph_pool_worker *w, ph_pool *p) {
+  pool_sweep(h, p, 1, PH_BLACK, 0, 1, 0, NULL, NULL, NULL);
+  uint32_t live = p->nlive;
   p->cached = 0;
   p->evacuated = 0;
   if (live == 0) {
@@ -88,12 +129,12 @@ static void sweep_pool(struct ph_heap *h, ph_worker *w, ph_pool *p) {
     w->empty_pools = p;
   } else if (p->nfree > 0) {
     ph_pool_push_avail(h, p);
-    w->frag_bytes += (uint64_t)p->nfree * wsize * 8;
+    w->frag_bytes += (uint64_t)p->nfree * h->class_wsize[p->cls] * 8;
     record_cand(w, p);
   }
 }
 
-static void sweep_large(struct ph_heap *h, ph_worker *w, ph_large *l) {
+static void sweep_large(struct ph_heap *h, ph_pool_worker *w, ph_large *l) {
   (void)h;
   ph_value *hp = (ph_value *)((char *)l + PH_LARGE_HDR);
   if (ph_hd_color(*hp) == PH_BLACK) {
@@ -114,25 +155,24 @@ static void sweep_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
     sweep_large(h, ctx, (ph_large *)ph_unit_addr(h, c, u));
 }
 
-void ph_sweep_stw(struct ph_heap *h, ph_worker *w) {
+void ph_sweep_stw(struct ph_heap *h, ph_pool_worker *w) {
   w->empty_pools = NULL;
   w->dead_large = NULL;
   w->frag_bytes = 0;
   w->ncands = 0;
   w->nlarges = 0;
   w->records_lost = 0;
-  ph_stw_each_unit_stw(h, &h->stw.claim_units, 8, sweep_unit, w);
+  ph_units_each_stw(h, &h->sec.claim_sweep, 8, sweep_unit, w);
 }
 
-/* Free what the sweep found dead, under heap->lock (other threads may be
- * attaching or allocating large blocks... no: they wait; the lock keeps the
- * chunk tables consistent with ph_stats_get and attach). */
+/* Free what the sweep found dead, under heap->lock (the lock keeps the
+ * chunk tables consistent with ph_stats_get, which may run meanwhile). */
 void ph_sweep_finish_stw_single(struct ph_heap *h) {
-  ph_stw *s = &h->stw;
+  ph_section *s = &h->sec;
   pthread_mutex_lock(&h->lock);
   uint64_t live = 0, blocks = 0;
   for (unsigned i = 0; i < s->nparts; i++) {
-    ph_worker *w = &s->workers[i];
+    ph_pool_worker *w = &s->pw[i];
     live += w->live_bytes;
     blocks += w->live_blocks;
     for (ph_pool *p = w->empty_pools, *n; p; p = n) {
@@ -144,9 +184,7 @@ void ph_sweep_finish_stw_single(struct ph_heap *h) {
     w->empty_pools = NULL;
     for (ph_large *l = w->dead_large, *n; l; l = n) {
       n = l->dead_next;
-      l->sig = PH_SIG_DEAD;
-      ph_units_free_locked(h, l->chunk, l->unit, l->nunits);
-      h->large_units -= l->nunits;
+      ph_large_free_locked(h, l); /* refused: stays, swept again next time */
     }
     w->dead_large = NULL;
   }

@@ -24,7 +24,9 @@
  *   registered global slot (ph_root_add) or a slot visited by the embedder's
  *   scan_roots hook.  Compaction moves blocks and rewrites those slots.
  *   Report each slot through one kind of root only (not both registered
- *   with ph_root_add and visited by the hook).
+ *   with ph_root_add and visited by the hook).  A slot reported twice anyway
+ *   is still updated correctly (see ph_scan_roots_fn); it only costs a
+ *   second visit.
  * - Callbacks (the ph_census fn, on_event, scan_roots) run inside a
  *   stop-the-world section.  A call into poolheap from inside one, on the
  *   callback's thread, is refused in every build and changes nothing:
@@ -93,7 +95,13 @@ typedef enum {
  * marking and during compaction's pointer update, for every attached domain
  * (blocking ones too, from another domain's thread).  It must not allocate
  * or call into poolheap other than through visit: such calls are refused
- * (PH_ESTATE; see Callbacks above). */
+ * (PH_ESTATE; see Callbacks above).
+ * A slot visited more than once in one pass (twice by the hook, by the hooks
+ * of two domains, or by the hook and also registered with ph_root_add) is
+ * harmless in every build: marking only reads it, and compaction's update
+ * rewrites a root slot only while it still points into a block that moved,
+ * so a repeated visit finds the new address and leaves it alone.  By the
+ * time the section ends, every visited slot holds its block's new address. */
 typedef void (*ph_scan_roots_fn)(ph_domain *d, ph_visit_fn visit, void *ctx,
                                  void *user);
 /* Called around every phase on every participating domain; begin is 1 at the
@@ -106,7 +114,8 @@ typedef void (*ph_event_fn)(ph_phase phase, int begin, unsigned domain,
 typedef struct ph_config {
   unsigned max_domains;    /* 1..1024, default 64 */
   size_t pool_size;        /* power of two, 4 KiB..4 MiB, default 32 KiB */
-  size_t heap_limit;       /* max committed bytes, 0 = none (default) */
+  size_t heap_limit;       /* max committed bytes, 0 = none (default); a
+                              large block counts only the pages it uses */
   unsigned gc_percent;     /* 0 = explicit only; 1..10000, default 100 */
   ph_huge_mode huge_pages; /* default PH_HUGE_OFF */
   ph_scan_roots_fn scan_roots;
@@ -140,16 +149,40 @@ void ph_config_init(ph_config *cfg);
 int ph_heap_create(const ph_config *cfg, ph_heap **out);
 /* Destroy a heap and release every mapping it made.  PH_ESTATE while a domain
  * is attached; PH_EINVAL for NULL or a pointer that is not a live heap.
+ * Every function taking a ph_heap* checks it against a process-wide registry
+ * of live heaps before reading it: a heap already destroyed (destroyed twice,
+ * attached to, asked for stats or roots afterwards) gives PH_EINVAL, unless
+ * a later ph_heap_create reused its address.  Calls racing with
+ * ph_heap_destroy on the same heap are not covered.  Detached domain handles
+ * are freed with their heap: do not use them after ph_heap_destroy.
  * The GC helpers' stacks are mappings it made too: none is left behind
  * (what the C library's malloc keeps for its threads is its own). */
 int ph_heap_destroy(ph_heap *h);
 
 /* The calling thread becomes a domain of h.  PH_ESTATE if max_domains are
- * attached already.  A domain is used only by the thread that attached it. */
+ * attached already.  A domain is used only by the thread that attached it.
+ * Every build checks this: a call (other than ph_domain_index, ph_domain_heap
+ * and ph_last_error) on a domain from another thread gets PH_ESTATE, and
+ * ph_safepoint and ph_blocking_enter/leave ignore it.  A thread that exits
+ * with domains still attached has them detached at its exit (as by
+ * ph_domain_detach, from a thread-specific data destructor), so later
+ * collections do not wait for it; until then scan_roots is still called for
+ * such a domain, so the hook must not depend on state the thread's earlier
+ * destructors (C++ thread_local, other keys) have freed. */
 int ph_domain_attach(ph_heap *h, ph_domain **out);
 /* Detach a domain (from its own thread).  Blocks it allocated stay alive
  * while reachable from other roots; its pools are adopted by the heap; its
- * handle-scope roots are dropped.  PH_ESTATE if already detached. */
+ * handle-scope roots are dropped.  PH_ESTATE if already detached.
+ * A stale handle (one that was detached) gets PH_ESTATE from every call that
+ * returns an error (ph_last_error then says PH_ESTATE), and ph_safepoint and
+ * ph_blocking_enter/leave ignore it; ph_domain_index returns (unsigned)-1.
+ * Its memory is kept, not freed, so this never reads freed memory; once 64
+ * more domains of the same heap have detached, it may be reused for a new
+ * attachment.  Then a stale call from any thread but the new owner still
+ * gets PH_ESTATE and changes nothing (ph_domain_index, ph_domain_heap and
+ * ph_last_error report the new domain); from the new owner's thread the
+ * pointer is that thread's live handle again (ph_domain_attach returned
+ * it).  So attach/detach churn uses bounded memory. */
 int ph_domain_detach(ph_domain *d);
 /* A small index, unique among attached domains, < max_domains. */
 unsigned ph_domain_index(const ph_domain *d);
@@ -163,9 +196,15 @@ ph_heap *ph_domain_heap(const ph_domain *d);
  * first.  Returns 0 on failure and ph_last_error(d) says why: PH_EINVAL
  * (wosize 0 or > PH_MAX_WOSIZE, tag > 255, bad domain), PH_ENOMEM, PH_ESTATE
  * (detached domain, or called from inside a callback: see Callbacks at the
- * top). */
+ * top).  A block that could never fit heap_limit (or, without
+ * one, the machine's memory) is refused with PH_ENOMEM at once, without a
+ * collection; a refused allocation reserves nothing: the heap's reserved
+ * bytes and mappings are as they were. */
 ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag);
-/* The error of the last failing call on d (PH_OK if none failed). */
+/* The error of the last failing call on d (PH_OK if none failed).  Calls
+ * refused because d was detached record PH_ESTATE here too; calls refused
+ * because d belongs to another thread leave it alone.  PH_EINVAL for NULL or
+ * a pointer that is not a domain handle. */
 int ph_last_error(const ph_domain *d);
 
 /* ----------------------------------------------------------------- roots */
@@ -174,23 +213,43 @@ int ph_last_error(const ph_domain *d);
  * ph_root pushes v and returns its slot, which stays at the same address
  * until the scope closes and is kept up to date by the collector (NULL if the
  * stack cannot grow); ph_scope_close pops back to mark: PH_ESTATE if mark is
- * not the innermost open scope (closed twice or out of order). */
+ * not the innermost open scope (closed twice or out of order).
+ * Marks are unique for the domain's lifetime: the mark of a scope closed
+ * earlier, or of another attached domain, is never the innermost open
+ * scope, even when a newer scope sits at the same depth, so closing with it
+ * is PH_ESTATE and closes nothing.  ph_scope_open returns (size_t)-1 if it
+ * fails.
+ * Inside a blocking section (between ph_blocking_enter and
+ * ph_blocking_leave), where other domains scan and update this stack, all
+ * three are refused as ph_alloc is: ph_scope_open returns (size_t)-1,
+ * ph_root NULL, ph_scope_close PH_ESTATE, each with ph_last_error(d) ==
+ * PH_ESTATE, and the stack stays as it was.  Open and fill scopes before
+ * ph_blocking_enter, close them after ph_blocking_leave. */
 size_t ph_scope_open(ph_domain *d);
 ph_value *ph_root(ph_domain *d, ph_value v);
 int ph_scope_close(ph_domain *d, size_t mark);
 
 /* Global roots: slots owned by the embedder, callable from any thread.
  * ph_root_add: PH_EINVAL if slot is NULL or already registered.
- * ph_root_remove: PH_EINVAL if slot is not registered. */
+ * ph_root_remove: PH_EINVAL if slot is not registered.  Once it has
+ * returned PH_OK, poolheap never reads or writes *slot again (a collection
+ * or compaction that is scanning or updating the global roots finishes with
+ * them before the removal takes effect), so the slot may be freed or reused
+ * at once, even while another domain collects. */
 int ph_root_add(ph_heap *h, ph_value *slot);
 int ph_root_remove(ph_heap *h, ph_value *slot);
 
 /* ------------------------------------------------------- stop-the-world */
 
-/* Join a pending stop-the-world section; one load when none is pending. */
+/* Join a pending stop-the-world section; one load when none is pending.
+ * NULL, a detached handle, another thread's domain and junk (a pointer to
+ * readable memory that is not a domain handle, told apart by its signature
+ * word) are ignored; that check costs a few more loads, no lock. */
 void ph_safepoint(ph_domain *d);
 /* Around code that does not touch the heap (a system call, a lock wait):
- * collections run without waiting for this domain. */
+ * collections run without waiting for this domain.  NULL, junk, detached
+ * and other threads' handles are ignored.  Allocation and the
+ * handle-scope calls are refused in between (PH_ESTATE, see ph_scope_open). */
 void ph_blocking_enter(ph_domain *d);
 void ph_blocking_leave(ph_domain *d);
 
@@ -217,7 +276,8 @@ typedef struct ph_stats {
   uint64_t live_blocks;     /* blocks found live by the last collection */
   uint64_t pool_bytes;      /* bytes of pools in use (holding blocks) */
   uint64_t free_pool_bytes; /* bytes of committed pool memory not in use */
-  uint64_t large_bytes;     /* bytes of memory holding large blocks */
+  uint64_t large_bytes;     /* bytes of memory holding large blocks (their
+                               committed pages, not whole units) */
   uint64_t committed_bytes; /* bytes committed (may be resident) */
   uint64_t reserved_bytes;  /* address space reserved */
   uint64_t mappings;        /* kernel mappings the heap holds now */
@@ -239,8 +299,9 @@ typedef struct ph_stats {
   uint64_t release_ns;
 } ph_stats;
 
-/* Copy the heap's statistics.  Callable from any thread, but not from
- * inside a callback (PH_ESTATE). */
+/* Copy the heap's statistics.  Callable from any thread.  PH_EINVAL for a
+ * NULL out or a pointer that is not a live heap; PH_ESTATE from inside a
+ * callback. */
 int ph_stats_get(ph_heap *h, ph_stats *out);
 
 /* One row of the fragmentation map. */

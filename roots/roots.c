@@ -2,17 +2,24 @@
  *
  * roots.stack: each domain's handle scopes.  Slots live in segments that
  *   never move, so the pointer ph_root returns stays valid until its scope
- *   closes.  A scope mark is (nesting level << 32 | depth): closing anything
- *   but the innermost open scope is PH_ESTATE, which catches a double close
- *   and out-of-order closes.
+ *   closes.  The three calls are refused (PH_ESTATE) inside a blocking
+ *   section, where other domains scan and update the stack.
+ * roots.mark: a scope mark is (scopes opened by the domain << 10 | domain
+ *   index), unique for the domain's lifetime; the depth to pop back to is
+ *   kept beside it.  Closing anything but the innermost open scope is
+ *   PH_ESTATE, which catches a double close, out-of-order closes and a stale
+ *   mark of a scope closed earlier.
  * roots.global: slots registered by the embedder, an open-addressing set
- *   guarded by roots_lock (callable from any thread).
+ *   guarded by roots_lock (callable from any thread).  roots.global.done:
+ *   a pass over the set ends (the compactor's deferred slot fixes included)
+ *   before roots_lock is released, so once ph_root_remove returns the slot
+ *   is never read or written again.
  * roots.hook: cfg.scan_roots, called for every attached domain.
  *
  * Inside a section, root work is claimed item by item with claim_roots:
  * item 0 is the global set, item 1+i is domain slot i (its stack and the
  * hook), so blocking domains' roots are scanned by whoever claims them. */
-#include "heap/internal.h"
+#include "roots/roots.h"
 
 #include <stdlib.h>
 
@@ -23,6 +30,18 @@ void ph_roots_domain_init(struct ph_domain *d) {
   d->depth = 0;
   d->scopes = NULL;
   d->nscopes = d->scopes_cap = 0;
+  d->scope_serial = 0;
+}
+
+/* barrier.blocking: while the domain is blocking, other domains' sections
+ * scan and update its stack, so the owner may not change it.  state is
+ * written only by the owner (under heap->lock), so the owner reads it
+ * without the lock. */
+static int stack_usable(struct ph_domain *d) {
+  if (d->state == PH_DS_RUNNING)
+    return 1;
+  d->last_error = PH_ESTATE;
+  return 0;
 }
 
 void ph_roots_domain_fini(struct ph_domain *d) {
@@ -38,11 +57,11 @@ void ph_roots_domain_fini(struct ph_domain *d) {
 }
 
 size_t ph_scope_open(ph_domain *d) {
-  if (ph_check_domain(d) != PH_OK || ph_in_section()) /* barrier.reentry */
+  if (ph_domain_enter(d) != PH_OK || !stack_usable(d))
     return (size_t)-1;
   if (d->nscopes == d->scopes_cap) {
     size_t ncap = d->scopes_cap ? d->scopes_cap * 2 : 16;
-    size_t *n = realloc(d->scopes, ncap * sizeof *n);
+    ph_scope_rec *n = realloc(d->scopes, ncap * sizeof *n);
     if (!n) {
       d->last_error = PH_ENOMEM;
       return (size_t)-1;
@@ -50,13 +69,14 @@ size_t ph_scope_open(ph_domain *d) {
     d->scopes = n;
     d->scopes_cap = ncap;
   }
-  size_t mark = ((size_t)d->nscopes << 32) | d->depth;
-  d->scopes[d->nscopes++] = mark;
+  /* roots.mark: 54 bits of serial never wrap; never 0 or (size_t)-1 */
+  size_t mark = (size_t)(++d->scope_serial << 10) | (d->index & 1023u);
+  d->scopes[d->nscopes++] = (ph_scope_rec){mark, d->depth};
   return mark;
 }
 
 ph_value *ph_root(ph_domain *d, ph_value v) {
-  if (ph_check_domain(d) != PH_OK || ph_in_section()) /* barrier.reentry */
+  if (ph_domain_enter(d) != PH_OK || !stack_usable(d))
     return NULL;
   ph_rootseg *s = d->roots;
   if (!s || s->used == PH_ROOTSEG_SLOTS) {
@@ -78,17 +98,16 @@ ph_value *ph_root(ph_domain *d, ph_value v) {
 }
 
 int ph_scope_close(ph_domain *d, size_t mark) {
-  int err = ph_check_domain(d);
+  int err = ph_domain_enter(d);
   if (err != PH_OK)
     return err;
-  if (ph_in_section()) /* barrier.reentry */
+  if (!stack_usable(d))
     return PH_ESTATE;
-  if (d->nscopes == 0 || d->scopes[d->nscopes - 1] != mark) {
+  if (d->nscopes == 0 || d->scopes[d->nscopes - 1].mark != mark) {
     d->last_error = PH_ESTATE;
     return PH_ESTATE;
   }
-  d->nscopes--;
-  size_t depth = mark & 0xffffffffu;
+  size_t depth = d->scopes[--d->nscopes].depth;
   while (d->depth > depth) {
     ph_rootseg *s = d->roots;
     size_t drop = d->depth - depth;
@@ -142,105 +161,120 @@ static int set_insert_roots_locked(ph_value ***tab, size_t *cap,
 }
 
 static int grow_roots_locked(struct ph_heap *h) {
-  size_t ncap = h->groots_cap ? h->groots_cap * 2 : 64;
-  if (h->groots_n * 2 < h->groots_cap)
-    ncap = h->groots_cap; /* mostly tombstones: rehash at the same size */
+  size_t ncap = h->roots->groots_cap ? h->roots->groots_cap * 2 : 64;
+  if (h->roots->groots_n * 2 < h->roots->groots_cap)
+    ncap =
+        h->roots->groots_cap; /* mostly tombstones: rehash at the same size */
   ph_value **n = calloc(ncap, sizeof *n);
   if (!n)
     return PH_ENOMEM;
-  for (size_t i = 0; i < h->groots_cap; i++)
-    if (h->groots[i] && h->groots[i] != TOMB)
-      set_insert_roots_locked(&n, &ncap, h->groots[i]);
-  free(h->groots);
-  h->groots = n;
-  h->groots_cap = ncap;
-  h->groots_used = h->groots_n;
+  for (size_t i = 0; i < h->roots->groots_cap; i++)
+    if (h->roots->groots[i] && h->roots->groots[i] != TOMB)
+      set_insert_roots_locked(&n, &ncap, h->roots->groots[i]);
+  free(h->roots->groots);
+  h->roots->groots = n;
+  h->roots->groots_cap = ncap;
+  h->roots->groots_used = h->roots->groots_n;
   return PH_OK;
 }
 
 int ph_root_add(ph_heap *h, ph_value *slot) {
-  if (!h || h->sig != PH_SIG_HEAP || !slot || ((uintptr_t)slot & 7))
+  if (!slot || ((uintptr_t)slot & 7) || !ph_heap_is_live(h))
     return PH_EINVAL;
   if (ph_in_section()) /* barrier.reentry */
     return PH_ESTATE;
-  pthread_mutex_lock(&h->roots_lock);
+  pthread_mutex_lock(&h->roots->roots_lock);
   int err = PH_OK;
-  if ((h->groots_used + 1) * 10 >= h->groots_cap * 7)
+  if ((h->roots->groots_used + 1) * 10 >= h->roots->groots_cap * 7)
     err = grow_roots_locked(h);
   if (err == PH_OK) {
-    size_t m = h->groots_cap - 1, i = hash_slot(slot, h->groots_cap);
-    int tomb_reused = 0;
+    size_t m = h->roots->groots_cap - 1,
+           i = hash_slot(slot, h->roots->groots_cap);
     for (;; i = (i + 1) & m) {
-      if (h->groots[i] == slot) {
+      if (h->roots->groots[i] == slot) {
         err = PH_EINVAL;
         break;
       }
-      if (h->groots[i] == NULL)
+      if (h->roots->groots[i] == NULL)
         break;
     }
     if (err == PH_OK) {
-      err = set_insert_roots_locked(&h->groots, &h->groots_cap, slot);
-      (void)tomb_reused;
+      err = set_insert_roots_locked(&h->roots->groots, &h->roots->groots_cap,
+                                    slot);
       if (err == PH_OK) {
-        h->groots_n++;
-        h->groots_used++;
+        h->roots->groots_n++;
+        h->roots->groots_used++;
       }
     }
   }
-  pthread_mutex_unlock(&h->roots_lock);
+  pthread_mutex_unlock(&h->roots->roots_lock);
   return err;
 }
 
 int ph_root_remove(ph_heap *h, ph_value *slot) {
-  if (!h || h->sig != PH_SIG_HEAP || !slot)
+  if (!slot || !ph_heap_is_live(h))
     return PH_EINVAL;
   if (ph_in_section()) /* barrier.reentry */
     return PH_ESTATE;
   int err = PH_EINVAL;
-  pthread_mutex_lock(&h->roots_lock);
-  if (h->groots_cap) {
-    size_t m = h->groots_cap - 1, i = hash_slot(slot, h->groots_cap);
-    for (; h->groots[i] != NULL; i = (i + 1) & m)
-      if (h->groots[i] == slot) {
-        h->groots[i] = TOMB;
-        h->groots_n--;
+  pthread_mutex_lock(&h->roots->roots_lock);
+  if (h->roots->groots_cap) {
+    size_t m = h->roots->groots_cap - 1,
+           i = hash_slot(slot, h->roots->groots_cap);
+    for (; h->roots->groots[i] != NULL; i = (i + 1) & m)
+      if (h->roots->groots[i] == slot) {
+        h->roots->groots[i] = TOMB;
+        h->roots->groots_n--;
         err = PH_OK;
         break;
       }
   }
-  pthread_mutex_unlock(&h->roots_lock);
+  pthread_mutex_unlock(&h->roots->roots_lock);
   return err;
 }
 
-void ph_roots_visit_global(struct ph_heap *h, ph_visit_fn visit, void *ctx) {
-  pthread_mutex_lock(&h->roots_lock);
-  for (size_t i = 0; i < h->groots_cap; i++)
-    if (h->groots[i] && h->groots[i] != TOMB)
-      visit(h->groots[i], ctx);
-  pthread_mutex_unlock(&h->roots_lock);
+void ph_roots_visit_global(struct ph_heap *h, ph_visit_fn visit,
+                           void (*done)(void *ctx), void *ctx) {
+  pthread_mutex_lock(&h->roots->roots_lock);
+  for (size_t i = 0; i < h->roots->groots_cap; i++)
+    if (h->roots->groots[i] && h->roots->groots[i] != TOMB)
+      visit(h->roots->groots[i], ctx);
+  if (done) /* roots.global.done: still under the lock */
+    done(ctx);
+  pthread_mutex_unlock(&h->roots->roots_lock);
 }
 
 void ph_roots_global_fini(struct ph_heap *h) {
-  free(h->groots);
-  h->groots = NULL;
-  h->groots_cap = h->groots_n = h->groots_used = 0;
+  free(h->roots->groots);
+  h->roots->groots = NULL;
+  h->roots->groots_cap = h->roots->groots_n = h->roots->groots_used = 0;
 }
 
-/* Claim root items until none is left (see the header comment). */
-void ph_roots_scan_stw(struct ph_heap *h, ph_worker *w, ph_visit_fn visit,
-                       void *ctx) {
-  ph_stw *s = &h->stw;
+void ph_roots_rewind_stw_single(struct ph_heap *h) {
+  atomic_store_explicit(&h->roots->claim_items, 0, memory_order_relaxed);
+}
+
+/* Claim root items until none is left (see the header comment); done (if
+ * not NULL) ends each item. */
+void ph_roots_scan_done_stw(struct ph_heap *h, ph_visit_fn visit,
+                            void (*done)(void *ctx), void *ctx) {
   size_t nitems = 1 + (size_t)h->cfg.max_domains;
   for (;;) {
     /* relaxed: the claim only needs atomicity */
-    size_t i =
-        atomic_fetch_add_explicit(&s->claim_roots, 1, memory_order_relaxed);
+    size_t i = atomic_fetch_add_explicit(&h->roots->claim_items, 1,
+                                         memory_order_relaxed);
     if (i >= nitems)
       break;
-    if (i == 0)
-      ph_roots_visit_global(h, visit, ctx);
-    else
+    if (i == 0) {
+      ph_roots_visit_global(h, visit, done, ctx);
+    } else {
       ph_roots_visit_domain(h, (unsigned)(i - 1), visit, ctx);
+      if (done)
+        done(ctx);
+    }
   }
-  (void)w;
+}
+
+void ph_roots_scan_stw(struct ph_heap *h, ph_visit_fn visit, void *ctx) {
+  ph_roots_scan_done_stw(h, visit, NULL, ctx);
 }

@@ -1,22 +1,20 @@
 /* tests/compact_util.h -- helpers of the compaction tests (test_compact*.c),
  * written only against include/poolheap.h.  Include after <cmocka.h>.
  *
- * - cu_seed / cu_rand*: a seeded PRNG; the seed is printed and read back from
- *   env POOLHEAP_SEED, so a failing random run replays.
+ * The seed reader, the RNG and the /proc readers are test_util.h's.
  * - cu_walk: a canonical serialisation of the graph reachable from a list of
  *   root values: nodes are numbered in the order a depth-first walk (explicit
  *   stack, fields in order) discovers them, and the hash covers every node's
  *   wosize and tag, every scanned field (a pointer as the number of its
  *   target, an immediate as its bits) and every raw byte.  Two heaps with
  *   equal walks hold the same graph whatever the addresses.
- * - cu_rss_kb / cu_maps_lines: /proc/self/status VmRSS and /proc/self/maps.
  * - CU_VERIFY, CU_CHECK: ph_verify with its description; a thread-safe check
  *   that counts failures (cmocka's asserts belong to the main thread).
  */
 #ifndef TESTS_COMPACT_UTIL_H
 #define TESTS_COMPACT_UTIL_H
 
-#include <poolheap.h>
+#include "test_util.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -24,29 +22,8 @@
 #include <string.h>
 #include <time.h>
 
-/* ------------------------------------------------------------ sanitizers */
-#if defined(__SANITIZE_THREAD__)
-#define CU_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define CU_TSAN 1
-#endif
-#endif
-#ifndef CU_TSAN
-#define CU_TSAN 0
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define CU_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define CU_ASAN 1
-#endif
-#endif
-#ifndef CU_ASAN
-#define CU_ASAN 0
-#endif
 /* Work is divided by this under TSan (each access costs ~10x there). */
-#define CU_SCALE (CU_TSAN ? 4 : 1)
+#define CU_SCALE (TU_TSAN ? 4 : 1)
 
 /* ---------------------------------------------------------------- checks */
 static int cu_failures;
@@ -94,71 +71,6 @@ static inline ph_stats cu_compact(ph_domain *d) {
     fail_msg("ph_compact: %s", ph_strerror(e));
   CU_VERIFY(d);
   return cu_stats(ph_domain_heap(d));
-}
-
-/* ------------------------------------------------------------------ PRNG */
-typedef struct cu_rng {
-  uint64_t s;
-} cu_rng;
-
-static inline uint64_t cu_rand(cu_rng *r) { /* splitmix64 */
-  uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-/* Uniform in [0, n), n > 0. */
-static inline uint64_t cu_below(cu_rng *r, uint64_t n) {
-  return cu_rand(r) % n;
-}
-
-/* The run's seed: env POOLHEAP_SEED if set, else from the clock; printed. */
-static inline uint64_t cu_seed(const char *what) {
-  static uint64_t seed;
-  static int have;
-  if (!have) {
-    const char *e = getenv("POOLHEAP_SEED");
-    if (e && *e) {
-      seed = strtoull(e, NULL, 0);
-    } else {
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      seed = (uint64_t)ts.tv_sec * 1000003u ^ (uint64_t)ts.tv_nsec;
-    }
-    have = 1;
-  }
-  printf("%s: seed %llu (replay with POOLHEAP_SEED=%llu)\n", what,
-         (unsigned long long)seed, (unsigned long long)seed);
-  fflush(stdout);
-  return seed;
-}
-
-/* ------------------------------------------------------------ /proc */
-static inline long cu_rss_kb(void) {
-  FILE *f = fopen("/proc/self/status", "r");
-  if (!f)
-    return -1;
-  char line[256];
-  long kb = -1;
-  while (fgets(line, sizeof line, f))
-    if (strncmp(line, "VmRSS:", 6) == 0) {
-      kb = strtol(line + 6, NULL, 10);
-      break;
-    }
-  fclose(f);
-  return kb;
-}
-
-static inline long cu_maps_lines(void) {
-  FILE *f = fopen("/proc/self/maps", "r");
-  if (!f)
-    return -1;
-  long n = 0;
-  int c;
-  while ((c = fgetc(f)) != EOF)
-    n += c == '\n';
-  fclose(f);
-  return n;
 }
 
 /* ----------------------------------------------------------- size classes */

@@ -1,8 +1,7 @@
 /* tests/reliability_util.h -- helpers shared by the reliability tests
  * (test_faults, test_rlimit, test_mapsoak, test_hugepages, test_badinput).
  *
- * - Build probes: which sanitizer is on, whether PH_DEBUG checks are in.
- * - A deterministic PRNG and a word mixer.
+ * Build probes, the RNG and the /proc readers are test_util.h's.
  * - ru_table: a model-checked data set.  A scanned table block (held in a
  *   handle-scope root) has one field per item; the expected shape and
  *   contents of every item (wosize, tag, seed) live outside the heap, so
@@ -10,16 +9,15 @@
  *   surviving data is intact.  Scanned items with at least two fields point
  *   from field 0 to a private one-field child block, so compaction has
  *   interior pointers to rewrite, not only roots.
- * - Process probes: /proc/self/maps lines, VmSize, environment numbers.
+ * - Process probes: VmSize, environment numbers.
  *
  * Everything is static: each test binary includes this header once.
  */
 #ifndef PH_TESTS_RELIABILITY_UTIL_H
 #define PH_TESTS_RELIABILITY_UTIL_H
 
-#include "heap/internal.h"
-#include "heap/os.h"
-#include "poolheap.h"
+#include "api/api.h"
+#include "test_util.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -28,70 +26,7 @@
 
 #define RU_MiB ((size_t)1 << 20)
 
-/* ---------------------------------------------------------- build probes */
-
-#if defined(__SANITIZE_THREAD__)
-#define RU_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define RU_TSAN 1
-#endif
-#endif
-#ifndef RU_TSAN
-#define RU_TSAN 0
-#endif
-
-#if defined(__SANITIZE_ADDRESS__)
-#define RU_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define RU_ASAN 1
-#endif
-#endif
-#ifndef RU_ASAN
-#define RU_ASAN 0
-#endif
-
-/* ThreadSanitizer maps shadow memory whenever the program maps memory, and
- * AddressSanitizer's allocator maps its regions lazily, so the process-wide
- * mapping count is only predictable without them.  With them, the exact
- * check is ru_ranges_gone: none of the heap's reservations is mapped. */
-#define RU_MAPS_EXACT (!RU_TSAN && !RU_ASAN)
-
-#if defined(PH_DEBUG) && PH_DEBUG > 0
-#define RU_PH_DEBUG 1
-#else
-#define RU_PH_DEBUG 0
-#endif
-
-/* ------------------------------------------------------------------ PRNG */
-
-static inline uint64_t ru_rand(uint64_t *s) {
-  uint64_t x = *s ? *s : 0x9e3779b97f4a7c15ull;
-  x ^= x >> 12;
-  x ^= x << 25;
-  x ^= x >> 27;
-  *s = x;
-  return x * 0x2545f4914f6cdd1dull;
-}
-
-/* Uniform in [0, n) (n > 0; the tiny modulo bias does not matter here). */
-static inline size_t ru_below(uint64_t *s, size_t n) {
-  return (size_t)(ru_rand(s) % n);
-}
-
-static inline uint64_t ru_mix(uint64_t a, uint64_t b) {
-  uint64_t z = a + 0x9e3779b97f4a7c15ull * (b + 1);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 /* ------------------------------------------------------ process probes */
-
-static inline long ru_maps(void) {
-  return ph_os_process_mappings();
-}
 
 /* VmSize of the process in bytes (0 if unknown). */
 static inline uint64_t ru_vm_size(void) {
@@ -184,11 +119,11 @@ typedef struct ru_table {
 #define RU_RAW_STRIDE 509
 
 static inline ph_value ru_word(uint64_t seed, size_t j) {
-  return (ph_value)ru_mix(seed, j);
+  return (ph_value)tu_mix(seed, j);
 }
 /* The immediate stored in field j of a scanned item. */
 static inline ph_value ru_imm(uint64_t seed, size_t j) {
-  return ph_val_int((intptr_t)(ru_mix(seed, j) >> 2));
+  return ph_val_int((intptr_t)(tu_mix(seed, j) >> 2));
 }
 
 /* Open a scope and allocate the table (n fields).  Returns PH_OK or the

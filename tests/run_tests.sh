@@ -2,9 +2,10 @@
 # Runs every test binary of every variant (built by `ninja all`).
 # Usage: tests/run_tests.sh [VARIANT...]   (default: debug asan tsan release clang)
 # Each binary runs under a timeout; cmocka's own summary lines are shown.
-# With no variant named, the quick modes of the benchmark (poolheap and the
-# peers that need no long build) and of the demo run too, so those scripts
-# cannot rot.  Ends with one line "N passed, N failed".
+# With no variant named, the layering check (tools/layers.sh: no include or
+# call goes up a layer, every cited DESIGN.md tag is defined) and the quick
+# modes of the benchmark (poolheap and the peers that need no long build) and
+# of the demo run too, so those scripts cannot rot.  Ends with one line "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 variants=("$@")
@@ -32,7 +33,7 @@ for v in "${variants[@]}"; do
   done
 done
 if [ "$scripts" = 1 ]; then
-  for cmd in "bench/bench.sh --quick" "demos/demo.sh --quick"; do
+  for cmd in "tools/layers.sh" "bench/bench.sh --quick" "demos/demo.sh --quick"; do
     echo "=== $cmd"
     if timeout 600 $cmd; then
       pass=$((pass+1)); echo "--- ok $cmd"

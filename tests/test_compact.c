@@ -81,7 +81,7 @@ static cu_graph walk_all(ph_value *const *scope, size_t nscope, int addrs) {
  * with more than 65536 fields), keep about keep_pct percent of it, and
  * root it from a table (large block, scope slot), scope slots, globals and
  * the hook.  Returns the number of allocated blocks. */
-static size_t build_random(env *e, cu_rng *r, unsigned keep_pct,
+static size_t build_random(env *e, tu_rng *r, unsigned keep_pct,
                            ph_value **tslot, ph_value **sslots, size_t nss) {
   ph_domain *d = e->d;
   cu_classes cs = cu_census(d);
@@ -95,24 +95,24 @@ static size_t build_random(env *e, cu_rng *r, unsigned keep_pct,
   for (unsigned k = 0; k < cs.n; k++) {
     size_t lo = k ? cs.c[k - 1].max_wosize + 1 : 1, hi = cs.c[k].max_wosize;
     size_t slots = e->pool_size / 8 / cs.c[k].block_words;
-    size_t cnt = slots * 3 + cu_below(r, slots + 1) + 2;
+    size_t cnt = slots * 3 + tu_below(r, slots + 1) + 2;
     for (size_t i = 0; i < cnt; i++) {
       if (n == cap) {
         cap *= 2;
         wo = realloc(wo, cap * sizeof *wo);
         assert_non_null(wo);
       }
-      wo[n++] = lo + cu_below(r, hi - lo + 1);
+      wo[n++] = lo + tu_below(r, hi - lo + 1);
     }
   }
   size_t nlarge = 6;
   wo = realloc(wo, (n + nlarge + 1) * sizeof *wo);
   assert_non_null(wo);
   for (size_t i = 0; i < nlarge; i++)
-    wo[n++] = maxs + 1 + cu_below(r, 3000);
-  wo[n++] = 65536 + 1 + 3000 + cu_below(r, 2000); /* sliced updates */
+    wo[n++] = maxs + 1 + tu_below(r, 3000);
+  wo[n++] = 65536 + 1 + 3000 + tu_below(r, 2000); /* sliced updates */
   for (size_t i = n; i-- > 1;) {                  /* allocation order */
-    size_t j = cu_below(r, i + 1), t = wo[i];
+    size_t j = tu_below(r, i + 1), t = wo[i];
     wo[i] = wo[j];
     wo[j] = t;
   }
@@ -120,13 +120,13 @@ static size_t build_random(env *e, cu_rng *r, unsigned keep_pct,
   *tslot = ph_root(d, ph_alloc(d, n, 0));
   assert_true(ph_is_block(**tslot));
   for (size_t i = 0; i < n; i++) {
-    unsigned tag = cu_below(r, 10) == 0 ? PH_TAG_RAW + (unsigned)cu_below(r, 5)
-                                        : (unsigned)cu_below(r, 251);
+    unsigned tag = tu_below(r, 10) == 0 ? PH_TAG_RAW + (unsigned)tu_below(r, 5)
+                                        : (unsigned)tu_below(r, 251);
     ph_value b = ph_alloc(d, wo[i], tag);
     assert_true(ph_is_block(b));
     if (tag >= PH_TAG_RAW) {
       for (size_t f = 0; f < wo[i]; f++)
-        ph_set_field(b, f, cu_rand(r));
+        ph_set_field(b, f, tu_next(r));
     } else {
       ph_set_field(b, 0, ph_val_int((intptr_t)i));
     }
@@ -140,7 +140,7 @@ static size_t build_random(env *e, cu_rng *r, unsigned keep_pct,
   size_t *kept = malloc(n * sizeof *kept), nk = 0;
   assert_non_null(kept);
   for (size_t i = 0; i < n; i++) {
-    keep[i] = cu_below(r, 100) < keep_pct;
+    keep[i] = tu_below(r, 100) < keep_pct;
     if (keep[i])
       kept[nk++] = i;
   }
@@ -156,9 +156,9 @@ static size_t build_random(env *e, cu_rng *r, unsigned keep_pct,
     for (size_t f = raw ? 0 : 1; f < w; f++) {
       if (f >= lim && f % 509 != 0 && f != w - 1 && (f & 0xffff) > 2)
         continue;
-      ph_value other = ph_field(t, kept[cu_below(r, nk)]);
+      ph_value other = ph_field(t, kept[tu_below(r, nk)]);
       ph_value x;
-      switch (cu_below(r, 10)) {
+      switch (tu_below(r, 10)) {
       case 0:
       case 1:
       case 2:
@@ -178,30 +178,30 @@ static size_t build_random(env *e, cu_rng *r, unsigned keep_pct,
         x = other | 1;
         break;
       default:
-        x = ph_val_int((intptr_t)cu_rand(r));
+        x = ph_val_int((intptr_t)tu_next(r));
       }
-      if (raw && cu_below(r, 2))
+      if (raw && tu_below(r, 2))
         x = other; /* a raw word equal to a block address */
       ph_set_field(b, f, x);
     }
   }
   for (size_t i = 0; i < n; i++)
-    if (!keep[i] || (keep_pct < 100 && cu_below(r, 2))) /* reached or not */
+    if (!keep[i] || (keep_pct < 100 && tu_below(r, 2))) /* reached or not */
       ph_set_field(t, i, ph_val_int((intptr_t)i));
   for (size_t i = 0; i < nss; i++)
-    *sslots[i] = ph_field(t, kept[cu_below(r, nk)]);
+    *sslots[i] = ph_field(t, kept[tu_below(r, nk)]);
   free(keep);
   free(kept);
   return n;
 }
 
 /* Roots into kept blocks: chosen among the table's remaining blocks. */
-static void pick_roots(ph_value t, cu_rng *r, ph_value *slots, size_t n) {
+static void pick_roots(ph_value t, tu_rng *r, ph_value *slots, size_t n) {
   size_t w = ph_wosize(t);
   for (size_t i = 0; i < n; i++) {
     ph_value b = PH_UNIT;
     for (int tries = 0; tries < 64 && !ph_is_block(b); tries++)
-      b = ph_field(t, cu_below(r, w));
+      b = ph_field(t, tu_below(r, w));
     slots[i] = b;
   }
 }
@@ -261,7 +261,7 @@ static void check_identity(env *e, ph_value **scope, size_t nscope,
 }
 
 static void random_identity(size_t pool_size, unsigned keep_pct) {
-  cu_rng r = {cu_seed("random_identity")};
+  tu_rng r = {tu_mix(tu_seed_named("random_identity"), 0)};
   ph_config cfg;
   ph_config_init(&cfg);
   cfg.pool_size = pool_size;
@@ -497,7 +497,7 @@ static void one_live_block(void **state) {
 
 static void all_live_blocks_nothing_moves(void **state) {
   (void)state;
-  cu_rng r = {cu_seed("all_live_blocks_nothing_moves")};
+  tu_rng r = {tu_mix(tu_seed_named("all_live_blocks_nothing_moves"), 0)};
   ph_config cfg;
   ph_config_init(&cfg);
   cfg.gc_percent = 0;

@@ -21,11 +21,11 @@
 
 /* ThreadSanitizer maps shadow memory of its own: process-wide mapping
  * counts and RSS are not ours to predict there. */
-#define PROC_EXACT (!CU_TSAN)
+#define PROC_EXACT (!TU_TSAN)
 /* AddressSanitizer's allocator maps regions of its own on first use (the
  * compactor's plan is malloc'd): the process-wide mapping count is exact
  * only without sanitizers; the heap's own count (stats.mappings) always. */
-#define MAPS_EXACT (!CU_TSAN && !CU_ASAN)
+#define MAPS_EXACT (!TU_TSAN && !TU_ASAN)
 
 /* ---------------------------------------------------------- minimality */
 
@@ -195,11 +195,11 @@ typedef struct measure {
 
 static void compact_measured(frag *f, measure *m) {
   m->s0 = cu_stats(f->h);
-  m->maps0 = cu_maps_lines();
-  m->rss0 = cu_rss_kb();
+  m->maps0 = tu_maps_lines();
+  m->rss0 = tu_vmrss_kb();
   assert_int_equal(ph_compact(f->d), PH_OK);
-  m->rss1 = cu_rss_kb();
-  m->maps1 = cu_maps_lines();
+  m->rss1 = tu_vmrss_kb();
+  m->maps1 = tu_maps_lines();
   m->s1 = cu_stats(f->h);
   CU_VERIFY(f->d);
   frag_check(f);

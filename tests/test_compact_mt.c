@@ -60,15 +60,15 @@ typedef struct dom_data {
   size_t nslot;
 } dom_data;
 
-static void build(dom_data *x, cu_rng *r, size_t n, size_t every) {
+static void build(dom_data *x, tu_rng *r, size_t n, size_t every) {
   ph_domain *d = x->d;
   unsigned me = ph_domain_index(d);
   x->nslot = 8;
   for (size_t i = 0; i < x->nslot; i++)
     x->slot[i] = ph_root(d, PH_UNIT);
   for (size_t i = 0; i < n; i++) {
-    size_t wo = 2 + cu_below(r, 12);
-    ph_value b = ph_alloc(d, wo, (unsigned)cu_below(r, 4));
+    size_t wo = 2 + tu_below(r, 12);
+    ph_value b = ph_alloc(d, wo, (unsigned)tu_below(r, 4));
     if (!ph_is_block(b)) {
       CU_CHECK(!"ph_alloc failed");
       return;
@@ -76,11 +76,11 @@ static void build(dom_data *x, cu_rng *r, size_t n, size_t every) {
     ph_set_field(b, 1, ph_val_int((intptr_t)i));
     if (i % every)
       continue;
-    size_t c = cu_below(r, x->nslot + NHOOK);
+    size_t c = tu_below(r, x->nslot + NHOOK);
     ph_value *head = c < x->nslot ? x->slot[c] : &hook_slots[me][c - x->nslot];
     ph_set_field(b, 0, *head);
     if (wo > 2 && ph_is_block(*head))
-      ph_set_field(b, 2, cu_below(r, 2) ? b : ph_field(*head, 0));
+      ph_set_field(b, 2, tu_below(r, 2) ? b : ph_field(*head, 0));
     if (wo > 3)
       ph_set_field(b, 3, ph_val_int((intptr_t)*head));
     *head = b;
@@ -114,7 +114,7 @@ static size_t blocked_roots_moved, blocked_blocks_moved;
 
 static void *blocking_thread(void *arg) {
   long id = (long)arg;
-  cu_rng r = {seed + (uint64_t)id * 7919};
+  tu_rng r = {tu_mix(seed + (uint64_t)id * 7919, 0)};
   dom_data x;
   if (ph_domain_attach(heap, &x.d) != PH_OK) {
     CU_CHECK(!"attach");
@@ -161,7 +161,7 @@ static void *blocking_thread(void *arg) {
 
 static void blocking_domains_roots_updated(void **state) {
   (void)state;
-  seed = cu_seed("blocking_domains_roots_updated");
+  seed = tu_seed_named("blocking_domains_roots_updated");
   reset_hooks();
   ph_config cfg;
   ph_config_init(&cfg);
@@ -315,7 +315,7 @@ static void per_domain_two_owners_one_blocking(void **state) {
 
 static void *storm_thread(void *arg) {
   long id = (long)arg;
-  cu_rng r = {seed + (uint64_t)id * 104729};
+  tu_rng r = {tu_mix(seed + (uint64_t)id * 104729, 0)};
   dom_data x;
   if (ph_domain_attach(heap, &x.d) != PH_OK) {
     CU_CHECK(!"attach");
@@ -327,18 +327,18 @@ static void *storm_thread(void *arg) {
     cu_graph a = walk(&x, 0);
     /* garbage between, so that collections interleave */
     for (size_t i = 0; i < 5000 / CU_SCALE; i++)
-      CU_CHECK(ph_is_block(ph_alloc(x.d, 1 + cu_below(&r, 20), 0)));
+      CU_CHECK(ph_is_block(ph_alloc(x.d, 1 + tu_below(&r, 20), 0)));
     CU_CHECK(ph_compact(x.d) == PH_OK);
     cu_graph b = walk(&x, 0);
     CU_CHECK(a.hash == b.hash && a.nodes == b.nodes);
     if (round == 1)
       cu_verify_mt(x.d);
     /* drop one chain and grow another: new fragmentation */
-    *x.slot[cu_below(&r, x.nslot)] = PH_UNIT;
+    *x.slot[tu_below(&r, x.nslot)] = PH_UNIT;
     size_t mm = ph_scope_open(x.d);
     dom_data y = {x.d, {0}, 0};
     build(&y, &r, 3000 / CU_SCALE, 3);
-    *x.slot[cu_below(&r, x.nslot)] = *y.slot[0];
+    *x.slot[tu_below(&r, x.nslot)] = *y.slot[0];
     ph_scope_close(x.d, mm);
   }
   ph_scope_close(x.d, m);
@@ -351,7 +351,7 @@ static void *storm_thread(void *arg) {
 
 static void all_domains_compact_at_once(void **state) {
   (void)state;
-  seed = cu_seed("all_domains_compact_at_once");
+  seed = tu_seed_named("all_domains_compact_at_once");
   reset_hooks();
   ph_config cfg;
   ph_config_init(&cfg);

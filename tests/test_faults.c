@@ -70,7 +70,7 @@ static void note_chunks(ph_heap *h) {
 
 /* Allocate items into empty slots until `bytes` more are held or the
  * phase hit MAX_ENOMEM refusals. */
-static void grow(ru_table *t, uint64_t *rng, size_t bytes, uint64_t nth) {
+static void grow(ru_table *t, tu_rng *rng, size_t bytes, uint64_t nth) {
   size_t added = 0, refused = 0;
   size_t i = 0;
   while (added < bytes && refused < MAX_ENOMEM) {
@@ -80,7 +80,7 @@ static void grow(ru_table *t, uint64_t *rng, size_t bytes, uint64_t nth) {
       break;
     size_t wosize;
     unsigned tag;
-    uint64_t r = ru_rand(rng);
+    uint64_t r = tu_next(rng);
     if (r % 256 == 0) { /* large raw: 256 KiB .. 768 KiB */
       wosize = 32768 + (size_t)(r >> 8) % 65536;
       tag = PH_TAG_RAW + (unsigned)((r >> 42) % 5);
@@ -91,7 +91,7 @@ static void grow(ru_table *t, uint64_t *rng, size_t bytes, uint64_t nth) {
       wosize = 1 + (size_t)(r >> 8) % 48;
       tag = (r >> 40) % 8 == 0 ? PH_TAG_RAW : (unsigned)((r >> 44) % 4);
     }
-    int err = ru_put(t, i, wosize, tag, ru_rand(rng));
+    int err = ru_put(t, i, wosize, tag, tu_next(rng));
     if (ok_or_enomem(err, "ph_alloc", nth) == PH_OK)
       added += (wosize + 1) * 8;
     else
@@ -103,9 +103,9 @@ static void grow(ru_table *t, uint64_t *rng, size_t bytes, uint64_t nth) {
 static void scenario(const run_cfg *rc, run_out *out) {
   memset(out, 0, sizeof *out);
   cur_out = out;
-  uint64_t rng = 0x5eed0001u;
+  tu_rng rng = {0x5eed0001u};
   char why[256];
-  long base = ru_maps();
+  long base = tu_maps_lines();
   assert_true(base > 0);
 
   ph_os_fault_set(rc->mask ? rc->mask : PH_OS_OP_ALL, rc->nth, rc->sticky);
@@ -119,8 +119,9 @@ static void scenario(const run_cfg *rc, run_out *out) {
     out->calls = ph_os_fault_calls();
     out->hits = ph_os_fault_hits();
     ph_os_fault_set(0, 0, 0);
-    if (RU_MAPS_EXACT && check_maps && ru_maps() != base)
-      fail_msg("failed create left %ld mappings (was %ld)", ru_maps(), base);
+    if (TU_MAPS_EXACT && check_maps && tu_maps_lines() != base)
+      fail_msg("failed create left %ld mappings (was %ld)", tu_maps_lines(),
+               base);
     return;
   }
   ph_domain *d = NULL;
@@ -142,7 +143,7 @@ static void scenario(const run_cfg *rc, run_out *out) {
     while (used < t.n && t.items[used].wosize != 0)
       used++;
     for (size_t i = 0; i < t.n; i++)
-      if (i >= used / 2 || ru_below(&rng, 100) < 85)
+      if (i >= used / 2 || tu_below(&rng, 100) < 85)
         ru_drop(&t, i);
     ok_or_enomem(ph_compact(d), "ph_compact(shrink)", rc->nth);
     note_chunks(h);
@@ -187,8 +188,8 @@ static void scenario(const run_cfg *rc, run_out *out) {
   if (left != 0)
     fail_msg("%ld of the heap's %u reservations still mapped after destroy",
              left, rr.n);
-  long now = ru_maps();
-  if (RU_MAPS_EXACT && check_maps && now != base)
+  long now = tu_maps_lines();
+  if (TU_MAPS_EXACT && check_maps && now != base)
     fail_msg("after destroy %ld mappings, before create %ld (fault %llu%s)",
              now, base, (unsigned long long)rc->nth,
              rc->sticky ? " sticky" : "");
@@ -240,9 +241,9 @@ static void sweep_all(int release, int sticky) {
    * every third point, and under ThreadSanitizer the single ones every
    * second. */
   uint64_t step = 1;
-  if (RU_PH_DEBUG && sticky)
+  if (TU_DEBUG && sticky)
     step = 3;
-  if (RU_TSAN)
+  if (TU_TSAN)
     step *= 2;
   uint64_t runs = 0, enomems = 0, min_live = SIZE_MAX;
   for (uint64_t n = 1; n <= count; n += step) {

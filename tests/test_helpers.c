@@ -30,7 +30,7 @@
 
 #include "tests/compact_util.h"
 
-#include "heap/os.h"
+#include "os/os.h"
 
 #include <malloc.h>
 #include <pthread.h>
@@ -77,7 +77,7 @@ typedef struct built {
   uint64_t live_bytes;
 } built;
 
-static built build(ph_domain *d, cu_rng *r, size_t keep) {
+static built build(ph_domain *d, tu_rng *r, size_t keep) {
   built b = {0, 0};
   ph_value arr = ph_alloc(d, NROOT, 0);
   assert_true(ph_is_block(arr));
@@ -86,12 +86,12 @@ static built build(ph_domain *d, cu_rng *r, size_t keep) {
   b.live_bytes = (NROOT + 1) * 8;
   ph_value prev = PH_UNIT;
   for (size_t i = 0; i < NROOT; i++) {
-    size_t wo = 1 + cu_below(r, cu_below(r, 8) == 0 ? 60 : 5);
+    size_t wo = 1 + tu_below(r, tu_below(r, 8) == 0 ? 60 : 5);
     ph_value x = ph_alloc(d, wo, 0);
     assert_true(ph_is_block(x));
     ph_value arr_now = *b.root; /* nothing moves here: no compaction */
     ph_set_field(x, 0, ph_val_int((intptr_t)i));
-    if (cu_below(r, keep) == 0) {
+    if (tu_below(r, keep) == 0) {
       if (wo > 1)
         ph_set_field(x, 1, prev);
       prev = x;
@@ -120,7 +120,7 @@ static outcome run_heap(unsigned helpers, uint64_t seed) {
   assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
   ph_domain *d;
   assert_int_equal(ph_domain_attach(h, &d), PH_OK);
-  cu_rng r = {seed};
+  tu_rng r = {tu_mix(seed, 0)};
   size_t mark = ph_scope_open(d);
   built b = build(d, &r, 10);
   outcome o;
@@ -143,7 +143,7 @@ static outcome run_heap(unsigned helpers, uint64_t seed) {
 
 static void mark_and_compact_with_helpers(void **state) {
   (void)state;
-  uint64_t seed = cu_seed("mark_and_compact_with_helpers");
+  uint64_t seed = tu_seed_named("mark_and_compact_with_helpers");
   outcome base = run_heap(0, seed);
   assert_int_equal(base.live, base.model);
   for (unsigned n = 1; n <= 3; n += 2) {
@@ -313,7 +313,7 @@ static long guarded_stacks(void) {
 
 static int maps_child(void) {
   mallopt(M_ARENA_MAX, 1);
-  uint64_t seed = cu_seed("helper_stacks_unmapped");
+  uint64_t seed = tu_seed_named("helper_stacks_unmapped");
   free(malloc(1 << 20)); /* the process's malloc state exists already */
   long m0 = ph_os_process_mappings();
   unsigned ns[] = {1, 4, 2};
@@ -346,7 +346,7 @@ static int maps_child(void) {
 
 static void helper_stacks_unmapped(void **state) {
   (void)state;
-  if (CU_TSAN || CU_ASAN) {
+  if (TU_TSAN || TU_ASAN) {
     print_message("helper_stacks_unmapped: skipped: the sanitizer's runtime "
                   "maps memory of its own for every thread\n");
     skip();

@@ -42,19 +42,6 @@ static int write_long(const char *path, long v) {
   return (fclose(f) == 0 && ok) ? 0 : -1;
 }
 
-static long meminfo(const char *key) {
-  FILE *f = fopen("/proc/meminfo", "r");
-  char line[256];
-  long v = -1;
-  size_t n = strlen(key);
-  while (f && fgets(line, sizeof line, f))
-    if (strncmp(line, key, n) == 0 && line[n] == ':')
-      v = strtol(line + n + 1, NULL, 10);
-  if (f)
-    fclose(f);
-  return v;
-}
-
 /* Allocate ~12 MB (three chunks), collect, drop, compact, verify. */
 static ph_stats workload(ph_huge_mode mode, int *all_explicit) {
   ph_config cfg;
@@ -65,16 +52,16 @@ static ph_stats workload(ph_huge_mode mode, int *all_explicit) {
   assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
   assert_int_equal(ph_domain_attach(h, &d), PH_OK);
   ru_table t;
-  uint64_t rng = 3;
+  tu_rng rng = {3};
   char why[256];
   assert_int_equal(ru_table_init(&t, d, 120000), PH_OK);
   for (size_t i = 0; i < t.n; i++)
-    assert_int_equal(ru_put(&t, i, 1 + ru_below(&rng, 12),
-                            ru_below(&rng, 6) ? 0 : PH_TAG_RAW, ru_rand(&rng)),
+    assert_int_equal(ru_put(&t, i, 1 + tu_below(&rng, 12),
+                            tu_below(&rng, 6) ? 0 : PH_TAG_RAW, tu_next(&rng)),
                      PH_OK);
   assert_int_equal(ph_collect(d), PH_OK);
   for (size_t i = 0; i < t.n; i++)
-    if (ru_below(&rng, 3) != 0)
+    if (tu_below(&rng, 3) != 0)
       ru_drop(&t, i);
   assert_int_equal(ph_compact(d), PH_OK);
   if (ph_verify(d, why, sizeof why) != PH_OK)
@@ -95,10 +82,10 @@ static ph_stats workload(ph_huge_mode mode, int *all_explicit) {
 }
 
 static void test_explicit_fallback(void **state) {
-  if (meminfo("HugePages_Free") != 0) {
+  if (tu_meminfo("HugePages_Free") != 0) {
     print_message("hugepages: skipped: %ld huge pages are free, the "
                   "fallback would not happen\n",
-                  meminfo("HugePages_Free"));
+                  tu_meminfo("HugePages_Free"));
     skip();
   }
   int all;
@@ -132,7 +119,7 @@ static int restore_nr(void **state) {
 }
 
 static void test_explicit_real(void **state) {
-  if (RU_TSAN || RU_ASAN) {
+  if (TU_TSAN || TU_ASAN) {
     print_message("hugepages: real explicit case skipped under a sanitizer "
                   "(the variants share this machine's huge page pool)\n");
     skip();
@@ -148,7 +135,7 @@ static void test_explicit_real(void **state) {
     skip();
   }
   old_nr = nr;
-  long free_pages = meminfo("HugePages_Free");
+  long free_pages = tu_meminfo("HugePages_Free");
   if (free_pages < 16) {
     print_message("hugepages: real explicit case skipped: the kernel gave "
                   "only %ld free huge pages\n",

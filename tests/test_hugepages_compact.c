@@ -146,25 +146,12 @@ static void transparent_releases_like_normal_pages(void **state) {
   assert_true(thp.committed_drop * 10 >= off.committed_drop * 7);
 }
 
-static long meminfo(const char *key) {
-  FILE *f = fopen("/proc/meminfo", "r");
-  char line[256];
-  long v = -1;
-  size_t n = strlen(key);
-  while (f && fgets(line, sizeof line, f))
-    if (strncmp(line, key, n) == 0 && line[n] == ':')
-      v = strtol(line + n + 1, NULL, 10);
-  if (f)
-    fclose(f);
-  return v;
-}
-
 static void explicit_fallback_plans_like_normal_pages(void **state) {
   (void)state;
-  if (meminfo("HugePages_Free") != 0) {
+  if (tu_meminfo("HugePages_Free") != 0) {
     print_message("skipped: %ld huge pages are free, PH_HUGE_EXPLICIT would "
                   "not fall back\n",
-                  meminfo("HugePages_Free"));
+                  tu_meminfo("HugePages_Free"));
     skip();
   }
   size_t n = blocks() / 4;

@@ -7,7 +7,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
-/* Test knob of heap/mark.c: the largest mark stack, in entries (0 = none). */
+/* Test knob of gc/mark.c: the largest mark stack, in entries (0 = none). */
 extern size_t ph_mark_stack_limit;
 
 /* A list of n cells (tag 0, 2 fields: int, next), head in *head. */

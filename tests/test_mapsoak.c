@@ -28,7 +28,7 @@
 
 #define MAPS_SLACK 64
 
-#if RU_PH_DEBUG || RU_TSAN || RU_ASAN
+#if TU_DEBUG || TU_TSAN || TU_ASAN
 #define CI_CYCLES 30
 #define CI_PEAK_MB 24
 #else
@@ -43,7 +43,7 @@ static double now_s(void) {
 }
 
 static void soak(int release, long cycles, long peak_mb) {
-  long base = ru_maps();
+  long base = tu_maps_lines();
   assert_true(base > 0);
   ph_config cfg;
   ph_config_init(&cfg);
@@ -56,7 +56,7 @@ static void soak(int release, long cycles, long peak_mb) {
   /* ~112 bytes per item on average */
   size_t nslots = peak / 100 + 1000;
   ru_table t;
-  uint64_t rng = 0xabcdef;
+  tu_rng rng = {0xabcdef};
   char why[256];
   assert_int_equal(ru_table_init(&t, d, nslots), PH_OK);
   long maps_min = LONG_MAX, maps_max = 0;
@@ -73,11 +73,11 @@ static void soak(int release, long cycles, long peak_mb) {
         i++;
       if (i == t.n)
         break;
-      uint64_t r = ru_rand(&rng);
+      uint64_t r = tu_next(&rng);
       size_t wosize = r % 1024 == 0 ? 300 + (size_t)(r >> 12) % 4000
                                     : 1 + (size_t)(r >> 12) % 20;
       unsigned tag = (r >> 40) % 8 == 0 ? PH_TAG_RAW : 0;
-      if (ru_put(&t, i, wosize, tag, ru_rand(&rng)) != PH_OK)
+      if (ru_put(&t, i, wosize, tag, tu_next(&rng)) != PH_OK)
         fail_msg("cycle %ld: allocation failed: %d", c, ph_last_error(d));
     }
     ph_stats st;
@@ -85,16 +85,16 @@ static void soak(int release, long cycles, long peak_mb) {
     if (st.committed_bytes > heap_peak)
       heap_peak = st.committed_bytes;
     for (size_t k = 0; k < t.n; k++)
-      if (ru_below(&rng, 2) == 0)
+      if (tu_below(&rng, 2) == 0)
         ru_drop(&t, k);
     assert_int_equal(ph_compact(d), PH_OK);
-    long m = ru_maps();
+    long m = tu_maps_lines();
     assert_int_equal(ph_stats_get(h, &st), PH_OK);
     unsigned chunks = ru_heap_chunks(h);
     if (st.mappings != chunks)
       fail_msg("cycle %ld: stats.mappings %llu, chunks %u", c,
                (unsigned long long)st.mappings, chunks);
-    if (RU_MAPS_EXACT && m > base + MAPS_SLACK)
+    if (TU_MAPS_EXACT && m > base + MAPS_SLACK)
       fail_msg("cycle %ld: %ld mappings, baseline %ld + %d", c, m, base,
                MAPS_SLACK);
     maps_min = m < maps_min ? m : maps_min;
@@ -116,8 +116,8 @@ static void soak(int release, long cycles, long peak_mb) {
   ru_heap_ranges(h, &rr);
   assert_int_equal(ph_heap_destroy(h), PH_OK);
   assert_int_equal(ru_ranges_mapped(&rr), 0);
-  long after = ru_maps();
-  if (RU_MAPS_EXACT && after != base)
+  long after = tu_maps_lines();
+  if (TU_MAPS_EXACT && after != base)
     fail_msg("after destroy %ld mappings, baseline %ld", after, base);
   print_message(
       "mapsoak: release=%s: %ld cycles, peak %llu MB committed, %.1f s; "

@@ -1,4 +1,4 @@
-/* tests/test_os.c -- unit tests for the OS memory layer (heap/os.h).
+/* tests/test_os.c -- unit tests for the OS memory layer (os/os.h).
  *
  * Checks the accounting of every transition, alignment and the one-mapping-
  * per-reservation rule (against /proc/self/maps), that decommit really
@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "heap/os.h"
+#include "os/os.h"
 #include "poolheap.h"
 
 #include <pthread.h>

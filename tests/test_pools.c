@@ -23,13 +23,11 @@
  * node numbers and offsets, never addresses) is unchanged, php_verify is
  * clean, a second compaction moves nothing, and memory was released.
  * Random tests print their seed; POOLHEAP_SEED repeats a run.  Under
- * ThreadSanitizer the sizes are scaled down.
+ * ThreadSanitizer the sizes are scaled down.  The layer is used only through
+ * include/poolheap_pools.h; tests/test_util.h gives the tests' shared RNG,
+ * seed reader, scaling and thread-safe checks.
  */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "tests/test_util.h" /* the tests' RNG, seeds, TSan scaling, checks */
 
 #include "poolheap_pools.h"
 
@@ -39,82 +37,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
-
-/* ------------------------------------------------------------ harness */
-#if defined(__SANITIZE_THREAD__)
-#define T_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define T_TSAN 1
-#endif
-#endif
-#ifndef T_TSAN
-#define T_TSAN 0
-#endif
-#define SCALE(n, div) (T_TSAN ? ((n) / (div) ? (n) / (div) : 1) : (n))
-
-static uint64_t seed(void) {
-  static uint64_t s;
-  static int have;
-  if (!have) {
-    const char *e = getenv("POOLHEAP_SEED");
-    if (e && *e) {
-      s = strtoull(e, NULL, 0);
-    } else {
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      s = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^
-          ((uint64_t)getpid() << 40);
-    }
-    have = 1;
-    printf("seed %" PRIu64 " (repeat with POOLHEAP_SEED=%" PRIu64 ")\n", s, s);
-    fflush(stdout);
-  }
-  return s;
-}
-
-typedef struct rng {
-  uint64_t s;
-} rng;
-
-static void rng_init(rng *r, uint64_t stream) {
-  uint64_t x = seed() + 0x9e3779b97f4a7c15ull * (stream + 1);
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
-  x ^= x >> 31;
-  r->s = x ? x : 1;
-}
-
-static uint64_t rnext(rng *r) {
-  uint64_t x = r->s;
-  x ^= x >> 12;
-  x ^= x << 25;
-  x ^= x >> 27;
-  r->s = x;
-  return x * 0x2545f4914f6cdd1dull;
-}
-
-static size_t below(rng *r, size_t n) {
-  return (size_t)(rnext(r) % n);
-}
-
-/* Checks in threads other than cmocka's: counted, asserted later. */
-static atomic_int failures;
-#define CHECK(c)                                                               \
-  do {                                                                         \
-    if (!(c)) {                                                                \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);    \
-      atomic_fetch_add(&failures, 1);                                          \
-    }                                                                          \
-  } while (0)
-
-static void assert_no_failures(void) {
-  assert_int_equal(atomic_exchange(&failures, 0), 0);
-}
 
 static void verify_ok(php_heap *h) {
   char why[512];
@@ -131,13 +53,13 @@ static void verify_ok_mt(php_heap *h) {
   int e = php_verify(h, why, sizeof why);
   if (e != PH_OK)
     fprintf(stderr, "php_verify: %s: %s\n", ph_strerror(e), why);
-  CHECK(e == PH_OK);
+  TU_CHECK(e == PH_OK);
 }
 
 static php_heap_stats hstats(php_heap *h) {
   php_heap_stats st;
   int e = php_heap_stats_get(h, &st);
-  CHECK(e == PH_OK);
+  TU_CHECK(e == PH_OK);
   return st;
 }
 
@@ -191,7 +113,7 @@ static void colours_reset(php_heap *h) {
 static void colours_rotate(php_heap *h) {
   colours n = {col.garbage, col.marked, col.unmarked};
   col = n;
-  CHECK(php_set_colours(h, col.garbage) == PH_OK);
+  TU_CHECK(php_set_colours(h, col.garbage) == PH_OK);
 }
 
 /* ------------------------------------------------- the allocation model */
@@ -205,8 +127,8 @@ static void on_free(ph_value b, void *user) {
   (void)user;
   ph_value hd = php_hd_load(b);
   size_t wo = php_hd_wosize(hd);
-  CHECK(wo > 0);
-  CHECK(php_hd_colour(hd) == col.garbage);
+  TU_CHECK(wo > 0);
+  TU_CHECK(php_hd_colour(hd) == col.garbage);
   if (wo > max_small) {
     atomic_fetch_sub(&m_large_blocks, 1);
   } else {
@@ -225,10 +147,10 @@ static void model_reset(void) {
 
 static ph_value alloc_counted(php_owner *o, size_t wo, unsigned tag) {
   ph_value v = php_alloc(o, wo, (col.marked << PHP_HD_COLOUR_SHIFT) | tag);
-  CHECK(v != 0);
+  TU_CHECK(v != 0);
   if (!v)
     return 0;
-  CHECK(((ph_value *)v)[-1] == php_hd_make(wo, col.marked, tag));
+  TU_CHECK(((ph_value *)v)[-1] == php_hd_make(wo, col.marked, tag));
   if (wo > max_small) {
     atomic_fetch_add(&m_large_blocks, 1);
   } else {
@@ -240,12 +162,12 @@ static ph_value alloc_counted(php_owner *o, size_t wo, unsigned tag) {
 
 /* A random value among src[0..n) (an infix pointer for a closure, half the
  * time), or an immediate. */
-static ph_value pick(rng *r, const ph_value *src, size_t n) {
-  if (n == 0 || below(r, 8) == 0)
-    return ph_val_int((intptr_t)below(r, 1000));
-  ph_value v = __atomic_load_n(&src[below(r, n)], __ATOMIC_ACQUIRE);
+static ph_value pick(tu_rng *r, const ph_value *src, size_t n) {
+  if (n == 0 || tu_below(r, 8) == 0)
+    return ph_val_int((intptr_t)tu_below(r, 1000));
+  ph_value v = __atomic_load_n(&src[tu_below(r, n)], __ATOMIC_ACQUIRE);
   if (ph_is_block(v) && php_hd_tag(php_hd_load(v)) == T_CLOS &&
-      below(r, 2) == 0)
+      tu_below(r, 2) == 0)
     v += CLOS_INFIX * sizeof(ph_value);
   return v;
 }
@@ -253,11 +175,11 @@ static ph_value pick(rng *r, const ph_value *src, size_t n) {
 /* A new block of a random kind whose value fields come from src (read with
  * acquire loads: src may be shared).  Its fields are written before it is
  * returned; the caller publishes it with a release store. */
-static ph_value make_block(php_owner *o, rng *r, const ph_value *src, size_t n,
-                           int allow_large) {
-  size_t k = below(r, 100);
+static ph_value make_block(php_owner *o, tu_rng *r, const ph_value *src,
+                           size_t n, int allow_large) {
+  size_t k = tu_below(r, 100);
   if (allow_large && k == 0) {
-    size_t wo = max_small + 1 + below(r, 3000);
+    size_t wo = max_small + 1 + tu_below(r, 3000);
     ph_value v = alloc_counted(o, wo, T_TUPLE);
     if (v)
       for (size_t i = 0; i < wo; i++)
@@ -265,7 +187,7 @@ static ph_value make_block(php_owner *o, rng *r, const ph_value *src, size_t n,
     return v;
   }
   if (k < 55) {
-    size_t wo = 1 + below(r, k < 40 ? 6 : 60);
+    size_t wo = 1 + tu_below(r, k < 40 ? 6 : 60);
     ph_value v = alloc_counted(o, wo, T_TUPLE);
     if (v)
       for (size_t i = 0; i < wo; i++)
@@ -273,13 +195,14 @@ static ph_value make_block(php_owner *o, rng *r, const ph_value *src, size_t n,
     return v;
   }
   if (k < 80) {
-    size_t wo = CLOS_ENV + 1 + below(r, 12);
+    size_t wo = CLOS_ENV + 1 + tu_below(r, 12);
     ph_value v = alloc_counted(o, wo, T_CLOS);
     if (!v)
       return 0;
     ph_value *f = (ph_value *)v;
     /* raw code words that look like heap pointers: never forwarded */
-    ph_value any = n ? __atomic_load_n(&src[below(r, n)], __ATOMIC_ACQUIRE) : 0;
+    ph_value any =
+        n ? __atomic_load_n(&src[tu_below(r, n)], __ATOMIC_ACQUIRE) : 0;
     f[0] = ph_is_block(any) ? any : (ph_value)0x1000;
     f[1] = ph_val_int(CLOS_ENV);
     f[2] = php_hd_make(CLOS_INFIX, 0, T_INFIX);
@@ -288,11 +211,11 @@ static ph_value make_block(php_owner *o, rng *r, const ph_value *src, size_t n,
       f[i] = pick(r, src, n);
     return v;
   }
-  size_t wo = 1 + below(r, 40);
+  size_t wo = 1 + tu_below(r, 40);
   ph_value v = alloc_counted(o, wo, T_RAW);
   if (v)
     for (size_t i = 0; i < wo; i++)
-      ((ph_value *)v)[i] = (ph_value)rnext(r) & ~(ph_value)1; /* even: looks
+      ((ph_value *)v)[i] = (ph_value)tu_next(r) & ~(ph_value)1; /* even: looks
                                                                  like a ptr */
   return v;
 }
@@ -442,16 +365,16 @@ static php_counters counters_sum(php_owner **owners, size_t n, php_heap *h) {
   for (size_t i = 0; i < n + 1; i++) {
     int e =
         i < n ? php_owner_counters(owners[i], &c) : php_orphan_counters(h, &c);
-    CHECK(e == PH_OK);
+    TU_CHECK(e == PH_OK);
     sum.pool_words += c.pool_words;
     sum.pool_live_words += c.pool_live_words;
     sum.pool_live_blocks += c.pool_live_blocks;
     sum.pool_frag_words += c.pool_frag_words;
     sum.large_words += c.large_words;
     sum.large_blocks += c.large_blocks;
-    CHECK(c.pool_max_words >= c.pool_words);
-    CHECK(c.large_max_words >= c.large_words);
-    CHECK(c.pool_live_words + c.pool_frag_words <= c.pool_words);
+    TU_CHECK(c.pool_max_words >= c.pool_words);
+    TU_CHECK(c.large_max_words >= c.large_words);
+    TU_CHECK(c.pool_live_words + c.pool_frag_words <= c.pool_words);
   }
   return sum;
 }
@@ -461,11 +384,11 @@ static php_counters counters_sum(php_owner **owners, size_t n, php_heap *h) {
 static void check_counters(php_owner **owners, size_t n, php_heap *h) {
   php_counters s = counters_sum(owners, n, h);
   php_heap_stats st = hstats(h);
-  CHECK(s.pool_live_blocks == atomic_load(&m_small_blocks));
-  CHECK(s.pool_live_words == atomic_load(&m_small_words));
-  CHECK(s.large_blocks == atomic_load(&m_large_blocks));
-  CHECK(s.pool_words * 8 == st.pool_bytes);
-  CHECK(s.large_words * 8 == st.large_bytes);
+  TU_CHECK(s.pool_live_blocks == atomic_load(&m_small_blocks));
+  TU_CHECK(s.pool_live_words == atomic_load(&m_small_words));
+  TU_CHECK(s.large_blocks == atomic_load(&m_large_blocks));
+  TU_CHECK(s.pool_words * 8 == st.pool_bytes);
+  TU_CHECK(s.large_words * 8 == st.large_bytes);
   if (s.pool_live_blocks != atomic_load(&m_small_blocks) ||
       s.pool_live_words != atomic_load(&m_small_words))
     fprintf(stderr,
@@ -502,8 +425,8 @@ static void darken(mstack *s, ph_value v) {
   ph_value hd = __atomic_load_n(hp, __ATOMIC_RELAXED);
   for (;;) {
     unsigned c = php_hd_colour(hd);
-    CHECK(c != col.garbage);
-    CHECK(hd != 0);
+    TU_CHECK(c != col.garbage);
+    TU_CHECK(hd != 0);
     if (c != col.unmarked)
       return;
     ph_value nh = (hd & ~PHP_HD_COLOUR_MASK) |
@@ -575,9 +498,9 @@ static void c_scan_roots(unsigned part, ph_visit_fn visit, void *ctx,
     c->side_fwd = php_forward(c->h, c->side);
     /* pools.reentry: only php_forward works from a compaction callback */
     php_heap_stats st;
-    CHECK(php_heap_stats_get(c->h, &st) == PH_ESTATE);
-    CHECK(php_verify(c->h, NULL, 0) == PH_ESTATE);
-    CHECK(php_compact_stw(c->h, 0, &c->ops) == PH_ESTATE);
+    TU_CHECK(php_heap_stats_get(c->h, &st) == PH_ESTATE);
+    TU_CHECK(php_verify(c->h, NULL, 0) == PH_ESTATE);
+    TU_CHECK(php_compact_stw(c->h, 0, &c->ops) == PH_ESTATE);
   }
 }
 
@@ -740,7 +663,7 @@ static void test_errors(void **state) {
   assert_int_equal(php_owner_destroy(o), PH_OK);
   assert_int_equal(php_owner_destroy(NULL), PH_EINVAL);
   assert_int_equal(php_heap_destroy(h), PH_OK);
-  assert_no_failures();
+  tu_assert_no_failures();
 }
 
 /* Allocation in every class and large: header, counters, a sweep that
@@ -750,8 +673,8 @@ static void test_alloc_sweep(void **state) {
   php_heap *h = heap_new(0);
   php_owner *o;
   assert_int_equal(php_owner_create(h, &o), PH_OK);
-  rng r;
-  rng_init(&r, 1);
+  tu_rng r;
+  tu_rng_init(&r, 1);
   enum { N = 20000 };
   ph_value *b = malloc(N * sizeof *b);
   size_t *wos = malloc(N * sizeof *wos);
@@ -759,10 +682,10 @@ static void test_alloc_sweep(void **state) {
   assert_non_null(wos);
   uint64_t words = 0, blocks = 0, large = 0;
   for (size_t i = 0; i < N; i++) {
-    size_t wo = i % 997 == 0 ? max_small + 1 + below(&r, 5000)
-                             : 1 + below(&r, max_small);
+    size_t wo = i % 997 == 0 ? max_small + 1 + tu_below(&r, 5000)
+                             : 1 + tu_below(&r, max_small);
     wos[i] = wo;
-    unsigned c = (unsigned)below(&r, 4);
+    unsigned c = (unsigned)tu_below(&r, 4);
     b[i] = php_alloc(o, wo, (c << PHP_HD_COLOUR_SHIFT) | (unsigned)(i & 255));
     assert_true(b[i] != 0);
     assert_int_equal(((ph_value *)b[i])[-1], php_hd_make(wo, c, i & 255));
@@ -837,7 +760,7 @@ static void test_alloc_sweep(void **state) {
   free(wos);
   assert_int_equal(php_owner_destroy(o), PH_OK);
   assert_int_equal(php_heap_destroy(h), PH_OK);
-  assert_no_failures();
+  tu_assert_no_failures();
 }
 
 /* php_visit_pool_of: every allocated block of the pool, any interior
@@ -854,7 +777,7 @@ static void visit_count(ph_value b, ph_value hd, void *user) {
   vctx *v = user;
   /* the header as read: allocated (marking may have changed its colour
    * since, a concurrent sweep freed it, or the owner reused the slot) */
-  CHECK(hd != 0 && php_hd_wosize(hd) >= 1);
+  TU_CHECK(hd != 0 && php_hd_wosize(hd) >= 1);
   v->found |= b == v->want;
   if (b <= v->last)
     v->ordered = 0;
@@ -911,7 +834,7 @@ static void test_visit(void **state) {
   verify_ok(h);
   assert_int_equal(php_owner_destroy(o), PH_OK);
   assert_int_equal(php_heap_destroy(h), PH_OK);
-  assert_no_failures();
+  tu_assert_no_failures();
 }
 
 /* Orphan and adopt: counters travel, blocks stay, allocation adopts an
@@ -976,7 +899,7 @@ static void test_orphan_adopt(void **state) {
   assert_int_equal(php_owner_destroy(a), PH_OK);
   assert_int_equal(php_owner_destroy(b), PH_OK);
   assert_int_equal(php_heap_destroy(h), PH_OK);
-  assert_no_failures();
+  tu_assert_no_failures();
 }
 
 /* The verifier sees a broken slot header. */
@@ -1003,7 +926,7 @@ static void test_verify_detects(void **state) {
   assert_int_equal(php_verify(NULL, why, sizeof why), PH_EINVAL);
   assert_int_equal(php_owner_destroy(o), PH_OK);
   assert_int_equal(php_heap_destroy(h), PH_OK);
-  assert_no_failures();
+  tu_assert_no_failures();
 }
 
 /* Callbacks' calls into the layer are refused and change nothing. */
@@ -1017,17 +940,17 @@ static void on_free_reenter(ph_value b, void *user) {
   php_heap_stats st;
   php_counters c;
   php_owner *o2 = NULL;
-  CHECK(php_alloc(reentry_owner, 2, 0) == 0);
-  CHECK(php_heap_stats_get(reentry_heap, &st) == PH_ESTATE);
-  CHECK(php_sweep(reentry_owner, 100) == 100);
-  CHECK(php_cycle(reentry_owner) == PH_ESTATE);
-  CHECK(php_owner_adopt(reentry_owner) == PH_ESTATE);
-  CHECK(php_owner_orphan(reentry_owner) == PH_ESTATE);
-  CHECK(php_owner_create(reentry_heap, &o2) == PH_ESTATE);
-  CHECK(o2 == NULL);
-  CHECK(php_owner_counters(reentry_owner, &c) == PH_ESTATE);
-  CHECK(php_verify(reentry_heap, NULL, 0) == PH_ESTATE);
-  CHECK(php_set_colours(reentry_heap, 1) == PH_ESTATE);
+  TU_CHECK(php_alloc(reentry_owner, 2, 0) == 0);
+  TU_CHECK(php_heap_stats_get(reentry_heap, &st) == PH_ESTATE);
+  TU_CHECK(php_sweep(reentry_owner, 100) == 100);
+  TU_CHECK(php_cycle(reentry_owner) == PH_ESTATE);
+  TU_CHECK(php_owner_adopt(reentry_owner) == PH_ESTATE);
+  TU_CHECK(php_owner_orphan(reentry_owner) == PH_ESTATE);
+  TU_CHECK(php_owner_create(reentry_heap, &o2) == PH_ESTATE);
+  TU_CHECK(o2 == NULL);
+  TU_CHECK(php_owner_counters(reentry_owner, &c) == PH_ESTATE);
+  TU_CHECK(php_verify(reentry_heap, NULL, 0) == PH_ESTATE);
+  TU_CHECK(php_set_colours(reentry_heap, 1) == PH_ESTATE);
   atomic_fetch_add(&reentry_seen, 1);
 }
 
@@ -1052,7 +975,7 @@ static void test_reentry(void **state) {
   assert_int_equal(php_cycle(o), PH_OK);
   assert_true(php_sweep(o, 1 << 20) > 0);
   assert_int_equal(atomic_load(&reentry_seen), 100);
-  assert_no_failures();
+  tu_assert_no_failures();
   /* nothing changed by the refused calls */
   php_counters c;
   assert_int_equal(php_owner_counters(o, &c), PH_OK);
@@ -1075,18 +998,18 @@ static void compact_case(unsigned nparts, size_t pool_size, uint64_t stream) {
   php_owner *own[NO];
   for (int i = 0; i < NO; i++)
     assert_int_equal(php_owner_create(h, &own[i]), PH_OK);
-  rng r;
-  rng_init(&r, stream);
-  size_t nroots = SCALE(4000, 4);
+  tu_rng r;
+  tu_rng_init(&r, stream);
+  size_t nroots = tu_scale(4000, 4);
   ph_value *roots = calloc(nroots, sizeof *roots);
   assert_non_null(roots);
-  size_t nblocks = SCALE(120000, 8);
+  size_t nblocks = tu_scale(120000, 8);
   for (size_t i = 0; i < nroots; i++)
     roots[i] = PH_UNIT;
   for (size_t i = 0; i < nblocks; i++) {
     ph_value v = make_block(own[i % NO], &r, roots, nroots, 1);
     assert_true(v != 0);
-    roots[below(&r, nroots)] = v; /* most blocks die */
+    roots[tu_below(&r, nroots)] = v; /* most blocks die */
   }
   /* a closure in root 0 and an infix pointer to it kept outside */
   ph_value cl = make_block(own[0], &r, roots, nroots, 0);
@@ -1167,7 +1090,7 @@ static void compact_case(unsigned nparts, size_t pool_size, uint64_t stream) {
   for (size_t i = 0; i < nblocks / 4; i++) {
     ph_value v = make_block(own[i % NO], &r, roots, nroots, 1);
     assert_true(v != 0);
-    roots[below(&r, nroots)] = v;
+    roots[tu_below(&r, nroots)] = v;
   }
   full_cycle(h, own, NO, roots, nroots);
   for (int i = 0; i < NO; i++)
@@ -1181,7 +1104,7 @@ static void compact_case(unsigned nparts, size_t pool_size, uint64_t stream) {
   for (int i = 0; i < NO; i++)
     assert_int_equal(php_owner_destroy(own[i]), PH_OK);
   assert_int_equal(php_heap_destroy(h), PH_OK);
-  assert_no_failures();
+  tu_assert_no_failures();
 }
 
 static void test_compact_one(void **state) {
@@ -1202,14 +1125,14 @@ static void test_compact_bad_colour(void **state) {
   php_heap *h = heap_new(0);
   php_owner *o;
   assert_int_equal(php_owner_create(h, &o), PH_OK);
-  rng r;
-  rng_init(&r, 20);
+  tu_rng r;
+  tu_rng_init(&r, 20);
   enum { NR = 500 };
   ph_value roots[NR];
   for (size_t i = 0; i < NR; i++)
     roots[i] = PH_UNIT;
   for (size_t i = 0; i < 20000; i++)
-    roots[below(&r, NR)] = make_block(o, &r, roots, NR, 0);
+    roots[tu_below(&r, NR)] = make_block(o, &r, roots, NR, 0);
   full_cycle(h, &o, 1, roots, NR);
   while (php_sweep(o, 1 << 20) <= 0)
     ;
@@ -1234,7 +1157,7 @@ static void test_compact_bad_colour(void **state) {
   verify_ok(h);
   assert_int_equal(php_owner_destroy(o), PH_OK);
   assert_int_equal(php_heap_destroy(h), PH_OK);
-  assert_no_failures();
+  tu_assert_no_failures();
 }
 
 /* Release modes, retain, huge pages and heap_limit through a compaction:
@@ -1254,16 +1177,33 @@ static void release_case(ph_release_mode mode, size_t retain, ph_huge_mode huge,
   colours_reset(h);
   php_owner *o;
   assert_int_equal(php_owner_create(h, &o), PH_OK);
-  rng r;
-  rng_init(&r, stream);
-  enum { NR = 2000 };
+  tu_rng r;
+  tu_rng_init(&r, stream);
+  /* Without huge pages, the random graph.  With them, a sparse heap of
+   * small blocks (one in eight kept, fields immediate): no large block and
+   * no full pool pins a 2 MiB range, so ranges can empty whole if the pools
+   * kept are chosen inside the ranges that stay (compact.choose.ranges;
+   * without that choice this case releases nothing). */
+  size_t NR = huge == PH_HUGE_OFF ? 2000 : 24000;
   ph_value *roots = calloc(NR, sizeof *roots);
   assert_non_null(roots);
   for (size_t i = 0; i < NR; i++)
     roots[i] = PH_UNIT;
-  size_t n = SCALE(60000, 4);
-  for (size_t i = 0; i < n; i++)
-    roots[below(&r, NR)] = make_block(o, &r, roots, NR, 1);
+  if (huge == PH_HUGE_OFF) {
+    size_t n = tu_scale(60000, 4);
+    for (size_t i = 0; i < n; i++)
+      roots[tu_below(&r, NR)] = make_block(o, &r, roots, NR, 1);
+  } else {
+    for (size_t i = 0; i < NR * 8; i++) {
+      size_t wo = 1 + tu_below(&r, 4);
+      ph_value v = alloc_counted(o, wo, T_TUPLE);
+      assert_true(v != 0);
+      for (size_t k = 0; k < wo; k++)
+        ((ph_value *)v)[k] = ph_val_int((intptr_t)i);
+      if (tu_below(&r, 8) == 0)
+        roots[i / 8] = v;
+    }
+  }
   full_cycle(h, &o, 1, roots, NR);
   while (php_sweep(o, 1 << 20) <= 0)
     ;
@@ -1289,16 +1229,20 @@ static void release_case(ph_release_mode mode, size_t retain, ph_huge_mode huge,
   php_heap_stats s1 = hstats(h);
   assert_true(s1.evacuated_blocks > 0);
   if (mode == PH_RELEASE_KEEP) {
+    /* every pool freed stays committed (a freed large block gives back
+     * the part of a page it did not fill: heap.large.commit) */
     assert_int_equal(s1.released_bytes, 0);
-    assert_int_equal(s1.committed_bytes, s0.committed_bytes);
-  } else if (huge == PH_HUGE_OFF) {
-    /* (with huge pages only whole 2 MiB ranges go back, and the layer does
-     * not yet choose the pools it keeps by range: compact.choose.ranges) */
+    assert_true(s1.free_bytes >=
+                s0.free_bytes + (s0.pool_bytes - s1.pool_bytes));
+  } else {
+    /* (with huge pages only whole 2 MiB ranges go back: the pools kept are
+     * chosen in the ranges that stay, compact.choose.ranges) */
     assert_true(s1.committed_bytes <= s0.committed_bytes);
     /* free committed memory beyond retain goes back (in whole units): what
      * stays is less than retain + a unit, and at least retain if anything
-     * was released */
-    assert_true(s1.free_bytes < retain + s1.pool_size);
+     * was released (with huge pages, free units of a range in use stay) */
+    if (huge == PH_HUGE_OFF)
+      assert_true(s1.free_bytes < retain + s1.pool_size);
     if (s1.released_bytes > 0)
       assert_true(s1.free_bytes >= retain);
     if (retain == 0) {
@@ -1311,7 +1255,7 @@ static void release_case(ph_release_mode mode, size_t retain, ph_huge_mode huge,
   free(roots);
   assert_int_equal(php_owner_destroy(o), PH_OK);
   assert_int_equal(php_heap_destroy(h), PH_OK);
-  assert_no_failures();
+  tu_assert_no_failures();
 }
 
 static void test_release_modes(void **state) {
@@ -1383,7 +1327,7 @@ typedef struct mt {
     php_owner *o;
     ph_value roots[MT_ROOTS];
     mstack st;
-    rng r;
+    tu_rng r;
     size_t orphans, visits;
   } w[MT_MAX];
   cenv ce;
@@ -1397,26 +1341,26 @@ typedef struct mt {
  * deletion barrier (the old value is darkened). */
 static void mt_mutate(struct mtw *w) {
   mt *m = w->m;
-  rng *r = &w->r;
+  tu_rng *r = &w->r;
   for (int k = 0; k < 4; k++) {
-    const ph_value *src = below(r, 3) ? w->roots : m->shared;
+    const ph_value *src = tu_below(r, 3) ? w->roots : m->shared;
     size_t ns = src == w->roots ? MT_ROOTS : MT_SHARED;
     ph_value v = make_block(w->o, r, src, ns, 1);
     if (!v)
       return;
-    switch (below(r, 4)) {
+    switch (tu_below(r, 4)) {
     case 0: { /* a shared slot */
-      ph_value old = __atomic_exchange_n(&m->shared[below(r, MT_SHARED)], v,
+      ph_value old = __atomic_exchange_n(&m->shared[tu_below(r, MT_SHARED)], v,
                                          __ATOMIC_ACQ_REL);
       darken(&w->st, old);
       break;
     }
     case 1: { /* a field of a tuple reachable from our roots */
-      ph_value t = w->roots[below(r, MT_ROOTS)];
+      ph_value t = w->roots[tu_below(r, MT_ROOTS)];
       if (ph_is_block(t) && php_hd_tag(php_hd_load(block_of(t))) == T_TUPLE) {
         t = block_of(t);
         size_t wo = php_hd_wosize(php_hd_load(t));
-        ph_value *f = (ph_value *)t + below(r, wo);
+        ph_value *f = (ph_value *)t + tu_below(r, wo);
         ph_value old = __atomic_exchange_n(f, v, __ATOMIC_ACQ_REL);
         darken(&w->st, old);
         break;
@@ -1424,7 +1368,7 @@ static void mt_mutate(struct mtw *w) {
     }
       /* fall through */
     default: /* our own roots were darkened at the cycle */
-      __atomic_store_n(&w->roots[below(r, MT_ROOTS)], v, __ATOMIC_RELEASE);
+      __atomic_store_n(&w->roots[tu_below(r, MT_ROOTS)], v, __ATOMIC_RELEASE);
     }
   }
 }
@@ -1433,9 +1377,9 @@ static void mt_mutate(struct mtw *w) {
 static void mt_visit(struct mtw *w, ph_value b, ph_value v) {
   vctx c = {.want = b, .ordered = 1};
   int e = php_visit_pool_of(w->m->h, v, visit_count, &c);
-  CHECK(e == PH_OK);
-  CHECK(c.found);
-  CHECK(c.ordered);
+  TU_CHECK(e == PH_OK);
+  TU_CHECK(c.found);
+  TU_CHECK(c.ordered);
   w->visits++;
 }
 
@@ -1447,9 +1391,9 @@ static void mt_stw_check(mt *m) {
   /* every reachable block was marked in this cycle (snapshot at the
    * beginning + allocation MARKED): none is free or garbage */
   graph g = walk(m->croots, m->cn, m->n + 1, col.marked);
-  CHECK(g.all_marked);
-  CHECK(g.blocks <=
-        atomic_load(&m_small_blocks) + atomic_load(&m_large_blocks));
+  TU_CHECK(g.all_marked);
+  TU_CHECK(g.blocks <=
+           atomic_load(&m_small_blocks) + atomic_load(&m_large_blocks));
   verify_ok_mt(m->h);
 }
 
@@ -1459,27 +1403,27 @@ static void mt_compact(mt *m, unsigned idx) {
   if (idx == 0) {
     m->ce.ops.live_colours = 1u << col.unmarked;
     g0 = walk(m->croots, m->cn, m->n + 1, col.unmarked);
-    CHECK(g0.all_marked);
+    TU_CHECK(g0.all_marked);
     s0 = hstats(m->h);
   }
   pthread_barrier_wait(&m->bar);
   for (int round = 0; round < 2; round++) {
     int e = php_compact_stw(m->h, idx, &m->ce.ops);
-    CHECK(e == PH_OK);
+    TU_CHECK(e == PH_OK);
     pthread_barrier_wait(&m->bar);
     if (idx == 0) {
       graph g = walk(m->croots, m->cn, m->n + 1, col.unmarked);
-      CHECK(g.hash == g0.hash);
-      CHECK(g.blocks == g0.blocks);
+      TU_CHECK(g.hash == g0.hash);
+      TU_CHECK(g.blocks == g0.blocks);
       verify_ok_mt(m->h);
       php_heap_stats s = hstats(m->h);
-      CHECK(s.mappings <= s0.mappings);
+      TU_CHECK(s.mappings <= s0.mappings);
       if (round == 0) {
         m->moved += s.evacuated_blocks;
         if (s.released_bytes > 0 && s.committed_bytes < s0.committed_bytes)
           m->released++;
       } else {
-        CHECK(s.evacuated_blocks == 0);
+        TU_CHECK(s.evacuated_blocks == 0);
       }
       php_owner *own[MT_MAX];
       for (unsigned i = 0; i < m->n; i++)
@@ -1497,17 +1441,17 @@ static void *mt_main(void *arg) {
     /* the concurrent phase: mark, sweep, mutate, visit, orphan */
     for (size_t s = 0; s < m->steps; s++) {
       mt_mutate(w);
-      if (w->st.n && below(&w->r, 32) == 0) {
+      if (w->st.n && tu_below(&w->r, 32) == 0) {
         ph_value b = w->st.e[w->st.n - 1]; /* marked: not garbage */
-        mt_visit(w, b, b + 8 * below(&w->r, php_hd_wosize(php_hd_load(b))));
+        mt_visit(w, b, b + 8 * tu_below(&w->r, php_hd_wosize(php_hd_load(b))));
       }
       mark_some(&w->st, 16);
       php_sweep(w->o, 300);
       if (s == m->steps / 2 && cyc % m->n == w->idx && cyc % 2 == 1) {
         /* this domain terminates and a new one takes its place: its roots
          * still reach blocks in the orphaned pools */
-        CHECK(php_owner_destroy(w->o) == PH_OK);
-        CHECK(php_owner_create(m->h, &w->o) == PH_OK);
+        TU_CHECK(php_owner_destroy(w->o) == PH_OK);
+        TU_CHECK(php_owner_create(m->h, &w->o) == PH_OK);
         w->orphans++;
       }
     }
@@ -1524,9 +1468,9 @@ static void *mt_main(void *arg) {
       colours_rotate(m->h);
     pthread_barrier_wait(&m->bar);
     if (w->idx == cyc % m->n)
-      CHECK(php_owner_adopt(w->o) == PH_OK);
+      TU_CHECK(php_owner_adopt(w->o) == PH_OK);
     pthread_barrier_wait(&m->bar);
-    CHECK(php_cycle(w->o) == PH_OK);
+    TU_CHECK(php_cycle(w->o) == PH_OK);
     pthread_barrier_wait(&m->bar);
     if (cyc % 3 == 2)
       mt_compact(m, w->idx);
@@ -1561,9 +1505,9 @@ static void test_concurrent(void **state) {
   mt *m = calloc(1, sizeof *m);
   assert_non_null(m);
   m->h = heap_new(0);
-  m->n = T_TSAN ? 3 : 4;
-  m->cycles = SCALE(12, 2);
-  m->steps = SCALE(3000, 3);
+  m->n = TU_TSAN ? 3 : 4;
+  m->cycles = tu_scale(12, 2);
+  m->steps = tu_scale(3000, 3);
   pthread_barrier_init(&m->bar, NULL, m->n);
   for (size_t i = 0; i < MT_SHARED; i++)
     m->shared[i] = PH_UNIT;
@@ -1571,7 +1515,7 @@ static void test_concurrent(void **state) {
     struct mtw *w = &m->w[i];
     w->m = m;
     w->idx = i;
-    rng_init(&w->r, 100 + i);
+    tu_rng_init(&w->r, 100 + i);
     for (size_t k = 0; k < MT_ROOTS; k++)
       w->roots[k] = PH_UNIT;
     assert_int_equal(php_owner_create(m->h, &w->o), PH_OK);
@@ -1592,7 +1536,7 @@ static void test_concurrent(void **state) {
   mt_main(&m->w[0]);
   for (unsigned i = 1; i < m->n; i++)
     pthread_join(t[i], NULL);
-  assert_no_failures();
+  tu_assert_no_failures();
   size_t orphans = 0, visits = 0;
   for (unsigned i = 0; i < m->n; i++) {
     orphans += m->w[i].orphans;
@@ -1614,7 +1558,7 @@ static void test_concurrent(void **state) {
 }
 
 int main(void) {
-  seed();
+  tu_seed();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_errors),
       cmocka_unit_test(test_alloc_sweep),

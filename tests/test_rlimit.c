@@ -26,7 +26,7 @@
 
 #include "reliability_util.h"
 
-#include "heap/os.h"
+#include "os/os.h"
 
 #include <malloc.h>
 #include <stdio.h>
@@ -50,7 +50,7 @@
   } while (0)
 
 static void skip_if_sanitized(void) {
-  if (RU_TSAN || RU_ASAN) {
+  if (TU_TSAN || TU_ASAN) {
     print_message("rlimit: skipped: the sanitizer's shadow memory needs "
                   "terabytes of address space, RLIMIT_AS cannot be lowered\n");
     skip();
@@ -70,15 +70,15 @@ static int set_budget(size_t budget) {
 
 /* Fill empty slots until live bytes reach target.  Returns PH_OK, or the
  * first error. */
-static int fill(ru_table *t, uint64_t *rng, size_t target) {
+static int fill(ru_table *t, tu_rng *rng, size_t target) {
   for (size_t i = 0; i < t->n && t->live_words * 8 < target; i++) {
     if (t->items[i].wosize != 0)
       continue;
-    uint64_t r = ru_rand(rng);
+    uint64_t r = tu_next(rng);
     size_t wosize = r % 512 == 0 ? 300 + (size_t)(r >> 10) % 8000
                                  : 1 + (size_t)(r >> 10) % 24;
     unsigned tag = (r >> 40) % 10 == 0 ? PH_TAG_RAW : 0;
-    int err = ru_put(t, i, wosize, tag, ru_rand(rng));
+    int err = ru_put(t, i, wosize, tag, tu_next(rng));
     if (err != PH_OK)
       return err;
   }
@@ -99,7 +99,7 @@ static int fits_child(size_t budget) {
   CHECK(ph_heap_create(&cfg, &h) == PH_OK);
   CHECK(ph_domain_attach(h, &d) == PH_OK);
   ru_table t;
-  uint64_t rng = 7;
+  tu_rng rng = {7};
   char why[256];
   CHECK(ru_table_init(&t, d, NSLOTS) == PH_OK);
   size_t live = (size_t)LIVE_MB << 20;
@@ -107,7 +107,7 @@ static int fits_child(size_t budget) {
     CHECK(fill(&t, &rng, live) == PH_OK);
     CHECK(ph_collect(d) == PH_OK);
     for (size_t i = 0; i < t.n; i++)
-      if (ru_below(&rng, 100) < 60)
+      if (tu_below(&rng, 100) < 60)
         ru_drop(&t, i);
     CHECK(ph_compact(d) == PH_OK);
     CHECK(ru_table_check(&t, why, sizeof why) == 0);
@@ -140,7 +140,7 @@ static int too_small_child(size_t budget) {
   CHECK(err == PH_OK);
   CHECK(ph_domain_attach(h, &d) == PH_OK);
   ru_table t;
-  uint64_t rng = 9;
+  tu_rng rng = {9};
   char why[256];
   CHECK(ru_table_init(&t, d, NSLOTS / 5) == PH_OK);
   err = fill(&t, &rng, (size_t)LIVE_MB << 20);

@@ -9,7 +9,7 @@
  * fits and wastes less than 1/8 of the slot. */
 #include "test_util.h"
 
-#include "heap/internal.h"
+#include "api/api.h"
 
 static ph_heap *heap_with_pool(size_t pool_size) {
   ph_config cfg;

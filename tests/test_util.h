@@ -2,17 +2,24 @@
  *
  * - TU_TSAN: 1 under ThreadSanitizer (sizes are scaled down there with
  *   tu_scale), TU_ASAN likewise for AddressSanitizer.
- * - A seeded xorshift RNG: tu_rng_init prints the seed and honours the
- *   environment variable POOLHEAP_SEED, so a failing run can be repeated.
+ * - TU_MAPS_EXACT: whether the process's mapping count is predictable
+ *   (neither sanitizer maps memory behind the program's back).
+ * - The tests' one seed reader and RNG: tu_seed / tu_seed_named print the
+ *   seed and honour the environment variable POOLHEAP_SEED, so a failing run
+ *   can be repeated; tu_rng (xorshift*) with tu_next / tu_below, seeded by
+ *   tu_rng_init (a stream of the process seed) or with a state of the
+ *   caller's; tu_mix, a word mixer (splitmix64's finalizer).
  * - tu_vmrss_kb (VmRSS of the process) and tu_maps_lines (lines of
- *   /proc/self/maps).
+ *   /proc/self/maps), read by the library's ph_os_process_rss and
+ *   ph_os_process_mappings; tu_meminfo (a /proc/meminfo field).
  * - Threads: tu_threads_run starts n threads and joins them; tu_dbarrier is
  *   a pthread barrier wait for a thread attached as a domain (done inside a
  *   blocking section, or collections would wait for it forever).
  * - tu_reach_bytes: the bytes of every block reachable from a set of values,
  *   recounted by the test itself ((wosize + 1) * 8 each, as live_bytes).
  *
- * Include after <cmocka.h>'s prerequisites; every helper is static inline.
+ * compact_util.h and reliability_util.h include this header and add only
+ * what their tests share.  Every helper is static inline.
  */
 #ifndef POOLHEAP_TEST_UTIL_H
 #define POOLHEAP_TEST_UTIL_H
@@ -23,6 +30,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "os/os.h"
 #include "poolheap.h"
 
 #include <inttypes.h>
@@ -57,6 +65,12 @@
 #define TU_ASAN 0
 #endif
 
+/* ThreadSanitizer maps shadow memory whenever the program maps memory, and
+ * AddressSanitizer's allocator maps its regions lazily, so the process-wide
+ * mapping count is only predictable without them.  With them, the exact
+ * check is ru_ranges_gone: none of the heap's reservations is mapped. */
+#define TU_MAPS_EXACT (!TU_TSAN && !TU_ASAN)
+
 #if defined(PH_DEBUG) && PH_DEBUG
 #define TU_DEBUG 1
 #else
@@ -76,11 +90,13 @@ typedef struct tu_rng {
 } tu_rng;
 
 /* The seed of this process: POOLHEAP_SEED if set, else from the clock.
- * Printed once, with how to repeat it. */
-static inline uint64_t tu_seed(void) {
+ * Printed, with how to repeat it: on the first call, and on every call
+ * that names what it seeds (what != NULL). */
+static inline uint64_t tu_seed_named(const char *what) {
   static uint64_t seed;
-  static int have;
-  if (!have) {
+  static int have; /* written once, by the first call (the main thread) */
+  int first = !have;
+  if (first) {
     const char *e = getenv("POOLHEAP_SEED");
     if (e && *e) {
       seed = strtoull(e, NULL, 0);
@@ -91,27 +107,37 @@ static inline uint64_t tu_seed(void) {
              ((uint64_t)getpid() << 40);
     }
     have = 1;
-    printf("seed %" PRIu64 " (repeat with POOLHEAP_SEED=%" PRIu64 ")\n", seed,
-           seed);
+  }
+  if (first || what) {
+    printf("%s%sseed %" PRIu64 " (repeat with POOLHEAP_SEED=%" PRIu64 ")\n",
+           what ? what : "", what ? ": " : "", seed, seed);
     fflush(stdout);
   }
   return seed;
 }
 
+static inline uint64_t tu_seed(void) {
+  return tu_seed_named(NULL);
+}
+
+/* A word mixer (splitmix64's finalizer of a + golden * (b + 1)). */
+static inline uint64_t tu_mix(uint64_t a, uint64_t b) {
+  uint64_t z = a + 0x9e3779b97f4a7c15ull * (b + 1);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
 /* A stream derived from the process seed and a stream number (one per
  * thread or test), so threads do not share state. */
 static inline void tu_rng_init(tu_rng *r, uint64_t stream) {
-  uint64_t x = tu_seed() + 0x9e3779b97f4a7c15ull * (stream + 1);
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
-  x ^= x >> 31;
+  uint64_t x = tu_mix(tu_seed(), stream);
   r->s = x ? x : 1;
 }
 
+/* xorshift*; a zero state (a caller's seed) starts from a constant. */
 static inline uint64_t tu_next(tu_rng *r) {
-  uint64_t x = r->s;
+  uint64_t x = r->s ? r->s : 0x9e3779b97f4a7c15ull;
   x ^= x >> 12;
   x ^= x << 25;
   x ^= x >> 27;
@@ -127,31 +153,28 @@ static inline size_t tu_below(tu_rng *r, size_t n) {
 /* --------------------------------------------------------------- /proc */
 /* VmRSS of this process in KiB, -1 if unknown. */
 static inline long tu_vmrss_kb(void) {
-  FILE *f = fopen("/proc/self/status", "r");
-  if (!f)
-    return -1;
-  char line[256];
-  long kb = -1;
-  while (fgets(line, sizeof line, f))
-    if (strncmp(line, "VmRSS:", 6) == 0) {
-      kb = strtol(line + 6, NULL, 10);
-      break;
-    }
-  fclose(f);
-  return kb;
+  uint64_t b = ph_os_process_rss();
+  return b ? (long)(b / 1024) : -1;
 }
 
 /* Lines of /proc/self/maps (kernel mappings of the process), -1 if unknown. */
 static inline long tu_maps_lines(void) {
-  FILE *f = fopen("/proc/self/maps", "r");
-  if (!f)
-    return -1;
-  long n = 0;
-  int c;
-  while ((c = fgetc(f)) != EOF)
-    n += c == '\n';
-  fclose(f);
-  return n;
+  return ph_os_process_mappings();
+}
+
+/* The number after "key:" in /proc/meminfo (HugePages_Free, ...), -1 if
+ * absent. */
+static inline long tu_meminfo(const char *key) {
+  FILE *f = fopen("/proc/meminfo", "r");
+  char line[256];
+  long v = -1;
+  size_t n = strlen(key);
+  while (f && fgets(line, sizeof line, f))
+    if (strncmp(line, key, n) == 0 && line[n] == ':')
+      v = strtol(line + n + 1, NULL, 10);
+  if (f)
+    fclose(f);
+  return v;
 }
 
 /* ------------------------------------------------------------- threads */

@@ -1,9 +1,9 @@
-/* heap/verify.c -- the whole-heap check run by ph_verify inside
+/* gc/verify.c -- the whole-heap check run by ph_verify inside
  * stop-the-world (DESIGN.md: heap.verify).  Single-threaded and thorough:
  * chunk tables, unit states, every pool header and slot, every free list,
  * every large block, every scanned field and root, the avail lists and the
  * accounting counters against a recount. */
-#include "heap/internal.h"
+#include "gc/gc.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -36,7 +36,7 @@ static int valid_block(vctx *v, ph_value x) {
   char *ua = ph_unit_addr(h, c, u);
   if (c->ustate[u] == PH_U_LARGE)
     return (char *)x == ua + PH_LARGE_HDR + 8 &&
-           ph_hd_color(*ph_hp(x)) == PH_WHITE;
+           ph_hd_color(*ph_hp(x)) == PH_WHITE && *ph_hp(x) != 0;
   if (c->ustate[u] != PH_U_POOL)
     return 0;
   ph_pool *p = (ph_pool *)ua;
@@ -44,7 +44,8 @@ static int valid_block(vctx *v, ph_value x) {
   size_t sb = (size_t)h->class_wsize[p->cls] * 8;
   if ((char *)x < ph_pool_slots(p) + 8 || off % sb || off / sb >= p->nslots)
     return 0;
-  return ph_hd_color(*ph_hp(x)) == PH_WHITE;
+  /* a free slot's header is 0 (pools.header) */
+  return ph_hd_color(*ph_hp(x)) == PH_WHITE && *ph_hp(x) != 0;
 }
 
 static void check_fields(vctx *v, ph_value b) {
@@ -60,7 +61,7 @@ static void check_fields(vctx *v, ph_value b) {
   }
 }
 
-static void check_pool(vctx *v, ph_chunk *c, uint32_t u, uint64_t *free_c) {
+static void check_pool(vctx *v, ph_chunk *c, uint32_t u) {
   struct ph_heap *h = v->h;
   ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
   if (p->sig != PH_SIG_POOL || p->kind != PH_U_POOL) {
@@ -78,13 +79,11 @@ static void check_pool(vctx *v, ph_chunk *c, uint32_t u, uint64_t *free_c) {
   for (uint32_t i = 0; i < p->nslots && !v->bad; i++) {
     ph_value b = ph_pool_block(h, p, i);
     ph_value hd = *ph_hp(b);
-    switch (ph_hd_color(hd)) {
-    case PH_BLUE:
+    if (hd == 0) { /* a free slot (pools.header) */
       blue++;
-      if (ph_hd_wosize(hd) != wsize - 1)
-        fail(v, "pool %p slot %u: free slot with wosize %zu", (void *)p, i,
-             ph_hd_wosize(hd));
-      break;
+      continue;
+    }
+    switch (ph_hd_color(hd)) {
     case PH_WHITE:
       white++;
       if (ph_hd_wosize(hd) == 0 || ph_hd_wosize(hd) > wsize - 1 ||
@@ -106,18 +105,17 @@ static void check_pool(vctx *v, ph_chunk *c, uint32_t u, uint64_t *free_c) {
   }
   uint32_t n = 0;
   for (ph_value f = p->free; f && !v->bad; f = *(ph_value *)f) {
-    if (ph_unit_of(h, f) != (ph_unit_hdr *)p ||
-        ph_hd_color(*ph_hp(f)) != PH_BLUE || ++n > p->nfree)
+    if (ph_unit_of(h, f) != (ph_unit_hdr *)p || *ph_hp(f) != 0 ||
+        ++n > p->nfree)
       fail(v, "pool %p: free list broken at %p", (void *)p, (void *)f);
   }
   if (!v->bad && n != p->nfree)
     fail(v, "pool %p: free list has %u of %u", (void *)p, n, p->nfree);
-  *free_c += blue;
 }
 
 int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
   vctx v = {h, why, why_size, 0};
-  uint64_t pools = 0, large = 0, comm = 0, freeslots = 0;
+  uint64_t pools = 0, large = 0, comm = 0, large_comm = 0;
   for (unsigned i = 0; i < h->nchunks && !v.bad; i++) {
     ph_chunk *c = h->chunks[i];
     if (i > 0 && h->chunks[i - 1]->base + h->chunks[i - 1]->size > c->base)
@@ -125,15 +123,15 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
     uint32_t nfree = 0;
     for (uint32_t u = 0; u < c->nunits && !v.bad; u++) {
       uint8_t st = c->ustate[u];
-      if (st != PH_U_FREE)
-        comm++;
+      if (st != PH_U_FREE && st != PH_U_LARGE && st != PH_U_LARGE_TAIL)
+        comm += h->pool_size;
       if (st == PH_U_FREE || st == PH_U_FREE_COMM) {
         nfree++;
         if (u < c->hint)
           fail(&v, "chunk %u: free unit %u below hint %u", i, u, c->hint);
       } else if (st == PH_U_POOL) {
         pools++;
-        check_pool(&v, c, u, &freeslots);
+        check_pool(&v, c, u);
       } else if (st == PH_U_LARGE) {
         ph_large *l = (ph_large *)ph_unit_addr(h, c, u);
         ph_value b = (ph_value)((char *)l + PH_LARGE_HDR + 8);
@@ -141,7 +139,11 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
         if (l->sig != PH_SIG_LARGE || l->nunits == 0 ||
             u + l->nunits > c->nunits || l->unit != u || l->chunk != c ||
             ph_hd_color(*ph_hp(b)) != PH_WHITE || wo <= h->max_small_wosize ||
-            PH_LARGE_HDR + 8 + wo * 8 > (size_t)l->nunits << h->pool_shift) {
+            PH_LARGE_HDR + 8 + wo * 8 > (size_t)l->nunits << h->pool_shift ||
+            /* heap.large.commit: its pages, nothing beyond its last unit */
+            l->comm < PH_LARGE_HDR + 8 + wo * 8 ||
+            l->comm > (size_t)l->nunits << h->pool_shift ||
+            l->comm % ph_os_page_size()) {
           fail(&v, "large block at %p: bad header", (void *)l);
           break;
         }
@@ -149,6 +151,8 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
           if (c->ustate[u + k] != PH_U_LARGE_TAIL)
             fail(&v, "large block at %p: unit %u not a tail", (void *)l, k);
         large += l->nunits;
+        large_comm += l->comm;
+        comm += l->comm;
       } else if (st != PH_U_LARGE_TAIL) {
         fail(&v, "chunk %u unit %u: bad state %u", i, u, st);
       }
@@ -174,13 +178,16 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
   }
   if (v.bad)
     return PH_ECORRUPT;
-  if (pools != h->pool_units || large != h->large_units)
-    fail(&v, "unit counters: pools %zu/%llu large %zu/%llu", h->pool_units,
-         (unsigned long long)pools, h->large_units, (unsigned long long)large);
+  if (pools != h->pool_units || large != h->large_units ||
+      large_comm != h->large_comm)
+    fail(&v, "unit counters: pools %zu/%llu large %zu/%llu (%zu/%llu bytes)",
+         h->pool_units, (unsigned long long)pools, h->large_units,
+         (unsigned long long)large, h->large_comm,
+         (unsigned long long)large_comm);
   uint64_t oc = atomic_load_explicit(&h->os.committed, memory_order_relaxed);
-  if (!v.bad && oc != comm << h->pool_shift)
+  if (!v.bad && oc != comm)
     fail(&v, "committed bytes %llu, units say %llu", (unsigned long long)oc,
-         (unsigned long long)(comm << h->pool_shift));
+         (unsigned long long)comm);
   uint64_t om = atomic_load_explicit(&h->os.mappings, memory_order_relaxed);
   if (!v.bad && om != h->nchunks)
     fail(&v, "mappings %llu, chunks %u", (unsigned long long)om, h->nchunks);
@@ -211,16 +218,15 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
                (void *)sg->slot[i]);
   }
   if (!v.bad) {
-    pthread_mutex_lock(&h->roots_lock);
-    for (size_t i = 0; i < h->groots_cap && !v.bad; i++) {
-      ph_value *slot = h->groots[i];
+    pthread_mutex_lock(&h->roots->roots_lock);
+    for (size_t i = 0; i < h->roots->groots_cap && !v.bad; i++) {
+      ph_value *slot = h->roots->groots[i];
       if (slot && slot != (ph_value *)1 && ph_is_block(*slot) &&
           !valid_block(&v, *slot))
         fail(&v, "global root %p = %p is not a live block", (void *)slot,
              (void *)*slot);
     }
-    pthread_mutex_unlock(&h->roots_lock);
+    pthread_mutex_unlock(&h->roots->roots_lock);
   }
-  (void)freeslots;
   return v.bad ? PH_ECORRUPT : PH_OK;
 }

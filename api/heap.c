@@ -1,47 +1,12 @@
-/* heap/heap.c -- heap creation and destruction, configuration, statistics,
+/* api/heap.c -- heap creation and destruction, configuration, statistics,
  * census, events and pacing (DESIGN.md: heap.config, heap.stats,
  * heap.pacing). */
-#include "heap/internal.h"
+#include "api/api.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#define PH_MIN_GC_BYTES ((uint64_t)4 << 20)
-
-void ph_assert_fail(const char *cond, const char *file, int line) {
-  fprintf(stderr, "poolheap: assertion failed: %s (%s:%d)\n", cond, file, line);
-  abort();
-}
-
-const char *ph_strerror(int err) {
-  switch (err) {
-  case PH_OK:
-    return "success";
-  case PH_EINVAL:
-    return "invalid argument or configuration";
-  case PH_ENOMEM:
-    return "out of memory (the OS refused or heap_limit was reached)";
-  case PH_ESTATE:
-    return "call not allowed in the current state";
-  case PH_ECORRUPT:
-    return "heap invariant broken";
-  default:
-    return "unknown error";
-  }
-}
-
-uint64_t ph_now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-void ph_event(struct ph_heap *h, ph_phase ph, int begin, unsigned dom) {
-  if (h->cfg.on_event)
-    h->cfg.on_event(ph, begin, dom, ph_now_ns(), h->cfg.on_event_user);
-}
 
 void ph_config_init(ph_config *cfg) {
   if (!cfg)
@@ -81,36 +46,36 @@ static int config_valid(const ph_config *c) {
   return 1;
 }
 
-void ph_pacing_reset_locked(struct ph_heap *h) {
-  uint64_t t = h->st.live_bytes / 100 * h->cfg.gc_percent;
-  if (t < PH_MIN_GC_BYTES)
-    t = PH_MIN_GC_BYTES;
-  /* relaxed: pacing counters (heap.pacing) */
-  atomic_store_explicit(&h->gc_threshold, t, memory_order_relaxed);
-  atomic_store_explicit(&h->alloc_since, 0, memory_order_relaxed);
-}
+/* A heap and the state of every layer, in one allocation. */
+typedef struct ph_heap_all {
+  struct ph_heap h; /* first: a ph_heap * is the whole */
+  ph_sync sync;
+  ph_roots roots;
+  ph_gc gc;
+} ph_heap_all;
 
 /* Everything but the chunks (released before) goes; used by destroy and by
  * a create that could not get its first chunk. */
 static void heap_free(struct ph_heap *h) {
   for (unsigned i = 0; i < h->cfg.max_domains + h->cfg.gc_helpers; i++) {
-    ph_mark_stack_free(&h->stw.workers[i].stack);
-    free(h->stw.workers[i].cands);
-    free(h->stw.workers[i].larges);
+    ph_mark_stack_free(&h->gc->workers[i].stack);
+    free(h->sec.pw[i].cands);
+    free(h->sec.pw[i].larges);
   }
   ph_compact_fini(h);
   ph_roots_global_fini(h);
-  ph_barrier_destroy(&h->stw.bar);
-  pthread_cond_destroy(&h->stw.mark_cond);
-  pthread_mutex_destroy(&h->stw.mark_lock);
-  pthread_mutex_destroy(&h->roots_lock);
-  pthread_cond_destroy(&h->helper_cond);
-  pthread_cond_destroy(&h->cond);
+  ph_barrier_destroy(&h->sync->stw.bar);
+  pthread_cond_destroy(&h->gc->mark_cond);
+  pthread_mutex_destroy(&h->gc->mark_lock);
+  pthread_mutex_destroy(&h->roots->roots_lock);
+  pthread_cond_destroy(&h->sync->helper_cond);
+  pthread_cond_destroy(&h->sync->cond);
   pthread_mutex_destroy(&h->lock);
   ph_os_acct_fini(&h->os);
   free(h->slots);
-  free(h->stw.workers);
-  free(h);
+  free(h->gc->workers);
+  free(h->sec.pw);
+  free((ph_heap_all *)h);
 }
 
 int ph_heap_create(const ph_config *cfg, ph_heap **out) {
@@ -125,32 +90,38 @@ int ph_heap_create(const ph_config *cfg, ph_heap **out) {
     return PH_EINVAL;
   if (ph_in_section()) /* barrier.reentry */
     return PH_ESTATE;
-  struct ph_heap *h = calloc(1, sizeof *h);
-  if (!h)
+  ph_heap_all *all = calloc(1, sizeof *all);
+  if (!all)
     return PH_ENOMEM;
+  struct ph_heap *h = &all->h;
+  h->sync = &all->sync;
+  h->roots = &all->roots;
+  h->gc = &all->gc;
   h->cfg = *cfg;
   h->pool_size = cfg->pool_size;
   h->pool_shift = (unsigned)__builtin_ctzl(cfg->pool_size);
   h->pool_mask = ~(uintptr_t)(cfg->pool_size - 1);
   h->commit_cap = ph_os_commit_cap();
   ph_sizeclass_init(h);
+  unsigned nw = cfg->max_domains + cfg->gc_helpers; /* participants, at most */
   h->slots = calloc(cfg->max_domains, sizeof *h->slots);
-  h->stw.workers =
-      calloc(cfg->max_domains + cfg->gc_helpers, sizeof *h->stw.workers);
-  if (!h->slots || !h->stw.workers) {
+  h->gc->workers = calloc(nw, sizeof *h->gc->workers);
+  h->sec.pw = calloc(nw, sizeof *h->sec.pw);
+  if (!h->slots || !h->gc->workers || !h->sec.pw) {
     free(h->slots);
-    free(h->stw.workers);
-    free(h);
+    free(h->gc->workers);
+    free(h->sec.pw);
+    free(all);
     return PH_ENOMEM;
   }
   ph_os_acct_init(&h->os);
   pthread_mutex_init(&h->lock, NULL);
-  pthread_cond_init(&h->cond, NULL);
-  pthread_cond_init(&h->helper_cond, NULL);
-  pthread_mutex_init(&h->roots_lock, NULL);
-  pthread_mutex_init(&h->stw.mark_lock, NULL);
-  pthread_cond_init(&h->stw.mark_cond, NULL);
-  ph_barrier_init(&h->stw.bar);
+  pthread_cond_init(&h->sync->cond, NULL);
+  pthread_cond_init(&h->sync->helper_cond, NULL);
+  pthread_mutex_init(&h->roots->roots_lock, NULL);
+  pthread_mutex_init(&h->gc->mark_lock, NULL);
+  pthread_cond_init(&h->gc->mark_cond, NULL);
+  ph_barrier_init(&h->sync->stw.bar);
   ph_pacing_reset_locked(h);
   /* The first chunk now, so that a heap that cannot get memory fails here. */
   if (ph_chunk_grow_locked(h, 1) != PH_OK) {
@@ -166,22 +137,19 @@ int ph_heap_create(const ph_config *cfg, ph_heap **out) {
     return PH_ENOMEM;
   }
   h->sig = PH_SIG_HEAP;
+  ph_registry_add(h);
   *out = h;
   return PH_OK;
 }
 
 int ph_heap_destroy(ph_heap *h) {
-  if (!h || h->sig != PH_SIG_HEAP)
+  if (!h)
     return PH_EINVAL;
   if (ph_in_section()) /* barrier.reentry */
     return PH_ESTATE;
-  pthread_mutex_lock(&h->lock);
-  if (h->ndomains > 0) {
-    pthread_mutex_unlock(&h->lock);
-    return PH_ESTATE;
-  }
-  h->sig = PH_SIG_DEAD;
-  pthread_mutex_unlock(&h->lock);
+  int err = ph_registry_remove(h);
+  if (err != PH_OK)
+    return err;
   /* no domain: no section can be pending, the helpers are asleep */
   ph_stw_helpers_stop(h);
   pthread_mutex_lock(&h->lock);
@@ -196,14 +164,15 @@ int ph_heap_destroy(ph_heap *h) {
 }
 
 int ph_stats_get(ph_heap *h, ph_stats *out) {
-  if (!h || h->sig != PH_SIG_HEAP || !out)
+  if (!out)
     return PH_EINVAL;
   if (ph_in_section()) /* barrier.reentry */
     return PH_ESTATE;
-  pthread_mutex_lock(&h->lock);
+  int err = ph_heap_lock_live(h); /* takes h->lock */
+  if (err != PH_OK)
+    return err;
   ph_stats s = h->st;
   s.pool_bytes = (uint64_t)h->pool_units << h->pool_shift;
-  s.large_bytes = (uint64_t)h->large_units << h->pool_shift;
   /* relaxed: accounting counters, exact under heap->lock which we hold */
   s.committed_bytes =
       atomic_load_explicit(&h->os.committed, memory_order_relaxed);
@@ -212,13 +181,10 @@ int ph_stats_get(ph_heap *h, ph_stats *out) {
   s.mappings = atomic_load_explicit(&h->os.mappings, memory_order_relaxed);
   s.huge_fallbacks =
       atomic_load_explicit(&h->os.huge_fallbacks, memory_order_relaxed);
-  uint64_t free_comm = 0;
-  for (unsigned i = 0; i < h->nchunks; i++) {
-    ph_chunk *c = h->chunks[i];
-    for (uint32_t u = 0; u < c->nunits; u++)
-      free_comm += c->ustate[u] == PH_U_FREE_COMM;
-  }
-  s.free_pool_bytes = free_comm << h->pool_shift;
+  /* heap.stats: committed = pools + large blocks' pages + free committed
+   * units (ph_verify recounts it), so no walk over the units */
+  s.large_bytes = h->large_comm;
+  s.free_pool_bytes = s.committed_bytes - s.pool_bytes - s.large_bytes;
   uint64_t alloc =
       atomic_load_explicit(&h->retired_allocated, memory_order_relaxed);
   for (unsigned i = 0; i < h->cfg.max_domains; i++)
@@ -231,27 +197,4 @@ int ph_stats_get(ph_heap *h, ph_stats *out) {
   pthread_mutex_unlock(&h->lock);
   *out = s;
   return PH_OK;
-}
-
-void ph_census_stw_single(struct ph_heap *h, ph_census_req *req) {
-  ph_census_class rows[PH_MAX_CLASSES];
-  memset(rows, 0, sizeof rows);
-  for (unsigned c = 0; c < h->nclasses; c++) {
-    rows[c].size_class = c;
-    rows[c].block_words = h->class_wsize[c];
-    rows[c].max_wosize = h->class_wsize[c] - 1;
-  }
-  for (unsigned i = 0; i < h->nchunks; i++) {
-    ph_chunk *ch = h->chunks[i];
-    for (uint32_t u = 0; u < ch->nunits; u++) {
-      if (ch->ustate[u] != PH_U_POOL)
-        continue;
-      ph_pool *p = (ph_pool *)ph_unit_addr(h, ch, u);
-      rows[p->cls].pools++;
-      rows[p->cls].live_blocks += p->nlive;
-      rows[p->cls].free_blocks += p->nfree;
-    }
-  }
-  for (unsigned c = 0; c < h->nclasses; c++)
-    req->fn(&rows[c], req->user);
 }

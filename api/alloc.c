@@ -1,29 +1,15 @@
-/* heap/alloc.c -- allocation (DESIGN.md: heap.alloc).
+/* api/alloc.c -- allocation (DESIGN.md: heap.alloc).
  *
  * Fast path: pop the domain's alloc cache for the size class (no lock, no
  * atomic read-modify-write).  Slow path, when the cache is empty: retire the
  * cached pool (it is full), take the next pool from the owner slot's avail
  * list, or a new pool under heap->lock.  Pacing is checked on the slow path
- * only (heap.pacing).  Large blocks take whole units under heap->lock. */
-#include "heap/internal.h"
+ * only (heap.pacing).  Large blocks take whole units under heap->lock and
+ * commit only their pages (heap.large.commit). */
+#include "api/api.h"
 
 #include <pthread.h>
 #include <string.h>
-
-int ph_check_domain(const struct ph_domain *d) {
-  if (!d)
-    return PH_EINVAL;
-  if (d->sig == PH_SIG_DEAD)
-    return PH_ESTATE;
-  if (d->sig != PH_SIG_DOMAIN)
-    return PH_EINVAL;
-#if PH_DEBUG
-  /* domain.owner: a domain is used only by the thread that attached it. */
-  if (!pthread_equal(d->thread, pthread_self()))
-    return PH_ESTATE;
-#endif
-  return PH_OK;
-}
 
 static void count_alloc(struct ph_domain *d, uint64_t bytes) {
   /* Only the owner writes `allocated`; relaxed because readers
@@ -32,8 +18,11 @@ static void count_alloc(struct ph_domain *d, uint64_t bytes) {
   atomic_store_explicit(&d->allocated, a + bytes, memory_order_relaxed);
 }
 
-/* heap.pacing: collect when bytes handed out since the last collection
- * exceed the threshold (checked before taking memory, on slow paths). */
+/* heap.pacing: collect when bytes allocated since the last collection
+ * exceed the threshold (checked before taking memory, on slow paths).  Slots
+ * are charged when a cache gives up its pool (exhausted here, or flushed),
+ * only those handed out since the last charge, so the fast path stays free
+ * of read-modify-writes and a pool's unused room is never charged. */
 static void pacing_poll(struct ph_domain *d) {
   struct ph_heap *h = d->heap;
   if (h->cfg.gc_percent == 0)
@@ -42,11 +31,7 @@ static void pacing_poll(struct ph_domain *d) {
   if (atomic_load_explicit(&h->alloc_since, memory_order_relaxed) <=
       atomic_load_explicit(&h->gc_threshold, memory_order_relaxed))
     return;
-  ph_stw_run(d, PH_STW_COLLECT | PH_STW_AUTO, NULL);
-}
-
-static void pacing_add(struct ph_heap *h, uint64_t bytes) {
-  atomic_fetch_add_explicit(&h->alloc_since, bytes, memory_order_relaxed);
+  ph_gc_run(d, PH_STW_COLLECT | PH_STW_AUTO, NULL);
 }
 
 static ph_pool *take_pool(struct ph_domain *d, unsigned cls) {
@@ -71,6 +56,8 @@ static int refill(struct ph_domain *d, unsigned cls) {
   if (ph_in_section()) /* barrier.reentry: a callback, another heap */
     return PH_ESTATE;
   if (ac->pool) { /* exhausted: it is full now */
+    ph_pacing_add(h, (uint64_t)ac->nfree_charged * h->class_wsize[cls] * 8);
+    ac->nfree_charged = 0;
     ac->pool->free = 0;
     ac->pool->nfree = 0;
     ac->pool->nlive = ac->pool->nslots;
@@ -81,16 +68,16 @@ static int refill(struct ph_domain *d, unsigned cls) {
   ph_pool *p = take_pool(d, cls);
   if (!p) {
     /* Out of memory: a collection may free whole pools. */
-    ph_stw_run(d, PH_STW_COLLECT, NULL);
+    ph_gc_run(d, PH_STW_COLLECT, NULL);
     p = take_pool(d, cls);
     if (!p)
       return PH_ENOMEM;
   }
-  pacing_add(h, (uint64_t)p->nfree * h->class_wsize[cls] * 8);
   p->cached = 1;
   ac->pool = p;
   ac->free = p->free;
   ac->nfree = p->nfree;
+  ac->nfree_charged = p->nfree;
   return PH_OK;
 }
 
@@ -112,19 +99,25 @@ ph_value ph_large_alloc(struct ph_domain *d, size_t wosize, unsigned tag) {
     d->last_error = PH_ESTATE;
     return 0;
   }
-  if (n >= UINT32_MAX) {
+  /* heap.large.refuse: a block whose pages could never be committed
+   * (heap_limit, or what the machine has) is refused before anything is
+   * reserved or collected: the heap stays as it was. */
+  size_t cap = h->cfg.heap_limit ? h->cfg.heap_limit : h->commit_cap;
+  size_t page = ph_os_page_size();
+  if (n >= UINT32_MAX || (bytes + page - 1) / page > cap / page) {
     d->last_error = PH_ENOMEM;
     return 0;
   }
   pacing_poll(d);
   ph_chunk *c = NULL;
   uint32_t u = 0;
+  size_t comm = 0;
   int err = PH_ENOMEM;
   for (int attempt = 0; attempt < 2 && err != PH_OK; attempt++) {
     if (attempt == 1)
-      ph_stw_run(d, PH_STW_COLLECT, NULL);
+      ph_gc_run(d, PH_STW_COLLECT, NULL);
     pthread_mutex_lock(&h->lock);
-    err = ph_units_take_locked(h, n, PH_U_LARGE, &c, &u);
+    err = ph_units_take_large_locked(h, n, bytes, &c, &u, &comm);
     if (err == PH_OK) {
       ph_large *l = (ph_large *)ph_unit_addr(h, c, u);
       memset(l, 0, PH_LARGE_HDR);
@@ -133,7 +126,9 @@ ph_value ph_large_alloc(struct ph_domain *d, size_t wosize, unsigned tag) {
       l->nunits = (uint32_t)n;
       l->unit = u;
       l->chunk = c;
+      l->comm = comm;
       h->large_units += n;
+      h->large_comm += comm;
     }
     pthread_mutex_unlock(&h->lock);
   }
@@ -141,7 +136,7 @@ ph_value ph_large_alloc(struct ph_domain *d, size_t wosize, unsigned tag) {
     d->last_error = err;
     return 0;
   }
-  pacing_add(h, n << h->pool_shift);
+  ph_pacing_add(h, (wosize + 1) * 8);
   ph_value *hp = (ph_value *)(ph_unit_addr(h, c, u) + PH_LARGE_HDR);
   *hp = ph_hd_make(wosize, PH_WHITE, tag);
   ph_value v = (ph_value)(hp + 1);
@@ -153,8 +148,7 @@ ph_value ph_large_alloc(struct ph_domain *d, size_t wosize, unsigned tag) {
 ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag) {
   int err = ph_check_domain(d);
   if (err != PH_OK) {
-    if (d && d->sig == PH_SIG_DEAD) /* a detached handle stays readable */
-      d->last_error = err;
+    ph_domain_note_error(d, err); /* a detached handle stays readable */
     return 0;
   }
   if (wosize == 0 || wosize > PH_MAX_WOSIZE || tag > PH_TAG_MAX) {
@@ -166,16 +160,11 @@ ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag) {
     d->last_error = PH_ESTATE;
     return 0;
   }
-  /* ph_safepoint, with barrier.reentry on its slow path: from a callback
-   * (the section is pending) refuse; ph_last_error only on our own domain */
-  if (__builtin_expect(
-          atomic_load_explicit(&h->stw_pending, memory_order_relaxed), 0)) {
-    if (ph_in_section()) {
-      if (pthread_equal(d->thread, pthread_self()))
-        d->last_error = PH_ESTATE;
-      return 0;
-    }
-    ph_stw_join(d);
+  /* d was checked above (its owner's thread); barrier.reentry on the slow
+   * path: from a callback (the section is pending) refuse */
+  if (ph_safepoint_owner(d) != PH_OK) {
+    d->last_error = PH_ESTATE;
+    return 0;
   }
   if (wosize > h->max_small_wosize)
     return ph_large_alloc(d, wosize, tag);
@@ -199,7 +188,10 @@ ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag) {
 }
 
 int ph_last_error(const ph_domain *d) {
-  if (!d || (d->sig != PH_SIG_DOMAIN && d->sig != PH_SIG_DEAD))
+  if (!d)
     return PH_EINVAL;
-  return d->last_error;
+  uint32_t sig = atomic_load_explicit(&d->sig, memory_order_relaxed);
+  if (sig != PH_SIG_DOMAIN && sig != PH_SIG_DEAD)
+    return PH_EINVAL;
+  return atomic_load_explicit(&d->last_error, memory_order_relaxed);
 }

@@ -1,4 +1,4 @@
-/* heap/os_linux.c -- the OS memory layer for Linux (interface: heap/os.h).
+/* os/os_linux.c -- the OS memory layer for Linux (interface: os/os.h).
  *
  * Reservations are anonymous private mappings made read/write with
  * MAP_NORESERVE, so address space costs nothing until a page is touched.
@@ -12,7 +12,7 @@
  * registry of live reservations that catches ranges this layer never handed
  * out.  All counters are C11 atomics; see the comments on each access.
  */
-#include "heap/os.h"
+#include "os/os.h"
 
 #include "poolheap.h"
 
@@ -25,7 +25,19 @@
 #include <sys/mman.h>
 #include <sys/sysinfo.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
+
+void ph_assert_fail(const char *cond, const char *file, int line) {
+  fprintf(stderr, "poolheap: assertion failed: %s (%s:%d)\n", cond, file, line);
+  abort();
+}
+
+uint64_t ph_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 #if defined(PH_DEBUG) && PH_DEBUG > 0
 #define PH_OS_DEBUG 1

@@ -1,4 +1,4 @@
-/* heap/mark.c -- parallel marking (DESIGN.md: heap.mark, mark.share).
+/* gc/mark.c -- parallel marking (DESIGN.md: heap.mark, mark.share).
  *
  * Every participant scans a share of the roots (claimed with an atomic
  * counter), then drains its own mark stack.  A block is marked by an atomic
@@ -18,7 +18,7 @@
  * mark.overflow: if a stack cannot grow (malloc refused), the entry is
  * dropped and mark_overflow set; marking then repeats with a rescan of every
  * black block's fields until a round ends without overflow. */
-#include "heap/internal.h"
+#include "gc/gc.h"
 
 #include <stdlib.h>
 
@@ -28,7 +28,7 @@
 /* Test knob (internal): the largest mark stack, in entries (0 = none). */
 size_t ph_mark_stack_limit = 0;
 
-static void push(ph_stw *s, ph_mark_stack *st, ph_value v, size_t start,
+static void push(ph_gc *s, ph_mark_stack *st, ph_value v, size_t start,
                  size_t end) {
   if (st->n == st->cap) {
     size_t ncap = st->cap ? st->cap * 2 : 4096;
@@ -59,10 +59,11 @@ void ph_mark_value(struct ph_heap *h, ph_worker *w, ph_value v) {
     return;
   ph_value *hp = ph_hp(v);
   ph_value hd = __atomic_load_n(hp, __ATOMIC_RELAXED);
-  if (ph_hd_color(hd) != PH_WHITE)
+  /* pools.header: a free slot is a header of 0, WHITE too: never marked */
+  if (ph_hd_color(hd) != PH_WHITE || hd == 0)
     return;
   const ph_value black = (ph_value)PH_BLACK << PH_HD_COLOR_SHIFT;
-  if (h->stw.nparts == 1) {
+  if (h->sec.nparts == 1) {
     /* alone: no other marker can race on this header */
     __atomic_store_n(hp, hd | black, __ATOMIC_RELAXED);
   } else {
@@ -76,7 +77,7 @@ void ph_mark_value(struct ph_heap *h, ph_worker *w, ph_value v) {
   w->live_bytes += (wo + 1) * 8;
   w->live_blocks++;
   if (ph_hd_tag(hd) < PH_TAG_RAW)
-    push(&h->stw, &w->stack, v, 0, 0);
+    push(h->gc, &w->stack, v, 0, 0);
 }
 
 void ph_mark_slot_visit(ph_value *slot, void *ctx) {
@@ -113,10 +114,10 @@ static inline void scan_fields(struct ph_heap *h, ph_worker *w, ph_value v,
   }
 }
 
-static int share_range(ph_stw *s, ph_value v, size_t start, size_t end);
+static int share_range(ph_gc *s, ph_value v, size_t start, size_t end);
 
 static void scan_entry(struct ph_heap *h, ph_worker *w, ph_mark_entry e) {
-  ph_stw *s = &h->stw;
+  ph_gc *s = h->gc;
   size_t wo = e.end ? e.end : ph_hd_wosize(ph_hd_load(e.v));
   size_t end = wo - e.start > PH_MARK_SLICE ? e.start + PH_MARK_SLICE : wo;
   if (end < wo) {
@@ -133,7 +134,7 @@ static void scan_entry(struct ph_heap *h, ph_worker *w, ph_mark_entry e) {
 }
 
 /* Put p on the shared list and wake one hungry participant. */
-static void publish(ph_stw *s, ph_mark_packet *p) {
+static void publish(ph_gc *s, ph_mark_packet *p) {
   pthread_mutex_lock(&s->mark_lock);
   p->next = s->shared;
   s->shared = p;
@@ -142,7 +143,7 @@ static void publish(ph_stw *s, ph_mark_packet *p) {
 }
 
 /* Give the older half of our stack to the others (mark.share). */
-static void share(ph_stw *s, ph_mark_stack *st) {
+static void share(ph_gc *s, ph_mark_stack *st) {
   size_t k = st->n / 2;
   ph_mark_packet *p = malloc(sizeof *p + k * sizeof(ph_mark_entry));
   if (!p)
@@ -158,7 +159,7 @@ static void share(ph_stw *s, ph_mark_stack *st) {
 
 /* Give [start, end) of v's fields to the others (mark.share); 0 if no
  * packet could be had (the caller keeps the range). */
-static int share_range(ph_stw *s, ph_value v, size_t start, size_t end) {
+static int share_range(ph_gc *s, ph_value v, size_t start, size_t end) {
   ph_mark_packet *p = malloc(sizeof *p + sizeof(ph_mark_entry));
   if (!p)
     return 0;
@@ -170,7 +171,7 @@ static int share_range(ph_stw *s, ph_value v, size_t start, size_t end) {
   return 1;
 }
 
-static void take_packet_mark_locked(ph_stw *s, ph_mark_stack *st) {
+static void take_packet_mark_locked(ph_gc *s, ph_mark_stack *st) {
   ph_mark_packet *p = s->shared;
   s->shared = p->next;
   for (size_t i = 0; i < p->n; i++)
@@ -181,7 +182,7 @@ static void take_packet_mark_locked(ph_stw *s, ph_mark_stack *st) {
 /* Drain our stack, sharing and taking work, until all participants are
  * idle with nothing shared. */
 static void drain_stw(struct ph_heap *h, ph_worker *w) {
-  ph_stw *s = &h->stw;
+  ph_gc *s = h->gc;
   ph_mark_stack *st = &w->stack;
   for (;;) {
     while (st->n > 0 || w->ring_n > 0) {
@@ -248,30 +249,30 @@ static void rescan_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
 }
 
 static void rescan_stw(struct ph_heap *h, ph_worker *w) {
-  ph_stw_each_unit_stw(h, &h->stw.claim_c, 16, rescan_unit, w);
+  ph_units_each_stw(h, &h->gc->claim_rescan, 16, rescan_unit, w);
 }
 
-static void reset_termination_stw_single(ph_stw *s) {
+static void reset_termination_stw_single(ph_gc *s) {
   s->idle = 0;
   s->mark_done = 0;
-  atomic_store_explicit(&s->claim_c, 0, memory_order_relaxed);
+  atomic_store_explicit(&s->claim_rescan, 0, memory_order_relaxed);
 }
 
 void ph_mark_stw(struct ph_heap *h, ph_worker *w) {
-  ph_stw *s = &h->stw;
-  ph_roots_scan_stw(h, w, ph_mark_slot_visit, w);
+  ph_gc *s = h->gc;
+  ph_roots_scan_stw(h, ph_mark_slot_visit, w);
   drain_stw(h, w);
   for (;;) {
-    ph_barrier_wait(&s->bar);
+    ph_barrier_wait(&h->sync->stw.bar);
     /* relaxed: read after the barrier, which orders it */
     int over = atomic_load_explicit(&s->mark_overflow, memory_order_relaxed);
     if (!over)
       break;
-    if (ph_barrier_wait(&s->bar)) {
+    if (ph_barrier_wait(&h->sync->stw.bar)) {
       atomic_store_explicit(&s->mark_overflow, 0, memory_order_relaxed);
       reset_termination_stw_single(s);
     }
-    ph_barrier_wait(&s->bar);
+    ph_barrier_wait(&h->sync->stw.bar);
     rescan_stw(h, w);
     drain_stw(h, w);
   }

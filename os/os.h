@@ -1,4 +1,6 @@
-/* heap/os.h -- the OS memory layer (DESIGN.md: heap.os).
+/* os/os.h -- the OS memory layer (DESIGN.md: os).
+ *
+ * The bottom layer: it includes nothing of poolheap but the public header.
  *
  * The only place poolheap talks to the kernel about memory.  Every range is in
  * one of three states, and each function is one transition:
@@ -21,12 +23,32 @@
  * caller owns (one per heap); its counters are atomics so that ph_stats_get
  * may read them from any thread.
  */
-#ifndef PH_HEAP_OS_H
-#define PH_HEAP_OS_H
+#ifndef PH_OS_OS_H
+#define PH_OS_OS_H
 
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/* ---------------------------------------------------------- assertions */
+/* PH_DEBUG 0: release (bad input returns errors, no internal asserts).
+ * PH_DEBUG 1: cheap assertions.  PH_DEBUG 2: also expensive whole-structure
+ * checks (heap verification around every collection) and poisoning. */
+#ifndef PH_DEBUG
+#define PH_DEBUG 0
+#endif
+void ph_assert_fail(const char *cond, const char *file, int line);
+#if PH_DEBUG
+#define PH_ASSERT(c) ((c) ? (void)0 : ph_assert_fail(#c, __FILE__, __LINE__))
+#else
+#define PH_ASSERT(c) ((void)0)
+#endif
+#define PH_EXPENSIVE (PH_DEBUG >= 2)
+#define PH_POISON (PH_DEBUG >= 1)
+#define PH_POISON_WORD ((ph_value)0xdeadbeefdeadbee0ull)
+
+/* A monotonic clock in nanoseconds (phase timings, events). */
+uint64_t ph_now_ns(void);
 
 #define PH_HUGE_PAGE_SIZE ((size_t)2 << 20)
 

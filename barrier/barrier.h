@@ -1,0 +1,121 @@
+/* barrier/barrier.h -- barriers and stop-the-world sections: election,
+ * participation, GC helpers, blocking sections, safepoints (DESIGN.md:
+ * barrier).
+ *
+ * Includes: heap/ (and below) only.  A section runs a body handed to
+ * ph_stw_run by the layer above (gc/collect.c); the engine does not know
+ * what the body does beyond the kind flags it coalesces on. */
+#ifndef PH_BARRIER_BARRIER_H
+#define PH_BARRIER_BARRIER_H
+
+#include "heap/heap.h"
+
+/* barrier.sense: a reusable barrier for n threads (mutex + condvar). */
+typedef struct ph_barrier {
+  pthread_mutex_t m;
+  pthread_cond_t c;
+  unsigned n, waiting;
+  uint64_t gen;
+} ph_barrier;
+void ph_barrier_init(ph_barrier *b);
+void ph_barrier_destroy(ph_barrier *b);
+void ph_barrier_reset(ph_barrier *b, unsigned n);
+/* Returns 1 in exactly one thread (the last to arrive). */
+int ph_barrier_wait(ph_barrier *b);
+
+/* Kinds of sections.  COLLECT and COMPACT do heap work (helpers take part;
+ * a request is satisfied by a later section of that kind); VERIFY and
+ * CENSUS always lead their own.  AUTO is read by the body only. */
+enum {
+  PH_STW_COLLECT = 1,
+  PH_STW_COMPACT = 2,
+  PH_STW_VERIFY = 4,
+  PH_STW_CENSUS = 8,
+  PH_STW_AUTO = 16, /* triggered by pacing: may compact (compact_percent) */
+};
+
+/* The body of a section: every participant runs it, with its participant
+ * index (0..nparts-1, in order of arrival) and its domain. */
+typedef void (*ph_stw_body)(struct ph_heap *h, unsigned id,
+                            struct ph_domain *d);
+
+/* One stop-the-world section (barrier.stw).  Fields marked (lock) are
+ * written under heap->lock; the rest by participants, ordered by barriers. */
+typedef struct ph_stw {
+  uint64_t epoch;   /* (lock) */
+  int kind;         /* (lock) PH_STW_* */
+  unsigned nparts;  /* (lock) participants expected */
+  unsigned arrived; /* (lock) */
+  unsigned left;    /* (lock) participants that finished */
+  struct ph_domain *leader;
+  ph_stw_body body; /* (lock) what every participant runs */
+  const void *arg;  /* (lock) the leader's request, for the body */
+  int did;          /* written by the body: PH_STW_COLLECT|PH_STW_COMPACT */
+  int result;       /* written by the body: the leader's result */
+  ph_barrier bar;
+} ph_stw;
+
+/* The barrier layer's state of a heap (h->sync). */
+typedef struct ph_sync {
+  pthread_cond_t cond;         /* section start/end, arrivals (heap->lock) */
+  uint64_t stw_started;        /* (lock) sections started */
+  uint64_t last_collect_epoch; /* (lock) epoch of the last collecting one */
+  uint64_t last_compact_epoch; /* (lock) epoch of the last compacting one */
+  ph_stw stw;
+  /* barrier.helpers: cfg.gc_helpers threads, each a domain outside the
+   * slots; they sleep on helper_cond (with lock) between sections. */
+  struct ph_domain **helpers;
+  pthread_t *helper_threads;
+  void **helper_stacks; /* mapped by us (ph_os_stack_map), unmapped at stop */
+  unsigned nhelpers;    /* started */
+  int helpers_stop;     /* (lock) destroy asks them to leave */
+  pthread_cond_t helper_cond;
+} ph_sync;
+
+/* barrier/stw.c */
+/* Run (or join, and coalesce with) a stop-the-world section of the given
+ * kind whose participants run body; arg is kept for the body of a section
+ * d leads (VERIFY and CENSUS sections are always led by their caller). */
+int ph_stw_run(struct ph_domain *d, int kind, ph_stw_body body,
+               const void *arg);
+void ph_stw_join(struct ph_domain *d);
+int ph_stw_helpers_start(struct ph_heap *h);
+void ph_stw_helpers_stop(struct ph_heap *h);
+/* barrier.reentry: the heap whose section the calling thread takes part in
+ * (NULL outside sections).  Every embedder callback (census fn, on_event,
+ * scan_roots) runs inside a section, so a public entry point that finds it
+ * set was called from a callback and refuses (PH_ESTATE).  initial-exec:
+ * one %fs-relative load, also in libpoolheap.so. */
+extern _Thread_local struct ph_heap *ph_tls_section
+    __attribute__((tls_model("initial-exec")));
+static inline int ph_in_section(void) {
+  return ph_tls_section != NULL;
+}
+/* The checks a public call on a domain starts with, other than ph_alloc
+ * (whose fast path leaves barrier.reentry to its slow path): the owner check
+ * (domain.owner; a detached handle records the error, ph_domain_note_error),
+ * then barrier.reentry.  PH_OK, or the error to return. */
+static inline int ph_domain_enter(struct ph_domain *d) {
+  int err = ph_check_domain(d);
+  if (err != PH_OK) {
+    ph_domain_note_error(d, err);
+    return err;
+  }
+  return ph_in_section() ? PH_ESTATE : PH_OK;
+}
+/* ph_safepoint for a domain already checked by its owner: one load when
+ * nothing is pending (relaxed; ph_stw_join re-reads under the lock).
+ * barrier.reentry on the slow path only: PH_ESTATE from inside a callback
+ * (its section is pending), and nothing joined. */
+static inline int ph_safepoint_owner(struct ph_domain *d) {
+  if (__builtin_expect(
+          atomic_load_explicit(&d->heap->stw_pending, memory_order_relaxed),
+          0)) {
+    if (ph_in_section())
+      return PH_ESTATE;
+    ph_stw_join(d);
+  }
+  return PH_OK;
+}
+
+#endif

@@ -1,0 +1,28 @@
+/* gc/census.c -- ph_census's count of pools and blocks per size class,
+ * on the leader of its own section. */
+#include "gc/gc.h"
+
+#include <string.h>
+
+void ph_census_stw_single(struct ph_heap *h, const ph_census_req *req) {
+  ph_census_class rows[PH_MAX_CLASSES];
+  memset(rows, 0, sizeof rows);
+  for (unsigned c = 0; c < h->nclasses; c++) {
+    rows[c].size_class = c;
+    rows[c].block_words = h->class_wsize[c];
+    rows[c].max_wosize = h->class_wsize[c] - 1;
+  }
+  for (unsigned i = 0; i < h->nchunks; i++) {
+    ph_chunk *ch = h->chunks[i];
+    for (uint32_t u = 0; u < ch->nunits; u++) {
+      if (ch->ustate[u] != PH_U_POOL)
+        continue;
+      ph_pool *p = (ph_pool *)ph_unit_addr(h, ch, u);
+      rows[p->cls].pools++;
+      rows[p->cls].live_blocks += p->nlive;
+      rows[p->cls].free_blocks += p->nfree;
+    }
+  }
+  for (unsigned c = 0; c < h->nclasses; c++)
+    req->fn(&rows[c], req->user);
+}

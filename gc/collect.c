@@ -1,0 +1,284 @@
+/* gc/collect.c -- the managed collector's sequence: every step of a
+ * collection and a compaction, in order (DESIGN.md: gc.sequence).
+ *
+ * The stop-the-world engine (barrier/stw.c) elects a leader, gathers the
+ * participants and runs body_stw on each of them.  Everything a collection
+ * does is here, top to bottom; a step that says "single" is done by the one
+ * participant the barrier before it returns 1 to:
+ *
+ *   1. prepare   barrier; single: flush blocking domains' caches, clear the
+ *                avail lists, build the section's unit index space, reset
+ *                the claim counters of marking and sweeping; barrier
+ *   2. mark      roots, then the mark stacks (gc/mark.c); ends with a
+ *                barrier
+ *   3. sweep     per pool (heap/sweep.c); barrier; single: free what died,
+ *                stats, decide automatic compaction, release per
+ *                heap.release.collect, reset pacing; barrier
+ *   4. compact   for ph_compact or an automatic compaction: the six phases
+ *                of compact/compact.c, with this file's barrier, root
+ *                scanner and PER_DOMAIN owner rule
+ *   5. verify / census on the leader, when requested; final barrier
+ *
+ * PH_DEBUG >= 2 verifies the whole heap after steps 3 and 4. */
+#include "gc/gc.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+static void phase_begin(struct ph_heap *h, ph_worker *w, ph_phase ph,
+                        uint64_t *t) {
+  *t = ph_now_ns();
+  ph_event(h, ph, 1, w->dom->index);
+}
+
+static uint64_t phase_end(struct ph_heap *h, ph_worker *w, ph_phase ph,
+                          uint64_t t0) {
+  ph_event(h, ph, 0, w->dom->index);
+  return ph_now_ns() - t0;
+}
+
+/* PH_DEBUG >= 2: the whole heap is verified on the leader (the others wait
+ * at the barrier); a broken invariant aborts with its description.  This is
+ * also the compactor's precondition check (DESIGN.md: compact). */
+static void expensive_check_stw(struct ph_heap *h, ph_worker *w,
+                                const char *when) {
+#if PH_EXPENSIVE
+  ph_stw *s = &h->sync->stw;
+  if (w->dom == s->leader) {
+    char why[256];
+    if (ph_verify_stw_single(h, why, sizeof why) != PH_OK) {
+      fprintf(stderr, "poolheap: heap broken %s: %s\n", when, why);
+      abort();
+    }
+  }
+  ph_barrier_wait(&s->bar);
+#else
+  (void)h;
+  (void)w;
+  (void)when;
+#endif
+}
+
+/* ---------------------------------------------------------- 1. prepare */
+
+static void prepare_stw_single(struct ph_heap *h) {
+  ph_stw *s = &h->sync->stw;
+  ph_gc *g = h->gc;
+  /* blocking domains do not flush their own caches (barrier.blocking) */
+  for (unsigned i = 0; i < h->cfg.max_domains; i++) {
+    struct ph_domain *d = h->slots[i].dom;
+    if (d && d->state == PH_DS_BLOCKING)
+      ph_domain_flush_caches(d);
+  }
+  h->sec.nparts = s->nparts;
+  g->nparts = s->nparts;
+  g->do_compact = 0;
+  s->did = 0;
+  s->result = PH_OK;
+  if (!(s->kind & (PH_STW_COLLECT | PH_STW_COMPACT)))
+    return;
+  /* avail lists are rebuilt by the sweep */
+  for (unsigned i = 0; i < h->cfg.max_domains; i++)
+    for (unsigned c = 0; c < h->nclasses; c++)
+      atomic_store_explicit(&h->slots[i].avail[c], NULL, memory_order_relaxed);
+  ph_units_index_stw_single(h);
+  ph_roots_rewind_stw_single(h);
+  atomic_store_explicit(&h->sec.claim_sweep, 0, memory_order_relaxed);
+  atomic_store_explicit(&g->claim_rescan, 0, memory_order_relaxed);
+  atomic_store_explicit(&g->mark_overflow, 0, memory_order_relaxed);
+  g->idle = 0;
+  g->mark_done = 0;
+}
+
+/* ---------------------------------------------------- 2. mark, 3. sweep */
+
+static void finish_collect_stw_single(struct ph_heap *h) {
+  ph_stw *s = &h->sync->stw;
+  ph_gc *g = h->gc;
+  ph_sweep_finish_stw_single(h);
+  uint64_t mark = 0, sweep = 0, frag = 0;
+  for (unsigned i = 0; i < s->nparts; i++) {
+    ph_worker *w = &g->workers[i];
+    mark = w->t_mark > mark ? w->t_mark : mark;
+    sweep = w->t_sweep > sweep ? w->t_sweep : sweep;
+    frag += h->sec.pw[i].frag_bytes;
+  }
+  pthread_mutex_lock(&h->lock);
+  h->st.mark_ns = mark;
+  h->st.sweep_ns = sweep;
+  h->st.collections++;
+  /* automatic compaction (cfg.compact_percent) */
+  uint64_t pool_bytes = (uint64_t)h->pool_units << h->pool_shift;
+  if ((s->kind & PH_STW_AUTO) && h->cfg.compact_percent &&
+      frag * 100 > (uint64_t)h->cfg.compact_percent * pool_bytes)
+    g->do_compact = 1;
+  if (!(s->kind & PH_STW_COMPACT) && !g->do_compact &&
+      h->cfg.release != PH_RELEASE_KEEP) {
+    /* heap.release.collect: keep a quarter of the heap in use (or retain)
+     * committed for the next burst; give the rest back. */
+    uint64_t inuse = (uint64_t)(h->pool_units + h->large_units)
+                     << h->pool_shift;
+    size_t keep = h->cfg.retain > inuse / 4 ? h->cfg.retain : inuse / 4;
+    uint64_t rel;
+    ph_units_release_locked(h,
+                            h->cfg.release == PH_RELEASE_UNMAP
+                                ? PH_RELEASE_DECOMMIT
+                                : (int)h->cfg.release,
+                            keep, &rel);
+  }
+  ph_pacing_reset_locked(h);
+  pthread_mutex_unlock(&h->lock);
+  /* what the section did, for coalescing (barrier.stw) */
+  s->did = PH_STW_COLLECT |
+           ((s->kind & PH_STW_COMPACT) || g->do_compact ? PH_STW_COMPACT : 0);
+}
+
+static void collect_stw(struct ph_heap *h, ph_worker *w) {
+  ph_stw *s = &h->sync->stw;
+  uint64_t t;
+  w->live_bytes = w->live_blocks = 0;
+  phase_begin(h, w, PH_PHASE_MARK, &t);
+  ph_mark_stw(h, w); /* ends with a barrier */
+  w->t_mark = phase_end(h, w, PH_PHASE_MARK, t);
+  w->pw->live_bytes = w->live_bytes; /* summed by the sweep's finish */
+  w->pw->live_blocks = w->live_blocks;
+  phase_begin(h, w, PH_PHASE_SWEEP, &t);
+  ph_sweep_stw(h, w->pw);
+  w->t_sweep = phase_end(h, w, PH_PHASE_SWEEP, t);
+  if (ph_barrier_wait(&s->bar))
+    finish_collect_stw_single(h);
+  ph_barrier_wait(&s->bar);
+}
+
+/* ---------------------------------------------------------- 4. compact */
+/* What compact/ needs from the section, for one participant (arg: its
+ * ph_worker). */
+
+static int compact_barrier(void *arg) {
+  ph_worker *w = arg;
+  return ph_barrier_wait(&w->dom->heap->sync->stw.bar);
+}
+
+static void compact_roots_rewind(void *arg) {
+  ph_worker *w = arg;
+  ph_roots_rewind_stw_single(w->dom->heap);
+}
+
+static void compact_scan_roots(void *arg, ph_visit_fn visit,
+                               void (*done)(void *ctx), void *ctx) {
+  ph_worker *w = arg;
+  ph_roots_scan_done_stw(w->dom->heap, visit, done, ctx);
+}
+
+/* PER_DOMAIN: a domain evacuates its own pools; the leader also those
+ * whose owner does not take part. */
+static int compact_evacuates_slot(void *arg, unsigned owner) {
+  ph_worker *w = arg;
+  struct ph_heap *h = w->dom->heap;
+  ph_stw *s = &h->sync->stw;
+  struct ph_domain *o = h->slots[owner].dom;
+  return o ? o == w->dom || (o->stw_expected != s->epoch && w->dom == s->leader)
+           : w->dom == s->leader;
+}
+
+static void compact_stw(struct ph_heap *h, ph_worker *w) {
+  ph_compact_part part = {
+      .id = w->id,
+      .dom = w->dom->index,
+      .leader = w->dom == h->sync->stw.leader,
+      .barrier = compact_barrier,
+      .roots_rewind = compact_roots_rewind,
+      .scan_roots = compact_scan_roots,
+      .evacuates_slot = compact_evacuates_slot,
+      .arg = w,
+  };
+  ph_compact_stw(h, &part);
+}
+
+/* ---------------------------------------------------------------- body */
+
+/* The body every participant runs (barrier.stw), steps 1 to 5. */
+static void body_stw(struct ph_heap *h, unsigned id, struct ph_domain *d) {
+  ph_stw *s = &h->sync->stw;
+  ph_gc *g = h->gc;
+  ph_worker *w = &g->workers[id];
+  w->id = id;
+  w->dom = d;
+  w->pw = &h->sec.pw[id];
+  uint64_t t0;
+  phase_begin(h, w, PH_PHASE_STW, &t0);
+  /* 1 */
+  if (ph_barrier_wait(&s->bar))
+    prepare_stw_single(h);
+  ph_barrier_wait(&s->bar);
+  if (s->kind & (PH_STW_COLLECT | PH_STW_COMPACT)) {
+    /* 2, 3 */
+    collect_stw(h, w);
+    expensive_check_stw(h, w, "after the sweep");
+    /* 4: g->do_compact was written by the leader before collect_stw's last
+     * barrier */
+    if ((s->kind & PH_STW_COMPACT) || g->do_compact) {
+      compact_stw(h, w);
+      expensive_check_stw(h, w, "after compaction");
+    }
+  }
+  /* 5 */
+  if (s->kind & (PH_STW_VERIFY | PH_STW_CENSUS)) {
+    if (w->dom == s->leader) {
+      const ph_gc_req *req = s->arg;
+      if (s->kind & PH_STW_VERIFY)
+        s->result = ph_verify_stw_single(h, req->why, req->why_size);
+      if (s->kind & PH_STW_CENSUS)
+        ph_census_stw_single(h, &req->census);
+    }
+  }
+  if (ph_barrier_wait(&s->bar)) {
+    pthread_mutex_lock(&h->lock);
+    h->st.stw_ns = ph_now_ns() - t0;
+    pthread_mutex_unlock(&h->lock);
+  }
+  phase_end(h, w, PH_PHASE_STW, t0);
+}
+
+/* Run (or join, and coalesce with) a section of the given kind whose body
+ * is the collector's sequence. */
+int ph_gc_run(struct ph_domain *d, int kind, const ph_gc_req *req) {
+  return ph_stw_run(d, kind, body_stw, req);
+}
+
+/* ------------------------------------------------------------- public */
+
+static int run_checked(ph_domain *d, int kind, const ph_gc_req *req) {
+  int err = ph_domain_enter(d);
+  if (err != PH_OK)
+    return err;
+  err = ph_gc_run(d, kind, req);
+  if (err != PH_OK)
+    d->last_error = err;
+  return err;
+}
+
+int ph_collect(ph_domain *d) {
+  return run_checked(d, PH_STW_COLLECT, NULL);
+}
+
+int ph_compact(ph_domain *d) {
+  return run_checked(d, PH_STW_COMPACT, NULL);
+}
+
+int ph_verify(ph_domain *d, char *why, size_t why_size) {
+  if (why && why_size)
+    why[0] = 0;
+  if (!why)
+    why_size = 0;
+  ph_gc_req req = {.why = why, .why_size = why_size};
+  return run_checked(d, PH_STW_VERIFY, &req);
+}
+
+int ph_census(ph_domain *d, void (*fn)(const ph_census_class *c, void *user),
+              void *user) {
+  if (!fn)
+    return PH_EINVAL;
+  ph_gc_req req = {.census = {.fn = fn, .user = user}};
+  return run_checked(d, PH_STW_CENSUS, &req);
+}

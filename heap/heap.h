@@ -1,0 +1,438 @@
+/* heap/heap.h -- the pool layer: chunks, units, size classes, pools,
+ * large blocks, the per-pool sweep and unit release (DESIGN.md: heap).
+ *
+ * Includes: the public header and os/ only.  Function suffixes (DESIGN.md,
+ * top): _stw every participant of a section, _stw_single one participant
+ * while the world is stopped, _locked the caller holds heap->lock, _owner
+ * only the thread that owns the domain.
+ *
+ * struct ph_heap and struct ph_domain are declared here, at the bottom of
+ * the layers that use them: their fields are the pool layer's, plus one
+ * pointer (or a few plain fields, grouped and marked) per layer above,
+ * whose state structs are declared in that layer's header. */
+#ifndef PH_HEAP_HEAP_H
+#define PH_HEAP_HEAP_H
+
+#include "os/os.h"
+#include "poolheap.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------------- headers */
+/* heap.block.header: wosize << 10 | color << 8 | tag.  The managed
+ * collector's colors:
+ *   WHITE  allocated, not (yet) marked; every block between collections
+ *   BLACK  marked by the current collection (only inside stop-the-world)
+ * A free slot is a header word of 0 (wosize 0; field 0 links its pool's free
+ * list), and a block moved by compaction keeps its header (field 0 is the new
+ * address; the map of evacuated units says it moved): the pool format of
+ * the pool layer (pools.header), which uses no color itself. */
+enum { PH_WHITE = 0, PH_BLACK = 1 };
+#define PH_HD_COLOR_SHIFT 8
+#define PH_HD_COLOR_MASK ((ph_value)3 << PH_HD_COLOR_SHIFT)
+static inline ph_value ph_hd_make(size_t wosize, unsigned color, unsigned tag) {
+  return ((ph_value)wosize << PH_HD_WOSIZE_SHIFT) |
+         ((ph_value)color << PH_HD_COLOR_SHIFT) | (ph_value)tag;
+}
+static inline unsigned ph_hd_color(ph_value hd) {
+  return (unsigned)((hd >> PH_HD_COLOR_SHIFT) & 3);
+}
+static inline size_t ph_hd_wosize(ph_value hd) {
+  return (size_t)(hd >> PH_HD_WOSIZE_SHIFT);
+}
+static inline unsigned ph_hd_tag(ph_value hd) {
+  return (unsigned)(hd & PH_HD_TAG_MASK);
+}
+static inline ph_value *ph_hp(ph_value v) {
+  return (ph_value *)v - 1;
+}
+/* Header reads inside parallel phases, where another participant may be
+ * setting the mark bit of the same word with an atomic RMW. */
+static inline ph_value ph_hd_load(ph_value v) {
+  return __atomic_load_n(ph_hp(v), __ATOMIC_RELAXED);
+}
+
+/* ---------------------------------------------------------- signatures */
+#define PH_SIG_HEAP 0x48454150u   /* "HEAP" */
+#define PH_SIG_DOMAIN 0x444f4d4eu /* "DOMN" */
+#define PH_SIG_POOL 0x504f4f4cu   /* "POOL" */
+#define PH_SIG_LARGE 0x4c415247u  /* "LARG" */
+#define PH_SIG_DEAD 0xdeadd00du
+
+/* --------------------------------------------------------- size classes */
+/* heap.sizeclass: see heap/sizeclass.c for the rule. */
+#define PH_MAX_CLASSES 64
+#define PH_MAX_SMALL_WSIZE 257 /* words per slot, header included */
+
+/* ---------------------------------------------------------------- units */
+/* heap.unit: a chunk is divided into units of pool_size bytes.  A unit is
+ * free (decommitted or committed), a pool, or part of a large block. */
+enum {
+  PH_U_FREE = 0,      /* Reserved: no pages */
+  PH_U_FREE_COMM = 1, /* Committed, not in use (free pool memory) */
+  PH_U_POOL = 2,
+  PH_U_LARGE = 3,      /* first unit of a large block */
+  PH_U_LARGE_TAIL = 4, /* further units of a large block */
+};
+
+/* The prefix shared by pool and large-block unit headers: every block
+ * pointer p has its unit header at p & ~(pool_size-1) (heap.unit.lookup). */
+typedef struct ph_unit_hdr {
+  uint32_t sig;
+  uint8_t kind;      /* PH_U_POOL or PH_U_LARGE */
+  uint8_t evacuated; /* compaction: set in phase 2, read in phase 4 */
+  uint16_t cls;      /* size class (pools) */
+} ph_unit_hdr;
+
+struct ph_chunk;
+
+/* heap.pool: a pool of equal slots of one size class.
+ * Invariant (outside stop-the-world, pool not cached by its owner):
+ *   nlive + nfree == nslots, nfree == length(free list) == slots with a
+ *   header of 0.
+ * While cached (owner's alloc cache holds its free list), nlive/nfree/free
+ * are stale and the cache is the truth; caches are flushed on entry to every
+ * stop-the-world section.
+ * Who writes: the owner (allocation), under heap->lock (creation), or any
+ * participant inside stop-the-world (sweep, compaction), each pool by one
+ * participant at a time (claimed with an atomic counter). */
+typedef struct ph_pool {
+  uint32_t sig;
+  uint8_t kind;
+  uint8_t evacuated;
+  uint16_t cls;
+  uint32_t owner; /* domain slot index */
+  uint32_t nslots;
+  uint32_t nlive;
+  uint32_t nfree;
+  ph_value free;          /* first free block (field 0 address), 0 if none */
+  struct ph_pool *next;   /* owner's avail list (pools with free slots) */
+  struct ph_chunk *chunk; /* chunk holding this unit */
+  uint32_t unit;          /* unit index within chunk */
+  uint16_t cached;        /* 1 while an owner's alloc cache holds it */
+  uint16_t hdr;           /* bytes before the first slot (heap->pool_hdr) */
+  uint32_t live_words;    /* pool layer: sum of wosize + 1 over the
+                             allocated slots (pools.counters) */
+} ph_pool;
+/* The fixed header; then the live bitmap (heap.pool.bitmap: one bit per
+ * slot, written by the sweep, read by compaction), then the slots at
+ * heap->pool_hdr bytes from the start. */
+#define PH_POOL_HDR 64u
+_Static_assert(sizeof(ph_pool) <= PH_POOL_HDR, "pool header too big");
+static inline uint64_t *ph_pool_bits(ph_pool *p) {
+  return (uint64_t *)((char *)p + PH_POOL_HDR);
+}
+
+/* heap.large: a block too big for a size class, in nunits whole units. */
+typedef struct ph_large {
+  uint32_t sig;
+  uint8_t kind;
+  uint8_t evacuated; /* always 0: large blocks never move */
+  uint16_t pad;
+  uint32_t nunits;
+  uint32_t unit;
+  struct ph_chunk *chunk;
+  struct ph_large *dead_next; /* sweep: dead large blocks of one worker */
+  size_t comm; /* heap.large.commit: bytes committed from this unit's start
+                  (the block's pages); the rest of its units is Reserved */
+} ph_large;
+#define PH_LARGE_HDR 64u /* then the block header word, then field 0 */
+_Static_assert(sizeof(ph_large) <= PH_LARGE_HDR, "large header too big");
+
+/* heap.chunk: one reservation (one kernel mapping).
+ * Invariant: nfree == count of PH_U_FREE + PH_U_FREE_COMM in ustate.
+ * All fields are written under heap->lock or by one participant inside
+ * stop-the-world (release phase). */
+typedef struct ph_chunk {
+  char *base;
+  size_t size;
+  uint32_t nunits;
+  uint32_t nfree;
+  uint32_t hint; /* no free unit below this index */
+  int huge;      /* PH_OS_HUGE_* obtained */
+  uint8_t *ustate;
+} ph_chunk;
+#define PH_MAX_CHUNKS 4096
+
+/* -------------------------------------------------------------- domains */
+enum { PH_DS_FREE = 0, PH_DS_RUNNING = 1, PH_DS_BLOCKING = 2 };
+
+typedef struct ph_alloc_cache {
+  ph_value free;          /* next free block of the cached pool, 0 if none */
+  uint32_t nfree;         /* length of that list */
+  uint32_t nfree_charged; /* nfree when pacing was last charged (heap.pacing) */
+  ph_pool *pool;          /* cached pool, NULL if none */
+} ph_alloc_cache;
+
+/* A domain slot: the per-owner state that outlives a domain's attachment
+ * (its pools stay owned by the slot; the next domain attached to the slot
+ * adopts them).  avail lists: written by the attached domain outside
+ * stop-the-world, rebuilt by the sweep (atomic pushes) inside it. */
+typedef struct ph_slot {
+  _Atomic(ph_pool *) avail[PH_MAX_CLASSES];
+  struct ph_domain *dom; /* attached domain, NULL if none (heap->lock) */
+} ph_slot;
+
+/* ------------------------------------------------------------- sections */
+/* compact.phase.stats: a partly filled pool as the sweep saw it.  The
+ * compactor plans from these dense records and never reads the pool
+ * headers to plan (they lie at a pool_size stride: each one is a TLB and
+ * cache miss). */
+typedef struct ph_cand {
+  ph_pool *pool;
+  uint32_t nlive;
+  uint16_t cls;
+  uint16_t owner;
+} ph_cand;
+/* every owner slot (cfg.max_domains <= 1024) fits ph_cand.owner */
+_Static_assert(1024 <= UINT16_MAX, "owner fits a ph_cand");
+
+/* One participant's pool-layer state in a stop-the-world section: what
+ * the mark counted, what the sweep found, the records it hands to the
+ * compactor, and the compactor's counters and timings. */
+typedef struct ph_pool_worker {
+  uint64_t live_bytes, live_blocks; /* counted by the marking */
+  /* sweep results to hand back under the lock */
+  ph_pool *empty_pools; /* pools found empty, linked by next */
+  ph_large *dead_large; /* dead large blocks, linked by dead_next */
+  uint64_t frag_bytes;  /* sweep: free slot bytes in partly filled pools */
+  /* sweep -> compaction (compact.phase.stats) */
+  ph_cand *cands;
+  size_t ncands, cands_cap;
+  ph_large **larges; /* surviving scanned large blocks */
+  size_t nlarges, larges_cap;
+  int records_lost; /* a record array could not grow: do not compact */
+  /* compaction */
+  uint64_t evac_blocks, evac_bytes;
+  uint64_t t_evac, t_update, t_release;
+} ph_pool_worker;
+
+/* The pool layer's view of a stop-the-world section (barrier.stw.claim):
+ * its participants' records and the section's unit index space.  Claim
+ * counters are named by the phase that owns them; each is reset by that
+ * phase's _stw_single work before the barrier that opens the phase. */
+typedef struct ph_section {
+  unsigned nparts;                   /* participants of the current section */
+  ph_pool_worker *pw;                /* one per possible participant */
+  _Atomic size_t claim_sweep;        /* heap.sweep: units */
+  _Atomic size_t claim_choose;       /* compact.phase.choose: classes */
+  _Atomic size_t claim_evacuate;     /* compact.phase.evacuate: units */
+  _Atomic size_t claim_update_units; /* compact.phase.update: units */
+  _Atomic size_t claim_update_large; /* compact.phase.update: slices */
+  /* unit index space over the chunks, fixed for the section */
+  size_t total_units;
+  size_t unit_base[PH_MAX_CHUNKS + 1];
+} ph_section;
+
+/* heap.domain.handle: a handle is recycled only through its heap's
+ * retired list, so `heap` never changes.  A stale call may read sig, owner,
+ * index and last_error while the handle is being recycled for another
+ * thread: those are atomics (index through __atomic builtins); a call whose
+ * owner check fails reads nothing else. */
+struct ph_domain {
+  _Atomic uint32_t sig; /* PH_SIG_DOMAIN while attached, PH_SIG_DEAD after */
+  unsigned index;       /* slot index */
+  struct ph_heap *heap;
+  _Atomic uintptr_t owner; /* ph_thread_tag() of the attaching thread */
+  int state;               /* PH_DS_*: written under heap->lock (barrier/) */
+  _Atomic int last_error;  /* owner; a detached handle's under heap->lock */
+  uint64_t stw_expected;   /* epoch of the section that counts on us (lock,
+                              barrier/) */
+  ph_alloc_cache cache[PH_MAX_CLASSES]; /* owner, or flush at STW entry */
+  /* roots/ (roots.stack: owner; read and updated by stop-the-world
+   * participants; the types are in roots/roots.h) */
+  struct ph_rootseg *roots;
+  size_t depth;                /* slots pushed in all segments */
+  struct ph_scope_rec *scopes; /* open scopes, innermost last */
+  size_t nscopes, scopes_cap;
+  uint64_t scope_serial;          /* scopes opened so far (roots.mark) */
+  _Atomic uint64_t allocated;     /* bytes; owner stores (relaxed), any reads */
+  struct ph_domain *retired_next; /* heap->retired list after detach */
+  struct ph_domain *thread_next;  /* owner: ph_tl_domains list */
+};
+
+/* --------------------------------------------------------------- heap */
+struct ph_sync;         /* barrier/barrier.h */
+struct ph_roots;        /* roots/roots.h */
+struct ph_compact_plan; /* compact/compact.h */
+struct ph_gc;           /* gc/gc.h */
+
+struct ph_heap {
+  uint32_t sig;
+  ph_config cfg;
+  size_t pool_size;
+  size_t pool_hdr; /* pool header + live bitmap, a multiple of 64 */
+  unsigned pool_shift;
+  uintptr_t pool_mask; /* ~(pool_size - 1) */
+  /* heap.sizeclass (immutable after create) */
+  unsigned nclasses;
+  uint32_t class_wsize[PH_MAX_CLASSES]; /* slot words, header included */
+  uint32_t class_nslots[PH_MAX_CLASSES];
+  size_t max_small_wosize;
+  uint8_t wosize_class[PH_MAX_SMALL_WSIZE + 1];
+
+  ph_os_acct os;
+  size_t commit_cap; /* RAM + swap: committed bytes never exceed it */
+
+  /* heap->lock guards: chunks and units, domain slots and states, the
+   * section election, the retired list, heap-level stats. */
+  pthread_mutex_t lock;
+  ph_chunk *chunks[PH_MAX_CHUNKS]; /* sorted by base */
+  unsigned nchunks;
+  size_t pool_units, large_units; /* units in use */
+  size_t large_comm;              /* bytes committed by large blocks */
+  ph_slot *slots;                 /* cfg.max_domains */
+
+  /* the current stop-the-world section as the pool layer sees it */
+  ph_section sec;
+  /* 1 while a section is elected or running (barrier.stw; here because
+   * the allocation fast path reads it: one load) */
+  _Atomic int stw_pending;
+
+  /* pacing (heap.pacing) */
+  _Atomic uint64_t alloc_since; /* bytes handed to domains since last GC */
+  _Atomic uint64_t gc_threshold;
+
+  /* stats (lock), copied out by ph_stats_get */
+  ph_stats st;
+  struct ph_heap *live_next; /* the live-heap registry (heap.registry) */
+
+  /* the layers above: each one's state, declared in its own header */
+  struct ph_sync *sync;         /* barrier/: sections, helpers */
+  struct ph_roots *roots;       /* roots/: the global root set */
+  struct ph_compact_plan *plan; /* compact/: the last plan (reused) */
+  struct ph_gc *gc;             /* gc/: participants' mark state */
+
+  /* api/: domains attached, detached handles, the live-heap registry */
+  unsigned ndomains;
+  struct ph_domain *retired; /* detached handles, oldest first (FIFO) */
+  struct ph_domain *retired_tail;
+  unsigned nretired;
+  _Atomic uint64_t retired_allocated; /* allocated by detached domains */
+};
+
+/* ---------------------------------------------------------- functions */
+/* heap/owner.c */
+/* heap.domain.exit: the domains attached by the calling thread (a list
+ * through thread_next), detached by a thread-exit destructor.  Its address
+ * is the thread's tag for the owner check (unique among live threads). */
+extern _Thread_local struct ph_domain *ph_tl_domains
+    __attribute__((tls_model("initial-exec")));
+static inline uintptr_t ph_thread_tag(void) {
+  return (uintptr_t)&ph_tl_domains;
+}
+
+/* domain.owner: PH_OK if d is an attached domain of the calling thread;
+ * PH_EINVAL for junk, PH_ESTATE for a detached or another thread's handle. */
+int ph_check_domain(const struct ph_domain *d);
+/* After a failed check: record err as d's last error if d is a detached
+ * handle (a live handle belongs to its owner; junk is not written). */
+void ph_domain_note_error(struct ph_domain *d, int err);
+
+/* heap/sizeclass.c */
+int ph_sizeclass_init(struct ph_heap *h);
+static inline unsigned ph_class_of_wosize(const struct ph_heap *h,
+                                          size_t wosize) {
+  return h->wosize_class[wosize];
+}
+
+/* heap/chunk.c (heap.chunk): units and reservations, all _locked or
+ * _stw_single. */
+int ph_chunk_grow_locked(struct ph_heap *h, size_t min_units);
+/* Find n contiguous free units, commit them, mark them with state. */
+int ph_units_take_locked(struct ph_heap *h, size_t n, int state,
+                         ph_chunk **chunk_out, uint32_t *unit_out);
+/* The same for a large block of `bytes` bytes (header included) in n units:
+ * only its pages are committed (heap.large.commit); *comm_out gets how many
+ * bytes from its first unit's start are. */
+int ph_units_take_large_locked(struct ph_heap *h, size_t n, size_t bytes,
+                               ph_chunk **chunk_out, uint32_t *unit_out,
+                               size_t *comm_out);
+/* Free a dead large block's units (updates large_units and large_comm);
+ * 0 if the OS refused, leaving the block in place. */
+int ph_large_free_locked(struct ph_heap *h, ph_large *l);
+/* Return n units starting at unit to the free (committed) state. */
+void ph_units_free_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
+                          size_t n);
+/* Give free committed memory back (heap.release). */
+void ph_units_release_locked(struct ph_heap *h, int mode, size_t retain,
+                             uint64_t *released_bytes);
+void ph_chunks_destroy(struct ph_heap *h);
+ph_chunk *ph_chunk_find(const struct ph_heap *h, const void *p);
+static inline char *ph_unit_addr(const struct ph_heap *h, const ph_chunk *c,
+                                 uint32_t u) {
+  return c->base + ((size_t)u << h->pool_shift);
+}
+static inline ph_unit_hdr *ph_unit_of(const struct ph_heap *h, ph_value v) {
+  return (ph_unit_hdr *)(v & h->pool_mask);
+}
+
+/* heap/sweep.c (heap.sweep.pool): the per-pool sweep by an embedder's
+ * garbage color, for the pool layer: garbage slots go to on_free(ctx, b)
+ * and become free; live headers are not written (a color outside live_mask,
+ * if not 0, sets *bad); nlive, nfree, live_words and the free list are
+ * recounted, the live bitmap written if set_bits. */
+void ph_pool_sweep_garbage(struct ph_heap *h, ph_pool *p, unsigned garbage,
+                           unsigned live_mask, int set_bits,
+                           void (*on_free)(void *ctx, ph_value b), void *ctx,
+                           int *bad);
+
+/* heap/pool.c */
+ph_pool *ph_pool_new(struct ph_heap *h, unsigned cls, unsigned owner);
+void ph_pool_init_free(struct ph_heap *h, ph_pool *p);
+static inline char *ph_pool_slots(ph_pool *p) {
+  return (char *)p + p->hdr;
+}
+static inline ph_value ph_pool_block(const struct ph_heap *h, ph_pool *p,
+                                     uint32_t i) {
+  return (ph_value)(ph_pool_slots(p) + (size_t)i * h->class_wsize[p->cls] * 8 +
+                    8);
+}
+void ph_pool_push_avail(struct ph_heap *h, ph_pool *p);
+/* Give a domain's cached pools back (section entry, detach); charges
+ * pacing for the slots handed out. */
+void ph_domain_flush_caches(struct ph_domain *d);
+/* heap.pacing: charge bytes allocated (slots handed out, large blocks). */
+static inline void ph_pacing_add(struct ph_heap *h, uint64_t bytes) {
+  /* relaxed: a counter; the decision it feeds tolerates being late */
+  atomic_fetch_add_explicit(&h->alloc_since, bytes, memory_order_relaxed);
+}
+/* heap.pacing: restart from the live size the last sweep counted. */
+void ph_pacing_reset_locked(struct ph_heap *h);
+/* cfg.on_event, if set. */
+static inline void ph_event(struct ph_heap *h, ph_phase ph, int begin,
+                            unsigned dom) {
+  if (h->cfg.on_event)
+    h->cfg.on_event(ph, begin, dom, ph_now_ns(), h->cfg.on_event_user);
+}
+
+/* heap/registry.c: the live-heap registry (heap.registry): PH_OK with
+ * h->lock held if h is a live heap, else PH_EINVAL (h is never dereferenced
+ * then). */
+int ph_heap_lock_live(struct ph_heap *h);
+int ph_heap_is_live(const struct ph_heap *h);
+void ph_registry_add(struct ph_heap *h);
+/* PH_OK: h was live with no domain attached and is now off the registry
+ * (PH_SIG_DEAD); PH_EINVAL not a live heap; PH_ESTATE domains attached. */
+int ph_registry_remove(struct ph_heap *h);
+
+/* heap/section.c: the section's unit index space (barrier.stw.claim). */
+void ph_units_index_stw_single(struct ph_heap *h);
+void ph_unit_at(struct ph_heap *h, size_t gu, ph_chunk **c, uint32_t *u);
+/* Claim batches of the section's unit index space with *claim until none
+ * is left, calling fn for each unit claimed (barrier.stw.claim). */
+typedef void (*ph_unit_fn)(struct ph_heap *h, ph_chunk *c, uint32_t u,
+                           void *ctx);
+void ph_units_each_stw(struct ph_heap *h, _Atomic size_t *claim, size_t batch,
+                       ph_unit_fn fn, void *ctx);
+
+/* heap/sweep.c (heap.sweep): every participant sweeps the units it claims
+ * with h->sec.claim_sweep; the leader then frees what died. */
+void ph_sweep_stw(struct ph_heap *h, ph_pool_worker *pw);
+void ph_sweep_finish_stw_single(struct ph_heap *h);
+
+#endif
