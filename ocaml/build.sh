@@ -31,11 +31,11 @@ fi
 TSAN=""
 [ "${1:-}" = --tsan ] && TSAN=-tsan
 
-# poolheap's library: the pool layer's sources and what they link against.
-# (heap/pools.c takes ph_config_init from heap/heap.c, which brings the rest
-# of the library along: see ocaml/README.md.)
+# poolheap's library: the pool layer's sources only (os/ heap/ compact/:
+# the OS layer, units, pools and the compactor), not the managed collector
+# (gc/ api/ barrier/ roots/).
 LIB_DIRS=()
-for d in os heap compact barrier roots gc api; do
+for d in os heap compact; do
   [ -d "$REPO/$d" ] && LIB_DIRS+=("$d")
 done
 LIB_FILES=$(cd "$REPO" && find include "${LIB_DIRS[@]}" -type f \( -name '*.c' -o -name '*.h' \) | LC_ALL=C sort)
