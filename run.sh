@@ -6,6 +6,8 @@
 #   ./run.sh soak MINUTES    long stress: TSan stress, mapping soak, fuzzing
 #   ./run.sh fuzz MINUTES    the differential fuzzer, open-ended
 #   ./run.sh install PREFIX  headers, static and shared library, pkg-config
+#   ./run.sh ocaml           OCaml 5.3 on poolheap (built, bootstrapped, installed; prints the prefix)
+#   ./run.sh ocaml-test [DIRS...]  OCaml's testsuite on stock 5.3 and on poolheap, side by side
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -64,6 +66,18 @@ case $cmd in
     build all fuzz
     exec tests/fuzz.sh "${1:-10}"
     ;;
+  ocaml)
+    command -v npm >/dev/null || need_pkgs npm
+    need_pkgs make gcc
+    [ "${1:-}" = --tsan ] && need_pkgs libunwind-dev
+    exec ocaml/build.sh "$@"
+    ;;
+  ocaml-test)
+    command -v npm >/dev/null || need_pkgs npm
+    need_pkgs make gcc
+    [ "${1:-}" = --tsan ] && need_pkgs libunwind-dev
+    exec ocaml/test.sh "$@"
+    ;;
   install)
     prefix=${1:?usage: ./run.sh install PREFIX}
     build build/libpoolheap.a build/libpoolheap.so
@@ -75,7 +89,7 @@ case $cmd in
     echo "installed into $prefix"
     ;;
   *)
-    sed -n '2,9p' "$0"
+    sed -n '2,10p' "$0"
     exit 2
     ;;
 esac
