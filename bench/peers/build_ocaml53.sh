@@ -27,21 +27,12 @@ have_toolchain() {
 if have_toolchain; then
   log "OCaml 5.3.0 already built in $PREFIX"
 else
-  command -v npm >/dev/null || { log "npm not found"; exit 2; }
   command -v make >/dev/null && command -v gcc >/dev/null || { log "need gcc and make"; exit 2; }
-  mkdir -p "$CACHE"
-  SRC=$CACHE/ocaml-5.3.0-src
-  if [ ! -x "$SRC/configure" ]; then
-    TMP=$(mktemp -d "$CACHE/npm.XXXXXX")
-    log "fetching ocaml@5.3.0 from the npm registry into $TMP"
-    (cd "$TMP" && npm pack ocaml@5.3.0 --silent >/dev/null 2>&1 || npm pack ocaml@5.3.0)
-    TGZ=$(ls "$TMP"/ocaml-5.3.0.tgz)
-    rm -rf "$SRC"; mkdir -p "$SRC"
-    tar -xzf "$TGZ" -C "$SRC" --strip-components=1
-    rm -rf "$TMP"
-    [ -f "$SRC/configure" ] || { log "ocaml@5.3.0 tarball has no configure script"; exit 2; }
-    chmod +x "$SRC/configure"
-  fi
+  # the npm source, fetched once into the cache (shared with ocaml/build.sh)
+  # shellcheck source=../../ocaml/common.sh
+  . "$REPO/ocaml/common.sh"
+  fetch_ocaml_src || exit 2
+  SRC=$OCAML_SRC
   log "configuring (prefix $PREFIX)"
   cd "$SRC"
   ./configure --prefix="$PREFIX" --disable-ocamldoc --disable-ocamltest >configure.log 2>&1 \
