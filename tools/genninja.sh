@@ -3,12 +3,12 @@
 #   tools/genninja.sh > build.ninja
 # Library sources: os/*.c heap/*.c compact/*.c barrier/*.c roots/*.c gc/*.c api/*.c
 # Tests: tests/test_*.c (cmocka, one binary each) and tests/example_*.c.
-# Benchmarks: bench/*.c (one binary each); demos: demos/*.c.
+# Benchmarks: bench/*.c and bench/trace/replay.c (one binary each); demos: demos/*.c.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lib=$(ls os/*.c heap/*.c compact/*.c barrier/*.c roots/*.c gc/*.c api/*.c 2>/dev/null | sort)
 tests=$(ls tests/test_*.c tests/example_*.c 2>/dev/null | sort || true)
-benches=$(ls bench/*.c 2>/dev/null | sort || true)
+benches=$(ls bench/*.c bench/trace/replay.c 2>/dev/null | sort || true)
 demos=$(ls demos/*.c 2>/dev/null | sort || true)
 
 cat <<'HDR'

@@ -1,0 +1,504 @@
+/* bench/trace/replay.c -- replay a program's allocation trace on poolheap's
+ * managed API or on the process's malloc (issue 11's trace replay).
+ *
+ *   replay pack RAW OUT.pht     a raw file of bench/trace/shim/shim.c into
+ *                               the compact trace below
+ *   replay run TRACE.pht [--name NAME] [--system poolheap|malloc]
+ *                               [--points K]
+ *
+ * The compact trace: "PHT1\n", then one unsigned LEB128 varint per event:
+ * size << 1 for an allocation (malloc, calloc, the memalign family; a
+ * realloc is an allocation of the new size followed by the free of the old
+ * block), age << 1 | 1 for the free of the block allocated `age`
+ * allocations before the most recent one.  Frees of pointers the trace never
+ * saw allocated are dropped; blocks never freed live to the end.
+ *
+ * The replay: every allocation is a block of the trace's size (at least 8
+ * bytes; on poolheap ceil(size / 8) fields of a scanned block), every free
+ * drops the block's root (poolheap) or frees it (malloc).  A block holds
+ * pointers (in fields 1..3) only to older blocks that are still live and
+ * die no earlier than it, so a freed block is garbage on poolheap; field 0
+ * holds its id (an immediate) and the other words immediates derived from
+ * it, all written at allocation.  At K points (default 8: after every 1/K of
+ * the events) the replay runs the system's release call: ph_compact
+ * (poolheap), malloc_trim(0) (glibc), mallctl arena.<all>.purge
+ * (jemalloc), mi_collect(true) (mimalloc), whichever the process's malloc
+ * is (run it under LD_PRELOAD for the last two), and prints one JSON line:
+ * resident bytes of the heap (VmRSS minus VmRSS before the first event;
+ * the replay's own arrays are mmap'd and touched before that), live bytes
+ * (the sum of the trace's sizes over live blocks), and a checksum of every
+ * live block's words, with each pointer field counted as its target's id:
+ * the same on every system, and on poolheap the same before and after the
+ * compaction, with ph_verify clean after it. */
+#include "poolheap.h"
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NPTR 3
+
+static void die(const char *msg) {
+  fprintf(stderr, "replay: %s\n", msg);
+  exit(2);
+}
+
+/* Anonymous, touched memory: the replay's arrays are outside every heap
+ * measured and resident before the first event. */
+static void *map_touched(size_t bytes) {
+  if (bytes == 0)
+    bytes = 8;
+  void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  if (p == MAP_FAILED)
+    die("mmap failed");
+  memset(p, 0, bytes);
+  return p;
+}
+
+static unsigned char *read_file(const char *path, size_t *len) {
+  int fd = open(path, O_RDONLY);
+  if (fd < 0)
+    die("cannot open input");
+  struct stat st;
+  if (fstat(fd, &st) != 0)
+    die("cannot stat input");
+  *len = (size_t)st.st_size;
+  unsigned char *p = map_touched(*len);
+  size_t off = 0;
+  while (off < *len) {
+    ssize_t r = read(fd, p + off, *len - off);
+    if (r <= 0)
+      die("read failed");
+    off += (size_t)r;
+  }
+  close(fd);
+  return p;
+}
+
+/* ------------------------------------------------------------------ pack */
+
+typedef struct {
+  uint64_t key, id;
+} slot_t;
+
+static slot_t *tab;
+static size_t tab_mask;
+
+static size_t hslot(uint64_t key) {
+  uint64_t x = key * 0x9e3779b97f4a7c15ull;
+  size_t i = (size_t)(x >> 20) & tab_mask;
+  while (tab[i].key && tab[i].key != key)
+    i = (i + 1) & tab_mask;
+  return i;
+}
+
+/* backward-shift deletion keeps the probe chains intact */
+static void hdel(size_t i) {
+  tab[i].key = 0;
+  size_t j = i;
+  for (;;) {
+    j = (j + 1) & tab_mask;
+    if (!tab[j].key)
+      return;
+    size_t k = (size_t)((tab[j].key * 0x9e3779b97f4a7c15ull) >> 20) & tab_mask;
+    if ((i <= j) ? (i < k && k <= j) : (i < k || k <= j))
+      continue;
+    tab[i] = tab[j];
+    tab[j].key = 0;
+    i = j;
+  }
+}
+
+static void put_varint(FILE *f, uint64_t v) {
+  do {
+    unsigned char b = v & 0x7f;
+    v >>= 7;
+    putc(b | (v ? 0x80 : 0), f);
+  } while (v);
+}
+
+static int do_pack(const char *in, const char *out) {
+  size_t len;
+  uint64_t *r = (uint64_t *)read_file(in, &len);
+  size_t n = len / 24;
+  size_t cap = 1024;
+  while (cap < 2 * n + 2)
+    cap <<= 1;
+  tab = map_touched(cap * sizeof *tab);
+  tab_mask = cap - 1;
+  FILE *f = fopen(out, "wb");
+  if (!f)
+    die("cannot write output");
+  fputs("PHT1\n", f);
+  uint64_t nalloc = 0, nfree = 0, dropped = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned op = (unsigned)(r[3 * i] >> 56);
+    uint64_t size = r[3 * i] & ((1ull << 56) - 1);
+    uint64_t res = r[3 * i + 1], arg = r[3 * i + 2];
+    /* the block freed (free) or replaced (realloc), if the trace knows it */
+    int have_old = 0;
+    uint64_t old_id = 0;
+    if ((op == 'f' || op == 'r') && arg) {
+      size_t s = hslot(arg);
+      if (tab[s].key) {
+        have_old = 1;
+        old_id = tab[s].id;
+        hdel(s);
+      } else {
+        dropped++;
+      }
+    }
+    if (op == 'm' || op == 'c' || (op == 'r' && res)) {
+      size_t s = hslot(res);
+      if (tab[s].key) { /* freed without our seeing it: forget the old one */
+        hdel(s);
+        s = hslot(res);
+      }
+      tab[s].key = res;
+      tab[s].id = nalloc++;
+      put_varint(f, size << 1);
+    }
+    if (have_old) {
+      put_varint(f, (nalloc - 1 - old_id) << 1 | 1);
+      nfree++;
+    }
+  }
+  fclose(f);
+  fprintf(stderr,
+          "replay pack: %zu records: %llu allocations, %llu frees, %llu "
+          "frees of unknown blocks dropped\n",
+          n, (unsigned long long)nalloc, (unsigned long long)nfree,
+          (unsigned long long)dropped);
+  return 0;
+}
+
+/* ------------------------------------------------------------------- run */
+
+enum { SYS_POOLHEAP, SYS_GLIBC, SYS_JEMALLOC, SYS_MIMALLOC };
+static const char *sys_name[] = {"poolheap", "glibc", "jemalloc", "mimalloc"};
+
+static size_t nalloc, nev;
+static uint64_t *ev;    /* size << 1, or id << 1 | 1 for a free */
+static uint64_t *death; /* event index of the block's free, nev if never */
+static uint64_t *bsize; /* the trace's size of each block */
+static uintptr_t *val;  /* the block (poolheap: a root slot), 0 when dead */
+static uint32_t *live_ids, *live_pos;
+static size_t nlive;
+static uint64_t live_bytes;
+
+static long long rss_bytes(void) {
+  char buf[4096];
+  int fd = open("/proc/self/statm", O_RDONLY);
+  if (fd < 0)
+    return -1;
+  ssize_t r = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (r <= 0)
+    return -1;
+  buf[r] = 0;
+  long long size, res;
+  if (sscanf(buf, "%lld %lld", &size, &res) != 2)
+    return -1;
+  return res * sysconf(_SC_PAGESIZE);
+}
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static void decode(const unsigned char *p, size_t len) {
+  if (len < 5 || memcmp(p, "PHT1\n", 5) != 0)
+    die("not a PHT1 trace");
+  size_t n = 0, na = 0;
+  for (size_t i = 5; i < len; i++)
+    if (!(p[i] & 0x80))
+      n++;
+  ev = map_touched(n * sizeof *ev);
+  size_t k = 0, i = 5;
+  while (i < len) {
+    uint64_t v = 0;
+    unsigned sh = 0;
+    while (i < len) {
+      unsigned char b = p[i++];
+      v |= (uint64_t)(b & 0x7f) << sh;
+      sh += 7;
+      if (!(b & 0x80))
+        break;
+    }
+    if (v & 1) {
+      uint64_t age = v >> 1;
+      if (age >= na)
+        die("bad free in trace");
+      ev[k++] = (na - 1 - age) << 1 | 1;
+    } else {
+      ev[k++] = v;
+      na++;
+    }
+  }
+  nev = k;
+  nalloc = na;
+}
+
+static uint64_t mix(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  return x;
+}
+
+#define IMM(x) ((uintptr_t)(x) << 1 | 1u)
+
+/* words of block id that the replay writes and checks: all its whole words */
+static size_t nwords(size_t id) {
+  size_t w = bsize[id] / 8;
+  return w ? w : 1;
+}
+
+static size_t nptr(size_t id) {
+  size_t w = nwords(id);
+  return w - 1 < NPTR ? w - 1 : NPTR;
+}
+
+static void fill(size_t id, uintptr_t *f, uint64_t *rng) {
+  size_t w = nwords(id), np = nptr(id), got = 0;
+  f[0] = IMM(id);
+  /* older, live blocks that die no earlier: the last few, then a few tries
+   * further back */
+  for (size_t back = 1; back <= 8 && back <= id && got < np; back++) {
+    size_t t = id - back;
+    if (val[t] && death[t] >= death[id])
+      f[1 + got++] = val[t];
+  }
+  for (int tries = 0; tries < 4 && got < np && id > 0; tries++) {
+    *rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
+    size_t span = id < 4096 ? id : 4096;
+    size_t t = id - 1 - (size_t)((*rng >> 33) % span);
+    if (val[t] && death[t] >= death[id])
+      f[1 + got++] = val[t];
+  }
+  for (size_t i = 1 + got; i < w; i++)
+    f[i] = IMM(mix(id * 64 + i) >> 2);
+}
+
+static uint64_t checksum(void) {
+  uint64_t sum = 0;
+  for (size_t i = 0; i < nlive; i++) {
+    size_t id = live_ids[i];
+    const uintptr_t *f = (const uintptr_t *)val[id];
+    size_t w = nwords(id);
+    uint64_t h = mix(id + 1);
+    for (size_t k = 0; k < w; k++) {
+      uintptr_t x = f[k];
+      if (!(x & 1))
+        x = *(const uintptr_t *)x | 0x8000000000000000ull; /* target's id */
+      h = mix(h ^ x);
+    }
+    sum += h;
+  }
+  return sum;
+}
+
+static ph_heap *heap;
+static ph_domain *dom;
+
+static void scan_roots(ph_domain *d, ph_visit_fn visit, void *ctx, void *user) {
+  (void)d;
+  (void)user;
+  for (size_t i = 0; i < nlive; i++)
+    visit((ph_value *)&val[live_ids[i]], ctx);
+}
+
+static int sys_detect(void) {
+  if (dlsym(RTLD_DEFAULT, "mi_collect"))
+    return SYS_MIMALLOC;
+  if (dlsym(RTLD_DEFAULT, "mallctl"))
+    return SYS_JEMALLOC;
+  return SYS_GLIBC;
+}
+
+static void sys_release(int sys) {
+  if (sys == SYS_GLIBC) {
+    malloc_trim(0);
+  } else if (sys == SYS_JEMALLOC) {
+    int (*mallctl)(const char *, void *, size_t *, void *, size_t) =
+        (int (*)(const char *, void *, size_t *, void *, size_t))dlsym(
+            RTLD_DEFAULT, "mallctl");
+    mallctl("arena.4096.purge", NULL, NULL, NULL, 0); /* MALLCTL_ARENAS_ALL */
+  } else if (sys == SYS_MIMALLOC) {
+    void (*mi_collect)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "mi_collect");
+    mi_collect(1);
+  }
+}
+
+static int do_run(int argc, char **argv) {
+  const char *path = argv[0], *name = NULL, *want = "malloc";
+  int points = 8;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--name") && i + 1 < argc)
+      name = argv[++i];
+    else if (!strcmp(argv[i], "--system") && i + 1 < argc)
+      want = argv[++i];
+    else if (!strcmp(argv[i], "--points") && i + 1 < argc)
+      points = atoi(argv[++i]);
+    else
+      die("usage: replay run TRACE [--name N] [--system poolheap|malloc] "
+          "[--points K]");
+  }
+  if (points < 1)
+    points = 1;
+  if (!name)
+    name = path;
+  int sys = !strcmp(want, "poolheap") ? SYS_POOLHEAP : sys_detect();
+  size_t len;
+  unsigned char *raw = read_file(path, &len);
+  decode(raw, len);
+  munmap(raw, len);
+  death = map_touched(nalloc * sizeof *death);
+  bsize = map_touched(nalloc * sizeof *bsize);
+  val = map_touched(nalloc * sizeof *val);
+  live_ids = map_touched(nalloc * sizeof *live_ids);
+  live_pos = map_touched(nalloc * sizeof *live_pos);
+  uint64_t total_bytes = 0, medium_bytes = 0;
+  for (size_t a = 0; a < nalloc; a++)
+    death[a] = nev;
+  for (size_t e = 0, a = 0; e < nev; e++) {
+    if (ev[e] & 1) {
+      death[ev[e] >> 1] = e;
+    } else {
+      bsize[a] = ev[e] >> 1;
+      total_bytes += bsize[a];
+      if (bsize[a] > 2048 && bsize[a] <= 256 * 1024)
+        medium_bytes += bsize[a];
+      a++;
+    }
+  }
+  if (sys == SYS_POOLHEAP) {
+    ph_config cfg;
+    ph_config_init(&cfg);
+    cfg.scan_roots = scan_roots;
+    if (ph_heap_create(&cfg, &heap) != PH_OK ||
+        ph_domain_attach(heap, &dom) != PH_OK)
+      die("poolheap: cannot create the heap");
+  } else {
+    /* one block and its release, so the allocator has its first state */
+    free(malloc(64));
+    sys_release(sys);
+  }
+  long long rss0 = rss_bytes();
+  fprintf(stderr,
+          "replay %s on %s: %zu events, %zu allocations, %.1f MB allocated, "
+          "%.1f%% of it in blocks of 2-256 KiB\n",
+          name, sys_name[sys], nev, nalloc, total_bytes / 1048576.0,
+          total_bytes ? 100.0 * medium_bytes / total_bytes : 0.0);
+  uint64_t rng = 0x5eed;
+  size_t a = 0;
+  double t0 = now_ms(), t_release = 0;
+  int bad = 0;
+  for (int pt = 1; pt <= points; pt++) {
+    size_t end = (size_t)((unsigned __int128)nev * pt / points);
+    for (size_t e = (size_t)((unsigned __int128)nev * (pt - 1) / points);
+         e < end; e++) {
+      if (ev[e] & 1) {
+        size_t id = ev[e] >> 1;
+        size_t i = live_pos[id], last = live_ids[--nlive];
+        live_ids[i] = (uint32_t)last;
+        live_pos[last] = (uint32_t)i;
+        live_bytes -= bsize[id];
+        if (sys != SYS_POOLHEAP)
+          free((void *)val[id]);
+        val[id] = 0;
+        continue;
+      }
+      size_t id = a++;
+      size_t w = nwords(id);
+      uintptr_t *f;
+      if (sys == SYS_POOLHEAP) {
+        size_t wo = (bsize[id] + 7) / 8;
+        ph_value v = ph_alloc(dom, wo ? wo : 1, 0);
+        if (!v)
+          die("ph_alloc failed");
+        f = (uintptr_t *)v;
+      } else {
+        f = malloc(w * 8 > bsize[id] ? w * 8 : bsize[id]);
+        if (!f)
+          die("malloc failed");
+      }
+      fill(id, f, &rng);
+      val[id] = (uintptr_t)f;
+      live_pos[id] = (uint32_t)nlive;
+      live_ids[nlive++] = (uint32_t)id;
+      live_bytes += bsize[id];
+    }
+    long long rss_before = rss_bytes();
+    uint64_t sum_before = checksum();
+    double t = now_ms();
+    char why[256] = "";
+    int verify = PH_OK;
+    uint64_t committed = 0;
+    if (sys == SYS_POOLHEAP) {
+      if (ph_compact(dom) != PH_OK)
+        die("ph_compact failed");
+      verify = ph_verify(dom, why, sizeof why);
+      ph_stats st;
+      ph_stats_get(heap, &st);
+      committed = st.committed_bytes;
+    } else {
+      sys_release(sys);
+    }
+    double dt = now_ms() - t;
+    t_release += dt;
+    long long rss = rss_bytes() - rss0;
+    uint64_t sum_after = checksum();
+    int ok = sum_after == sum_before && verify == PH_OK;
+    bad |= !ok;
+    printf("{\"trace\":\"%s\",\"system\":\"%s\",\"point\":%d,\"points\":%d,"
+           "\"events\":%zu,\"live_blocks\":%zu,\"live_bytes\":%llu,"
+           "\"rss_before\":%lld,\"rss\":%lld,\"rss_over_live\":%.3f,"
+           "\"rss_over_live_1m\":%.3f,\"release_ms\":%.2f",
+           name, sys_name[sys], pt, points, end, nlive,
+           (unsigned long long)live_bytes, rss_before - rss0, rss,
+           live_bytes ? (double)rss / live_bytes : 0.0,
+           (double)rss / (live_bytes + 1048576.0), dt);
+    if (sys == SYS_POOLHEAP)
+      printf(",\"committed\":%llu,\"verify\":\"%s\"",
+             (unsigned long long)committed, verify == PH_OK ? "ok" : why);
+    printf(",\"checksum\":\"%016llx\",\"checksum_before\":\"%016llx\","
+           "\"ok\":%s}\n",
+           (unsigned long long)sum_after, (unsigned long long)sum_before,
+           ok ? "true" : "false");
+    fflush(stdout);
+  }
+  fprintf(stderr, "replay %s on %s: %.0f ms (release calls %.0f ms)\n", name,
+          sys_name[sys], now_ms() - t0, t_release);
+  if (sys == SYS_POOLHEAP) {
+    ph_domain_detach(dom);
+    ph_heap_destroy(heap);
+  } else {
+    for (size_t i = 0; i < nlive; i++) /* the survivors, for LeakSanitizer */
+      free((void *)val[live_ids[i]]);
+  }
+  return bad ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc >= 4 && !strcmp(argv[1], "pack"))
+    return do_pack(argv[2], argv[3]);
+  if (argc >= 3 && !strcmp(argv[1], "run"))
+    return do_run(argc - 2, argv + 2);
+  fprintf(stderr, "usage: replay pack RAW OUT.pht | replay run TRACE.pht "
+                  "[--name N] [--system poolheap|malloc] [--points K]\n");
+  return 2;
+}
