@@ -2,7 +2,7 @@
 # poolheap's one entry point.  Each command installs what it needs (Debian).
 #   ./run.sh demo            the fragmentation demo (the main job)
 #   ./run.sh test            build every variant, run every test
-#   ./run.sh bench [--big]   the compaction benchmark with its peers
+#   ./run.sh bench [--big]   the compaction benchmark with its peers, then the trace replay
 #   ./run.sh soak MINUTES    long stress: TSan stress, mapping soak, fuzzing
 #   ./run.sh fuzz MINUTES    the differential fuzzer, open-ended
 #   ./run.sh install PREFIX  headers, static and shared library, pkg-config
@@ -54,9 +54,13 @@ case $cmd in
     exec demos/demo.sh "$@"
     ;;
   bench)
-    need_pkgs libjemalloc-dev libmimalloc-dev libgc-dev ocaml-nox
+    need_pkgs libjemalloc-dev libmimalloc-dev libgc-dev ocaml-nox xz-utils
     build release
-    exec bench/bench.sh "$@"
+    rc=0
+    bench/bench.sh "$@" || rc=$?
+    # the trace replay (bench/trace/bench.sh, about 30 s), not in --quick
+    case " $* " in *" --quick "*) ;; *) bench/trace/bench.sh || rc=$? ;; esac
+    exit $rc
     ;;
   soak)
     build all
