@@ -335,6 +335,16 @@ void ph_domain_note_error(struct ph_domain *d, int err);
 
 /* heap/sizeclass.c */
 int ph_sizeclass_init(struct ph_heap *h);
+/* heap.sizeclass.medium: the medium classes (not served yet). */
+#define PH_MEDIUM_TOP_WSIZE 32768 /* 256 KiB slots, header included */
+typedef struct ph_medium_class {
+  uint32_t wsize;  /* slot words, header included */
+  uint32_t units;  /* units per pool */
+  uint32_t nslots; /* slots per pool */
+} ph_medium_class;
+unsigned ph_sizeclass_medium(size_t pool_size, size_t pool_hdr,
+                             size_t wmax_small, ph_medium_class *out,
+                             unsigned max);
 static inline unsigned ph_class_of_wosize(const struct ph_heap *h,
                                           size_t wosize) {
   return h->wosize_class[wosize];

@@ -42,3 +42,35 @@ int ph_sizeclass_init(struct ph_heap *h) {
     h->class_nslots[k] = (uint32_t)(pool_words / h->class_wsize[k]);
   return PH_OK;
 }
+
+/* heap.sizeclass.medium: the medium classes continue the small ones with
+ * the same rule from the last small class (wmax) up to
+ * PH_MEDIUM_TOP_WSIZE words, which is the last medium class itself, so no
+ * request from 1 field to the top wastes 1/8 of its slot or more.  A
+ * medium pool is the fewest whole units that hold at least 8 slots after
+ * the pool header (pool_hdr, the same header and live bitmap as a small
+ * pool: a medium pool holds fewer slots than any small one).  Written to
+ * out (at most max classes); returns how many there are.  Not served yet:
+ * blocks above the small classes are still large blocks. */
+unsigned ph_sizeclass_medium(size_t pool_size, size_t pool_hdr,
+                             size_t wmax_small, ph_medium_class *out,
+                             unsigned max) {
+  unsigned n = 0;
+  size_t w =
+      wmax_small * 8 / 7 > wmax_small + 1 ? wmax_small * 8 / 7 : wmax_small + 1;
+  for (;;) {
+    size_t cw = w < PH_MEDIUM_TOP_WSIZE ? w : PH_MEDIUM_TOP_WSIZE;
+    size_t slot = cw * 8;
+    size_t units = (pool_hdr + 8 * slot + pool_size - 1) / pool_size;
+    if (n < max) {
+      out[n].wsize = (uint32_t)cw;
+      out[n].units = (uint32_t)units;
+      out[n].nslots = (uint32_t)((units * pool_size - pool_hdr) / slot);
+    }
+    n++;
+    if (cw == PH_MEDIUM_TOP_WSIZE)
+      return n;
+    size_t next = w * 8 / 7;
+    w = next > w + 1 ? next : w + 1;
+  }
+}

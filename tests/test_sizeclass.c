@@ -6,7 +6,13 @@
  * slot words being the pool's words after its header h->pool_hdr)
  * and compared with the heap's tables; and the property the rule promises
  * is checked directly for every small wosize: its class is the smallest that
- * fits and wastes less than 1/8 of the slot. */
+ * fits and wastes less than 1/8 of the slot.
+ *
+ * The medium classes (heap.sizeclass.medium, computed but not served yet)
+ * likewise: recomputed here and compared, and for every request from 1
+ * field to the top of the medium range (PH_MEDIUM_TOP_WSIZE - 1 fields) the
+ * smallest small or medium class that fits wastes less than 1/8 of its
+ * slot; every medium pool is the fewest units holding at least 8 slots. */
 #include "test_util.h"
 
 #include "api/api.h"
@@ -118,6 +124,89 @@ static void test_pools_hold_at_least_eight_slots(void **state) {
   }
 }
 
+/* Independent computation of the medium rule; returns the class count. */
+#define MAX_MEDIUM 128
+static unsigned rule_medium(size_t ps, size_t hdr, size_t wmax,
+                            ph_medium_class *out) {
+  unsigned n = 0;
+  size_t w = wmax;
+  do {
+    size_t next = w * 8 / 7;
+    w = next > w + 1 ? next : w + 1;
+    if (w > PH_MEDIUM_TOP_WSIZE)
+      w = PH_MEDIUM_TOP_WSIZE;
+    size_t units = 1;
+    while ((units * ps - (units * ps > hdr ? hdr : units * ps)) / (w * 8) < 8)
+      units++;
+    assert_true(n < MAX_MEDIUM);
+    out[n].wsize = (uint32_t)w;
+    out[n].units = (uint32_t)units;
+    out[n].nslots = (uint32_t)((units * ps - hdr) / (w * 8));
+    n++;
+  } while (w < PH_MEDIUM_TOP_WSIZE);
+  return n;
+}
+
+static void test_medium_classes_every_request(void **state) {
+  (void)state;
+  for (size_t ps = 4096; ps <= ((size_t)4 << 20); ps *= 2) {
+    ph_heap *h = heap_with_pool(ps);
+    size_t wmax = h->class_wsize[h->nclasses - 1];
+    ph_medium_class m[MAX_MEDIUM], r[MAX_MEDIUM];
+    unsigned n = ph_sizeclass_medium(ps, h->pool_hdr, wmax, m, MAX_MEDIUM);
+    assert_true(n >= 1 && n <= MAX_MEDIUM);
+    /* the count is returned whatever max is */
+    assert_int_equal(ph_sizeclass_medium(ps, h->pool_hdr, wmax, r, 1), n);
+    assert_int_equal(rule_medium(ps, h->pool_hdr, wmax, r), n);
+    for (unsigned k = 0; k < n; k++) {
+      if (m[k].wsize != r[k].wsize || m[k].units != r[k].units ||
+          m[k].nslots != r[k].nslots)
+        fail_msg("pool %zu medium class %u: %u words %u units %u slots, the "
+                 "rule gives %u %u %u",
+                 ps, k, m[k].wsize, m[k].units, m[k].nslots, r[k].wsize,
+                 r[k].units, r[k].nslots);
+      /* at least 8 slots, in the fewest units */
+      size_t slot = (size_t)m[k].wsize * 8, bytes = (size_t)m[k].units * ps;
+      assert_true(m[k].nslots >= 8);
+      assert_true(h->pool_hdr + m[k].nslots * slot <= bytes);
+      assert_true(h->pool_hdr + (m[k].nslots + 1) * slot > bytes);
+      assert_true(m[k].units == 1 || h->pool_hdr + 8 * slot > bytes - ps);
+    }
+    assert_true(m[0].wsize > wmax);
+    assert_int_equal(m[n - 1].wsize, PH_MEDIUM_TOP_WSIZE);
+    /* every request from 1 field to the top: the smallest class that fits
+     * (small, then medium) wastes less than 1/8 of its slot */
+    unsigned c = 0, mc = 0;
+    size_t checked = 0;
+    for (size_t wo = 1; wo < PH_MEDIUM_TOP_WSIZE; wo++) {
+      size_t need = wo + 1, slot, prev;
+      if (need <= wmax) {
+        while (h->class_wsize[c] < need)
+          c++;
+        slot = h->class_wsize[c];
+        prev = c ? h->class_wsize[c - 1] : 1;
+        assert_int_equal(ph_class_of_wosize(h, wo), c);
+      } else {
+        while (m[mc].wsize < need)
+          mc++; /* m[n - 1] is the top: never beyond */
+        slot = m[mc].wsize;
+        prev = mc ? m[mc - 1].wsize : wmax;
+      }
+      assert_true(slot >= need && prev < need);
+      if ((slot - need) * 8 >= slot)
+        fail_msg("pool %zu wosize %zu: slot %zu wastes %zu words (>= 1/8)", ps,
+                 wo, slot, slot - need);
+      checked++;
+    }
+    assert_int_equal(checked, PH_MEDIUM_TOP_WSIZE - 1);
+    if (ps == 32768)
+      print_message("32 KiB pools: %u small and %u medium classes, the last "
+                    "medium pool %u units\n",
+                    h->nclasses, n, m[n - 1].units);
+    assert_int_equal(ph_heap_destroy(h), PH_OK);
+  }
+}
+
 /* The census reports the same classes, in order. */
 typedef struct rows {
   unsigned n;
@@ -158,6 +247,7 @@ int main(void) {
       cmocka_unit_test(test_classes_strictly_increasing),
       cmocka_unit_test(test_waste_below_one_eighth_every_wosize),
       cmocka_unit_test(test_pools_hold_at_least_eight_slots),
+      cmocka_unit_test(test_medium_classes_every_request),
       cmocka_unit_test(test_census_rows_match_classes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
