@@ -115,15 +115,16 @@ p()
 p("RSS of the heap / live bytes after the release call at each 1/8 of the trace "
   "(poolheap: ph_compact; glibc: malloc_trim(0); jemalloc: arena purge; mimalloc: "
   "mi_collect(true)); medians over %d run%s. Live: the trace's sizes over live blocks; "
-  "where less than 1 MiB is live, the RSS itself in parentheses." % (runs, "s" if runs > 1 else ""))
+  "where less than 1 MiB is live, the RSS itself in parentheses. CPU s and minor faults: the "
+  "whole replay (user + system time; it includes filling every block and the checksums)." % (runs, "s" if runs > 1 else ""))
 for t in traces:
     rs = [r for r in rows if r["trace"] == t]
     pts = sorted({r["point"] for r in rs})
     p()
     p("### %s" % t)
     p()
-    p("| system | " + " | ".join("%d/8" % k for k in pts) + " | RSS end MB | live end MB |")
-    p("|---|" + "---|" * (len(pts) + 2))
+    p("| system | " + " | ".join("%d/8" % k for k in pts) + " | RSS end MB | live end MB | CPU s | minor faults |")
+    p("|---|" + "---|" * (len(pts) + 4))
     end = {}
     for s in systems:
         sr = [r for r in rs if r["system"] == s]
@@ -140,8 +141,9 @@ for t in traces:
                 cells.append("%.2f" % median([r["rss_over_live"] for r in kr]))
         last = [r for r in sr if r["point"] == pts[-1]]
         end[s] = median([r["rss"] for r in last])
-        p("| %s | %s | %.1f | %.1f |" % (s, " | ".join(cells), end[s] / 1048576,
-                                        last[0]["live_bytes"] / 1048576))
+        p("| %s | %s | %.1f | %.1f | %.2f | %d |" % (
+            s, " | ".join(cells), end[s] / 1048576, last[0]["live_bytes"] / 1048576,
+            median([r["cpu_ms"] for r in last]) / 1000, median([r["minor_faults"] for r in last])))
     # correctness
     for r in rs:
         if not r.get("ok"):

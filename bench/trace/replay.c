@@ -29,7 +29,10 @@
  * (the sum of the trace's sizes over live blocks), and a checksum of every
  * live block's words, with each pointer field counted as its target's id:
  * the same on every system, and on poolheap the same before and after the
- * compaction, with ph_verify clean after it. */
+ * compaction, with ph_verify clean after it; and the time, CPU time and
+ * minor page faults of the replay so far (the trace's events, the writes
+ * that fill each block, the release calls and checksums).  The alignment
+ * of the memalign family is not replayed: those are plain blocks. */
 #include "poolheap.h"
 
 #include <dlfcn.h>
@@ -40,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -215,6 +219,15 @@ static double now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* CPU time (user + system) and minor page faults of the process so far */
+static void usage(double *cpu_ms, long *faults) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  *cpu_ms = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
+            (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
+  *faults = ru.ru_minflt;
 }
 
 static void decode(const unsigned char *p, size_t len) {
@@ -398,6 +411,9 @@ static int do_run(int argc, char **argv) {
     sys_release(sys);
   }
   long long rss0 = rss_bytes();
+  double cpu0;
+  long faults0;
+  usage(&cpu0, &faults0);
   fprintf(stderr,
           "replay %s on %s: %zu events, %zu allocations, %.1f MB allocated, "
           "%.1f%% of it in blocks of 2-256 KiB\n",
@@ -460,6 +476,9 @@ static int do_run(int argc, char **argv) {
     }
     double dt = now_ms() - t;
     t_release += dt;
+    double cpu;
+    long faults;
+    usage(&cpu, &faults);
     long long rss = rss_bytes() - rss0;
     uint64_t sum_after = checksum();
     int ok = sum_after == sum_before && verify == PH_OK;
@@ -467,11 +486,13 @@ static int do_run(int argc, char **argv) {
     printf("{\"trace\":\"%s\",\"system\":\"%s\",\"point\":%d,\"points\":%d,"
            "\"events\":%zu,\"live_blocks\":%zu,\"live_bytes\":%llu,"
            "\"rss_before\":%lld,\"rss\":%lld,\"rss_over_live\":%.3f,"
-           "\"rss_over_live_1m\":%.3f,\"release_ms\":%.2f",
+           "\"rss_over_live_1m\":%.3f,\"release_ms\":%.2f,"
+           "\"elapsed_ms\":%.1f,\"cpu_ms\":%.1f,\"minor_faults\":%ld",
            name, sys_name[sys], pt, points, end, nlive,
            (unsigned long long)live_bytes, rss_before - rss0, rss,
            live_bytes ? (double)rss / live_bytes : 0.0,
-           (double)rss / (live_bytes + 1048576.0), dt);
+           (double)rss / (live_bytes + 1048576.0), dt, now_ms() - t0,
+           cpu - cpu0, faults - faults0);
     if (sys == SYS_POOLHEAP)
       printf(",\"committed\":%llu,\"verify\":\"%s\"",
              (unsigned long long)committed, verify == PH_OK ? "ok" : why);
