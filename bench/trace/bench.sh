@@ -116,7 +116,11 @@ p("RSS of the heap / live bytes after the release call at each 1/8 of the trace 
   "(poolheap: ph_compact; glibc: malloc_trim(0); jemalloc: arena purge; mimalloc: "
   "mi_collect(true)); medians over %d run%s. Live: the trace's sizes over live blocks; "
   "where less than 1 MiB is live, the RSS itself in parentheses. CPU s and minor faults: the "
-  "whole replay (user + system time; it includes filling every block and the checksums)." % (runs, "s" if runs > 1 else ""))
+  "whole replay (user + system time; it includes filling every block and the checksums). "
+  "The floor rows: what poolheap's pools and large blocks need at least for the live blocks "
+  "(a slot's share of a full pool, a large block's pages), with today's size classes and "
+  "with the medium classes of DESIGN.md's heap.sizeclass.medium, which are not served yet: "
+  "a projection, not a measurement." % (runs, "s" if runs > 1 else ""))
 for t in traces:
     rs = [r for r in rows if r["trace"] == t]
     pts = sorted({r["point"] for r in rs})
@@ -144,6 +148,22 @@ for t in traces:
         p("| %s | %s | %.1f | %.1f | %.2f | %d |" % (
             s, " | ".join(cells), end[s] / 1048576, last[0]["live_bytes"] / 1048576,
             median([r["cpu_ms"] for r in last]) / 1000, median([r["minor_faults"] for r in last])))
+    # poolheap's floor for the live blocks (replay.c, proj_init): today's
+    # classes, and the medium classes (a projection: not served yet)
+    ph = [r for r in rs if r["system"] == "poolheap" and "floor_now" in r]
+    for f, what in (("floor_now", "poolheap floor, today's classes"),
+                    ("floor_medium", "poolheap floor, medium classes (projection)")):
+        if not ph:
+            break
+        cells = []
+        for k in pts:
+            kr = [r for r in ph if r["point"] == k]
+            if not kr or kr[0]["live_bytes"] < 1048576:
+                cells.append("—")
+            else:
+                cells.append("%.2f" % median([r[f] / r["live_bytes"] for r in kr]))
+        last = [r for r in ph if r["point"] == pts[-1]]
+        p("| %s | %s | %.1f | | | |" % (what, " | ".join(cells), median([r[f] for r in last]) / 1048576))
     # correctness
     for r in rs:
         if not r.get("ok"):

@@ -29,11 +29,15 @@
  * (the sum of the trace's sizes over live blocks), and a checksum of every
  * live block's words, with each pointer field counted as its target's id:
  * the same on every system, and on poolheap the same before and after the
- * compaction, with ph_verify clean after it; and the time, CPU time and
+ * compaction, with ph_verify clean after it (and, on poolheap, the floor
+ * of its memory for the live blocks, with today's classes and with the
+ * medium classes: see proj_init); and the time, CPU time and
  * minor page faults of the replay so far (the trace's events, the writes
  * that fill each block, the release calls and checksums).  The alignment
  * of the memalign family is not replayed: those are plain blocks. */
 #include "poolheap.h"
+/* for the projection only: ph_sizeclass_medium, PH_POOL_HDR, PH_LARGE_HDR */
+#include "heap/heap.h"
 
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -327,6 +331,83 @@ static uint64_t checksum(void) {
 static ph_heap *heap;
 static ph_domain *dom;
 
+/* The floor of poolheap's memory for the live blocks (poolheap runs): each
+ * block costs its slot's share of a full pool (pool bytes / slots), or a
+ * large block its pages; with today's classes (from ph_census) and with the
+ * medium classes of heap.sizeclass.medium (a projection: they are not
+ * served yet).  What a replay measures above it is partly filled pools and
+ * the collector's own memory. */
+#define PROJ_TOP PH_MEDIUM_TOP_WSIZE
+static double *cost_now, *cost_medium; /* by wosize, 1 .. PROJ_TOP - 1 */
+static size_t proj_pool_size;
+
+typedef struct {
+  size_t wsize[PH_MAX_CLASSES], max_wosize[PH_MAX_CLASSES];
+  unsigned n;
+} census_t;
+
+static void census_row(const ph_census_class *c, void *user) {
+  census_t *t = user;
+  if (t->n < PH_MAX_CLASSES) {
+    t->wsize[t->n] = c->block_words;
+    t->max_wosize[t->n] = c->max_wosize;
+  }
+  t->n++;
+}
+
+static void proj_init(size_t pool_size) {
+  census_t t = {0};
+  if (ph_census(dom, census_row, &t) != PH_OK || t.n == 0 ||
+      t.n > PH_MAX_CLASSES)
+    die("ph_census failed");
+  proj_pool_size = pool_size;
+  /* the pool header with its live bitmap, as heap/sizeclass.c sizes it */
+  size_t hdr = PH_POOL_HDR + ((pool_size - PH_POOL_HDR) / 16 + 511) / 512 * 64;
+  ph_medium_class m[128];
+  unsigned nm = ph_sizeclass_medium(pool_size, hdr, t.wsize[t.n - 1], m, 128);
+  if (nm > 128)
+    die("too many medium classes");
+  cost_now = map_touched(PROJ_TOP * sizeof *cost_now);
+  cost_medium = map_touched(PROJ_TOP * sizeof *cost_medium);
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  unsigned c = 0, mc = 0;
+  for (size_t wo = 1; wo < PROJ_TOP; wo++) {
+    size_t large = (PH_LARGE_HDR + 8 * (wo + 1) + page - 1) / page * page;
+    if (wo <= t.max_wosize[t.n - 1]) {
+      while (t.max_wosize[c] < wo)
+        c++;
+      size_t nslots = (pool_size - hdr) / 8 / t.wsize[c];
+      cost_now[wo] = cost_medium[wo] = (double)pool_size / nslots;
+    } else {
+      while (m[mc].wsize < wo + 1)
+        mc++;
+      cost_now[wo] = (double)large;
+      cost_medium[wo] = (double)m[mc].units * pool_size / m[mc].nslots;
+    }
+  }
+}
+
+static void proj(double *now, double *medium) {
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  double a = 0, b = 0;
+  for (size_t i = 0; i < nlive; i++) {
+    size_t wo = (bsize[live_ids[i]] + 7) / 8;
+    if (wo == 0)
+      wo = 1;
+    if (wo < PROJ_TOP) {
+      a += cost_now[wo];
+      b += cost_medium[wo];
+    } else {
+      double l =
+          (double)((PH_LARGE_HDR + 8 * (wo + 1) + page - 1) / page * page);
+      a += l;
+      b += l;
+    }
+  }
+  *now = a;
+  *medium = b;
+}
+
 static void scan_roots(ph_domain *d, ph_visit_fn visit, void *ctx, void *user) {
   (void)d;
   (void)user;
@@ -405,6 +486,7 @@ static int do_run(int argc, char **argv) {
     if (ph_heap_create(&cfg, &heap) != PH_OK ||
         ph_domain_attach(heap, &dom) != PH_OK)
       die("poolheap: cannot create the heap");
+    proj_init(cfg.pool_size);
   } else {
     /* one block and its release, so the allocator has its first state */
     free(malloc(64));
@@ -493,9 +575,14 @@ static int do_run(int argc, char **argv) {
            live_bytes ? (double)rss / live_bytes : 0.0,
            (double)rss / (live_bytes + 1048576.0), dt, now_ms() - t0,
            cpu - cpu0, faults - faults0);
-    if (sys == SYS_POOLHEAP)
-      printf(",\"committed\":%llu,\"verify\":\"%s\"",
-             (unsigned long long)committed, verify == PH_OK ? "ok" : why);
+    if (sys == SYS_POOLHEAP) {
+      double fnow, fmed;
+      proj(&fnow, &fmed);
+      printf(",\"committed\":%llu,\"verify\":\"%s\",\"floor_now\":%.0f,"
+             "\"floor_medium\":%.0f",
+             (unsigned long long)committed, verify == PH_OK ? "ok" : why, fnow,
+             fmed);
+    }
     printf(",\"checksum\":\"%016llx\",\"checksum_before\":\"%016llx\","
            "\"ok\":%s}\n",
            (unsigned long long)sum_after, (unsigned long long)sum_before,
