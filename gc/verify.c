@@ -211,7 +211,7 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
     struct ph_domain *d = h->slots[s].dom;
     if (!d)
       continue;
-    for (ph_rootseg *sg = d->roots; sg && !v.bad; sg = sg->prev)
+    for (ph_rootseg *sg = d->roots->segs; sg && !v.bad; sg = sg->prev)
       for (size_t i = 0; i < sg->used && !v.bad; i++)
         if (ph_is_block(sg->slot[i]) && !valid_block(&v, sg->slot[i]))
           fail(&v, "domain %u root %zu = %p is not a live block", s, i,

@@ -8,8 +8,9 @@
  *
  * struct ph_heap and struct ph_domain are declared here, at the bottom of
  * the layers that use them: their fields are the pool layer's, plus one
- * pointer (or a few plain fields, grouped and marked) per layer above,
- * whose state structs are declared in that layer's header. */
+ * pointer per layer above, whose state struct is declared in that layer's
+ * header, and the few fields the allocation fast path reads (heap.state;
+ * stw_pending, a domain's cache, state and allocated). */
 #ifndef PH_HEAP_HEAP_H
 #define PH_HEAP_HEAP_H
 
@@ -232,27 +233,34 @@ typedef struct ph_section {
  * retired list, so `heap` never changes.  A stale call may read sig, owner,
  * index and last_error while the handle is being recycled for another
  * thread: those are atomics (index through __atomic builtins); a call whose
- * owner check fails reads nothing else. */
+ * owner check fails reads nothing else.
+ *
+ * The fields here are the pool layer's (the owner check, domain.owner; the
+ * alloc caches it flushes) and the three the allocation fast path touches
+ * on every call (cache, state, allocated: plain fields for one load each,
+ * heap.state).  Each layer above keeps the rest of a domain's state in
+ * a struct declared in its own header, reached through one pointer and
+ * allocated with the handle. */
+struct ph_domain_sync;  /* barrier/barrier.h */
+struct ph_domain_roots; /* roots/roots.h */
+struct ph_domain_api;   /* api/api.h */
+
 struct ph_domain {
   _Atomic uint32_t sig; /* PH_SIG_DOMAIN while attached, PH_SIG_DEAD after */
   unsigned index;       /* slot index */
   struct ph_heap *heap;
   _Atomic uintptr_t owner; /* ph_thread_tag() of the attaching thread */
-  int state;               /* PH_DS_*: written under heap->lock (barrier/) */
   _Atomic int last_error;  /* owner; a detached handle's under heap->lock */
-  uint64_t stw_expected;   /* epoch of the section that counts on us (lock,
-                              barrier/) */
   ph_alloc_cache cache[PH_MAX_CLASSES]; /* owner, or flush at STW entry */
-  /* roots/ (roots.stack: owner; read and updated by stop-the-world
-   * participants; the types are in roots/roots.h) */
-  struct ph_rootseg *roots;
-  size_t depth;                /* slots pushed in all segments */
-  struct ph_scope_rec *scopes; /* open scopes, innermost last */
-  size_t nscopes, scopes_cap;
-  uint64_t scope_serial;          /* scopes opened so far (roots.mark) */
-  _Atomic uint64_t allocated;     /* bytes; owner stores (relaxed), any reads */
-  struct ph_domain *retired_next; /* heap->retired list after detach */
-  struct ph_domain *thread_next;  /* owner: ph_tl_domains list */
+  /* heap.state: the allocation fast path reads state (PH_DS_*,
+   * barrier/'s, written under heap->lock) and writes allocated (api/'s:
+   * bytes; owner stores (relaxed), any reads) */
+  int state;
+  _Atomic uint64_t allocated;
+  /* the layers above: each one's state, declared in its own header */
+  struct ph_domain_sync *sync;   /* barrier/: the section that counts on us */
+  struct ph_domain_roots *roots; /* roots/: the handle stack and scopes */
+  struct ph_domain_api *api;     /* api/: retired and per-thread lists */
 };
 
 /* --------------------------------------------------------------- heap */
@@ -260,6 +268,7 @@ struct ph_sync;         /* barrier/barrier.h */
 struct ph_roots;        /* roots/roots.h */
 struct ph_compact_plan; /* compact/compact.h */
 struct ph_gc;           /* gc/gc.h */
+struct ph_api;          /* api/api.h */
 
 struct ph_heap {
   uint32_t sig;
@@ -279,7 +288,8 @@ struct ph_heap {
   size_t commit_cap; /* RAM + swap: committed bytes never exceed it */
 
   /* heap->lock guards: chunks and units, domain slots and states, the
-   * section election, the retired list, heap-level stats. */
+   * section election, heap-level stats, and the layers' state above that
+   * says so (the retired list, api/). */
   pthread_mutex_t lock;
   ph_chunk *chunks[PH_MAX_CHUNKS]; /* sorted by base */
   unsigned nchunks;
@@ -306,13 +316,7 @@ struct ph_heap {
   struct ph_roots *roots;       /* roots/: the global root set */
   struct ph_compact_plan *plan; /* compact/: the last plan (reused) */
   struct ph_gc *gc;             /* gc/: participants' mark state */
-
-  /* api/: domains attached, detached handles, the live-heap registry */
-  unsigned ndomains;
-  struct ph_domain *retired; /* detached handles, oldest first (FIFO) */
-  struct ph_domain *retired_tail;
-  unsigned nretired;
-  _Atomic uint64_t retired_allocated; /* allocated by detached domains */
+  struct ph_api *api;           /* api/: domains attached, retired handles */
 };
 
 /* ---------------------------------------------------------- functions */
