@@ -424,6 +424,26 @@ void ph_registry_add(struct ph_heap *h);
  * (PH_SIG_DEAD); PH_EINVAL not a live heap; PH_ESTATE domains attached. */
 int ph_registry_remove(struct ph_heap *h);
 
+/* heap/verify.c (heap.verify): the pool layer's structural check, one walk
+ * for both clients.  The client zeroes a ph_check, sets why/why_size and
+ * its hooks (NULL: none), and runs it; a hook is called only for what
+ * passed the walk's own checks and fails through ph_check_fail. */
+typedef struct ph_check {
+  char *why; /* the first failure's description (why_size bytes) */
+  size_t why_size;
+  int bad;
+  /* hooks: an allocated block of a pool (header not 0); a pool, with the
+   * words of its allocated blocks (wosize + 1 each); a large block */
+  void (*block)(struct ph_check *k, ph_value b);
+  void (*pool)(struct ph_check *k, ph_pool *p, uint64_t words);
+  void (*large)(struct ph_check *k, ph_large *l, ph_value b);
+  void *ctx;              /* the client's */
+  uint64_t pools, larges; /* counted by the walk */
+} ph_check;
+void ph_check_fail(ph_check *k, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void ph_check_heap_locked(struct ph_heap *h, ph_check *k);
+
 /* heap/section.c: the section's unit index space (barrier.stw.claim). */
 void ph_units_index_stw_single(struct ph_heap *h);
 void ph_unit_at(struct ph_heap *h, size_t gu, ph_chunk **c, uint32_t *u);

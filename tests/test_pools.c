@@ -930,6 +930,41 @@ static void test_verify_detects(void **state) {
 }
 
 /* Callbacks' calls into the layer are refused and change nothing. */
+/* heap.verify: php_verify and ph_verify share the pool layer's structural
+ * walk, which follows a free list only through slot starts.  A fresh
+ * pool's free slots follow its allocated ones in address order (a free
+ * slot: a header of 0, field 0 the next link); a link 8 bytes into the
+ * last free slot finds a 0 word before it, a 0 link (set here) and the
+ * right count, but is not a slot (tests/test_verify.c: the managed path). */
+static void test_verify_free_list(void **state) {
+  (void)state;
+  php_heap *h = heap_new(0);
+  php_owner *o;
+  assert_int_equal(php_owner_create(h, &o), PH_OK);
+  ph_value v = alloc_counted(o, 3, T_TUPLE), w = alloc_counted(o, 3, T_TUPLE);
+  for (int i = 0; i < 3; i++)
+    ((ph_value *)v)[i] = ((ph_value *)w)[i] = PH_UNIT;
+  verify_ok(h);
+  ph_value f = w + (w - v); /* the next free slot */
+  assert_true(((ph_value *)f)[-1] == 0);
+  ph_value *link = (ph_value *)f; /* the link to the last free slot */
+  assert_true(*link != 0);
+  while (*(ph_value *)*link != 0)
+    link = (ph_value *)*link;
+  ph_value last = *link, saved = ((ph_value *)last)[1];
+  ((ph_value *)last)[1] = 0;
+  *link = last + 8;
+  char why[256] = "";
+  assert_int_equal(php_verify(h, why, sizeof why), PH_ECORRUPT);
+  printf("free list link into the middle of a slot: %s\n", why);
+  *link = last;
+  ((ph_value *)last)[1] = saved;
+  verify_ok(h);
+  assert_int_equal(php_owner_destroy(o), PH_OK);
+  assert_int_equal(php_heap_destroy(h), PH_OK);
+  tu_assert_no_failures();
+}
+
 static php_owner *reentry_owner;
 static php_heap *reentry_heap;
 static atomic_int reentry_seen;
@@ -1565,6 +1600,7 @@ int main(void) {
       cmocka_unit_test(test_visit),
       cmocka_unit_test(test_orphan_adopt),
       cmocka_unit_test(test_verify_detects),
+      cmocka_unit_test(test_verify_free_list),
       cmocka_unit_test(test_reentry),
       cmocka_unit_test(test_compact_one),
       cmocka_unit_test(test_compact_parallel),
