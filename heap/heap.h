@@ -397,6 +397,14 @@ static inline ph_value ph_pool_block(const struct ph_heap *h, ph_pool *p,
                     8);
 }
 void ph_pool_push_avail(struct ph_heap *h, ph_pool *p);
+/* heap.pool.take: a pool of class cls with a free slot for owner (a slot
+ * index, or the pool layer's owner index; written into the pool): the
+ * first pool with free slots popped off *head (if head; pools without one
+ * are dropped from the list), under heap->lock if shared (several threads
+ * pop that list), else a fresh pool (ph_pool_new).  *fresh (if not NULL)
+ * says which.  NULL: no memory.  The caller owns the pool's allocation. */
+ph_pool *ph_pool_take(struct ph_heap *h, _Atomic(ph_pool *) *head, int shared,
+                      unsigned cls, unsigned owner, int *fresh);
 /* Give a domain's cached pools back (section entry, detach); charges
  * pacing for the slots handed out. */
 void ph_domain_flush_caches(struct ph_domain *d);

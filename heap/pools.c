@@ -527,46 +527,6 @@ int php_cycle(php_owner *o) {
 
 /* ----------------------------------------------------------- allocation */
 
-/* A fresh pool of class cls for o, on its avail list. */
-static ph_pool *new_pool(struct php_owner *o, unsigned cls) {
-  struct php_heap *h = o->h;
-  struct ph_heap *core = h->core;
-  ph_chunk *c;
-  uint32_t u;
-  pthread_mutex_lock(&core->lock);
-  int err = ph_units_take_locked(core, 1, PH_U_POOL, &c, &u);
-  if (err == PH_OK)
-    core->pool_units++;
-  pthread_mutex_unlock(&core->lock);
-  if (err != PH_OK)
-    return NULL;
-  ph_pool *p = (ph_pool *)ph_unit_addr(core, c, u);
-  memset(p, 0, core->pool_hdr);
-  p->sig = PH_SIG_POOL;
-  p->kind = PH_U_POOL;
-  p->cls = (uint16_t)cls;
-  p->nslots = core->class_nslots[cls];
-  p->hdr = (uint16_t)core->pool_hdr;
-  p->chunk = c;
-  p->unit = u;
-  p->owner = o->index;
-  p->nfree = p->nslots;
-  uint32_t ws = core->class_wsize[cls];
-  ph_value *s = php_slots(p), next = 0;
-  for (uint32_t i = p->nslots; i-- > 0;) {
-    ph_value *slot = s + (size_t)i * ws;
-    slot[0] = 0;
-    slot[1] = next;
-    next = (ph_value)(slot + 1);
-  }
-  p->free = next;
-  php_counters pc = pool_counts(h, p);
-  counters_add(&o->c, &pc, 1);
-  p->next = o->avail[cls];
-  o->avail[cls] = p;
-  return p;
-}
-
 /* pools.alloc: a pool with room for class cls on top of o->avail[cls]. */
 static ph_pool *find_pool(struct php_owner *o, unsigned cls) {
   struct php_heap *h = o->h;
@@ -579,25 +539,23 @@ static ph_pool *find_pool(struct php_owner *o, unsigned cls) {
   }
   if (o->avail[cls])
     return o->avail[cls];
-  /* relaxed: a hint, the pop is under the lock */
-  if (atomic_load_explicit(&h->orph.avail[cls], memory_order_relaxed)) {
+  /* heap.pool.take: an orphan pool with room (popped under the lock), or
+   * a fresh one */
+  int fresh;
+  ph_pool *p =
+      ph_pool_take(h->core, &h->orph.avail[cls], 1, cls, o->index, &fresh);
+  if (!p)
+    return NULL;
+  php_counters pc = pool_counts(h, p);
+  if (!fresh) { /* adopted: its counters move from the orphans to o */
     pthread_mutex_lock(&h->core->lock);
-    ph_pool *p =
-        atomic_load_explicit(&h->orph.avail[cls], memory_order_relaxed);
-    if (p) {
-      atomic_store_explicit(&h->orph.avail[cls], p->next, memory_order_relaxed);
-      php_counters pc = pool_counts(h, p);
-      counters_add(&h->orph.c, &pc, -1);
-      counters_add(&o->c, &pc, 1);
-      p->owner = o->index;
-      p->next = o->avail[cls];
-      o->avail[cls] = p;
-    }
+    counters_add(&h->orph.c, &pc, -1);
     pthread_mutex_unlock(&h->core->lock);
-    if (p)
-      return p;
   }
-  return new_pool(o, cls);
+  counters_add(&o->c, &pc, 1);
+  p->next = o->avail[cls];
+  o->avail[cls] = p;
+  return p;
 }
 
 static ph_value large_alloc(struct php_owner *o, size_t wosize, unsigned bits) {
