@@ -250,12 +250,10 @@ struct ph_domain {
   unsigned index;       /* slot index */
   struct ph_heap *heap;
   _Atomic uintptr_t owner; /* ph_thread_tag() of the attaching thread */
-  _Atomic int last_error;  /* owner; a detached handle's under heap->lock */
+  int state; /* PH_DS_*: written under heap->lock (barrier/'s; heap.state) */
+  _Atomic int last_error; /* owner; a detached handle's under heap->lock */
   ph_alloc_cache cache[PH_MAX_CLASSES]; /* owner, or flush at STW entry */
-  /* heap.state: the allocation fast path reads state (PH_DS_*,
-   * barrier/'s, written under heap->lock) and writes allocated (api/'s:
-   * bytes; owner stores (relaxed), any reads) */
-  int state;
+  /* bytes (api/'s; heap.state); owner stores (relaxed), any reads */
   _Atomic uint64_t allocated;
   /* the layers above: each one's state, declared in its own header */
   struct ph_domain_sync *sync;   /* barrier/: the section that counts on us */
