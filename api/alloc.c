@@ -3,9 +3,9 @@
  * Fast path: pop the domain's alloc cache for the size class (no lock, no
  * atomic read-modify-write).  Slow path, when the cache is empty: retire the
  * cached pool (it is full), take the next pool from the owner slot's avail
- * list, or a new pool under heap->lock.  Pacing is checked on the slow path
- * only (heap.pacing).  Large blocks take whole units under heap->lock and
- * commit only their pages (heap.large.commit). */
+ * list, or a new pool under heap->lock (ph_pool_take, heap.pool.take).  Pacing
+ * is checked on the slow path only (heap.pacing).  Large blocks take whole
+ * units under heap->lock and commit only their pages (heap.large.commit). */
 #include "api/api.h"
 
 #include <pthread.h>
@@ -34,22 +34,6 @@ static void pacing_poll(struct ph_domain *d) {
   ph_gc_run(d, PH_STW_COLLECT | PH_STW_AUTO, NULL);
 }
 
-static ph_pool *take_pool(struct ph_domain *d, unsigned cls) {
-  struct ph_heap *h = d->heap;
-  _Atomic(ph_pool *) *head = &h->slots[d->index].avail[cls];
-  /* relaxed: only this thread pops, and pushes by other threads happen
-   * inside stop-the-world sections, ordered by their locks and barriers. */
-  ph_pool *p = atomic_load_explicit(head, memory_order_relaxed);
-  while (p) {
-    atomic_store_explicit(head, p->next, memory_order_relaxed);
-    p->next = NULL;
-    if (p->nfree > 0)
-      return p;
-    p = atomic_load_explicit(head, memory_order_relaxed);
-  }
-  return ph_pool_new(h, cls, d->index);
-}
-
 static int refill(struct ph_domain *d, unsigned cls) {
   struct ph_heap *h = d->heap;
   ph_alloc_cache *ac = &d->cache[cls];
@@ -65,11 +49,14 @@ static int refill(struct ph_domain *d, unsigned cls) {
     ac->pool = NULL;
   }
   pacing_poll(d);
-  ph_pool *p = take_pool(d, cls);
+  /* heap.pool.take: the next pool of the slot's avail list (only this
+   * thread pops it), or a fresh one */
+  _Atomic(ph_pool *) *avail = &h->slots[d->index].avail[cls];
+  ph_pool *p = ph_pool_take(h, avail, 0, cls, d->index, NULL);
   if (!p) {
     /* Out of memory: a collection may free whole pools. */
     ph_gc_run(d, PH_STW_COLLECT, NULL);
-    p = take_pool(d, cls);
+    p = ph_pool_take(h, avail, 0, cls, d->index, NULL);
     if (!p)
       return PH_ENOMEM;
   }

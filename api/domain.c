@@ -31,7 +31,7 @@ static void thread_exit(void *arg) {
   while (ph_tl_domains) {
     struct ph_domain *d = ph_tl_domains;
     if (ph_domain_detach(d) != PH_OK) /* cannot happen: never loop */
-      ph_tl_domains = d->thread_next;
+      ph_tl_domains = d->api->thread_next;
   }
 }
 
@@ -61,35 +61,40 @@ int ph_domain_attach(ph_heap *h, ph_domain **out) {
     return PH_ESTATE;
   }
   struct ph_domain *d;
-  if (h->nretired > PH_RETIRED_KEEP) { /* recycle the oldest */
-    d = h->retired;
-    h->retired = d->retired_next;
-    if (!h->retired)
-      h->retired_tail = NULL;
-    h->nretired--;
+  if (h->api->nretired > PH_RETIRED_KEEP) { /* recycle the oldest */
+    d = h->api->retired;
+    h->api->retired = d->api->retired_next;
+    if (!h->api->retired)
+      h->api->retired_tail = NULL;
+    h->api->nretired--;
   } else {
-    d = calloc(1, sizeof *d);
-    if (!d) {
+    /* a handle and every layer's state of it, in one allocation */
+    ph_domain_all *all = calloc(1, sizeof *all);
+    if (!all) {
       pthread_mutex_unlock(&h->lock);
       return PH_ENOMEM;
     }
+    d = &all->d;
+    d->sync = &all->sync;
+    d->roots = &all->roots;
+    d->api = &all->api;
     d->heap = h;
   }
   /* Detach left the caches flushed and the root stack empty.  A stale
    * call may be reading sig, owner, index and last_error: atomic stores. */
   __atomic_store_n(&d->index, i, __ATOMIC_RELAXED);
   d->state = PH_DS_RUNNING;
-  d->stw_expected = 0;
-  d->retired_next = NULL;
+  d->sync->stw_expected = 0;
+  d->api->retired_next = NULL;
   atomic_store_explicit(&d->last_error, PH_OK, memory_order_relaxed);
   atomic_store_explicit(&d->allocated, 0, memory_order_relaxed);
   ph_roots_domain_init(d);
   atomic_store_explicit(&d->owner, ph_thread_tag(), memory_order_relaxed);
   atomic_store_explicit(&d->sig, PH_SIG_DOMAIN, memory_order_relaxed);
   h->slots[i].dom = d;
-  h->ndomains++;
+  h->api->ndomains++;
   pthread_mutex_unlock(&h->lock);
-  d->thread_next = ph_tl_domains;
+  d->api->thread_next = ph_tl_domains;
   ph_tl_domains = d;
   *out = d;
   return PH_OK;
@@ -108,7 +113,7 @@ int ph_domain_detach(ph_domain *d) {
   }
   /* join every section that counts on us, then leave */
   while (atomic_load_explicit(&h->stw_pending, memory_order_relaxed)) {
-    if (d->stw_expected == h->sync->stw.epoch) {
+    if (d->sync->stw_expected == h->sync->stw.epoch) {
       pthread_mutex_unlock(&h->lock);
       ph_stw_join(d);
       pthread_mutex_lock(&h->lock);
@@ -119,28 +124,28 @@ int ph_domain_detach(ph_domain *d) {
   ph_domain_flush_caches(d);
   ph_roots_domain_fini(d);
   atomic_fetch_add_explicit(
-      &h->retired_allocated,
+      &h->api->retired_allocated,
       atomic_load_explicit(&d->allocated, memory_order_relaxed),
       memory_order_relaxed);
   h->slots[d->index].dom = NULL;
-  h->ndomains--;
+  h->api->ndomains--;
   atomic_store_explicit(&d->sig, PH_SIG_DEAD, memory_order_relaxed);
   d->state = PH_DS_FREE;
-  d->retired_next = NULL;
-  if (h->retired_tail)
-    h->retired_tail->retired_next = d;
+  d->api->retired_next = NULL;
+  if (h->api->retired_tail)
+    h->api->retired_tail->api->retired_next = d;
   else
-    h->retired = d;
-  h->retired_tail = d;
-  h->nretired++;
+    h->api->retired = d;
+  h->api->retired_tail = d;
+  h->api->nretired++;
   pthread_mutex_unlock(&h->lock);
   /* off this thread's list (only this thread touches it) */
-  for (struct ph_domain **p = &ph_tl_domains; *p; p = &(*p)->thread_next)
+  for (struct ph_domain **p = &ph_tl_domains; *p; p = &(*p)->api->thread_next)
     if (*p == d) {
-      *p = d->thread_next;
+      *p = d->api->thread_next;
       break;
     }
-  d->thread_next = NULL;
+  d->api->thread_next = NULL;
   return PH_OK;
 }
 

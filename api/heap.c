@@ -52,6 +52,7 @@ typedef struct ph_heap_all {
   ph_sync sync;
   ph_roots roots;
   ph_gc gc;
+  ph_api api;
 } ph_heap_all;
 
 /* Everything but the chunks (released before) goes; used by destroy and by
@@ -97,6 +98,7 @@ int ph_heap_create(const ph_config *cfg, ph_heap **out) {
   h->sync = &all->sync;
   h->roots = &all->roots;
   h->gc = &all->gc;
+  h->api = &all->api;
   h->cfg = *cfg;
   h->pool_size = cfg->pool_size;
   h->pool_shift = (unsigned)__builtin_ctzl(cfg->pool_size);
@@ -155,8 +157,8 @@ int ph_heap_destroy(ph_heap *h) {
   pthread_mutex_lock(&h->lock);
   ph_chunks_destroy(h);
   pthread_mutex_unlock(&h->lock);
-  for (struct ph_domain *d = h->retired, *n; d; d = n) {
-    n = d->retired_next;
+  for (struct ph_domain *d = h->api->retired, *n; d; d = n) {
+    n = d->api->retired_next;
     free(d);
   }
   heap_free(h);
@@ -186,13 +188,13 @@ int ph_stats_get(ph_heap *h, ph_stats *out) {
   s.large_bytes = h->large_comm;
   s.free_pool_bytes = s.committed_bytes - s.pool_bytes - s.large_bytes;
   uint64_t alloc =
-      atomic_load_explicit(&h->retired_allocated, memory_order_relaxed);
+      atomic_load_explicit(&h->api->retired_allocated, memory_order_relaxed);
   for (unsigned i = 0; i < h->cfg.max_domains; i++)
     if (h->slots[i].dom)
       alloc += atomic_load_explicit(&h->slots[i].dom->allocated,
                                     memory_order_relaxed);
   s.allocated_bytes = alloc;
-  s.domains = h->ndomains;
+  s.domains = h->api->ndomains;
   s.size_classes = h->nclasses;
   pthread_mutex_unlock(&h->lock);
   *out = s;

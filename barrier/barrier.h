@@ -72,6 +72,13 @@ typedef struct ph_sync {
   pthread_cond_t helper_cond;
 } ph_sync;
 
+/* The barrier layer's state of a domain (d->sync); its state (PH_DS_*)
+ * stays in struct ph_domain, where the allocation fast path reads it
+ * (heap.state). */
+typedef struct ph_domain_sync {
+  uint64_t stw_expected; /* (lock) epoch of the section that counts on us */
+} ph_domain_sync;
+
 /* barrier/stw.c */
 /* Run (or join, and coalesce with) a stop-the-world section of the given
  * kind whose participants run body; arg is kept for the body of a section

@@ -5,7 +5,7 @@
  * is pending it joins it (if that section counts on it) and re-checks
  * afterwards; otherwise it becomes the leader: it numbers the section
  * (epoch), snapshots every RUNNING domain as an expected participant
- * (d->stw_expected = epoch) and publishes stw_pending = 1.
+ * (d->sync->stw_expected = epoch) and publishes stw_pending = 1.
  *
  * Participation.  Each participant flushes its alloc caches, takes a
  * participant index on arrival, and waits until all nparts have arrived;
@@ -54,7 +54,7 @@ static int participate_did(struct ph_domain *d, int *did) {
     *did = s->did;
 
   pthread_mutex_lock(&h->lock);
-  d->stw_expected = 0;
+  d->sync->stw_expected = 0;
   if (++s->left == s->nparts) {
     if (s->did & PH_STW_COLLECT)
       h->sync->last_collect_epoch = s->epoch;
@@ -93,7 +93,7 @@ int ph_stw_run(struct ph_domain *d, int kind, ph_stw_body body,
   uint64_t start = h->sync->stw_started;
   for (;;) {
     if (atomic_load_explicit(&h->stw_pending, memory_order_relaxed)) {
-      if (d->stw_expected == s->epoch) {
+      if (d->sync->stw_expected == s->epoch) {
         /* We take part from its first barrier, after our call: a whole
          * collection (or compaction) that started after the call, even if
          * it was elected before (barrier.stw coalescing). */
@@ -122,14 +122,14 @@ int ph_stw_run(struct ph_domain *d, int kind, ph_stw_body body,
     for (unsigned i = 0; i < h->cfg.max_domains; i++) {
       struct ph_domain *o = h->slots[i].dom;
       if (o && o->state == PH_DS_RUNNING) {
-        o->stw_expected = s->epoch;
+        o->sync->stw_expected = s->epoch;
         n++;
       }
     }
     /* barrier.helpers: they help only where there is heap work */
     if (kind & (PH_STW_COLLECT | PH_STW_COMPACT))
       for (unsigned i = 0; i < h->sync->nhelpers; i++) {
-        h->sync->helpers[i]->stw_expected = s->epoch;
+        h->sync->helpers[i]->sync->stw_expected = s->epoch;
         n++;
       }
     s->nparts = n;
@@ -157,7 +157,7 @@ static void *helper_main(void *arg) {
   pthread_mutex_lock(&h->lock);
   for (;;) {
     if (atomic_load_explicit(&h->stw_pending, memory_order_relaxed) &&
-        d->stw_expected == h->sync->stw.epoch) {
+        d->sync->stw_expected == h->sync->stw.epoch) {
       pthread_mutex_unlock(&h->lock);
       participate(d);
       pthread_mutex_lock(&h->lock);
@@ -194,11 +194,17 @@ int ph_stw_helpers_start(struct ph_heap *h) {
     return PH_ENOMEM;
   int err = PH_OK;
   for (unsigned i = 0; i < n && err == PH_OK; i++) {
-    struct ph_domain *d = calloc(1, sizeof *d);
-    if (!d) {
+    /* a helper is a domain with the barrier layer's state only */
+    struct helper_domain {
+      struct ph_domain d; /* first: freed through &d */
+      ph_domain_sync sync;
+    } *hd = calloc(1, sizeof *hd);
+    if (!hd) {
       err = PH_ENOMEM;
       break;
     }
+    struct ph_domain *d = &hd->d;
+    d->sync = &hd->sync;
     d->sig = PH_SIG_DOMAIN;
     d->index = h->cfg.max_domains + i; /* outside the slots */
     d->heap = h;
@@ -253,7 +259,8 @@ void ph_stw_join(struct ph_domain *d) {
   struct ph_heap *h = d->heap;
   pthread_mutex_lock(&h->lock);
   int join = atomic_load_explicit(&h->stw_pending, memory_order_relaxed) &&
-             d->stw_expected == h->sync->stw.epoch && d->state == PH_DS_RUNNING;
+             d->sync->stw_expected == h->sync->stw.epoch &&
+             d->state == PH_DS_RUNNING;
   pthread_mutex_unlock(&h->lock);
   if (join)
     participate(d);
@@ -280,7 +287,7 @@ void ph_blocking_enter(ph_domain *d) {
     return;
   }
   while (atomic_load_explicit(&h->stw_pending, memory_order_relaxed) &&
-         d->stw_expected == h->sync->stw.epoch) {
+         d->sync->stw_expected == h->sync->stw.epoch) {
     pthread_mutex_unlock(&h->lock);
     participate(d);
     pthread_mutex_lock(&h->lock);

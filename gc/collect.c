@@ -177,7 +177,8 @@ static int compact_evacuates_slot(void *arg, unsigned owner) {
   struct ph_heap *h = w->dom->heap;
   ph_stw *s = &h->sync->stw;
   struct ph_domain *o = h->slots[owner].dom;
-  return o ? o == w->dom || (o->stw_expected != s->epoch && w->dom == s->leader)
+  return o ? o == w->dom ||
+                 (o->sync->stw_expected != s->epoch && w->dom == s->leader)
            : w->dom == s->leader;
 }
 

@@ -8,8 +8,9 @@
  *
  * struct ph_heap and struct ph_domain are declared here, at the bottom of
  * the layers that use them: their fields are the pool layer's, plus one
- * pointer (or a few plain fields, grouped and marked) per layer above,
- * whose state structs are declared in that layer's header. */
+ * pointer per layer above, whose state struct is declared in that layer's
+ * header, and the few fields the allocation fast path reads (heap.state;
+ * stw_pending, a domain's cache, state and allocated). */
 #ifndef PH_HEAP_HEAP_H
 #define PH_HEAP_HEAP_H
 
@@ -232,27 +233,32 @@ typedef struct ph_section {
  * retired list, so `heap` never changes.  A stale call may read sig, owner,
  * index and last_error while the handle is being recycled for another
  * thread: those are atomics (index through __atomic builtins); a call whose
- * owner check fails reads nothing else. */
+ * owner check fails reads nothing else.
+ *
+ * The fields here are the pool layer's (the owner check, domain.owner; the
+ * alloc caches it flushes) and the three the allocation fast path touches
+ * on every call (cache, state, allocated: plain fields for one load each,
+ * heap.state).  Each layer above keeps the rest of a domain's state in
+ * a struct declared in its own header, reached through one pointer and
+ * allocated with the handle. */
+struct ph_domain_sync;  /* barrier/barrier.h */
+struct ph_domain_roots; /* roots/roots.h */
+struct ph_domain_api;   /* api/api.h */
+
 struct ph_domain {
   _Atomic uint32_t sig; /* PH_SIG_DOMAIN while attached, PH_SIG_DEAD after */
   unsigned index;       /* slot index */
   struct ph_heap *heap;
   _Atomic uintptr_t owner; /* ph_thread_tag() of the attaching thread */
-  int state;               /* PH_DS_*: written under heap->lock (barrier/) */
-  _Atomic int last_error;  /* owner; a detached handle's under heap->lock */
-  uint64_t stw_expected;   /* epoch of the section that counts on us (lock,
-                              barrier/) */
+  int state; /* PH_DS_*: written under heap->lock (barrier/'s; heap.state) */
+  _Atomic int last_error; /* owner; a detached handle's under heap->lock */
   ph_alloc_cache cache[PH_MAX_CLASSES]; /* owner, or flush at STW entry */
-  /* roots/ (roots.stack: owner; read and updated by stop-the-world
-   * participants; the types are in roots/roots.h) */
-  struct ph_rootseg *roots;
-  size_t depth;                /* slots pushed in all segments */
-  struct ph_scope_rec *scopes; /* open scopes, innermost last */
-  size_t nscopes, scopes_cap;
-  uint64_t scope_serial;          /* scopes opened so far (roots.mark) */
-  _Atomic uint64_t allocated;     /* bytes; owner stores (relaxed), any reads */
-  struct ph_domain *retired_next; /* heap->retired list after detach */
-  struct ph_domain *thread_next;  /* owner: ph_tl_domains list */
+  /* bytes (api/'s; heap.state); owner stores (relaxed), any reads */
+  _Atomic uint64_t allocated;
+  /* the layers above: each one's state, declared in its own header */
+  struct ph_domain_sync *sync;   /* barrier/: the section that counts on us */
+  struct ph_domain_roots *roots; /* roots/: the handle stack and scopes */
+  struct ph_domain_api *api;     /* api/: retired and per-thread lists */
 };
 
 /* --------------------------------------------------------------- heap */
@@ -260,6 +266,7 @@ struct ph_sync;         /* barrier/barrier.h */
 struct ph_roots;        /* roots/roots.h */
 struct ph_compact_plan; /* compact/compact.h */
 struct ph_gc;           /* gc/gc.h */
+struct ph_api;          /* api/api.h */
 
 struct ph_heap {
   uint32_t sig;
@@ -279,7 +286,8 @@ struct ph_heap {
   size_t commit_cap; /* RAM + swap: committed bytes never exceed it */
 
   /* heap->lock guards: chunks and units, domain slots and states, the
-   * section election, the retired list, heap-level stats. */
+   * section election, heap-level stats, and the layers' state above that
+   * says so (the retired list, api/). */
   pthread_mutex_t lock;
   ph_chunk *chunks[PH_MAX_CHUNKS]; /* sorted by base */
   unsigned nchunks;
@@ -306,13 +314,7 @@ struct ph_heap {
   struct ph_roots *roots;       /* roots/: the global root set */
   struct ph_compact_plan *plan; /* compact/: the last plan (reused) */
   struct ph_gc *gc;             /* gc/: participants' mark state */
-
-  /* api/: domains attached, detached handles, the live-heap registry */
-  unsigned ndomains;
-  struct ph_domain *retired; /* detached handles, oldest first (FIFO) */
-  struct ph_domain *retired_tail;
-  unsigned nretired;
-  _Atomic uint64_t retired_allocated; /* allocated by detached domains */
+  struct ph_api *api;           /* api/: domains attached, retired handles */
 };
 
 /* ---------------------------------------------------------- functions */
@@ -403,6 +405,14 @@ static inline ph_value ph_pool_block(const struct ph_heap *h, ph_pool *p,
                     8);
 }
 void ph_pool_push_avail(struct ph_heap *h, ph_pool *p);
+/* heap.pool.take: a pool of class cls with a free slot for owner (a slot
+ * index, or the pool layer's owner index; written into the pool): the
+ * first pool with free slots popped off *head (if head; pools without one
+ * are dropped from the list), under heap->lock if shared (several threads
+ * pop that list), else a fresh pool (ph_pool_new).  *fresh (if not NULL)
+ * says which.  NULL: no memory.  The caller owns the pool's allocation. */
+ph_pool *ph_pool_take(struct ph_heap *h, _Atomic(ph_pool *) *head, int shared,
+                      unsigned cls, unsigned owner, int *fresh);
 /* Give a domain's cached pools back (section entry, detach); charges
  * pacing for the slots handed out. */
 void ph_domain_flush_caches(struct ph_domain *d);
@@ -429,6 +439,26 @@ void ph_registry_add(struct ph_heap *h);
 /* PH_OK: h was live with no domain attached and is now off the registry
  * (PH_SIG_DEAD); PH_EINVAL not a live heap; PH_ESTATE domains attached. */
 int ph_registry_remove(struct ph_heap *h);
+
+/* heap/verify.c (heap.verify): the pool layer's structural check, one walk
+ * for both clients.  The client zeroes a ph_check, sets why/why_size and
+ * its hooks (NULL: none), and runs it; a hook is called only for what
+ * passed the walk's own checks and fails through ph_check_fail. */
+typedef struct ph_check {
+  char *why; /* the first failure's description (why_size bytes) */
+  size_t why_size;
+  int bad;
+  /* hooks: an allocated block of a pool (header not 0); a pool, with the
+   * words of its allocated blocks (wosize + 1 each); a large block */
+  void (*block)(struct ph_check *k, ph_value b);
+  void (*pool)(struct ph_check *k, ph_pool *p, uint64_t words);
+  void (*large)(struct ph_check *k, ph_large *l, ph_value b);
+  void *ctx;              /* the client's */
+  uint64_t pools, larges; /* counted by the walk */
+} ph_check;
+void ph_check_fail(ph_check *k, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void ph_check_heap_locked(struct ph_heap *h, ph_check *k);
 
 /* heap/section.c: the section's unit index space (barrier.stw.claim). */
 void ph_units_index_stw_single(struct ph_heap *h);

@@ -57,6 +57,33 @@ ph_pool *ph_pool_new(struct ph_heap *h, unsigned cls, unsigned owner) {
   return p;
 }
 
+/* heap.pool.take: the one way both clients get a pool with a free slot.
+ * A list popped by its owner alone (the managed collector's slot lists:
+ * pushes happen inside stop-the-world sections, ordered by their locks and
+ * barriers) is read relaxed; a shared one (the pool layer's orphans) is
+ * tested relaxed, as a hint, and popped under heap->lock. */
+ph_pool *ph_pool_take(struct ph_heap *h, _Atomic(ph_pool *) *head, int shared,
+                      unsigned cls, unsigned owner, int *fresh) {
+  ph_pool *p = NULL;
+  if (head && atomic_load_explicit(head, memory_order_relaxed)) {
+    if (shared)
+      pthread_mutex_lock(&h->lock);
+    while ((p = atomic_load_explicit(head, memory_order_relaxed))) {
+      atomic_store_explicit(head, p->next, memory_order_relaxed);
+      p->next = NULL;
+      if (p->nfree > 0)
+        break; /* a full pool is on no list (heap.pool) */
+    }
+    if (p)
+      p->owner = owner;
+    if (shared)
+      pthread_mutex_unlock(&h->lock);
+  }
+  if (fresh)
+    *fresh = !p;
+  return p ? p : ph_pool_new(h, cls, owner);
+}
+
 /* Push p on its owner's avail list.  Inside stop-the-world several
  * participants push concurrently (CAS; pops never race with pushes because
  * only the owner pops, outside stop-the-world).  Release on success so the

@@ -527,46 +527,6 @@ int php_cycle(php_owner *o) {
 
 /* ----------------------------------------------------------- allocation */
 
-/* A fresh pool of class cls for o, on its avail list. */
-static ph_pool *new_pool(struct php_owner *o, unsigned cls) {
-  struct php_heap *h = o->h;
-  struct ph_heap *core = h->core;
-  ph_chunk *c;
-  uint32_t u;
-  pthread_mutex_lock(&core->lock);
-  int err = ph_units_take_locked(core, 1, PH_U_POOL, &c, &u);
-  if (err == PH_OK)
-    core->pool_units++;
-  pthread_mutex_unlock(&core->lock);
-  if (err != PH_OK)
-    return NULL;
-  ph_pool *p = (ph_pool *)ph_unit_addr(core, c, u);
-  memset(p, 0, core->pool_hdr);
-  p->sig = PH_SIG_POOL;
-  p->kind = PH_U_POOL;
-  p->cls = (uint16_t)cls;
-  p->nslots = core->class_nslots[cls];
-  p->hdr = (uint16_t)core->pool_hdr;
-  p->chunk = c;
-  p->unit = u;
-  p->owner = o->index;
-  p->nfree = p->nslots;
-  uint32_t ws = core->class_wsize[cls];
-  ph_value *s = php_slots(p), next = 0;
-  for (uint32_t i = p->nslots; i-- > 0;) {
-    ph_value *slot = s + (size_t)i * ws;
-    slot[0] = 0;
-    slot[1] = next;
-    next = (ph_value)(slot + 1);
-  }
-  p->free = next;
-  php_counters pc = pool_counts(h, p);
-  counters_add(&o->c, &pc, 1);
-  p->next = o->avail[cls];
-  o->avail[cls] = p;
-  return p;
-}
-
 /* pools.alloc: a pool with room for class cls on top of o->avail[cls]. */
 static ph_pool *find_pool(struct php_owner *o, unsigned cls) {
   struct php_heap *h = o->h;
@@ -579,25 +539,23 @@ static ph_pool *find_pool(struct php_owner *o, unsigned cls) {
   }
   if (o->avail[cls])
     return o->avail[cls];
-  /* relaxed: a hint, the pop is under the lock */
-  if (atomic_load_explicit(&h->orph.avail[cls], memory_order_relaxed)) {
+  /* heap.pool.take: an orphan pool with room (popped under the lock), or
+   * a fresh one */
+  int fresh;
+  ph_pool *p =
+      ph_pool_take(h->core, &h->orph.avail[cls], 1, cls, o->index, &fresh);
+  if (!p)
+    return NULL;
+  php_counters pc = pool_counts(h, p);
+  if (!fresh) { /* adopted: its counters move from the orphans to o */
     pthread_mutex_lock(&h->core->lock);
-    ph_pool *p =
-        atomic_load_explicit(&h->orph.avail[cls], memory_order_relaxed);
-    if (p) {
-      atomic_store_explicit(&h->orph.avail[cls], p->next, memory_order_relaxed);
-      php_counters pc = pool_counts(h, p);
-      counters_add(&h->orph.c, &pc, -1);
-      counters_add(&o->c, &pc, 1);
-      p->owner = o->index;
-      p->next = o->avail[cls];
-      o->avail[cls] = p;
-    }
+    counters_add(&h->orph.c, &pc, -1);
     pthread_mutex_unlock(&h->core->lock);
-    if (p)
-      return p;
   }
-  return new_pool(o, cls);
+  counters_add(&o->c, &pc, 1);
+  p->next = o->avail[cls];
+  o->avail[cls] = p;
+  return p;
 }
 
 static ph_value large_alloc(struct php_owner *o, size_t wosize, unsigned bits) {
@@ -801,65 +759,20 @@ void php_rebuild_lists_locked(struct php_heap *h) {
 
 /* ----------------------------------------------------------- the verifier */
 
+/* The layer's own checks run beside the pool layer's structural walk
+ * (heap.verify, ph_check_heap_locked): its owners' and orphans' lists and
+ * counters, and the live words it keeps in every pool. */
 typedef struct vctx {
+  ph_check k;
   struct php_heap *h;
-  char *why;
-  size_t why_size;
-  int bad;
 } vctx;
 
-static void vfail(vctx *v, const char *fmt, ...) {
-  if (!v->bad && v->why && v->why_size) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(v->why, v->why_size, fmt, ap);
-    va_end(ap);
-  }
-  v->bad = 1;
-}
+#define vfail(v, ...) ph_check_fail(&(v)->k, __VA_ARGS__)
 
-static void check_pool(vctx *v, ph_chunk *c, uint32_t u) {
-  struct ph_heap *core = v->h->core;
-  ph_pool *p = (ph_pool *)ph_unit_addr(core, c, u);
-  if (p->sig != PH_SIG_POOL || p->kind != PH_U_POOL ||
-      p->cls >= core->nclasses || p->nslots != core->class_nslots[p->cls] ||
-      p->chunk != c || p->unit != u || p->hdr != core->pool_hdr) {
-    vfail(v, "pool %p: bad header", (void *)p);
-    return;
-  }
-  uint32_t ws = core->class_wsize[p->cls], live = 0, nfree = 0;
-  uint64_t words = 0;
-  ph_value *s = php_slots(p);
-  for (uint32_t i = 0; i < p->nslots && !v->bad; i++) {
-    ph_value hd = s[(size_t)i * ws];
-    if (hd == 0) {
-      nfree++;
-      continue;
-    }
-    size_t wo = php_hd_wosize(hd);
-    if (wo == 0 || wo > ws - 1 || ph_class_of_wosize(core, wo) != p->cls)
-      vfail(v, "pool %p slot %u: wosize %zu not of class %u", (void *)p, i, wo,
-            p->cls);
-    live++;
-    words += wo + 1;
-  }
-  if (v->bad)
-    return;
-  if (live != p->nlive || words != p->live_words ||
-      p->nfree != p->nslots - live || p->cached || p->evacuated)
-    vfail(v, "pool %p: live %u words %llu, recount %u %llu", (void *)p,
-          p->nlive, (unsigned long long)p->live_words, live,
-          (unsigned long long)words);
-  uint32_t n = 0;
-  for (ph_value f = p->free; f && !v->bad; f = *(ph_value *)f) {
-    size_t off = (size_t)(f - 8 - (ph_value)s);
-    if (f < (ph_value)s + 8 || off % ((size_t)ws * 8) ||
-        off / ((size_t)ws * 8) >= p->nslots || ((ph_value *)f)[-1] != 0 ||
-        ++n > nfree)
-      vfail(v, "pool %p: free list broken at %p", (void *)p, (void *)f);
-  }
-  if (!v->bad && n != nfree)
-    vfail(v, "pool %p: free list has %u of %u free slots", (void *)p, n, nfree);
+static void pool_words_kept(ph_check *k, ph_pool *p, uint64_t words) {
+  if (words != p->live_words)
+    ph_check_fail(k, "pool %p: live words %llu, recount %llu", (void *)p,
+                  (unsigned long long)p->live_words, (unsigned long long)words);
 }
 
 /* Walk one list: right owner, class, state; adds to *seen and *cnt. */
@@ -867,7 +780,7 @@ static void check_list(vctx *v, ph_pool *p, struct php_owner *o, unsigned c,
                        int want_free, int swept, size_t *seen,
                        php_counters *cnt) {
   size_t limit = v->h->core->pool_units;
-  for (; p && !v->bad; p = p->next) {
+  for (; p && !v->k.bad; p = p->next) {
     if (p->sig != PH_SIG_POOL || p->owner != (o ? o->index : PHP_NO_OWNER) ||
         p->cls != c || ++*seen > limit)
       vfail(v, "list %p/%u broken at pool %p", (void *)o, c, (void *)p);
@@ -883,7 +796,7 @@ static void check_list(vctx *v, ph_pool *p, struct php_owner *o, unsigned c,
 
 static void check_larges(vctx *v, php_large *l, struct php_owner *o,
                          size_t *seen, php_counters *cnt) {
-  for (; l && !v->bad; l = l->next) {
+  for (; l && !v->k.bad; l = l->next) {
     if (l->base.sig != PH_SIG_LARGE || l->owner != o || ++*seen > 1u << 30)
       vfail(v, "large list of %p broken at %p", (void *)o, (void *)l);
     else {
@@ -895,7 +808,7 @@ static void check_larges(vctx *v, php_large *l, struct php_owner *o,
 
 static void check_counts(vctx *v, const php_counters *have,
                          const php_counters *want, const void *who) {
-  if (v->bad)
+  if (v->k.bad)
     return;
   if (have->pool_words != want->pool_words ||
       have->pool_live_words != want->pool_live_words ||
@@ -927,69 +840,17 @@ int php_verify(php_heap *h, char *why, size_t why_size) {
     return PH_ESTATE;
   if (why && why_size)
     why[0] = 0;
-  vctx v = {h, why, why_size, 0};
+  vctx v = {.h = h};
+  v.k.why = why;
+  v.k.why_size = why_size;
+  v.k.pool = pool_words_kept;
   struct ph_heap *core = h->core;
   pthread_mutex_lock(&core->lock);
-  uint64_t pools = 0, large = 0, larges = 0, comm = 0, lcomm = 0;
-  for (unsigned i = 0; i < core->nchunks && !v.bad; i++) {
-    ph_chunk *c = core->chunks[i];
-    if (i > 0 &&
-        core->chunks[i - 1]->base + core->chunks[i - 1]->size > c->base)
-      vfail(&v, "chunks %u and %u overlap or are unsorted", i - 1, i);
-    uint32_t nfree = 0;
-    for (uint32_t u = 0; u < c->nunits && !v.bad; u++) {
-      uint8_t st = c->ustate[u];
-      if (st != PH_U_FREE && st != PH_U_LARGE && st != PH_U_LARGE_TAIL)
-        comm += core->pool_size;
-      if (st == PH_U_FREE || st == PH_U_FREE_COMM) {
-        nfree++;
-        if (u < c->hint)
-          vfail(&v, "chunk %u: free unit %u below hint %u", i, u, c->hint);
-      } else if (st == PH_U_POOL) {
-        pools++;
-        check_pool(&v, c, u);
-      } else if (st == PH_U_LARGE) {
-        ph_large *l = (ph_large *)ph_unit_addr(core, c, u);
-        ph_value b = php_large_block((php_large *)l);
-        size_t wo = php_hd_wosize(*((ph_value *)b - 1));
-        if (l->sig != PH_SIG_LARGE || l->nunits == 0 ||
-            u + l->nunits > c->nunits || l->unit != u || l->chunk != c ||
-            wo <= core->max_small_wosize ||
-            PH_LARGE_HDR + 8 + wo * 8 > (size_t)l->nunits << core->pool_shift ||
-            /* heap.large.commit: its pages, nothing beyond its last unit */
-            l->comm < PH_LARGE_HDR + 8 + wo * 8 ||
-            l->comm > (size_t)l->nunits << core->pool_shift)
-          vfail(&v, "large block at %p: bad header", (void *)l);
-        for (uint32_t k = 1; k < l->nunits && !v.bad; k++)
-          if (c->ustate[u + k] != PH_U_LARGE_TAIL)
-            vfail(&v, "large block at %p: unit %u not a tail", (void *)l, k);
-        large += l->nunits;
-        lcomm += l->comm;
-        comm += l->comm;
-        larges++;
-      } else if (st != PH_U_LARGE_TAIL) {
-        vfail(&v, "chunk %u unit %u: bad state %u", i, u, st);
-      }
-    }
-    if (!v.bad && nfree != c->nfree)
-      vfail(&v, "chunk %u: %u free units, counter says %u", i, nfree, c->nfree);
-  }
-  if (!v.bad && (pools != core->pool_units || large != core->large_units ||
-                 lcomm != core->large_comm))
-    vfail(&v, "unit counters: pools %zu/%llu large %zu/%llu", core->pool_units,
-          (unsigned long long)pools, core->large_units,
-          (unsigned long long)large);
-  uint64_t oc = atomic_load_explicit(&core->os.committed, memory_order_relaxed);
-  if (!v.bad && oc != comm)
-    vfail(&v, "committed bytes %llu, units say %llu", (unsigned long long)oc,
-          (unsigned long long)comm);
-  uint64_t om = atomic_load_explicit(&core->os.mappings, memory_order_relaxed);
-  if (!v.bad && om != core->nchunks)
-    vfail(&v, "mappings %llu, chunks %u", (unsigned long long)om,
-          core->nchunks);
+  ph_check_heap_locked(core, &v.k);
+  uint64_t pools = v.k.pools, larges = v.k.larges;
   /* lists and counters */
   size_t seen = 0, lseen = 0;
-  for (struct php_owner *o = h->owners; o && !v.bad; o = o->next_owner) {
+  for (struct php_owner *o = h->owners; o && !v.k.bad; o = o->next_owner) {
     php_counters cnt = {0};
     for (unsigned c = 0; c < core->nclasses; c++) {
       check_list(&v, o->avail[c], o, c, 1, 1, &seen, &cnt);
@@ -1002,7 +863,7 @@ int php_verify(php_heap *h, char *why, size_t why_size) {
     check_counts(&v, &o->c, &cnt, o);
   }
   php_counters ocnt = {0};
-  for (unsigned c = 0; c < core->nclasses && !v.bad; c++) {
+  for (unsigned c = 0; c < core->nclasses && !v.k.bad; c++) {
     check_list(&v,
                atomic_load_explicit(&h->orph.avail[c], memory_order_relaxed),
                NULL, c, 1, 1, &seen, &ocnt);
@@ -1010,9 +871,9 @@ int php_verify(php_heap *h, char *why, size_t why_size) {
   }
   check_larges(&v, h->orph.large, NULL, &lseen, &ocnt);
   check_counts(&v, &h->orph.c, &ocnt, "the orphans");
-  if (!v.bad && (seen != pools || lseen != larges))
+  if (!v.k.bad && (seen != pools || lseen != larges))
     vfail(&v, "%zu of %llu pools and %zu of %llu large blocks on lists", seen,
           (unsigned long long)pools, lseen, (unsigned long long)larges);
   pthread_mutex_unlock(&core->lock);
-  return v.bad ? PH_ECORRUPT : PH_OK;
+  return v.k.bad ? PH_ECORRUPT : PH_OK;
 }

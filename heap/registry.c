@@ -53,7 +53,10 @@ int ph_registry_remove(struct ph_heap *h) {
     return PH_EINVAL;
   }
   pthread_mutex_lock(&h->lock);
-  if (h->ndomains > 0) {
+  int attached = 0;
+  for (unsigned i = 0; i < h->cfg.max_domains; i++)
+    attached |= h->slots[i].dom != NULL;
+  if (attached) {
     pthread_mutex_unlock(&h->lock);
     pthread_mutex_unlock(&live_lock);
     return PH_ESTATE;

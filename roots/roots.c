@@ -26,11 +26,11 @@
 #define TOMB ((ph_value *)1)
 
 void ph_roots_domain_init(struct ph_domain *d) {
-  d->roots = NULL;
-  d->depth = 0;
-  d->scopes = NULL;
-  d->nscopes = d->scopes_cap = 0;
-  d->scope_serial = 0;
+  d->roots->segs = NULL;
+  d->roots->depth = 0;
+  d->roots->scopes = NULL;
+  d->roots->nscopes = d->roots->scopes_cap = 0;
+  d->roots->scope_serial = 0;
 }
 
 /* barrier.blocking: while the domain is blocking, other domains' sections
@@ -45,40 +45,40 @@ static int stack_usable(struct ph_domain *d) {
 }
 
 void ph_roots_domain_fini(struct ph_domain *d) {
-  for (ph_rootseg *s = d->roots, *p; s; s = p) {
+  for (ph_rootseg *s = d->roots->segs, *p; s; s = p) {
     p = s->prev;
     free(s);
   }
-  d->roots = NULL;
-  d->depth = 0;
-  free(d->scopes);
-  d->scopes = NULL;
-  d->nscopes = d->scopes_cap = 0;
+  d->roots->segs = NULL;
+  d->roots->depth = 0;
+  free(d->roots->scopes);
+  d->roots->scopes = NULL;
+  d->roots->nscopes = d->roots->scopes_cap = 0;
 }
 
 size_t ph_scope_open(ph_domain *d) {
   if (ph_domain_enter(d) != PH_OK || !stack_usable(d))
     return (size_t)-1;
-  if (d->nscopes == d->scopes_cap) {
-    size_t ncap = d->scopes_cap ? d->scopes_cap * 2 : 16;
-    ph_scope_rec *n = realloc(d->scopes, ncap * sizeof *n);
+  if (d->roots->nscopes == d->roots->scopes_cap) {
+    size_t ncap = d->roots->scopes_cap ? d->roots->scopes_cap * 2 : 16;
+    ph_scope_rec *n = realloc(d->roots->scopes, ncap * sizeof *n);
     if (!n) {
       d->last_error = PH_ENOMEM;
       return (size_t)-1;
     }
-    d->scopes = n;
-    d->scopes_cap = ncap;
+    d->roots->scopes = n;
+    d->roots->scopes_cap = ncap;
   }
   /* roots.mark: 54 bits of serial never wrap; never 0 or (size_t)-1 */
-  size_t mark = (size_t)(++d->scope_serial << 10) | (d->index & 1023u);
-  d->scopes[d->nscopes++] = (ph_scope_rec){mark, d->depth};
+  size_t mark = (size_t)(++d->roots->scope_serial << 10) | (d->index & 1023u);
+  d->roots->scopes[d->roots->nscopes++] = (ph_scope_rec){mark, d->roots->depth};
   return mark;
 }
 
 ph_value *ph_root(ph_domain *d, ph_value v) {
   if (ph_domain_enter(d) != PH_OK || !stack_usable(d))
     return NULL;
-  ph_rootseg *s = d->roots;
+  ph_rootseg *s = d->roots->segs;
   if (!s || s->used == PH_ROOTSEG_SLOTS) {
     ph_rootseg *n = malloc(sizeof *n);
     if (!n) {
@@ -89,11 +89,11 @@ ph_value *ph_root(ph_domain *d, ph_value v) {
     n->used = 0;
     /* Publish the segment only once it is consistent: a section may scan
      * this stack only while we are stopped, so plain stores suffice. */
-    d->roots = s = n;
+    d->roots->segs = s = n;
   }
   ph_value *slot = &s->slot[s->used++];
   *slot = v;
-  d->depth++;
+  d->roots->depth++;
   return slot;
 }
 
@@ -103,21 +103,22 @@ int ph_scope_close(ph_domain *d, size_t mark) {
     return err;
   if (!stack_usable(d))
     return PH_ESTATE;
-  if (d->nscopes == 0 || d->scopes[d->nscopes - 1].mark != mark) {
+  if (d->roots->nscopes == 0 ||
+      d->roots->scopes[d->roots->nscopes - 1].mark != mark) {
     d->last_error = PH_ESTATE;
     return PH_ESTATE;
   }
-  size_t depth = d->scopes[--d->nscopes].depth;
-  while (d->depth > depth) {
-    ph_rootseg *s = d->roots;
-    size_t drop = d->depth - depth;
+  size_t depth = d->roots->scopes[--d->roots->nscopes].depth;
+  while (d->roots->depth > depth) {
+    ph_rootseg *s = d->roots->segs;
+    size_t drop = d->roots->depth - depth;
     if (drop < s->used) {
       s->used -= drop;
-      d->depth = depth;
+      d->roots->depth = depth;
       break;
     }
-    d->depth -= s->used;
-    d->roots = s->prev;
+    d->roots->depth -= s->used;
+    d->roots->segs = s->prev;
     free(s);
   }
   return PH_OK;
@@ -128,7 +129,7 @@ void ph_roots_visit_domain(struct ph_heap *h, unsigned slot, ph_visit_fn visit,
   struct ph_domain *d = h->slots[slot].dom;
   if (!d)
     return;
-  for (ph_rootseg *s = d->roots; s; s = s->prev)
+  for (ph_rootseg *s = d->roots->segs; s; s = s->prev)
     for (size_t i = 0; i < s->used; i++)
       visit(&s->slot[i], ctx);
   if (h->cfg.scan_roots)

@@ -20,6 +20,16 @@ typedef struct ph_scope_rec {
   size_t depth;
 } ph_scope_rec;
 
+/* The roots layer's state of a domain (d->roots; roots.stack): written by
+ * the owner, read and updated by stop-the-world participants. */
+typedef struct ph_domain_roots {
+  ph_rootseg *segs;     /* innermost segment, linked by prev */
+  size_t depth;         /* slots pushed in all segments */
+  ph_scope_rec *scopes; /* open scopes, innermost last */
+  size_t nscopes, scopes_cap;
+  uint64_t scope_serial; /* scopes opened so far (roots.mark) */
+} ph_domain_roots;
+
 /* The roots layer's state of a heap (h->roots). */
 typedef struct ph_roots {
   /* roots.global: open-addressing set of slots, guarded by roots_lock. */

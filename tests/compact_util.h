@@ -8,8 +8,8 @@
  *   wosize and tag, every scanned field (a pointer as the number of its
  *   target, an immediate as its bits) and every raw byte.  Two heaps with
  *   equal walks hold the same graph whatever the addresses.
- * - CU_VERIFY, CU_CHECK: ph_verify with its description; a thread-safe check
- *   that counts failures (cmocka's asserts belong to the main thread).
+ * The checks (TU_CHECK, tu_verify_ok, tu_verify_mt), the stats reader and
+ * the TSan scaling (tu_scale) are test_util.h's too.
  */
 #ifndef TESTS_COMPACT_UTIL_H
 #define TESTS_COMPACT_UTIL_H
@@ -22,55 +22,13 @@
 #include <string.h>
 #include <time.h>
 
-/* Work is divided by this under TSan (each access costs ~10x there). */
-#define CU_SCALE (TU_TSAN ? 4 : 1)
-
-/* ---------------------------------------------------------------- checks */
-static int cu_failures;
-
-#define CU_CHECK(c)                                                            \
-  do {                                                                         \
-    if (!(c)) {                                                                \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);    \
-      __atomic_fetch_add(&cu_failures, 1, __ATOMIC_RELAXED);                   \
-    }                                                                          \
-  } while (0)
-
-/* ph_verify, failing the cmocka test with the verifier's description. */
-#define CU_VERIFY(d)                                                           \
-  do {                                                                         \
-    char why_[512];                                                            \
-    int e_ = ph_verify((d), why_, sizeof why_);                                \
-    if (e_ != PH_OK)                                                           \
-      fail_msg("ph_verify: %s: %s", ph_strerror(e_), why_);                    \
-  } while (0)
-
-/* The same from any thread: counts a failure instead. */
-static inline int cu_verify_mt(ph_domain *d) {
-  char why[512];
-  int e = ph_verify(d, why, sizeof why);
-  if (e != PH_OK) {
-    fprintf(stderr, "ph_verify: %s: %s\n", ph_strerror(e), why);
-    __atomic_fetch_add(&cu_failures, 1, __ATOMIC_RELAXED);
-  }
-  return e;
-}
-
-static inline ph_stats cu_stats(ph_heap *h) {
-  ph_stats st;
-  memset(&st, 0, sizeof st);
-  if (ph_stats_get(h, &st) != PH_OK)
-    fail_msg("ph_stats_get failed");
-  return st;
-}
-
 /* ph_compact, then ph_verify; returns the stats after. */
 static inline ph_stats cu_compact(ph_domain *d) {
   int e = ph_compact(d);
   if (e != PH_OK)
     fail_msg("ph_compact: %s", ph_strerror(e));
-  CU_VERIFY(d);
-  return cu_stats(ph_domain_heap(d));
+  tu_verify_ok(d);
+  return tu_stats(ph_domain_heap(d));
 }
 
 /* ----------------------------------------------------------- size classes */
@@ -176,12 +134,6 @@ typedef struct cu_graph {
   ph_value *addr; /* addr[i]: address of node i (if asked for) */
 } cu_graph;
 
-static inline uint64_t cu_mix(uint64_t h, uint64_t x) {
-  h ^= x + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
-  h *= 0xff51afd7ed558ccdull;
-  return h ^ (h >> 32);
-}
-
 /* Walk the graph from roots[0..n) (values, not slots).  Must not run while
  * a collection may: no allocation here, the caller holds no other locks. */
 static inline cu_graph cu_walk(const ph_value *roots, size_t n,
@@ -198,7 +150,7 @@ static inline cu_graph cu_walk(const ph_value *roots, size_t n,
   for (size_t r = 0; r < n; r++) {
     ph_value v = roots[r];
     if (!ph_is_block(v)) {
-      h = cu_mix(h, 0x1000 + v);
+      h = tu_mix(h, 0x1000 + v);
       continue;
     }
     size_t num = cu_map_get_or_put(&m, v, g.nodes);
@@ -215,22 +167,22 @@ static inline cu_graph cu_walk(const ph_value *roots, size_t n,
       }
       stack[sn++] = v;
     }
-    h = cu_mix(h, 0x2000 + num);
+    h = tu_mix(h, 0x2000 + num);
     while (sn > 0) {
       ph_value b = stack[--sn];
       size_t wo = ph_wosize(b);
       unsigned tag = ph_tag(b);
-      h = cu_mix(h, (uint64_t)wo << 8 | tag);
+      h = tu_mix(h, (uint64_t)wo << 8 | tag);
       g.words += wo + 1;
       if (tag >= PH_TAG_RAW) {
         for (size_t i = 0; i < wo; i++)
-          h = cu_mix(h, ph_field(b, i));
+          h = tu_mix(h, ph_field(b, i));
         continue;
       }
       for (size_t i = 0; i < wo; i++) {
         ph_value x = ph_field(b, i);
         if (!ph_is_block(x)) {
-          h = cu_mix(h, 0x1000 + x);
+          h = tu_mix(h, 0x1000 + x);
           continue;
         }
         size_t t = cu_map_get_or_put(&m, x, g.nodes);
@@ -253,7 +205,7 @@ static inline cu_graph cu_walk(const ph_value *roots, size_t n,
           }
           stack[sn++] = x;
         }
-        h = cu_mix(h, 0x2000 + t);
+        h = tu_mix(h, 0x2000 + t);
       }
     }
   }

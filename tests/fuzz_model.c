@@ -203,7 +203,7 @@ static void free_node(size_t i) {
 
 /* Walk heap and model from every root side by side; refresh every reachable
  * node's address; free the model's unreachable nodes (they are dead). */
-static void sync(const char *what) {
+static void fz_sync(const char *what) {
   fz.what = what;
   fz.epoch++;
   fz.norder = 0;
@@ -430,7 +430,7 @@ static void op_alloc(void) {
   }
   *slot = v;
   *model = FZ_NODE(i);
-  sync("after alloc");
+  fz_sync("after alloc");
   /* fill a few fields of the new node right away */
   if (tag < PH_TAG_RAW && wosize > 1) {
     unsigned nf = get8() % 4;
@@ -486,7 +486,7 @@ static void op_collect(int compact) {
   fz.what = compact ? "compact" : "collect";
   int err = compact ? ph_compact(d) : ph_collect(d);
   FZ_CHECK(err == PH_OK, "returned %d", err);
-  sync(compact ? "after compact" : "after collect");
+  fz_sync(compact ? "after compact" : "after collect");
   check_live_stats();
 }
 
@@ -497,7 +497,7 @@ static void op_verify(void) {
   int err = ph_verify(d, why, sizeof why);
   if (err != PH_OK)
     FZ_FAIL("ph_verify returned %d: %s", err, why);
-  sync("after verify");
+  fz_sync("after verify");
 }
 
 static void census_fn(const ph_census_class *c, void *user) {
@@ -512,7 +512,7 @@ static void op_census(void) {
   size_t sum = 0;
   fz.what = "census";
   FZ_CHECK(ph_census(d, census_fn, &sum) == PH_OK, "census");
-  sync("after census");
+  fz_sync("after census");
 }
 
 static void op_domain(void) {
@@ -550,7 +550,7 @@ static void op_domain(void) {
     }
     break;
   }
-  sync("after domain operation");
+  fz_sync("after domain operation");
 }
 
 static void op_scope(void) {

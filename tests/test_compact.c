@@ -85,7 +85,7 @@ static size_t build_random(env *e, tu_rng *r, unsigned keep_pct,
                            ph_value **tslot, ph_value **sslots, size_t nss) {
   ph_domain *d = e->d;
   cu_classes cs = cu_census(d);
-  ph_stats st0 = cu_stats(e->h);
+  ph_stats st0 = tu_stats(e->h);
   size_t maxs = cs.c[cs.n - 1].max_wosize;
   assert_int_equal(st0.size_classes, cs.n);
   /* wosizes: every class several pools' worth, then large blocks */
@@ -275,7 +275,7 @@ static void random_identity(size_t pool_size, unsigned keep_pct) {
   pick_roots(*t, &r, global_slots, NGLOBAL);
   pick_roots(*t, &r, hook_slots, NHOOK);
   ph_value *scope[5] = {t, ss[0], ss[1], ss[2], ss[3]};
-  CU_VERIFY(e.d);
+  tu_verify_ok(e.d);
   check_identity(&e, scope, 5, 1);
   /* again after dropping the table: only the other roots hold the graph */
   *t = PH_UNIT;

@@ -194,14 +194,14 @@ typedef struct measure {
 } measure;
 
 static void compact_measured(frag *f, measure *m) {
-  m->s0 = cu_stats(f->h);
+  m->s0 = tu_stats(f->h);
   m->maps0 = tu_maps_lines();
   m->rss0 = tu_vmrss_kb();
   assert_int_equal(ph_compact(f->d), PH_OK);
   m->rss1 = tu_vmrss_kb();
   m->maps1 = tu_maps_lines();
-  m->s1 = cu_stats(f->h);
-  CU_VERIFY(f->d);
+  m->s1 = tu_stats(f->h);
+  tu_verify_ok(f->d);
   frag_check(f);
   printf("  rss %ld -> %ld kB, maps %ld -> %ld, committed %llu -> "
          "%llu, released %llu, evacuated %llu pools\n",
@@ -212,7 +212,7 @@ static void compact_measured(frag *f, measure *m) {
          (unsigned long long)m->s1.evacuated_pools);
 }
 
-#define FRAG_MB ((size_t)48 / CU_SCALE)
+#define FRAG_MB tu_scale(48, 4)
 
 static void release_mode(ph_release_mode mode, measure *m, frag *f) {
   ph_config cfg;
@@ -325,16 +325,16 @@ static ph_stats auto_run(unsigned percent) {
   cfg.gc_percent = 100;
   cfg.compact_percent = percent;
   frag f;
-  frag_build(&f, &cfg, 16 / CU_SCALE, 10);
-  ph_stats s0 = cu_stats(f.h);
-  for (size_t i = 0; i < ((size_t)24 << 20) / CU_SCALE / 64; i++)
+  frag_build(&f, &cfg, tu_scale(16, 4), 10);
+  ph_stats s0 = tu_stats(f.h);
+  for (size_t i = 0; i < tu_scale(((size_t)24 << 20) / 64, 4); i++)
     assert_true(ph_is_block(ph_alloc(f.d, 7, 0)));
-  ph_stats s = cu_stats(f.h);
+  ph_stats s = tu_stats(f.h);
   printf("  compact_percent %u: collections %llu -> %llu, compactions %llu\n",
          percent, (unsigned long long)s0.collections,
          (unsigned long long)s.collections, (unsigned long long)s.compactions);
   assert_true(s.collections > s0.collections);
-  CU_VERIFY(f.d);
+  tu_verify_ok(f.d);
   frag_check(&f);
   frag_close(&f);
   return s;

@@ -9,7 +9,7 @@
  * - every domain compacting at once, with allocation in between: each
  *   domain's graph survives every round.
  * Threads wait for each other only inside blocking sections.  Checks in
- * threads count failures (CU_CHECK); the main thread asserts none.
+ * threads count failures (TU_CHECK); the main thread asserts none.
  * Random tests print their seed; POOLHEAP_SEED replays one.
  */
 #include <stdarg.h>
@@ -70,7 +70,7 @@ static void build(dom_data *x, tu_rng *r, size_t n, size_t every) {
     size_t wo = 2 + tu_below(r, 12);
     ph_value b = ph_alloc(d, wo, (unsigned)tu_below(r, 4));
     if (!ph_is_block(b)) {
-      CU_CHECK(!"ph_alloc failed");
+      TU_CHECK(!"ph_alloc failed");
       return;
     }
     ph_set_field(b, 1, ph_val_int((intptr_t)i));
@@ -117,13 +117,13 @@ static void *blocking_thread(void *arg) {
   tu_rng r = {tu_mix(seed + (uint64_t)id * 7919, 0)};
   dom_data x;
   if (ph_domain_attach(heap, &x.d) != PH_OK) {
-    CU_CHECK(!"attach");
+    TU_CHECK(!"attach");
     return NULL;
   }
   size_t m = ph_scope_open(x.d);
   int blocker = id < NBLOCK;
   /* blockers: sparse (1 in 16); compactors: everything kept */
-  build(&x, &r, 40000 / CU_SCALE, blocker ? 16 : 1);
+  build(&x, &r, tu_scale(40000, 4), blocker ? 16 : 1);
   cu_graph a = walk(&x, 1);
   ph_value ra[8 + NHOOK], rb[8 + NHOOK];
   root_values(&x, ra);
@@ -133,12 +133,12 @@ static void *blocking_thread(void *arg) {
     pthread_barrier_wait(&bar); /* B2: the compactors are done */
     ph_blocking_leave(x.d);
   } else {
-    CU_CHECK(ph_compact(x.d) == PH_OK);
-    cu_verify_mt(x.d);
+    TU_CHECK(ph_compact(x.d) == PH_OK);
+    tu_verify_mt(x.d);
     bwait(x.d); /* B2 */
   }
   cu_graph b = walk(&x, 1);
-  CU_CHECK(a.hash == b.hash && a.nodes == b.nodes);
+  TU_CHECK(a.hash == b.hash && a.nodes == b.nodes);
   root_values(&x, rb);
   if (blocker) {
     size_t changed = 0;
@@ -150,12 +150,12 @@ static void *blocking_thread(void *arg) {
   }
   cu_graph_free(&a);
   cu_graph_free(&b);
-  cu_verify_mt(x.d);
+  tu_verify_mt(x.d);
   ph_scope_close(x.d, m);
   for (int k = 0; k < NHOOK; k++)
     hook_slots[ph_domain_index(x.d)][k] = PH_UNIT;
   bwait(x.d); /* B3: nobody detaches before the others verified */
-  CU_CHECK(ph_domain_detach(x.d) == PH_OK);
+  TU_CHECK(ph_domain_detach(x.d) == PH_OK);
   return NULL;
 }
 
@@ -169,7 +169,7 @@ static void blocking_domains_roots_updated(void **state) {
   cfg.scan_roots = scan_hook;
   assert_int_equal(ph_heap_create(&cfg, &heap), PH_OK);
   pthread_barrier_init(&bar, NULL, NBLOCK + NCOMP);
-  cu_failures = 0;
+  tu_failures_reset();
   blocked_roots_moved = blocked_blocks_moved = 0;
   pthread_t t[NBLOCK + NCOMP];
   for (long i = 0; i < NBLOCK + NCOMP; i++)
@@ -177,12 +177,12 @@ static void blocking_domains_roots_updated(void **state) {
   for (int i = 0; i < NBLOCK + NCOMP; i++)
     pthread_join(t[i], NULL);
   pthread_barrier_destroy(&bar);
-  ph_stats st = cu_stats(heap);
+  ph_stats st = tu_stats(heap);
   printf("  compactions %llu; blocking domains: %zu blocks, %zu root slots "
          "moved\n",
          (unsigned long long)st.compactions, blocked_blocks_moved,
          blocked_roots_moved);
-  assert_int_equal(cu_failures, 0);
+  tu_assert_no_failures();
   assert_true(st.compactions >= 1);
   assert_true(blocked_blocks_moved > 0);
   assert_true(blocked_roots_moved > 0);
@@ -232,13 +232,13 @@ static void *pd_thread(void *arg) {
   int o = (int)(long)arg;
   ph_domain *d;
   if (ph_domain_attach(heap, &d) != PH_OK) {
-    CU_CHECK(!"attach");
+    TU_CHECK(!"attach");
     return NULL;
   }
   size_t m = ph_scope_open(d);
   ph_value *tab = ph_root(d, PH_UNIT);
   int ok = cu_fill_pools(d, 4 << 10, pd_wosize, MP, pd_C, tab);
-  CU_CHECK(ok);
+  TU_CHECK(ok);
   size_t n = MP * pd_C;
   ph_value *ids = malloc(n * sizeof *ids);
   if (!ids)
@@ -256,8 +256,8 @@ static void *pd_thread(void *arg) {
     pthread_barrier_wait(&bar); /* B2: owner 0 compacted */
     ph_blocking_leave(d);
   } else {
-    CU_CHECK(ph_compact(d) == PH_OK);
-    cu_verify_mt(d);
+    TU_CHECK(ph_compact(d) == PH_OK);
+    tu_verify_mt(d);
     ph_stats st;
     ph_stats_get(heap, &st);
     pd_evacuated = (size_t)st.evacuated_blocks;
@@ -265,12 +265,12 @@ static void *pd_thread(void *arg) {
   }
   for (size_t i = 0; i < n; i++) {
     ph_value v = ph_field(*tab, i);
-    CU_CHECK(ph_is_block(v) ? ph_field(v, 0) == ids[i] : v == ids[i]);
+    TU_CHECK(ph_is_block(v) ? ph_field(v, 0) == ids[i] : v == ids[i]);
   }
   free(ids);
   ph_scope_close(d, m);
   bwait(d); /* B3 */
-  CU_CHECK(ph_domain_detach(d) == PH_OK);
+  TU_CHECK(ph_domain_detach(d) == PH_OK);
   return NULL;
 }
 
@@ -293,7 +293,7 @@ static void per_domain_two_owners_one_blocking(void **state) {
   size_t global = predicted(all, 2 * MP, pd_C, 1);
   assert_int_equal(ph_heap_create(&cfg, &heap), PH_OK);
   pthread_barrier_init(&bar, NULL, 2);
-  cu_failures = 0;
+  tu_failures_reset();
   pd_evacuated = 0;
   pthread_t t[2];
   for (long i = 0; i < 2; i++)
@@ -303,7 +303,7 @@ static void per_domain_two_owners_one_blocking(void **state) {
   pthread_barrier_destroy(&bar);
   printf("  per-domain: evacuated %zu, rule %zu, global rule %zu\n",
          pd_evacuated, expect, global);
-  assert_int_equal(cu_failures, 0);
+  tu_assert_no_failures();
   assert_int_equal(pd_evacuated, expect);
   assert_true(pd_evacuated > global);
   assert_int_equal(ph_heap_destroy(heap), PH_OK);
@@ -318,26 +318,26 @@ static void *storm_thread(void *arg) {
   tu_rng r = {tu_mix(seed + (uint64_t)id * 104729, 0)};
   dom_data x;
   if (ph_domain_attach(heap, &x.d) != PH_OK) {
-    CU_CHECK(!"attach");
+    TU_CHECK(!"attach");
     return NULL;
   }
   size_t m = ph_scope_open(x.d);
-  build(&x, &r, 20000 / CU_SCALE, 2 + (size_t)id * 3);
+  build(&x, &r, tu_scale(20000, 4), 2 + (size_t)id * 3);
   for (int round = 0; round < 3; round++) {
     cu_graph a = walk(&x, 0);
     /* garbage between, so that collections interleave */
-    for (size_t i = 0; i < 5000 / CU_SCALE; i++)
-      CU_CHECK(ph_is_block(ph_alloc(x.d, 1 + tu_below(&r, 20), 0)));
-    CU_CHECK(ph_compact(x.d) == PH_OK);
+    for (size_t i = 0; i < tu_scale(5000, 4); i++)
+      TU_CHECK(ph_is_block(ph_alloc(x.d, 1 + tu_below(&r, 20), 0)));
+    TU_CHECK(ph_compact(x.d) == PH_OK);
     cu_graph b = walk(&x, 0);
-    CU_CHECK(a.hash == b.hash && a.nodes == b.nodes);
+    TU_CHECK(a.hash == b.hash && a.nodes == b.nodes);
     if (round == 1)
-      cu_verify_mt(x.d);
+      tu_verify_mt(x.d);
     /* drop one chain and grow another: new fragmentation */
     *x.slot[tu_below(&r, x.nslot)] = PH_UNIT;
     size_t mm = ph_scope_open(x.d);
     dom_data y = {x.d, {0}, 0};
-    build(&y, &r, 3000 / CU_SCALE, 3);
+    build(&y, &r, tu_scale(3000, 4), 3);
     *x.slot[tu_below(&r, x.nslot)] = *y.slot[0];
     ph_scope_close(x.d, mm);
   }
@@ -345,7 +345,7 @@ static void *storm_thread(void *arg) {
   for (int k = 0; k < NHOOK; k++)
     hook_slots[ph_domain_index(x.d)][k] = PH_UNIT;
   bwait(x.d);
-  CU_CHECK(ph_domain_detach(x.d) == PH_OK);
+  TU_CHECK(ph_domain_detach(x.d) == PH_OK);
   return NULL;
 }
 
@@ -359,18 +359,18 @@ static void all_domains_compact_at_once(void **state) {
   cfg.pool_size = 8 << 10;
   assert_int_equal(ph_heap_create(&cfg, &heap), PH_OK);
   pthread_barrier_init(&bar, NULL, NALL);
-  cu_failures = 0;
+  tu_failures_reset();
   pthread_t t[NALL];
   for (long i = 0; i < NALL; i++)
     pthread_create(&t[i], NULL, storm_thread, (void *)i);
   for (int i = 0; i < NALL; i++)
     pthread_join(t[i], NULL);
   pthread_barrier_destroy(&bar);
-  ph_stats st = cu_stats(heap);
+  ph_stats st = tu_stats(heap);
   printf("  compactions %llu, collections %llu\n",
          (unsigned long long)st.compactions,
          (unsigned long long)st.collections);
-  assert_int_equal(cu_failures, 0);
+  tu_assert_no_failures();
   assert_true(st.compactions >= 3);
   assert_int_equal(ph_heap_destroy(heap), PH_OK);
 }

@@ -6,11 +6,7 @@
  * is printed and accepted back ($POOLHEAP_SEED).  A mismatch abort()s with a
  * description.  POOLHEAP_FUZZ_WRITE=DIR also writes the fresh inputs there
  * (used to seed the corpus). */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "test_util.h" /* the RNG and the seed (POOLHEAP_SEED), cmocka */
 
 #include "fuzz_model.c"
 
@@ -67,30 +63,23 @@ static void test_corpus(void **state) {
   assert_true(n >= 20);
 }
 
-static uint64_t rng_next(uint64_t *s) {
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 static void test_fresh(void **state) {
   (void)state;
-  const char *s = getenv("POOLHEAP_SEED");
-  uint64_t seed = s ? strtoull(s, NULL, 0) : 20240601u;
+  /* the same inputs on every run unless POOLHEAP_SEED names others */
+  uint64_t seed = tu_seed_from("fuzz replay", 1, 20240601u);
   const char *r = getenv("POOLHEAP_FUZZ_RUNS");
   long runs = r ? atol(r) : 300;
   const char *wdir = getenv("POOLHEAP_FUZZ_WRITE");
   printf("fuzz replay: %ld fresh inputs, seed %llu (POOLHEAP_SEED)\n", runs,
          (unsigned long long)seed);
   fflush(stdout);
-  uint64_t st = seed;
+  tu_rng st = {tu_mix(seed, 0)};
   uint8_t buf[1024];
   char name[64];
   for (long k = 0; k < runs; k++) {
-    size_t len = 1 + rng_next(&st) % sizeof buf;
+    size_t len = 1 + tu_next(&st) % sizeof buf;
     for (size_t i = 0; i < len; i++)
-      buf[i] = (uint8_t)rng_next(&st);
+      buf[i] = (uint8_t)tu_next(&st);
     snprintf(name, sizeof name, "fresh #%ld of seed %llu", k,
              (unsigned long long)seed);
     fz_input_name = name;

@@ -38,7 +38,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define NROOT (300000 / CU_SCALE) /* fields of the root array */
+#define NROOT tu_scale(300000, 4) /* fields of the root array */
 
 static void config_limits(void **state) {
   (void)state;
@@ -61,8 +61,8 @@ static void config_limits(void **state) {
     assert_true(ph_is_block(b));
     assert_int_equal(ph_collect(d), PH_OK);
     assert_int_equal(ph_compact(d), PH_OK);
-    CU_VERIFY(d);
-    ph_stats st = cu_stats(h);
+    tu_verify_ok(d);
+    ph_stats st = tu_stats(h);
     assert_int_equal(st.domains, 1);
     assert_int_equal(ph_domain_detach(d), PH_OK);
     assert_int_equal(ph_heap_destroy(h), PH_OK);
@@ -127,8 +127,8 @@ static outcome run_heap(unsigned helpers, uint64_t seed) {
   memset(&o, 0, sizeof o);
   o.model = b.live_bytes;
   assert_int_equal(ph_collect(d), PH_OK);
-  o.live = cu_stats(h).live_bytes;
-  CU_VERIFY(d);
+  o.live = tu_stats(h).live_bytes;
+  tu_verify_ok(d);
   o.hash_before = cu_walk(b.root, 1, 0).hash;
   ph_stats st = cu_compact(d);
   o.evacuated = st.evacuated_bytes;
@@ -211,7 +211,7 @@ static void helper_events(void **state) {
       assert_int_equal(seen[who][p], 1); /* every phase, once each */
   ev.n = 0;
   pthread_mutex_unlock(&ev.m);
-  CU_VERIFY(d); /* not a collecting section: no helper */
+  tu_verify_ok(d); /* not a collecting section: no helper */
   pthread_mutex_lock(&ev.m);
   assert_true(ev.n > 0);
   for (size_t i = 0; i < ev.n; i++)
@@ -232,7 +232,7 @@ static void *blocked_main(void *arg) {
   (void)arg;
   ph_domain *d;
   if (ph_domain_attach(bheap, &d) != PH_OK) {
-    CU_CHECK(!"attach");
+    TU_CHECK(!"attach");
     pthread_barrier_wait(&bbar);
     pthread_barrier_wait(&bbar);
     return NULL;
@@ -253,9 +253,9 @@ static void *blocked_main(void *arg) {
   pthread_barrier_wait(&bbar); /* built; the main thread compacts */
   pthread_barrier_wait(&bbar); /* compacted */
   ph_blocking_leave(d);
-  CU_CHECK(cu_walk(bslot, 1, 0).hash == bhash);
-  CU_CHECK(ph_scope_close(d, mark) == PH_OK);
-  CU_CHECK(ph_domain_detach(d) == PH_OK);
+  TU_CHECK(cu_walk(bslot, 1, 0).hash == bhash);
+  TU_CHECK(ph_scope_close(d, mark) == PH_OK);
+  TU_CHECK(ph_domain_detach(d) == PH_OK);
   return NULL;
 }
 
@@ -277,7 +277,7 @@ static void blocking_domain_with_helpers(void **state) {
   assert_int_equal(ph_domain_detach(d), PH_OK);
   pthread_barrier_wait(&bbar);
   pthread_join(t, NULL);
-  assert_int_equal(cu_failures, 0);
+  tu_assert_no_failures();
   pthread_barrier_destroy(&bbar);
   assert_int_equal(ph_heap_destroy(bheap), PH_OK);
 }

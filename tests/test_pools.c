@@ -268,11 +268,6 @@ typedef struct graph {
   int all_marked; /* every reachable block has colour `want` */
 } graph;
 
-static uint64_t mix(uint64_t h, uint64_t x) {
-  h ^= x + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
-  return h * 0xff51afd7ed558ccdull;
-}
-
 /* A canonical walk from roots: nodes numbered in discovery order, a pointer
  * hashed as (number of its block, offset), raw words by their bits.  Equal
  * for the same graph at other addresses.  want: the colour every reachable
@@ -288,13 +283,13 @@ static graph walk(ph_value *const *rootsets, const size_t *nroots, size_t nsets,
     for (size_t i = 0; i < nroots[s]; i++) {
       ph_value v = rootsets[s][i];
       if (!ph_is_block(v)) {
-        g.hash = mix(g.hash, v);
+        g.hash = tu_mix(g.hash, v);
         continue;
       }
       ph_value b = block_of(v);
       int added;
       size_t n = nm_get(&m, b, next, &added);
-      g.hash = mix(mix(g.hash, n), v - b);
+      g.hash = tu_mix(tu_mix(g.hash, n), v - b);
       if (!added)
         continue;
       next++;
@@ -307,7 +302,7 @@ static graph walk(ph_value *const *rootsets, const size_t *nroots, size_t nsets,
           g.all_marked = 0;
         size_t wo = php_hd_wosize(hd);
         unsigned tag = php_hd_tag(hd);
-        g.hash = mix(mix(g.hash, wo), tag);
+        g.hash = tu_mix(tu_mix(g.hash, wo), tag);
         ph_value *f = (ph_value *)x;
         size_t first = tag == T_TUPLE  ? 0
                        : tag == T_CLOS ? (size_t)ph_int_val(f[1])
@@ -316,12 +311,12 @@ static graph walk(ph_value *const *rootsets, const size_t *nroots, size_t nsets,
           ph_value y = f[k];
           if (k < first || !ph_is_block(y)) {
             /* raw words: the code words of a closure keep their bits */
-            g.hash = mix(g.hash, y);
+            g.hash = tu_mix(g.hash, y);
             continue;
           }
           ph_value yb = block_of(y);
           size_t yn = nm_get(&m, yb, next, &added);
-          g.hash = mix(mix(g.hash, yn + 1), y - yb);
+          g.hash = tu_mix(tu_mix(g.hash, yn + 1), y - yb);
           if (added) {
             next++;
             if (top == cap) {
@@ -543,21 +538,39 @@ static int compact_run(cenv *c) {
 
 /* ====================================================================== */
 
+/* The set-up the tests start from: a heap of cfg with the model and the
+ * colours reset (heap_new: the default cfg, on_free, pool_size if not 0),
+ * its owners (owner_new), and the end of both (heap_end). */
+static php_heap *heap_cfg(const php_config *cfg) {
+  php_heap *h = NULL;
+  assert_int_equal(php_heap_create(cfg, &h), PH_OK);
+  assert_non_null(h);
+  max_small = hstats(h).max_small_wosize;
+  model_reset();
+  colours_reset(h);
+  return h;
+}
+
 static php_heap *heap_new(size_t pool_size) {
   php_config cfg;
   php_config_init(&cfg);
   cfg.on_free = on_free;
   if (pool_size)
     cfg.pool_size = pool_size;
-  php_heap *h = NULL;
-  assert_int_equal(php_heap_create(&cfg, &h), PH_OK);
-  assert_non_null(h);
-  php_heap_stats st;
-  assert_int_equal(php_heap_stats_get(h, &st), PH_OK);
-  max_small = st.max_small_wosize;
-  model_reset();
-  colours_reset(h);
-  return h;
+  return heap_cfg(&cfg);
+}
+
+static php_owner *owner_new(php_heap *h) {
+  php_owner *o = NULL;
+  assert_int_equal(php_owner_create(h, &o), PH_OK);
+  return o;
+}
+
+/* Destroy o (if not NULL), then h. */
+static void heap_end(php_heap *h, php_owner *o) {
+  if (o)
+    assert_int_equal(php_owner_destroy(o), PH_OK);
+  assert_int_equal(php_heap_destroy(h), PH_OK);
 }
 
 /* Bad input is refused with its code and changes nothing. */
@@ -671,8 +684,7 @@ static void test_errors(void **state) {
 static void test_alloc_sweep(void **state) {
   (void)state;
   php_heap *h = heap_new(0);
-  php_owner *o;
-  assert_int_equal(php_owner_create(h, &o), PH_OK);
+  php_owner *o = owner_new(h);
   tu_rng r;
   tu_rng_init(&r, 1);
   enum { N = 20000 };
@@ -758,8 +770,7 @@ static void test_alloc_sweep(void **state) {
   assert_int_equal(c.large_words * 8, st.large_bytes);
   free(b);
   free(wos);
-  assert_int_equal(php_owner_destroy(o), PH_OK);
-  assert_int_equal(php_heap_destroy(h), PH_OK);
+  heap_end(h, o);
   tu_assert_no_failures();
 }
 
@@ -792,8 +803,7 @@ static ph_value unit_of(php_heap *h, ph_value v) {
 static void test_visit(void **state) {
   (void)state;
   php_heap *h = heap_new(0);
-  php_owner *o;
-  assert_int_equal(php_owner_create(h, &o), PH_OK);
+  php_owner *o = owner_new(h);
   enum { N = 3000 };
   ph_value b[N];
   for (size_t i = 0; i < N; i++)
@@ -832,8 +842,7 @@ static void test_visit(void **state) {
   assert_int_equal(vl.n, 1);
   assert_int_equal(php_visit_pool_of(h, l, NULL, NULL), PH_EINVAL);
   verify_ok(h);
-  assert_int_equal(php_owner_destroy(o), PH_OK);
-  assert_int_equal(php_heap_destroy(h), PH_OK);
+  heap_end(h, o);
   tu_assert_no_failures();
 }
 
@@ -842,9 +851,7 @@ static void test_visit(void **state) {
 static void test_orphan_adopt(void **state) {
   (void)state;
   php_heap *h = heap_new(0);
-  php_owner *a, *b;
-  assert_int_equal(php_owner_create(h, &a), PH_OK);
-  assert_int_equal(php_owner_create(h, &b), PH_OK);
+  php_owner *a = owner_new(h), *b = owner_new(h);
   enum { N = 5000 };
   ph_value *v = malloc(N * sizeof *v);
   assert_non_null(v);
@@ -897,8 +904,7 @@ static void test_orphan_adopt(void **state) {
   verify_ok(h);
   free(v);
   assert_int_equal(php_owner_destroy(a), PH_OK);
-  assert_int_equal(php_owner_destroy(b), PH_OK);
-  assert_int_equal(php_heap_destroy(h), PH_OK);
+  heap_end(h, b);
   tu_assert_no_failures();
 }
 
@@ -906,8 +912,7 @@ static void test_orphan_adopt(void **state) {
 static void test_verify_detects(void **state) {
   (void)state;
   php_heap *h = heap_new(0);
-  php_owner *o;
-  assert_int_equal(php_owner_create(h, &o), PH_OK);
+  php_owner *o = owner_new(h);
   ph_value v = alloc_counted(o, 3, T_TUPLE);
   for (int i = 0; i < 3; i++)
     ((ph_value *)v)[i] = PH_UNIT;
@@ -924,12 +929,44 @@ static void test_verify_detects(void **state) {
   ((ph_value *)v)[-1] = saved;
   verify_ok(h);
   assert_int_equal(php_verify(NULL, why, sizeof why), PH_EINVAL);
-  assert_int_equal(php_owner_destroy(o), PH_OK);
-  assert_int_equal(php_heap_destroy(h), PH_OK);
+  heap_end(h, o);
   tu_assert_no_failures();
 }
 
 /* Callbacks' calls into the layer are refused and change nothing. */
+/* heap.verify: php_verify and ph_verify share the pool layer's structural
+ * walk, which follows a free list only through slot starts.  A fresh
+ * pool's free slots follow its allocated ones in address order (a free
+ * slot: a header of 0, field 0 the next link); a link 8 bytes into the
+ * last free slot finds a 0 word before it, a 0 link (set here) and the
+ * right count, but is not a slot (tests/test_verify.c: the managed path). */
+static void test_verify_free_list(void **state) {
+  (void)state;
+  php_heap *h = heap_new(0);
+  php_owner *o = owner_new(h);
+  ph_value v = alloc_counted(o, 3, T_TUPLE), w = alloc_counted(o, 3, T_TUPLE);
+  for (int i = 0; i < 3; i++)
+    ((ph_value *)v)[i] = ((ph_value *)w)[i] = PH_UNIT;
+  verify_ok(h);
+  ph_value f = w + (w - v); /* the next free slot */
+  assert_true(((ph_value *)f)[-1] == 0);
+  ph_value *link = (ph_value *)f; /* the link to the last free slot */
+  assert_true(*link != 0);
+  while (*(ph_value *)*link != 0)
+    link = (ph_value *)*link;
+  ph_value last = *link, saved = ((ph_value *)last)[1];
+  ((ph_value *)last)[1] = 0;
+  *link = last + 8;
+  char why[256] = "";
+  assert_int_equal(php_verify(h, why, sizeof why), PH_ECORRUPT);
+  printf("free list link into the middle of a slot: %s\n", why);
+  *link = last;
+  ((ph_value *)last)[1] = saved;
+  verify_ok(h);
+  heap_end(h, o);
+  tu_assert_no_failures();
+}
+
 static php_owner *reentry_owner;
 static php_heap *reentry_heap;
 static atomic_int reentry_seen;
@@ -959,13 +996,9 @@ static void test_reentry(void **state) {
   php_config cfg;
   php_config_init(&cfg);
   cfg.on_free = on_free_reenter;
-  assert_int_equal(php_heap_create(&cfg, &reentry_heap), PH_OK);
-  php_heap *h = reentry_heap;
-  php_owner *o;
-  assert_int_equal(php_owner_create(h, &o), PH_OK);
+  php_heap *h = reentry_heap = heap_cfg(&cfg); /* colours {0, 1, 2} */
+  php_owner *o = owner_new(h);
   reentry_owner = o;
-  col = (colours){0, 1, 2};
-  assert_int_equal(php_set_colours(h, 2), PH_OK);
   for (int i = 0; i < 100; i++) {
     ph_value v = php_alloc(o, 4, (2u << PHP_HD_COLOUR_SHIFT) | T_TUPLE);
     assert_true(v != 0);
@@ -982,8 +1015,7 @@ static void test_reentry(void **state) {
   assert_int_equal(c.pool_live_blocks, 1);
   assert_int_equal(c.pool_live_words, 5);
   verify_ok(h);
-  assert_int_equal(php_owner_destroy(o), PH_OK);
-  assert_int_equal(php_heap_destroy(h), PH_OK);
+  heap_end(h, o);
 }
 
 /* ------------------------------------------ compaction, one thread's graph */
@@ -997,7 +1029,7 @@ static void compact_case(unsigned nparts, size_t pool_size, uint64_t stream) {
   enum { NO = 3 };
   php_owner *own[NO];
   for (int i = 0; i < NO; i++)
-    assert_int_equal(php_owner_create(h, &own[i]), PH_OK);
+    own[i] = owner_new(h);
   tu_rng r;
   tu_rng_init(&r, stream);
   size_t nroots = tu_scale(4000, 4);
@@ -1103,7 +1135,7 @@ static void compact_case(unsigned nparts, size_t pool_size, uint64_t stream) {
   free(roots);
   for (int i = 0; i < NO; i++)
     assert_int_equal(php_owner_destroy(own[i]), PH_OK);
-  assert_int_equal(php_heap_destroy(h), PH_OK);
+  heap_end(h, NULL);
   tu_assert_no_failures();
 }
 
@@ -1123,8 +1155,7 @@ static void test_compact_parallel(void **state) {
 static void test_compact_bad_colour(void **state) {
   (void)state;
   php_heap *h = heap_new(0);
-  php_owner *o;
-  assert_int_equal(php_owner_create(h, &o), PH_OK);
+  php_owner *o = owner_new(h);
   tu_rng r;
   tu_rng_init(&r, 20);
   enum { NR = 500 };
@@ -1155,8 +1186,7 @@ static void test_compact_bad_colour(void **state) {
   assert_int_equal(s1.evacuated_blocks, 0);
   assert_int_equal(s1.compactions, s0.compactions);
   verify_ok(h);
-  assert_int_equal(php_owner_destroy(o), PH_OK);
-  assert_int_equal(php_heap_destroy(h), PH_OK);
+  heap_end(h, o);
   tu_assert_no_failures();
 }
 
@@ -1170,13 +1200,8 @@ static void release_case(ph_release_mode mode, size_t retain, ph_huge_mode huge,
   cfg.release = mode;
   cfg.retain = retain;
   cfg.huge_pages = huge;
-  php_heap *h;
-  assert_int_equal(php_heap_create(&cfg, &h), PH_OK);
-  max_small = hstats(h).max_small_wosize;
-  model_reset();
-  colours_reset(h);
-  php_owner *o;
-  assert_int_equal(php_owner_create(h, &o), PH_OK);
+  php_heap *h = heap_cfg(&cfg);
+  php_owner *o = owner_new(h);
   tu_rng r;
   tu_rng_init(&r, stream);
   /* Without huge pages, the random graph.  With them, a sparse heap of
@@ -1253,8 +1278,7 @@ static void release_case(ph_release_mode mode, size_t retain, ph_huge_mode huge,
   if (mode != PH_RELEASE_UNMAP)
     assert_true(s1.mappings <= s0.mappings);
   free(roots);
-  assert_int_equal(php_owner_destroy(o), PH_OK);
-  assert_int_equal(php_heap_destroy(h), PH_OK);
+  heap_end(h, o);
   tu_assert_no_failures();
 }
 
@@ -1276,13 +1300,8 @@ static void test_heap_limit(void **state) {
   php_config_init(&cfg);
   cfg.on_free = on_free;
   cfg.heap_limit = (size_t)8 << 20;
-  php_heap *h;
-  assert_int_equal(php_heap_create(&cfg, &h), PH_OK);
-  max_small = hstats(h).max_small_wosize;
-  model_reset();
-  colours_reset(h);
-  php_owner *o;
-  assert_int_equal(php_owner_create(h, &o), PH_OK);
+  php_heap *h = heap_cfg(&cfg);
+  php_owner *o = owner_new(h);
   size_t n = 0;
   ph_value v;
   while ((v = php_alloc(o, 10, (col.marked << PHP_HD_COLOUR_SHIFT) | T_RAW)))
@@ -1306,8 +1325,7 @@ static void test_heap_limit(void **state) {
     ;
   assert_true(php_alloc(o, max_small + 10, T_RAW) != 0);
   verify_ok(h);
-  assert_int_equal(php_owner_destroy(o), PH_OK);
-  assert_int_equal(php_heap_destroy(h), PH_OK);
+  heap_end(h, o);
 }
 
 /* ------------------------------------------- the concurrent collector */
@@ -1565,6 +1583,7 @@ int main(void) {
       cmocka_unit_test(test_visit),
       cmocka_unit_test(test_orphan_adopt),
       cmocka_unit_test(test_verify_detects),
+      cmocka_unit_test(test_verify_free_list),
       cmocka_unit_test(test_reentry),
       cmocka_unit_test(test_compact_one),
       cmocka_unit_test(test_compact_parallel),

@@ -111,6 +111,37 @@ static ph_heap *heap_with(ph_config *cfg) {
   return h;
 }
 
+/* The set-up of the tests on H: H of cfg, this thread's domain d of it
+ * (mine), groot registered, a scope open (marks[d]) holding keep, a block
+ * of 5 fields; and its end: keep intact, the scope closed, groot removed,
+ * d detached, H destroyed. */
+typedef struct fixture {
+  ph_domain *d;
+  size_t mark;
+  ph_value *keep;
+} fixture;
+
+static fixture fixture_open(ph_config *cfg) {
+  fixture f;
+  H = heap_with(cfg);
+  assert_int_equal(ph_domain_attach(H, &f.d), PH_OK);
+  mine = f.d;
+  groot = PH_UNIT;
+  assert_int_equal(ph_root_add(H, &groot), PH_OK);
+  f.mark = marks[ph_domain_index(f.d)] = ph_scope_open(f.d);
+  f.keep = ph_root(f.d, ph_alloc(f.d, 5, 0));
+  return f;
+}
+
+static void fixture_close(fixture *f) {
+  assert_int_equal(ph_wosize(*f->keep), 5);
+  assert_int_equal(ph_scope_close(f->d, f->mark), PH_OK);
+  assert_int_equal(ph_root_remove(H, &groot), PH_OK);
+  assert_int_equal(ph_domain_detach(f->d), PH_OK);
+  assert_int_equal(ph_heap_destroy(H), PH_OK);
+  mine = NULL;
+}
+
 static void reset_counts(void) {
   atomic_store(&calls, 0);
   atomic_store(&refused, 0);
@@ -130,14 +161,8 @@ static void census_reentry(void **state) {
   (void)state;
   ph_config cfg;
   ph_config_init(&cfg);
-  H = heap_with(&cfg);
-  ph_domain *d;
-  assert_int_equal(ph_domain_attach(H, &d), PH_OK);
-  mine = d;
-  groot = PH_UNIT;
-  assert_int_equal(ph_root_add(H, &groot), PH_OK);
-  size_t outer = ph_scope_open(d);
-  ph_value *keep = ph_root(d, ph_alloc(d, 5, 0));
+  fixture f = fixture_open(&cfg);
+  ph_domain *d = f.d;
   marks[ph_domain_index(d)] = ph_scope_open(d);
   ph_value *inner = ph_root(d, ph_alloc(d, 7, 0));
   groot = ph_alloc(d, 2, 0);
@@ -152,15 +177,10 @@ static void census_reentry(void **state) {
   assert_int_equal(tu_stats(H).domains, 1);
   check_intact(d, before.collections, 0);
   /* the roots are the ones we made, all still in place */
-  assert_int_equal(ph_wosize(*keep), 5);
   assert_int_equal(ph_wosize(*inner), 7);
   assert_int_equal(ph_wosize(groot), 2);
   assert_int_equal(ph_scope_close(d, marks[ph_domain_index(d)]), PH_OK);
-  assert_int_equal(ph_scope_close(d, outer), PH_OK);
-  assert_int_equal(ph_root_remove(H, &groot), PH_OK);
-  assert_int_equal(ph_domain_detach(d), PH_OK);
-  assert_int_equal(ph_heap_destroy(H), PH_OK);
-  mine = NULL;
+  fixture_close(&f);
 }
 
 /* --------------------------------------------------------------- on_event */
@@ -211,15 +231,8 @@ static void event_reentry(void **state) {
   ph_config_init(&cfg);
   cfg.on_event = on_event;
   cfg.gc_helpers = 2;
-  H = heap_with(&cfg);
-  ph_domain *d;
-  assert_int_equal(ph_domain_attach(H, &d), PH_OK);
-  mine = d;
-  groot = PH_UNIT;
-  assert_int_equal(ph_root_add(H, &groot), PH_OK);
-  size_t m = ph_scope_open(d);
-  marks[ph_domain_index(d)] = m;
-  ph_value *keep = ph_root(d, ph_alloc(d, 5, 0));
+  fixture f = fixture_open(&cfg);
+  ph_domain *d = f.d;
   pthread_barrier_init(&ebar, NULL, 2);
   atomic_store(&estop, 0);
   pthread_t t;
@@ -240,14 +253,9 @@ static void event_reentry(void **state) {
   assert_int_equal(atomic_load(&refused), atomic_load(&calls));
   assert_int_equal(tu_stats(H).domains, 1);
   check_intact(d, before.collections, (uint64_t)rounds);
-  assert_int_equal(ph_wosize(*keep), 5);
-  assert_int_equal(ph_scope_close(d, m), PH_OK);
-  assert_int_equal(ph_root_remove(H, &groot), PH_OK);
-  assert_int_equal(ph_domain_detach(d), PH_OK);
   pthread_barrier_destroy(&ebar);
-  assert_int_equal(ph_heap_destroy(H), PH_OK);
+  fixture_close(&f);
   tu_assert_no_failures();
-  mine = NULL;
 }
 
 /* ------------------------------------------------------------- scan_roots */
@@ -284,15 +292,8 @@ static void scan_roots_reentry(void **state) {
   ph_config_init(&cfg);
   cfg.scan_roots = scan_hook;
   cfg.gc_helpers = 1;
-  H = heap_with(&cfg);
-  ph_domain *d;
-  assert_int_equal(ph_domain_attach(H, &d), PH_OK);
-  mine = d;
-  groot = PH_UNIT;
-  assert_int_equal(ph_root_add(H, &groot), PH_OK);
-  size_t m = ph_scope_open(d);
-  marks[ph_domain_index(d)] = m;
-  ph_value *keep = ph_root(d, ph_alloc(d, 5, 0));
+  fixture f = fixture_open(&cfg);
+  ph_domain *d = f.d;
   pthread_barrier_init(&ebar, NULL, 2);
   pthread_t t;
   assert_int_equal(pthread_create(&t, NULL, blocked_peer, NULL), 0);
@@ -311,14 +312,9 @@ static void scan_roots_reentry(void **state) {
   tu_dbarrier(d, &ebar);
   tu_djoin(d, t);
   check_intact(d, before.collections, 2);
-  assert_int_equal(ph_wosize(*keep), 5);
-  assert_int_equal(ph_scope_close(d, m), PH_OK);
-  assert_int_equal(ph_root_remove(H, &groot), PH_OK);
-  assert_int_equal(ph_domain_detach(d), PH_OK);
   pthread_barrier_destroy(&ebar);
-  assert_int_equal(ph_heap_destroy(H), PH_OK);
+  fixture_close(&f);
   tu_assert_no_failures();
-  mine = NULL;
 }
 
 /* ----------------------------------------------------------- another heap */

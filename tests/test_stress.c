@@ -1,5 +1,6 @@
 /* tests/test_stress.c -- multi-domain stress test (written against
- * include/poolheap.h only; meant for the tsan variant, runs in all).
+ * include/poolheap.h and the tests' helpers only; meant for the tsan
+ * variant, runs in all).
  *
  * NLANES lanes run on 2 cores; each lane is a succession of threads, each of
  * which attaches a domain, works for a random while, then detaches and
@@ -26,11 +27,7 @@
  * Environment: POOLHEAP_SEED (replay; printed at start),
  * POOLHEAP_STRESS_SECONDS (default 8), POOLHEAP_STRESS_OPS (ops per lane,
  * instead of a duration).  Prints the number of compactions that ran. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "test_util.h" /* the RNG, the seed (POOLHEAP_SEED), cmocka */
 
 #include <poolheap.h>
 
@@ -47,21 +44,6 @@
 #define SHARED_ROOTS 8
 #define OWN_MAXN 1200
 #define SHARED_MAXN 800
-
-/* ------------------------------------------------------------ rng */
-
-typedef struct rng {
-  uint64_t s;
-} rng;
-static uint64_t rnd(rng *r) {
-  uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-static unsigned below(rng *r, unsigned n) {
-  return (unsigned)(rnd(r) % n);
-}
 
 /* ------------------------------------------------------------ globals */
 
@@ -236,26 +218,26 @@ static int g_sync(graph *g) {
 }
 
 /* A value to store: a node reached by the last sync, an immediate or 0. */
-static void g_pick(graph *g, rng *r, ph_value *v, mval *e) {
-  unsigned b = below(r, 10);
+static void g_pick(graph *g, tu_rng *r, ph_value *v, mval *e) {
+  unsigned b = tu_below(r, 10);
   if (b < 7 && g->norder) {
-    size_t i = g->order[below(r, (unsigned)g->norder)];
+    size_t i = g->order[tu_below(r, (unsigned)g->norder)];
     *v = g->n[i].addr;
     *e = MNODE(i);
   } else if (b < 9) {
-    *v = *e = ph_val_int((intptr_t)below(r, 1000) - 500);
+    *v = *e = ph_val_int((intptr_t)tu_below(r, 1000) - 500);
   } else {
     *v = *e = 0;
   }
 }
 
-static void g_set_field(graph *g, rng *r) {
+static void g_set_field(graph *g, tu_rng *r) {
   if (!g->norder)
     return;
-  node *n = &g->n[g->order[below(r, (unsigned)g->norder)]];
+  node *n = &g->n[g->order[tu_below(r, (unsigned)g->norder)]];
   if (n->tag >= PH_TAG_RAW || n->wosize < 2)
     return;
-  size_t f = 1 + below(r, (unsigned)n->wosize - 1);
+  size_t f = 1 + tu_below(r, (unsigned)n->wosize - 1);
   ph_value v;
   mval e;
   g_pick(g, r, &v, &e);
@@ -263,14 +245,14 @@ static void g_set_field(graph *g, rng *r) {
   n->f[f] = e;
 }
 
-static void g_drop_root(graph *g, rng *r) {
-  int k = (int)below(r, (unsigned)g->nroots);
+static void g_drop_root(graph *g, tu_rng *r) {
+  int k = (int)tu_below(r, (unsigned)g->nroots);
   *g->slot[k] = PH_UNIT;
   g->root[k] = PH_UNIT;
 }
 
-static void g_set_root(graph *g, rng *r) {
-  int k = (int)below(r, (unsigned)g->nroots);
+static void g_set_root(graph *g, tu_rng *r) {
+  int k = (int)tu_below(r, (unsigned)g->nroots);
   ph_value v;
   mval e;
   g_pick(g, r, &v, &e);
@@ -285,31 +267,31 @@ static size_t g_new_index(graph *g) {
   return (size_t)-1;
 }
 
-static void choose_size(rng *r, size_t *wosize, unsigned *tag) {
-  unsigned k = below(r, 100);
+static void choose_size(tu_rng *r, size_t *wosize, unsigned *tag) {
+  unsigned k = tu_below(r, 100);
   if (k < 60) {
-    *wosize = 1 + below(r, 12);
-    *tag = below(r, PH_TAG_RAW);
+    *wosize = 1 + tu_below(r, 12);
+    *tag = tu_below(r, PH_TAG_RAW);
   } else if (k < 80) {
-    *wosize = 1 + below(r, 256); /* every small class */
-    *tag = below(r, PH_TAG_RAW);
+    *wosize = 1 + tu_below(r, 256); /* every small class */
+    *tag = tu_below(r, PH_TAG_RAW);
   } else if (k < 83) {
-    *wosize = 300 + below(r, 3000); /* large */
-    *tag = below(r, PH_TAG_RAW);
+    *wosize = 300 + tu_below(r, 3000); /* large */
+    *tag = tu_below(r, PH_TAG_RAW);
   } else if (k < 97) {
-    *wosize = 1 + below(r, 64);
-    *tag = PH_TAG_RAW + below(r, PH_TAG_MAX - PH_TAG_RAW + 1);
+    *wosize = 1 + tu_below(r, 64);
+    *tag = PH_TAG_RAW + tu_below(r, PH_TAG_MAX - PH_TAG_RAW + 1);
   } else {
-    *wosize = 300 + below(r, 2000);
-    *tag = PH_TAG_RAW + below(r, PH_TAG_MAX - PH_TAG_RAW + 1);
+    *wosize = 300 + tu_below(r, 2000);
+    *tag = PH_TAG_RAW + tu_below(r, PH_TAG_MAX - PH_TAG_RAW + 1);
   }
 }
 
 /* Allocate a burst of nodes straight into root slots, then sync (the
  * allocations may have collected and moved everything), then link some of
  * them.  Returns -1 on failure. */
-static int g_alloc_burst(graph *g, ph_domain *d, rng *r) {
-  unsigned burst = 1 + below(r, 8);
+static int g_alloc_burst(graph *g, ph_domain *d, tu_rng *r) {
+  unsigned burst = 1 + tu_below(r, 8);
   if (g->nlive + burst + 1 >= g->cap) {
     /* model full: drop roots until the sync frees some */
     for (int k = 0; k < g->nroots / 2; k++)
@@ -344,13 +326,13 @@ static int g_alloc_burst(graph *g, ph_domain *d, rng *r) {
         n->f[q] = PH_UNIT;
       ph_set_field(v, 0, ph_val_int((intptr_t)n->id));
     }
-    int k = (int)below(r, (unsigned)g->nroots);
+    int k = (int)tu_below(r, (unsigned)g->nroots);
     *g->slot[k] = v;
     g->root[k] = MNODE(i);
   }
   if (g_sync(g))
     return -1;
-  unsigned links = below(r, 2 * burst + 2);
+  unsigned links = tu_below(r, 2 * burst + 2);
   for (unsigned q = 0; q < links; q++)
     g_set_field(g, r);
   return 0;
@@ -399,7 +381,7 @@ static size_t g_count_from(graph *g, mval e, unsigned ep) {
 
 typedef struct worker {
   int lane, gen;
-  rng r;
+  tu_rng r;
   ph_domain *d;
   graph own;
   long done; /* operations run */
@@ -459,13 +441,13 @@ static int shared_section(worker *w, int handoff) {
       rc = -1;
       goto out;
     }
-    int k = (int)below(&w->r, OWN_ROOTS);
+    int k = (int)tu_below(&w->r, OWN_ROOTS);
     size_t need = g_count_from(&w->own, w->own.root[k], ++w->own.epoch);
     if (need && shared.nlive + need + 8 < shared.cap) {
       size_t *map = malloc(w->own.cap * sizeof *map);
       assert_non_null(map);
       memset(map, 0xff, w->own.cap * sizeof *map);
-      int s = (int)below(&w->r, SHARED_ROOTS);
+      int s = (int)tu_below(&w->r, SHARED_ROOTS);
       shared.root[s] = g_import(&shared, &w->own, w->own.root[k], map);
       *shared.slot[s] = *w->own.slot[k];
       free(map);
@@ -481,9 +463,9 @@ static int shared_section(worker *w, int handoff) {
       goto out;
     }
   }
-  unsigned nops = 1 + below(&w->r, 6);
+  unsigned nops = 1 + tu_below(&w->r, 6);
   for (unsigned q = 0; q < nops && rc == 0; q++) {
-    unsigned o = below(&w->r, 100);
+    unsigned o = tu_below(&w->r, 100);
     if (o < 35) {
       rc = g_alloc_burst(&shared, w->d, &w->r);
       w->own.fresh = 0;
@@ -513,7 +495,7 @@ out:
 
 static int sit_blocking(worker *w) {
   ph_blocking_enter(w->d);
-  struct timespec ts = {0, (long)(200000 + below(&w->r, 3000000))};
+  struct timespec ts = {0, (long)(200000 + tu_below(&w->r, 3000000))};
   nanosleep(&ts, NULL);
   ph_blocking_leave(w->d);
   atomic_fetch_add(&n_blocking, 1);
@@ -544,7 +526,7 @@ static void *worker_main(void *arg) {
     if (!w->own.slot[k])
       FAIL("ph_root returned NULL");
   }
-  long life = 300 + below(&w->r, 3000);
+  long life = 300 + tu_below(&w->r, 3000);
   int rc = g_sync(&w->own);
   for (long op = 0; rc == 0 && op < life && !stopping(); op++) {
     w->done++;
@@ -553,11 +535,11 @@ static void *worker_main(void *arg) {
       rc = g_sync(&w->own);
     if (rc)
       break;
-    unsigned o = below(&w->r, 1000);
+    unsigned o = tu_below(&w->r, 1000);
     if (o < 380) {
       rc = g_alloc_burst(&w->own, w->d, &w->r);
     } else if (o < 650) {
-      for (unsigned q = 0, n = 1 + below(&w->r, 6); q < n; q++)
+      for (unsigned q = 0, n = 1 + tu_below(&w->r, 6); q < n; q++)
         g_set_field(&w->own, &w->r);
     } else if (o < 700) {
       g_drop_root(&w->own, &w->r);
@@ -589,7 +571,7 @@ static void *worker_main(void *arg) {
   w->own.nroots = 0; /* the slots are gone */
   /* one more check of the shared graph with our roots gone (our handed-off
    * nodes must survive) */
-  if (rc == 0 && below(&w->r, 4) == 0)
+  if (rc == 0 && tu_below(&w->r, 4) == 0)
     rc = shared_section(w, 0);
   if (ph_domain_detach(w->d) != PH_OK)
     FAIL("detach");
@@ -614,8 +596,8 @@ static void *lane_main(void *arg) {
     assert_non_null(w);
     w->lane = l->id;
     w->gen = gen;
-    w->r.s = seed * 1000003u + (uint64_t)l->id * 7919u + (uint64_t)gen;
-    rnd(&w->r);
+    /* a stream per (lane, generation) of the process seed */
+    tu_rng_init(&w->r, (uint64_t)l->id * 7919u + (uint64_t)gen + 1);
     pthread_t t;
     if (pthread_create(&t, NULL, worker_main, w) != 0) {
       FAIL("pthread_create");
@@ -646,22 +628,22 @@ static void pin_two_cores(void) {
 
 static void test_stress(void **state) {
   (void)state;
-  const char *s = getenv("POOLHEAP_SEED");
-  seed = s ? strtoull(s, NULL, 0) : (uint64_t)now_ns() % 1000000007u;
+  seed = tu_seed(); /* POOLHEAP_SEED, or the clock */
   const char *sec = getenv("POOLHEAP_STRESS_SECONDS");
   double seconds = sec ? atof(sec) : 8.0;
   const char *ops = getenv("POOLHEAP_STRESS_OPS");
   ops_per_lane = ops ? atol(ops) : 0;
-  rng r = {seed};
+  tu_rng r;
+  tu_rng_init(&r, 0);
   ph_config cfg;
   ph_config_init(&cfg);
   cfg.max_domains = 16;
-  cfg.pool_size = (size_t)4096 << (2 * below(&r, 3)); /* 4K, 16K, 64K */
-  cfg.gc_percent = 30 + below(&r, 150);
-  cfg.compact_percent = below(&r, 2) ? 0 : 20 + below(&r, 60);
-  cfg.release = (ph_release_mode)below(&r, 4);
-  cfg.compact_scope = (ph_compact_scope)below(&r, 2);
-  cfg.gc_helpers = (unsigned)below(&r, 3);
+  cfg.pool_size = (size_t)4096 << (2 * tu_below(&r, 3)); /* 4K, 16K, 64K */
+  cfg.gc_percent = 30 + tu_below(&r, 150);
+  cfg.compact_percent = tu_below(&r, 2) ? 0 : 20 + tu_below(&r, 60);
+  cfg.release = (ph_release_mode)tu_below(&r, 4);
+  cfg.compact_scope = (ph_compact_scope)tu_below(&r, 2);
+  cfg.gc_helpers = (unsigned)tu_below(&r, 3);
   printf("test_stress: seed %llu (POOLHEAP_SEED), %d lanes on 2 cores, %s; "
          "pool %zu gc_percent %u compact_percent %u release %d scope %d "
          "gc_helpers %u\n",

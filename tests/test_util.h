@@ -6,7 +6,8 @@
  *   (neither sanitizer maps memory behind the program's back).
  * - The tests' one seed reader and RNG: tu_seed / tu_seed_named print the
  *   seed and honour the environment variable POOLHEAP_SEED, so a failing run
- *   can be repeated; tu_rng (xorshift*) with tu_next / tu_below, seeded by
+ *   can be repeated (tu_seed_from: with a fixed default instead of the
+ *   clock); tu_rng (xorshift*) with tu_next / tu_below, seeded by
  *   tu_rng_init (a stream of the process seed) or with a state of the
  *   caller's; tu_mix, a word mixer (splitmix64's finalizer).
  * - tu_vmrss_kb (VmRSS of the process) and tu_maps_lines (lines of
@@ -17,6 +18,11 @@
  *   blocking section, or collections would wait for it forever).
  * - tu_reach_bytes: the bytes of every block reachable from a set of values,
  *   recounted by the test itself ((wosize + 1) * 8 each, as live_bytes).
+ *
+ * - Checks: TU_CHECK counts a failure from any thread, the test thread
+ *   asserts none with tu_assert_no_failures (tu_failures_reset starts
+ *   afresh); tu_verify_ok (ph_verify must pass, the test thread) and
+ *   tu_verify_mt (any thread, counted); tu_stats, tu_heap.
  *
  * compact_util.h and reliability_util.h include this header and add only
  * what their tests share.  Every helper is static inline.
@@ -89,10 +95,11 @@ typedef struct tu_rng {
   uint64_t s;
 } tu_rng;
 
-/* The seed of this process: POOLHEAP_SEED if set, else from the clock.
- * Printed, with how to repeat it: on the first call, and on every call
- * that names what it seeds (what != NULL). */
-static inline uint64_t tu_seed_named(const char *what) {
+/* The seed of this process: POOLHEAP_SEED if set, else from the clock
+ * (or def, if fixed: a test whose inputs are the same on every run unless
+ * a seed is given).  Printed, with how to repeat it: on the first call, and
+ * on every call that names what it seeds (what != NULL). */
+static inline uint64_t tu_seed_from(const char *what, int fixed, uint64_t def) {
   static uint64_t seed;
   static int have; /* written once, by the first call (the main thread) */
   int first = !have;
@@ -100,6 +107,8 @@ static inline uint64_t tu_seed_named(const char *what) {
     const char *e = getenv("POOLHEAP_SEED");
     if (e && *e) {
       seed = strtoull(e, NULL, 0);
+    } else if (fixed) {
+      seed = def;
     } else {
       struct timespec ts;
       clock_gettime(CLOCK_REALTIME, &ts);
@@ -114,6 +123,10 @@ static inline uint64_t tu_seed_named(const char *what) {
     fflush(stdout);
   }
   return seed;
+}
+
+static inline uint64_t tu_seed_named(const char *what) {
+  return tu_seed_from(what, 0, 0);
 }
 
 static inline uint64_t tu_seed(void) {
@@ -336,6 +349,10 @@ static inline void tu_assert_no_failures(void) {
   int f = __atomic_exchange_n(tu_failures_p(), 0, __ATOMIC_RELAXED);
   assert_int_equal(f, 0);
 }
+/* Start a test's count afresh (before its threads start). */
+static inline void tu_failures_reset(void) {
+  __atomic_store_n(tu_failures_p(), 0, __ATOMIC_RELAXED);
+}
 
 /* ------------------------------------------------------------- misc */
 static inline ph_stats tu_stats(ph_heap *h) {
@@ -350,6 +367,16 @@ static inline void tu_verify_ok(ph_domain *d) {
   int r = ph_verify(d, why, sizeof why);
   if (r != PH_OK)
     fail_msg("ph_verify: %s (%s)", ph_strerror(r), why);
+}
+
+/* The same from any thread: counts a failure (TU_CHECK) instead. */
+static inline int tu_verify_mt(ph_domain *d) {
+  char why[512];
+  int r = ph_verify(d, why, sizeof why);
+  if (r != PH_OK)
+    fprintf(stderr, "ph_verify: %s (%s)\n", ph_strerror(r), why);
+  TU_CHECK(r == PH_OK);
+  return r;
 }
 
 /* A heap with defaults except gc_percent (0 = explicit collections only). */

@@ -1,8 +1,9 @@
 /* tests/test_verify.c -- ph_verify passes on clean heaps and catches planted
  * corruption: a field pointing into the middle of a block, a field pointing
  * to a freed slot, a corrupt header (wosize, color), a bad root, a broken
- * pool counter.  Each corruption is repaired before anything else touches
- * the heap (debug builds verify around every collection). */
+ * pool counter, a free list link into the middle of a slot.  Each corruption is
+ * repaired before anything else touches the heap (debug builds verify around
+ * every collection). */
 #include "test_util.h"
 
 #include "api/api.h"
@@ -157,6 +158,28 @@ static void test_verify_pool_counter(void **state) {
   tu_verify_ok(d);
 }
 
+/* heap.verify: the pool layer's structural walk, shared with php_verify
+ * (tests/test_pools.c, test_verify_free_list), follows a free list only
+ * through slot starts: a link 8 bytes into the last free slot finds a 0
+ * word before it (that slot's end of list), a 0 link (set here) and the
+ * right count, but is not a slot. */
+static void test_verify_free_list_into_a_slot(void **state) {
+  (void)state;
+  ph_pool *p = (ph_pool *)ph_unit_of(h, *a);
+  tu_verify_ok(d); /* flushes the alloc cache into the pool */
+  assert_true(p->nfree >= 2);
+  ph_value *link = &p->free; /* the link to the last free slot */
+  while (*(ph_value *)*link != 0)
+    link = (ph_value *)*link;
+  ph_value last = *link, saved = ((ph_value *)last)[1];
+  ((ph_value *)last)[1] = 0;
+  *link = last + 8;
+  expect_corrupt("free list link into the middle of a slot");
+  *link = last;
+  ((ph_value *)last)[1] = saved;
+  tu_verify_ok(d);
+}
+
 static void test_verify_without_buffer(void **state) {
   (void)state;
   ph_set_field(*a, 1, *b + 8);
@@ -185,6 +208,8 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(test_verify_bad_roots, setup, teardown),
       cmocka_unit_test_setup_teardown(test_verify_pool_counter, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_verify_free_list_into_a_slot, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_verify_without_buffer, setup,
                                       teardown),

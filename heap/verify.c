@@ -1,0 +1,152 @@
+/* heap/verify.c -- the pool layer's structural check (DESIGN.md:
+ * heap.verify), one walk for both clients: ph_verify (gc/verify.c) and
+ * php_verify (heap/pools.c) run it, then check what is their own.
+ *
+ * It walks the chunk table, every unit's state, every pool header, every
+ * slot header, every free list and every large block header, and recounts
+ * the unit counters and the committed bytes.  Blocks, pools and large
+ * blocks that pass go to the client's hooks (colours, owners). */
+#include "heap/heap.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+void ph_check_fail(ph_check *k, const char *fmt, ...) {
+  if (!k->bad && k->why && k->why_size) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(k->why, k->why_size, fmt, ap);
+    va_end(ap);
+  }
+  k->bad = 1;
+}
+
+static void check_pool(struct ph_heap *h, ph_check *k, ph_chunk *c,
+                       uint32_t u) {
+  ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
+  if (p->sig != PH_SIG_POOL || p->kind != PH_U_POOL || p->cls >= h->nclasses ||
+      p->nslots != h->class_nslots[p->cls] || p->chunk != c || p->unit != u ||
+      p->hdr != h->pool_hdr || p->evacuated || p->cached) {
+    ph_check_fail(k, "pool %p: bad header fields", (void *)p);
+    return;
+  }
+  uint32_t ws = h->class_wsize[p->cls], live = 0, nfree = 0;
+  size_t sb = (size_t)ws * 8;
+  uint64_t words = 0;
+  for (uint32_t i = 0; i < p->nslots && !k->bad; i++) {
+    ph_value b = ph_pool_block(h, p, i);
+    ph_value hd = *ph_hp(b);
+    if (hd == 0) { /* a free slot (pools.header) */
+      nfree++;
+      continue;
+    }
+    size_t wo = ph_hd_wosize(hd);
+    if (wo == 0 || wo > ws - 1 || ph_class_of_wosize(h, wo) != p->cls)
+      ph_check_fail(k, "pool %p slot %u: wosize %zu not of class %u", (void *)p,
+                    i, wo, p->cls);
+    live++;
+    words += wo + 1;
+    if (k->block && !k->bad)
+      k->block(k, b);
+  }
+  if (k->bad)
+    return;
+  if (live != p->nlive || nfree != p->nfree) {
+    ph_check_fail(k, "pool %p: counts live %u free %u, recount %u %u",
+                  (void *)p, p->nlive, p->nfree, live, nfree);
+    return;
+  }
+  /* every link is a free slot of this pool, at a slot's start */
+  char *s = ph_pool_slots(p);
+  uint32_t n = 0;
+  for (ph_value f = p->free; f && !k->bad; f = *(ph_value *)f) {
+    size_t off = (size_t)((char *)f - 8 - s);
+    if ((char *)f < s + 8 || off % sb || off / sb >= p->nslots ||
+        *ph_hp(f) != 0 || ++n > nfree)
+      ph_check_fail(k, "pool %p: free list broken at %p", (void *)p, (void *)f);
+  }
+  if (!k->bad && n != nfree)
+    ph_check_fail(k, "pool %p: free list has %u of %u free slots", (void *)p, n,
+                  nfree);
+  if (k->pool && !k->bad)
+    k->pool(k, p, words);
+}
+
+static void check_large(struct ph_heap *h, ph_check *k, ph_chunk *c,
+                        uint32_t u) {
+  ph_large *l = (ph_large *)ph_unit_addr(h, c, u);
+  ph_value b = (ph_value)((char *)l + PH_LARGE_HDR + 8);
+  size_t wo = ph_hd_wosize(*ph_hp(b));
+  if (l->sig != PH_SIG_LARGE || l->nunits == 0 || u + l->nunits > c->nunits ||
+      l->unit != u || l->chunk != c || wo <= h->max_small_wosize ||
+      PH_LARGE_HDR + 8 + wo * 8 > (size_t)l->nunits << h->pool_shift ||
+      /* heap.large.commit: its pages, nothing beyond its last unit */
+      l->comm < PH_LARGE_HDR + 8 + wo * 8 ||
+      l->comm > (size_t)l->nunits << h->pool_shift ||
+      l->comm % ph_os_page_size()) {
+    ph_check_fail(k, "large block at %p: bad header", (void *)l);
+    return;
+  }
+  for (uint32_t i = 1; i < l->nunits && !k->bad; i++)
+    if (c->ustate[u + i] != PH_U_LARGE_TAIL)
+      ph_check_fail(k, "large block at %p: unit %u not a tail", (void *)l, i);
+  if (k->large && !k->bad)
+    k->large(k, l, b);
+}
+
+void ph_check_heap_locked(struct ph_heap *h, ph_check *k) {
+  uint64_t pools = 0, large = 0, larges = 0, comm = 0, lcomm = 0;
+  for (unsigned i = 0; i < h->nchunks && !k->bad; i++) {
+    ph_chunk *c = h->chunks[i];
+    if (i > 0 && h->chunks[i - 1]->base + h->chunks[i - 1]->size > c->base)
+      ph_check_fail(k, "chunks %u and %u overlap or are unsorted", i - 1, i);
+    uint32_t nfree = 0;
+    for (uint32_t u = 0; u < c->nunits && !k->bad; u++) {
+      uint8_t st = c->ustate[u];
+      if (st == PH_U_FREE || st == PH_U_FREE_COMM) {
+        nfree++;
+        if (st == PH_U_FREE_COMM)
+          comm += h->pool_size;
+        if (u < c->hint)
+          ph_check_fail(k, "chunk %u: free unit %u below hint %u", i, u,
+                        c->hint);
+      } else if (st == PH_U_POOL) {
+        comm += h->pool_size;
+        pools++;
+        check_pool(h, k, c, u);
+      } else if (st == PH_U_LARGE) {
+        check_large(h, k, c, u);
+        if (k->bad)
+          break;
+        ph_large *l = (ph_large *)ph_unit_addr(h, c, u);
+        large += l->nunits;
+        lcomm += l->comm;
+        comm += l->comm;
+        larges++;
+      } else if (st != PH_U_LARGE_TAIL) {
+        ph_check_fail(k, "chunk %u unit %u: bad state %u", i, u, st);
+      }
+    }
+    if (!k->bad && nfree != c->nfree)
+      ph_check_fail(k, "chunk %u: %u free units, counter says %u", i, nfree,
+                    c->nfree);
+  }
+  if (k->bad)
+    return;
+  if (pools != h->pool_units || large != h->large_units ||
+      lcomm != h->large_comm)
+    ph_check_fail(
+        k, "unit counters: pools %zu/%llu large %zu/%llu (%zu/%llu bytes)",
+        h->pool_units, (unsigned long long)pools, h->large_units,
+        (unsigned long long)large, h->large_comm, (unsigned long long)lcomm);
+  uint64_t oc = atomic_load_explicit(&h->os.committed, memory_order_relaxed);
+  if (!k->bad && oc != comm)
+    ph_check_fail(k, "committed bytes %llu, units say %llu",
+                  (unsigned long long)oc, (unsigned long long)comm);
+  uint64_t om = atomic_load_explicit(&h->os.mappings, memory_order_relaxed);
+  if (!k->bad && om != h->nchunks)
+    ph_check_fail(k, "mappings %llu, chunks %u", (unsigned long long)om,
+                  h->nchunks);
+  k->pools = pools;
+  k->larges = larges;
+}
