@@ -59,6 +59,7 @@ typedef struct ph_heap_all {
 static void heap_free(struct ph_heap *h) {
   for (unsigned i = 0; i < h->cfg.max_domains + h->cfg.gc_helpers; i++) {
     ph_mark_stack_free(&h->gc->workers[i].stack);
+    ph_weak_worker_free(&h->gc->workers[i]);
     free(h->sec.pw[i].cands);
     free(h->sec.pw[i].larges);
   }

@@ -548,7 +548,7 @@ static void update_pool(fwd_batch *b, ph_pool *p) {
   ph_value *slot = (ph_value *)ph_pool_slots(p);
   for (uint32_t k = 0; k < p->nslots; k++, slot += wsize) {
     ph_value hd = slot[0];
-    if (ph_hd_color(hd) == PH_WHITE && ph_hd_tag(hd) < PH_TAG_RAW)
+    if (!(ph_hd_color(hd) & PH_BLACK) && ph_hd_tag(hd) < PH_TAG_RAW)
       update_fields(b, slot + 1, ph_hd_wosize(hd));
   }
 }

@@ -9,8 +9,10 @@
  *   1. prepare   barrier; single: flush blocking domains' caches, clear the
  *                avail lists, build the section's unit index space, reset
  *                the claim counters of marking and sweeping; barrier
- *   2. mark      roots, then the mark stacks (gc/mark.c); ends with a
- *                barrier
+ *   2. mark      roots, then the mark stacks (gc/mark.c), then the
+ *                ephemeron rounds (gc/weak.c); ends with a barrier; if
+ *                marking met weak blocks or ephemerons, each participant
+ *                clears its own (gc.weak.clear); barrier
  *   3. sweep     per pool (heap/sweep.c); barrier; single: free what died,
  *                stats, decide automatic compaction, release per
  *                heap.release.collect, reset pacing; barrier
@@ -86,6 +88,8 @@ static void prepare_stw_single(struct ph_heap *h) {
   atomic_store_explicit(&h->sec.claim_sweep, 0, memory_order_relaxed);
   atomic_store_explicit(&g->claim_rescan, 0, memory_order_relaxed);
   atomic_store_explicit(&g->mark_overflow, 0, memory_order_relaxed);
+  atomic_store_explicit(&g->weak_listed, 0, memory_order_relaxed);
+  atomic_store_explicit(&g->ephe_listed, 0, memory_order_relaxed);
   g->idle = 0;
   g->mark_done = 0;
 }
@@ -96,14 +100,19 @@ static void finish_collect_stw_single(struct ph_heap *h) {
   ph_stw *s = &h->sync->stw;
   ph_gc *g = h->gc;
   ph_sweep_finish_stw_single(h);
-  uint64_t mark = 0, sweep = 0, frag = 0;
+  uint64_t mark = 0, sweep = 0, frag = 0, wcl = 0, ecl = 0;
   for (unsigned i = 0; i < s->nparts; i++) {
     ph_worker *w = &g->workers[i];
     mark = w->t_mark > mark ? w->t_mark : mark;
     sweep = w->t_sweep > sweep ? w->t_sweep : sweep;
     frag += h->sec.pw[i].frag_bytes;
+    wcl += w->weak_cleared;
+    ecl += w->ephe_cleared;
+    w->weak_cleared = w->ephe_cleared = 0;
   }
   pthread_mutex_lock(&h->lock);
+  h->st.weak_cleared += wcl;
+  h->st.ephemerons_cleared += ecl;
   h->st.mark_ns = mark;
   h->st.sweep_ns = sweep;
   h->st.collections++;
@@ -139,6 +148,12 @@ static void collect_stw(struct ph_heap *h, ph_worker *w) {
   w->live_bytes = w->live_blocks = 0;
   phase_begin(h, w, PH_PHASE_MARK, &t);
   ph_mark_stw(h, w); /* ends with a barrier */
+  /* gc.weak.clear: before the sweep frees the targets; nothing (not even
+   * a barrier) when marking met no weak block or pending ephemeron */
+  if (ph_weak_any_stw(h)) {
+    ph_weak_clear_stw(h, w);
+    ph_barrier_wait(&s->bar);
+  }
   w->t_mark = phase_end(h, w, PH_PHASE_MARK, t);
   w->pw->live_bytes = w->live_bytes; /* summed by the sweep's finish */
   w->pw->live_blocks = w->live_blocks;

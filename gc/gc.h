@@ -39,6 +39,11 @@ typedef struct ph_worker {
   unsigned ring_n; /* values queued (only the last PH_MARK_AHEAD kept) */
   uint64_t live_bytes, live_blocks; /* marked; then handed to pw */
   uint64_t t_mark, t_sweep;
+  /* gc.weak: the weak blocks and the ephemerons whose keys were not all
+   * marked when this participant marked them (the pending ones) */
+  ph_value *weak, *ephe;
+  size_t nweak, weak_cap, nephe, ephe_cap;
+  uint64_t weak_cleared, ephe_cleared; /* this section's, summed by leader */
 } ph_worker;
 
 typedef struct ph_census_req {
@@ -63,12 +68,24 @@ typedef struct ph_gc {
   /* mark termination (mark.share) */
   pthread_mutex_t mark_lock;
   pthread_cond_t mark_cond;
-  ph_mark_packet *shared;    /* (mark_lock) */
-  unsigned idle;             /* (mark_lock) */
-  int mark_done;             /* (mark_lock) */
-  _Atomic unsigned hungry;   /* participants waiting for work */
-  _Atomic int mark_overflow; /* a stack could not grow: rescan needed */
+  ph_mark_packet *shared;     /* (mark_lock) */
+  unsigned idle;              /* (mark_lock) */
+  int mark_done;              /* (mark_lock) */
+  _Atomic unsigned hungry;    /* participants waiting for work */
+  _Atomic int mark_overflow;  /* a stack could not grow: rescan needed */
+  _Atomic int ephe_progress;  /* gc.weak.rounds: a round marked something */
+  _Atomic size_t ephe_listed; /* gc.weak: ephemerons put on lists */
+  _Atomic size_t weak_listed; /* gc.weak: weak blocks put on lists */
 } ph_gc;
+
+/* gc.weak: colour bit 1 of a header (kept by the sweep, copied by the
+ * compactor) marks a weak block (tag PH_WEAK_TAG) or an ephemeron (tag
+ * PH_EPHE_TAG); the mark bit is bit 0 (PH_BLACK), so a marked one has
+ * colour 3. */
+#define PH_HD_SPECIAL ((ph_value)2 << PH_HD_COLOR_SHIFT)
+#define PH_HD_BLACK ((ph_value)PH_BLACK << PH_HD_COLOR_SHIFT)
+#define PH_WEAK_TAG 0u
+#define PH_EPHE_TAG 1u
 
 /* gc/collect.c: ph_stw_run with the collector's sequence as the body. */
 int ph_gc_run(struct ph_domain *d, int kind, const ph_gc_req *req);
@@ -78,6 +95,26 @@ void ph_mark_stw(struct ph_heap *h, ph_worker *w);
 void ph_mark_value(struct ph_heap *h, ph_worker *w, ph_value v);
 void ph_mark_slot_visit(ph_value *slot, void *ctx);
 void ph_mark_stack_free(ph_mark_stack *s);
+/* Drain every participant's stack, then rescan after an overflow, until
+ * marking is done; ends with a barrier.  If progress is set, a participant
+ * that marked a block since w->live_blocks was `before` stores 1 there
+ * before that barrier (gc.weak.rounds). */
+void ph_mark_finish_stw(struct ph_heap *h, ph_worker *w, _Atomic int *progress,
+                        uint64_t before);
+
+/* gc/weak.c (gc.weak) */
+/* Marking met the special block v (header hd, just marked by w). */
+void ph_weak_met(struct ph_heap *h, ph_worker *w, ph_value v, ph_value hd);
+/* gc.weak.rounds: resolve the ephemerons to a fixpoint (every participant;
+ * starts and ends with a barrier). */
+void ph_ephe_rounds_stw(struct ph_heap *h, ph_worker *w);
+/* gc.weak.clear: clear w's weak fields and pending ephemerons whose targets
+ * are not marked, then forget them. */
+void ph_weak_clear_stw(struct ph_heap *h, ph_worker *w);
+/* Did any participant meet a weak block or pending ephemeron (after a
+ * barrier: every participant gets the same answer)? */
+int ph_weak_any_stw(struct ph_heap *h);
+void ph_weak_worker_free(ph_worker *w);
 
 /* gc/verify.c */
 int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size);

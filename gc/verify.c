@@ -36,7 +36,7 @@ static int valid_block(vctx *v, ph_value x) {
   char *ua = ph_unit_addr(h, c, u);
   if (c->ustate[u] == PH_U_LARGE)
     return (char *)x == ua + PH_LARGE_HDR + 8 &&
-           ph_hd_color(*ph_hp(x)) == PH_WHITE && *ph_hp(x) != 0;
+           !(ph_hd_color(*ph_hp(x)) & PH_BLACK) && *ph_hp(x) != 0;
   if (c->ustate[u] != PH_U_POOL)
     return 0;
   ph_pool *p = (ph_pool *)ua;
@@ -45,7 +45,7 @@ static int valid_block(vctx *v, ph_value x) {
   if ((char *)x < ph_pool_slots(p) + 8 || off % sb || off / sb >= p->nslots)
     return 0;
   /* a free slot's header is 0 (pools.header) */
-  return ph_hd_color(*ph_hp(x)) == PH_WHITE && *ph_hp(x) != 0;
+  return !(ph_hd_color(*ph_hp(x)) & PH_BLACK) && *ph_hp(x) != 0;
 }
 
 static void check_fields(vctx *v, ph_value b) {
@@ -84,6 +84,12 @@ static void check_pool(vctx *v, ph_chunk *c, uint32_t u) {
       continue;
     }
     switch (ph_hd_color(hd)) {
+    case PH_HD_SPECIAL >> PH_HD_COLOR_SHIFT: /* gc.weak */
+      if (ph_hd_tag(hd) != PH_WEAK_TAG &&
+          (ph_hd_tag(hd) != PH_EPHE_TAG || ph_hd_wosize(hd) < 2))
+        fail(v, "pool %p slot %u: weak kind with tag %u", (void *)p, i,
+             ph_hd_tag(hd));
+      /* fall through */
     case PH_WHITE:
       white++;
       if (ph_hd_wosize(hd) == 0 || ph_hd_wosize(hd) > wsize - 1 ||
@@ -138,7 +144,7 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
         size_t wo = ph_hd_wosize(*ph_hp(b));
         if (l->sig != PH_SIG_LARGE || l->nunits == 0 ||
             u + l->nunits > c->nunits || l->unit != u || l->chunk != c ||
-            ph_hd_color(*ph_hp(b)) != PH_WHITE || wo <= h->max_small_wosize ||
+            (ph_hd_color(*ph_hp(b)) & PH_BLACK) || wo <= h->max_small_wosize ||
             PH_LARGE_HDR + 8 + wo * 8 > (size_t)l->nunits << h->pool_shift ||
             /* heap.large.commit: its pages, nothing beyond its last unit */
             l->comm < PH_LARGE_HDR + 8 + wo * 8 ||
@@ -168,7 +174,7 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
         ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
         for (uint32_t k = 0; k < p->nslots && !v.bad; k++) {
           ph_value b = ph_pool_block(h, p, k);
-          if (ph_hd_color(*ph_hp(b)) == PH_WHITE)
+          if (*ph_hp(b) != 0 && !(ph_hd_color(*ph_hp(b)) & PH_BLACK))
             check_fields(&v, b);
         }
       } else if (c->ustate[u] == PH_U_LARGE) {

@@ -70,7 +70,8 @@ typedef struct ph_domain ph_domain;
 #define PH_TAG_RAW 251u
 
 /* Header word layout: wosize << 10 | color << 8 | tag.  The color bits
- * belong to the collector; mutators never see anything but 0 there. */
+ * belong to the collector; mutators never see anything but 0 there, except
+ * in the header of a weak block or an ephemeron, whose color is 2. */
 
 /* ---------------------------------------------------------- configuration */
 
@@ -201,6 +202,36 @@ ph_heap *ph_domain_heap(const ph_domain *d);
  * collection; a refused allocation reserves nothing: the heap's reserved
  * bytes and mappings are as they were. */
 ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag);
+/* Weak blocks and ephemerons (DESIGN.md: gc.weak).
+ *
+ * ph_alloc_weak: a block of n weak fields (n >= 1).  ph_field and
+ * ph_set_field work on it as on any block; its fields start as 0 and may
+ * hold any value.  A weak field does not keep its target alive: the
+ * collection that finds the target unreachable (from the roots through
+ * strong fields and the data of live ephemerons) sets the field to 0 before
+ * the target is freed, so a weak field never holds a freed block; while the
+ * target is reachable the field is never cleared, and a compaction that
+ * moves it rewrites the field like any other.  A weak block itself is
+ * collected like any block.  Its tag (ph_tag) is 0.
+ *
+ * ph_alloc_ephemeron: a block of nkeys + 1 fields (nkeys >= 1), all 0 at
+ * first: fields 0 .. nkeys-1 are weak keys, field nkeys is the data.  The
+ * data is kept alive only while every key is alive, and the ephemeron
+ * itself is: a key reachable only through the data (its own or another
+ * ephemeron's whose keys are not all alive) does not keep itself alive.
+ * Ephemerons are resolved to a fixpoint, as OCaml's are.  When a key is
+ * found dead, every key and the data read 0 (all in the same collection).
+ * A key field holding 0 or an immediate counts as alive.  Its tag is 1.
+ *
+ * Both return 0 on failure with ph_last_error(d) as ph_alloc's: PH_EINVAL
+ * for n or nkeys of 0 or above PH_MAX_WOSIZE - 1 (and a bad domain),
+ * PH_ENOMEM, PH_ESTATE.  Under memory exhaustion inside a collection (a
+ * participant's list of weak blocks cannot grow), a weak block or
+ * ephemeron is treated as an ordinary block for that collection: its
+ * targets stay alive one collection longer, never less. */
+ph_value ph_alloc_weak(ph_domain *d, size_t n);
+ph_value ph_alloc_ephemeron(ph_domain *d, size_t nkeys);
+
 /* The error of the last failing call on d (PH_OK if none failed).  Calls
  * refused because d was detached record PH_ESTATE here too; calls refused
  * because d belongs to another thread leave it alone.  PH_EINVAL for NULL or
@@ -297,6 +328,10 @@ typedef struct ph_stats {
   uint64_t evacuate_ns;
   uint64_t update_ns;
   uint64_t release_ns;
+  /* weak blocks and ephemerons (ph_alloc_weak, ph_alloc_ephemeron), since
+   * the heap was created */
+  uint64_t weak_cleared;       /* weak fields cleared (their target died) */
+  uint64_t ephemerons_cleared; /* ephemerons cleared (a key died) */
 } ph_stats;
 
 /* Copy the heap's statistics.  Callable from any thread.  PH_EINVAL for a
