@@ -166,11 +166,19 @@ ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag) {
     d->last_error = PH_ESTATE;
     return 0;
   }
-  if (wosize > h->max_small_wosize)
+  if (wosize > h->max_small_wosize) {
+    ph_final_poll(d); /* gc.final: a run point */
     return ph_large_alloc(d, wosize, tag);
+  }
   unsigned cls = ph_class_of_wosize(h, wosize);
   ph_alloc_cache *ac = &d->cache[cls];
   ph_value b = ac->free;
+  if (__builtin_expect(b == 0, 0)) {
+    /* gc.final: a run point, before this allocation holds anything (a
+     * finaliser may allocate from this very cache) */
+    ph_final_poll(d);
+    b = ac->free;
+  }
   if (__builtin_expect(b == 0, 0)) {
     err = refill(d, cls);
     if (err != PH_OK) {

@@ -58,12 +58,36 @@ typedef struct ph_gc_req {
   ph_census_req census;
 } ph_gc_req;
 
+/* gc.final: a registered finaliser, or one due to run (ready). */
+typedef struct ph_final {
+  ph_value v; /* the value (0 in a ready LAST entry) */
+  ph_final_fn fn;
+  void *user;
+  uint32_t slot; /* registering domain's slot; max_domains once it left */
+  uint8_t when;  /* PH_FINAL_FIRST or PH_FINAL_LAST */
+  uint8_t due;   /* a collection found v unreachable: to queue */
+} ph_final;
+/* A FIFO of ready entries: e[head .. n). */
+typedef struct ph_fqueue {
+  ph_final *e;
+  size_t head, n, cap;
+} ph_fqueue;
+
+/* gc.pin: a pinned block and its pin count; v 0 is a free slot,
+ * PH_PIN_TOMB a removed one (an immediate: never a block). */
+typedef struct ph_pin_ent {
+  ph_value v;
+  size_t count;
+} ph_pin_ent;
+#define PH_PIN_TOMB ((ph_value)1)
+
 /* The collector's state of a heap (h->gc).  Written by participants,
  * ordered by the section's barriers, unless marked. */
 typedef struct ph_gc {
-  ph_worker *workers; /* one per possible participant */
-  unsigned nparts;    /* participants of the current section */
-  int do_compact;     /* leader decides after the sweep (auto compaction) */
+  ph_worker *workers;  /* one per possible participant */
+  unsigned nparts;     /* participants of the current section */
+  int do_compact;      /* leader decides after the sweep (auto compaction) */
+  int compact_refused; /* gc.pin: the pinned pools could not be listed */
   _Atomic size_t claim_rescan; /* mark.overflow: units of the rescan */
   /* mark termination (mark.share) */
   pthread_mutex_t mark_lock;
@@ -76,6 +100,24 @@ typedef struct ph_gc {
   _Atomic int ephe_progress;  /* gc.weak.rounds: a round marked something */
   _Atomic size_t ephe_listed; /* gc.weak: ephemerons put on lists */
   _Atomic size_t weak_listed; /* gc.weak: weak blocks put on lists */
+  /* gc.final: registrations and the ready queues (one per domain slot,
+   * then the orphans'), under final_lock outside sections */
+  pthread_mutex_t final_lock;
+  int final_inited;
+  ph_final *regs;
+  size_t nregs, regs_cap;
+  ph_fqueue *ready;            /* max_domains + 1 */
+  _Atomic size_t *nready;      /* entries in each ready queue (hint) */
+  unsigned char *fin_running;  /* per slot: its domain is running them */
+  _Atomic size_t claim_groots; /* the collector's roots: one claimer */
+  /* gc.pin: the pin table (pin_lock), and the pools holding pinned
+   * blocks, sorted, built by the leader before a compaction */
+  pthread_mutex_t pin_lock;
+  ph_pin_ent *pins;
+  size_t pins_cap, pins_used; /* used: entries and tombstones */
+  _Atomic size_t npins;       /* distinct pinned blocks */
+  ph_pool **pinned_pools;
+  size_t npinned_pools, pinned_pools_cap;
 } ph_gc;
 
 /* gc.weak: colour bit 1 of a header (kept by the sweep, copied by the
@@ -115,6 +157,29 @@ void ph_weak_clear_stw(struct ph_heap *h, ph_worker *w);
  * barrier: every participant gets the same answer)? */
 int ph_weak_any_stw(struct ph_heap *h);
 void ph_weak_worker_free(ph_worker *w);
+
+/* gc/final.c (gc.final) and the collector's roots */
+int ph_final_init(struct ph_heap *h);
+void ph_final_fini(struct ph_heap *h);
+int ph_gc_block_check_locked(struct ph_heap *h, ph_value v);
+int ph_gc_value_enter(ph_domain *d, ph_value v);
+/* Visit the collector's roots: the ready values, and the pinned blocks
+ * (marking) or the registered values (update, for compaction). */
+void ph_gc_roots_visit_stw(struct ph_heap *h, ph_visit_fn visit, void *ctx,
+                           int update);
+int ph_gc_roots_any_stw(struct ph_heap *h);
+/* Flag (due) the registrations of kind `when` of w's share whose value is
+ * not marked; mark the values of w's share of the due ones. */
+void ph_final_flag_stw(struct ph_heap *h, ph_worker *w, unsigned when);
+void ph_final_mark_due_stw(struct ph_heap *h, ph_worker *w);
+void ph_final_queue_stw_single(struct ph_heap *h);
+void ph_final_detach_locked(struct ph_heap *h, unsigned slot);
+/* A run point: run what is ready for d (its owner's thread, running,
+ * outside sections); two loads when nothing is. */
+void ph_final_poll(struct ph_domain *d);
+
+/* gc/pin.c (gc.pin) */
+int ph_pin_pools_stw_single(struct ph_heap *h);
 
 /* gc/verify.c */
 int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size);

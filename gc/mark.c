@@ -287,6 +287,12 @@ void ph_mark_finish_stw(struct ph_heap *h, ph_worker *w, _Atomic int *progress,
 
 void ph_mark_stw(struct ph_heap *h, ph_worker *w) {
   ph_roots_scan_stw(h, ph_mark_slot_visit, w);
+  /* the collector's own roots (gc.final, gc.pin): one participant; a
+   * heap without any pays one test of a few counters */
+  if (ph_gc_roots_any_stw(h) &&
+      atomic_fetch_add_explicit(&h->gc->claim_groots, 1,
+                                memory_order_relaxed) == 0)
+    ph_gc_roots_visit_stw(h, ph_mark_slot_visit, w, 0);
   ph_mark_finish_stw(h, w, NULL, 0);
   ph_ephe_rounds_stw(h, w); /* gc.weak.rounds; nothing without ephemerons */
 }

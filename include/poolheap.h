@@ -232,6 +232,63 @@ ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag);
 ph_value ph_alloc_weak(ph_domain *d, size_t n);
 ph_value ph_alloc_ephemeron(ph_domain *d, size_t nkeys);
 
+/* Finalisers (DESIGN.md: gc.final).
+ *
+ * ph_finalise registers fn for the block v (a block of d's heap, allocated
+ * and not freed; any number of registrations per value):
+ * - PH_FINAL_FIRST: fn(d, v, user) is called once v is unreachable from the
+ *   roots.  The collection that finds so keeps v alive (and everything it
+ *   reaches) until fn has run, and fn may resurrect v by storing it
+ *   somewhere reachable.  Weak fields and ephemeron keys holding v were
+ *   cleared in that same collection, before fn sees v, and resurrection
+ *   does not restore them (as Java's WeakReference and Go's weak.Pointer;
+ *   OCaml keeps them until the finaliser has run).
+ * - PH_FINAL_LAST: fn(d, 0, user) is called once v is unreachable and no
+ *   FIRST finaliser of v is left to run, after every weak field and
+ *   ephemeron key that held v has been cleared.  So the FIRST finalisers of
+ *   a value always run before its LAST ones.
+ * Finalisers never run inside a stop-the-world section.  They run on the
+ *   thread of the registering domain d (or, once d has detached, of any
+ *   other attached domain of the heap), in the order they became due: at d's
+ *   next allocation slow path (an allocation that needs a new pool or a
+ *   large block), after a ph_safepoint of d that joined a section, when
+ *   ph_collect or ph_compact returns on d, or at once with
+ *   ph_run_finalisers.  fn may allocate, collect and call ph_finalise; v is
+ *   kept alive while fn runs, but fn must root it itself across a call that
+ *   may collect (a compaction may move it).  A call to ph_run_finalisers
+ *   (or a run point) from inside a finaliser returns at once: the outer run
+ *   goes on with the rest.  Finalisers still due when the heap is destroyed
+ *   never run.
+ * Errors: PH_EINVAL for fn NULL, a bad `when`, or v not a block of this heap
+ * (0, an immediate, an address that is not field 0 of an allocated block);
+ * PH_ENOMEM if the table cannot grow; PH_ESTATE as ph_collect (stale or
+ * foreign domain, inside a callback) and inside a blocking section.  A
+ * refused call changes nothing.
+ * ph_run_finalisers: runs every finaliser ready for d (and the orphans of
+ * detached domains); PH_OK, PH_ENOMEM if d's root stack could not hold a
+ * value (the rest stay ready), errors of the domain as ph_finalise's. */
+typedef void (*ph_final_fn)(ph_domain *d, ph_value v, void *user);
+typedef enum {
+  PH_FINAL_FIRST = 0,
+  PH_FINAL_LAST = 1,
+} ph_final_when;
+int ph_finalise(ph_domain *d, ph_value v, ph_final_fn fn, void *user,
+                ph_final_when when);
+int ph_run_finalisers(ph_domain *d);
+
+/* Pinning (DESIGN.md: gc.pin).  A pinned block does not move: compaction
+ * keeps its pool (and every other block of it) in place, until as many
+ * ph_unpin as ph_pin calls were made for it.  Pins are counted per heap,
+ * not per domain: any attached domain of the heap may pin or unpin any
+ * block, and pins survive the pinning domain's detach.  A pinned block is
+ * also kept alive (it is a root) until unpinned.  Errors: PH_EINVAL for v
+ * not a block of this heap (0, an immediate, an address that is not field 0
+ * of an allocated block) and for ph_unpin of a block that is not pinned;
+ * PH_ENOMEM if the pin table cannot grow; PH_ESTATE as ph_finalise.  A
+ * refused call changes nothing. */
+int ph_pin(ph_domain *d, ph_value v);
+int ph_unpin(ph_domain *d, ph_value v);
+
 /* The error of the last failing call on d (PH_OK if none failed).  Calls
  * refused because d was detached record PH_ESTATE here too; calls refused
  * because d belongs to another thread leave it alone.  PH_EINVAL for NULL or
@@ -332,6 +389,8 @@ typedef struct ph_stats {
    * the heap was created */
   uint64_t weak_cleared;       /* weak fields cleared (their target died) */
   uint64_t ephemerons_cleared; /* ephemerons cleared (a key died) */
+  uint64_t finalisers_run;     /* finalisers called (ph_finalise) */
+  uint64_t pinned_blocks;      /* blocks pinned now (ph_pin) */
 } ph_stats;
 
 /* Copy the heap's statistics.  Callable from any thread.  PH_EINVAL for a
