@@ -28,6 +28,8 @@
  * (0 = none), to exercise the strong fallback. */
 size_t ph_weak_list_limit = 0;
 
+#define PH_WEAK_AHEAD 16 /* clearing: prefetch distance, in fields */
+
 static int list_add(ph_value **a, size_t *n, size_t *cap, ph_value v) {
   if (*n == *cap) {
     size_t ncap = *cap ? *cap * 2 : 256;
@@ -135,11 +137,15 @@ void ph_weak_clear_stw(struct ph_heap *h, ph_worker *w) {
   for (size_t k = 0; k < w->nweak; k++) {
     ph_value *f = (ph_value *)w->weak[k];
     size_t wo = ph_hd_wosize(ph_hd_load(w->weak[k]));
-    for (size_t i = 0; i < wo; i++)
+    for (size_t i = 0; i < wo; i++) {
+      /* the targets' headers are cache misses: ask for them ahead */
+      if (i + PH_WEAK_AHEAD < wo && ph_is_block(f[i + PH_WEAK_AHEAD]))
+        __builtin_prefetch(ph_hp(f[i + PH_WEAK_AHEAD]));
       if (target_dead(f[i])) {
         f[i] = 0;
         w->weak_cleared++;
       }
+    }
   }
   for (size_t k = 0; k < w->nephe; k++) {
     ph_value *f = (ph_value *)w->ephe[k];

@@ -183,7 +183,9 @@ int ph_domain_attach(ph_heap *h, ph_domain **out);
  * gets PH_ESTATE and changes nothing (ph_domain_index, ph_domain_heap and
  * ph_last_error report the new domain); from the new owner's thread the
  * pointer is that thread's live handle again (ph_domain_attach returned
- * it).  So attach/detach churn uses bounded memory. */
+ * it).  So attach/detach churn uses bounded memory.  The finalisers d
+ * registered (and those ready for it) are then run by the other domains
+ * (see ph_finalise); its pins stay (ph_pin). */
 int ph_domain_detach(ph_domain *d);
 /* A small index, unique among attached domains, < max_domains. */
 unsigned ph_domain_index(const ph_domain *d);
@@ -200,7 +202,9 @@ ph_heap *ph_domain_heap(const ph_domain *d);
  * top).  A block that could never fit heap_limit (or, without
  * one, the machine's memory) is refused with PH_ENOMEM at once, without a
  * collection; a refused allocation reserves nothing: the heap's reserved
- * bytes and mappings are as they were. */
+ * bytes and mappings are as they were.  An allocation that needs a new pool
+ * or a large block first runs the finalisers ready for d (ph_finalise), so
+ * it may run embedder code, and may collect, like any allocation. */
 ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag);
 /* Weak blocks and ephemerons (DESIGN.md: gc.weak).
  *
@@ -332,7 +336,9 @@ int ph_root_remove(ph_heap *h, ph_value *slot);
 /* Join a pending stop-the-world section; one load when none is pending.
  * NULL, a detached handle, another thread's domain and junk (a pointer to
  * readable memory that is not a domain handle, told apart by its signature
- * word) are ignored; that check costs a few more loads, no lock. */
+ * word) are ignored; that check costs a few more loads, no lock.  After
+ * it joined a section it runs the finalisers ready for d (ph_finalise),
+ * outside the section. */
 void ph_safepoint(ph_domain *d);
 /* Around code that does not touch the heap (a system call, a lock wait):
  * collections run without waiting for this domain.  NULL, junk, detached
@@ -343,13 +349,17 @@ void ph_blocking_leave(ph_domain *d);
 
 /* A full collection with every running domain taking part.  Returns after a
  * whole collection that started after the call; concurrent requests from
- * several domains coalesce. */
+ * several domains coalesce.  On success, before returning, it runs the
+ * finalisers ready for d (ph_finalise); so does ph_compact. */
 int ph_collect(ph_domain *d);
 /* A full collection, then compaction, then release of free pools to the OS,
  * with every running domain taking part.  Coalesces like ph_collect.  With
  * huge pages, memory goes back only in whole 2 MiB ranges; in
  * PH_COMPACT_GLOBAL scope the pools kept are then chosen inside the ranges
- * that stay in use, so that the other ranges empty whole. */
+ * that stay in use, so that the other ranges empty whole.  Pools holding a
+ * pinned block (ph_pin) are always kept; if their list cannot be
+ * allocated, the collection runs but nothing moves and ph_compact returns
+ * PH_ENOMEM. */
 int ph_compact(ph_domain *d);
 /* Stop the world and check every invariant.  PH_OK, or PH_ECORRUPT with a
  * description written to why (if why_size > 0). */
