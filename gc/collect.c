@@ -11,8 +11,9 @@
  *                the claim counters of marking and sweeping; barrier
  *   2. mark      roots, then the mark stacks (gc/mark.c), then the
  *                ephemeron rounds (gc/weak.c); ends with a barrier; if
- *                marking met weak blocks or ephemerons, each participant
- *                clears its own (gc.weak.clear); barrier; with
+ *                marking met weak blocks or ephemerons, the participants
+ *                clear them, sharing the lists (gc.weak.clear); barrier;
+ *                with
  *                finalisers registered, their flagging and marking
  *                (gc.final)
  *   3. sweep     per pool (heap/sweep.c); barrier; single: free what died,
@@ -94,6 +95,7 @@ static void prepare_stw_single(struct ph_heap *h) {
   atomic_store_explicit(&g->weak_listed, 0, memory_order_relaxed);
   atomic_store_explicit(&g->ephe_listed, 0, memory_order_relaxed);
   atomic_store_explicit(&g->claim_groots, 0, memory_order_relaxed);
+  atomic_store_explicit(&g->claim_weak, 0, memory_order_relaxed);
   g->idle = 0;
   g->mark_done = 0;
 }
@@ -170,7 +172,9 @@ static void weak_clear_stw(struct ph_heap *h, ph_worker *w) {
     /* relaxed: the next marking (resurrection) comes after a barrier */
     atomic_store_explicit(&g->weak_listed, 0, memory_order_relaxed);
     atomic_store_explicit(&g->ephe_listed, 0, memory_order_relaxed);
+    atomic_store_explicit(&g->claim_weak, 0, memory_order_relaxed);
   }
+  ph_weak_forget(w); /* nobody reads the lists any more */
 }
 
 /* gc.final: after the weak clearing, the FIRST finalisers' unreachable

@@ -255,6 +255,9 @@ void ph_final_detach_locked(struct ph_heap *h, unsigned slot) {
   }
   atomic_store_explicit(&g->nready[slot], 0, memory_order_relaxed);
   q->head = q->n = 0;
+  /* a domain that detached from inside one of its finalisers must not
+   * leave the slot's next domain unable to run any */
+  g->fin_running[slot] = 0;
   pthread_mutex_unlock(&g->final_lock);
 }
 

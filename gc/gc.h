@@ -39,12 +39,22 @@ typedef struct ph_worker {
   unsigned ring_n; /* values queued (only the last PH_MARK_AHEAD kept) */
   uint64_t live_bytes, live_blocks; /* marked; then handed to pw */
   uint64_t t_mark, t_sweep;
-  /* gc.weak: the weak blocks and the ephemerons whose keys were not all
-   * marked when this participant marked them (the pending ones) */
-  ph_value *weak, *ephe;
+  /* gc.weak: the weak blocks (in slices of PH_WEAK_SLICE fields) and the
+   * ephemerons whose keys were not all marked when this participant marked
+   * them (the pending ones) */
+  struct ph_weak_ent *weak;
+  ph_value *ephe;
   size_t nweak, weak_cap, nephe, ephe_cap;
   uint64_t weak_cleared, ephe_cleared; /* this section's, summed by leader */
 } ph_worker;
+
+/* gc.weak.clear: one slice of a weak block, fields [start, start +
+ * PH_WEAK_SLICE) (or to its end) */
+typedef struct ph_weak_ent {
+  ph_value v;
+  size_t start;
+} ph_weak_ent;
+#define PH_WEAK_SLICE 4096
 
 typedef struct ph_census_req {
   void (*fn)(const ph_census_class *c, void *user);
@@ -100,6 +110,7 @@ typedef struct ph_gc {
   _Atomic int ephe_progress;  /* gc.weak.rounds: a round marked something */
   _Atomic size_t ephe_listed; /* gc.weak: ephemerons put on lists */
   _Atomic size_t weak_listed; /* gc.weak: weak blocks put on lists */
+  _Atomic size_t claim_weak;  /* gc.weak.clear: list entries, all lists */
   /* gc.final: registrations and the ready queues (one per domain slot,
    * then the orphans'), under final_lock outside sections */
   pthread_mutex_t final_lock;
@@ -150,9 +161,12 @@ void ph_weak_met(struct ph_heap *h, ph_worker *w, ph_value v, ph_value hd);
 /* gc.weak.rounds: resolve the ephemerons to a fixpoint (every participant;
  * starts and ends with a barrier). */
 void ph_ephe_rounds_stw(struct ph_heap *h, ph_worker *w);
-/* gc.weak.clear: clear w's weak fields and pending ephemerons whose targets
- * are not marked, then forget them. */
+/* gc.weak.clear: every participant claims entries of every participant's
+ * lists (claim_weak) and clears the weak fields whose targets are not
+ * marked and the pending ephemerons; after the barrier that ends it, each
+ * forgets its own lists (ph_weak_forget). */
 void ph_weak_clear_stw(struct ph_heap *h, ph_worker *w);
+void ph_weak_forget(ph_worker *w);
 /* Did any participant meet a weak block or pending ephemeron (after a
  * barrier: every participant gets the same answer)? */
 int ph_weak_any_stw(struct ph_heap *h);

@@ -12,10 +12,11 @@
  * usual (mark.share).  A round that marked nothing anywhere ends the rounds:
  * every ephemeron still listed has a key that nothing reaches.
  *
- * gc.weak.clear: every participant then clears, on its own lists, the weak
- * fields whose target is not marked and every field of the ephemerons still
- * listed.  This happens before the sweep, which frees those targets, so no
- * weak field ever holds a freed block; a compaction after it forwards the
+ * gc.weak.clear: the participants then claim entries of all the lists
+ * (weak blocks are listed in slices of PH_WEAK_SLICE fields) and clear the
+ * weak fields whose target is not marked and every field of the ephemerons
+ * still listed.  This happens before the sweep, which frees those targets, so
+ * no weak field ever holds a freed block; a compaction after it forwards the
  * fields that remain (they point at live blocks, like any field).
  *
  * A list that cannot grow (malloc refused) degrades to strong: the block's
@@ -45,6 +46,22 @@ static int list_add(ph_value **a, size_t *n, size_t *cap, ph_value v) {
   return 1;
 }
 
+static int weak_add(ph_worker *w, ph_value v, size_t start) {
+  if (w->nweak == w->weak_cap) {
+    size_t ncap = w->weak_cap ? w->weak_cap * 2 : 256;
+    if (ph_weak_list_limit && ncap > ph_weak_list_limit)
+      ncap = ph_weak_list_limit;
+    ph_weak_ent *e =
+        ncap > w->weak_cap ? realloc(w->weak, ncap * sizeof *e) : NULL;
+    if (!e)
+      return 0;
+    w->weak = e;
+    w->weak_cap = ncap;
+  }
+  w->weak[w->nweak++] = (ph_weak_ent){v, start};
+  return 1;
+}
+
 static inline int target_dead(ph_value x) {
   return ph_is_block(x) && !(ph_hd_load(x) & PH_HD_BLACK);
 }
@@ -67,11 +84,14 @@ void ph_weak_met(struct ph_heap *h, ph_worker *w, ph_value v, ph_value hd) {
   ph_gc *g = h->gc;
   size_t wo = ph_hd_wosize(hd);
   if (ph_hd_tag(hd) == PH_WEAK_TAG) {
-    if (list_add(&w->weak, &w->nweak, &w->weak_cap, v))
-      /* relaxed: read after a barrier */
-      atomic_fetch_add_explicit(&g->weak_listed, 1, memory_order_relaxed);
-    else
-      mark_fields(h, w, v, wo); /* degrade to strong */
+    /* in slices, so that any participant may clear a part of a big one */
+    for (size_t s = 0; s < wo; s += PH_WEAK_SLICE)
+      if (!weak_add(w, v, s)) {
+        mark_fields(h, w, v, wo); /* degrade to strong: nothing dies */
+        break;
+      }
+    /* relaxed: read after a barrier */
+    atomic_fetch_add_explicit(&g->weak_listed, 1, memory_order_relaxed);
     return;
   }
   /* an ephemeron: fields 0..wo-2 are keys, wo-1 the data */
@@ -132,34 +152,69 @@ int ph_weak_any_stw(struct ph_heap *h) {
          atomic_load_explicit(&g->ephe_listed, memory_order_relaxed);
 }
 
-void ph_weak_clear_stw(struct ph_heap *h, ph_worker *w) {
-  (void)h;
-  for (size_t k = 0; k < w->nweak; k++) {
-    ph_value *f = (ph_value *)w->weak[k];
-    size_t wo = ph_hd_wosize(ph_hd_load(w->weak[k]));
-    for (size_t i = 0; i < wo; i++) {
-      /* the targets' headers are cache misses: ask for them ahead */
-      if (i + PH_WEAK_AHEAD < wo && ph_is_block(f[i + PH_WEAK_AHEAD]))
-        __builtin_prefetch(ph_hp(f[i + PH_WEAK_AHEAD]));
-      if (target_dead(f[i])) {
-        f[i] = 0;
-        w->weak_cleared++;
-      }
+static void clear_slice(ph_worker *w, const ph_weak_ent *e) {
+  ph_value *f = (ph_value *)e->v;
+  size_t wo = ph_hd_wosize(ph_hd_load(e->v));
+  size_t end = wo - e->start > PH_WEAK_SLICE ? e->start + PH_WEAK_SLICE : wo;
+  for (size_t i = e->start; i < end; i++) {
+    /* the targets' headers are cache misses: ask for them ahead */
+    if (i + PH_WEAK_AHEAD < end && ph_is_block(f[i + PH_WEAK_AHEAD]))
+      __builtin_prefetch(ph_hp(f[i + PH_WEAK_AHEAD]));
+    if (target_dead(f[i])) {
+      f[i] = 0;
+      w->weak_cleared++;
     }
   }
-  for (size_t k = 0; k < w->nephe; k++) {
-    ph_value *f = (ph_value *)w->ephe[k];
-    size_t wo = ph_hd_wosize(ph_hd_load(w->ephe[k]));
-    for (size_t i = 0; i < wo; i++)
-      f[i] = 0;
-    w->ephe_cleared++;
+}
+
+static void clear_ephemeron(ph_worker *w, ph_value e) {
+  ph_value *f = (ph_value *)e;
+  size_t wo = ph_hd_wosize(ph_hd_load(e));
+  for (size_t i = 0; i < wo; i++)
+    f[i] = 0;
+  w->ephe_cleared++;
+}
+
+#define PH_WEAK_BATCH 16 /* entries per claim */
+
+void ph_weak_clear_stw(struct ph_heap *h, ph_worker *w) {
+  ph_gc *g = h->gc;
+  /* one index space over every participant's weak entries, then their
+   * ephemerons; the lists do not change until after the next barrier */
+  size_t total = 0;
+  for (unsigned i = 0; i < g->nparts; i++)
+    total += g->workers[i].nweak + g->workers[i].nephe;
+  for (;;) {
+    size_t k = atomic_fetch_add_explicit(&g->claim_weak, PH_WEAK_BATCH,
+                                         memory_order_relaxed);
+    if (k >= total)
+      break;
+    size_t end = k + PH_WEAK_BATCH < total ? k + PH_WEAK_BATCH : total;
+    unsigned i = 0;
+    size_t base = 0; /* first index of workers[i]'s entries */
+    for (size_t x = k; x < end; x++) {
+      while (x - base >= g->workers[i].nweak + g->workers[i].nephe) {
+        base += g->workers[i].nweak + g->workers[i].nephe;
+        i++;
+      }
+      ph_worker *o = &g->workers[i];
+      size_t j = x - base;
+      if (j < o->nweak)
+        clear_slice(w, &o->weak[j]);
+      else
+        clear_ephemeron(w, o->ephe[j - o->nweak]);
+    }
   }
+}
+
+void ph_weak_forget(ph_worker *w) {
   w->nweak = w->nephe = 0;
 }
 
 void ph_weak_worker_free(ph_worker *w) {
   free(w->weak);
   free(w->ephe);
-  w->weak = w->ephe = NULL;
+  w->weak = NULL;
+  w->ephe = NULL;
   w->nweak = w->nephe = w->weak_cap = w->ephe_cap = 0;
 }

@@ -257,7 +257,8 @@ ph_value ph_alloc_ephemeron(ph_domain *d, size_t nkeys);
  *   next allocation slow path (an allocation that needs a new pool or a
  *   large block), after a ph_safepoint of d that joined a section, when
  *   ph_collect or ph_compact returns on d, or at once with
- *   ph_run_finalisers.  fn may allocate, collect and call ph_finalise; v is
+ *   ph_run_finalisers.  fn may allocate, collect and call ph_finalise (it
+ *   must not detach d, nor leave a scope or blocking section open); v is
  *   kept alive while fn runs, but fn must root it itself across a call that
  *   may collect (a compaction may move it).  A call to ph_run_finalisers
  *   (or a run point) from inside a finaliser returns at once: the outer run
