@@ -13,8 +13,7 @@
  *                ephemeron rounds (gc/weak.c); ends with a barrier; if
  *                marking met weak blocks or ephemerons, the participants
  *                clear them, sharing the lists (gc.weak.clear); barrier;
- *                with
- *                finalisers registered, their flagging and marking
+ *                with finalisers registered, their flagging and marking
  *                (gc.final)
  *   3. sweep     per pool (heap/sweep.c); barrier; single: free what died,
  *                stats, decide automatic compaction, release per
