@@ -364,6 +364,57 @@ static void test_orphans_run_on_another_domain(void **state) {
   run_two(1);
 }
 
+/* The safepoint run point: A registers and polls ph_safepoint while B
+ * collects; A joins the section at a safepoint and runs its own finalisers
+ * right after it, on its thread (B's ph_collect does not run them). */
+typedef struct sp_ctx {
+  ph_heap *h;
+  atomic_int registered, b_done;
+  pthread_t a;
+} sp_ctx;
+
+static void *sp_domain_a(void *arg) {
+  sp_ctx *c = arg;
+  ph_domain *d;
+  assert_int_equal(ph_domain_attach(c->h, &d), PH_OK);
+  for (int i = 0; i < 10; i++)
+    assert_int_equal(
+        ph_finalise(d, node(d, i, 0), on_final, FIRST_, PH_FINAL_FIRST), PH_OK);
+  atomic_store(&c->registered, 1);
+  /* only safepoints from here: no allocation, no ph_collect */
+  while (R.n < 10 || !atomic_load(&c->b_done))
+    ph_safepoint(d);
+  assert_int_equal(ph_domain_detach(d), PH_OK);
+  return NULL;
+}
+
+static void test_runs_at_safepoint(void **state) {
+  (void)state;
+  sp_ctx c;
+  memset(&c, 0, sizeof c);
+  ph_config cfg;
+  ph_config_init(&cfg);
+  cfg.gc_percent = 0;
+  assert_int_equal(ph_heap_create(&cfg, &c.h), PH_OK);
+  rec_reset(c.h);
+  ph_domain *b;
+  assert_int_equal(ph_domain_attach(c.h, &b), PH_OK);
+  pthread_create(&c.a, NULL, sp_domain_a, &c);
+  while (!atomic_load(&c.registered))
+    ph_safepoint(b);
+  assert_int_equal(ph_collect(b), PH_OK); /* A joins at a safepoint */
+  atomic_store(&c.b_done, 1);
+  ph_blocking_enter(b);
+  pthread_join(c.a, NULL);
+  ph_blocking_leave(b);
+  assert_int_equal(R.n, 10);
+  for (size_t i = 0; i < R.n; i++)
+    assert_true(pthread_equal(R.thread[i], c.a));
+  assert_int_equal(R.in_section_refused, 0);
+  assert_int_equal(ph_domain_detach(b), PH_OK);
+  assert_int_equal(ph_heap_destroy(c.h), PH_OK);
+}
+
 /* pending finalisers at destroy never run and leak nothing (ASan) */
 static void test_pending_at_destroy(void **state) {
   (void)state;
@@ -390,6 +441,7 @@ int main(void) {
       cmocka_unit_test(test_finalise_bad_input),
       cmocka_unit_test(test_runs_on_registering_domain),
       cmocka_unit_test(test_orphans_run_on_another_domain),
+      cmocka_unit_test(test_runs_at_safepoint),
       cmocka_unit_test(test_pending_at_destroy),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
