@@ -153,11 +153,19 @@ ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag) {
     d->last_error = PH_ESTATE;
     return 0;
   }
-  if (wosize > h->max_small_wosize)
+  if (wosize > h->max_small_wosize) {
+    ph_final_poll(d); /* gc.final: a run point */
     return ph_large_alloc(d, wosize, tag);
+  }
   unsigned cls = ph_class_of_wosize(h, wosize);
   ph_alloc_cache *ac = &d->cache[cls];
   ph_value b = ac->free;
+  if (__builtin_expect(b == 0, 0)) {
+    /* gc.final: a run point, before this allocation holds anything (a
+     * finaliser may allocate from this very cache) */
+    ph_final_poll(d);
+    b = ac->free;
+  }
   if (__builtin_expect(b == 0, 0)) {
     err = refill(d, cls);
     if (err != PH_OK) {
@@ -181,4 +189,26 @@ int ph_last_error(const ph_domain *d) {
   if (sig != PH_SIG_DOMAIN && sig != PH_SIG_DEAD)
     return PH_EINVAL;
   return atomic_load_explicit(&d->last_error, memory_order_relaxed);
+}
+
+/* gc.weak: a block allocated as usual, then given the kind bit; its fields
+ * start as 0.  No collection can come between (this thread allocated it and
+ * has not reached a safepoint since). */
+static ph_value alloc_special(ph_domain *d, size_t wosize, unsigned tag) {
+  ph_value v = ph_alloc(d, wosize, tag);
+  if (!v)
+    return 0;
+  ph_hp(v)[0] |= PH_HD_SPECIAL;
+  memset((void *)v, 0, wosize * sizeof(ph_value));
+  return v;
+}
+
+ph_value ph_alloc_weak(ph_domain *d, size_t n) {
+  return alloc_special(d, n, PH_WEAK_TAG);
+}
+
+ph_value ph_alloc_ephemeron(ph_domain *d, size_t nkeys) {
+  /* a wosize of 0 gets ph_alloc's checks and PH_EINVAL */
+  size_t wo = nkeys == 0 || nkeys >= PH_MAX_WOSIZE ? 0 : nkeys + 1;
+  return alloc_special(d, wo, PH_EPHE_TAG);
 }

@@ -123,6 +123,7 @@ int ph_domain_detach(ph_domain *d) {
   }
   ph_domain_flush_caches(d);
   ph_roots_domain_fini(d);
+  ph_final_detach_locked(h, d->index); /* gc.final: to the orphans */
   atomic_fetch_add_explicit(
       &h->api->retired_allocated,
       atomic_load_explicit(&d->allocated, memory_order_relaxed),

@@ -60,10 +60,12 @@ typedef struct ph_heap_all {
 static void heap_free(struct ph_heap *h) {
   for (unsigned i = 0; i < h->cfg.max_domains + h->cfg.gc_helpers; i++) {
     ph_mark_stack_free(&h->gc->workers[i].stack);
+    ph_weak_worker_free(&h->gc->workers[i]);
     free(h->sec.pw[i].cands);
     free(h->sec.pw[i].larges);
   }
   ph_compact_fini(h);
+  ph_final_fini(h);
   ph_roots_global_fini(h);
   ph_barrier_destroy(&h->sync->stw.bar);
   pthread_cond_destroy(&h->gc->mark_cond);
@@ -109,13 +111,15 @@ int ph_heap_create(const ph_config *cfg, ph_heap **out) {
   h->slots = calloc(cfg->max_domains, sizeof *h->slots);
   h->gc->workers = calloc(nw, sizeof *h->gc->workers);
   h->sec.pw = calloc(nw, sizeof *h->sec.pw);
-  if (!h->slots || !h->gc->workers || !h->sec.pw) {
+  if (!h->slots || !h->gc->workers || !h->sec.pw || ph_final_init(h) != PH_OK) {
+    ph_final_fini(h);
     free(h->slots);
     free(h->gc->workers);
     free(h->sec.pw);
     free(all);
     return PH_ENOMEM;
   }
+  h->sync->after_join = ph_final_poll; /* gc.final: a run point */
   ph_os_acct_init(&h->os);
   pthread_mutex_init(&h->lock, NULL);
   pthread_cond_init(&h->sync->cond, NULL);
@@ -195,6 +199,8 @@ int ph_stats_get(ph_heap *h, ph_stats *out) {
                                     memory_order_relaxed);
   s.allocated_bytes = alloc;
   s.domains = h->api->ndomains;
+  /* relaxed: a count kept under pin_lock, read as a snapshot */
+  s.pinned_blocks = atomic_load_explicit(&h->gc->npins, memory_order_relaxed);
   s.size_classes = h->nclasses;
   pthread_mutex_unlock(&h->lock);
   *out = s;

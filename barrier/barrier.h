@@ -70,6 +70,9 @@ typedef struct ph_sync {
   unsigned nhelpers;    /* started */
   int helpers_stop;     /* (lock) destroy asks them to leave */
   pthread_cond_t helper_cond;
+  /* Set by the layer above at creation (gc.final): called on a domain's
+   * thread after its ph_safepoint joined a section, outside it. */
+  void (*after_join)(struct ph_domain *d);
 } ph_sync;
 
 /* The barrier layer's state of a domain (d->sync); its state (PH_DS_*)

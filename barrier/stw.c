@@ -273,7 +273,17 @@ void ph_safepoint(ph_domain *d) {
    * read only once d is known to be this thread's domain) */
   if (__builtin_expect(ph_check_domain(d) != PH_OK, 0))
     return;
-  (void)ph_safepoint_owner(d); /* barrier.reentry on its slow path */
+  /* as ph_safepoint_owner (barrier.reentry on its slow path), then the
+   * layer above's after_join */
+  if (__builtin_expect(
+          atomic_load_explicit(&d->heap->stw_pending, memory_order_relaxed),
+          0)) {
+    if (ph_in_section())
+      return;
+    ph_stw_join(d);
+    if (d->heap->sync->after_join)
+      d->heap->sync->after_join(d);
+  }
 }
 
 void ph_blocking_enter(ph_domain *d) {

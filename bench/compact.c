@@ -15,6 +15,7 @@
  *           [--skew] [--seed S] [--runs R] [--scope global|per-domain]
  *           [--release decommit|unmap|lazy|keep] [--domains-compacting 1|2]
  *           [--gc-percent P] [--huge off|transparent|explicit] [--quick]
+ *           [--pin PERMILLE]  (pin that share of the survivors first)
  */
 #include <poolheap.h>
 
@@ -33,6 +34,7 @@ typedef struct bench_opts {
   long long n;
   int domains, keep, skew, compacting, quick;
   unsigned gc_percent, helpers;
+  unsigned pin; /* permille of the surviving blocks pinned (gc.pin) */
   uint64_t seed;
   ph_release_mode release;
   ph_compact_scope scope;
@@ -56,6 +58,7 @@ typedef struct result {
   uint64_t committed_before, committed_after, heap_maps_before, heap_maps_after;
   uint64_t checksum_before, checksum_after;
   int verify_ok, participants;
+  uint64_t pinned;
   char why[256];
   char error[256];
 } result;
@@ -134,10 +137,32 @@ static uint64_t checksum(void) {
   return h & PEER_HASH_MASK;
 }
 
+/* --pin P: pin P per mille of the surviving blocks (chosen by their index:
+ * the same ones every run of a seed).  Pinned pools are kept by the
+ * compaction; the figure is rss_after against a run without pins. */
+static void pin_some(ph_domain *d) {
+  res.pinned = 0;
+  for (int k = 0; opt.pin && k < opt.domains; k++) {
+    ph_value r = *parts[k].rslot;
+    for (size_t i = 0; i < parts[k].n; i++) {
+      ph_value b = ph_field(r, i);
+      uint64_t x = (i + 1) * 0x9e3779b97f4a7c15ull + (uint64_t)k;
+      x ^= x >> 31;
+      if (ph_is_block(b) &&
+          (x * 0xbf58476d1ce4e5b9ull >> 33) % 1000 < opt.pin) {
+        if (ph_pin(d, b) != PH_OK)
+          return fail("ph_pin", ph_last_error(d));
+        res.pinned++;
+      }
+    }
+  }
+}
+
 /* The measured sequence, on domain 0. */
 static void measure(ph_domain *d) {
   ph_stats st;
   int e;
+  pin_some(d);
   res.rss_built = peer_rss_bytes();
   res.maps_built = peer_maps_count(NULL, NULL);
 
@@ -269,6 +294,9 @@ static int run_once(int run) {
           (unsigned long long)opt.seed, run,
           opt.scope == PH_COMPACT_GLOBAL ? "global" : "per-domain",
           rel[opt.release], opt.compacting, opt.helpers, huge[opt.huge]);
+  if (opt.pin)
+    fprintf(f, ",\"pin_permille\":%u,\"pinned\":%llu", opt.pin,
+            (unsigned long long)res.pinned);
   fprintf(f,
           ",\"build_ms\":%.3f,\"collect_ms\":%.3f,\"compact_ms\":%.3f,"
           "\"whole_ms\":%.3f,\"compact_phase_ms\":%.3f,\"evacuate_ms\":%.3f,"
@@ -329,7 +357,8 @@ static void usage(void) {
       "               [--release decommit|unmap|lazy|keep]\n"
       "               [--domains-compacting 1|2] [--gc-percent P] "
       "[--helpers H|auto]\n"
-      "               [--huge off|transparent|explicit] [--quick]\n");
+      "               [--huge off|transparent|explicit] [--quick]\n"
+      "               [--pin PERMILLE]\n");
   exit(1);
 }
 
@@ -379,6 +408,8 @@ int main(int argc, char **argv) {
       opt.seed = strtoull(argv[++a], NULL, 0), have_seed = 1;
     } else if (strcmp(o, "--runs") == 0) {
       runs = atoi(argv[++a]);
+    } else if (strcmp(o, "--pin") == 0) {
+      opt.pin = (unsigned)atoi(argv[++a]);
     } else if (strcmp(o, "--gc-percent") == 0) {
       opt.gc_percent = (unsigned)atoi(argv[++a]);
     } else if (strcmp(o, "--helpers") == 0) {

@@ -99,10 +99,20 @@ static int by_owner_address(const void *a, const void *b) {
  * Shared with the pool layer's compactor (compact/pools_compact.c). */
 void ph_compact_plan_group(ph_cclass *cc, ph_cand *cand, size_t n,
                            uint32_t nslots) {
+  ph_compact_plan_group_keep(cc, cand, n, nslots, 0);
+}
+
+/* compact.pin: any k >= ceil(L / C) pools can hold the L live blocks, so
+ * keeping the min_keep pinned pools first (then the densest) is still a
+ * valid plan. */
+void ph_compact_plan_group_keep(ph_cclass *cc, ph_cand *cand, size_t n,
+                                uint32_t nslots, size_t min_keep) {
   uint64_t live = 0;
   for (size_t i = 0; i < n; i++)
     live += cand[i].nlive;
   size_t k = (size_t)((live + nslots - 1) / nslots);
+  if (k < min_keep)
+    k = min_keep;
   if (k >= n)
     k = n;
   size_t e0 = cc->nevac;
@@ -142,6 +152,28 @@ void ph_compact_plan_group(ph_cclass *cc, ph_cand *cand, size_t n,
     }
   }
   PH_ASSERT(si == cc->nevac); /* every source block has a destination */
+}
+
+static int by_pool(const void *a, const void *b) {
+  const ph_pool *p = a, *q = *(ph_pool *const *)b;
+  return p < q ? -1 : p > q;
+}
+
+/* compact.pin: move the pinned pools of cand[0..n) to the front, the
+ * others keeping their order; returns how many there are. */
+static size_t pinned_first(const ph_compact_plan *plan, ph_cand *cand,
+                           size_t n) {
+  if (plan->npinned == 0)
+    return 0;
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++)
+    if (bsearch(cand[i].pool, plan->pinned, plan->npinned, sizeof *plan->pinned,
+                by_pool)) {
+      ph_cand t = cand[i];
+      memmove(cand + k + 1, cand + k, (i - k) * sizeof *cand);
+      cand[k++] = t;
+    }
+  return k;
 }
 
 static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
@@ -192,10 +224,12 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
 #endif
     qsort(cand, nin, sizeof *cand, by_density);
     qsort(cand + nin, n - nin, sizeof *cand, by_density);
-    ph_compact_plan_group(cc, cand, n, nslots);
+    size_t np = pinned_first(plan, cand, n);
+    ph_compact_plan_group_keep(cc, cand, n, nslots, np);
   } else if (h->cfg.compact_scope == PH_COMPACT_GLOBAL) {
     qsort(cand, n, sizeof *cand, by_density);
-    ph_compact_plan_group(cc, cand, n, nslots);
+    size_t np = pinned_first(plan, cand, n);
+    ph_compact_plan_group_keep(cc, cand, n, nslots, np);
   } else {
     qsort(cand, n, sizeof *cand, by_owner_address);
     size_t a = 0;
@@ -203,7 +237,8 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
       size_t b = a;
       while (b < n && cand[b].owner == cand[a].owner)
         b++;
-      ph_compact_plan_group(cc, cand + a, b - a, nslots);
+      size_t np = pinned_first(plan, cand + a, b - a);
+      ph_compact_plan_group_keep(cc, cand + a, b - a, nslots, np);
       a = b;
     }
   }
@@ -548,7 +583,7 @@ static void update_pool(fwd_batch *b, ph_pool *p) {
   ph_value *slot = (ph_value *)ph_pool_slots(p);
   for (uint32_t k = 0; k < p->nslots; k++, slot += wsize) {
     ph_value hd = slot[0];
-    if (ph_hd_color(hd) == PH_WHITE && ph_hd_tag(hd) < PH_TAG_RAW)
+    if (!(ph_hd_color(hd) & PH_BLACK) && ph_hd_tag(hd) < PH_TAG_RAW)
       update_fields(b, slot + 1, ph_hd_wosize(hd));
   }
 }
@@ -687,8 +722,11 @@ void ph_compact_stw(struct ph_heap *h, const ph_compact_part *part) {
       memset(h->plan, 0, sizeof *h->plan);
     ph_units_index_stw_single(h);
     atomic_store_explicit(&s->claim_choose, 0, memory_order_relaxed);
-    if (h->plan)
+    if (h->plan) {
+      h->plan->pinned = part->pinned;
+      h->plan->npinned = part->npinned;
       choose_ranges_stw_single(h, h->plan);
+    }
   }
   part->barrier(part->arg);
   ph_compact_plan *plan = h->plan;

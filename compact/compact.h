@@ -47,6 +47,9 @@ typedef struct ph_compact_plan {
   /* compact.choose.ranges (compact/ranges.h): with huge pages, the release
    * ranges chosen to stay in use; ranges.keep NULL: the normal plan. */
   ph_ranges ranges;
+  /* compact.pin: the pools holding pinned blocks (from ph_compact_part) */
+  ph_pool *const *pinned;
+  size_t npinned;
 } ph_compact_plan;
 
 /* One participant of a compaction, as the caller describes it.  Every
@@ -67,6 +70,12 @@ typedef struct ph_compact_part {
   /* PER_DOMAIN: does this participant evacuate the pools of owner slot? */
   int (*evacuates_slot)(void *arg, unsigned owner);
   void *arg;
+  /* compact.pin: pools that must not be evacuated (they hold pinned
+   * blocks), sorted by address; the same array in every participant's
+   * part (the one that sets up the plan reads its own).  Each is kept by the
+   * plan and counted in its class's kept pools. */
+  ph_pool *const *pinned;
+  size_t npinned;
 } ph_compact_part;
 
 /* Shared with the pool layer's compactor (compact/pools_compact.c):
@@ -75,6 +84,9 @@ typedef struct ph_compact_part {
  * moved; the destination's nlive, nfree, live_words and free list follow). */
 void ph_compact_plan_group(ph_cclass *cc, ph_cand *cand, size_t n,
                            uint32_t nslots);
+/* The same, keeping at least the first min_keep candidates (compact.pin). */
+void ph_compact_plan_group_keep(ph_cclass *cc, ph_cand *cand, size_t n,
+                                uint32_t nslots, size_t min_keep);
 void ph_compact_evacuate_unit(struct ph_heap *h, const ph_evac_unit *u,
                               uint64_t *blocks, uint64_t *bytes);
 

@@ -9,8 +9,12 @@
  *   1. prepare   barrier; single: flush blocking domains' caches, clear the
  *                avail lists, build the section's unit index space, reset
  *                the claim counters of marking and sweeping; barrier
- *   2. mark      roots, then the mark stacks (gc/mark.c); ends with a
- *                barrier
+ *   2. mark      roots, then the mark stacks (gc/mark.c), then the
+ *                ephemeron rounds (gc/weak.c); ends with a barrier; if
+ *                marking met weak blocks or ephemerons, the participants
+ *                clear them, sharing the lists (gc.weak.clear); barrier;
+ *                with finalisers registered, their flagging and marking
+ *                (gc.final)
  *   3. sweep     per pool (heap/sweep.c); barrier; single: free what died,
  *                stats, decide automatic compaction, release per
  *                heap.release.collect, reset pacing; barrier
@@ -73,6 +77,7 @@ static void prepare_stw_single(struct ph_heap *h) {
   h->sec.nparts = s->nparts;
   g->nparts = s->nparts;
   g->do_compact = 0;
+  g->compact_refused = 0;
   s->did = 0;
   s->result = PH_OK;
   if (!(s->kind & (PH_STW_COLLECT | PH_STW_COMPACT)))
@@ -86,6 +91,10 @@ static void prepare_stw_single(struct ph_heap *h) {
   atomic_store_explicit(&h->sec.claim_sweep, 0, memory_order_relaxed);
   atomic_store_explicit(&g->claim_rescan, 0, memory_order_relaxed);
   atomic_store_explicit(&g->mark_overflow, 0, memory_order_relaxed);
+  atomic_store_explicit(&g->weak_listed, 0, memory_order_relaxed);
+  atomic_store_explicit(&g->ephe_listed, 0, memory_order_relaxed);
+  atomic_store_explicit(&g->claim_groots, 0, memory_order_relaxed);
+  atomic_store_explicit(&g->claim_weak, 0, memory_order_relaxed);
   g->idle = 0;
   g->mark_done = 0;
 }
@@ -96,14 +105,21 @@ static void finish_collect_stw_single(struct ph_heap *h) {
   ph_stw *s = &h->sync->stw;
   ph_gc *g = h->gc;
   ph_sweep_finish_stw_single(h);
-  uint64_t mark = 0, sweep = 0, frag = 0;
+  if (g->nregs)
+    ph_final_queue_stw_single(h); /* gc.final: due ones to the queues */
+  uint64_t mark = 0, sweep = 0, frag = 0, wcl = 0, ecl = 0;
   for (unsigned i = 0; i < s->nparts; i++) {
     ph_worker *w = &g->workers[i];
     mark = w->t_mark > mark ? w->t_mark : mark;
     sweep = w->t_sweep > sweep ? w->t_sweep : sweep;
     frag += h->sec.pw[i].frag_bytes;
+    wcl += w->weak_cleared;
+    ecl += w->ephe_cleared;
+    w->weak_cleared = w->ephe_cleared = 0;
   }
   pthread_mutex_lock(&h->lock);
+  h->st.weak_cleared += wcl;
+  h->st.ephemerons_cleared += ecl;
   h->st.mark_ns = mark;
   h->st.sweep_ns = sweep;
   h->st.collections++;
@@ -112,6 +128,14 @@ static void finish_collect_stw_single(struct ph_heap *h) {
   if ((s->kind & PH_STW_AUTO) && h->cfg.compact_percent &&
       frag * 100 > (uint64_t)h->cfg.compact_percent * pool_bytes)
     g->do_compact = 1;
+  /* gc.pin: the pools holding pinned blocks; without them nothing may
+   * move, so no compaction (ph_compact says PH_ENOMEM) */
+  if (((s->kind & PH_STW_COMPACT) || g->do_compact) &&
+      ph_pin_pools_stw_single(h) != PH_OK) {
+    g->do_compact = 0;
+    g->compact_refused = 1;
+    s->result = PH_ENOMEM;
+  }
   if (!(s->kind & PH_STW_COMPACT) && !g->do_compact &&
       h->cfg.release != PH_RELEASE_KEEP) {
     /* heap.release.collect: keep a quarter of the heap in use (or retain)
@@ -130,7 +154,53 @@ static void finish_collect_stw_single(struct ph_heap *h) {
   pthread_mutex_unlock(&h->lock);
   /* what the section did, for coalescing (barrier.stw) */
   s->did = PH_STW_COLLECT |
-           ((s->kind & PH_STW_COMPACT) || g->do_compact ? PH_STW_COMPACT : 0);
+           (((s->kind & PH_STW_COMPACT) || g->do_compact) && !g->compact_refused
+                ? PH_STW_COMPACT
+                : 0);
+}
+
+/* gc.weak.clear: before the sweep frees the targets; nothing (not even a
+ * barrier) when marking met no weak block or pending ephemeron.  Called
+ * right after a barrier. */
+static void weak_clear_stw(struct ph_heap *h, ph_worker *w) {
+  ph_gc *g = h->gc;
+  if (!ph_weak_any_stw(h))
+    return;
+  ph_weak_clear_stw(h, w);
+  if (ph_barrier_wait(&h->sync->stw.bar)) {
+    /* relaxed: the next marking (resurrection) comes after a barrier */
+    atomic_store_explicit(&g->weak_listed, 0, memory_order_relaxed);
+    atomic_store_explicit(&g->ephe_listed, 0, memory_order_relaxed);
+    atomic_store_explicit(&g->claim_weak, 0, memory_order_relaxed);
+  }
+  ph_weak_forget(w); /* nobody reads the lists any more */
+}
+
+/* gc.final: after the weak clearing, the FIRST finalisers' unreachable
+ * values are flagged (all of them before any is marked again), then marked
+ * with what they reach (and the ephemeron rounds again); then the LAST
+ * ones' values still unmarked are flagged (barrier: the sweep clears the
+ * marks), and the weak blocks met by this marking are cleared.  The leader
+ * queues the flagged ones after the sweep.  Nothing when no finaliser is
+ * registered. */
+static void final_stw(struct ph_heap *h, ph_worker *w) {
+  ph_gc *g = h->gc;
+  ph_barrier *bar = &h->sync->stw.bar;
+  if (g->nregs == 0) /* changes only outside sections */
+    return;
+  ph_final_flag_stw(h, w, PH_FINAL_FIRST);
+  if (ph_barrier_wait(bar)) {
+    g->idle = 0;
+    g->mark_done = 0;
+    atomic_store_explicit(&g->claim_rescan, 0, memory_order_relaxed);
+  }
+  ph_barrier_wait(bar);
+  ph_final_mark_due_stw(h, w);
+  ph_mark_finish_stw(h, w, NULL, 0); /* ends with a barrier */
+  ph_ephe_rounds_stw(h, w);
+  ph_final_flag_stw(h, w, PH_FINAL_LAST); /* reads marks: before the sweep */
+  ph_barrier_wait(bar);
+  weak_clear_stw(h, w);
 }
 
 static void collect_stw(struct ph_heap *h, ph_worker *w) {
@@ -139,6 +209,8 @@ static void collect_stw(struct ph_heap *h, ph_worker *w) {
   w->live_bytes = w->live_blocks = 0;
   phase_begin(h, w, PH_PHASE_MARK, &t);
   ph_mark_stw(h, w); /* ends with a barrier */
+  weak_clear_stw(h, w);
+  final_stw(h, w);
   w->t_mark = phase_end(h, w, PH_PHASE_MARK, t);
   w->pw->live_bytes = w->live_bytes; /* summed by the sweep's finish */
   w->pw->live_blocks = w->live_blocks;
@@ -162,12 +234,22 @@ static int compact_barrier(void *arg) {
 static void compact_roots_rewind(void *arg) {
   ph_worker *w = arg;
   ph_roots_rewind_stw_single(w->dom->heap);
+  atomic_store_explicit(&w->dom->heap->gc->claim_groots, 0,
+                        memory_order_relaxed);
 }
 
 static void compact_scan_roots(void *arg, ph_visit_fn visit,
                                void (*done)(void *ctx), void *ctx) {
   ph_worker *w = arg;
-  ph_roots_scan_done_stw(w->dom->heap, visit, done, ctx);
+  struct ph_heap *h = w->dom->heap;
+  ph_roots_scan_done_stw(h, visit, done, ctx);
+  /* the collector's own (gc.final): one participant */
+  if (ph_gc_roots_any_stw(h) &&
+      atomic_fetch_add_explicit(&h->gc->claim_groots, 1,
+                                memory_order_relaxed) == 0) {
+    ph_gc_roots_visit_stw(h, visit, ctx, 1);
+    done(ctx);
+  }
 }
 
 /* PER_DOMAIN: a domain evacuates its own pools; the leader also those
@@ -192,6 +274,8 @@ static void compact_stw(struct ph_heap *h, ph_worker *w) {
       .scan_roots = compact_scan_roots,
       .evacuates_slot = compact_evacuates_slot,
       .arg = w,
+      .pinned = h->gc->pinned_pools,
+      .npinned = h->gc->npinned_pools,
   };
   ph_compact_stw(h, &part);
 }
@@ -218,7 +302,7 @@ static void body_stw(struct ph_heap *h, unsigned id, struct ph_domain *d) {
     expensive_check_stw(h, w, "after the sweep");
     /* 4: g->do_compact was written by the leader before collect_stw's last
      * barrier */
-    if ((s->kind & PH_STW_COMPACT) || g->do_compact) {
+    if (((s->kind & PH_STW_COMPACT) || g->do_compact) && !g->compact_refused) {
       compact_stw(h, w);
       expensive_check_stw(h, w, "after compaction");
     }
@@ -260,11 +344,17 @@ static int run_checked(ph_domain *d, int kind, const ph_gc_req *req) {
 }
 
 int ph_collect(ph_domain *d) {
-  return run_checked(d, PH_STW_COLLECT, NULL);
+  int err = run_checked(d, PH_STW_COLLECT, NULL);
+  if (err == PH_OK)
+    ph_final_poll(d); /* gc.final: a run point */
+  return err;
 }
 
 int ph_compact(ph_domain *d) {
-  return run_checked(d, PH_STW_COMPACT, NULL);
+  int err = run_checked(d, PH_STW_COMPACT, NULL);
+  if (err == PH_OK)
+    ph_final_poll(d);
+  return err;
 }
 
 int ph_verify(ph_domain *d, char *why, size_t why_size) {

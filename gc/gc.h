@@ -39,7 +39,22 @@ typedef struct ph_worker {
   unsigned ring_n; /* values queued (only the last PH_MARK_AHEAD kept) */
   uint64_t live_bytes, live_blocks; /* marked; then handed to pw */
   uint64_t t_mark, t_sweep;
+  /* gc.weak: the weak blocks (in slices of PH_WEAK_SLICE fields) and the
+   * ephemerons whose keys were not all marked when this participant marked
+   * them (the pending ones) */
+  struct ph_weak_ent *weak;
+  ph_value *ephe;
+  size_t nweak, weak_cap, nephe, ephe_cap;
+  uint64_t weak_cleared, ephe_cleared; /* this section's, summed by leader */
 } ph_worker;
+
+/* gc.weak.clear: one slice of a weak block, fields [start, start +
+ * PH_WEAK_SLICE) (or to its end) */
+typedef struct ph_weak_ent {
+  ph_value v;
+  size_t start;
+} ph_weak_ent;
+#define PH_WEAK_SLICE 4096
 
 typedef struct ph_census_req {
   void (*fn)(const ph_census_class *c, void *user);
@@ -53,22 +68,77 @@ typedef struct ph_gc_req {
   ph_census_req census;
 } ph_gc_req;
 
+/* gc.final: a registered finaliser, or one due to run (ready). */
+typedef struct ph_final {
+  ph_value v; /* the value (0 in a ready LAST entry) */
+  ph_final_fn fn;
+  void *user;
+  uint32_t slot; /* registering domain's slot; max_domains once it left */
+  uint8_t when;  /* PH_FINAL_FIRST or PH_FINAL_LAST */
+  uint8_t due;   /* a collection found v unreachable: to queue */
+} ph_final;
+/* A FIFO of ready entries: e[head .. n). */
+typedef struct ph_fqueue {
+  ph_final *e;
+  size_t head, n, cap;
+} ph_fqueue;
+
+/* gc.pin: a pinned block and its pin count; v 0 is a free slot,
+ * PH_PIN_TOMB a removed one (an immediate: never a block). */
+typedef struct ph_pin_ent {
+  ph_value v;
+  size_t count;
+} ph_pin_ent;
+#define PH_PIN_TOMB ((ph_value)1)
+
 /* The collector's state of a heap (h->gc).  Written by participants,
  * ordered by the section's barriers, unless marked. */
 typedef struct ph_gc {
-  ph_worker *workers; /* one per possible participant */
-  unsigned nparts;    /* participants of the current section */
-  int do_compact;     /* leader decides after the sweep (auto compaction) */
+  ph_worker *workers;  /* one per possible participant */
+  unsigned nparts;     /* participants of the current section */
+  int do_compact;      /* leader decides after the sweep (auto compaction) */
+  int compact_refused; /* gc.pin: the pinned pools could not be listed */
   _Atomic size_t claim_rescan; /* mark.overflow: units of the rescan */
   /* mark termination (mark.share) */
   pthread_mutex_t mark_lock;
   pthread_cond_t mark_cond;
-  ph_mark_packet *shared;    /* (mark_lock) */
-  unsigned idle;             /* (mark_lock) */
-  int mark_done;             /* (mark_lock) */
-  _Atomic unsigned hungry;   /* participants waiting for work */
-  _Atomic int mark_overflow; /* a stack could not grow: rescan needed */
+  ph_mark_packet *shared;     /* (mark_lock) */
+  unsigned idle;              /* (mark_lock) */
+  int mark_done;              /* (mark_lock) */
+  _Atomic unsigned hungry;    /* participants waiting for work */
+  _Atomic int mark_overflow;  /* a stack could not grow: rescan needed */
+  _Atomic int ephe_progress;  /* gc.weak.rounds: a round marked something */
+  _Atomic size_t ephe_listed; /* gc.weak: ephemerons put on lists */
+  _Atomic size_t weak_listed; /* gc.weak: weak blocks put on lists */
+  _Atomic size_t claim_weak;  /* gc.weak.clear: list entries, all lists */
+  /* gc.final: registrations and the ready queues (one per domain slot,
+   * then the orphans'), under final_lock outside sections */
+  pthread_mutex_t final_lock;
+  int final_inited;
+  ph_final *regs;
+  size_t nregs, regs_cap;
+  ph_fqueue *ready;            /* max_domains + 1 */
+  _Atomic size_t *nready;      /* entries in each ready queue (hint) */
+  unsigned char *fin_running;  /* per slot: its domain is running them */
+  _Atomic size_t claim_groots; /* the collector's roots: one claimer */
+  /* gc.pin: the pin table (pin_lock), and the pools holding pinned
+   * blocks, sorted, built by the leader before a compaction */
+  pthread_mutex_t pin_lock;
+  ph_pin_ent *pins;
+  size_t pins_cap, pins_used; /* used: entries and tombstones */
+  _Atomic size_t npins;       /* distinct pinned blocks */
+  ph_pool **pinned_pools;
+  size_t npinned_pools, pinned_pools_cap;
 } ph_gc;
+
+/* gc.weak: colour bit 1 of a header (kept by the sweep, copied by the
+ * compactor) marks a weak block (tag PH_WEAK_TAG) or an ephemeron (tag
+ * PH_EPHE_TAG); the mark bit is bit 0 (PH_BLACK), so a marked one has
+ * colour 3. */
+#define PH_HD_SPECIAL ((ph_value)2 << PH_HD_COLOR_SHIFT)
+#define PH_HD_BLACK ((ph_value)PH_BLACK << PH_HD_COLOR_SHIFT)
+#define PH_WEAK_TAG 0u
+#define PH_EPHE_TAG 1u
 
 /* gc/collect.c: ph_stw_run with the collector's sequence as the body. */
 int ph_gc_run(struct ph_domain *d, int kind, const ph_gc_req *req);
@@ -78,6 +148,52 @@ void ph_mark_stw(struct ph_heap *h, ph_worker *w);
 void ph_mark_value(struct ph_heap *h, ph_worker *w, ph_value v);
 void ph_mark_slot_visit(ph_value *slot, void *ctx);
 void ph_mark_stack_free(ph_mark_stack *s);
+/* Drain every participant's stack, then rescan after an overflow, until
+ * marking is done; ends with a barrier.  If progress is set, a participant
+ * that marked a block since w->live_blocks was `before` stores 1 there
+ * before that barrier (gc.weak.rounds). */
+void ph_mark_finish_stw(struct ph_heap *h, ph_worker *w, _Atomic int *progress,
+                        uint64_t before);
+
+/* gc/weak.c (gc.weak) */
+/* Marking met the special block v (header hd, just marked by w). */
+void ph_weak_met(struct ph_heap *h, ph_worker *w, ph_value v, ph_value hd);
+/* gc.weak.rounds: resolve the ephemerons to a fixpoint (every participant;
+ * starts and ends with a barrier). */
+void ph_ephe_rounds_stw(struct ph_heap *h, ph_worker *w);
+/* gc.weak.clear: every participant claims entries of every participant's
+ * lists (claim_weak) and clears the weak fields whose targets are not
+ * marked and the pending ephemerons; after the barrier that ends it, each
+ * forgets its own lists (ph_weak_forget). */
+void ph_weak_clear_stw(struct ph_heap *h, ph_worker *w);
+void ph_weak_forget(ph_worker *w);
+/* Did any participant meet a weak block or pending ephemeron (after a
+ * barrier: every participant gets the same answer)? */
+int ph_weak_any_stw(struct ph_heap *h);
+void ph_weak_worker_free(ph_worker *w);
+
+/* gc/final.c (gc.final) and the collector's roots */
+int ph_final_init(struct ph_heap *h);
+void ph_final_fini(struct ph_heap *h);
+int ph_gc_block_check_locked(struct ph_heap *h, ph_value v);
+int ph_gc_value_enter(ph_domain *d, ph_value v);
+/* Visit the collector's roots: the ready values, and the pinned blocks
+ * (marking) or the registered values (update, for compaction). */
+void ph_gc_roots_visit_stw(struct ph_heap *h, ph_visit_fn visit, void *ctx,
+                           int update);
+int ph_gc_roots_any_stw(struct ph_heap *h);
+/* Flag (due) the registrations of kind `when` of w's share whose value is
+ * not marked; mark the values of w's share of the due ones. */
+void ph_final_flag_stw(struct ph_heap *h, ph_worker *w, unsigned when);
+void ph_final_mark_due_stw(struct ph_heap *h, ph_worker *w);
+void ph_final_queue_stw_single(struct ph_heap *h);
+void ph_final_detach_locked(struct ph_heap *h, unsigned slot);
+/* A run point: run what is ready for d (its owner's thread, running,
+ * outside sections); two loads when nothing is. */
+void ph_final_poll(struct ph_domain *d);
+
+/* gc/pin.c (gc.pin) */
+int ph_pin_pools_stw_single(struct ph_heap *h);
 
 /* gc/verify.c */
 int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size);

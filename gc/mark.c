@@ -60,24 +60,28 @@ void ph_mark_value(struct ph_heap *h, ph_worker *w, ph_value v) {
   ph_value *hp = ph_hp(v);
   ph_value hd = __atomic_load_n(hp, __ATOMIC_RELAXED);
   /* pools.header: a free slot is a header of 0, WHITE too: never marked */
-  if (ph_hd_color(hd) != PH_WHITE || hd == 0)
+  /* the mark bit only: a weak block or ephemeron has colour bit 1 too */
+  if ((hd & PH_HD_BLACK) || hd == 0)
     return;
-  const ph_value black = (ph_value)PH_BLACK << PH_HD_COLOR_SHIFT;
   if (h->sec.nparts == 1) {
     /* alone: no other marker can race on this header */
-    __atomic_store_n(hp, hd | black, __ATOMIC_RELAXED);
+    __atomic_store_n(hp, hd | PH_HD_BLACK, __ATOMIC_RELAXED);
   } else {
     /* relaxed: the mark bit only decides who scans the block; its fields
      * were written before the section and are ordered by its barriers. */
-    hd = __atomic_fetch_or(hp, black, __ATOMIC_RELAXED);
-    if (ph_hd_color(hd) != PH_WHITE)
+    hd = __atomic_fetch_or(hp, PH_HD_BLACK, __ATOMIC_RELAXED);
+    if (hd & PH_HD_BLACK)
       return;
   }
   size_t wo = ph_hd_wosize(hd);
   w->live_bytes += (wo + 1) * 8;
   w->live_blocks++;
-  if (ph_hd_tag(hd) < PH_TAG_RAW)
-    push(h->gc, &w->stack, v, 0, 0);
+  if (ph_hd_tag(hd) < PH_TAG_RAW) {
+    if (__builtin_expect((hd & PH_HD_SPECIAL) != 0, 0))
+      ph_weak_met(h, w, v, hd); /* gc.weak: not scanned like the others */
+    else
+      push(h->gc, &w->stack, v, 0, 0);
+  }
 }
 
 void ph_mark_slot_visit(ph_value *slot, void *ctx) {
@@ -258,11 +262,14 @@ static void reset_termination_stw_single(ph_gc *s) {
   atomic_store_explicit(&s->claim_rescan, 0, memory_order_relaxed);
 }
 
-void ph_mark_stw(struct ph_heap *h, ph_worker *w) {
+void ph_mark_finish_stw(struct ph_heap *h, ph_worker *w, _Atomic int *progress,
+                        uint64_t before) {
   ph_gc *s = h->gc;
-  ph_roots_scan_stw(h, ph_mark_slot_visit, w);
   drain_stw(h, w);
   for (;;) {
+    /* relaxed: read by the others after the barrier, which orders it */
+    if (progress && w->live_blocks != before)
+      atomic_store_explicit(progress, 1, memory_order_relaxed);
     ph_barrier_wait(&h->sync->stw.bar);
     /* relaxed: read after the barrier, which orders it */
     int over = atomic_load_explicit(&s->mark_overflow, memory_order_relaxed);
@@ -276,4 +283,16 @@ void ph_mark_stw(struct ph_heap *h, ph_worker *w) {
     rescan_stw(h, w);
     drain_stw(h, w);
   }
+}
+
+void ph_mark_stw(struct ph_heap *h, ph_worker *w) {
+  ph_roots_scan_stw(h, ph_mark_slot_visit, w);
+  /* the collector's own roots (gc.final, gc.pin): one participant; a
+   * heap without any pays one test of a few counters */
+  if (ph_gc_roots_any_stw(h) &&
+      atomic_fetch_add_explicit(&h->gc->claim_groots, 1,
+                                memory_order_relaxed) == 0)
+    ph_gc_roots_visit_stw(h, ph_mark_slot_visit, w, 0);
+  ph_mark_finish_stw(h, w, NULL, 0);
+  ph_ephe_rounds_stw(h, w); /* gc.weak.rounds; nothing without ephemerons */
 }

@@ -39,7 +39,7 @@ static int valid_block(vctx *v, ph_value x) {
   char *ua = ph_unit_addr(h, c, u);
   if (c->ustate[u] == PH_U_LARGE)
     return (char *)x == ua + PH_LARGE_HDR + 8 &&
-           ph_hd_color(*ph_hp(x)) == PH_WHITE && *ph_hp(x) != 0;
+           !(ph_hd_color(*ph_hp(x)) & PH_BLACK) && *ph_hp(x) != 0;
   if (c->ustate[u] != PH_U_POOL)
     return 0;
   ph_pool *p = (ph_pool *)ua;
@@ -48,7 +48,7 @@ static int valid_block(vctx *v, ph_value x) {
   if ((char *)x < ph_pool_slots(p) + 8 || off % sb || off / sb >= p->nslots)
     return 0;
   /* a free slot's header is 0 (pools.header) */
-  return ph_hd_color(*ph_hp(x)) == PH_WHITE && *ph_hp(x) != 0;
+  return !(ph_hd_color(*ph_hp(x)) & PH_BLACK) && *ph_hp(x) != 0;
 }
 
 static void check_fields(vctx *v, ph_value b) {
@@ -66,9 +66,17 @@ static void check_fields(vctx *v, ph_value b) {
 
 /* The walk's hooks: the managed collector's colours and owners. */
 static void block_white(ph_check *k, ph_value b) {
-  if (ph_hd_color(*ph_hp(b)) != PH_WHITE)
+  ph_value hd = *ph_hp(b);
+  if (ph_hd_color(hd) == PH_HD_SPECIAL >> PH_HD_COLOR_SHIFT) { /* gc.weak */
+    if (ph_hd_tag(hd) != PH_WEAK_TAG &&
+        (ph_hd_tag(hd) != PH_EPHE_TAG || ph_hd_wosize(hd) < 2))
+      ph_check_fail(k, "block %p: weak kind with tag %u", (void *)b,
+                    ph_hd_tag(hd));
+    return;
+  }
+  if (ph_hd_color(hd) != PH_WHITE)
     ph_check_fail(k, "block %p: color %u outside a collection", (void *)b,
-                  ph_hd_color(*ph_hp(b)));
+                  ph_hd_color(hd));
 }
 static void pool_owned(ph_check *k, ph_pool *p, uint64_t words) {
   (void)words; /* the managed collector keeps no live_words */
@@ -77,7 +85,7 @@ static void pool_owned(ph_check *k, ph_pool *p, uint64_t words) {
     ph_check_fail(k, "pool %p: owner %u not a slot", (void *)p, p->owner);
 }
 static void large_white(ph_check *k, ph_large *l, ph_value b) {
-  if (ph_hd_color(*ph_hp(b)) != PH_WHITE)
+  if (ph_hd_color(*ph_hp(b)) & PH_BLACK)
     ph_check_fail(k, "large block at %p: color %u outside a collection",
                   (void *)l, ph_hd_color(*ph_hp(b)));
 }
@@ -103,7 +111,7 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
         ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
         for (uint32_t k = 0; k < p->nslots && !v.k.bad; k++) {
           ph_value b = ph_pool_block(h, p, k);
-          if (ph_hd_color(*ph_hp(b)) == PH_WHITE)
+          if (*ph_hp(b) != 0 && !(ph_hd_color(*ph_hp(b)) & PH_BLACK))
             check_fields(&v, b);
         }
       } else if (c->ustate[u] == PH_U_LARGE) {

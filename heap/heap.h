@@ -28,6 +28,8 @@
  * collector's colors:
  *   WHITE  allocated, not (yet) marked; every block between collections
  *   BLACK  marked by the current collection (only inside stop-the-world)
+ * The managed sweep clears only the BLACK bit: colour bit 1 is the managed
+ * collector's kind bit (gc.weak), kept for the block's life.
  * A free slot is a header word of 0 (wosize 0; field 0 links its pool's free
  * list), and a block moved by compaction keeps its header (field 0 is the new
  * address; the map of evacuated units says it moved): the pool format of

@@ -72,11 +72,14 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
   for (uint32_t i = p->nslots; i-- > 0;) {
     ph_value *slot = s + (size_t)i * wsize;
     ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);
-    int keep = by_mark ? ph_hd_color(hd) == color
+    /* by mark: the mark bit only; the collector's other colour bit stays
+     * (heap.block.header) */
+    int keep = by_mark ? (ph_hd_color(hd) & color) != 0
                        : hd != 0 && ph_hd_color(hd) != color;
     if (keep) {
       if (by_mark)
-        __atomic_store_n(slot, hd & ~PH_HD_COLOR_MASK, __ATOMIC_RELAXED);
+        __atomic_store_n(slot, hd & ~((ph_value)color << PH_HD_COLOR_SHIFT),
+                         __ATOMIC_RELAXED);
       else if (live_mask && !(live_mask >> ph_hd_color(hd) & 1))
         *bad = 1;
       live++;
@@ -137,8 +140,8 @@ static void sweep_pool(struct ph_heap *h, ph_pool_worker *w, ph_pool *p) {
 static void sweep_large(struct ph_heap *h, ph_pool_worker *w, ph_large *l) {
   (void)h;
   ph_value *hp = (ph_value *)((char *)l + PH_LARGE_HDR);
-  if (ph_hd_color(*hp) == PH_BLACK) {
-    *hp &= ~PH_HD_COLOR_MASK;
+  if (ph_hd_color(*hp) & PH_BLACK) {
+    *hp &= ~((ph_value)PH_BLACK << PH_HD_COLOR_SHIFT);
     if (ph_hd_tag(*hp) < PH_TAG_RAW)
       record_large(w, l);
     return;

@@ -70,7 +70,8 @@ typedef struct ph_domain ph_domain;
 #define PH_TAG_RAW 251u
 
 /* Header word layout: wosize << 10 | color << 8 | tag.  The color bits
- * belong to the collector; mutators never see anything but 0 there. */
+ * belong to the collector; mutators never see anything but 0 there, except
+ * in the header of a weak block or an ephemeron, whose color is 2. */
 
 /* ---------------------------------------------------------- configuration */
 
@@ -182,7 +183,9 @@ int ph_domain_attach(ph_heap *h, ph_domain **out);
  * gets PH_ESTATE and changes nothing (ph_domain_index, ph_domain_heap and
  * ph_last_error report the new domain); from the new owner's thread the
  * pointer is that thread's live handle again (ph_domain_attach returned
- * it).  So attach/detach churn uses bounded memory. */
+ * it).  So attach/detach churn uses bounded memory.  The finalisers d
+ * registered (and those ready for it) are then run by the other domains
+ * (see ph_finalise); its pins stay (ph_pin). */
 int ph_domain_detach(ph_domain *d);
 /* A small index, unique among attached domains, < max_domains. */
 unsigned ph_domain_index(const ph_domain *d);
@@ -199,8 +202,98 @@ ph_heap *ph_domain_heap(const ph_domain *d);
  * top).  A block that could never fit heap_limit (or, without
  * one, the machine's memory) is refused with PH_ENOMEM at once, without a
  * collection; a refused allocation reserves nothing: the heap's reserved
- * bytes and mappings are as they were. */
+ * bytes and mappings are as they were.  An allocation that needs a new pool
+ * or a large block first runs the finalisers ready for d (ph_finalise), so
+ * it may run embedder code, and may collect, like any allocation. */
 ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag);
+/* Weak blocks and ephemerons (DESIGN.md: gc.weak).
+ *
+ * ph_alloc_weak: a block of n weak fields (n >= 1).  ph_field and
+ * ph_set_field work on it as on any block; its fields start as 0 and may
+ * hold any value.  A weak field does not keep its target alive: the
+ * collection that finds the target unreachable (from the roots through
+ * strong fields and the data of live ephemerons) sets the field to 0 before
+ * the target is freed, so a weak field never holds a freed block; while the
+ * target is reachable the field is never cleared, and a compaction that
+ * moves it rewrites the field like any other.  A weak block itself is
+ * collected like any block.  Its tag (ph_tag) is 0.
+ *
+ * ph_alloc_ephemeron: a block of nkeys + 1 fields (nkeys >= 1), all 0 at
+ * first: fields 0 .. nkeys-1 are weak keys, field nkeys is the data.  The
+ * data is kept alive only while every key is alive, and the ephemeron
+ * itself is: a key reachable only through the data (its own or another
+ * ephemeron's whose keys are not all alive) does not keep itself alive.
+ * Ephemerons are resolved to a fixpoint, as OCaml's are.  When a key is
+ * found dead, every key and the data read 0 (all in the same collection).
+ * A key field holding 0 or an immediate counts as alive.  Its tag is 1.
+ *
+ * Both return 0 on failure with ph_last_error(d) as ph_alloc's: PH_EINVAL
+ * for n or nkeys of 0 or above PH_MAX_WOSIZE - 1 (and a bad domain),
+ * PH_ENOMEM, PH_ESTATE.  Under memory exhaustion inside a collection (a
+ * participant's list of weak blocks cannot grow), a weak block or
+ * ephemeron is treated as an ordinary block for that collection: its
+ * targets stay alive one collection longer, never less. */
+ph_value ph_alloc_weak(ph_domain *d, size_t n);
+ph_value ph_alloc_ephemeron(ph_domain *d, size_t nkeys);
+
+/* Finalisers (DESIGN.md: gc.final).
+ *
+ * ph_finalise registers fn for the block v (a block of d's heap, allocated
+ * and not freed; any number of registrations per value):
+ * - PH_FINAL_FIRST: fn(d, v, user) is called once v is unreachable from the
+ *   roots.  The collection that finds so keeps v alive (and everything it
+ *   reaches) until fn has run, and fn may resurrect v by storing it
+ *   somewhere reachable.  Weak fields and ephemeron keys holding v were
+ *   cleared in that same collection, before fn sees v, and resurrection
+ *   does not restore them (as Java's WeakReference and Go's weak.Pointer;
+ *   OCaml keeps them until the finaliser has run).
+ * - PH_FINAL_LAST: fn(d, 0, user) is called once v is unreachable and no
+ *   FIRST finaliser of v is left to run, after every weak field and
+ *   ephemeron key that held v has been cleared.  So the FIRST finalisers of
+ *   a value always run before its LAST ones.
+ * Finalisers never run inside a stop-the-world section.  They run on the
+ *   thread of the registering domain d (or, once d has detached, of any
+ *   other attached domain of the heap), in the order they became due: at d's
+ *   next allocation slow path (an allocation that needs a new pool or a
+ *   large block), after a ph_safepoint of d that joined a section, when
+ *   ph_collect or ph_compact returns on d, or at once with
+ *   ph_run_finalisers.  fn may allocate, collect and call ph_finalise (it
+ *   must not detach d, nor leave a scope or blocking section open); v is
+ *   kept alive while fn runs, but fn must root it itself across a call that
+ *   may collect (a compaction may move it).  A call to ph_run_finalisers
+ *   (or a run point) from inside a finaliser returns at once: the outer run
+ *   goes on with the rest.  Finalisers still due when the heap is destroyed
+ *   never run.
+ * Errors: PH_EINVAL for fn NULL, a bad `when`, or v not a block of this heap
+ * (0, an immediate, an address that is not field 0 of an allocated block);
+ * PH_ENOMEM if the table cannot grow; PH_ESTATE as ph_collect (stale or
+ * foreign domain, inside a callback) and inside a blocking section.  A
+ * refused call changes nothing.
+ * ph_run_finalisers: runs every finaliser ready for d (and the orphans of
+ * detached domains); PH_OK, PH_ENOMEM if d's root stack could not hold a
+ * value (the rest stay ready), errors of the domain as ph_finalise's. */
+typedef void (*ph_final_fn)(ph_domain *d, ph_value v, void *user);
+typedef enum {
+  PH_FINAL_FIRST = 0,
+  PH_FINAL_LAST = 1,
+} ph_final_when;
+int ph_finalise(ph_domain *d, ph_value v, ph_final_fn fn, void *user,
+                ph_final_when when);
+int ph_run_finalisers(ph_domain *d);
+
+/* Pinning (DESIGN.md: gc.pin).  A pinned block does not move: compaction
+ * keeps its pool (and every other block of it) in place, until as many
+ * ph_unpin as ph_pin calls were made for it.  Pins are counted per heap,
+ * not per domain: any attached domain of the heap may pin or unpin any
+ * block, and pins survive the pinning domain's detach.  A pinned block is
+ * also kept alive (it is a root) until unpinned.  Errors: PH_EINVAL for v
+ * not a block of this heap (0, an immediate, an address that is not field 0
+ * of an allocated block) and for ph_unpin of a block that is not pinned;
+ * PH_ENOMEM if the pin table cannot grow; PH_ESTATE as ph_finalise.  A
+ * refused call changes nothing. */
+int ph_pin(ph_domain *d, ph_value v);
+int ph_unpin(ph_domain *d, ph_value v);
+
 /* The error of the last failing call on d (PH_OK if none failed).  Calls
  * refused because d was detached record PH_ESTATE here too; calls refused
  * because d belongs to another thread leave it alone.  PH_EINVAL for NULL or
@@ -244,7 +337,9 @@ int ph_root_remove(ph_heap *h, ph_value *slot);
 /* Join a pending stop-the-world section; one load when none is pending.
  * NULL, a detached handle, another thread's domain and junk (a pointer to
  * readable memory that is not a domain handle, told apart by its signature
- * word) are ignored; that check costs a few more loads, no lock. */
+ * word) are ignored; that check costs a few more loads, no lock.  After
+ * it joined a section it runs the finalisers ready for d (ph_finalise),
+ * outside the section. */
 void ph_safepoint(ph_domain *d);
 /* Around code that does not touch the heap (a system call, a lock wait):
  * collections run without waiting for this domain.  NULL, junk, detached
@@ -255,13 +350,17 @@ void ph_blocking_leave(ph_domain *d);
 
 /* A full collection with every running domain taking part.  Returns after a
  * whole collection that started after the call; concurrent requests from
- * several domains coalesce. */
+ * several domains coalesce.  On success, before returning, it runs the
+ * finalisers ready for d (ph_finalise); so does ph_compact. */
 int ph_collect(ph_domain *d);
 /* A full collection, then compaction, then release of free pools to the OS,
  * with every running domain taking part.  Coalesces like ph_collect.  With
  * huge pages, memory goes back only in whole 2 MiB ranges; in
  * PH_COMPACT_GLOBAL scope the pools kept are then chosen inside the ranges
- * that stay in use, so that the other ranges empty whole. */
+ * that stay in use, so that the other ranges empty whole.  Pools holding a
+ * pinned block (ph_pin) are always kept; if their list cannot be
+ * allocated, the collection runs but nothing moves and ph_compact returns
+ * PH_ENOMEM. */
 int ph_compact(ph_domain *d);
 /* Stop the world and check every invariant.  PH_OK, or PH_ECORRUPT with a
  * description written to why (if why_size > 0). */
@@ -297,6 +396,12 @@ typedef struct ph_stats {
   uint64_t evacuate_ns;
   uint64_t update_ns;
   uint64_t release_ns;
+  /* weak blocks and ephemerons (ph_alloc_weak, ph_alloc_ephemeron), since
+   * the heap was created */
+  uint64_t weak_cleared;       /* weak fields cleared (their target died) */
+  uint64_t ephemerons_cleared; /* ephemerons cleared (a key died) */
+  uint64_t finalisers_run;     /* finalisers called (ph_finalise) */
+  uint64_t pinned_blocks;      /* blocks pinned now (ph_pin) */
 } ph_stats;
 
 /* Copy the heap's statistics.  Callable from any thread.  PH_EINVAL for a

@@ -6,13 +6,29 @@
  *   attach / detach / switch domains, alloc (every small size, large, raw),
  *   set a field to a node, an immediate or 0, set or drop a root (handle-scope
  *   slots, nested scopes, global roots, scan_roots hook slots), collect,
- *   compact, verify, census, safepoint, blocking sections.
+ *   compact, verify, census, safepoint, blocking sections; weak blocks,
+ *   ephemerons (alloc, set fields), finalisers (FIRST, LAST; a FIRST one
+ *   may resurrect its value into a global root), pins and unpins.
  * After every operation that may collect or move, the whole reachable graph
  * is walked in the heap and in the model side by side: every node's tag,
  * wosize, id (field 0), every field and every sharing (same node reached
  * twice = same address) must agree, and after collect and compact the heap's
  * live_blocks and live_bytes must equal the model's reachable set exactly.
  * Any difference prints a description and abort()s.
+ *
+ * Weak blocks, ephemerons, finalisers and pins: at every collection (ours,
+ * or one that an allocation started: the collection counter says), the
+ * model computes what the collector must do (gc.weak, gc.final): the
+ * strong closure of the roots (pins and ready FIRST values included) with
+ * the ephemeron fixpoint; weak fields and ephemerons cleared against it;
+ * the FIRST registrations whose value is outside it become due, and their
+ * values are marked (fixpoint again, then the weak blocks met by this
+ * second marking are cleared); the LAST ones still outside become due.
+ * The walk then checks every weak field and ephemeron against that, every
+ * finaliser call checks that it was due on that domain (or an orphan), with
+ * its value's id (FIRST) or 0 (LAST), and ph_collect / ph_compact must have
+ * run every one due for the calling domain.  Pinned blocks are roots whose
+ * address the walk checks: a pinned block that moved is a mismatch.
  *
  * Several domains are simulated on the fuzzing thread: each one is attached
  * by this thread and at most one of them is running at a time; the others
@@ -39,6 +55,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define FZ_HOOK 2    /* scan_roots hook slots per domain */
 #define FZ_GLOBALS 4 /* registered global roots */
 #define FZ_MAXOPS 4096
+#define FZ_REGS 64 /* finaliser registrations at once */
+#define FZ_PINS 8  /* pinned blocks at once */
+#define FZ_RES 3   /* global roots a FIRST finaliser may resurrect into */
 
 /* A model value: 0 is the word 0, an odd word is that immediate, otherwise
  * (node index + 1) << 1. */
@@ -59,7 +78,20 @@ typedef struct fz_node {
   fz_val *f;     /* scanned blocks: f[1..wosize-1]; f[0] is the id */
   ph_value addr; /* heap address, valid since the last sync */
   unsigned mark; /* == fz.epoch when reached by the last sync */
+  int kind;      /* 0 a block, 1 a weak block, 2 an ephemeron (f[0..]) */
+  unsigned live; /* model collection: 1 in S0, 2 added by finalisers */
 } fz_node;
+
+/* A finaliser registration: its node (-1 once a LAST one is due), kind,
+ * registering domain (-1: detached, an orphan), state. */
+typedef struct fz_reg {
+  int used;
+  int node;
+  int when;  /* PH_FINAL_FIRST, PH_FINAL_LAST */
+  int dom;   /* fuzz domain index, -1 orphan */
+  int ready; /* due: must run on dom (or any domain if orphan) */
+  int res;   /* FIRST: global root to resurrect into, -1 none */
+} fz_reg;
 
 typedef struct fz_dom {
   ph_domain *d; /* NULL: slot free */
@@ -80,9 +112,21 @@ static struct {
   int cur; /* running domain, -1 if none */
   ph_value glob[FZ_GLOBALS];
   fz_val glob_root[FZ_GLOBALS];
+  ph_value res[FZ_RES];
+  fz_val res_root[FZ_RES];
+  fz_reg reg[FZ_REGS];
+  struct {
+    int node; /* -1 free */
+    unsigned count;
+    ph_value addr; /* never changes: pinned blocks do not move */
+  } pin[FZ_PINS];
+  uint64_t collections;  /* the heap's counter at the last model step */
+  uint64_t model_blocks; /* the last model collection's live set */
+  uint64_t model_bytes;
   fz_node n[FZ_MAXN];
   size_t nlive;
   size_t order[FZ_MAXN]; /* nodes reachable at the last sync */
+  size_t stack[FZ_MAXN];
   size_t norder;
   unsigned epoch;
   uint64_t next_id;
@@ -180,6 +224,11 @@ static void check_node(size_t i) {
             n->tag, n->wosize);
   fz.reach_blocks++;
   fz.reach_bytes += (n->wosize + 1) * 8;
+  if (n->kind) { /* weak block / ephemeron: every field is a value */
+    for (size_t k = 0; k < n->wosize; k++)
+      check_value(ph_field(v, k), n->f[k], "weak/ephemeron id/field", n->id, k);
+    return;
+  }
   if (n->tag >= PH_TAG_RAW) {
     const uint64_t *w = ph_raw(v);
     for (size_t k = 0; k < n->wosize; k++)
@@ -193,6 +242,13 @@ static void check_node(size_t i) {
             (unsigned long)ph_field(v, 0), (unsigned long)n->id);
   for (size_t k = 1; k < n->wosize; k++)
     check_value(ph_field(v, k), n->f[k], "node id/field", n->id, k);
+}
+
+static void keep_node(size_t i, size_t *sp) {
+  if (fz.n[i].mark == fz.epoch)
+    return;
+  fz.n[i].mark = fz.epoch;
+  fz.stack[(*sp)++] = i;
 }
 
 static void free_node(size_t i) {
@@ -210,6 +266,12 @@ static void fz_sync(const char *what) {
   fz.reach_blocks = fz.reach_bytes = 0;
   for (int g = 0; g < FZ_GLOBALS; g++)
     check_value(fz.glob[g], fz.glob_root[g], "global root", 0, (size_t)g);
+  for (int g = 0; g < FZ_RES; g++)
+    check_value(fz.res[g], fz.res_root[g], "resurrection root", 0, (size_t)g);
+  for (int k = 0; k < FZ_PINS; k++)
+    if (fz.pin[k].node >= 0) /* a pinned block has not moved */
+      check_value(fz.pin[k].addr, FZ_NODE((size_t)fz.pin[k].node),
+                  "pinned block", (uint64_t)k, 0);
   for (int di = 0; di < FZ_DOMS; di++) {
     fz_dom *m = &fz.dom[di];
     if (!m->d)
@@ -226,18 +288,209 @@ static void fz_sync(const char *what) {
   }
   for (size_t q = 0; q < fz.norder; q++)
     check_node(fz.order[q]);
+  /* nodes the walk cannot reach but the heap keeps: registered values and
+   * ready FIRST ones, with what they reach (their addresses are unknown
+   * after a compaction; the walk never hands them out) */
+  size_t sp = 0;
+  for (int r = 0; r < FZ_REGS; r++)
+    if (fz.reg[r].used && fz.reg[r].node >= 0)
+      keep_node((size_t)fz.reg[r].node, &sp);
+  while (sp) {
+    fz_node *n = &fz.n[fz.stack[--sp]];
+    if (n->tag < PH_TAG_RAW)
+      for (size_t k = n->kind ? 0 : 1; k < n->wosize; k++)
+        if (fz_is_node(n->f[k]))
+          keep_node(fz_node_of(n->f[k]), &sp);
+  }
   for (size_t i = 0; i < FZ_MAXN; i++)
     if (fz.n[i].used && fz.n[i].mark != fz.epoch)
       free_node(i);
 }
 
+/* After a collection: the heap's live set is the model's (the walk reaches
+ * less when ready FIRST values wait for their domain). */
 static void check_live_stats(void) {
   ph_stats st;
   FZ_CHECK(ph_stats_get(fz.h, &st) == PH_OK, "stats");
-  if (st.live_blocks != fz.reach_blocks || st.live_bytes != fz.reach_bytes)
+  if (st.live_blocks != fz.model_blocks || st.live_bytes != fz.model_bytes)
     FZ_FAIL("heap live %lu blocks %lu bytes, model %lu blocks %lu bytes",
             (unsigned long)st.live_blocks, (unsigned long)st.live_bytes,
-            (unsigned long)fz.reach_blocks, (unsigned long)fz.reach_bytes);
+            (unsigned long)fz.model_blocks, (unsigned long)fz.model_bytes);
+}
+
+/* ------------------------------------------- the model of a collection */
+
+static void mc_mark(fz_val e, unsigned lvl, size_t *sp) {
+  if (!fz_is_node(e))
+    return;
+  size_t i = fz_node_of(e);
+  FZ_CHECK(fz.n[i].used, "model edge to a freed node %zu", i);
+  if (fz.n[i].live)
+    return;
+  fz.n[i].live = lvl;
+  fz.stack[(*sp)++] = i;
+}
+
+/* Strong closure from the stack, then the ephemerons to a fixpoint. */
+static void mc_closure(unsigned lvl, size_t *sp) {
+  for (int changed = 1; changed;) {
+    while (*sp) {
+      fz_node *n = &fz.n[fz.stack[--*sp]];
+      if (n->kind == 0 && n->tag < PH_TAG_RAW)
+        for (size_t k = 1; k < n->wosize; k++)
+          mc_mark(n->f[k], lvl, sp);
+    }
+    changed = 0;
+    for (size_t i = 0; i < FZ_MAXN; i++) {
+      fz_node *n = &fz.n[i];
+      if (!n->used || n->kind != 2 || !n->live)
+        continue;
+      fz_val d = n->f[n->wosize - 1];
+      if (!fz_is_node(d) || fz.n[fz_node_of(d)].live)
+        continue;
+      int ok = 1;
+      for (size_t k = 0; k + 1 < n->wosize; k++)
+        ok &= !fz_is_node(n->f[k]) || fz.n[fz_node_of(n->f[k])].live != 0;
+      if (ok) {
+        mc_mark(d, lvl, sp);
+        changed = 1;
+      }
+    }
+  }
+}
+
+static int mc_dead(fz_val e) {
+  return fz_is_node(e) && !fz.n[fz_node_of(e)].live;
+}
+
+/* gc.weak.clear on the weak blocks and ephemerons marked at level lvl */
+static void mc_clear(unsigned lvl) {
+  for (size_t i = 0; i < FZ_MAXN; i++) {
+    fz_node *n = &fz.n[i];
+    if (!n->used || !n->kind || n->live != lvl)
+      continue;
+    if (n->kind == 1) {
+      for (size_t k = 0; k < n->wosize; k++)
+        if (mc_dead(n->f[k]))
+          n->f[k] = 0;
+    } else {
+      int dead = 0;
+      for (size_t k = 0; k + 1 < n->wosize; k++)
+        dead |= mc_dead(n->f[k]);
+      if (dead)
+        for (size_t k = 0; k < n->wosize; k++)
+          n->f[k] = 0;
+    }
+  }
+}
+
+/* One collection as the model sees it (gc.weak, gc.final). */
+static void model_collect(void) {
+  size_t sp = 0;
+  for (size_t i = 0; i < FZ_MAXN; i++)
+    fz.n[i].live = 0;
+  for (int g = 0; g < FZ_GLOBALS; g++)
+    mc_mark(fz.glob_root[g], 1, &sp);
+  for (int g = 0; g < FZ_RES; g++)
+    mc_mark(fz.res_root[g], 1, &sp);
+  for (int k = 0; k < FZ_PINS; k++)
+    if (fz.pin[k].node >= 0)
+      mc_mark(FZ_NODE((size_t)fz.pin[k].node), 1, &sp);
+  for (int r = 0; r < FZ_REGS; r++)
+    if (fz.reg[r].used && fz.reg[r].ready && fz.reg[r].node >= 0)
+      mc_mark(FZ_NODE((size_t)fz.reg[r].node), 1, &sp);
+  for (int di = 0; di < FZ_DOMS; di++) {
+    fz_dom *m = &fz.dom[di];
+    if (!m->d)
+      continue;
+    for (int k = 0; k < FZ_ROOTS; k++)
+      mc_mark(m->root[k], 1, &sp);
+    for (int k = 0; k < m->nnest; k++)
+      mc_mark(m->nest_root[k], 1, &sp);
+    for (int k = 0; k < FZ_HOOK; k++)
+      mc_mark(m->hook_root[k], 1, &sp);
+  }
+  mc_closure(1, &sp);
+  mc_clear(1);
+  /* FIRST: flagged against S0, then their values marked */
+  int due[FZ_REGS] = {0};
+  for (int r = 0; r < FZ_REGS; r++) {
+    fz_reg *g = &fz.reg[r];
+    if (g->used && !g->ready && g->when == PH_FINAL_FIRST &&
+        !fz.n[g->node].live)
+      due[r] = 1;
+  }
+  for (int r = 0; r < FZ_REGS; r++)
+    if (due[r]) {
+      fz.reg[r].ready = 1;
+      mc_mark(FZ_NODE((size_t)fz.reg[r].node), 2, &sp);
+    }
+  mc_closure(2, &sp);
+  mc_clear(2);
+  for (int r = 0; r < FZ_REGS; r++) {
+    fz_reg *g = &fz.reg[r];
+    if (g->used && !g->ready && g->when == PH_FINAL_LAST &&
+        !fz.n[g->node].live) {
+      g->ready = 1;
+      g->node = -1;
+    }
+  }
+  fz.model_blocks = fz.model_bytes = 0;
+  for (size_t i = 0; i < FZ_MAXN; i++) {
+    if (!fz.n[i].used)
+      continue;
+    if (fz.n[i].live) {
+      fz.model_blocks++;
+      fz.model_bytes += (fz.n[i].wosize + 1) * 8;
+    } else {
+      free_node(i); /* dead: nothing live points to it any more */
+    }
+  }
+}
+
+/* Apply the model to every collection the heap ran since the last call. */
+static void model_catch_up(void) {
+  ph_stats st;
+  FZ_CHECK(ph_stats_get(fz.h, &st) == PH_OK, "stats");
+  while (fz.collections < st.collections) {
+    fz.collections++;
+    model_collect();
+  }
+}
+
+/* The finaliser: it must be due, on its domain, with its value. */
+static void fz_final(ph_domain *d, ph_value v, void *user) {
+  int r = (int)(uintptr_t)user - 1;
+  model_catch_up();
+  fz_reg *g = &fz.reg[r];
+  FZ_CHECK(g->used && g->ready, "finaliser %d ran but is not due", r);
+  FZ_CHECK(fz.cur >= 0 && fz.dom[fz.cur].d == d,
+           "finaliser %d ran on a domain that is not running", r);
+  FZ_CHECK(g->dom < 0 || g->dom == fz.cur,
+           "finaliser %d of domain %d ran on domain %d", r, g->dom, fz.cur);
+  if (g->when == PH_FINAL_LAST) {
+    FZ_CHECK(v == 0, "LAST finaliser %d got %#lx", r, (unsigned long)v);
+  } else {
+    fz_node *n = &fz.n[g->node];
+    FZ_CHECK(ph_is_block(v) && ph_field(v, 0) == ph_val_int((intptr_t)n->id),
+             "FIRST finaliser %d: value %#lx is not node id %lu", r,
+             (unsigned long)v, (unsigned long)n->id);
+    if (g->res >= 0) { /* resurrect it */
+      fz.res[g->res] = v;
+      fz.res_root[g->res] = FZ_NODE((size_t)g->node);
+    }
+  }
+  memset(g, 0, sizeof *g);
+}
+
+/* After ph_collect / ph_compact on the running domain: every finaliser
+ * due for it (or an orphan) has run. */
+static void check_finalisers_ran(void) {
+  for (int r = 0; r < FZ_REGS; r++) {
+    fz_reg *g = &fz.reg[r];
+    if (g->used && g->ready && (g->dom < 0 || g->dom == fz.cur))
+      FZ_FAIL("finaliser %d (domain %d) due but not run", r, g->dom);
+  }
 }
 
 /* ------------------------------------------------------------ helpers */
@@ -252,6 +505,13 @@ static void hook(ph_domain *d, ph_visit_fn visit, void *ctx, void *user) {
 
 static void clear_dom(fz_dom *m) {
   memset(m, 0, sizeof *m);
+}
+
+/* A domain detaches: its registrations become orphans. */
+static void orphan_regs(int dom) {
+  for (int r = 0; r < FZ_REGS; r++)
+    if (fz.reg[r].used && fz.reg[r].dom == dom)
+      fz.reg[r].dom = -1;
 }
 
 static int attach(void) {
@@ -291,6 +551,7 @@ static int attach(void) {
 static void detach(int i) {
   fz_dom *m = &fz.dom[i];
   FZ_CHECK(ph_domain_detach(m->d) == PH_OK, "detach domain %d", i);
+  orphan_regs(i);
   clear_dom(m);
   if (fz.cur == i)
     fz.cur = -1;
@@ -406,6 +667,7 @@ static void op_alloc(void) {
   ph_value v = ph_alloc(d, wosize, tag);
   FZ_CHECK(v != 0, "ph_alloc(%zu, %u) failed with %d", wosize, tag,
            ph_last_error(d));
+  model_catch_up(); /* the allocation may have collected */
   FZ_CHECK(ph_tag(v) == tag && ph_wosize(v) == wosize, "new block header");
   fz_node *n = &fz.n[i];
   n->used = 1;
@@ -453,6 +715,12 @@ static void op_set_field(void) {
   ph_value x;
   fz_val xe;
   pick_value(&x, &xe);
+  if (n->kind) { /* any field of a weak block or an ephemeron */
+    f %= n->wosize;
+    ph_set_field(n->addr, f, x);
+    n->f[f] = xe;
+    return;
+  }
   if (n->tag >= PH_TAG_RAW || n->wosize < 2)
     return;
   f = 1 + f % (n->wosize - 1);
@@ -486,6 +754,8 @@ static void op_collect(int compact) {
   fz.what = compact ? "compact" : "collect";
   int err = compact ? ph_compact(d) : ph_collect(d);
   FZ_CHECK(err == PH_OK, "returned %d", err);
+  model_catch_up();
+  check_finalisers_ran();
   fz_sync(compact ? "after compact" : "after collect");
   check_live_stats();
 }
@@ -576,6 +846,123 @@ static void op_scope(void) {
   }
 }
 
+/* A weak block (1..6 fields) or an ephemeron (1..3 keys), all fields 0,
+ * into a root; then a few fields set. */
+static void op_alloc_special(void) {
+  ph_domain *d = need_dom();
+  unsigned k = get8();
+  int kind = 1 + (int)(k % 2);
+  size_t n = 1 + get8() % (kind == 1 ? 6 : 3);
+  ph_value *slot;
+  fz_val *model;
+  pick_root(&slot, &model);
+  size_t i = new_node_slot();
+  if (i == (size_t)-1)
+    return;
+  fz.what = "alloc weak/ephemeron";
+  ph_value v = kind == 1 ? ph_alloc_weak(d, n) : ph_alloc_ephemeron(d, n);
+  FZ_CHECK(v != 0, "failed with %d", ph_last_error(d));
+  model_catch_up();
+  size_t wo = kind == 1 ? n : n + 1;
+  FZ_CHECK(ph_wosize(v) == wo && ph_tag(v) == (unsigned)(kind - 1), "header");
+  fz_node *m = &fz.n[i];
+  m->used = 1;
+  m->id = fz.next_id++;
+  m->wosize = wo;
+  m->tag = (unsigned)(kind - 1);
+  m->kind = kind;
+  m->f = calloc(wo, sizeof *m->f);
+  FZ_CHECK(m->f != NULL, "out of memory");
+  fz.nlive++;
+  for (size_t q = 0; q < wo; q++)
+    FZ_CHECK(ph_field(v, q) == 0, "field %zu is not 0", q);
+  *slot = v;
+  *model = FZ_NODE(i);
+  fz_sync("after alloc weak/ephemeron");
+  unsigned nf = get8() % 4;
+  for (unsigned q = 0; q < nf && m->used; q++) {
+    size_t f = get8() % wo;
+    ph_value x;
+    fz_val xe;
+    pick_value(&x, &xe);
+    ph_set_field(m->addr, f, x);
+    m->f[f] = xe;
+  }
+}
+
+/* Register a finaliser on a reachable scanned block; bad input first. */
+static void op_finalise(void) {
+  ph_domain *d = need_dom();
+  unsigned b = get8();
+  fz.what = "finalise";
+  FZ_CHECK(ph_finalise(d, ph_val_int(3), fz_final, NULL, PH_FINAL_FIRST) ==
+               PH_EINVAL,
+           "an immediate accepted");
+  if (!fz.norder)
+    return;
+  size_t i = fz.order[get16() % fz.norder];
+  fz_node *n = &fz.n[i];
+  if (n->kind || n->tag >= PH_TAG_RAW)
+    return;
+  int r = -1;
+  for (int k = 0; k < FZ_REGS && r < 0; k++)
+    if (!fz.reg[k].used)
+      r = k;
+  if (r < 0)
+    return;
+  fz_reg *g = &fz.reg[r];
+  g->used = 1;
+  g->node = (int)i;
+  g->when = b % 2 ? PH_FINAL_LAST : PH_FINAL_FIRST;
+  g->dom = fz.cur;
+  g->ready = 0;
+  g->res = b / 2 % 4 < FZ_RES ? (int)(b / 2 % 4) : -1;
+  int err = ph_finalise(d, n->addr, fz_final, (void *)(uintptr_t)(r + 1),
+                        (ph_final_when)g->when);
+  FZ_CHECK(err == PH_OK, "returned %d", err);
+}
+
+/* Pin a reachable block (again), unpin one, or unpin one never pinned. */
+static void op_pin(void) {
+  ph_domain *d = need_dom();
+  unsigned b = get8();
+  fz.what = "pin";
+  if (b % 3 == 0) {
+    for (int k = 0; k < FZ_PINS; k++)
+      if (fz.pin[k].node >= 0 && (b / 3) % 2) {
+        FZ_CHECK(ph_unpin(d, fz.pin[k].addr) == PH_OK, "unpin");
+        if (--fz.pin[k].count == 0)
+          fz.pin[k].node = -1;
+        return;
+      }
+    return;
+  }
+  if (!fz.norder)
+    return;
+  size_t i = fz.order[get16() % fz.norder];
+  int at = -1, free_at = -1;
+  for (int k = 0; k < FZ_PINS; k++) {
+    if (fz.pin[k].node == (int)i)
+      at = k;
+    if (fz.pin[k].node < 0 && free_at < 0)
+      free_at = k;
+  }
+  if (b % 3 == 1 && at < 0) { /* not pinned: unpin is refused */
+    FZ_CHECK(ph_unpin(d, fz.n[i].addr) == PH_EINVAL, "unpin without pin");
+    return;
+  }
+  if (at < 0 && free_at < 0)
+    return;
+  FZ_CHECK(ph_pin(d, fz.n[i].addr) == PH_OK, "pin");
+  if (at < 0) {
+    at = free_at;
+    fz.pin[at].node = (int)i;
+    fz.pin[at].count = 0;
+    fz.pin[at].addr = fz.n[i].addr;
+  }
+  fz.pin[at].count++;
+}
+
 /* ------------------------------------------------------------ entry */
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -600,11 +987,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fz.glob[g] = fz.glob_root[g] = PH_UNIT;
     FZ_CHECK(ph_root_add(fz.h, &fz.glob[g]) == PH_OK, "root add");
   }
+  for (int g = 0; g < FZ_RES; g++) {
+    fz.res[g] = fz.res_root[g] = PH_UNIT;
+    FZ_CHECK(ph_root_add(fz.h, &fz.res[g]) == PH_OK, "root add");
+  }
+  for (int k = 0; k < FZ_PINS; k++)
+    fz.pin[k].node = -1;
   attach();
   while (fz.left && fz.op < FZ_MAXOPS) {
     fz.op++;
     unsigned o = get8();
-    switch (o % 16) {
+    switch (o % 20) {
     case 0:
     case 1:
     case 2:
@@ -638,11 +1031,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     case 14:
       op_scope();
       break;
-    default:
+    case 15:
       if (o & 16)
         op_census();
       else
         op_verify();
+      break;
+    case 16:
+    case 17:
+      op_alloc_special();
+      break;
+    case 18:
+      op_finalise();
+      break;
+    default:
+      op_pin();
       break;
     }
   }
@@ -654,6 +1057,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       detach(i);
   for (int g = 0; g < FZ_GLOBALS; g++)
     FZ_CHECK(ph_root_remove(fz.h, &fz.glob[g]) == PH_OK, "root remove");
+  for (int g = 0; g < FZ_RES; g++)
+    FZ_CHECK(ph_root_remove(fz.h, &fz.res[g]) == PH_OK, "root remove");
   FZ_CHECK(ph_heap_destroy(fz.h) == PH_OK, "heap destroy");
   for (size_t i = 0; i < FZ_MAXN; i++)
     if (fz.n[i].used)

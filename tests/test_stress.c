@@ -22,6 +22,16 @@
  * every time its addresses may have changed, in particular after every
  * compaction, and ph_verify must pass after every compaction.
  *
+ * Every domain also keeps a side model of weak references (gc.weak, gc.final,
+ * gc.pin): a weak block whose fields point at target nodes it roots or
+ * drops, an ephemeron whose data only it holds, FIRST and LAST finalisers
+ * on garbage, and a pinned unrooted node.  After each collection it asked
+ * for: a rooted target's weak field and ephemeron are intact, a target
+ * dropped before it reads 0 (ephemeron: key and data); at any time a field
+ * that is not 0 holds its node (right id); the pinned node keeps its
+ * address and id; every finaliser gets its own value (FIRST) or 0 (LAST),
+ * outside sections, once; at the end all of them have run.  Pins are
+ * handed on at detach and unpinned by a later domain.
  * The heap's configuration is drawn from the seed too, GC helper threads
  * (0..2) included.
  * Environment: POOLHEAP_SEED (replay; printed at start),
@@ -379,12 +389,37 @@ static size_t g_count_from(graph *g, mval e, unsigned ep) {
 
 /* ------------------------------------------------------------ domains */
 
+/* ------------------------------------------------ the side model */
+#define SIDE_N 6
+#define MAX_IDS (1u << 22)
+
+static atomic_uint_fast64_t n_fin_reg, n_fin_run, n_weak_checks, n_pins;
+static _Atomic unsigned char fin_seen[MAX_IDS]; /* by id: finaliser ran */
+static ph_value handed_pins[64]; /* pinned by a domain gone (shared_mu) */
+static uint64_t handed_ids[64];
+static int nhanded;
+
+typedef struct side {
+  ph_value *w;          /* root: a weak block of SIDE_N fields */
+  ph_value *t[SIDE_N];  /* roots of the targets (PH_UNIT once dropped) */
+  uint64_t tid[SIDE_N]; /* their ids (0: none) */
+  int state[SIDE_N];    /* 0 none, 1 rooted, 2 dropped, 3 dropped before a
+                           collection we asked for: must read 0 */
+  ph_value *e;          /* root: an ephemeron (key, data) */
+  ph_value *ek;         /* root of its key */
+  uint64_t ekid, edid;  /* key and data ids */
+  int estate;           /* as state[] for the key */
+  ph_value pin;         /* a pinned, unrooted node (0 none) */
+  uint64_t pin_id;
+} side;
+
 typedef struct worker {
   int lane, gen;
   tu_rng r;
   ph_domain *d;
   graph own;
   long done; /* operations run */
+  side sd;
 } worker;
 
 static graph shared; /* guarded by shared_mu */
@@ -398,6 +433,207 @@ static void lock_shared(ph_domain *d) {
   ph_blocking_enter(d);
   pthread_mutex_lock(&shared_mu);
   ph_blocking_leave(d);
+}
+
+static ph_value side_node(ph_domain *d, uint64_t id) {
+  ph_value v = ph_alloc(d, 2, 0);
+  if (v)
+    ph_set_field(v, 0, ph_val_int((intptr_t)id));
+  return v;
+}
+
+static int id_is(ph_value v, uint64_t id) {
+  return ph_is_block(v) && ph_field(v, 0) == ph_val_int((intptr_t)id);
+}
+
+static void side_final(ph_domain *d, ph_value v, void *user) {
+  uint64_t id = (uint64_t)(uintptr_t)user;
+  ph_stats st;
+  if (ph_stats_get(heap, &st) != PH_OK) /* refused inside a section */
+    FAIL("finaliser %llu ran inside a section", (unsigned long long)id);
+  if (ph_domain_heap(d) != heap)
+    FAIL("finaliser %llu: bad domain", (unsigned long long)id);
+  if (id & 1) { /* LAST */
+    if (v != 0)
+      FAIL("LAST finaliser %llu got a value", (unsigned long long)id);
+  } else if (!id_is(v, id)) {
+    FAIL("FIRST finaliser %llu got another value", (unsigned long long)id);
+  }
+  if (atomic_fetch_add(&fin_seen[id % MAX_IDS], 1) != 0)
+    FAIL("finaliser %llu ran twice", (unsigned long long)id);
+  atomic_fetch_add(&n_fin_run, 1);
+}
+
+static int side_init(worker *w) {
+  side *sd = &w->sd;
+  memset(sd, 0, sizeof *sd);
+  sd->w = ph_root(w->d, ph_alloc_weak(w->d, SIDE_N));
+  sd->e = ph_root(w->d, ph_alloc_ephemeron(w->d, 1));
+  sd->ek = ph_root(w->d, PH_UNIT);
+  for (int k = 0; k < SIDE_N; k++)
+    sd->t[k] = ph_root(w->d, PH_UNIT);
+  if (!sd->w || !*sd->w || !sd->e || !*sd->e || !sd->ek) {
+    FAIL("side init");
+    return -1;
+  }
+  return 0;
+}
+
+/* after_own: a collection we asked for has run since the last call */
+static int side_check(worker *w, int after_own) {
+  side *sd = &w->sd;
+  if (!sd->w) /* its roots are gone (the worker is leaving) */
+    return 0;
+  atomic_fetch_add_explicit(&n_weak_checks, 1, memory_order_relaxed);
+  for (int k = 0; k < SIDE_N; k++) {
+    ph_value x = ph_field(*sd->w, (size_t)k);
+    if (after_own && sd->state[k] == 2)
+      sd->state[k] = 3;
+    switch (sd->state[k]) {
+    case 1:
+      if (x != *sd->t[k] || !id_is(x, sd->tid[k])) {
+        FAIL("weak field %d of a live target changed", k);
+        return -1;
+      }
+      break;
+    case 2:
+      if (x != 0 && !id_is(x, sd->tid[k])) {
+        FAIL("weak field %d holds a freed block", k);
+        return -1;
+      }
+      break;
+    case 3:
+      if (x != 0) {
+        FAIL("weak field %d not cleared by the collection", k);
+        return -1;
+      }
+      break;
+    }
+  }
+  ph_value key = ph_field(*sd->e, 0), data = ph_field(*sd->e, 1);
+  if (after_own && sd->estate == 2)
+    sd->estate = 3;
+  if (sd->estate == 1 &&
+      (key != *sd->ek || !id_is(key, sd->ekid) || !id_is(data, sd->edid))) {
+    FAIL("ephemeron with a live key changed");
+    return -1;
+  }
+  if (sd->estate == 2 && !((key == 0 && data == 0) ||
+                           (id_is(key, sd->ekid) && id_is(data, sd->edid)))) {
+    FAIL("ephemeron half cleared or freed");
+    return -1;
+  }
+  if (sd->estate == 3 && (key != 0 || data != 0)) {
+    FAIL("ephemeron not cleared by the collection");
+    return -1;
+  }
+  if (sd->pin && !id_is(sd->pin, sd->pin_id)) {
+    FAIL("pinned block moved or freed");
+    return -1;
+  }
+  return 0;
+}
+
+static int side_op(worker *w) {
+  side *sd = &w->sd;
+  unsigned o = tu_below(&w->r, 6);
+  int k = (int)tu_below(&w->r, SIDE_N);
+  if (o == 0) { /* a new rooted target */
+    uint64_t id = atomic_fetch_add(&next_id, 1);
+    ph_value v = side_node(w->d, id);
+    if (!v)
+      return -1;
+    *sd->t[k] = v;
+    ph_set_field(*sd->w, (size_t)k, v);
+    sd->tid[k] = id;
+    sd->state[k] = 1;
+  } else if (o == 1) { /* drop it */
+    if (sd->state[k] == 1) {
+      *sd->t[k] = PH_UNIT;
+      sd->state[k] = 2;
+    }
+  } else if (o == 2) { /* a new ephemeron key and data, or drop the key */
+    if (sd->estate == 1 && tu_below(&w->r, 2)) {
+      *sd->ek = PH_UNIT;
+      sd->estate = 2;
+    } else {
+      uint64_t kid = atomic_fetch_add(&next_id, 1);
+      uint64_t did = atomic_fetch_add(&next_id, 1);
+      ph_value key = side_node(w->d, kid);
+      if (!key)
+        return -1;
+      *sd->ek = key;
+      ph_value data = side_node(w->d, did);
+      if (!data)
+        return -1;
+      ph_set_field(*sd->e, 0, *sd->ek);
+      ph_set_field(*sd->e, 1, data);
+      sd->ekid = kid;
+      sd->edid = did;
+      sd->estate = 1;
+    }
+  } else if (o == 3) { /* finalisers on garbage: FIRST ids even, LAST odd */
+    for (int q = 0; q < 2; q++) {
+      uint64_t id = atomic_fetch_add(&next_id, 1);
+      ph_value v = side_node(w->d, id);
+      if (!v)
+        return -1;
+      int last = (int)(id & 1);
+      if ((id % MAX_IDS) != id) /* beyond the seen table: skip */
+        continue;
+      if (ph_finalise(w->d, v, side_final, (void *)(uintptr_t)id,
+                      last ? PH_FINAL_LAST : PH_FINAL_FIRST) != PH_OK) {
+        FAIL("ph_finalise");
+        return -1;
+      }
+      atomic_fetch_add(&n_fin_reg, 1);
+    }
+  } else if (o == 4) { /* pin an unrooted node, or unpin ours */
+    if (sd->pin) {
+      if (ph_unpin(w->d, sd->pin) != PH_OK) {
+        FAIL("ph_unpin");
+        return -1;
+      }
+      sd->pin = 0;
+    } else {
+      uint64_t id = atomic_fetch_add(&next_id, 1);
+      ph_value v = side_node(w->d, id);
+      if (!v || ph_pin(w->d, v) != PH_OK) {
+        FAIL("ph_pin");
+        return -1;
+      }
+      sd->pin = v;
+      sd->pin_id = id;
+      atomic_fetch_add(&n_pins, 1);
+    }
+  } else { /* unpin one a domain gone pinned */
+    lock_shared(w->d);
+    if (nhanded > 0) {
+      nhanded--;
+      if (!id_is(handed_pins[nhanded], handed_ids[nhanded]))
+        FAIL("a pin handed on moved or died");
+      if (ph_unpin(w->d, handed_pins[nhanded]) != PH_OK)
+        FAIL("ph_unpin of a handed pin");
+    }
+    pthread_mutex_unlock(&shared_mu);
+  }
+  return side_check(w, 0);
+}
+
+/* Before detach: the pin goes to a later domain. */
+static void side_leave(worker *w) {
+  side *sd = &w->sd;
+  if (!sd->pin)
+    return;
+  lock_shared(w->d);
+  if (nhanded < 64) {
+    handed_pins[nhanded] = sd->pin;
+    handed_ids[nhanded++] = sd->pin_id;
+  } else if (ph_unpin(w->d, sd->pin) != PH_OK) {
+    FAIL("ph_unpin");
+  }
+  pthread_mutex_unlock(&shared_mu);
+  sd->pin = 0;
 }
 
 static int check_compaction(worker *w) {
@@ -422,6 +658,8 @@ static int do_compact(worker *w) {
     return -1;
   }
   atomic_fetch_add(&n_compact, 1);
+  if (side_check(w, 1))
+    return -1;
   return check_compaction(w);
 }
 
@@ -527,7 +765,9 @@ static void *worker_main(void *arg) {
       FAIL("ph_root returned NULL");
   }
   long life = 300 + tu_below(&w->r, 3000);
-  int rc = g_sync(&w->own);
+  int rc = side_init(w);
+  if (rc == 0)
+    rc = g_sync(&w->own);
   for (long op = 0; rc == 0 && op < life && !stopping(); op++) {
     w->done++;
     atomic_fetch_add_explicit(&n_ops, 1, memory_order_relaxed);
@@ -553,6 +793,8 @@ static void *worker_main(void *arg) {
       if (rc != PH_OK)
         FAIL("ph_collect: %d", rc);
       w->own.fresh = 0;
+      if (rc == 0)
+        rc = side_check(w, 1);
     } else if (o < 841) {
       rc = do_compact(w);
     } else if (o < 846) {
@@ -560,12 +802,19 @@ static void *worker_main(void *arg) {
     } else if (o < 900) {
       ph_safepoint(w->d);
       w->own.fresh = 0;
+    } else if (o < 940) {
+      rc = side_op(w);
+      w->own.fresh = 0;
     } else {
       g_set_field(&w->own, &w->r);
     }
   }
   if (rc == 0 && !atomic_load(&failed))
+    rc = side_check(w, 0);
+  side_leave(w);
+  if (rc == 0 && !atomic_load(&failed))
     rc = shared_section(w, 1);
+  w->sd.w = NULL; /* the side model's roots go with the scope */
   if (ph_scope_close(w->d, mark) != PH_OK)
     FAIL("scope close");
   w->own.nroots = 0; /* the slots are gone */
@@ -685,7 +934,35 @@ static void test_stress(void **state) {
     pthread_mutex_lock(&shared_mu);
     if (g_sync(&shared) == 0)
       printf("test_stress: shared graph %zu nodes intact\n", shared.norder);
+    /* the pins handed on: still in place; unpinned from this domain */
+    for (int k = 0; k < nhanded; k++) {
+      if (!id_is(handed_pins[k], handed_ids[k]))
+        FAIL("a pin handed on moved or died");
+      if (ph_unpin(d, handed_pins[k]) != PH_OK)
+        FAIL("final unpin");
+    }
+    nhanded = 0;
     pthread_mutex_unlock(&shared_mu);
+    /* every finaliser registered has run: their values are all garbage
+     * (FIRST ones run at the first collection, LAST ones at the next) */
+    for (int k = 0; k < 3; k++)
+      assert_int_equal(ph_collect(d), PH_OK);
+    assert_int_equal(ph_run_finalisers(d), PH_OK);
+    if (atomic_load(&n_fin_run) != atomic_load(&n_fin_reg))
+      FAIL("%llu finalisers registered, %llu ran",
+           (unsigned long long)n_fin_reg, (unsigned long long)n_fin_run);
+    ph_stats fs;
+    assert_int_equal(ph_stats_get(heap, &fs), PH_OK);
+    if (fs.finalisers_run != n_fin_run || fs.pinned_blocks != 0)
+      FAIL("stats: %llu finalisers run, %llu pinned",
+           (unsigned long long)fs.finalisers_run,
+           (unsigned long long)fs.pinned_blocks);
+    printf("test_stress: %llu finalisers run, %llu pins, %llu weak checks, "
+           "%llu weak fields and %llu ephemerons cleared\n",
+           (unsigned long long)n_fin_run, (unsigned long long)n_pins,
+           (unsigned long long)n_weak_checks,
+           (unsigned long long)fs.weak_cleared,
+           (unsigned long long)fs.ephemerons_cleared);
   }
   ph_stats st;
   assert_int_equal(ph_stats_get(heap, &st), PH_OK);

@@ -1,0 +1,116 @@
+(* bench/peers/weak.ml -- bench/weak.c's tables on OCaml 5.3: a weak hash
+   table (Weak) of N entries, K per mille also held strongly, and an
+   ephemeron table (Ephemeron.K1) of N (key, data) pairs, K per mille of the
+   keys held strongly.  Entries: a 2-field block (id, a 4-field payload);
+   keys: a 2-field block, data a 4-field block, as in bench/weak.c.  Timed:
+   Gc.full_major (the major GC that clears the table), then Gc.compact;
+   rss_after is VmRSS after the compaction.  One JSON line per run.
+
+   Build: ocamlfind-free, with the stock 5.3 toolchain:
+     $PREFIX/bin/ocamlopt -I +unix unix.cmxa weak.ml -o weak_ocaml53 *)
+
+type entry = { id : int; payload : int array }
+
+let rss () =
+  let ic = open_in "/proc/self/status" in
+  let rec loop () =
+    match input_line ic with
+    | l when String.length l > 6 && String.sub l 0 6 = "VmRSS:" ->
+        Scanf.sscanf l "VmRSS: %d kB" (fun k -> k * 1024)
+    | _ -> loop ()
+    | exception End_of_file -> 0
+  in
+  let r = loop () in
+  close_in ic;
+  r
+
+let now () = Unix.gettimeofday () *. 1000.
+
+(* the keep draw: a splitmix64-style stream, K per mille *)
+let state = ref 42
+let draw () =
+  state := !state + 0x1c8864680b583eb;
+  let z = !state in
+  let z = (z lxor (z lsr 30)) * 0x3f58476d1ce4e5b9 in
+  let z = (z lxor (z lsr 27)) * 0x14d049bb133111eb in
+  (z lxor (z lsr 31)) land max_int
+
+let () =
+  let n = ref 1_000_000 and keep = ref 100 and runs = ref 1
+  and table = ref "weak" in
+  Arg.parse
+    [ ("--n", Arg.Set_int n, "entries");
+      ("--keep", Arg.Set_int keep, "per mille kept");
+      ("--runs", Arg.Set_int runs, "runs");
+      ("--table", Arg.Set_string table, "weak|ephemeron") ]
+    (fun _ -> ()) "weak_ocaml53";
+  let n = !n in
+  let dummy = { id = -1; payload = [||] } in
+  for run = 0 to !runs - 1 do
+    Gc.compact ();
+    state := 42;
+    let kept = ref 0 and present = ref 0 in
+    let t0 = now () in
+    let build_ms, collect_ms, compact_ms =
+      if !table = "weak" then begin
+        let tab = Weak.create n in
+        let strong = Array.make n dummy in
+        for i = 0 to n - 1 do
+          let e = { id = i; payload = Array.make 4 i } in
+          Weak.set tab i (Some e);
+          if draw () mod 1000 < !keep then begin
+            strong.(i) <- e;
+            incr kept
+          end
+        done;
+        let b = now () -. t0 in
+        let t1 = now () in
+        Gc.full_major ();
+        let c = now () -. t1 in
+        let t2 = now () in
+        Gc.compact ();
+        let k = now () -. t2 in
+        for i = 0 to n - 1 do
+          match Weak.get tab i with
+          | Some e -> if e.id = i && strong.(i) == e then incr present
+          | None -> ()
+        done;
+        ignore (Sys.opaque_identity strong);
+        (b, c, k)
+      end else begin
+        let dkey = (-1, 0) in
+        let tab = Array.make n (Ephemeron.K1.make dkey [||]) in
+        let strong = Array.make n dkey in
+        for i = 0 to n - 1 do
+          let key = (i, 1) in
+          tab.(i) <- Ephemeron.K1.make key (Array.make 4 i);
+          if draw () mod 1000 < !keep then begin
+            strong.(i) <- key;
+            incr kept
+          end
+        done;
+        let b = now () -. t0 in
+        let t1 = now () in
+        Gc.full_major ();
+        let c = now () -. t1 in
+        let t2 = now () in
+        Gc.compact ();
+        let k = now () -. t2 in
+        for i = 0 to n - 1 do
+          if strong.(i) != dkey then
+            match Ephemeron.K1.query tab.(i) strong.(i) with
+            | Some d when d.(0) = i -> incr present
+            | _ -> ()
+        done;
+        ignore (Sys.opaque_identity (tab, strong));
+        (b, c, k)
+      end
+    in
+    let r = rss () in
+    Printf.printf
+      "{\"system\":\"ocaml-5.3\",\"table\":\"%s\",\"n\":%d,\"keep\":%d,\
+       \"run\":%d,\"build_ms\":%.3f,\"collect_ms\":%.3f,\"compact_ms\":%.3f,\
+       \"rss_after\":%d,\"kept\":%d,\"ok\":%b}\n%!"
+      !table n !keep run build_ms collect_ms compact_ms r !kept
+      (!present = !kept)
+  done

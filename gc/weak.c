@@ -1,0 +1,220 @@
+/* gc/weak.c -- weak blocks and ephemerons (DESIGN.md: gc.weak).
+ *
+ * A weak block or an ephemeron is a block whose header has colour bit 1
+ * (PH_HD_SPECIAL) set; its tag says which (PH_WEAK_TAG, PH_EPHE_TAG).  The
+ * marker never scans one: the participant that marks it calls ph_weak_met,
+ * which puts a weak block on that participant's list, and an ephemeron too
+ * unless its keys are all marked already (then its data is marked at once).
+ *
+ * gc.weak.rounds: when strong marking is done, every participant looks at
+ * the ephemerons of its own list: one whose keys are all marked has its
+ * data marked (and leaves the list); the marking that follows is shared as
+ * usual (mark.share).  A round that marked nothing anywhere ends the rounds:
+ * every ephemeron still listed has a key that nothing reaches.
+ *
+ * gc.weak.clear: the participants then claim entries of all the lists
+ * (weak blocks are listed in slices of PH_WEAK_SLICE fields) and clear the
+ * weak fields whose target is not marked and every field of the ephemerons
+ * still listed.  This happens before the sweep, which frees those targets, so
+ * no weak field ever holds a freed block; a compaction after it forwards the
+ * fields that remain (they point at live blocks, like any field).
+ *
+ * A list that cannot grow (malloc refused) degrades to strong: the block's
+ * fields are marked like any block's, so nothing it holds dies this time. */
+#include "gc/gc.h"
+
+#include <stdlib.h>
+
+/* Test knob (internal): the largest weak or ephemeron list, in entries
+ * (0 = none), to exercise the strong fallback. */
+size_t ph_weak_list_limit = 0;
+
+#define PH_WEAK_AHEAD 16 /* clearing: prefetch distance, in fields */
+
+static int list_add(ph_value **a, size_t *n, size_t *cap, ph_value v) {
+  if (*n == *cap) {
+    size_t ncap = *cap ? *cap * 2 : 256;
+    if (ph_weak_list_limit && ncap > ph_weak_list_limit)
+      ncap = ph_weak_list_limit;
+    ph_value *e = ncap > *cap ? realloc(*a, ncap * sizeof *e) : NULL;
+    if (!e)
+      return 0;
+    *a = e;
+    *cap = ncap;
+  }
+  (*a)[(*n)++] = v;
+  return 1;
+}
+
+static int weak_add(ph_worker *w, ph_value v, size_t start) {
+  if (w->nweak == w->weak_cap) {
+    size_t ncap = w->weak_cap ? w->weak_cap * 2 : 256;
+    if (ph_weak_list_limit && ncap > ph_weak_list_limit)
+      ncap = ph_weak_list_limit;
+    ph_weak_ent *e =
+        ncap > w->weak_cap ? realloc(w->weak, ncap * sizeof *e) : NULL;
+    if (!e)
+      return 0;
+    w->weak = e;
+    w->weak_cap = ncap;
+  }
+  w->weak[w->nweak++] = (ph_weak_ent){v, start};
+  return 1;
+}
+
+static inline int target_dead(ph_value x) {
+  return ph_is_block(x) && !(ph_hd_load(x) & PH_HD_BLACK);
+}
+
+/* Are the keys 0..nkeys-1 of ephemeron e all marked (or not blocks)? */
+static int keys_alive(ph_value e, size_t nkeys) {
+  const ph_value *f = (const ph_value *)e;
+  for (size_t i = 0; i < nkeys; i++)
+    if (target_dead(f[i]))
+      return 0;
+  return 1;
+}
+
+static void mark_fields(struct ph_heap *h, ph_worker *w, ph_value v, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    ph_mark_value(h, w, ((const ph_value *)v)[i]);
+}
+
+void ph_weak_met(struct ph_heap *h, ph_worker *w, ph_value v, ph_value hd) {
+  ph_gc *g = h->gc;
+  size_t wo = ph_hd_wosize(hd);
+  if (ph_hd_tag(hd) == PH_WEAK_TAG) {
+    /* in slices, so that any participant may clear a part of a big one */
+    for (size_t s = 0; s < wo; s += PH_WEAK_SLICE)
+      if (!weak_add(w, v, s)) {
+        mark_fields(h, w, v, wo); /* degrade to strong: nothing dies */
+        break;
+      }
+    /* relaxed: read after a barrier */
+    atomic_fetch_add_explicit(&g->weak_listed, 1, memory_order_relaxed);
+    return;
+  }
+  /* an ephemeron: fields 0..wo-2 are keys, wo-1 the data */
+  if (keys_alive(v, wo - 1)) {
+    ph_mark_value(h, w, ((const ph_value *)v)[wo - 1]);
+    return;
+  }
+  if (list_add(&w->ephe, &w->nephe, &w->ephe_cap, v))
+    atomic_fetch_add_explicit(&g->ephe_listed, 1, memory_order_relaxed);
+  else
+    mark_fields(h, w, v, wo);
+}
+
+/* One participant's part of a round: mark the data of the listed
+ * ephemerons whose keys are all marked now; they leave the list. */
+static void ephe_round(struct ph_heap *h, ph_worker *w) {
+  size_t i = 0;
+  while (i < w->nephe) {
+    ph_value e = w->ephe[i];
+    size_t wo = ph_hd_wosize(ph_hd_load(e));
+    if (keys_alive(e, wo - 1)) {
+      ph_mark_value(h, w, ((const ph_value *)e)[wo - 1]);
+      w->ephe[i] = w->ephe[--w->nephe];
+    } else {
+      i++;
+    }
+  }
+}
+
+void ph_ephe_rounds_stw(struct ph_heap *h, ph_worker *w) {
+  ph_gc *g = h->gc;
+  ph_barrier *bar = &h->sync->stw.bar;
+  /* Called right after a barrier; lists change only after the next one,
+   * so every participant reads the same count here. */
+  if (atomic_load_explicit(&g->ephe_listed, memory_order_relaxed) == 0)
+    return;
+  for (;;) {
+    if (ph_barrier_wait(bar)) {
+      g->idle = 0;
+      g->mark_done = 0;
+      atomic_store_explicit(&g->claim_rescan, 0, memory_order_relaxed);
+      atomic_store_explicit(&g->ephe_progress, 0, memory_order_relaxed);
+    }
+    ph_barrier_wait(bar);
+    uint64_t before = w->live_blocks;
+    ephe_round(h, w);
+    ph_mark_finish_stw(h, w, &g->ephe_progress, before); /* ends: barrier */
+    /* relaxed: written before that barrier, reset after the next one */
+    if (!atomic_load_explicit(&g->ephe_progress, memory_order_relaxed))
+      return;
+  }
+}
+
+int ph_weak_any_stw(struct ph_heap *h) {
+  ph_gc *g = h->gc;
+  /* relaxed: counted before the barrier that ended marking */
+  return atomic_load_explicit(&g->weak_listed, memory_order_relaxed) ||
+         atomic_load_explicit(&g->ephe_listed, memory_order_relaxed);
+}
+
+static void clear_slice(ph_worker *w, const ph_weak_ent *e) {
+  ph_value *f = (ph_value *)e->v;
+  size_t wo = ph_hd_wosize(ph_hd_load(e->v));
+  size_t end = wo - e->start > PH_WEAK_SLICE ? e->start + PH_WEAK_SLICE : wo;
+  for (size_t i = e->start; i < end; i++) {
+    /* the targets' headers are cache misses: ask for them ahead */
+    if (i + PH_WEAK_AHEAD < end && ph_is_block(f[i + PH_WEAK_AHEAD]))
+      __builtin_prefetch(ph_hp(f[i + PH_WEAK_AHEAD]));
+    if (target_dead(f[i])) {
+      f[i] = 0;
+      w->weak_cleared++;
+    }
+  }
+}
+
+static void clear_ephemeron(ph_worker *w, ph_value e) {
+  ph_value *f = (ph_value *)e;
+  size_t wo = ph_hd_wosize(ph_hd_load(e));
+  for (size_t i = 0; i < wo; i++)
+    f[i] = 0;
+  w->ephe_cleared++;
+}
+
+#define PH_WEAK_BATCH 16 /* entries per claim */
+
+void ph_weak_clear_stw(struct ph_heap *h, ph_worker *w) {
+  ph_gc *g = h->gc;
+  /* one index space over every participant's weak entries, then their
+   * ephemerons; the lists do not change until after the next barrier */
+  size_t total = 0;
+  for (unsigned i = 0; i < g->nparts; i++)
+    total += g->workers[i].nweak + g->workers[i].nephe;
+  for (;;) {
+    size_t k = atomic_fetch_add_explicit(&g->claim_weak, PH_WEAK_BATCH,
+                                         memory_order_relaxed);
+    if (k >= total)
+      break;
+    size_t end = k + PH_WEAK_BATCH < total ? k + PH_WEAK_BATCH : total;
+    unsigned i = 0;
+    size_t base = 0; /* first index of workers[i]'s entries */
+    for (size_t x = k; x < end; x++) {
+      while (x - base >= g->workers[i].nweak + g->workers[i].nephe) {
+        base += g->workers[i].nweak + g->workers[i].nephe;
+        i++;
+      }
+      ph_worker *o = &g->workers[i];
+      size_t j = x - base;
+      if (j < o->nweak)
+        clear_slice(w, &o->weak[j]);
+      else
+        clear_ephemeron(w, o->ephe[j - o->nweak]);
+    }
+  }
+}
+
+void ph_weak_forget(ph_worker *w) {
+  w->nweak = w->nephe = 0;
+}
+
+void ph_weak_worker_free(ph_worker *w) {
+  free(w->weak);
+  free(w->ephe);
+  w->weak = NULL;
+  w->ephe = NULL;
+  w->nweak = w->nephe = w->weak_cap = w->ephe_cap = 0;
+}

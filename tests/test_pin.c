@@ -1,0 +1,237 @@
+/* tests/test_pin.c -- pinning (DESIGN.md: gc.pin).
+ *
+ * A pinned block keeps its address through compactions that evacuate the
+ * rest of its size class (its pool is kept, in every scope), is kept alive,
+ * is counted, needs as many unpins as pins, survives its domain's detach
+ * and can be unpinned from another domain; bad input changes nothing. */
+#include "test_util.h"
+
+typedef struct env {
+  ph_heap *h;
+  ph_domain *d;
+} env;
+
+static void env_open(env *e, ph_compact_scope scope, unsigned helpers) {
+  ph_config cfg;
+  ph_config_init(&cfg);
+  cfg.gc_percent = 0;
+  cfg.compact_scope = scope;
+  cfg.gc_helpers = helpers;
+  assert_int_equal(ph_heap_create(&cfg, &e->h), PH_OK);
+  assert_int_equal(ph_domain_attach(e->h, &e->d), PH_OK);
+}
+
+static void check_heap(ph_domain *d) {
+  char why[256];
+  int err = ph_verify(d, why, sizeof why);
+  if (err != PH_OK)
+    fail_msg("verify: %s", why);
+}
+
+static void env_close(env *e) {
+  check_heap(e->d);
+  assert_int_equal(ph_domain_detach(e->d), PH_OK);
+  assert_int_equal(ph_heap_destroy(e->h), PH_OK);
+}
+
+static ph_value node(ph_domain *d, intptr_t id) {
+  ph_value v = ph_alloc(d, 3, 0);
+  assert_true(v != 0);
+  ph_set_field(v, 0, ph_val_int(id));
+  return v;
+}
+
+static ph_stats stats(ph_heap *h) {
+  ph_stats s;
+  assert_int_equal(ph_stats_get(h, &s), PH_OK);
+  return s;
+}
+
+/* Dense pools (1 block in 4 survives), then sparse ones (1 in 64): the
+ * plan keeps the dense ones and evacuates the sparse ones, where 3 blocks
+ * are pinned.  The other survivors there move; the pinned ones do not. */
+static void pinned_do_not_move(ph_compact_scope scope) {
+  env e;
+  env_open(&e, scope, 1);
+  const size_t n = tu_scale(64000, 4);
+  size_t m = ph_scope_open(e.d);
+  ph_value *arr = ph_root(e.d, ph_alloc(e.d, n, 0));
+  for (size_t i = 0; i < n; i++) {
+    ph_value x = node(e.d, (intptr_t)i);
+    if (i < n / 2 ? i % 4 == 0 : i % 64 == 0)
+      ph_set_field(*arr, i, x);
+  }
+  size_t pin_at[3];
+  ph_value pinned[3];
+  for (size_t k = 0; k < 3; k++) {
+    pin_at[k] = n / 2 + (k * 2 + 1) * (n / 16) / 64 * 64;
+    pinned[k] = ph_field(*arr, pin_at[k]);
+    assert_true(ph_is_block(pinned[k]));
+    assert_int_equal(ph_pin(e.d, pinned[k]), PH_OK);
+  }
+  assert_int_equal(stats(e.h).pinned_blocks, 3);
+  ph_value *before = ph_root(e.d, ph_alloc(e.d, n, PH_TAG_RAW)); /* addrs */
+  for (size_t i = n / 2; i < n; i += 64)
+    ((ph_value *)*before)[i] = ph_field(*arr, i);
+  assert_int_equal(ph_compact(e.d), PH_OK);
+  assert_true(stats(e.h).evacuated_blocks > 0);
+  size_t moved = 0;
+  for (size_t i = n / 2; i < n; i += 64)
+    moved += ph_field(*arr, i) != ((ph_value *)*before)[i];
+  assert_true(moved > 0); /* the sparse pools were evacuated */
+  for (size_t k = 0; k < 3; k++)
+    assert_true(ph_field(*arr, pin_at[k]) == pinned[k]);
+  for (size_t i = 0; i < n; i++)
+    if (i < n / 2 ? i % 4 == 0 : i % 64 == 0)
+      assert_int_equal(ph_int_val(ph_field(ph_field(*arr, i), 0)), (intptr_t)i);
+  check_heap(e.d);
+  for (size_t k = 0; k < 3; k++)
+    assert_int_equal(ph_unpin(e.d, pinned[k]), PH_OK);
+  assert_int_equal(stats(e.h).pinned_blocks, 0);
+  assert_int_equal(ph_compact(e.d), PH_OK);
+  check_heap(e.d);
+  ph_scope_close(e.d, m);
+  env_close(&e);
+}
+
+static void test_pinned_do_not_move_global(void **state) {
+  (void)state;
+  pinned_do_not_move(PH_COMPACT_GLOBAL);
+}
+
+static void test_pinned_do_not_move_per_domain(void **state) {
+  (void)state;
+  pinned_do_not_move(PH_COMPACT_PER_DOMAIN);
+}
+
+static void test_pin_keeps_alive_and_counts(void **state) {
+  (void)state;
+  env e;
+  env_open(&e, PH_COMPACT_GLOBAL, 0);
+  ph_value x = node(e.d, 9);
+  ph_set_field(x, 1, node(e.d, 10));
+  assert_int_equal(ph_pin(e.d, x), PH_OK);
+  assert_int_equal(ph_pin(e.d, x), PH_OK);
+  assert_int_equal(stats(e.h).pinned_blocks, 1);
+  assert_int_equal(ph_collect(e.d), PH_OK);
+  assert_int_equal(ph_compact(e.d), PH_OK);
+  assert_int_equal(stats(e.h).live_blocks, 2); /* x and its child */
+  assert_int_equal(ph_int_val(ph_field(x, 0)), 9);
+  assert_int_equal(ph_int_val(ph_field(ph_field(x, 1), 0)), 10);
+  check_heap(e.d);
+  assert_int_equal(ph_unpin(e.d, x), PH_OK);
+  assert_int_equal(ph_collect(e.d), PH_OK);
+  assert_int_equal(stats(e.h).live_blocks, 2); /* one pin left */
+  assert_int_equal(ph_unpin(e.d, x), PH_OK);
+  assert_int_equal(ph_unpin(e.d, x), PH_EINVAL); /* unpin without pin */
+  assert_int_equal(stats(e.h).pinned_blocks, 0);
+  assert_int_equal(ph_collect(e.d), PH_OK);
+  assert_int_equal(stats(e.h).live_blocks, 0);
+  /* large blocks too (they never move) */
+  ph_value big = ph_alloc(e.d, 100000, 0);
+  assert_int_equal(ph_pin(e.d, big), PH_OK);
+  assert_int_equal(ph_compact(e.d), PH_OK);
+  assert_int_equal(stats(e.h).live_blocks, 1);
+  assert_int_equal(ph_unpin(e.d, big), PH_OK);
+  /* many pins: the table grows (and reuses removed slots) */
+  size_t m = ph_scope_open(e.d);
+  ph_value *arr = ph_root(e.d, ph_alloc(e.d, 5000, 0));
+  for (int round = 0; round < 3; round++) {
+    for (size_t i = 0; i < 5000; i++) {
+      ph_set_field(*arr, i, node(e.d, (intptr_t)i));
+      assert_int_equal(ph_pin(e.d, ph_field(*arr, i)), PH_OK);
+    }
+    assert_int_equal(stats(e.h).pinned_blocks, 5000);
+    for (size_t i = 0; i < 5000; i++)
+      assert_int_equal(ph_unpin(e.d, ph_field(*arr, i)), PH_OK);
+    assert_int_equal(stats(e.h).pinned_blocks, 0);
+  }
+  ph_scope_close(e.d, m);
+  env_close(&e);
+}
+
+static void test_pin_bad_input(void **state) {
+  (void)state;
+  env e;
+  env_open(&e, PH_COMPACT_GLOBAL, 0);
+  env o; /* another heap */
+  env_open(&o, PH_COMPACT_GLOBAL, 0);
+  size_t m = ph_scope_open(e.d);
+  ph_value *x = ph_root(e.d, node(e.d, 1));
+  ph_value freed = node(e.d, 2);
+  ph_value other = node(o.d, 3);
+  assert_int_equal(ph_collect(e.d), PH_OK); /* freed is freed */
+  assert_int_equal(ph_pin(e.d, *x), PH_OK);
+  ph_stats s0 = stats(e.h);
+  ph_value bad[] = {0,      ph_val_int(5), *x + 8, *x - 8,
+                    *x + 2, freed,         other,  (ph_value)&s0};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    assert_int_equal(ph_pin(e.d, bad[i]), PH_EINVAL);
+    assert_int_equal(ph_last_error(e.d), PH_EINVAL);
+    assert_int_equal(ph_unpin(e.d, bad[i]), PH_EINVAL);
+  }
+  ph_value *y = ph_root(e.d, node(e.d, 4));
+  assert_int_equal(ph_unpin(e.d, *y), PH_EINVAL); /* never pinned */
+  assert_int_equal(ph_pin(NULL, *x), PH_EINVAL);
+  ph_blocking_enter(e.d);
+  assert_int_equal(ph_pin(e.d, *y), PH_ESTATE);
+  assert_int_equal(ph_unpin(e.d, *x), PH_ESTATE);
+  ph_blocking_leave(e.d);
+  ph_stats s1 = stats(e.h);
+  assert_int_equal(s1.pinned_blocks, s0.pinned_blocks);
+  assert_int_equal(ph_unpin(e.d, *x), PH_OK);
+  assert_int_equal(ph_unpin(e.d, *x), PH_EINVAL);
+  check_heap(e.d);
+  ph_scope_close(e.d, m);
+  env_close(&o);
+  env_close(&e);
+}
+
+/* a pin made by a domain that detaches stays; another domain unpins */
+typedef struct detach_ctx {
+  ph_heap *h;
+  ph_value v;
+} detach_ctx;
+
+static void *pin_and_leave(void *arg) {
+  detach_ctx *c = arg;
+  ph_domain *d;
+  assert_int_equal(ph_domain_attach(c->h, &d), PH_OK);
+  c->v = node(d, 77);
+  for (int i = 0; i < 3000; i++) /* garbage beside it */
+    (void)node(d, -1);
+  assert_int_equal(ph_pin(d, c->v), PH_OK);
+  assert_int_equal(ph_domain_detach(d), PH_OK);
+  return NULL;
+}
+
+static void test_pin_survives_detach(void **state) {
+  (void)state;
+  env e;
+  env_open(&e, PH_COMPACT_GLOBAL, 0);
+  detach_ctx c = {.h = e.h};
+  pthread_t t;
+  ph_blocking_enter(e.d);
+  pthread_create(&t, NULL, pin_and_leave, &c);
+  pthread_join(t, NULL);
+  ph_blocking_leave(e.d);
+  assert_int_equal(ph_compact(e.d), PH_OK);
+  assert_int_equal(stats(e.h).live_blocks, 1);
+  assert_int_equal(ph_int_val(ph_field(c.v, 0)), 77);
+  check_heap(e.d);
+  assert_int_equal(ph_unpin(e.d, c.v), PH_OK);
+  assert_int_equal(ph_collect(e.d), PH_OK);
+  assert_int_equal(stats(e.h).live_blocks, 0);
+  env_close(&e);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_pinned_do_not_move_global),
+      cmocka_unit_test(test_pinned_do_not_move_per_domain),
+      cmocka_unit_test(test_pin_keeps_alive_and_counts),
+      cmocka_unit_test(test_pin_bad_input),
+      cmocka_unit_test(test_pin_survives_detach),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
