@@ -52,6 +52,9 @@ typedef struct ph_stw {
   const void *arg;  /* (lock) the leader's request, for the body */
   int did;          /* written by the body: PH_STW_COLLECT|PH_STW_COMPACT */
   int result;       /* written by the body: the leader's result */
+  int refused;      /* written by the body: PH_OK, or the error that kept a
+                       compaction it attempted from happening; every
+                       compaction request that took part returns it */
   ph_barrier bar;
 } ph_stw;
 

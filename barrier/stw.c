@@ -23,7 +23,10 @@
  * after the call: either one whose epoch is later than the number of
  * sections started at the call, or one the caller took part in from its
  * first barrier (marking starts only once every participant has arrived, so
- * it began after the call).  Concurrent requests thus share one section. */
+ * it began after the call).  Concurrent requests thus share one section.
+ * A compaction the body attempted but could not do (it sets refused, e.g.
+ * PH_ENOMEM) ends every compaction request that took part in that section
+ * with that error, the leader's included: none retries. */
 #include "barrier/barrier.h"
 
 #include <stdio.h>
@@ -33,8 +36,9 @@ _Thread_local struct ph_heap *ph_tls_section;
 
 /* Take part in the current section.  Returns the section's result for its
  * leader.  *did (if not NULL) gets what the section did: PH_STW_COLLECT
- * and/or PH_STW_COMPACT. */
-static int participate_did(struct ph_domain *d, int *did) {
+ * and/or PH_STW_COMPACT; *refused (if not NULL) why a compaction it
+ * attempted did not happen (PH_OK if none was refused). */
+static int participate_did(struct ph_domain *d, int *did, int *refused) {
   struct ph_heap *h = d->heap;
   ph_stw *s = &h->sync->stw;
   ph_domain_flush_caches(d);
@@ -52,6 +56,8 @@ static int participate_did(struct ph_domain *d, int *did) {
   int result = d == s->leader ? s->result : PH_OK;
   if (did)
     *did = s->did;
+  if (refused)
+    *refused = s->refused;
 
   pthread_mutex_lock(&h->lock);
   d->sync->stw_expected = 0;
@@ -69,7 +75,7 @@ static int participate_did(struct ph_domain *d, int *did) {
 }
 
 static int participate(struct ph_domain *d) {
-  return participate_did(d, NULL);
+  return participate_did(d, NULL, NULL);
 }
 
 static int satisfied_locked(struct ph_heap *h, int kind, uint64_t start) {
@@ -97,13 +103,19 @@ int ph_stw_run(struct ph_domain *d, int kind, ph_stw_body body,
         /* We take part from its first barrier, after our call: a whole
          * collection (or compaction) that started after the call, even if
          * it was elected before (barrier.stw coalescing). */
-        int did = 0;
+        int did = 0, refused = PH_OK;
         pthread_mutex_unlock(&h->lock);
-        participate_did(d, &did);
+        participate_did(d, &did, &refused);
         pthread_mutex_lock(&h->lock);
         if (!(kind & (PH_STW_VERIFY | PH_STW_CENSUS)) &&
             (did & ((kind & PH_STW_COMPACT) ? PH_STW_COMPACT : PH_STW_COLLECT)))
           break;
+        /* a compaction refused in a section we took part in from its
+         * first barrier: our request failed with it (barrier.stw) */
+        if ((kind & PH_STW_COMPACT) && refused != PH_OK) {
+          result = refused;
+          break;
+        }
       } else {
         pthread_cond_wait(&h->sync->cond, &h->lock);
       }
@@ -116,6 +128,7 @@ int ph_stw_run(struct ph_domain *d, int kind, ph_stw_body body,
     s->kind = kind;
     s->body = body;
     s->did = 0;
+    s->refused = PH_OK;
     s->leader = d;
     s->arg = arg;
     unsigned n = 0;
@@ -140,10 +153,16 @@ int ph_stw_run(struct ph_domain *d, int kind, ph_stw_body body,
     if (h->sync->nhelpers)
       pthread_cond_broadcast(&h->sync->helper_cond);
     pthread_mutex_unlock(&h->lock);
-    result = participate(d);
+    int refused = PH_OK;
+    result = participate_did(d, NULL, &refused);
     pthread_mutex_lock(&h->lock);
     if (kind & (PH_STW_VERIFY | PH_STW_CENSUS))
       break;
+    /* our own compaction was refused: report it, do not retry */
+    if ((kind & PH_STW_COMPACT) && refused != PH_OK) {
+      result = refused;
+      break;
+    }
   }
   pthread_mutex_unlock(&h->lock);
   return result;

@@ -80,6 +80,7 @@ static void prepare_stw_single(struct ph_heap *h) {
   g->compact_refused = 0;
   s->did = 0;
   s->result = PH_OK;
+  s->refused = PH_OK;
   if (!(s->kind & (PH_STW_COLLECT | PH_STW_COMPACT)))
     return;
   /* avail lists are rebuilt by the sweep */
@@ -129,12 +130,13 @@ static void finish_collect_stw_single(struct ph_heap *h) {
       frag * 100 > (uint64_t)h->cfg.compact_percent * pool_bytes)
     g->do_compact = 1;
   /* gc.pin: the pools holding pinned blocks; without them nothing may
-   * move, so no compaction (ph_compact says PH_ENOMEM) */
+   * move, so no compaction: every ph_compact that took part in this section
+   * returns PH_ENOMEM (barrier.stw) */
   if (((s->kind & PH_STW_COMPACT) || g->do_compact) &&
       ph_pin_pools_stw_single(h) != PH_OK) {
     g->do_compact = 0;
     g->compact_refused = 1;
-    s->result = PH_ENOMEM;
+    s->refused = PH_ENOMEM;
   }
   if (!(s->kind & PH_STW_COMPACT) && !g->do_compact &&
       h->cfg.release != PH_RELEASE_KEEP) {

@@ -114,7 +114,8 @@ int ph_finalise(ph_domain *d, ph_value v, ph_final_fn fn, void *user,
   pthread_mutex_lock(&g->final_lock);
   if (g->nregs == g->regs_cap) {
     size_t ncap = g->regs_cap ? g->regs_cap * 2 : 64;
-    ph_final *e = realloc(g->regs, ncap * sizeof *e);
+    ph_final *e =
+        ph_gc_fault(PH_GC_OP_FINAL) ? NULL : realloc(g->regs, ncap * sizeof *e);
     if (!e) {
       pthread_mutex_unlock(&g->final_lock);
       d->last_error = PH_ENOMEM;
@@ -175,7 +176,9 @@ void ph_final_flag_stw(struct ph_heap *h, ph_worker *w, unsigned when) {
   ph_gc *g = h->gc;
   for (size_t k = w->id; k < g->nregs; k += g->nparts) {
     ph_final *f = &g->regs[k];
-    if (f->when == when && unmarked(f->v))
+    /* a due one (left by a queue that could not grow) is due already;
+     * a LAST one then has no value any more */
+    if (f->when == when && !f->due && unmarked(f->v))
       f->due = 1;
   }
 }
@@ -198,7 +201,8 @@ static int fq_push(ph_fqueue *q, const ph_final *f) {
     }
     if (q->n == q->cap) {
       size_t ncap = q->cap ? q->cap * 2 : 64;
-      ph_final *e = realloc(q->e, ncap * sizeof *e);
+      ph_final *e =
+          ph_gc_fault(PH_GC_OP_QUEUE) ? NULL : realloc(q->e, ncap * sizeof *e);
       if (!e)
         return 0;
       q->e = e;
@@ -211,24 +215,25 @@ static int fq_push(ph_fqueue *q, const ph_final *f) {
 
 /* Leader, after the sweep: due registrations go to the ready queues (a
  * LAST one without its value).  One that cannot be queued (malloc refused)
- * stays registered and due: its value (FIRST) was marked, so it is kept,
- * and it is tried again at the next collection. */
+ * stays registered and due, and is queued by a later collection: a FIRST
+ * one keeps its value (marked as due, so kept alive); a LAST one forgets
+ * its value, which the sweep may have freed. */
 void ph_final_queue_stw_single(struct ph_heap *h) {
   ph_gc *g = h->gc;
   size_t j = 0;
   for (size_t k = 0; k < g->nregs; k++) {
     ph_final f = g->regs[k];
     if (f.due) {
+      if (f.when == PH_FINAL_LAST)
+        f.v = 0;
       ph_final r = f;
       r.due = 0;
-      if (r.when == PH_FINAL_LAST)
-        r.v = 0;
       ph_fqueue *q = &g->ready[r.slot];
       if (fq_push(q, &r)) {
         atomic_fetch_add_explicit(&g->nready[r.slot], 1, memory_order_relaxed);
         continue;
       }
-      f.due = 0; /* try again later */
+      /* stays due: queued by a later collection */
     }
     g->regs[j++] = f;
   }

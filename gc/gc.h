@@ -195,6 +195,27 @@ void ph_final_poll(struct ph_domain *d);
 /* gc/pin.c (gc.pin) */
 int ph_pin_pools_stw_single(struct ph_heap *h);
 
+/* gc/fault.c: allocation-failure injection in gc/'s tables, for tests
+ * (DESIGN.md: tests.faults).  The malloc that would grow a table of the
+ * kinds in op_mask is counted; the nth one (1-based) fails as if malloc had
+ * returned NULL, and so does every later one if sticky.  nth = 0 turns it
+ * off.  Process-wide; every build has it; off, it costs one relaxed load
+ * where a table grows (never on the allocation fast path). */
+enum {
+  PH_GC_OP_PINS = 1,          /* the pin table (ph_pin) */
+  PH_GC_OP_FINAL = 2,         /* the finaliser registrations (ph_finalise) */
+  PH_GC_OP_WEAK = 4,          /* a participant's weak list (marking) */
+  PH_GC_OP_EPHE = 8,          /* a participant's ephemeron list (marking) */
+  PH_GC_OP_PINNED_POOLS = 16, /* the pinned pools' list (compaction) */
+  PH_GC_OP_QUEUE = 32,        /* a ready queue of finalisers */
+  PH_GC_OP_ALL = 63
+};
+void ph_gc_fault_set(unsigned op_mask, uint64_t nth, int sticky);
+/* Injected failures since the last ph_gc_fault_set. */
+uint64_t ph_gc_fault_hits(void);
+/* 1 if this growth of a table of kind op must fail. */
+int ph_gc_fault(unsigned op);
+
 /* gc/verify.c */
 int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size);
 /* gc/census.c */

@@ -41,7 +41,7 @@ static int pin_grow_locked(ph_gc *g) {
   size_t ncap = g->pins_cap ? g->pins_cap * 2 : 64;
   if (g->npins * 2 < g->pins_cap) /* many tombstones: rehash in place */
     ncap = g->pins_cap;
-  ph_pin_ent *ne = calloc(ncap, sizeof *ne);
+  ph_pin_ent *ne = ph_gc_fault(PH_GC_OP_PINS) ? NULL : calloc(ncap, sizeof *ne);
   if (!ne)
     return PH_ENOMEM;
   ph_pin_ent *old = g->pins;
@@ -127,7 +127,9 @@ int ph_pin_pools_stw_single(struct ph_heap *h) {
   if (n == 0)
     return PH_OK;
   if (n > g->pinned_pools_cap) {
-    ph_pool **a = realloc(g->pinned_pools, n * sizeof *a);
+    ph_pool **a = ph_gc_fault(PH_GC_OP_PINNED_POOLS)
+                      ? NULL
+                      : realloc(g->pinned_pools, n * sizeof *a);
     if (!a)
       return PH_ENOMEM;
     g->pinned_pools = a;

@@ -36,7 +36,9 @@ static int list_add(ph_value **a, size_t *n, size_t *cap, ph_value v) {
     size_t ncap = *cap ? *cap * 2 : 256;
     if (ph_weak_list_limit && ncap > ph_weak_list_limit)
       ncap = ph_weak_list_limit;
-    ph_value *e = ncap > *cap ? realloc(*a, ncap * sizeof *e) : NULL;
+    ph_value *e = ncap > *cap && !ph_gc_fault(PH_GC_OP_EPHE)
+                      ? realloc(*a, ncap * sizeof *e)
+                      : NULL;
     if (!e)
       return 0;
     *a = e;
@@ -51,8 +53,9 @@ static int weak_add(ph_worker *w, ph_value v, size_t start) {
     size_t ncap = w->weak_cap ? w->weak_cap * 2 : 256;
     if (ph_weak_list_limit && ncap > ph_weak_list_limit)
       ncap = ph_weak_list_limit;
-    ph_weak_ent *e =
-        ncap > w->weak_cap ? realloc(w->weak, ncap * sizeof *e) : NULL;
+    ph_weak_ent *e = ncap > w->weak_cap && !ph_gc_fault(PH_GC_OP_WEAK)
+                         ? realloc(w->weak, ncap * sizeof *e)
+                         : NULL;
     if (!e)
       return 0;
     w->weak = e;

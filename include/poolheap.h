@@ -360,7 +360,10 @@ int ph_collect(ph_domain *d);
  * that stay in use, so that the other ranges empty whole.  Pools holding a
  * pinned block (ph_pin) are always kept; if their list cannot be
  * allocated, the collection runs but nothing moves and ph_compact returns
- * PH_ENOMEM. */
+ * PH_ENOMEM.  It does so on every domain whose ph_compact that section
+ * served (concurrent calls coalesced into it, the caller that led it
+ * included), and none of them retries: PH_ENOMEM from ph_compact always
+ * means that no compaction happened for that call (the collection did). */
 int ph_compact(ph_domain *d);
 /* Stop the world and check every invariant.  PH_OK, or PH_ECORRUPT with a
  * description written to why (if why_size > 0). */
