@@ -176,7 +176,10 @@ ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag) {
   }
   ac->free = *(ph_value *)b;
   ac->nfree--;
-  ph_hp(b)[0] = ph_hd_make(wosize, PH_WHITE, tag);
+  /* relaxed atomic (the same one store): ph_pin or ph_finalise on a bogus
+   * pointer may read this header meanwhile (gc.pin) */
+  __atomic_store_n(ph_hp(b), ph_hd_make(wosize, PH_WHITE, tag),
+                   __ATOMIC_RELAXED);
   init_fields(b, wosize, tag);
   count_alloc(d, (wosize + 1) * 8);
   return b;
@@ -198,7 +201,8 @@ static ph_value alloc_special(ph_domain *d, size_t wosize, unsigned tag) {
   ph_value v = ph_alloc(d, wosize, tag);
   if (!v)
     return 0;
-  ph_hp(v)[0] |= PH_HD_SPECIAL;
+  /* relaxed atomic, as ph_alloc's header store (gc.pin) */
+  __atomic_store_n(ph_hp(v), ph_hp(v)[0] | PH_HD_SPECIAL, __ATOMIC_RELAXED);
   memset((void *)v, 0, wosize * sizeof(ph_value));
   return v;
 }

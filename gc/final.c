@@ -56,7 +56,18 @@ void ph_final_fini(struct ph_heap *h) {
 }
 
 /* Is v the address of field 0 of an allocated block of h?  (heap->lock
- * held: the chunk table changes under it.) */
+ * held: the chunk table and unit states change under it.)
+ * gc.pin: nothing of the pool header is read (another domain may be
+ * writing it: a pool is opened under the lock and written after it): the
+ * class comes from the chunk's ucls, written under the lock, the slot
+ * area and count from the heap's tables.  The one word read from pool
+ * memory is the slot header, which for a bogus v another domain may be
+ * writing right now (a slot it allocates into, a fresh pool's free list):
+ * a relaxed atomic load, as its writers (ph_alloc, ph_pool_init_free) store
+ * it, so the race is benign and TSan-clean.  The value read is a hint: a
+ * valid v was allocated before it was passed in, so its header is stable
+ * and nonzero; for a slot being allocated either answer is right at some
+ * moment of the call, and the caller then works under its own lock. */
 int ph_gc_block_check_locked(struct ph_heap *h, ph_value v) {
   if (!ph_is_block(v) || (v & 7))
     return 0;
@@ -69,15 +80,18 @@ int ph_gc_block_check_locked(struct ph_heap *h, ph_value v) {
     return (char *)v == ua + PH_LARGE_HDR + 8;
   if (c->ustate[u] != PH_U_POOL)
     return 0;
-  ph_pool *p = (ph_pool *)ua;
-  size_t sb = (size_t)h->class_wsize[p->cls] * 8;
-  if ((char *)v < ph_pool_slots(p) + 8)
+  unsigned cls = c->ucls[u];
+  if (cls >= h->nclasses)
     return 0;
-  size_t off = (size_t)((char *)v - 8 - ph_pool_slots(p));
-  if (off % sb || off / sb >= p->nslots)
+  size_t sb = (size_t)h->class_wsize[cls] * 8;
+  char *slots = ua + h->pool_hdr; /* ph_pool_slots(p), without reading p */
+  if ((char *)v < slots + 8)
+    return 0;
+  size_t off = (size_t)((char *)v - 8 - slots);
+  if (off % sb || off / sb >= h->class_nslots[cls])
     return 0;
   /* a free slot's header is 0, even in a pool cached by its owner */
-  return *ph_hp(v) != 0;
+  return __atomic_load_n(ph_hp(v), __ATOMIC_RELAXED) != 0;
 }
 
 /* The checks ph_finalise, ph_pin and ph_unpin start with: the domain (its

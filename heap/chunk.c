@@ -97,7 +97,8 @@ static int chunk_grow_locked(struct ph_heap *h, size_t min_units,
       size = need;
   }
   ph_chunk *c = calloc(1, sizeof *c);
-  uint8_t *us = calloc(size >> h->pool_shift, 1);
+  size_t nu = size >> h->pool_shift, ucls_at = (nu + 7) & ~(size_t)7;
+  uint8_t *us = calloc(ucls_at + nu * sizeof(uint16_t), 1); /* ustate, ucls */
   if (!c || !us) {
     free(c);
     free(us);
@@ -109,6 +110,7 @@ static int chunk_grow_locked(struct ph_heap *h, size_t min_units,
   c->nunits = (uint32_t)(size >> h->pool_shift);
   c->nfree = c->nunits;
   c->ustate = us;
+  c->ucls = (uint16_t *)(us + ucls_at);
   c->huge = got;
   chunk_insert_locked(h, c);
   *out = c;

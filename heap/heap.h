@@ -158,6 +158,10 @@ typedef struct ph_chunk {
   uint32_t hint; /* no free unit below this index */
   int huge;      /* PH_OS_HUGE_* obtained */
   uint8_t *ustate;
+  /* a pool unit's size class, written under heap->lock when the pool is
+   * opened (its header is written after the lock is dropped), so a check
+   * under the lock can read it (gc.pin); in the block of ustate */
+  uint16_t *ucls;
 } ph_chunk;
 #define PH_MAX_CHUNKS 4096
 

@@ -18,7 +18,8 @@ void ph_pool_init_free(struct ph_heap *h, ph_pool *p) {
   ph_value next = 0;
   for (uint32_t i = p->nslots; i-- > 0;) {
     ph_value *slot = s + (size_t)i * wsize;
-    slot[0] = hd;
+    /* relaxed atomic: gc.pin's value check may read it meanwhile */
+    __atomic_store_n(&slot[0], hd, __ATOMIC_RELAXED);
     slot[1] = next;
     next = (ph_value)(slot + 1);
   }
@@ -38,8 +39,10 @@ ph_pool *ph_pool_new(struct ph_heap *h, unsigned cls, unsigned owner) {
   uint32_t u;
   pthread_mutex_lock(&h->lock);
   int err = ph_units_take_locked(h, 1, PH_U_POOL, &c, &u);
-  if (err == PH_OK)
+  if (err == PH_OK) {
     h->pool_units++;
+    c->ucls[u] = (uint16_t)cls;
+  }
   pthread_mutex_unlock(&h->lock);
   if (err != PH_OK)
     return NULL;
