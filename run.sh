@@ -3,6 +3,7 @@
 #   ./run.sh demo            the fragmentation demo (the main job)
 #   ./run.sh test            build every variant, run every test
 #   ./run.sh bench [--big]   the compaction benchmark with its peers, then the trace replay
+#                            and the weak tables and pinning (bench/weak.sh)
 #   ./run.sh soak MINUTES    long stress: TSan stress, mapping soak, fuzzing
 #   ./run.sh fuzz MINUTES    the differential fuzzer, open-ended
 #   ./run.sh install PREFIX  headers, static and shared library, pkg-config
@@ -58,8 +59,10 @@ case $cmd in
     build release
     rc=0
     bench/bench.sh "$@" || rc=$?
-    # the trace replay (bench/trace/bench.sh, about 30 s), not in --quick
-    case " $* " in *" --quick "*) ;; *) bench/trace/bench.sh || rc=$? ;; esac
+    # the trace replay (bench/trace/bench.sh, about 30 s) and issue 12's weak
+    # tables and pinning (bench/weak.sh, beside OCaml 5.3), not in --quick
+    case " $* " in *" --quick "*) ;; *) bench/trace/bench.sh || rc=$?
+      bench/weak.sh || rc=$? ;; esac
     exit $rc
     ;;
   soak)
