@@ -58,20 +58,12 @@ run_suite() { # $1 name, $2 tree
   echo $(( $(date +%s) - t0 )) > "$OUT/$name.seconds"
 }
 
-# one line per test: "DIR TEST-DESCRIPTION => RESULT", the tree's path as TREE
-results() { # $1 log, $2 tree
-  awk '/^Running tests from / { d = $4; gsub(/[\047.]*$/, "", d); gsub(/^\047/, "", d); next }
-       / => / { line = $0; sub(/^ *\.\.\. */, "", line); print d " " line }' "$1" \
-    | awk -v t="$2" '{ while ((i = index($0, t)) > 0) $0 = substr($0, 1, i - 1) "TREE" substr($0, i + length(t)); print }'
-}
-
 run_suite stock "$STOCK_TREE"
 run_suite poolheap "$PH_TREE"
 
 results "$OUT/stock.log" "$STOCK_TREE" | sort > "$OUT/stock.results"
 results "$OUT/poolheap.log" "$PH_TREE" | sort > "$OUT/poolheap.results"
 
-summary() { grep -E "^ *[0-9]+ tests? (passed|skipped|failed|not started|considered)|^ *[0-9]+ unexpected errors?|^Summary" "$1" | sed 's/^ *//'; }
 echo
 echo "== summaries (DIRS: ${DIRS[*]})"
 paste -d'|' <(echo "stock 5.3.0 ($(cat "$OUT/stock.seconds") s)"; summary "$OUT/stock.log") \
