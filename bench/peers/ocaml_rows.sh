@@ -4,6 +4,9 @@
 # by side, medians of RUNS runs, the goals beside the figures.
 #
 #   bench/peers/ocaml_rows.sh [--runs N] [--shapes "W1 W2 W50 Wbig"] [--seed S]
+#                             [--order "W1 Wbig compile bintrees W2 W50"] [--append]
+#   --order: the programs to run, in that order; --append: add to build/bench/ocaml.jsonl
+#   (the table then covers the runs already there too)
 #
 # Rows:
 #   frag SHAPE   bench/peers/frag.ml built with each prefix's ocamlopt: Gc.compact as a
@@ -16,8 +19,8 @@
 #                tree, generated ones included, in dependency order) in one process:
 #                wall time and peak RSS
 #   bintrees     bench/peers/bintrees.ml, depth 21 on 2 domains: wall time, peak RSS
-# Each round runs every program on both runtimes, the order of the two swapped
-# every round.  Goals (issue 10): on W1 and Wbig the compaction phase <= 0.5x
+# Program by program, RUNS rounds each on both runtimes, the order of the two
+# swapped every round.  Goals (issue 10): on W1 and Wbig the compaction phase <= 0.5x
 # stock, Gc.compact as a whole <= 0.8x stock, RSS after <= stock, mappings after
 # <= before; compile and bintrees time <= 1.05x stock, peak RSS <= stock.
 # Timing goals that are missed print as MISSED and do not change the exit
@@ -31,20 +34,24 @@ OUT=$REPO/build/bench
 W=$OUT/ocaml
 RUNS=3
 SHAPES="W1 W2 W50 Wbig"
+ORDER=""
+APPEND=0
 SEED=${BENCH_SEED:-$(((RANDOM << 30) ^ (RANDOM << 15) ^ RANDOM))}
 while [ $# -gt 0 ]; do
   case $1 in
     --runs) RUNS=$2; shift ;;
     --shapes) SHAPES=$2; shift ;;
     --seed) SEED=$2; shift ;;
-    *) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    --order) ORDER=$2; shift ;;
+    --append) APPEND=1 ;;
+    *) sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
   shift
 done
 say() { echo "[ocaml-rows] $*" >&2; }
 mkdir -p "$W"
 JSON=$OUT/ocaml.jsonl
-: >"$JSON"
+[ $APPEND = 1 ] || : >"$JSON"
 
 STOCK=$("$REPO/ocaml/build.sh" stock | tail -1) || { say "stock build failed"; exit 1; }
 PH=$("$REPO/ocaml/build.sh" | tail -1) || { say "poolheap build failed"; exit 1; }
@@ -74,7 +81,7 @@ if [ ! -f "$SRC/.order" ]; then
   (cd "$SRC" && "$STOCK/bin/ocamldep" -sort *.mli *.ml >.order.tmp) && mv "$SRC/.order.tmp" "$SRC/.order"
 fi
 
-measure() { # name side -- command...: one JSON line with wall ms and the peak RSS of the command
+measure() { # name side -- command...: one JSON line: wall ms, CPU ms (user + system) and peak RSS of the command
   local prog=$1 side=$2
   shift 3
   python3 - "$prog" "$side" "$@" <<'PY'
@@ -83,8 +90,9 @@ prog, side, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
 t = time.monotonic()
 r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 ms = (time.monotonic() - t) * 1000
-j = {"program": prog, "system": side, "ms": round(ms, 1),
-     "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, "rc": r.returncode}
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+j = {"program": prog, "system": side, "ms": round(ms, 1), "cpu_ms": round((ru.ru_utime + ru.ru_stime) * 1000, 1),
+     "peak_rss": ru.ru_maxrss * 1024, "rc": r.returncode}
 for line in r.stdout.decode(errors="replace").splitlines():
     if line.startswith("{"):
         try:
@@ -103,25 +111,28 @@ compile_dir() { # side: a fresh copy of the workload's sources
   echo "$dir"
 }
 
-for ((r = 1; r <= RUNS; r++)); do
-  if [ $((r % 2)) = 1 ]; then order="stock poolheap"; else order="poolheap stock"; fi
-  for shape in $SHAPES; do
-    for side in $order; do
-      say "round $r: frag $shape on $side"
-      "$W/$side/frag" --system "ocaml-5.3-$side" --shape "$shape" --seed "$SEED" \
-        >"$W/frag.out" 2>>"$W/frag.err"
-      grep '^{' "$W/frag.out" | sed "s/^{/{\"program\":\"frag\",\"side\":\"$side\",\"round\":$r,/" >>"$JSON" \
-        || echo "{\"program\":\"frag\",\"side\":\"$side\",\"shape\":\"$shape\",\"error\":\"no output\"}" >>"$JSON"
+# program by program (so that an interrupted run leaves whole rows), RUNS
+# rounds each, the two runtimes' order swapped every round
+sides() { if [ $(($1 % 2)) = 1 ]; then echo "stock poolheap"; else echo "poolheap stock"; fi; }
+for prog in ${ORDER:-$SHAPES compile bintrees}; do
+  for ((r = 1; r <= RUNS; r++)); do
+    for side in $(sides $r); do
+      prefix=$STOCK; [ $side = poolheap ] && prefix=$PH
+      say "round $r: $prog on $side"
+      case $prog in
+        compile)
+          dir=$(compile_dir "$side")
+          # shellcheck disable=SC2046
+          measure compile "$side" -- env -C "$dir" "$prefix/bin/ocamlopt.opt" -w -a -c $(cat "$SRC/.order") >>"$JSON" ;;
+        bintrees)
+          measure bintrees "$side" -- "$W/$side/bintrees" 21 2 >>"$JSON" ;;
+        *)
+          "$W/$side/frag" --system "ocaml-5.3-$side" --shape "$prog" --seed "$SEED" \
+            >"$W/frag.out" 2>>"$W/frag.err"
+          grep '^{' "$W/frag.out" | sed "s/^{/{\"program\":\"frag\",\"side\":\"$side\",\"round\":$r,/" >>"$JSON" \
+            || echo "{\"program\":\"frag\",\"side\":\"$side\",\"shape\":\"$prog\",\"error\":\"no output\"}" >>"$JSON" ;;
+      esac
     done
-  done
-  for side in $order; do
-    prefix=$STOCK; [ $side = poolheap ] && prefix=$PH
-    say "round $r: compile on $side"
-    dir=$(compile_dir "$side")
-    # shellcheck disable=SC2046
-    measure compile "$side" -- env -C "$dir" "$prefix/bin/ocamlopt.opt" -w -a -c $(cat "$SRC/.order") >>"$JSON"
-    say "round $r: bintrees on $side"
-    measure bintrees "$side" -- "$W/$side/bintrees" 21 2 >>"$JSON"
   done
 done
 
@@ -179,18 +190,22 @@ for s in shapes:
         grew = [r for r in frag if r["shape"] == s and r["side"] == "poolheap" and r["maps_after"] > r["maps_before"]]
         goals.append("%s mappings after <= before (every poolheap run): %s" % (s, goal(not grew, ", ".join("%d->%d" % (r["maps_before"], r["maps_after"]) for r in frag if r["shape"] == s and r["side"] == "poolheap"))))
 p()
-p("| program | runtime | runs | wall s | peak RSS MB |")
-p("|---|---|---|---|---|")
+p("| program | runtime | runs | wall s | CPU s (user + system) | peak RSS MB |")
+p("|---|---|---|---|---|---|")
 for prog, what in (("compile", "ocamlopt.opt compiles the compiler's front end"), ("bintrees", "binary trees, depth 21, 2 domains")):
     med = {}
     for side in ("stock", "poolheap"):
         rs = [r for r in rows if r.get("program") == prog and r.get("system") == side and "error" not in r]
         if not rs: continue
-        med[side] = (median([r["ms"] for r in rs]), median([r["peak_rss"] for r in rs]))
-        p("| %s (%s) | %s | %d | %.2f | %.1f |" % (prog, what, side, len(rs), med[side][0] / 1000, med[side][1] / 1048576))
+        med[side] = (median([r["ms"] for r in rs]), median([r["peak_rss"] for r in rs]), median([r.get("cpu_ms") for r in rs]))
+        cpu = "—" if med[side][2] is None else "%.2f" % (med[side][2] / 1000)
+        p("| %s (%s) | %s | %d | %.2f | %s | %.1f |" % (prog, what, side, len(rs), med[side][0] / 1000, cpu, med[side][1] / 1048576))
     if len(med) == 2:
         q = med["poolheap"][0] / med["stock"][0]
         goals.append("%s time <= 1.05x stock: %.3fx, %s" % (prog, q, goal(q <= 1.05, "%.2f / %.2f s" % (med["poolheap"][0] / 1000, med["stock"][0] / 1000))))
+        if med["poolheap"][2] and med["stock"][2]:
+            goals.append("%s CPU time (user + system; the wall time above is at the mercy of the machine's load) <= 1.05x stock: %.3fx, %s" % (
+                prog, med["poolheap"][2] / med["stock"][2], goal(med["poolheap"][2] <= 1.05 * med["stock"][2], "%.2f / %.2f s" % (med["poolheap"][2] / 1000, med["stock"][2] / 1000))))
         q = med["poolheap"][1] / med["stock"][1]
         goals.append("%s peak RSS <= stock: %.3fx, %s" % (prog, q, goal(q <= 1.0, "%.1f / %.1f MB" % (med["poolheap"][1] / 1048576, med["stock"][1] / 1048576))))
 p()
