@@ -13,7 +13,9 @@
 # Writes every JSON line to build/bench/results.jsonl and prints
 # a markdown table of medians (also in build/bench/results.md), the ratios poolheap / OCaml
 # 5.3 and the issue-3 figure checks as PASS/FAIL with the measured values, then the
-# allocation throughput of poolheap (build/bench/tput) and the peers (peers.sh tput).
+# allocation throughput of poolheap (build/bench/tput) and the peers (peers.sh tput),
+# then issue 10's rows: OCaml programs on stock 5.3 and on the poolheap runtime
+# (bench/peers/ocaml_rows.sh, W1 W2 W50 Wbig; BENCH_OCAML=0 leaves them out).
 #
 #   --quick   CI smoke test: small shapes, poolheap plus the peers that need no long build
 #             (peers.sh quick), well under a minute. Exits non-zero on any correctness
@@ -429,6 +431,15 @@ for sysname, r in rows.items():
     else:
         print("| %s | %.1f | %.1f |" % (sysname, r.get(1, 0), r.get(2, 0)))
 PY
+  # Issue 10: the same OCaml programs on stock 5.3 and on the poolheap runtime
+  # (frag.ml's Gc.compact, the compiler compiling itself, binary trees on 2
+  # domains), medians of RUNS, goals beside the figures; both toolchains are
+  # built once into the cache (ocaml/build.sh). BENCH_OCAML=0 leaves them out.
+  if [ "${BENCH_OCAML:-1}" != 0 ]; then
+    say "OCaml rows (bench/peers/ocaml_rows.sh)"
+    shapes="W1 W2 W50 Wbig"
+    "$HERE/peers/ocaml_rows.sh" --runs "$RUNS" --shapes "$shapes" ${BENCH_SEED:+--seed "$BENCH_SEED"} 2>>"$LOG" || rc=1
+  fi
 fi
 if [ $QUICK = 1 ]; then
   if [ $rc = 0 ]; then echo "1 passed, 0 failed"; else echo "0 passed, 1 failed"; fi

@@ -57,3 +57,17 @@ build_stock() {
   if [ "$sfx" = -tsan ]; then build_tree "$tree" "$prefix" --enable-tsan
   else build_tree "$tree" "$prefix"; fi
 }
+
+# one line per test: "DIR TEST-DESCRIPTION => RESULT", the tree's path as TREE;
+# RESULT without its details (the paths in "failed (program output ...)"
+# differ between runs), and not the "> " lines of a failed test's own log
+results() { # $1 log, $2 tree
+  awk '/^Running tests from / { d = $4; gsub(/[\047.]*$/, "", d); gsub(/^\047/, "", d); next }
+       /^> / { next }
+       / => / { line = $0; sub(/^ *\.\.\. */, "", line); i = index(line, " => ")
+                r = substr(line, i + 4); sub(/ \(.*$/, "", r); print d " " substr(line, 1, i - 1) " => " r }' "$1" \
+    | awk -v t="$2" '{ while ((i = index($0, t)) > 0) $0 = substr($0, 1, i - 1) "TREE" substr($0, i + length(t)); print }'
+}
+
+# the summary lines of a testsuite log (summarize.awk's)
+summary() { grep -E "^ *[0-9]+ tests? (passed|skipped|failed|not started|considered)|^ *[0-9]+ unexpected errors?|^Summary" "$1" | sed 's/^ *//'; }

@@ -13,6 +13,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CACHE=${POOLHEAP_CACHE:-$HOME/.cache/poolheap}
 PREFIX=$CACHE/ocaml-5.3.0
+# stock 5.3.0 as ocaml/build.sh stock builds it (the same source and runtime,
+# with ocamltest) serves as well, so that the two builds are not both paid
+STOCK=$CACHE/ocaml-5.3.0-stock
 OUT=${PEERS_OUT:-$REPO/build/peers}
 MODE=${1:-all}
 JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
@@ -24,6 +27,10 @@ have_toolchain() {
     && [ -f "$PREFIX/lib/ocaml/runtime_events/runtime_events.cmxa" ]
 }
 
+if ! have_toolchain && [ -x "$STOCK/bin/ocamlopt" ] \
+   && [ "$("$STOCK/bin/ocamlopt" -version 2>/dev/null)" = "5.3.0" ]; then
+  PREFIX=$STOCK
+fi
 if have_toolchain; then
   log "OCaml 5.3.0 already built in $PREFIX"
 else

@@ -25,6 +25,8 @@ CC=${CC:-gcc}
 CFLAGS="-std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -O2"
 CACHE=${POOLHEAP_CACHE:-$HOME/.cache/poolheap}
 OCAML53=$CACHE/ocaml-5.3.0/bin/ocamlopt
+# or stock 5.3.0 as ocaml/build.sh builds it (build_ocaml53.sh uses it then)
+[ -x "$OCAML53" ] || [ ! -x "$CACHE/ocaml-5.3.0-stock/bin/ocamlopt" ] || OCAML53=$CACHE/ocaml-5.3.0-stock/bin/ocamlopt
 LOGS=$OUT/logs
 mkdir -p "$OUT" "$LOGS" "$OUT/events"
 
