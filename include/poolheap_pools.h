@@ -33,7 +33,8 @@
  *   participants, with the embedder's barrier and scanning callbacks: it
  *   sweeps, keeps the densest pools of each size class across all owners,
  *   moves the live blocks of the others into them, rewrites every pointer
- *   through the callbacks and gives the freed memory back to the OS.
+ *   through the callbacks (or, with the scan rule of php_compact_ops, by
+ *   the block's tag itself) and gives the freed memory back to the OS.
  *
  * Threads
  * - An owner is used by one thread at a time: php_alloc, php_sweep,
@@ -351,12 +352,14 @@ typedef struct php_compact_ops {
   void (*barrier)(void *user);
   /* Visit the root slots of participant part (called once per part, on
    * that participant).  A slot must be visited once in all (by one part):
-   * visit rewrites it.  NULL: no roots. */
+   * visit rewrites it (before it returns).  NULL: no roots. */
   void (*scan_roots)(unsigned part, ph_visit_fn visit, void *ctx, void *user);
   /* Visit the slots of block that hold values (a closure's environment
    * after its code pointers; a continuation's stack; nothing for raw data).
    * Called once for every live block of the heap, pools and large blocks, by
-   * any participant. */
+   * any participant (with no_scan_tag set: only for the blocks of the
+   * scan_tags; see below).  visit rewrites the slot before it returns.
+   * May be NULL only with no_scan_tag set and scan_tags empty. */
   void (*scan_block)(ph_value block, ph_visit_fn visit, void *ctx, void *user);
   /* Colours of live blocks, one bit per colour (bit c: colour c).  Every
    * allocated block must have a live colour or the garbage colour
