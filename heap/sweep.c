@@ -69,6 +69,41 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
   ph_value next = 0;
   uint32_t live = 0;
   uint64_t word = 0, words = 0;
+  if (!by_mark) {
+    /* heap.sweep.clean: the pool layer's free list is exact between
+     * sweeps, so a pool without a block of the garbage colour keeps it:
+     * one pass that only reads (no free slot written), and the full pass
+     * below only for a pool with garbage */
+    uint32_t i = 0;
+    for (; i < p->nslots; i++) {
+      ph_value hd = __atomic_load_n(s + (size_t)i * wsize, __ATOMIC_RELAXED);
+      if (hd != 0) {
+        if (ph_hd_color(hd) == color)
+          break; /* garbage: the full pass */
+        if (live_mask && !(live_mask >> ph_hd_color(hd) & 1))
+          *bad = 1;
+        live++;
+        if (count_words)
+          words += ph_hd_wosize(hd) + 1;
+        word |= (uint64_t)1 << (i & 63);
+      }
+      if ((i & 63) == 63 || i == p->nslots - 1) {
+        if (set_bits)
+          bits[i >> 6] = word;
+        word = 0;
+      }
+    }
+    if (i == p->nslots) {
+      PH_ASSERT(p->nfree == p->nslots - live);
+      p->nlive = live;
+      if (count_words)
+        p->live_words = (uint32_t)words;
+      return;
+    }
+    live = 0;
+    words = 0;
+    word = 0;
+  }
   for (uint32_t i = p->nslots; i-- > 0;) {
     ph_value *slot = s + (size_t)i * wsize;
     ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);
