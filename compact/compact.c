@@ -588,13 +588,37 @@ fb_flush(fwd_batch *b, int root, int interior) {
   b->n = 0;
 }
 
+/* The map of compact.update.map in locals: the field loops store through
+ * ph_value pointers, which may alias the plan's words, so the plan's
+ * fields would be loaded again for every field. */
+typedef struct fwd_map {
+  const struct ph_heap *h;
+  const uint64_t *map;
+  uintptr_t lo;
+  size_t units;
+  unsigned shift;
+} fwd_map;
+
+static inline fwd_map fm_of(const fwd_batch *b) {
+  return (fwd_map){b->h, b->plan->map, b->plan->map_lo, b->plan->map_units,
+                   b->h->pool_shift};
+}
+
+static inline int fm_evacuated(fwd_map m, uintptr_t x) {
+  if (!m.map)
+    return ph_unit_of(m.h, x)->evacuated;
+  size_t u = (x - m.lo) >> m.shift;
+  return u < m.units && (m.map[u / 64] >> (u % 64) & 1);
+}
+
 /* x: the value *slot held when it was read.  The ring holds only root
  * slots or only fields: it is emptied at the end of every root item.  The
  * prefetch is of x itself (an interior pointer's block start may lie on
  * another line: one miss more, for those only). */
 static inline __attribute__((always_inline)) void
-fb_add(fwd_batch *b, ph_value *slot, ph_value x, int root, int interior) {
-  if (!ph_is_block(x) || !unit_evacuated(b->h, b->plan, x))
+fb_add(fwd_batch *b, fwd_map m, ph_value *slot, ph_value x, int root,
+       int interior) {
+  if (!ph_is_block(x) || !fm_evacuated(m, x))
     return;
   __builtin_prefetch((const void *)x);
   unsigned i = b->n++ & (PH_FWD_AHEAD - 1);
@@ -605,7 +629,8 @@ fb_add(fwd_batch *b, ph_value *slot, ph_value x, int root, int interior) {
 
 /* The managed collector's root visit (ring; interior pointers never). */
 static void update_slot(ph_value *slot, void *ctx) {
-  fb_add(ctx, slot, __atomic_load_n(slot, __ATOMIC_RELAXED), 1, 0);
+  fwd_batch *b = ctx;
+  fb_add(b, fm_of(b), slot, __atomic_load_n(slot, __ATOMIC_RELAXED), 1, 0);
 }
 
 static void update_root_item_done(void *ctx) {
@@ -630,9 +655,9 @@ static void visit_direct(ph_value *slot, void *ctx) {
 }
 
 static inline __attribute__((always_inline)) void
-update_fields(fwd_batch *b, ph_value *f, size_t n, int interior) {
+update_fields(fwd_batch *b, fwd_map m, ph_value *f, size_t n, int interior) {
   for (size_t i = 0; i < n; i++)
-    fb_add(b, &f[i], f[i], 0, interior);
+    fb_add(b, m, &f[i], f[i], 0, interior);
 }
 
 /* compact.update.rule: every allocated slot of the pool (header != 0; the
@@ -640,15 +665,17 @@ update_fields(fwd_batch *b, ph_value *f, size_t n, int interior) {
 static inline __attribute__((always_inline)) void
 update_pool(fwd_batch *b, ph_pool *p, int interior) {
   const ph_compact_plan *plan = b->plan;
-  uint32_t wsize = b->h->class_wsize[p->cls];
+  fwd_map m = fm_of(b);
+  const uint8_t *kinds = plan->kind;
+  uint32_t wsize = b->h->class_wsize[p->cls], nslots = p->nslots;
   ph_value *slot = (ph_value *)ph_pool_slots(p);
-  for (uint32_t k = 0; k < p->nslots; k++, slot += wsize) {
+  for (uint32_t k = 0; k < nslots; k++, slot += wsize) {
     ph_value hd = slot[0];
     if (hd == 0)
       continue;
-    unsigned kind = plan->kind[ph_hd_tag(hd)];
+    unsigned kind = kinds[ph_hd_tag(hd)];
     if (kind == PH_KIND_INLINE)
-      update_fields(b, slot + 1, ph_hd_wosize(hd), interior);
+      update_fields(b, m, slot + 1, ph_hd_wosize(hd), interior);
     else if (kind == PH_KIND_CB)
       plan->rule->scan_block((ph_value)(slot + 1), visit_direct, b,
                              plan->rule->user);
@@ -705,7 +732,7 @@ update_larges(struct ph_heap *h, ph_compact_plan *plan, fwd_batch *fb,
     size_t wo = ph_hd_wosize(*hp);
     size_t a = (k - plan->large_first[lo]) * PH_LARGE_SLICE;
     size_t n = wo - a < PH_LARGE_SLICE ? wo - a : PH_LARGE_SLICE;
-    update_fields(fb, hp + 1 + a, n, interior);
+    update_fields(fb, fm_of(fb), hp + 1 + a, n, interior);
   }
   fb_flush(fb, 0, interior);
 }
