@@ -1,13 +1,15 @@
-/* compact/compact.c -- the parallel compactor (DESIGN.md: compact.*).
+/* compact/compact.c -- the parallel compactor (DESIGN.md: compact), the one
+ * driver of both clients: the managed collector (gc/collect.c, inside the
+ * section of ph_compact, right after the collection's sweep) and the pool
+ * layer (compact/pools_compact.c, inside the embedder's section, after its
+ * sweep by colour).  Every participant runs:
  *
- * It runs inside the stop-the-world section of ph_compact, right after the
- * collection's sweep, on every participant:
- *
- *   Phase 1 (compact.phase.stats).  The sweep already recorded, per
- *     participant, every partly filled pool with its class, owner and live
- *     count (ph_cand) and every surviving scanned large block: the stats
- *     table costs no pass over memory and not even a pool header read.
- *     Barrier; the leader sets up the plan (and chooses the ranges, below).
+ *   Phase 1 (compact.phase.stats).  The client's sweep already recorded,
+ *     per participant, every partly filled pool with its class, owner and
+ *     live count (ph_cand) and every surviving large block that may hold
+ *     values: the stats table costs no pass over memory and not even a pool
+ *     header read.  Barrier; the leader sets up the plan (the records, the
+ *     scan rule's table, and the ranges, below).
  *   Phase 2 (compact.phase.choose).  Barrier.  Per size class (claimed), the
  *     records of that class become an array.  GLOBAL scope: sorted densest
  *     first; with
@@ -29,14 +31,15 @@
  *     block is copied into a free slot of the destination; the old block
  *     gets the new address in field 0 and keeps its header.
  *   Phase 4 (compact.phase.update).  Barrier.  Every participant claims
- *     root items (global set, each domain's stack and hook, blocking
- *     domains' too), pool units (every live block of every pool that was
- *     not evacuated) and slices of large blocks.  Whether a pointer needs
- *     forwarding is one bit of the map, found from its address (an O(1)
- *     shift), never from the target block's header.
+ *     root items (managed: global set, each domain's stack and hook,
+ *     blocking domains' too; the layer: its part's), pool units (every live
+ *     block of every pool that was not evacuated) and slices of large
+ *     blocks; a block's values are found by its tag (compact.update.rule).
+ *     Whether a pointer needs forwarding is one bit of the map, found from
+ *     its address (an O(1) shift), never from the target block's header.
  *   Phase 5 (compact.phase.free).  Barrier.  The leader frees the evacuated
- *     pools (poisoned first in debug builds) and rebuilds the avail lists
- *     from the kept pools, densest on top.
+ *     pools (poisoned first in debug builds) and the client rebuilds its
+ *     lists (managed: the avail lists from the kept pools, densest on top).
  *   Phase 6 (compact.phase.release).  The leader gives free memory back to
  *     the OS per cfg.release, keeping cfg.retain bytes (heap.release).
  *     Barrier.
@@ -51,30 +54,37 @@
 /* ------------------ phase 1: the sweep's records; compact.choose.ranges */
 
 /* compact.choose.ranges (leader, end of phase 1): the chooser of
- * compact/ranges.c, shared with the pool layer's compactor, over the
- * sweep's records, in GLOBAL scope when memory is released. */
+ * compact/ranges.c over the records, in GLOBAL scope when memory is
+ * released. */
 static void choose_ranges_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
-  ph_section *s = &h->sec;
   if (h->cfg.huge_pages == PH_HUGE_OFF || h->cfg.release == PH_RELEASE_KEEP ||
       h->cfg.compact_scope != PH_COMPACT_GLOBAL)
     return;
   size_t nc = 0;
-  for (unsigned i = 0; i < s->nparts; i++) {
-    if (s->pw[i].records_lost)
-      return;
-    nc += s->pw[i].ncands;
-  }
+  for (unsigned i = 0; i < plan->nrecs; i++)
+    nc += plan->recs[i].ncands;
   ph_range_rec *rec = nc ? malloc(nc * sizeof *rec) : NULL;
   if (!rec)
     return;
   size_t j = 0;
-  for (unsigned p = 0; p < s->nparts; p++)
-    for (size_t k = 0; k < s->pw[p].ncands; k++, j++) {
-      const ph_cand *cd = &s->pw[p].cands[k];
+  for (unsigned p = 0; p < plan->nrecs; p++)
+    for (size_t k = 0; k < plan->recs[p].ncands; k++, j++) {
+      const ph_cand *cd = &plan->recs[p].cands[k];
       rec[j] = (ph_range_rec){cd->pool, cd->nlive, cd->cls};
     }
   ph_ranges_choose(h, rec, nc, &plan->ranges);
   free(rec);
+}
+
+/* compact.update.rule: the kind of every tag. */
+static void rule_stw_single(ph_compact_plan *plan, const ph_compact_rule *r) {
+  plan->rule = r;
+  for (unsigned t = 0; t < 256; t++) {
+    if (r->no_scan_tag == 0 || (r->cb_tags[t / 64] >> (t % 64) & 1))
+      plan->kind[t] = PH_KIND_CB;
+    else
+      plan->kind[t] = t >= r->no_scan_tag ? PH_KIND_SKIP : PH_KIND_INLINE;
+  }
 }
 
 /* ------------------------------------------------------------ phase 2 */
@@ -96,17 +106,11 @@ static int by_owner_address(const void *a, const void *b) {
 /* Plan one group (all candidates of a class, or one owner's): keep the
  * first k of cand[0..n), evacuate the rest, emit destination units.  Only
  * the records are read; evacuated pools' live counts go to cc->elive.
- * Shared with the pool layer's compactor (compact/pools_compact.c). */
-void ph_compact_plan_group(ph_cclass *cc, ph_cand *cand, size_t n,
-                           uint32_t nslots) {
-  ph_compact_plan_group_keep(cc, cand, n, nslots, 0);
-}
-
-/* compact.pin: any k >= ceil(L / C) pools can hold the L live blocks, so
+ * compact.pin: any k >= ceil(L / C) pools can hold the L live blocks, so
  * keeping the min_keep pinned pools first (then the densest) is still a
  * valid plan. */
-void ph_compact_plan_group_keep(ph_cclass *cc, ph_cand *cand, size_t n,
-                                uint32_t nslots, size_t min_keep) {
+static void plan_group(ph_cclass *cc, ph_cand *cand, size_t n, uint32_t nslots,
+                       size_t min_keep) {
   uint64_t live = 0;
   for (size_t i = 0; i < n; i++)
     live += cand[i].nlive;
@@ -177,12 +181,11 @@ static size_t pinned_first(const ph_compact_plan *plan, ph_cand *cand,
 }
 
 static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
-  ph_section *s = &h->sec;
   ph_cclass *cc = &plan->cls[cls];
   size_t n = 0;
-  for (unsigned i = 0; i < s->nparts; i++)
-    for (size_t k = 0; k < s->pw[i].ncands; k++)
-      n += s->pw[i].cands[k].cls == cls;
+  for (unsigned i = 0; i < plan->nrecs; i++)
+    for (size_t k = 0; k < plan->recs[i].ncands; k++)
+      n += plan->recs[i].cands[k].cls == cls;
   if (n == 0)
     return;
   ph_cand *cand = malloc(n * sizeof *cand);
@@ -201,10 +204,10 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
     return;
   }
   size_t i = 0;
-  for (unsigned p = 0; p < s->nparts; p++)
-    for (size_t k = 0; k < s->pw[p].ncands; k++)
-      if (s->pw[p].cands[k].cls == cls)
-        cand[i++] = s->pw[p].cands[k];
+  for (unsigned p = 0; p < plan->nrecs; p++)
+    for (size_t k = 0; k < plan->recs[p].ncands; k++)
+      if (plan->recs[p].cands[k].cls == cls)
+        cand[i++] = plan->recs[p].cands[k];
   uint32_t nslots = h->class_nslots[cls];
   if (plan->ranges.keep) {
     /* compact.choose.ranges: the densest of the pools in ranges that
@@ -225,11 +228,11 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
     qsort(cand, nin, sizeof *cand, by_density);
     qsort(cand + nin, n - nin, sizeof *cand, by_density);
     size_t np = pinned_first(plan, cand, n);
-    ph_compact_plan_group_keep(cc, cand, n, nslots, np);
+    plan_group(cc, cand, n, nslots, np);
   } else if (h->cfg.compact_scope == PH_COMPACT_GLOBAL) {
     qsort(cand, n, sizeof *cand, by_density);
     size_t np = pinned_first(plan, cand, n);
-    ph_compact_plan_group_keep(cc, cand, n, nslots, np);
+    plan_group(cc, cand, n, nslots, np);
   } else {
     qsort(cand, n, sizeof *cand, by_owner_address);
     size_t a = 0;
@@ -238,7 +241,7 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
       while (b < n && cand[b].owner == cand[a].owner)
         b++;
       size_t np = pinned_first(plan, cand + a, b - a);
-      ph_compact_plan_group_keep(cc, cand + a, b - a, nslots, np);
+      plan_group(cc, cand + a, b - a, nslots, np);
       a = b;
     }
   }
@@ -258,10 +261,12 @@ static void choose_stw(struct ph_heap *h, ph_compact_plan *plan) {
 
 #define PH_MAP_MAX_UNITS ((size_t)1 << 27)
 
+/* compact.update.map over the chunks' span; with rule->interior also the
+ * class of each evacuated unit (map_cls) and the division by slot bytes as
+ * a multiplication.  Leaves plan->map NULL if it cannot be had. */
 static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   plan->map = NULL;
-  if (h->nchunks == 0 ||
-      atomic_load_explicit(&plan->failed, memory_order_relaxed))
+  if (h->nchunks == 0)
     return;
   uintptr_t lo = (uintptr_t)h->chunks[0]->base;
   ph_chunk *last = h->chunks[h->nchunks - 1];
@@ -269,34 +274,59 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   size_t n = (hi - lo) >> h->pool_shift;
   if (n > PH_MAP_MAX_UNITS)
     return; /* chunks spread too far apart: headers are read instead */
-  plan->map = calloc((n + 63) / 64, sizeof(uint64_t));
-  if (!plan->map)
+  uint64_t *map = calloc((n + 63) / 64, sizeof(uint64_t));
+  if (!map)
     return;
+  if (plan->rule->interior) {
+    plan->map_cls = malloc(n);
+    if (!plan->map_cls) {
+      free(map);
+      return;
+    }
+    for (unsigned c = 0; c < h->nclasses; c++) {
+      uint64_t sb = (uint64_t)h->class_wsize[c] * 8;
+      plan->slot_bytes[c] = (uint32_t)sb;
+      /* exact: offsets < 2^22 (pools of at most 4 MiB), and the rounding
+       * error of the reciprocal is below sb < 2^12 */
+      plan->recip[c] = (((uint64_t)1 << 34) + sb - 1) / sb;
+    }
+  }
   plan->map_lo = lo;
   plan->map_units = n;
   for (unsigned c = 0; c < h->nclasses; c++)
     for (size_t i = 0; i < plan->cls[c].nevac; i++) {
       size_t u = ((uintptr_t)plan->cls[c].evac[i] - lo) >> h->pool_shift;
-      plan->map[u / 64] |= (uint64_t)1 << (u % 64);
+      map[u / 64] |= (uint64_t)1 << (u % 64);
+      if (plan->map_cls)
+        plan->map_cls[u] = (uint8_t)c;
     }
+  /* relaxed: the barrier that opens phase 3 publishes it; relaxed because
+   * ph_compact_forward reads it with a relaxed load */
+  __atomic_store_n(&plan->map, map, __ATOMIC_RELAXED);
 }
 
 /* Leader, between phases 2 and 3: one array of units, the large slices,
  * the evacuation map (or, if it cannot be had, the `evacuated` flags in the
- * pool headers), and the claim counters of phases 3 and 4. */
+ * pool headers; with interior pointers nothing moves then), and the claim
+ * counters of phases 3 and 4. */
 static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan,
                               const ph_compact_part *part) {
   ph_section *s = &h->sec;
   size_t n = 0, nl = 0;
   for (unsigned c = 0; c < h->nclasses; c++)
     n += plan->cls[c].nunits;
-  for (unsigned i = 0; i < s->nparts; i++)
-    nl += s->pw[i].nlarges;
+  for (unsigned i = 0; i < plan->nrecs; i++)
+    nl += plan->recs[i].nlarges;
   plan->units = n ? malloc(n * sizeof *plan->units) : NULL;
   plan->larges = nl ? malloc(nl * sizeof *plan->larges) : NULL;
   plan->large_first = malloc((nl + 1) * sizeof *plan->large_first);
   if ((n && !plan->units) || (nl && !plan->larges) || !plan->large_first)
     atomic_store_explicit(&plan->failed, 1, memory_order_relaxed);
+  if (!atomic_load_explicit(&plan->failed, memory_order_relaxed)) {
+    build_map_stw_single(h, plan);
+    if (!plan->map && plan->rule->interior) /* no header fallback for them */
+      atomic_store_explicit(&plan->failed, 1, memory_order_relaxed);
+  }
   if (atomic_load_explicit(&plan->failed,
                            memory_order_relaxed)) { /* nothing moves */
     for (unsigned c = 0; c < h->nclasses; c++) {
@@ -314,27 +344,34 @@ static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan,
       k += plan->cls[c].nunits;
     }
     plan->nunits = k;
+    /* compact.update.rule: a large block of a callback tag is one work
+     * item, one of a tag without values none */
     size_t i = 0, slices = 0;
-    for (unsigned p = 0; p < s->nparts; p++)
-      for (size_t j = 0; j < s->pw[p].nlarges; j++) {
-        ph_large *l = s->pw[p].larges[j];
+    for (unsigned p = 0; p < plan->nrecs; p++)
+      for (size_t j = 0; j < plan->recs[p].nlarges; j++) {
+        ph_large *l = plan->recs[p].larges[j];
+        ph_value hd = *(ph_value *)((char *)l + PH_LARGE_HDR);
+        unsigned kind = plan->kind[ph_hd_tag(hd)];
+        if (kind == PH_KIND_SKIP)
+          continue;
         plan->larges[i] = l;
         plan->large_first[i] = slices;
-        ph_value hd = *(ph_value *)((char *)l + PH_LARGE_HDR);
-        slices += (ph_hd_wosize(hd) + PH_LARGE_SLICE - 1) / PH_LARGE_SLICE;
+        slices += kind == PH_KIND_CB ? 1
+                                     : (ph_hd_wosize(hd) + PH_LARGE_SLICE - 1) /
+                                           PH_LARGE_SLICE;
         i++;
       }
-    plan->large_first[nl] = slices;
-    plan->nlarges = nl;
+    plan->large_first[i] = slices;
+    plan->nlarges = i;
     plan->nslices = slices;
+    if (!plan->map) /* fall back to the flags in the headers */
+      for (unsigned c = 0; c < h->nclasses; c++)
+        for (size_t e = 0; e < plan->cls[c].nevac; e++)
+          plan->cls[c].evac[e]->evacuated = 1;
   }
-  build_map_stw_single(h, plan);
-  if (!plan->map) /* fall back to the flags in the headers */
-    for (unsigned c = 0; c < h->nclasses; c++)
-      for (size_t i = 0; i < plan->cls[c].nevac; i++)
-        plan->cls[c].evac[i]->evacuated = 1;
   atomic_store_explicit(&s->claim_evacuate, 0, memory_order_relaxed);
-  part->roots_rewind(part->arg);
+  if (part->roots_rewind)
+    part->roots_rewind(part->arg);
   atomic_store_explicit(&s->claim_update_units, 0, memory_order_relaxed);
   atomic_store_explicit(&s->claim_update_large, 0, memory_order_relaxed);
   ph_units_index_stw_single(h);
@@ -416,10 +453,9 @@ static void relink_free(struct ph_heap *h, ph_pool *p) {
 }
 
 /* compact.phase.evacuate: move u->count live blocks, in order, from the
- * sources into u->dst; *blocks and *bytes count them.  Shared with the pool
- * layer's compactor. */
-void ph_compact_evacuate_unit(struct ph_heap *h, const ph_evac_unit *u,
-                              uint64_t *blocks, uint64_t *moved) {
+ * sources into u->dst; *blocks and *bytes count them. */
+static void evacuate_unit(struct ph_heap *h, const ph_evac_unit *u,
+                          uint64_t *blocks, uint64_t *moved) {
   ph_pool *dst = u->dst;
   uint32_t wsize = h->class_wsize[dst->cls];
   ph_value *dbase = (ph_value *)ph_pool_slots(dst);
@@ -484,17 +520,16 @@ void ph_compact_evacuate_unit(struct ph_heap *h, const ph_evac_unit *u,
 }
 
 static void evacuate_stw(struct ph_heap *h, const ph_compact_part *part,
-                         ph_compact_plan *plan) {
+                         ph_compact_plan *plan, uint64_t *blocks,
+                         uint64_t *bytes) {
   ph_section *s = &h->sec;
-  ph_pool_worker *w = &s->pw[part->id];
-  if (h->cfg.compact_scope == PH_COMPACT_GLOBAL) {
+  if (h->cfg.compact_scope == PH_COMPACT_GLOBAL || !part->evacuates_slot) {
     for (;;) {
       size_t k = atomic_fetch_add_explicit(&s->claim_evacuate, 1,
                                            memory_order_relaxed);
       if (k >= plan->nunits)
         break;
-      ph_compact_evacuate_unit(h, &plan->units[k], &w->evac_blocks,
-                               &w->evac_bytes);
+      evacuate_unit(h, &plan->units[k], blocks, bytes);
     }
     return;
   }
@@ -503,7 +538,7 @@ static void evacuate_stw(struct ph_heap *h, const ph_compact_part *part,
   for (size_t k = 0; k < plan->nunits; k++) {
     ph_evac_unit *u = &plan->units[k];
     if (part->evacuates_slot(part->arg, u->owner))
-      ph_compact_evacuate_unit(h, u, &w->evac_blocks, &w->evac_bytes);
+      evacuate_unit(h, u, blocks, bytes);
   }
 }
 
@@ -522,7 +557,10 @@ static void evacuate_stw(struct ph_heap *h, const ph_compact_part *part,
  * so a slot reported twice is rewritten once; root slots are read and
  * written with relaxed atomics, as two participants may hold the same one.
  * Fields of blocks are visited once, by the claimer of their unit or slice,
- * and keep the plain fix. */
+ * and keep the plain fix.  Slots handed to a client's callback (the
+ * scan_block of compact.update.rule, roots_direct) are fixed at once.
+ * The functions below take `interior` as a constant: each client's loop is
+ * compiled for its own forwarding (compact.update.interior). */
 #define PH_FWD_AHEAD 32 /* a power of two */
 typedef struct fwd_batch {
   const struct ph_heap *h;
@@ -531,64 +569,152 @@ typedef struct fwd_batch {
   ph_value *slot[PH_FWD_AHEAD];
 } fwd_batch;
 
+/* compact.update.interior: field 0 of the block of x, an address anywhere
+ * inside a block of an evacuated pool: the slot from the offset (the
+ * class's slot bytes, divided by a multiplication), plus one word. */
+static inline ph_value fwd_base(const struct ph_heap *h,
+                                const ph_compact_plan *plan, ph_value x) {
+  size_t u = (x - plan->map_lo) >> h->pool_shift;
+  unsigned c = plan->map_cls[u];
+  ph_value slots = (x & h->pool_mask) + h->pool_hdr;
+  uint64_t k = ((uint64_t)(x - slots) * plan->recip[c]) >> 34;
+  PH_ASSERT(k == (x - slots) / plan->slot_bytes[c]);
+  return slots + (ph_value)k * plan->slot_bytes[c] + 8;
+}
+
+/* The new address of x, whose unit was evacuated. */
+static inline __attribute__((always_inline)) ph_value
+fwd_new(const struct ph_heap *h, const ph_compact_plan *plan, ph_value x,
+        int interior) {
+  if (!interior) {
+    PH_ASSERT(*ph_hp(x) != 0); /* a moved block keeps its header */
+    return *(const ph_value *)x;
+  }
+  ph_value b = fwd_base(h, plan, x);
+  PH_ASSERT(*ph_hp(b) != 0);
+  return *(const ph_value *)b + (x - b);
+}
+
 /* root: a root slot (compact.update.once); otherwise a field of a block,
  * which only the participant that claimed the block visits, once. */
-static inline void fwd_fix(const fwd_batch *b, ph_value *s, int root) {
+static inline __attribute__((always_inline)) void
+fwd_fix(const fwd_batch *b, ph_value *s, int root, int interior) {
   if (root) {
     ph_value x = __atomic_load_n(s, __ATOMIC_RELAXED);
     if (!unit_evacuated(b->h, b->plan, x))
-      return;                  /* fixed already: the slot was reported twice */
-    PH_ASSERT(*ph_hp(x) != 0); /* a moved block keeps its header */
-    __atomic_store_n(s, *(const ph_value *)x, __ATOMIC_RELAXED);
+      return; /* fixed already: the slot was reported twice */
+    __atomic_store_n(s, fwd_new(b->h, b->plan, x, interior), __ATOMIC_RELAXED);
     return;
   }
-  PH_ASSERT(unit_evacuated(b->h, b->plan, *s) && *ph_hp(*s) != 0);
-  *s = *(const ph_value *)*s;
+  PH_ASSERT(unit_evacuated(b->h, b->plan, *s));
+  *s = fwd_new(b->h, b->plan, *s, interior);
 }
 
-static inline void fb_flush(fwd_batch *b, int root) {
+static inline __attribute__((always_inline)) void
+fb_flush(fwd_batch *b, int root, int interior) {
   unsigned n = b->n < PH_FWD_AHEAD ? b->n : PH_FWD_AHEAD;
   for (unsigned i = b->n - n; i != b->n; i++)
-    fwd_fix(b, b->slot[i & (PH_FWD_AHEAD - 1)], root);
+    fwd_fix(b, b->slot[i & (PH_FWD_AHEAD - 1)], root, interior);
   b->n = 0;
 }
 
+/* The map of compact.update.map in locals: the field loops store through
+ * ph_value pointers, which may alias the plan's words, so the plan's
+ * fields would be loaded again for every field. */
+typedef struct fwd_map {
+  const struct ph_heap *h;
+  const uint64_t *map;
+  uintptr_t lo;
+  size_t units;
+  unsigned shift;
+} fwd_map;
+
+static inline fwd_map fm_of(const fwd_batch *b) {
+  return (fwd_map){b->h, b->plan->map, b->plan->map_lo, b->plan->map_units,
+                   b->h->pool_shift};
+}
+
+static inline int fm_evacuated(fwd_map m, uintptr_t x) {
+  if (!m.map)
+    return ph_unit_of(m.h, x)->evacuated;
+  size_t u = (x - m.lo) >> m.shift;
+  return u < m.units && (m.map[u / 64] >> (u % 64) & 1);
+}
+
 /* x: the value *slot held when it was read.  The ring holds only root
- * slots or only fields: it is emptied at the end of every root item. */
-static inline void fb_add(fwd_batch *b, ph_value *slot, ph_value x, int root) {
-  if (!ph_is_block(x) || !unit_evacuated(b->h, b->plan, x))
+ * slots or only fields: it is emptied at the end of every root item.  The
+ * prefetch is of x itself (an interior pointer's block start may lie on
+ * another line: one miss more, for those only). */
+static inline __attribute__((always_inline)) void
+fb_add(fwd_batch *b, fwd_map m, ph_value *slot, ph_value x, int root,
+       int interior) {
+  if (!ph_is_block(x) || !fm_evacuated(m, x))
     return;
   __builtin_prefetch((const void *)x);
   unsigned i = b->n++ & (PH_FWD_AHEAD - 1);
   if (b->n > PH_FWD_AHEAD)
-    fwd_fix(b, b->slot[i], root);
+    fwd_fix(b, b->slot[i], root, interior);
   b->slot[i] = slot;
 }
 
+/* The managed collector's root visit (ring; interior pointers never). */
 static void update_slot(ph_value *slot, void *ctx) {
-  fb_add(ctx, slot, __atomic_load_n(slot, __ATOMIC_RELAXED), 1);
+  fwd_batch *b = ctx;
+  fb_add(b, fm_of(b), slot, __atomic_load_n(slot, __ATOMIC_RELAXED), 1, 0);
 }
 
 static void update_root_item_done(void *ctx) {
-  fb_flush(ctx, 1);
+  fb_flush(ctx, 1, 0);
 }
 
-static void update_fields(fwd_batch *b, ph_value *f, size_t n) {
+static void root_item_done_direct(void *ctx) {
+  (void)ctx;
+}
+
+/* The visit handed to callbacks (scan_block, roots_direct): the slot is
+ * fixed before it returns (compact.update.once: relaxed, re-read). */
+static void visit_direct(ph_value *slot, void *ctx) {
+  const fwd_batch *b = ctx;
+  ph_value x = __atomic_load_n(slot, __ATOMIC_RELAXED);
+  if (!ph_is_block(x) || !unit_evacuated(b->h, b->plan, x))
+    return;
+  __atomic_store_n(slot,
+                   b->plan->rule->interior ? fwd_new(b->h, b->plan, x, 1)
+                                           : fwd_new(b->h, b->plan, x, 0),
+                   __ATOMIC_RELAXED);
+}
+
+static inline __attribute__((always_inline)) void
+update_fields(fwd_batch *b, fwd_map m, ph_value *f, size_t n, int interior) {
   for (size_t i = 0; i < n; i++)
-    fb_add(b, &f[i], f[i], 0);
+    fb_add(b, m, &f[i], f[i], 0, interior);
 }
 
-static void update_pool(fwd_batch *b, ph_pool *p) {
-  uint32_t wsize = b->h->class_wsize[p->cls];
+/* compact.update.rule: every allocated slot of the pool (header != 0; the
+ * managed collector's are WHITE after its sweep), by its tag's kind. */
+static inline __attribute__((always_inline)) void
+update_pool(fwd_batch *b, ph_pool *p, int interior) {
+  const ph_compact_plan *plan = b->plan;
+  fwd_map m = fm_of(b);
+  const uint8_t *kinds = plan->kind;
+  uint32_t wsize = b->h->class_wsize[p->cls], nslots = p->nslots;
   ph_value *slot = (ph_value *)ph_pool_slots(p);
-  for (uint32_t k = 0; k < p->nslots; k++, slot += wsize) {
+  for (uint32_t k = 0; k < nslots; k++, slot += wsize) {
     ph_value hd = slot[0];
-    if (!(ph_hd_color(hd) & PH_BLACK) && ph_hd_tag(hd) < PH_TAG_RAW)
-      update_fields(b, slot + 1, ph_hd_wosize(hd));
+    if (hd == 0)
+      continue;
+    unsigned kind = kinds[ph_hd_tag(hd)];
+    if (kind == PH_KIND_INLINE)
+      update_fields(b, m, slot + 1, ph_hd_wosize(hd), interior);
+    else if (kind == PH_KIND_CB)
+      plan->rule->scan_block((ph_value)(slot + 1), visit_direct, b,
+                             plan->rule->user);
   }
 }
 
-static void update_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
+static inline __attribute__((always_inline)) void
+update_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx,
+            int interior) {
   fwd_batch *fb = ctx;
   const ph_compact_plan *plan = fb->plan;
   if (c->ustate[u] != PH_U_POOL)
@@ -596,15 +722,23 @@ static void update_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
   char *ua = ph_unit_addr(h, c, u);
   if (unit_evacuated(h, plan, (uintptr_t)ua))
     return; /* evacuated: not even its header is read */
-  update_pool(fb, (ph_pool *)ua);
+  update_pool(fb, (ph_pool *)ua, interior);
 }
 
-static void update_stw(struct ph_heap *h, const ph_compact_part *part,
-                       ph_compact_plan *plan) {
+static void update_unit_plain(struct ph_heap *h, ph_chunk *c, uint32_t u,
+                              void *ctx) {
+  update_unit(h, c, u, ctx, 0);
+}
+
+static void update_unit_interior(struct ph_heap *h, ph_chunk *c, uint32_t u,
+                                 void *ctx) {
+  update_unit(h, c, u, ctx, 1);
+}
+
+static inline __attribute__((always_inline)) void
+update_larges(struct ph_heap *h, ph_compact_plan *plan, fwd_batch *fb,
+              int interior) {
   ph_section *s = &h->sec;
-  fwd_batch fb = {.h = h, .plan = plan, .n = 0};
-  part->scan_roots(part->arg, update_slot, update_root_item_done, &fb);
-  ph_units_each_stw(h, &s->claim_update_units, 8, update_unit, &fb);
   for (;;) {
     size_t k = atomic_fetch_add_explicit(&s->claim_update_large, 1,
                                          memory_order_relaxed);
@@ -620,73 +754,92 @@ static void update_stw(struct ph_heap *h, const ph_compact_part *part,
     }
     ph_large *l = plan->larges[lo];
     ph_value *hp = (ph_value *)((char *)l + PH_LARGE_HDR);
+    if (plan->kind[ph_hd_tag(*hp)] == PH_KIND_CB) { /* one item */
+      plan->rule->scan_block((ph_value)(hp + 1), visit_direct, fb,
+                             plan->rule->user);
+      continue;
+    }
     size_t wo = ph_hd_wosize(*hp);
     size_t a = (k - plan->large_first[lo]) * PH_LARGE_SLICE;
     size_t n = wo - a < PH_LARGE_SLICE ? wo - a : PH_LARGE_SLICE;
-    update_fields(&fb, hp + 1 + a, n);
+    update_fields(fb, fm_of(fb), hp + 1 + a, n, interior);
   }
-  fb_flush(&fb, 0);
+  fb_flush(fb, 0, interior);
+}
+
+static void update_stw(struct ph_heap *h, const ph_compact_part *part,
+                       ph_compact_plan *plan) {
+  ph_section *s = &h->sec;
+  fwd_batch fb = {.h = h, .plan = plan, .n = 0};
+  if (part->scan_roots) {
+    if (plan->roots_direct)
+      part->scan_roots(part->arg, visit_direct, root_item_done_direct, &fb);
+    else
+      part->scan_roots(part->arg, update_slot, update_root_item_done, &fb);
+  }
+  if (plan->rule->interior) {
+    ph_units_each_stw(h, &s->claim_update_units, 8, update_unit_interior, &fb);
+    update_larges(h, plan, &fb, 1);
+  } else {
+    ph_units_each_stw(h, &s->claim_update_units, 8, update_unit_plain, &fb);
+    update_larges(h, plan, &fb, 0);
+  }
+}
+
+ph_value ph_compact_forward(const struct ph_heap *h, ph_value v) {
+  const ph_compact_plan *plan = h->plan;
+  if (!plan || !ph_is_block(v))
+    return v;
+  const uint64_t *map = __atomic_load_n(&plan->map, __ATOMIC_RELAXED);
+  if (!map)
+    return v;
+  size_t u = (v - plan->map_lo) >> h->pool_shift;
+  if (u >= plan->map_units || !(map[u / 64] >> (u % 64) & 1))
+    return v;
+  return plan->map_cls ? fwd_new(h, plan, v, 1) : fwd_new(h, plan, v, 0);
 }
 
 /* --------------------------------------------------------- phases 5, 6 */
 
-/* Push every pool with room that is at least half full (dense) or less
- * than half full (!dense) on its owner's avail list. */
-static void push_pools_locked(struct ph_heap *h, int dense) {
-  for (unsigned i = 0; i < h->nchunks; i++) {
-    ph_chunk *ch = h->chunks[i];
-    for (uint32_t u = ch->nunits; u-- > 0;) {
-      if (ch->ustate[u] != PH_U_POOL)
-        continue;
-      ph_pool *p = (ph_pool *)ph_unit_addr(h, ch, u);
-      if (p->nfree > 0 && (p->nlive * 2 >= p->nslots) == dense)
-        ph_pool_push_avail(h, p);
-    }
-  }
-}
-
-static void free_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
+/* compact.phase.free and compact.phase.release, on the leader under the
+ * lock: the evacuated pools freed, the client's lists rebuilt, free memory
+ * given back per cfg.release beyond cfg.retain (heap.release). */
+static void free_release_stw_single(struct ph_heap *h, ph_compact_plan *plan,
+                                    const ph_compact_part *part) {
   pthread_mutex_lock(&h->lock);
   uint64_t pools = 0;
-  for (unsigned c = 0; c < h->nclasses; c++) {
-    ph_cclass *cc = &plan->cls[c];
-    for (size_t i = 0; i < cc->nevac; i++) {
-      ph_pool *p = cc->evac[i];
-      /* chunk and unit from the address: the header is not read */
-      ph_chunk *ch = ph_chunk_find(h, p);
-      uint32_t u = (uint32_t)((size_t)((char *)p - ch->base) >> h->pool_shift);
+  if (plan)
+    for (unsigned c = 0; c < h->nclasses; c++) {
+      ph_cclass *cc = &plan->cls[c];
+      for (size_t i = 0; i < cc->nevac; i++) {
+        ph_pool *p = cc->evac[i];
+        /* chunk and unit from the address: the header is not read */
+        ph_chunk *ch = ph_chunk_find(h, p);
+        uint32_t u =
+            (uint32_t)((size_t)((char *)p - ch->base) >> h->pool_shift);
 #if PH_POISON
-      {
-        ph_value *q = (ph_value *)ph_pool_slots(p);
-        size_t nw = (h->pool_size - h->pool_hdr) / 8;
-        for (size_t k = 0; k < nw; k++)
-          q[k] = PH_POISON_WORD;
-        p->sig = PH_SIG_DEAD;
-      }
+        {
+          ph_value *q = (ph_value *)ph_pool_slots(p);
+          size_t nw = (h->pool_size - h->pool_hdr) / 8;
+          for (size_t k = 0; k < nw; k++)
+            q[k] = PH_POISON_WORD;
+          p->sig = PH_SIG_DEAD;
+        }
 #endif
-      if (!plan->map)
-        p->evacuated = 0; /* the fallback flag */
-      ph_units_free_locked(h, ch, u, 1);
-      h->pool_units--;
-      pools++;
+        if (!plan->map)
+          p->evacuated = 0; /* the fallback flag */
+        ph_units_free_locked(h, ch, u, 1);
+        h->pool_units--;
+        pools++;
+      }
     }
-  }
-  /* avail lists: the kept pools with room, densest on top */
-  for (unsigned i = 0; i < h->cfg.max_domains; i++)
-    for (unsigned c = 0; c < h->nclasses; c++)
-      atomic_store_explicit(&h->slots[i].avail[c], NULL, memory_order_relaxed);
-  push_pools_locked(h, 0);
-  push_pools_locked(h, 1);
-  h->st.evacuated_pools = pools;
-  pthread_mutex_unlock(&h->lock);
-}
-
-static void release_stw_single(struct ph_heap *h) {
-  pthread_mutex_lock(&h->lock);
+  part->relist_locked(part->arg, plan != NULL);
   uint64_t rel = 0;
   ph_units_release_locked(h, (int)h->cfg.release, h->cfg.retain, &rel);
-  h->st.released_bytes = rel;
-  ph_pacing_reset_locked(h);
+  if (plan) {
+    plan->r_pools = pools;
+    plan->r_released = rel;
+  }
   pthread_mutex_unlock(&h->lock);
 }
 
@@ -701,19 +854,51 @@ static void plan_free(struct ph_heap *h, ph_compact_plan *plan) {
   free(plan->larges);
   free(plan->large_first);
   free(plan->map);
+  free(plan->map_cls);
+  free(plan->recs);
   ph_ranges_free(&plan->ranges);
   memset(plan, 0, sizeof *plan);
 }
 
 /* ------------------------------------------------------------- driver */
 
+static void event(const ph_compact_part *part, ph_phase ph, int begin) {
+  if (part->event)
+    part->event(part->arg, ph, begin);
+}
+
+static void atomic_max(_Atomic uint64_t *a, uint64_t v) {
+  uint64_t o = atomic_load_explicit(a, memory_order_relaxed);
+  while (o < v && !atomic_compare_exchange_weak_explicit(
+                      a, &o, v, memory_order_relaxed, memory_order_relaxed))
+    ;
+}
+
+/* Leader of phase 1: the plan's scratch, the records of every participant
+ * (compact.phase.stats), the rule (compact.update.rule), the ranges. */
+static void setup_stw_single(struct ph_heap *h, ph_compact_plan *plan,
+                             const ph_compact_part *part) {
+  plan->recs = malloc(part->nparts * sizeof *plan->recs);
+  int lost = !plan->recs;
+  if (plan->recs) {
+    plan->nrecs = part->nparts;
+    for (unsigned i = 0; i < part->nparts; i++) {
+      part->records(part->arg, i, &plan->recs[i]);
+      lost |= plan->recs[i].lost;
+    }
+  }
+  if (lost) /* nothing is planned (and so nothing moves) */
+    atomic_store_explicit(&plan->failed, 2, memory_order_relaxed);
+  rule_stw_single(plan, part->rule);
+  plan->roots_direct = part->roots_direct;
+  if (!lost)
+    choose_ranges_stw_single(h, plan);
+}
+
 void ph_compact_stw(struct ph_heap *h, const ph_compact_part *part) {
   ph_section *s = &h->sec;
-  ph_pool_worker *w = &s->pw[part->id];
-  int leader = part->leader;
-  uint64_t t0 = ph_now_ns();
-  ph_event(h, PH_PHASE_EVACUATE, 1, part->dom);
-  w->evac_blocks = w->evac_bytes = 0;
+  uint64_t t0 = ph_now_ns(), blocks = 0, bytes = 0;
+  event(part, PH_PHASE_EVACUATE, 1);
   /* Phase 1 */
   if (part->barrier(part->arg)) {
     if (!h->plan)
@@ -725,65 +910,65 @@ void ph_compact_stw(struct ph_heap *h, const ph_compact_part *part) {
     if (h->plan) {
       h->plan->pinned = part->pinned;
       h->plan->npinned = part->npinned;
-      choose_ranges_stw_single(h, h->plan);
+      setup_stw_single(h, h->plan, part);
     }
   }
   part->barrier(part->arg);
   ph_compact_plan *plan = h->plan;
-  int lost = 0;
-  for (unsigned i = 0; i < s->nparts; i++)
-    lost |= s->pw[i].records_lost;
-  if (plan && !lost) {
-    /* Phase 2 (phase 1's records came from the sweep) */
+  if (plan && atomic_load_explicit(&plan->failed, memory_order_relaxed) != 2) {
+    /* Phase 2 (phase 1's records came from the client's sweep) */
     choose_stw(h, plan);
     if (part->barrier(part->arg))
       gather_stw_single(h, plan, part);
     /* Phase 3 */
     part->barrier(part->arg);
-    evacuate_stw(h, part, plan);
+    evacuate_stw(h, part, plan, &blocks, &bytes);
   }
-  w->t_evac = ph_now_ns() - t0;
-  ph_event(h, PH_PHASE_EVACUATE, 0, part->dom);
+  uint64_t t_evac = ph_now_ns() - t0;
+  event(part, PH_PHASE_EVACUATE, 0);
   /* Phase 4 */
   part->barrier(part->arg);
   uint64_t t1 = ph_now_ns();
-  ph_event(h, PH_PHASE_UPDATE, 1, part->dom);
+  event(part, PH_PHASE_UPDATE, 1);
   if (plan && plan->nunits > 0) /* nothing moved: nothing to forward */
     update_stw(h, part, plan);
-  w->t_update = ph_now_ns() - t1;
-  ph_event(h, PH_PHASE_UPDATE, 0, part->dom);
+  uint64_t t_update = ph_now_ns() - t1;
+  event(part, PH_PHASE_UPDATE, 0);
   /* Phase 5 */
   part->barrier(part->arg);
   uint64_t t2 = ph_now_ns();
-  ph_event(h, PH_PHASE_RELEASE, 1, part->dom);
-  if (leader) {
-    if (plan)
-      free_stw_single(h, plan);
-    /* Phase 6 */
-    release_stw_single(h);
+  event(part, PH_PHASE_RELEASE, 1);
+  if (part->leader) /* and phase 6 */
+    free_release_stw_single(h, plan, part);
+  uint64_t t_release = ph_now_ns() - t2;
+  event(part, PH_PHASE_RELEASE, 0);
+  if (plan) {
+    atomic_fetch_add_explicit(&plan->r_blocks, blocks, memory_order_relaxed);
+    atomic_fetch_add_explicit(&plan->r_bytes, bytes, memory_order_relaxed);
+    atomic_max(&plan->r_t_evac, t_evac);
+    atomic_max(&plan->r_t_update, t_update);
+    atomic_max(&plan->r_t_release, t_release);
   }
-  w->t_release = ph_now_ns() - t2;
-  ph_event(h, PH_PHASE_RELEASE, 0, part->dom);
   if (part->barrier(part->arg)) {
-    uint64_t ev = 0, up = 0, re = 0, blocks = 0, bytes = 0;
-    for (unsigned i = 0; i < s->nparts; i++) {
-      ph_pool_worker *x = &s->pw[i];
-      ev = x->t_evac > ev ? x->t_evac : ev;
-      up = x->t_update > up ? x->t_update : up;
-      re = x->t_release > re ? x->t_release : re;
-      blocks += x->evac_blocks;
-      bytes += x->evac_bytes;
+    ph_compact_result r = {0};
+    if (plan) {
+      r.blocks = atomic_load_explicit(&plan->r_blocks, memory_order_relaxed);
+      r.bytes = atomic_load_explicit(&plan->r_bytes, memory_order_relaxed);
+      r.t_evac = atomic_load_explicit(&plan->r_t_evac, memory_order_relaxed);
+      r.t_update =
+          atomic_load_explicit(&plan->r_t_update, memory_order_relaxed);
+      r.t_release =
+          atomic_load_explicit(&plan->r_t_release, memory_order_relaxed);
+      r.pools = plan->r_pools;
+      r.released = plan->r_released;
+      r.planned =
+          atomic_load_explicit(&plan->failed, memory_order_relaxed) == 0;
+    } else {
+      r.t_evac = t_evac;
+      r.t_update = t_update;
+      r.t_release = t_release;
     }
-    pthread_mutex_lock(&h->lock);
-    h->st.compactions++;
-    h->st.evacuate_ns = ev;
-    h->st.update_ns = up;
-    h->st.release_ns = re;
-    h->st.evacuated_blocks = blocks;
-    h->st.evacuated_bytes = bytes;
-    if (!plan)
-      h->st.evacuated_pools = 0;
-    pthread_mutex_unlock(&h->lock);
+    part->finish_stw_single(part->arg, &r);
     if (plan)
       plan_free(h, plan);
   }

@@ -1,10 +1,12 @@
 /* compact/compact.h -- the parallel compactor: plan, evacuate, update,
  * free, release (DESIGN.md: compact).
  *
- * Includes: heap/ (and below) only.  It runs inside a stop-the-world
- * section it does not own: the layer above hands it, per participant, a
- * barrier, a root scanner and the owner rule of PER_DOMAIN scope
- * (ph_compact_part). */
+ * Includes: heap/ (and below) only.  One driver for two clients (the
+ * managed collector's gc/collect.c and the pool layer's
+ * compact/pools_compact.c).  It runs inside a stop-the-world section it
+ * does not own: the client hands it, per participant, a barrier, a root
+ * scanner, the owner rule of PER_DOMAIN scope, the records of its sweep,
+ * the scan rule and its hooks (ph_compact_part). */
 #ifndef PH_COMPACT_COMPACT_H
 #define PH_COMPACT_COMPACT_H
 
@@ -28,6 +30,43 @@ typedef struct ph_cclass {
   size_t nunits;
 } ph_cclass;
 
+/* compact.phase.stats: one participant's records, as its client's sweep
+ * left them (the managed sweep: h->sec.pw[i]; the pool layer's: its own). */
+typedef struct ph_compact_recs {
+  const ph_cand *cands; /* partly filled pools */
+  size_t ncands;
+  ph_large *const *larges; /* live large blocks that may hold values */
+  size_t nlarges;
+  int lost; /* the records are incomplete (or must not be planned from) */
+} ph_compact_recs;
+
+/* compact.update.rule: how the update finds the values of a block, from its
+ * header's tag.  A block whose tag is in cb_tags goes through scan_block
+ * (with a visit that fixes the slot at once); otherwise a block of tag >=
+ * no_scan_tag holds no values and is not visited, and every field of any
+ * other block is a value, updated inline (compact.update.batch).
+ * no_scan_tag 0: every block goes through scan_block. */
+typedef struct ph_compact_rule {
+  unsigned no_scan_tag; /* 0..256 */
+  uint64_t cb_tags[4];
+  void (*scan_block)(ph_value block, ph_visit_fn visit, void *ctx, void *user);
+  void *user;
+  /* values may point anywhere inside a block (the pool layer's embedders:
+   * OCaml's infix pointers): forwarded at the same offset */
+  int interior;
+} ph_compact_rule;
+
+/* What a compaction did, for the client's statistics. */
+typedef struct ph_compact_result {
+  uint64_t blocks, bytes;               /* moved */
+  uint64_t pools;                       /* evacuated pools freed */
+  uint64_t released;                    /* bytes given back to the OS */
+  uint64_t t_evac, t_update, t_release; /* longest over the participants */
+  int planned;                          /* a plan was made (maybe empty) */
+} ph_compact_result;
+
+enum { PH_KIND_INLINE = 0, PH_KIND_CB = 1, PH_KIND_SKIP = 2 };
+
 typedef struct ph_compact_plan {
   ph_cclass cls[PH_MAX_CLASSES];
   ph_evac_unit *units; /* all classes' units */
@@ -35,40 +74,73 @@ typedef struct ph_compact_plan {
   ph_large **larges;
   size_t *large_first; /* first slice of each large block */
   size_t nlarges, nslices;
+  /* phase 1 (leader): every participant's records */
+  ph_compact_recs *recs;
+  unsigned nrecs;
   /* a plan allocation failed: nothing is evacuated.  Written by any
    * participant in phase 2 (relaxed: read by the leader after a barrier) */
   _Atomic int failed;
+  /* compact.update.rule: PH_KIND_* of each tag, and the rule's callback */
+  uint8_t kind[256];
+  const ph_compact_rule *rule;
+  int roots_direct; /* root slots fixed at once (no ring) */
   /* compact.update.map: one bit per unit over [map_lo, map_lo + map_units
    * units), set for evacuated pools.  Pool headers lie at a pool_size
-   * stride and alias to a few cache sets; this map stays in L1. */
+   * stride and alias to a few cache sets; this map stays in L1.  Read with
+   * relaxed atomics by ph_compact_forward (php_forward). */
   uintptr_t map_lo;
   size_t map_units;
   uint64_t *map;
+  /* rule->interior: the class of each evacuated unit, and per class the
+   * slot bytes and their reciprocal (2^34 / bytes, rounded up: exact for
+   * every offset inside a pool of at most 4 MiB) */
+  uint8_t *map_cls;
+  uint32_t slot_bytes[PH_MAX_CLASSES];
+  uint64_t recip[PH_MAX_CLASSES];
   /* compact.choose.ranges (compact/ranges.h): with huge pages, the release
    * ranges chosen to stay in use; ranges.keep NULL: the normal plan. */
   ph_ranges ranges;
   /* compact.pin: the pools holding pinned blocks (from ph_compact_part) */
   ph_pool *const *pinned;
   size_t npinned;
+  /* results, summed (or the longest time) over the participants */
+  _Atomic uint64_t r_blocks, r_bytes, r_t_evac, r_t_update, r_t_release;
+  uint64_t r_pools, r_released;
 } ph_compact_plan;
 
-/* One participant of a compaction, as the caller describes it.  Every
- * participant of the section calls ph_compact_stw with its own part;
- * h->sec.nparts and h->sec.pw hold every participant's sweep records. */
+/* One participant of a compaction, as its client describes it.  Every
+ * participant of the section calls ph_compact_stw with its own part; the
+ * two clients are gc/collect.c (the managed collector) and
+ * compact/pools_compact.c (the pool layer's php_compact_stw). */
 typedef struct ph_compact_part {
-  unsigned id;  /* participant index: h->sec.pw[id] is its record */
-  unsigned dom; /* domain index, for cfg.on_event */
-  int leader;   /* exactly one participant: does the single-threaded work */
+  unsigned id;     /* participant index 0..nparts-1 */
+  unsigned nparts; /* participants */
+  unsigned dom;    /* domain index, for events */
+  int leader;      /* exactly one participant: free and release */
   /* Wait for every participant; returns 1 in exactly one of them. */
   int (*barrier)(void *arg);
-  /* Make every root claimable again (called by one participant). */
+  /* Make every root claimable again (called by one participant); NULL:
+   * nothing to rewind. */
   void (*roots_rewind)(void *arg);
   /* Visit the roots this participant claims; done(ctx) after each item
-   * (roots.global.done). */
+   * (roots.global.done).  NULL: no roots. */
   void (*scan_roots)(void *arg, ph_visit_fn visit, void (*done)(void *ctx),
                      void *ctx);
+  /* root slots are fixed as they are visited (no ring): the visit of
+   * php_compact_ops.scan_roots rewrites the slot before it returns */
+  int roots_direct;
   /* PER_DOMAIN: does this participant evacuate the pools of owner slot? */
   int (*evacuates_slot)(void *arg, unsigned owner);
+  /* Participant i's records (called by one participant, in phase 1). */
+  void (*records)(void *arg, unsigned i, ph_compact_recs *out);
+  /* Under heap->lock, after the evacuated pools are freed, before the
+   * release: rebuild the client's lists of pools (moved: a plan was run). */
+  void (*relist_locked)(void *arg, int moved);
+  /* One participant, after every phase: the client's statistics. */
+  void (*finish_stw_single)(void *arg, const ph_compact_result *r);
+  /* A phase begins or ends on this participant (cfg.on_event). */
+  void (*event)(void *arg, ph_phase ph, int begin);
+  const ph_compact_rule *rule;
   void *arg;
   /* compact.pin: pools that must not be evacuated (they hold pinned
    * blocks), sorted by address; the same array in every participant's
@@ -78,20 +150,12 @@ typedef struct ph_compact_part {
   size_t npinned;
 } ph_compact_part;
 
-/* Shared with the pool layer's compactor (compact/pools_compact.c):
- * compact.phase.choose for one group of records (cc's arrays hold n each),
- * and compact.phase.evacuate for one unit (*blocks, *bytes count what it
- * moved; the destination's nlive, nfree, live_words and free list follow). */
-void ph_compact_plan_group(ph_cclass *cc, ph_cand *cand, size_t n,
-                           uint32_t nslots);
-/* The same, keeping at least the first min_keep candidates (compact.pin). */
-void ph_compact_plan_group_keep(ph_cclass *cc, ph_cand *cand, size_t n,
-                                uint32_t nslots, size_t min_keep);
-void ph_compact_evacuate_unit(struct ph_heap *h, const ph_evac_unit *u,
-                              uint64_t *blocks, uint64_t *bytes);
-
-/* compact/compact.c: the six phases (the first barrier included). */
+/* compact/compact.c: the one driver of both clients: plan, evacuate,
+ * update, free, release (DESIGN.md: compact), the first barrier included. */
 void ph_compact_stw(struct ph_heap *h, const ph_compact_part *part);
+/* The current address of v inside the update phase (interior pointers
+ * forwarded at their offset; rule->interior); v itself otherwise. */
+ph_value ph_compact_forward(const struct ph_heap *h, ph_value v);
 void ph_compact_fini(struct ph_heap *h);
 
 #endif

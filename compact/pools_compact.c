@@ -2,166 +2,70 @@
  * embedder's own stop-the-world participants (include/poolheap_pools.h:
  * php_compact_stw; DESIGN.md: pools.compact).
  *
- * Every participant calls php_compact_stw(h, part, ops); the phases are
- * separated by ops->barrier, participant 0 does the single-threaded steps:
+ * A thin adapter over the one driver of compact/compact.c (ph_compact_stw,
+ * the managed collector's too).  Every participant calls
+ * php_compact_stw(h, part, ops); participant 0 is the driver's leader and
+ * ops->barrier separates the steps:
  *
- *   1 sweep and count: units claimed in batches; pools swept with the
- *     compaction's colours (live bitmap written), partly filled pools
- *     recorded, empty pools and garbage large blocks handed to part 0, live
- *     large blocks recorded;
- *   2 plan (part 0): the empty pools and garbage large blocks freed; per
- *     class, the managed compactor's ph_compact_plan_group (the
- *     k = ceil(live / slots) densest pools kept, with huge pages inside the
- *     ranges that stay: compact.choose.ranges); the dense map of evacuated
- *     units;
- *   3 evacuate: units claimed by any participant, each run by the managed
- *     compactor's ph_compact_evacuate_unit;
- *   4 update: each participant's roots, then units and large blocks claimed:
- *     ops->scan_block on every live block not in an evacuated pool, with a
- *     visit that forwards in O(1) (map bit, then slot arithmetic);
- *   5 free and release (part 0): evacuated pools freed, owners' lists
- *     rebuilt and counters recounted, memory released per cfg.release and
- *     cfg.retain.
+ *   checks: bad ops refused before any barrier;
+ *   setup (part 0): the scratch, the section's unit index space;
+ *   sweep by colour (the layer's own step): units claimed in batches; pools
+ *     swept with the compaction's colours (live bitmap written), partly
+ *     filled pools recorded, empty pools and garbage large blocks handed to
+ *     part 0 (which frees them, so that their ranges can be chosen empty),
+ *     live large blocks recorded;
+ *   the driver: plan, evacuate, update (the rule of ops->no_scan_tag or
+ *     ops->scan_block, interior pointers forwarded at their offset),
+ *     free, release; the layer's hooks rebuild every owner's lists and
+ *     counters, and write its statistics.
  */
 #include "heap/pools_internal.h"
 #include "compact/compact.h"
-#include "compact/ranges.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#define PHP_MAP_MAX_UNITS ((size_t)1 << 27)
-
 /* One participant's records (pools.compact). */
 typedef struct php_cpart {
+  struct php_heap *h;
   ph_cand *cands; /* partly filled pools (cls, pool, nlive; owner unused) */
   size_t ncands, cands_cap;
-  php_large **larges; /* live large blocks */
+  ph_large **larges; /* live large blocks (php_large, base first) */
   size_t nlarges, larges_cap;
   ph_pool *empty;  /* pools swept empty, linked by next */
   php_large *dead; /* garbage large blocks, linked by next */
   int lost;        /* a record array could not grow */
-  uint64_t moved_blocks, moved_bytes;
 } php_cpart;
 
 /* The compaction's state, written by participant 0 between barriers. */
 struct php_compact {
+  struct ph_heap *core; /* whose plan goes with the scratch */
   php_cpart *parts;
   unsigned parts_cap;
-  _Atomic size_t claim_sweep, claim_evac, claim_update, claim_large;
-  _Atomic int bad_colour; /* phase 1: a block of no known colour */
+  _Atomic int bad_colour; /* the sweep: a block of no known colour */
   unsigned live_mask, garbage;
   int fail; /* ENOMEM for the scratch: nothing happens */
-  size_t total_units;
-  size_t unit_base[PH_MAX_CHUNKS + 1];
-  /* the plan: compact.phase.choose per class (ph_compact_plan_group), the
-   * arrays of every class in one allocation each */
-  ph_cclass cls[PH_MAX_CLASSES];
-  ph_cand *cand;
-  ph_pool **keep, **evac;
-  uint32_t *elive;
-  ph_evac_unit *units; /* every class's units, gathered at the front */
-  size_t nunits;
-  php_large **larges; /* every live large block */
-  size_t nlarges;
-  /* compact.update.map: one bit per unit over [map_lo, map_lo + map_units),
-   * set for evacuated pools; read by visit and php_forward */
-  _Atomic(uint64_t *) map;
-  uintptr_t map_lo;
-  size_t map_units;
 };
 typedef struct php_compact php_compact;
 
-/* ---------------------------------------------------------- forwarding */
-
-/* compact.update.map: v's new address if its unit was evacuated, at the same
- * offset into the moved block (interior pointers: OCaml's infix). */
-static inline ph_value fwd_value(const struct php_heap *h, const uint64_t *map,
-                                 ph_value v) {
-  const php_compact *cp = h->cp;
-  if (!ph_is_block(v))
-    return v;
-  size_t u = (size_t)(v - cp->map_lo) >> h->core->pool_shift;
-  if (v < cp->map_lo || u >= cp->map_units || !(map[u / 64] >> (u % 64) & 1))
-    return v;
-  ph_pool *p = (ph_pool *)(v & h->core->pool_mask);
-  size_t sb = (size_t)h->core->class_wsize[p->cls] * 8;
-  ph_value slots = (ph_value)php_slots(p);
-  ph_value b = slots + (v - slots) / sb * sb + 8;
-  PH_ASSERT(v >= slots && ((ph_value *)b)[-1] != 0);
-  return *(const ph_value *)b + (v - b);
-}
-
-typedef struct vstate {
-  const struct php_heap *h;
-  const uint64_t *map;
-} vstate;
-
-static void visit_slot(ph_value *slot, void *ctx) {
-  vstate *vs = ctx;
-  ph_value v = *slot;
-  ph_value n = fwd_value(vs->h, vs->map, v);
-  if (n != v)
-    *slot = n;
-}
+/* What the driver's callbacks need, per participant. */
+typedef struct php_cctx {
+  struct php_heap *h;
+  const php_compact_ops *ops;
+  unsigned part;
+  int bad;
+} php_cctx;
 
 ph_value php_forward(php_heap *h, ph_value v) {
   if (!h || h->sig != PHP_SIG_HEAP)
     return v;
-  /* relaxed: set by participant 0 before the barrier that starts the
-   * update phase, whose callbacks are the only meaningful callers */
-  if (!h->cp)
-    return v;
-  const uint64_t *map = atomic_load_explicit(&h->cp->map, memory_order_relaxed);
-  return map ? fwd_value(h, map, v) : v;
+  /* the driver's map is published before the barrier that opens the update
+   * phase, whose callbacks are the only meaningful callers; outside a
+   * compaction there is none */
+  return ph_compact_forward(h->core, v);
 }
 
-/* ------------------------------------------------------- unit claiming */
-
-static void units_init(struct php_heap *h) {
-  struct ph_heap *core = h->core;
-  size_t t = 0;
-  for (unsigned i = 0; i < core->nchunks; i++) {
-    h->cp->unit_base[i] = t;
-    t += core->chunks[i]->nunits;
-  }
-  h->cp->unit_base[core->nchunks] = t;
-  h->cp->total_units = t;
-}
-
-static void unit_at(struct php_heap *h, size_t g, ph_chunk **c, uint32_t *u) {
-  unsigned lo = 0, hi = h->core->nchunks;
-  while (hi - lo > 1) {
-    unsigned mid = (lo + hi) / 2;
-    if (h->cp->unit_base[mid] <= g)
-      lo = mid;
-    else
-      hi = mid;
-  }
-  *c = h->core->chunks[lo];
-  *u = (uint32_t)(g - h->cp->unit_base[lo]);
-}
-
-typedef void (*unit_fn)(struct php_heap *h, ph_chunk *c, uint32_t u, void *ctx);
-
-static void each_unit(struct php_heap *h, _Atomic size_t *claim, unit_fn fn,
-                      void *ctx) {
-  for (;;) {
-    /* relaxed: a claim only needs atomicity; the work is published by the
-     * barrier that ends the phase */
-    size_t g0 = atomic_fetch_add_explicit(claim, 8, memory_order_relaxed);
-    if (g0 >= h->cp->total_units)
-      return;
-    for (size_t g = g0; g < g0 + 8 && g < h->cp->total_units; g++) {
-      ph_chunk *c;
-      uint32_t u;
-      unit_at(h, g, &c, &u);
-      fn(h, c, u, ctx);
-    }
-  }
-}
-
-/* ------------------------------------------------------------- phase 1 */
+/* ---------------------------------------------------- sweep by colour */
 
 static void *grow(php_cpart *me, void *arr, size_t *cap, size_t elem) {
   size_t ncap = *cap ? *cap * 2 : 256;
@@ -174,10 +78,12 @@ static void *grow(php_cpart *me, void *arr, size_t *cap, size_t elem) {
   return n;
 }
 
-static void sweep_unit(struct php_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
+static void sweep_unit(struct ph_heap *core, ph_chunk *c, uint32_t u,
+                       void *ctx) {
   php_cpart *me = ctx;
+  struct php_heap *h = me->h;
   php_compact *cp = h->cp;
-  char *ua = ph_unit_addr(h->core, c, u);
+  char *ua = ph_unit_addr(core, c, u);
   if (c->ustate[u] == PH_U_POOL) {
     ph_pool *p = (ph_pool *)ua;
     int bad = 0;
@@ -210,174 +116,13 @@ static void sweep_unit(struct php_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
     if (!(cp->live_mask >> col & 1))
       atomic_store_explicit(&cp->bad_colour, 1, memory_order_relaxed);
     if (me->nlarges == me->larges_cap) {
-      php_large **n = grow(me, me->larges, &me->larges_cap, sizeof *n);
+      ph_large **n = grow(me, me->larges, &me->larges_cap, sizeof *n);
       if (!n)
         return;
       me->larges = n;
     }
-    me->larges[me->nlarges++] = l;
+    me->larges[me->nlarges++] = &l->base;
   }
-}
-
-/* ------------------------------------------------------------- phase 2 */
-
-/* Candidates while sorting: a record and whether its range stays in use
- * (compact.choose.ranges; 1 for all without huge pages). */
-typedef struct ccand {
-  ph_cand c;
-  uint32_t kept_range;
-} ccand;
-
-static int by_class_density(const void *a, const void *b) {
-  const ccand *p = a, *q = b;
-  if (p->c.cls != q->c.cls)
-    return p->c.cls < q->c.cls ? -1 : 1;
-  if (p->kept_range != q->kept_range)
-    return p->kept_range > q->kept_range ? -1 : 1;
-  if (p->c.nlive != q->c.nlive)
-    return p->c.nlive > q->c.nlive ? -1 : 1;
-  return p->c.pool < q->c.pool ? -1 : p->c.pool > q->c.pool;
-}
-
-static void plan_free(php_compact *cp) {
-  free(cp->cand);
-  free(cp->keep);
-  free(cp->evac);
-  free(cp->elive);
-  free(cp->units);
-  free(cp->larges);
-  memset(cp->cls, 0, sizeof cp->cls);
-  cp->cand = NULL;
-  cp->keep = cp->evac = NULL;
-  cp->elive = NULL;
-  cp->units = NULL;
-  cp->larges = NULL;
-  cp->nunits = cp->nlarges = 0;
-  uint64_t *map = atomic_load_explicit(&cp->map, memory_order_relaxed);
-  atomic_store_explicit(&cp->map, NULL, memory_order_relaxed);
-  free(map);
-}
-
-/* compact.phase.choose for the layer: the records of all participants,
- * sorted by class, then (with huge pages) the ranges that stay in use,
- * then density; each class planned by the managed compactor's own
- * ph_compact_plan_group (the densest k kept, evacuation units). */
-static void plan_stw_single(struct php_heap *h, unsigned nparts) {
-  php_compact *cp = h->cp;
-  struct ph_heap *core = h->core;
-  size_t n = 0, nl = 0;
-  if (core->nchunks == 0)
-    return;
-  for (unsigned i = 0; i < nparts; i++) {
-    if (cp->parts[i].lost)
-      return;
-    n += cp->parts[i].ncands;
-    nl += cp->parts[i].nlarges;
-  }
-  ccand *cc = n ? malloc(n * sizeof *cc) : NULL;
-  if (n) {
-    cp->cand = malloc(n * sizeof *cp->cand);
-    cp->keep = malloc(n * sizeof *cp->keep);
-    cp->evac = malloc(n * sizeof *cp->evac);
-    cp->elive = malloc(n * sizeof *cp->elive);
-    cp->units = malloc(n * sizeof *cp->units);
-  }
-  cp->larges = nl ? malloc(nl * sizeof *cp->larges) : NULL;
-  uintptr_t lo = (uintptr_t)core->chunks[0]->base;
-  ph_chunk *last = core->chunks[core->nchunks - 1];
-  size_t mu = ((uintptr_t)last->base + last->size - lo) >> core->pool_shift;
-  uint64_t *map =
-      mu <= PHP_MAP_MAX_UNITS ? calloc((mu + 63) / 64, sizeof *map) : NULL;
-  if ((n && (!cc || !cp->cand || !cp->keep || !cp->evac || !cp->elive ||
-             !cp->units)) ||
-      (nl && !cp->larges) || !map) {
-    free(cc);
-    free(map);
-    plan_free(cp);
-    return; /* nothing moves */
-  }
-  size_t k = 0, j = 0;
-  for (unsigned i = 0; i < nparts; i++) {
-    for (size_t q = 0; q < cp->parts[i].ncands; q++)
-      cc[k++] = (ccand){cp->parts[i].cands[q], 1};
-    if (cp->parts[i].nlarges)
-      memcpy(cp->larges + j, cp->parts[i].larges,
-             cp->parts[i].nlarges * sizeof *cp->larges);
-    j += cp->parts[i].nlarges;
-  }
-  cp->nlarges = nl;
-  /* compact.choose.ranges: with huge pages, the ranges that stay in use
-   * first; each class keeps its densest pools among them */
-  ph_range_rec *rec =
-      n && h->cfg.release != PH_RELEASE_KEEP && h->cfg.huge_pages != PH_HUGE_OFF
-          ? malloc(n * sizeof *rec)
-          : NULL;
-  if (rec) {
-    for (size_t i = 0; i < n; i++)
-      rec[i] = (ph_range_rec){cc[i].c.pool, cc[i].c.nlive, cc[i].c.cls};
-    ph_ranges rg;
-    ph_ranges_choose(core, rec, n, &rg);
-    if (rg.keep)
-      for (size_t i = 0; i < n; i++)
-        cc[i].kept_range = rg.keep[ph_range_of(core, &rg, cc[i].c.pool)];
-    ph_ranges_free(&rg);
-    free(rec);
-  }
-  if (n)
-    qsort(cc, n, sizeof *cc, by_class_density);
-  for (size_t i = 0; i < n; i++)
-    cp->cand[i] = cc[i].c;
-  free(cc);
-  size_t a = 0;
-  while (a < n) {
-    unsigned c = cp->cand[a].cls;
-    size_t b = a;
-    while (b < n && cp->cand[b].cls == c)
-      b++;
-    ph_cclass *cl = &cp->cls[c];
-    cl->keep = cp->keep + a;
-    cl->evac = cp->evac + a;
-    cl->elive = cp->elive + a;
-    cl->units = cp->units + a;
-    ph_compact_plan_group(cl, cp->cand + a, b - a, core->class_nslots[c]);
-    for (size_t i = 0; i < cl->nevac; i++) {
-      size_t u = ((uintptr_t)cl->evac[i] - lo) >> core->pool_shift;
-      map[u / 64] |= (uint64_t)1 << (u % 64);
-    }
-    /* the class's units to the front (they never overlap a later class's) */
-    memmove(cp->units + cp->nunits, cl->units, cl->nunits * sizeof *cl->units);
-    cp->nunits += cl->nunits;
-    a = b;
-  }
-  cp->map_lo = lo;
-  cp->map_units = mu;
-  /* relaxed: read after the barriers that follow */
-  atomic_store_explicit(&cp->map, map, memory_order_relaxed);
-}
-
-/* ------------------------------------------------------------- phase 4 */
-
-typedef struct ustate {
-  vstate vs;
-  const php_compact_ops *ops;
-} ustate;
-
-static void update_unit(struct php_heap *h, ph_chunk *c, uint32_t u,
-                        void *ctx) {
-  ustate *us = ctx;
-  if (c->ustate[u] != PH_U_POOL)
-    return;
-  char *ua = ph_unit_addr(h->core, c, u);
-  size_t m = (size_t)((uintptr_t)ua - h->cp->map_lo) >> h->core->pool_shift;
-  if (us->vs.map[m / 64] >> (m % 64) & 1)
-    return; /* evacuated: not even its header is read */
-  ph_pool *p = (ph_pool *)ua;
-  uint32_t ws = h->core->class_wsize[p->cls];
-  ph_value *slot = php_slots(p);
-  for (uint32_t i = 0; i < p->nslots; i++, slot += ws)
-    if (slot[0] != 0)
-      us->ops->scan_block((ph_value)(slot + 1), visit_slot, &us->vs,
-                          us->ops->user);
 }
 
 /* Participant 0, after the sweep: the pools it emptied and the garbage
@@ -405,52 +150,81 @@ static void free_swept_stw_single(struct php_heap *h, unsigned nparts) {
   pthread_mutex_unlock(&core->lock);
 }
 
-/* ----------------------------------------------------------- phase 5 */
+/* ------------------------------------------------- the driver's hooks */
 
-static void free_release_stw_single(struct php_heap *h, unsigned nparts,
-                                    int ok) {
-  php_compact *cp = h->cp;
-  struct ph_heap *core = h->core;
-  pthread_mutex_lock(&core->lock);
-  uint64_t pools = 0;
-  for (unsigned c = 0; c < core->nclasses; c++)
-    for (size_t i = 0; i < cp->cls[c].nevac; i++, pools++) {
-      ph_pool *p = cp->cls[c].evac[i];
-#if PH_POISON
-      {
-        ph_value *q = php_slots(p);
-        size_t nw = (core->pool_size - core->pool_hdr) / 8;
-        for (size_t k = 0; k < nw; k++)
-          q[k] = PH_POISON_WORD;
-      }
-#endif
-      p->sig = PH_SIG_DEAD;
-      ph_units_free_locked(core, p->chunk, p->unit, 1);
-      core->pool_units--;
-    }
-  uint64_t blocks = 0, bytes = 0;
-  for (unsigned i = 0; i < nparts; i++) {
-    blocks += cp->parts[i].moved_blocks;
-    bytes += cp->parts[i].moved_bytes;
-  }
-  php_rebuild_lists_locked(h);
-  uint64_t rel = 0;
-  ph_units_release_locked(core, (int)h->cfg.release, h->cfg.retain, &rel);
-  if (ok) {
-    h->compactions++;
-    h->evacuated_blocks = blocks;
-    h->evacuated_bytes = bytes;
-    h->evacuated_pools = pools;
-    h->released_bytes = rel;
-  }
-  pthread_mutex_unlock(&core->lock);
-  plan_free(cp);
+static int cb_barrier(void *arg) {
+  php_cctx *c = arg;
+  c->ops->barrier(c->ops->user);
+  return c->part == 0;
+}
+
+static void cb_scan_roots(void *arg, ph_visit_fn visit, void (*done)(void *),
+                          void *ctx) {
+  php_cctx *c = arg;
+  c->ops->scan_roots(c->part, visit, ctx, c->ops->user);
+  done(ctx);
+}
+
+static void cb_records(void *arg, unsigned i, ph_compact_recs *out) {
+  php_cctx *c = arg;
+  const php_cpart *pt = &c->h->cp->parts[i];
+  /* a block of no known colour: nothing is planned, nothing moves */
+  *out = (ph_compact_recs){pt->cands, pt->ncands, pt->larges, pt->nlarges,
+                           pt->lost || c->bad};
+}
+
+static void cb_relist_locked(void *arg, int planned) {
+  php_cctx *c = arg;
+  (void)planned; /* the sweep by colour changed the lists in any case */
+  php_rebuild_lists_locked(c->h);
+}
+
+static void cb_finish_stw_single(void *arg, const ph_compact_result *r) {
+  php_cctx *c = arg;
+  struct php_heap *h = c->h;
+  if (c->bad)
+    return;
+  pthread_mutex_lock(&h->core->lock);
+  h->compactions++;
+  h->evacuated_blocks = r->blocks;
+  h->evacuated_bytes = r->bytes;
+  h->evacuated_pools = r->pools;
+  h->released_bytes = r->released;
+  pthread_mutex_unlock(&h->core->lock);
+}
+
+static void cb_event(void *arg, ph_phase ph, int begin) {
+  php_cctx *c = arg;
+  if (!c->ops->on_phase)
+    return;
+  if (ph == PH_PHASE_EVACUATE && begin)
+    return; /* begun before the sweep by colour */
+  unsigned p = ph == PH_PHASE_EVACUATE ? PHP_COMPACT_EVACUATE
+               : ph == PH_PHASE_UPDATE ? PHP_COMPACT_UPDATE
+                                       : PHP_COMPACT_RELEASE;
+  c->ops->on_phase(p, begin, c->part, c->ops->user);
+}
+
+static void scan_block_cb(ph_value block, ph_visit_fn visit, void *ctx,
+                          void *user) {
+  const php_compact_ops *ops = user;
+  ops->scan_block(block, visit, ctx, ops->user);
 }
 
 /* --------------------------------------------------------------- driver */
 
+/* ops->on_phase outside the driver (pools.reentry: refused inside) */
+static void on_phase(const php_compact_ops *ops, unsigned ph, int begin,
+                     unsigned part) {
+  if (!ops->on_phase)
+    return;
+  php_tls_callback = 1;
+  ops->on_phase(ph, begin, part, ops->user);
+  php_tls_callback = 0;
+}
+
 static void cp_free(php_compact *cp) {
-  plan_free(cp);
+  ph_compact_fini(cp->core);
   for (unsigned i = 0; i < cp->parts_cap; i++) {
     free(cp->parts[i].cands);
     free(cp->parts[i].larges);
@@ -462,8 +236,13 @@ static void cp_free(php_compact *cp) {
 static int ops_valid(const struct php_heap *h, unsigned part,
                      const php_compact_ops *ops) {
   if (!h || h->sig != PHP_SIG_HEAP || !ops || ops->nparts == 0 ||
-      ops->nparts > 1024 || !ops->barrier || !ops->scan_block ||
-      part >= ops->nparts)
+      ops->nparts > 1024 || !ops->barrier || part >= ops->nparts)
+    return 0;
+  int tags = (ops->scan_tags[0] | ops->scan_tags[1] | ops->scan_tags[2] |
+              ops->scan_tags[3]) != 0;
+  if (ops->no_scan_tag > 256 || (ops->no_scan_tag == 0 && tags))
+    return 0;
+  if (!ops->scan_block && (ops->no_scan_tag == 0 || tags))
     return 0;
   unsigned g = atomic_load_explicit(&h->garbage, memory_order_relaxed);
   return ops->live_colours != 0 && ops->live_colours <= 15 &&
@@ -477,9 +256,12 @@ int php_compact_stw(php_heap *h, unsigned part, const php_compact_ops *ops) {
     return PH_ESTATE;
   unsigned np = ops->nparts;
   int lead = part == 0;
+  on_phase(ops, PHP_COMPACT_EVACUATE, 1, part);
   ops->barrier(ops->user);
   if (lead && !h->cp) { /* the scratch, kept for the next compactions */
     h->cp = calloc(1, sizeof *h->cp);
+    if (h->cp)
+      h->cp->core = h->core;
     h->cp_free = cp_free;
   }
   /* the others read h->cp after the next barrier */
@@ -498,70 +280,57 @@ int php_compact_stw(php_heap *h, unsigned part, const php_compact_ops *ops) {
     }
     for (unsigned i = 0; i < np && !cp->fail; i++) {
       php_cpart *pt = &cp->parts[i];
+      pt->h = h;
       pt->ncands = pt->nlarges = 0;
       pt->empty = NULL;
       pt->dead = NULL;
       pt->lost = 0;
-      pt->moved_blocks = pt->moved_bytes = 0;
     }
     cp->garbage = atomic_load_explicit(&h->garbage, memory_order_relaxed);
     cp->live_mask = ops->live_colours;
     atomic_store_explicit(&cp->bad_colour, 0, memory_order_relaxed);
-    atomic_store_explicit(&cp->claim_sweep, 0, memory_order_relaxed);
-    atomic_store_explicit(&cp->claim_evac, 0, memory_order_relaxed);
-    atomic_store_explicit(&cp->claim_update, 0, memory_order_relaxed);
-    atomic_store_explicit(&cp->claim_large, 0, memory_order_relaxed);
-    units_init(h);
+    ph_units_index_stw_single(h->core);
+    atomic_store_explicit(&h->core->sec.claim_sweep, 0, memory_order_relaxed);
   }
   ops->barrier(ops->user);
   cp = h->cp; /* as participant 0 left it */
-  if (!cp || cp->fail)
+  if (!cp || cp->fail) {
+    on_phase(ops, PHP_COMPACT_EVACUATE, 0, part);
     return PH_ENOMEM;
-  php_cpart *me = &cp->parts[part];
-  /* 1: sweep and count (on_free runs here) */
-  each_unit(h, &cp->claim_sweep, sweep_unit, me);
-  ops->barrier(ops->user);
-  /* 2: plan */
-  int bad = atomic_load_explicit(&cp->bad_colour, memory_order_relaxed);
-  if (lead) {
-    free_swept_stw_single(h, np);
-    if (!bad)
-      plan_stw_single(h, np);
   }
+  /* the sweep by colour (on_free runs here) */
+  ph_units_each_stw(h->core, &h->core->sec.claim_sweep, 8, sweep_unit,
+                    &cp->parts[part]);
   ops->barrier(ops->user);
-  const uint64_t *map = atomic_load_explicit(&cp->map, memory_order_relaxed);
-  /* 3: evacuate */
-  if (map)
-    for (;;) {
-      size_t k =
-          atomic_fetch_add_explicit(&cp->claim_evac, 1, memory_order_relaxed);
-      if (k >= cp->nunits)
-        break;
-      ph_compact_evacuate_unit(h->core, &cp->units[k], &me->moved_blocks,
-                               &me->moved_bytes);
-    }
-  ops->barrier(ops->user);
-  /* 4: update, through the embedder's callbacks */
-  if (map && cp->nunits > 0) {
-    ustate us = {{h, map}, ops};
-    php_tls_callback = 1;
-    if (ops->scan_roots)
-      ops->scan_roots(part, visit_slot, &us.vs, ops->user);
-    each_unit(h, &cp->claim_update, update_unit, &us);
-    for (;;) {
-      size_t k =
-          atomic_fetch_add_explicit(&cp->claim_large, 1, memory_order_relaxed);
-      if (k >= cp->nlarges)
-        break;
-      ops->scan_block(php_large_block(cp->larges[k]), visit_slot, &us.vs,
-                      ops->user);
-    }
-    php_tls_callback = 0;
-  }
-  ops->barrier(ops->user);
-  /* 5: free and release */
   if (lead)
-    free_release_stw_single(h, np, !bad);
-  ops->barrier(ops->user);
-  return bad ? PH_EINVAL : PH_OK;
+    free_swept_stw_single(h, np);
+  /* the driver's first barrier publishes it */
+  php_cctx c = {h, ops, part,
+                atomic_load_explicit(&cp->bad_colour, memory_order_relaxed)};
+  ph_compact_rule rule = {
+      .no_scan_tag = ops->no_scan_tag,
+      .scan_block = ops->scan_block ? scan_block_cb : NULL,
+      .user = (void *)ops,
+      .interior = 1,
+  };
+  memcpy(rule.cb_tags, ops->scan_tags, sizeof rule.cb_tags);
+  ph_compact_part dp = {
+      .id = part,
+      .nparts = np,
+      .dom = part,
+      .leader = lead,
+      .barrier = cb_barrier,
+      .scan_roots = ops->scan_roots ? cb_scan_roots : NULL,
+      .roots_direct = 1,
+      .records = cb_records,
+      .relist_locked = cb_relist_locked,
+      .finish_stw_single = cb_finish_stw_single,
+      .event = cb_event,
+      .rule = &rule,
+      .arg = &c,
+  };
+  php_tls_callback = 1; /* pools.reentry: the callbacks run inside */
+  ph_compact_stw(h->core, &dp);
+  php_tls_callback = 0;
+  return c.bad ? PH_EINVAL : PH_OK;
 }

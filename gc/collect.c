@@ -266,15 +266,83 @@ static int compact_evacuates_slot(void *arg, unsigned owner) {
            : w->dom == s->leader;
 }
 
+/* compact.phase.stats: participant i's records, from the sweep. */
+static void compact_records(void *arg, unsigned i, ph_compact_recs *out) {
+  ph_worker *w = arg;
+  const ph_pool_worker *pw = &w->dom->heap->sec.pw[i];
+  *out = (ph_compact_recs){pw->cands, pw->ncands, pw->larges, pw->nlarges,
+                           pw->records_lost};
+}
+
+/* Push every pool with room that is at least half full (dense) or less
+ * than half full (!dense) on its owner's avail list. */
+static void push_pools_locked(struct ph_heap *h, int dense) {
+  for (unsigned i = 0; i < h->nchunks; i++) {
+    ph_chunk *ch = h->chunks[i];
+    for (uint32_t u = ch->nunits; u-- > 0;) {
+      if (ch->ustate[u] != PH_U_POOL)
+        continue;
+      ph_pool *p = (ph_pool *)ph_unit_addr(h, ch, u);
+      if (p->nfree > 0 && (p->nlive * 2 >= p->nslots) == dense)
+        ph_pool_push_avail(h, p);
+    }
+  }
+}
+
+/* compact.phase.free: the avail lists from the kept pools with room,
+ * densest on top (the sweep's lists stand if no plan was made). */
+static void compact_relist_locked(void *arg, int planned) {
+  ph_worker *w = arg;
+  struct ph_heap *h = w->dom->heap;
+  if (!planned)
+    return;
+  for (unsigned i = 0; i < h->cfg.max_domains; i++)
+    for (unsigned c = 0; c < h->nclasses; c++)
+      atomic_store_explicit(&h->slots[i].avail[c], NULL, memory_order_relaxed);
+  push_pools_locked(h, 0);
+  push_pools_locked(h, 1);
+}
+
+static void compact_finish_stw_single(void *arg, const ph_compact_result *r) {
+  ph_worker *w = arg;
+  struct ph_heap *h = w->dom->heap;
+  pthread_mutex_lock(&h->lock);
+  h->st.compactions++;
+  h->st.evacuate_ns = r->t_evac;
+  h->st.update_ns = r->t_update;
+  h->st.release_ns = r->t_release;
+  h->st.evacuated_blocks = r->blocks;
+  h->st.evacuated_bytes = r->bytes;
+  h->st.evacuated_pools = r->pools;
+  h->st.released_bytes = r->released;
+  ph_pacing_reset_locked(h);
+  pthread_mutex_unlock(&h->lock);
+}
+
+static void compact_event(void *arg, ph_phase ph, int begin) {
+  ph_worker *w = arg;
+  ph_event(w->dom->heap, ph, begin, w->dom->index);
+}
+
+/* compact.update.rule: tags below PH_TAG_RAW hold values in every field;
+ * no block goes through a callback. */
+static const ph_compact_rule managed_rule = {.no_scan_tag = PH_TAG_RAW};
+
 static void compact_stw(struct ph_heap *h, ph_worker *w) {
   ph_compact_part part = {
       .id = w->id,
+      .nparts = h->sec.nparts,
       .dom = w->dom->index,
       .leader = w->dom == h->sync->stw.leader,
       .barrier = compact_barrier,
       .roots_rewind = compact_roots_rewind,
       .scan_roots = compact_scan_roots,
       .evacuates_slot = compact_evacuates_slot,
+      .records = compact_records,
+      .relist_locked = compact_relist_locked,
+      .finish_stw_single = compact_finish_stw_single,
+      .event = compact_event,
+      .rule = &managed_rule,
       .arg = w,
       .pinned = h->gc->pinned_pools,
       .npinned = h->gc->npinned_pools,

@@ -199,8 +199,8 @@ typedef struct ph_cand {
 _Static_assert(1024 <= UINT16_MAX, "owner fits a ph_cand");
 
 /* One participant's pool-layer state in a stop-the-world section: what
- * the mark counted, what the sweep found, the records it hands to the
- * compactor, and the compactor's counters and timings. */
+ * the mark counted, what the sweep found and the records it hands to the
+ * compactor. */
 typedef struct ph_pool_worker {
   uint64_t live_bytes, live_blocks; /* counted by the marking */
   /* sweep results to hand back under the lock */
@@ -213,9 +213,6 @@ typedef struct ph_pool_worker {
   ph_large **larges; /* surviving scanned large blocks */
   size_t nlarges, larges_cap;
   int records_lost; /* a record array could not grow: do not compact */
-  /* compaction */
-  uint64_t evac_blocks, evac_bytes;
-  uint64_t t_evac, t_update, t_release;
 } ph_pool_worker;
 
 /* The pool layer's view of a stop-the-world section (barrier.stw.claim):

@@ -144,6 +144,10 @@ int php_heap_create(const php_config *cfg, php_heap **out) {
   c->pool_mask = ~(uintptr_t)(cfg->pool_size - 1);
   c->commit_cap = ph_os_commit_cap();
   ph_sizeclass_init(c);
+  for (unsigned k = 0; k < c->nclasses; k++) {
+    uint64_t sb = (uint64_t)c->class_wsize[k] * 8;
+    h->slot_recip[k] = (((uint64_t)1 << 34) + sb - 1) / sb;
+  }
   ph_os_acct_init(&c->os);
   pthread_mutex_init(&c->lock, NULL);
   atomic_init(&h->garbage, 2);
@@ -422,7 +426,7 @@ static void owner_sweep_pool(struct php_owner *o, ph_pool *p) {
   php_counters before = pool_counts(h, p);
   php_sweep_pool_counts(h, p,
                         atomic_load_explicit(&h->garbage, memory_order_relaxed),
-                        0, 0, NULL);
+                        0, 1, NULL);
   counters_add(&o->c, &before, -1);
   if (p->nlive == 0) {
     pthread_mutex_lock(&h->core->lock);
@@ -624,6 +628,11 @@ ph_value php_alloc(php_owner *o, size_t wosize, unsigned header_bits) {
   }
   ph_value b = p->free;
   p->free = *(ph_value *)b;
+  /* pools.bits: the slot's live bit */
+  uint64_t si =
+      ((uint64_t)(b - 8 - (ph_value)php_slots(p)) * o->h->slot_recip[cls]) >>
+      34;
+  ph_pool_bits(p)[si / 64] |= (uint64_t)1 << (si % 64);
   p->nlive++;
   p->nfree--;
   p->live_words += (uint32_t)(wosize + 1);
@@ -773,6 +782,20 @@ static void pool_words_kept(ph_check *k, ph_pool *p, uint64_t words) {
   if (words != p->live_words)
     ph_check_fail(k, "pool %p: live words %llu, recount %llu", (void *)p,
                   (unsigned long long)p->live_words, (unsigned long long)words);
+  /* pools.bits: the live bits match the headers */
+  const vctx *v = (const vctx *)k; /* k is vctx's first member */
+  const struct ph_heap *core = v->h->core;
+  uint32_t ws = core->class_wsize[p->cls];
+  const ph_value *s = php_slots(p);
+  const uint64_t *bits = ph_pool_bits(p);
+  for (uint32_t i = 0; i < p->nslots; i++) {
+    ph_value hd = s[(size_t)i * ws];
+    if ((hd != 0) != (int)(bits[i / 64] >> (i % 64) & 1)) {
+      ph_check_fail(k, "pool %p slot %u: live bit %d, header %#lx", (void *)p,
+                    i, (int)(bits[i / 64] >> (i % 64) & 1), (unsigned long)hd);
+      return;
+    }
+  }
 }
 
 /* Walk one list: right owner, class, state; adds to *seen and *cnt. */

@@ -69,6 +69,42 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
   ph_value next = 0;
   uint32_t live = 0;
   uint64_t word = 0, words = 0;
+  if (!by_mark && set_bits) {
+    /* heap.sweep.clean: the pool layer's free list and live bits are exact
+     * between sweeps (pools.bits), so a pool without a block of the garbage
+     * colour keeps both: one pass that reads only the headers of the
+     * allocated slots (found from the bits), and the full pass below only
+     * for a pool with garbage */
+    uint32_t nw = (p->nslots + 63) / 64, wi = 0;
+    int dirty = 0;
+    for (; wi < nw && !dirty; wi++) {
+      uint64_t w = bits[wi];
+      while (w) {
+        uint32_t i = wi * 64 + (uint32_t)__builtin_ctzll(w);
+        w &= w - 1;
+        ph_value hd = __atomic_load_n(s + (size_t)i * wsize, __ATOMIC_RELAXED);
+        PH_ASSERT(hd != 0);
+        if (ph_hd_color(hd) == color) {
+          dirty = 1; /* garbage: the full pass */
+          break;
+        }
+        if (live_mask && !(live_mask >> ph_hd_color(hd) & 1))
+          *bad = 1;
+        live++;
+        if (count_words)
+          words += ph_hd_wosize(hd) + 1;
+      }
+    }
+    if (!dirty) {
+      PH_ASSERT(p->nfree == p->nslots - live);
+      p->nlive = live;
+      if (count_words)
+        p->live_words = (uint32_t)words;
+      return;
+    }
+    live = 0;
+    words = 0;
+  }
   for (uint32_t i = p->nslots; i-- > 0;) {
     ph_value *slot = s + (size_t)i * wsize;
     ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);

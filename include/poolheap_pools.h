@@ -33,7 +33,8 @@
  *   participants, with the embedder's barrier and scanning callbacks: it
  *   sweeps, keeps the densest pools of each size class across all owners,
  *   moves the live blocks of the others into them, rewrites every pointer
- *   through the callbacks and gives the freed memory back to the OS.
+ *   through the callbacks (or, with the scan rule of php_compact_ops, by
+ *   the block's tag itself) and gives the freed memory back to the OS.
  *
  * Threads
  * - An owner is used by one thread at a time: php_alloc, php_sweep,
@@ -351,12 +352,14 @@ typedef struct php_compact_ops {
   void (*barrier)(void *user);
   /* Visit the root slots of participant part (called once per part, on
    * that participant).  A slot must be visited once in all (by one part):
-   * visit rewrites it.  NULL: no roots. */
+   * visit rewrites it (before it returns).  NULL: no roots. */
   void (*scan_roots)(unsigned part, ph_visit_fn visit, void *ctx, void *user);
   /* Visit the slots of block that hold values (a closure's environment
    * after its code pointers; a continuation's stack; nothing for raw data).
    * Called once for every live block of the heap, pools and large blocks, by
-   * any participant. */
+   * any participant (with no_scan_tag set: only for the blocks of the
+   * scan_tags; see below).  visit rewrites the slot before it returns.
+   * May be NULL only with no_scan_tag set and scan_tags empty. */
   void (*scan_block)(ph_value block, ph_visit_fn visit, void *ctx, void *user);
   /* Colours of live blocks, one bit per colour (bit c: colour c).  Every
    * allocated block must have a live colour or the garbage colour
@@ -364,7 +367,38 @@ typedef struct php_compact_ops {
    * boundary: live = 1 << UNMARKED. */
   unsigned live_colours;
   void *user;
+  /* Fields added later: zero (a zeroed or designated-initialised struct)
+   * keeps the meaning the fields above always had.
+   *
+   * The scan rule from the header, for embedders whose blocks are "every
+   * field is a value unless the tag says otherwise".  0 (default): every
+   * live block goes through scan_block.  1..256: a block whose tag is in
+   * scan_tags goes through scan_block; otherwise a block of tag >=
+   * no_scan_tag holds no values and is not visited, and every field of a
+   * block of any other tag is a value, which the layer updates itself
+   * (inline, with its loads in flight together: no call per field or per
+   * block).  OCaml: No_scan_tag (251), scan_tags = {Closure_tag,
+   * Cont_tag}. */
+  unsigned no_scan_tag;
+  /* Tags whose blocks go through scan_block when no_scan_tag is set: tag t
+   * is bit t % 64 of scan_tags[t / 64].  All zero when no_scan_tag is 0.
+   * scan_block may be NULL when no_scan_tag is set and scan_tags is empty. */
+  uint64_t scan_tags[4];
+  /* Called on each participant, on its thread, when a phase of the
+   * compaction begins (begin 1) and ends (begin 0): PHP_COMPACT_EVACUATE
+   * (sweep, plan and moves), PHP_COMPACT_UPDATE (roots and blocks
+   * rewritten), PHP_COMPACT_RELEASE (pools freed, memory given back), in
+   * that order, each once.  For the embedder's own events (OCaml's runtime
+   * events).  NULL: none.  It must not call into the pool layer. */
+  void (*on_phase)(unsigned phase, int begin, unsigned part, void *user);
 } php_compact_ops;
+
+/* Phases of php_compact_ops.on_phase. */
+enum {
+  PHP_COMPACT_EVACUATE = 0,
+  PHP_COMPACT_UPDATE = 1,
+  PHP_COMPACT_RELEASE = 2,
+};
 
 /* Compact the whole heap: every participant calls it (the embedder's world
  * is stopped: no owner allocates or sweeps).  In order, separated by
@@ -381,9 +415,15 @@ typedef struct php_compact_ops {
  * finds nothing to do until the next php_cycle; a block may now sit in
  * another owner's pool.  A second compaction moves nothing.
  * Returns PH_OK on every participant, or:
+ * With ops->no_scan_tag set, the blocks are updated by the scan rule
+ * (php_compact_ops.no_scan_tag): scan_block is called only for blocks of
+ * the scan_tags, and an interior pointer is forwarded at its offset
+ * wherever it is found.
  * PH_EINVAL on every participant, before any barrier, for bad ops (nparts 0
- * or > 1024, barrier or scan_block NULL, live_colours 0 or including the
- * garbage colour) or part >= nparts (on that participant: the others then
+ * or > 1024, barrier NULL, scan_block NULL (unless no_scan_tag is set and
+ * scan_tags is empty), live_colours 0 or including the garbage colour,
+ * no_scan_tag > 256, a scan_tags bit set with no_scan_tag 0) or part >=
+ * nparts (on that participant: the others then
  * wait in the barrier forever, as with any participant that does not come);
  * PH_EINVAL on every participant, with nothing moved, if an allocated block
  * has neither a live colour nor the garbage colour (the garbage is swept as

@@ -372,8 +372,10 @@ static void pho_visit_action(void *data, value v, volatile value *p) {
 
 /* The fields of a block that hold values: a continuation's stack, a
  * closure's environment (after its code pointers), every field of the
- * other scannable tags, nothing of raw data.  Infix pointers into a closure
- * are interior pointers, which the pool layer forwards itself. */
+ * other scannable tags, nothing of raw data.  With the scan rule set in
+ * caml_compact_heap only closures and continuations come here.  Infix
+ * pointers into a closure are interior pointers, which the pool layer
+ * forwards itself. */
 static void pho_scan_block(ph_value block, ph_visit_fn visit, void *ctx,
                            void *user) {
   (void)user;
@@ -431,42 +433,29 @@ static void pho_scan_roots(unsigned part, ph_visit_fn visit, void *ctx,
   pho_scan_ephe_list(&d->ephe_info->live, visit, ctx);
 }
 
-/* The pool layer's phases are separated by the barrier: 1 start, 2 setup,
- * 3 sweep and count, 4 plan, 5 evacuate, 6 update, 7 free and release.
- * Runtime events' spans follow stock 5.3's: evacuate (sweep, plan and
- * moves), forward (the update) and release.  The barrier's count is the
- * pool layer's implementation, not its contract (see ocaml/README.md): a
- * different count only misplaces the spans, which are closed at the end. */
+/* The pool layer tells each participant where its phases begin and end
+ * (php_compact_ops.on_phase); runtime events' spans follow stock 5.3's:
+ * evacuate (sweep, plan and moves), forward (the update) and release. */
 struct pho_compact_ctx {
   int nparts;
 };
-static __thread int pho_barriers;
-static __thread int pho_open_span; /* 0 or the ev_runtime_phase open */
-
-static void pho_span_end(void) {
-  if (pho_open_span) {
-    CAML_EV_END((ev_runtime_phase)pho_open_span);
-    pho_open_span = 0;
-  }
-}
-static void pho_span_begin(ev_runtime_phase ph) {
-  pho_span_end();
-  CAML_EV_BEGIN(ph);
-  pho_open_span = (int)ph;
-}
 
 static void pho_barrier(void *user) {
   struct pho_compact_ctx *c = user;
-  int n = ++pho_barriers;
-  if (n == 5 || n == 6 || n == 7)
-    pho_span_end();
   caml_global_barrier(c->nparts);
-  if (n == 1)
-    pho_span_begin(EV_COMPACT_EVACUATE);
-  else if (n == 5)
-    pho_span_begin(EV_COMPACT_FORWARD);
-  else if (n == 6)
-    pho_span_begin(EV_COMPACT_RELEASE);
+}
+
+static void pho_on_phase(unsigned phase, int begin, unsigned part,
+                         void *user) {
+  (void)part;
+  (void)user;
+  ev_runtime_phase ph = phase == PHP_COMPACT_EVACUATE ? EV_COMPACT_EVACUATE
+                        : phase == PHP_COMPACT_UPDATE ? EV_COMPACT_FORWARD
+                                                      : EV_COMPACT_RELEASE;
+  if (begin)
+    CAML_EV_BEGIN(ph);
+  else
+    CAML_EV_END(ph);
 }
 
 /* Called by every participant of stw_cycle_all_domains after
@@ -493,14 +482,18 @@ void caml_compact_heap(caml_domain_state *domain_state,
   ops.scan_block = pho_scan_block;
   ops.live_colours = 0xfu & ~(1u << garbage);
   ops.user = &ctx;
-  pho_barriers = 0;
-  pho_open_span = 0;
+  /* OCaml's layout: every field of a block below No_scan_tag is a value,
+   * except closures' code pointers and continuations' stacks, which
+   * pho_scan_block visits; the layer updates the rest inline */
+  ops.no_scan_tag = No_scan_tag;
+  ops.scan_tags[Closure_tag / 64] |= (uint64_t)1 << (Closure_tag % 64);
+  ops.scan_tags[Cont_tag / 64] |= (uint64_t)1 << (Cont_tag % 64);
+  ops.on_phase = pho_on_phase;
   if (part == 0)
     pthread_mutex_lock(&pho_owners_lock);
   int rc = php_compact_stw(pho_heap, part, &ops);
   if (part == 0)
     pthread_mutex_unlock(&pho_owners_lock);
-  pho_span_end();
   if (rc != PH_OK) {
     /* PH_EINVAL: a block of no known colour (nothing moved); PH_ENOMEM: no
      * scratch memory (nothing changed).  The heap is intact either way. */

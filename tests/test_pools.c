@@ -77,10 +77,19 @@ static ph_value block_of(ph_value v) {
   return v;
 }
 
+/* Calls of scan_block from a compaction, by tag (T_TUPLE, T_CLOS, other). */
+static atomic_uint_least64_t cb_tuple, cb_clos, cb_other;
+
 /* The slots of b that hold values (the scan_block of the embedder). */
 static void scan_block(ph_value b, ph_visit_fn visit, void *ctx, void *user) {
-  (void)user;
   ph_value hd = php_hd_load(b);
+  if (user) { /* from a compaction */
+    unsigned t = php_hd_tag(hd);
+    atomic_fetch_add(t == T_TUPLE  ? &cb_tuple
+                     : t == T_CLOS ? &cb_clos
+                                   : &cb_other,
+                     1);
+  }
   ph_value *f = (ph_value *)b;
   size_t wo = php_hd_wosize(hd), i = 0;
   switch (php_hd_tag(hd)) {
@@ -479,6 +488,11 @@ typedef struct cenv {
   int result[16];
 } cenv;
 
+/* compact_run with the scan rule (compact.update.rule): T_RAW and above
+ * hold no values, T_CLOS goes through scan_block, the rest is updated by
+ * the layer itself. */
+static int rule_on;
+
 static void c_barrier(void *user) {
   cenv *c = user;
   pthread_barrier_wait(&c->bar);
@@ -522,6 +536,13 @@ static int compact_run(cenv *c) {
                              .scan_block = scan_block,
                              .live_colours = 1u << col.unmarked,
                              .user = c};
+  if (rule_on) {
+    c->ops.no_scan_tag = T_RAW;
+    c->ops.scan_tags[T_CLOS / 64] = (uint64_t)1 << (T_CLOS % 64);
+  }
+  atomic_store(&cb_tuple, 0);
+  atomic_store(&cb_clos, 0);
+  atomic_store(&cb_other, 0);
   for (unsigned i = 1; i < c->nparts; i++) {
     parts[i] = (cpart){c, i};
     assert_int_equal(pthread_create(&t[i], NULL, c_part_main, &parts[i]), 0);
@@ -1086,6 +1107,13 @@ static void compact_case(unsigned nparts, size_t pool_size, uint64_t stream) {
   assert_int_equal(g1.blocks, g0.blocks);
   assert_true(closures_intact(roots, nroots));
   assert_int_equal(c.side_fwd, roots[0] + CLOS_INFIX * 8);
+  /* the rule: closures through scan_block, tuples and raw blocks never;
+   * without it every live block (tuples among them) */
+  assert_true(atomic_load(&cb_clos) > 0);
+  if (rule_on)
+    assert_int_equal(atomic_load(&cb_tuple) + atomic_load(&cb_other), 0);
+  else
+    assert_true(atomic_load(&cb_tuple) > 0 && atomic_load(&cb_other) > 0);
   verify_ok(h);
   php_heap_stats s1 = hstats(h);
   assert_int_equal(s1.compactions, s0.compactions + 1);
@@ -1148,6 +1176,274 @@ static void test_compact_parallel(void **state) {
   (void)state;
   compact_case(3, 0, 11);
   compact_case(4, 8192, 12);
+}
+
+/* The same graphs with the scan rule: tuples (and the infix pointers they
+ * hold) updated by the layer inline, closures through scan_block. */
+static void test_compact_rule(void **state) {
+  (void)state;
+  rule_on = 1;
+  compact_case(1, 0, 13);
+  compact_case(3, 8192, 14);
+  rule_on = 0;
+}
+
+/* ------------------------------------------------ the scan rule */
+enum { R_INLINE = 5, R_SPECIAL = 200, R_NOSCAN = 252 };
+
+typedef struct rule_env {
+  ph_value *roots;
+  size_t nroots;
+  unsigned barriers;
+  uint64_t calls[256]; /* scan_block calls by tag */
+  int phases[16];      /* on_phase: phase * 2 + begin, in order */
+  unsigned nphases;
+} rule_env;
+
+static void r_barrier(void *user) {
+  ((rule_env *)user)->barriers++;
+}
+
+static void r_scan_roots(unsigned part, ph_visit_fn visit, void *ctx,
+                         void *user) {
+  rule_env *e = user;
+  (void)part;
+  for (size_t i = 0; i < e->nroots; i++)
+    visit(&e->roots[i], ctx);
+}
+
+/* R_SPECIAL: only field 1 holds a value; R_INLINE, T_TUPLE: every field;
+ * R_NOSCAN: none. */
+static void r_scan_block(ph_value b, ph_visit_fn visit, void *ctx, void *user) {
+  rule_env *e = user;
+  ph_value hd = php_hd_load(b);
+  unsigned t = php_hd_tag(hd);
+  e->calls[t]++;
+  ph_value *f = (ph_value *)b;
+  if (t == R_SPECIAL)
+    visit(&f[1], ctx);
+  else if (t < T_RAW)
+    for (size_t i = 0; i < php_hd_wosize(hd); i++)
+      visit(&f[i], ctx);
+}
+
+static void r_on_phase(unsigned phase, int begin, unsigned part, void *user) {
+  rule_env *e = user;
+  assert_int_equal(part, 0);
+  if (e->nphases < 16)
+    e->phases[e->nphases++] = (int)(phase * 2 + (begin ? 1 : 0));
+}
+
+/* One heap whose block X (wosize 2) lies alone in its pool, so that it
+ * moves, pointed at by one block of each kind of the rule, small and large;
+ * then one compaction with the rule (mode 1) or without it (mode 0: every
+ * block through scan_block, as before the rule existed). */
+static void rule_case(int mode) {
+  php_heap *h = heap_new(0);
+  php_owner *o;
+  assert_int_equal(php_owner_create(h, &o), PH_OK);
+  size_t psz = hstats(h).pool_size;
+  /* tuples of 2 fields until 5 pools are in use; X: the first of the 5th */
+  enum { MAXB = 1 << 16 };
+  ph_value *all = calloc(MAXB, sizeof *all);
+  unsigned *pool_no = calloc(MAXB, sizeof *pool_no);
+  assert_true(all && pool_no);
+  size_t n = 0;
+  unsigned np = 0;
+  ph_value last_unit = 0;
+  for (;;) {
+    assert_true(n < MAXB);
+    ph_value v = alloc_counted(o, 2, T_TUPLE);
+    ((ph_value *)v)[0] = ph_val_int(1);
+    ((ph_value *)v)[1] = ph_val_int(2);
+    ph_value u = v & ~(ph_value)(psz - 1);
+    if (u != last_unit) {
+      np++;
+      last_unit = u;
+    }
+    if (np == 6)
+      break;
+    all[n] = v;
+    pool_no[n++] = np;
+  }
+  ph_value *roots = calloc(n + 8, sizeof *roots);
+  assert_non_null(roots);
+  size_t nr = 0, ix = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (pool_no[i] < 5 && i % 2 == 0)
+      roots[nr++] = all[i]; /* pools 1..4: half full */
+    else if (pool_no[i] == 5 && (i == 0 || pool_no[i - 1] == 4)) {
+      ix = nr;
+      roots[nr++] = all[i]; /* X: alone in pool 5 */
+    }
+  }
+  ph_value x = roots[ix];
+  size_t big = max_small + 10;
+  ph_value a = alloc_counted(o, 3, R_INLINE);
+  ph_value sp = alloc_counted(o, 2, R_SPECIAL);
+  ph_value raw = alloc_counted(o, 1, R_NOSCAN);
+  ph_value la = alloc_counted(o, big, T_TUPLE);
+  ph_value ls = alloc_counted(o, big, R_SPECIAL);
+  ph_value lr = alloc_counted(o, big, R_NOSCAN);
+  ph_value *f = (ph_value *)a;
+  f[0] = x;
+  f[1] = x + 8; /* an interior pointer, found by the layer's own loop */
+  f[2] = ph_val_int(3);
+  f = (ph_value *)sp;
+  f[0] = x; /* not a value for R_SPECIAL: never forwarded */
+  f[1] = x;
+  ((ph_value *)raw)[0] = x;
+  for (size_t i = 0; i < big; i++) {
+    ((ph_value *)la)[i] = i % 2 ? x + 8 : x;
+    ((ph_value *)ls)[i] = x;
+    ((ph_value *)lr)[i] = x;
+  }
+  size_t first_extra = nr;
+  roots[nr++] = a;
+  roots[nr++] = sp;
+  roots[nr++] = raw;
+  roots[nr++] = la;
+  roots[nr++] = ls;
+  roots[nr++] = lr;
+  /* what is not a root dies: OCaml's state at a compaction */
+  full_cycle(h, &o, 1, roots, nr);
+  while (php_sweep(o, 1 << 20) <= 0)
+    ;
+  colours_rotate(h);
+  assert_int_equal(php_cycle(o), PH_OK);
+
+  rule_env e = {.roots = roots, .nroots = nr};
+  php_compact_ops ops = {.nparts = 1,
+                         .barrier = r_barrier,
+                         .scan_roots = r_scan_roots,
+                         .scan_block = r_scan_block,
+                         .live_colours = 1u << col.unmarked,
+                         .user = &e,
+                         .on_phase = r_on_phase};
+  if (mode) {
+    ops.no_scan_tag = T_RAW;
+    ops.scan_tags[R_SPECIAL / 64] = (uint64_t)1 << (R_SPECIAL % 64);
+  }
+  php_heap_stats s0 = hstats(h);
+  assert_int_equal(php_compact_stw(h, 0, &ops), PH_OK);
+  php_heap_stats s1 = hstats(h);
+  assert_true(s1.evacuated_blocks > 0);
+  ph_value nx = roots[ix];
+  assert_true(nx != x); /* X moved */
+  a = roots[first_extra];
+  sp = roots[first_extra + 1];
+  raw = roots[first_extra + 2];
+  assert_int_equal(roots[first_extra + 3], la); /* large blocks stay */
+  assert_int_equal(((ph_value *)a)[0], nx);
+  assert_int_equal(((ph_value *)a)[1], nx + 8);
+  assert_int_equal(((ph_value *)a)[2], ph_val_int(3));
+  assert_int_equal(((ph_value *)sp)[0], x); /* went through scan_block */
+  assert_int_equal(((ph_value *)sp)[1], nx);
+  assert_int_equal(((ph_value *)raw)[0], x); /* not visited */
+  for (size_t i = 0; i < big; i++) {
+    assert_int_equal(((ph_value *)la)[i], i % 2 ? nx + 8 : nx);
+    assert_int_equal(((ph_value *)ls)[i], i == 1 ? nx : x);
+    assert_int_equal(((ph_value *)lr)[i], x);
+  }
+  uint64_t other = 0;
+  for (unsigned t = 0; t < 256; t++)
+    if (t != R_SPECIAL)
+      other += e.calls[t];
+  /* the rule: only R_SPECIAL blocks (one small, one large) through
+   * scan_block, once each; without it every live block, once */
+  assert_int_equal(e.calls[R_SPECIAL], 2);
+  if (mode)
+    assert_int_equal(other, 0);
+  else
+    assert_int_equal(other + 2, nr);
+  /* on_phase: evacuate, update, release, each begun and ended, in order */
+  int want[6] = {1, 0, 3, 2, 5, 4};
+  assert_int_equal(e.nphases, 6);
+  for (int i = 0; i < 6; i++)
+    assert_int_equal(e.phases[i], want[i]);
+  assert_int_equal(s1.compactions, s0.compactions + 1);
+  verify_ok(h);
+
+  /* the rule without scan_block (no tag goes through it) is accepted; a
+   * second compaction moves nothing */
+  rule_env e2 = {.roots = roots, .nroots = nr};
+  php_compact_ops ops2 = {.nparts = 1,
+                          .barrier = r_barrier,
+                          .scan_roots = r_scan_roots,
+                          .live_colours = 1u << col.unmarked,
+                          .user = &e2,
+                          .no_scan_tag = T_RAW};
+  assert_int_equal(php_compact_stw(h, 0, &ops2), PH_OK);
+  assert_int_equal(hstats(h).evacuated_blocks, 0);
+  assert_int_equal(roots[ix], nx);
+  verify_ok(h);
+  free(all);
+  free(pool_no);
+  free(roots);
+  assert_int_equal(php_owner_destroy(o), PH_OK);
+  assert_int_equal(php_heap_destroy(h), PH_OK);
+  tu_assert_no_failures();
+}
+
+static void test_scan_rule(void **state) {
+  (void)state;
+  rule_case(1);
+}
+
+/* no_scan_tag 0 and no scan_tags: every live block through scan_block, as
+ * before the rule existed. */
+static void test_scan_rule_zero(void **state) {
+  (void)state;
+  rule_case(0);
+}
+
+/* Bad rule values: PH_EINVAL before any barrier, nothing changed. */
+static void test_scan_rule_bad(void **state) {
+  (void)state;
+  php_heap *h = heap_new(0);
+  php_owner *o;
+  assert_int_equal(php_owner_create(h, &o), PH_OK);
+  ph_value v = alloc_counted(o, 2, T_TUPLE);
+  ((ph_value *)v)[0] = ph_val_int(1);
+  ((ph_value *)v)[1] = ph_val_int(2);
+  rule_env e = {.roots = &v, .nroots = 1};
+  php_compact_ops good = {.nparts = 1,
+                          .barrier = r_barrier,
+                          .scan_roots = r_scan_roots,
+                          .scan_block = r_scan_block,
+                          .live_colours = 1u << col.marked,
+                          .user = &e};
+  php_heap_stats s0 = hstats(h);
+  php_compact_ops bad = good;
+  bad.no_scan_tag = 257; /* beyond every tag */
+  assert_int_equal(php_compact_stw(h, 0, &bad), PH_EINVAL);
+  bad = good;
+  bad.scan_tags[2] = 1; /* a scan tag without the rule */
+  assert_int_equal(php_compact_stw(h, 0, &bad), PH_EINVAL);
+  bad = good;
+  bad.no_scan_tag = T_RAW;
+  bad.scan_tags[3] = (uint64_t)1 << 63;
+  bad.scan_block = NULL; /* a scan tag and no scan_block */
+  assert_int_equal(php_compact_stw(h, 0, &bad), PH_EINVAL);
+  bad = good;
+  bad.scan_block = NULL; /* no rule and no scan_block */
+  assert_int_equal(php_compact_stw(h, 0, &bad), PH_EINVAL);
+  assert_int_equal(e.barriers, 0);
+  assert_int_equal(e.nphases, 0);
+  php_heap_stats s1 = hstats(h);
+  assert_int_equal(s1.compactions, s0.compactions);
+  assert_int_equal(php_hd_load(v), php_hd_make(2, col.marked, T_TUPLE));
+  assert_int_equal(((ph_value *)v)[1], ph_val_int(2));
+  verify_ok(h);
+  /* 256: every tag holds values; accepted */
+  bad = good;
+  bad.no_scan_tag = 256;
+  assert_int_equal(php_compact_stw(h, 0, &bad), PH_OK);
+  assert_true(e.barriers > 0);
+  verify_ok(h);
+  assert_int_equal(php_owner_destroy(o), PH_OK);
+  assert_int_equal(php_heap_destroy(h), PH_OK);
+  tu_assert_no_failures();
 }
 
 /* A block that has neither a live colour nor the garbage colour: the
@@ -1587,6 +1883,10 @@ int main(void) {
       cmocka_unit_test(test_reentry),
       cmocka_unit_test(test_compact_one),
       cmocka_unit_test(test_compact_parallel),
+      cmocka_unit_test(test_compact_rule),
+      cmocka_unit_test(test_scan_rule),
+      cmocka_unit_test(test_scan_rule_zero),
+      cmocka_unit_test(test_scan_rule_bad),
       cmocka_unit_test(test_compact_bad_colour),
       cmocka_unit_test(test_release_modes),
       cmocka_unit_test(test_heap_limit),
