@@ -8,33 +8,6 @@
  * forwards registered values; bad input changes nothing. */
 #include "test_util.h"
 
-typedef struct env {
-  ph_heap *h;
-  ph_domain *d;
-} env;
-
-static void env_open(env *e, unsigned helpers) {
-  ph_config cfg;
-  ph_config_init(&cfg);
-  cfg.gc_percent = 0;
-  cfg.gc_helpers = helpers;
-  assert_int_equal(ph_heap_create(&cfg, &e->h), PH_OK);
-  assert_int_equal(ph_domain_attach(e->h, &e->d), PH_OK);
-}
-
-static void check_heap(ph_domain *d) {
-  char why[256];
-  int err = ph_verify(d, why, sizeof why);
-  if (err != PH_OK)
-    fail_msg("verify: %s", why);
-}
-
-static void env_close(env *e) {
-  check_heap(e->d);
-  assert_int_equal(ph_domain_detach(e->d), PH_OK);
-  assert_int_equal(ph_heap_destroy(e->h), PH_OK);
-}
-
 static ph_value node(ph_domain *d, intptr_t id, size_t edges) {
   ph_value v = ph_alloc(d, 1 + edges, 0);
   assert_true(v != 0);
@@ -91,8 +64,8 @@ static void rec_reset(ph_heap *h) {
 
 static void test_first_runs_once_when_unreachable(void **state) {
   (void)state;
-  env e;
-  env_open(&e, 0);
+  tu_env e;
+  tu_env_open(&e, PH_COMPACT_GLOBAL, 0);
   rec_reset(e.h);
   size_t m = ph_scope_open(e.d);
   ph_value *x = ph_root(e.d, node(e.d, 11, 1));
@@ -116,7 +89,7 @@ static void test_first_runs_once_when_unreachable(void **state) {
   /* resurrected with what it reaches, and never run again */
   assert_true(keep != 0);
   assert_int_equal(ph_int_val(ph_field(ph_field(keep, 1), 0)), 12);
-  check_heap(e.d);
+  tu_verify_ok(e.d);
   keep = 0;
   for (int k = 0; k < 3; k++)
     assert_int_equal(ph_collect(e.d), PH_OK);
@@ -124,7 +97,7 @@ static void test_first_runs_once_when_unreachable(void **state) {
   assert_int_equal(stats(e.h).live_blocks, 0);
   assert_int_equal(ph_root_remove(e.h, &keep), PH_OK);
   ph_scope_close(e.d, m);
-  env_close(&e);
+  tu_env_close(&e);
 }
 
 /* The weak field and the ephemeron key are cleared before FIRST sees the
@@ -132,8 +105,8 @@ static void test_first_runs_once_when_unreachable(void **state) {
  * with 0, whatever the order of registration. */
 static void test_weak_cleared_first_then_last(void **state) {
   (void)state;
-  env e;
-  env_open(&e, 2);
+  tu_env e;
+  tu_env_open(&e, PH_COMPACT_GLOBAL, 2);
   rec_reset(e.h);
   static ph_value w, eph, keep;
   w = eph = keep = 0;
@@ -173,7 +146,7 @@ static void test_weak_cleared_first_then_last(void **state) {
   assert_int_equal(ph_root_remove(e.h, &w), PH_OK);
   assert_int_equal(ph_root_remove(e.h, &eph), PH_OK);
   assert_int_equal(ph_root_remove(e.h, &keep), PH_OK);
-  env_close(&e);
+  tu_env_close(&e);
 }
 
 /* a finaliser that allocates (enough to collect) and registers another */
@@ -195,8 +168,8 @@ static void on_chain(ph_domain *d, ph_value v, void *user) {
 
 static void test_finaliser_allocates_and_registers(void **state) {
   (void)state;
-  env e;
-  env_open(&e, 0);
+  tu_env e;
+  tu_env_open(&e, PH_COMPACT_GLOBAL, 0);
   chain_left = 5;
   ph_value x = node(e.d, 5, 0);
   assert_int_equal(ph_finalise(e.d, x, on_chain, NULL, PH_FINAL_FIRST), PH_OK);
@@ -204,14 +177,14 @@ static void test_finaliser_allocates_and_registers(void **state) {
     assert_int_equal(ph_collect(e.d), PH_OK);
   assert_int_equal(chain_left, -1);
   assert_int_equal(stats(e.h).finalisers_run, 6);
-  env_close(&e);
+  tu_env_close(&e);
 }
 
 /* registered values move with compaction; each finaliser gets its own */
 static void test_compaction_forwards_registered(void **state) {
   (void)state;
-  env e;
-  env_open(&e, 1);
+  tu_env e;
+  tu_env_open(&e, PH_COMPACT_GLOBAL, 1);
   rec_reset(e.h);
   const size_t n = tu_scale(20000, 4);
   size_t m = ph_scope_open(e.d);
@@ -227,7 +200,7 @@ static void test_compaction_forwards_registered(void **state) {
   assert_int_equal(ph_compact(e.d), PH_OK);
   assert_true(stats(e.h).evacuated_blocks > 0);
   assert_int_equal(R.n, 0);
-  check_heap(e.d);
+  tu_verify_ok(e.d);
   for (size_t i = 0; i < n; i += 20)
     ph_set_field(*arr, i, PH_UNIT); /* half of them die */
   assert_int_equal(ph_collect(e.d), PH_OK);
@@ -235,13 +208,13 @@ static void test_compaction_forwards_registered(void **state) {
   for (size_t k = 0; k < R.n; k++)
     assert_int_equal(R.id[k] % 20, 0);
   ph_scope_close(e.d, m);
-  env_close(&e);
+  tu_env_close(&e);
 }
 
 static void test_finalise_bad_input(void **state) {
   (void)state;
-  env e;
-  env_open(&e, 0);
+  tu_env e;
+  tu_env_open(&e, PH_COMPACT_GLOBAL, 0);
   rec_reset(e.h);
   size_t m = ph_scope_open(e.d);
   ph_value *x = ph_root(e.d, node(e.d, 1, 3));
@@ -275,7 +248,7 @@ static void test_finalise_bad_input(void **state) {
   ph_stats s1 = stats(e.h);
   assert_int_equal(s1.finalisers_run, s0.finalisers_run);
   ph_scope_close(e.d, m);
-  env_close(&e);
+  tu_env_close(&e);
 }
 
 /* ------------------------------------------------ two domains, threads */
@@ -418,8 +391,8 @@ static void test_runs_at_safepoint(void **state) {
 /* pending finalisers at destroy never run and leak nothing (ASan) */
 static void test_pending_at_destroy(void **state) {
   (void)state;
-  env e;
-  env_open(&e, 0);
+  tu_env e;
+  tu_env_open(&e, PH_COMPACT_GLOBAL, 0);
   rec_reset(e.h);
   for (int i = 0; i < 100; i++)
     assert_int_equal(

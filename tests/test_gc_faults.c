@@ -26,32 +26,9 @@
 #include <signal.h>
 #include <unistd.h>
 
-typedef struct env {
-  ph_heap *h;
-  ph_domain *d;
-} env;
-
-static void env_open(env *e, unsigned helpers) {
-  ph_config cfg;
-  ph_config_init(&cfg);
-  cfg.gc_percent = 0;
-  cfg.gc_helpers = helpers;
-  assert_int_equal(ph_heap_create(&cfg, &e->h), PH_OK);
-  assert_int_equal(ph_domain_attach(e->h, &e->d), PH_OK);
-}
-
-static void check_heap(ph_domain *d) {
-  char why[256];
-  int err = ph_verify(d, why, sizeof why);
-  if (err != PH_OK)
-    fail_msg("verify: %s", why);
-}
-
-static void env_close(env *e) {
+static void env_close(tu_env *e) {
   ph_gc_fault_set(0, 0, 0);
-  check_heap(e->d);
-  assert_int_equal(ph_domain_detach(e->d), PH_OK);
-  assert_int_equal(ph_heap_destroy(e->h), PH_OK);
+  tu_env_close(e);
 }
 
 static ph_value node(ph_domain *d, intptr_t id) {
@@ -81,7 +58,7 @@ static void watchdog(unsigned seconds) {
 
 /* n nodes in arr, 1 in 64 kept (sparse pools, so a compaction moves
  * them); node k*64 pinned for k < npin.  Returns the array's root. */
-static ph_value *sparse(env *e, size_t n, size_t npin) {
+static ph_value *sparse(tu_env *e, size_t n, size_t npin) {
   ph_value *arr = ph_root(e->d, ph_alloc(e->d, n, 0));
   for (size_t i = 0; i < n; i++) {
     ph_value x = node(e->d, (intptr_t)i);
@@ -116,8 +93,8 @@ static void check_sparse(ph_value arr, size_t n, const ph_value *addr,
 static void test_compact_refused_leader(void **state) {
   (void)state;
   watchdog(120);
-  env e;
-  env_open(&e, 1);
+  tu_env e;
+  tu_env_open(&e, PH_COMPACT_GLOBAL, 1);
   const size_t n = tu_scale(32000, 4);
   size_t m = ph_scope_open(e.d);
   ph_value *arr = sparse(&e, n, 3);
@@ -131,7 +108,7 @@ static void test_compact_refused_leader(void **state) {
   assert_int_equal(s1.collections, s0.collections + 1); /* it collected */
   assert_int_equal(s1.compactions, s0.compactions);     /* and no more */
   check_sparse(*arr, n, addr, 0);
-  check_heap(e.d);
+  tu_verify_ok(e.d);
   ph_gc_fault_set(0, 0, 0);
   assert_int_equal(ph_compact(e.d), PH_OK);
   assert_int_equal(stats(e.h).compactions, s0.compactions + 1);
@@ -171,8 +148,8 @@ static void *second(void *arg) {
 static void test_compact_refused_coalesced(void **state) {
   (void)state;
   watchdog(120);
-  env e;
-  env_open(&e, 0);
+  tu_env e;
+  tu_env_open(&e, PH_COMPACT_GLOBAL, 0);
   const size_t n = tu_scale(32000, 4);
   size_t m = ph_scope_open(e.d);
   ph_value *arr = sparse(&e, n, 3);
@@ -201,7 +178,7 @@ static void test_compact_refused_coalesced(void **state) {
   }
   ph_gc_fault_set(0, 0, 0);
   tu_djoin(e.d, th);
-  check_heap(e.d);
+  tu_verify_ok(e.d);
   assert_int_equal(ph_compact(e.d), PH_OK);
   assert_true(stats(e.h).evacuated_blocks > 0);
   check_sparse(*arr, n, addr, 1);
@@ -217,8 +194,8 @@ static void test_compact_refused_coalesced(void **state) {
 
 static void test_pin_table_cannot_grow(void **state) {
   (void)state;
-  env e;
-  env_open(&e, 0);
+  tu_env e;
+  tu_env_open(&e, PH_COMPACT_GLOBAL, 0);
   const size_t n = tu_scale(32000, 4);
   size_t m = ph_scope_open(e.d);
   ph_value *arr = sparse(&e, n, 0);
@@ -236,7 +213,7 @@ static void test_pin_table_cannot_grow(void **state) {
   /* a block pinned already needs no growth */
   assert_int_equal(ph_pin(e.d, ph_field(*arr, 0)), PH_OK);
   assert_int_equal(ph_unpin(e.d, ph_field(*arr, 0)), PH_OK);
-  check_heap(e.d);
+  tu_verify_ok(e.d);
   /* the pins made before hold: kept alive and in place */
   ph_value keep[32];
   for (size_t k = 0; k < 32; k++) {
@@ -247,7 +224,7 @@ static void test_pin_table_cannot_grow(void **state) {
   assert_true(stats(e.h).evacuated_blocks > 0);
   for (size_t k = 0; k < 32; k++) /* alive, and at the same address */
     assert_int_equal(id_of(keep[k]), (intptr_t)(k * 64));
-  check_heap(e.d);
+  tu_verify_ok(e.d);
   ph_gc_fault_set(0, 0, 0);
   assert_int_equal(ph_pin(e.d, x), PH_OK);
   assert_int_equal(stats(e.h).pinned_blocks, 33);
@@ -277,8 +254,8 @@ static void fin_first(ph_domain *d, ph_value v, void *user) {
 
 static void test_final_table_cannot_grow(void **state) {
   (void)state;
-  env e;
-  env_open(&e, 0);
+  tu_env e;
+  tu_env_open(&e, PH_COMPACT_GLOBAL, 0);
   static log_t l;
   memset(&l, 0, sizeof l);
   size_t m = ph_scope_open(e.d);
@@ -296,7 +273,7 @@ static void test_final_table_cannot_grow(void **state) {
       PH_ENOMEM);
   assert_int_equal(ph_last_error(e.d), PH_ENOMEM);
   assert_int_equal(ph_gc_fault_hits(), 1);
-  check_heap(e.d);
+  tu_verify_ok(e.d);
   for (size_t i = 0; i < 65; i++)
     ph_set_field(*arr, i, 0);
   assert_int_equal(ph_collect(e.d), PH_OK); /* runs them on return */
@@ -317,8 +294,8 @@ static void test_final_table_cannot_grow(void **state) {
  * with 0 after it; the LAST value's memory is reused in between. */
 static void test_final_queue_cannot_grow(void **state) {
   (void)state;
-  env e;
-  env_open(&e, 0);
+  tu_env e;
+  tu_env_open(&e, PH_COMPACT_GLOBAL, 0);
   static log_t l;
   memset(&l, 0, sizeof l);
   size_t m = ph_scope_open(e.d);
@@ -338,14 +315,14 @@ static void test_final_queue_cannot_grow(void **state) {
   assert_int_equal(ph_run_finalisers(e.d), PH_OK);
   assert_true(ph_gc_fault_hits() >= 1);
   assert_int_equal(l.n, 0); /* nothing could be queued */
-  check_heap(e.d);
+  tu_verify_ok(e.d);
   /* reuse the freed slots (the LAST values'): new live nodes of the size */
   ph_value *fill = ph_root(e.d, ph_alloc(e.d, 4096, 0));
   for (size_t i = 0; i < 4096; i++)
     ph_set_field(*fill, i, node(e.d, 1000 + (intptr_t)i));
   assert_int_equal(ph_compact(e.d), PH_OK); /* still refused: kept due */
   assert_int_equal(l.n, 0);
-  check_heap(e.d);
+  tu_verify_ok(e.d);
   ph_gc_fault_set(0, 0, 0);
   assert_int_equal(ph_collect(e.d), PH_OK);
   assert_int_equal(ph_run_finalisers(e.d), PH_OK);
@@ -378,8 +355,8 @@ static void test_final_queue_cannot_grow(void **state) {
  * data node reachable only from it).  The list cannot grow: the collection
  * keeps every target and data (strong, never less), the next clears them. */
 static void weak_cannot_grow(unsigned op, unsigned helpers) {
-  env e;
-  env_open(&e, helpers);
+  tu_env e;
+  tu_env_open(&e, PH_COMPACT_GLOBAL, helpers);
   const size_t n = 1000;
   size_t m = ph_scope_open(e.d);
   ph_value *arr = ph_root(e.d, ph_alloc(e.d, n, 0));
@@ -405,7 +382,7 @@ static void weak_cannot_grow(unsigned op, unsigned helpers) {
   ph_stats s1 = stats(e.h);
   assert_int_equal(s1.weak_cleared, s0.weak_cleared);
   assert_int_equal(s1.ephemerons_cleared, s0.ephemerons_cleared);
-  check_heap(e.d);
+  tu_verify_ok(e.d);
   assert_int_equal(ph_compact(e.d), PH_OK);
   for (size_t i = 0; i < n; i++) {
     ph_value w = ph_field(*arr, i);
@@ -413,7 +390,7 @@ static void weak_cannot_grow(unsigned op, unsigned helpers) {
     if (op == PH_GC_OP_EPHE)
       assert_true(ph_field(w, 1) == 0);
   }
-  check_heap(e.d);
+  tu_verify_ok(e.d);
   ph_scope_close(e.d, m);
   env_close(&e);
 }

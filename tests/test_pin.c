@@ -6,34 +6,6 @@
  * and can be unpinned from another domain; bad input changes nothing. */
 #include "test_util.h"
 
-typedef struct env {
-  ph_heap *h;
-  ph_domain *d;
-} env;
-
-static void env_open(env *e, ph_compact_scope scope, unsigned helpers) {
-  ph_config cfg;
-  ph_config_init(&cfg);
-  cfg.gc_percent = 0;
-  cfg.compact_scope = scope;
-  cfg.gc_helpers = helpers;
-  assert_int_equal(ph_heap_create(&cfg, &e->h), PH_OK);
-  assert_int_equal(ph_domain_attach(e->h, &e->d), PH_OK);
-}
-
-static void check_heap(ph_domain *d) {
-  char why[256];
-  int err = ph_verify(d, why, sizeof why);
-  if (err != PH_OK)
-    fail_msg("verify: %s", why);
-}
-
-static void env_close(env *e) {
-  check_heap(e->d);
-  assert_int_equal(ph_domain_detach(e->d), PH_OK);
-  assert_int_equal(ph_heap_destroy(e->h), PH_OK);
-}
-
 static ph_value node(ph_domain *d, intptr_t id) {
   ph_value v = ph_alloc(d, 3, 0);
   assert_true(v != 0);
@@ -51,8 +23,8 @@ static ph_stats stats(ph_heap *h) {
  * plan keeps the dense ones and evacuates the sparse ones, where 3 blocks
  * are pinned.  The other survivors there move; the pinned ones do not. */
 static void pinned_do_not_move(ph_compact_scope scope) {
-  env e;
-  env_open(&e, scope, 1);
+  tu_env e;
+  tu_env_open(&e, scope, 1);
   const size_t n = tu_scale(64000, 4);
   size_t m = ph_scope_open(e.d);
   ph_value *arr = ph_root(e.d, ph_alloc(e.d, n, 0));
@@ -84,14 +56,14 @@ static void pinned_do_not_move(ph_compact_scope scope) {
   for (size_t i = 0; i < n; i++)
     if (i < n / 2 ? i % 4 == 0 : i % 64 == 0)
       assert_int_equal(ph_int_val(ph_field(ph_field(*arr, i), 0)), (intptr_t)i);
-  check_heap(e.d);
+  tu_verify_ok(e.d);
   for (size_t k = 0; k < 3; k++)
     assert_int_equal(ph_unpin(e.d, pinned[k]), PH_OK);
   assert_int_equal(stats(e.h).pinned_blocks, 0);
   assert_int_equal(ph_compact(e.d), PH_OK);
-  check_heap(e.d);
+  tu_verify_ok(e.d);
   ph_scope_close(e.d, m);
-  env_close(&e);
+  tu_env_close(&e);
 }
 
 static void test_pinned_do_not_move_global(void **state) {
@@ -106,8 +78,8 @@ static void test_pinned_do_not_move_per_domain(void **state) {
 
 static void test_pin_keeps_alive_and_counts(void **state) {
   (void)state;
-  env e;
-  env_open(&e, PH_COMPACT_GLOBAL, 0);
+  tu_env e;
+  tu_env_open(&e, PH_COMPACT_GLOBAL, 0);
   ph_value x = node(e.d, 9);
   ph_set_field(x, 1, node(e.d, 10));
   assert_int_equal(ph_pin(e.d, x), PH_OK);
@@ -118,7 +90,7 @@ static void test_pin_keeps_alive_and_counts(void **state) {
   assert_int_equal(stats(e.h).live_blocks, 2); /* x and its child */
   assert_int_equal(ph_int_val(ph_field(x, 0)), 9);
   assert_int_equal(ph_int_val(ph_field(ph_field(x, 1), 0)), 10);
-  check_heap(e.d);
+  tu_verify_ok(e.d);
   assert_int_equal(ph_unpin(e.d, x), PH_OK);
   assert_int_equal(ph_collect(e.d), PH_OK);
   assert_int_equal(stats(e.h).live_blocks, 2); /* one pin left */
@@ -147,15 +119,15 @@ static void test_pin_keeps_alive_and_counts(void **state) {
     assert_int_equal(stats(e.h).pinned_blocks, 0);
   }
   ph_scope_close(e.d, m);
-  env_close(&e);
+  tu_env_close(&e);
 }
 
 static void test_pin_bad_input(void **state) {
   (void)state;
-  env e;
-  env_open(&e, PH_COMPACT_GLOBAL, 0);
-  env o; /* another heap */
-  env_open(&o, PH_COMPACT_GLOBAL, 0);
+  tu_env e;
+  tu_env_open(&e, PH_COMPACT_GLOBAL, 0);
+  tu_env o; /* another heap */
+  tu_env_open(&o, PH_COMPACT_GLOBAL, 0);
   size_t m = ph_scope_open(e.d);
   ph_value *x = ph_root(e.d, node(e.d, 1));
   ph_value freed = node(e.d, 2);
@@ -181,10 +153,10 @@ static void test_pin_bad_input(void **state) {
   assert_int_equal(s1.pinned_blocks, s0.pinned_blocks);
   assert_int_equal(ph_unpin(e.d, *x), PH_OK);
   assert_int_equal(ph_unpin(e.d, *x), PH_EINVAL);
-  check_heap(e.d);
+  tu_verify_ok(e.d);
   ph_scope_close(e.d, m);
-  env_close(&o);
-  env_close(&e);
+  tu_env_close(&o);
+  tu_env_close(&e);
 }
 
 /* a pin made by a domain that detaches stays; another domain unpins */
@@ -207,8 +179,8 @@ static void *pin_and_leave(void *arg) {
 
 static void test_pin_survives_detach(void **state) {
   (void)state;
-  env e;
-  env_open(&e, PH_COMPACT_GLOBAL, 0);
+  tu_env e;
+  tu_env_open(&e, PH_COMPACT_GLOBAL, 0);
   detach_ctx c = {.h = e.h};
   pthread_t t;
   ph_blocking_enter(e.d);
@@ -218,11 +190,11 @@ static void test_pin_survives_detach(void **state) {
   assert_int_equal(ph_compact(e.d), PH_OK);
   assert_int_equal(stats(e.h).live_blocks, 1);
   assert_int_equal(ph_int_val(ph_field(c.v, 0)), 77);
-  check_heap(e.d);
+  tu_verify_ok(e.d);
   assert_int_equal(ph_unpin(e.d, c.v), PH_OK);
   assert_int_equal(ph_collect(e.d), PH_OK);
   assert_int_equal(stats(e.h).live_blocks, 0);
-  env_close(&e);
+  tu_env_close(&e);
 }
 
 /* ph_pin, ph_unpin and ph_finalise on bogus in-heap pointers -- every
@@ -274,8 +246,8 @@ static int try_bogus(ph_domain *d, ph_value c) {
 
 static void test_bogus_while_allocating(void **state) {
   (void)state;
-  env e;
-  env_open(&e, PH_COMPACT_GLOBAL, 0);
+  tu_env e;
+  tu_env_open(&e, PH_COMPACT_GLOBAL, 0);
   race r = {.h = e.h, .n = tu_scale(4000000, 8)};
   pthread_t t;
   ph_blocking_enter(e.d);
@@ -299,8 +271,8 @@ static void test_bogus_while_allocating(void **state) {
   assert_true(tries > 0);
   assert_int_equal(stats(e.h).pinned_blocks, 0);
   assert_int_equal(ph_collect(e.d), PH_OK); /* runs the no-op finalisers */
-  check_heap(e.d);
-  env_close(&e);
+  tu_verify_ok(e.d);
+  tu_env_close(&e);
 }
 
 int main(void) {

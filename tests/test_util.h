@@ -369,6 +369,31 @@ static inline void tu_verify_ok(ph_domain *d) {
     fail_msg("ph_verify: %s (%s)", ph_strerror(r), why);
 }
 
+/* One attached domain on a fresh heap that collects only when asked
+ * (gc_percent 0), with the given compaction scope and GC helpers; closed
+ * with the heap verified, the domain detached and the heap destroyed. */
+typedef struct tu_env {
+  ph_heap *h;
+  ph_domain *d;
+} tu_env;
+
+static inline void tu_env_open(tu_env *e, ph_compact_scope scope,
+                               unsigned helpers) {
+  ph_config cfg;
+  ph_config_init(&cfg);
+  cfg.gc_percent = 0;
+  cfg.compact_scope = scope;
+  cfg.gc_helpers = helpers;
+  assert_int_equal(ph_heap_create(&cfg, &e->h), PH_OK);
+  assert_int_equal(ph_domain_attach(e->h, &e->d), PH_OK);
+}
+
+static inline void tu_env_close(tu_env *e) {
+  tu_verify_ok(e->d);
+  assert_int_equal(ph_domain_detach(e->d), PH_OK);
+  assert_int_equal(ph_heap_destroy(e->h), PH_OK);
+}
+
 /* The same from any thread: counts a failure (TU_CHECK) instead. */
 static inline int tu_verify_mt(ph_domain *d) {
   char why[512];
