@@ -111,6 +111,25 @@ long ph_os_process_mappings(void);
 /* Resident set size of the process in bytes (VmRSS), or 0. */
 uint64_t ph_os_process_rss(void);
 
+/* A fault-injection site, for tests (DESIGN.md: tests.faults): the one
+ * engine behind os/'s hooks below and gc/'s table hooks (gc/fault.c).
+ * ph_fault_site_set arms it: calls of the kinds in op_mask are counted from
+ * then on; the nth one (1-based) fails, and so does every later one if
+ * sticky; nth = 0 turns it off.  ph_fault_site_hit counts one call of kind
+ * op and returns 1 if it must fail.  Process-wide when static; relaxed
+ * atomics (the counters order nothing else). */
+typedef struct ph_fault_site {
+  _Atomic unsigned mask;
+  _Atomic uint64_t nth;
+  _Atomic int sticky;
+  _Atomic uint64_t calls, hits;
+} ph_fault_site;
+void ph_fault_site_set(ph_fault_site *s, unsigned op_mask, uint64_t nth,
+                       int sticky);
+int ph_fault_site_hit(ph_fault_site *s, unsigned op);
+uint64_t ph_fault_site_calls(ph_fault_site *s);
+uint64_t ph_fault_site_hits(ph_fault_site *s);
+
 /* Fault injection, for tests (DESIGN.md: tests.faults).  Calls of the kinds in
  * op_mask are counted from the moment of the call; the nth one (1-based)
  * fails with PH_ENOMEM as if the kernel had refused, and so does every later

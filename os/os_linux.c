@@ -96,49 +96,58 @@ static uint64_t acct_get(_Atomic uint64_t *c) {
 
 /* ------------------------------------------------------- fault injection */
 
-static _Atomic unsigned fault_mask;
-static _Atomic uint64_t fault_nth;
-static _Atomic int fault_sticky;
-static _Atomic uint64_t fault_calls;
-static _Atomic uint64_t fault_hits;
-
-void ph_os_fault_set(unsigned op_mask, uint64_t nth, int sticky) {
-  /* Tests configure injection while no OS call is in flight; a call racing
-   * with reconfiguration may see old or new settings, either is fine, and
-   * the counters order nothing else: relaxed is enough. */
-  atomic_store_explicit(&fault_mask, 0, memory_order_relaxed);
-  atomic_store_explicit(&fault_calls, 0, memory_order_relaxed);
-  atomic_store_explicit(&fault_hits, 0, memory_order_relaxed);
-  atomic_store_explicit(&fault_nth, nth, memory_order_relaxed);
-  atomic_store_explicit(&fault_sticky, sticky != 0, memory_order_relaxed);
-  atomic_store_explicit(&fault_mask, op_mask, memory_order_relaxed);
+void ph_fault_site_set(ph_fault_site *s, unsigned op_mask, uint64_t nth,
+                       int sticky) {
+  /* Tests arm a site while no counted call is in flight; a call racing with
+   * it may see old or new settings, either is fine. */
+  atomic_store_explicit(&s->mask, 0, memory_order_relaxed);
+  atomic_store_explicit(&s->calls, 0, memory_order_relaxed);
+  atomic_store_explicit(&s->hits, 0, memory_order_relaxed);
+  atomic_store_explicit(&s->nth, nth, memory_order_relaxed);
+  atomic_store_explicit(&s->sticky, sticky != 0, memory_order_relaxed);
+  atomic_store_explicit(&s->mask, op_mask, memory_order_relaxed);
 }
 
-uint64_t ph_os_fault_calls(void) {
-  /* Read after the counted calls completed (thread join orders them). */
-  return atomic_load_explicit(&fault_calls, memory_order_relaxed);
-}
-
-uint64_t ph_os_fault_hits(void) {
-  /* Same as ph_os_fault_calls: a plain counter read. */
-  return atomic_load_explicit(&fault_hits, memory_order_relaxed);
-}
-
-/* Count a call of kind op; 1 if it must fail as if the kernel refused.
- * fetch_add makes each call's number unique, so exactly one call is the nth
- * even across threads; relaxed suffices as the numbers order nothing else. */
-static int fault_inject(unsigned op) {
-  if ((atomic_load_explicit(&fault_mask, memory_order_relaxed) & op) == 0)
+/* fetch_add makes each call's number unique, so exactly one call is the nth
+ * even across threads. */
+int ph_fault_site_hit(ph_fault_site *s, unsigned op) {
+  if ((atomic_load_explicit(&s->mask, memory_order_relaxed) & op) == 0)
     return 0;
-  uint64_t n = atomic_fetch_add_explicit(&fault_calls, 1, memory_order_relaxed);
-  uint64_t nth = atomic_load_explicit(&fault_nth, memory_order_relaxed);
-  n += 1;
+  uint64_t n =
+      atomic_fetch_add_explicit(&s->calls, 1, memory_order_relaxed) + 1;
+  uint64_t nth = atomic_load_explicit(&s->nth, memory_order_relaxed);
   if (nth == 0 || n < nth)
     return 0;
-  if (n > nth && !atomic_load_explicit(&fault_sticky, memory_order_relaxed))
+  if (n > nth && !atomic_load_explicit(&s->sticky, memory_order_relaxed))
     return 0;
-  atomic_fetch_add_explicit(&fault_hits, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&s->hits, 1, memory_order_relaxed);
   return 1;
+}
+
+/* Plain counter reads, after the counted calls completed (a join orders them).
+ */
+uint64_t ph_fault_site_calls(ph_fault_site *s) {
+  return atomic_load_explicit(&s->calls, memory_order_relaxed);
+}
+uint64_t ph_fault_site_hits(ph_fault_site *s) {
+  return atomic_load_explicit(&s->hits, memory_order_relaxed);
+}
+
+static ph_fault_site os_faults; /* the OS calls' site */
+
+void ph_os_fault_set(unsigned op_mask, uint64_t nth, int sticky) {
+  ph_fault_site_set(&os_faults, op_mask, nth, sticky);
+}
+uint64_t ph_os_fault_calls(void) {
+  return ph_fault_site_calls(&os_faults);
+}
+uint64_t ph_os_fault_hits(void) {
+  return ph_fault_site_hits(&os_faults);
+}
+
+/* Count a call of kind op; 1 if it must fail as if the kernel refused. */
+static int fault_inject(unsigned op) {
+  return ph_fault_site_hit(&os_faults, op);
 }
 
 /* ------------------------------------------------------- debug registry */
