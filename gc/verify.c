@@ -29,26 +29,12 @@ static int fail(vctx *v, const char *fmt, ...) {
   return 0;
 }
 
-/* Is x the address of field 0 of a live (allocated) block of this heap? */
-static int valid_block(vctx *v, ph_value x) {
-  struct ph_heap *h = v->h;
-  ph_chunk *c = ph_chunk_find(h, (void *)x);
-  if (!c)
-    return 0;
-  uint32_t u = (uint32_t)((size_t)((char *)x - c->base) >> h->pool_shift);
-  char *ua = ph_unit_addr(h, c, u);
-  if (c->ustate[u] == PH_U_LARGE)
-    return (char *)x == ua + PH_LARGE_HDR + 8 &&
-           !(ph_hd_color(*ph_hp(x)) & PH_BLACK) && *ph_hp(x) != 0;
-  if (c->ustate[u] != PH_U_POOL)
-    return 0;
-  ph_pool *p = (ph_pool *)ua;
-  size_t off = (size_t)((char *)x - 8 - ph_pool_slots(p));
-  size_t sb = (size_t)h->class_wsize[p->cls] * 8;
-  if ((char *)x < ph_pool_slots(p) + 8 || off % sb || off / sb >= p->nslots)
-    return 0;
-  /* a free slot's header is 0 (pools.header) */
-  return !(ph_hd_color(*ph_hp(x)) & PH_BLACK) && *ph_hp(x) != 0;
+/* Is x the address of field 0 of a live (allocated, unmarked) block of this
+ * heap?  The allocated-block check is gc.pin's (ph_gc_block_check_locked);
+ * the caller holds heap->lock. */
+static int valid_block_locked(vctx *v, ph_value x) {
+  return ph_gc_block_check_locked(v->h, x) &&
+         !(ph_hd_color(*ph_hp(x)) & PH_BLACK);
 }
 
 static void check_fields(vctx *v, ph_value b) {
@@ -58,7 +44,7 @@ static void check_fields(vctx *v, ph_value b) {
   size_t wo = ph_hd_wosize(hd);
   for (size_t i = 0; i < wo && !v->k.bad; i++) {
     ph_value x = ((ph_value *)b)[i];
-    if (ph_is_block(x) && !valid_block(v, x))
+    if (ph_is_block(x) && !valid_block_locked(v, x))
       fail(v, "block %p field %zu = %p is not a live block", (void *)b, i,
            (void *)x);
   }
@@ -101,7 +87,6 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
   /* heap.verify: the pool layer's structural walk, then what is ours */
   pthread_mutex_lock(&h->lock);
   ph_check_heap_locked(h, &v.k);
-  pthread_mutex_unlock(&h->lock);
   uint64_t pools = v.k.pools;
   /* every scanned field of every block */
   for (unsigned i = 0; i < h->nchunks && !v.k.bad; i++) {
@@ -119,8 +104,10 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
       }
     }
   }
-  if (v.k.bad)
+  if (v.k.bad) {
+    pthread_mutex_unlock(&h->lock);
     return PH_ECORRUPT;
+  }
   /* avail lists */
   for (unsigned s = 0; s < h->cfg.max_domains && !v.k.bad; s++)
     for (unsigned c = 0; c < h->nclasses && !v.k.bad; c++) {
@@ -140,19 +127,23 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
       continue;
     for (ph_rootseg *sg = d->roots->segs; sg && !v.k.bad; sg = sg->prev)
       for (size_t i = 0; i < sg->used && !v.k.bad; i++)
-        if (ph_is_block(sg->slot[i]) && !valid_block(&v, sg->slot[i]))
+        if (ph_is_block(sg->slot[i]) && !valid_block_locked(&v, sg->slot[i]))
           fail(&v, "domain %u root %zu = %p is not a live block", s, i,
                (void *)sg->slot[i]);
   }
+  pthread_mutex_unlock(&h->lock);
   if (!v.k.bad) {
+    /* roots_lock, then heap->lock: no path takes them the other way */
     pthread_mutex_lock(&h->roots->roots_lock);
+    pthread_mutex_lock(&h->lock);
     for (size_t i = 0; i < h->roots->groots_cap && !v.k.bad; i++) {
       ph_value *slot = h->roots->groots[i];
       if (slot && slot != (ph_value *)1 && ph_is_block(*slot) &&
-          !valid_block(&v, *slot))
+          !valid_block_locked(&v, *slot))
         fail(&v, "global root %p = %p is not a live block", (void *)slot,
              (void *)*slot);
     }
+    pthread_mutex_unlock(&h->lock);
     pthread_mutex_unlock(&h->roots->roots_lock);
   }
   return v.k.bad ? PH_ECORRUPT : PH_OK;
