@@ -7,6 +7,8 @@
 #   ocaml/build.sh [--tsan]        the poolheap toolchain (--tsan: OCaml's
 #                                  ThreadSanitizer mode, --enable-tsan)
 #   ocaml/build.sh stock [--tsan]  stock 5.3.0 built the same way (ocaml-test)
+#   ... --cached                   build nothing: print the prefix if it is
+#                                  built, else exit 1 (the quick demo uses it)
 #
 # Env: POOLHEAP_CACHE (default $HOME/.cache/poolheap), JOBS (default nproc).
 # Layout in the cache:
@@ -23,7 +25,14 @@ REPO=$(cd "$HERE/.." && pwd)
 source "$HERE/common.sh"
 
 PATCH_VERSION=1
+CACHED=0
+if [ "${*: -1}" = --cached ]; then CACHED=1; set -- "${@:1:$(($# - 1))}"; fi
 if [ "${1:-}" = stock ]; then
+  if [ $CACHED = 1 ]; then
+    p=$STOCK_PREFIX${2:+-tsan}
+    [ -f "$p-tree/.built" ] && [ -x "$p/bin/ocamlopt" ] || { log "stock OCaml not built in $p"; exit 1; }
+    echo "$p"; exit 0
+  fi
   build_stock "${2:+-tsan}"
   echo "$STOCK_PREFIX${2:+-tsan}"
   exit 0
@@ -50,6 +59,7 @@ if [ -f "$TREE/.built" ] && [ -x "$PREFIX/bin/ocamlopt" ]; then
   echo "$PREFIX"
   exit 0
 fi
+[ $CACHED = 1 ] && { log "poolheap OCaml of these sources not built in $PREFIX"; exit 1; }
 
 fetch_ocaml_src
 log "preparing $TREE"
