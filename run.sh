@@ -57,6 +57,9 @@ case $cmd in
     ;;
   demo)
     need_pkgs gnuplot-nox libjemalloc2 libmimalloc2.0 libgc-dev
+    # the full demo builds OCaml 5.3 (stock and poolheap's) when not cached
+    case " $* " in *" --quick "*) ;; *) command -v npm >/dev/null || need_pkgs npm
+      need_pkgs make gcc ;; esac
     build release
     exec demos/demo.sh "$@"
     ;;

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The fragmentation demo: what `./run.sh demo` runs after building the release
-# variant.  Under 2 minutes on 2 cores.
+# variant.  Under 2 minutes on 2 cores, plus, the first time only, the build
+# of OCaml 5.3 (stock and on poolheap, ocaml/build.sh: 10-20 minutes each,
+# cached in POOLHEAP_CACHE).
 #
 #   demos/demo.sh [--quick] [--json] [--seed S]
 #
@@ -16,16 +18,31 @@
 #        map (ph_census) and RSS / committed / mappings before and after
 #        ph_compact, the phase times and the checksums;
 #   4.   the peers of bench/peers (frag_c.c under glibc malloc, jemalloc and
-#        mimalloc by LD_PRELOAD, and built for Boehm GC), plus OCaml rows only
-#        if the bench already built them; compiled here into build/demo/peers;
+#        mimalloc by LD_PRELOAD, and built for Boehm GC; frag.ml on stock
+#        OCaml 5.3); compiled here into build/demo/peers;
 #   5.   worker(T, S, K) for poolheap with and without compaction and the
 #        peers (worker_c.c), RSS after each task, plotted by gnuplot into
-#        build/demo/worker-rss.png;
+#        build/demo/worker-rss.png; and the same worker written in OCaml
+#        (bench/peers/worker.ml, Gc.compact after each task) on stock OCaml
+#        5.3 ("ocaml-5.3") and on OCaml 5.3 with poolheap's shared heap
+#        ("ocaml-5.3-poolheap", ocaml/build.sh's prefix for these sources).
+#        Expected: every system keeps the same blocks (the report checks the
+#        table bytes after each task); poolheap with compaction stays flat
+#        near its live data while the collect-only run, the malloc peers and
+#        Boehm keep about the size of one task's garbage; both OCaml runtimes
+#        compact, so both stay far below the malloc peers, and poolheap's
+#        runtime stays flat at its first task's RSS with constant mappings,
+#        while stock's RSS and mappings move from task to task (it unmaps
+#        pool by pool and its large blocks go through malloc);
 #   then a three-line verdict computed from those figures.
 # A peer that cannot be built or run is reported as NOT RUN, never skipped.
 # Exit status: 0, or 1 if anything failed (a peer included).
-# Env: CC (default gcc), POOLHEAP_CACHE (where bench/peers/build_ocaml53.sh
-# keeps OCaml 5.3; default ~/.cache/poolheap).
+# OCaml: the full demo builds both runtimes into the cache when missing (a
+# build that fails is one NOT RUN line per OCaml row; the rest runs on);
+# --quick (./run.sh test) never builds OCaml: it uses the prefixes already
+# built (ocaml/ci.sh builds poolheap's) and prints "not shown" for the others.
+# Env: CC (default gcc), POOLHEAP_CACHE (where ocaml/build.sh and
+# bench/peers/build_ocaml53.sh keep OCaml 5.3; default ~/.cache/poolheap).
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -42,7 +59,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --json) json=1 ;;
     --seed) seed=${2:?--seed needs a value}; shift ;;
-    *) sed -n '5,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '7,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
   shift
 done
@@ -115,6 +132,59 @@ else
   WHY[frag_boehm]="Boehm GC headers missing (Debian package libgc-dev)"
   WHY[worker_boehm]=${WHY[frag_boehm]}
 fi
+# OCaml 5.3.0, stock and on poolheap (ocaml/build.sh; cached in $CACHE): the
+# full demo builds what is missing (once, 10-20 minutes each on 2 cores);
+# --quick only takes what is built already (./run.sh test's ocaml/ci.sh builds
+# poolheap's) and otherwise says so in one line.  Stock is ocaml/build.sh's
+# prefix, or the one bench/peers/build_ocaml53.sh built.
+declare -A OPREFIX
+ocaml_prefix() { # stock|poolheap: OPREFIX[$1], or WHY[ocaml-$1] / NOSHOW[$1]
+  local side=$1 arg="" p rc=0 log=$OUT/logs/build-ocaml-$1.log
+  [ "$side" = stock ] && arg=stock
+  if p=$("$REPO/ocaml/build.sh" $arg --cached 2>/dev/null | tail -1) && [ -x "$p/bin/ocamlopt" ]; then
+    OPREFIX[$side]=$p; return
+  fi
+  if [ "$side" = stock ] && [ -x "$CACHE/ocaml-5.3.0/bin/ocamlopt" ] \
+     && [ "$("$CACHE/ocaml-5.3.0/bin/ocamlopt" -version 2>/dev/null)" = 5.3.0 ]; then
+    OPREFIX[$side]=$CACHE/ocaml-5.3.0; return
+  fi
+  if [ $quick = 1 ]; then
+    NOSHOW[$side]="not built in $CACHE (./run.sh demo builds it: ocaml/build.sh${arg:+ $arg})"
+    return
+  fi
+  echo "  building OCaml 5.3.0 ($side) into $CACHE once: 10-20 minutes on 2 cores (log $log)"
+  p=$("$REPO/ocaml/build.sh" $arg 2>"$log" | tail -1) || rc=$?
+  if [ $rc = 0 ] && [ -x "$p/bin/ocamlopt" ]; then
+    OPREFIX[$side]=$p
+  else
+    WHY[ocaml-$side]="ocaml/build.sh${arg:+ $arg} failed (exit $rc, log $log): $(tail -c 300 "$log" | tr '\n' ' ')"
+  fi
+}
+declare -A NOSHOW
+ocaml_prefix stock
+ocaml_prefix poolheap
+# ocaml_peer KEY SIDE SOURCES...: $OUT/peers/KEY compiled with that side's
+# ocamlopt (again when a source is newer or the prefix changed), or WHY[KEY]
+ocaml_peer() {
+  local key=$1 side=$2 f stale=0
+  shift 2
+  local bin=$OUT/peers/$key dir=$OUT/ocaml/$key prefix=${OPREFIX[$side]:-}
+  local log=$OUT/logs/build-$key.log
+  if [ -z "$prefix" ]; then WHY[$key]=${WHY[ocaml-$side]:-"no OCaml 5.3 ($side)"}; return; fi
+  WHY[$key]=""
+  [ -x "$bin" ] && [ "$(cat "$bin.prefix" 2>/dev/null)" = "$prefix" ] || stale=1
+  for f in "$@"; do [ "$PEERSRC/$f" -nt "$bin" ] && stale=1; done
+  [ $stale = 0 ] && return
+  rm -rf "$dir" "$bin.prefix"; mkdir -p "$dir"
+  for f in "$@"; do cp "$PEERSRC/$f" "$dir/"; done
+  if (cd "$dir" && "$prefix/bin/ocamlopt" -I +runtime_events -I +unix unix.cmxa \
+        runtime_events.cmxa -o "$bin" "$@") >"$log" 2>&1; then
+    echo "$prefix" >"$bin.prefix"
+  else
+    WHY[$key]="build failed (log $log): $(head -c 300 "$log" | tr '\n' ' ')"
+  fi
+}
+
 JEMALLOC=$(pkg_lib libjemalloc2 '/libjemalloc\.so\.2$')
 MIMALLOC=$(pkg_lib libmimalloc2.0 '/libmimalloc\.so\.[0-9.]+$')
 
@@ -167,21 +237,12 @@ run_peer glibc frag_c "$FRAG" -- "${FRAG_ARGS[@]}"
 preloaded jemalloc "$JEMALLOC" "$FRAG" frag_c libjemalloc2 -- "${FRAG_ARGS[@]}"
 preloaded mimalloc "$MIMALLOC" "$FRAG" frag_c libmimalloc2.0 -- "${FRAG_ARGS[@]}"
 run_peer boehm frag_boehm "$FRAG" -- "${FRAG_ARGS[@]}"
-# OCaml: only what the bench already built; the demo never builds OCaml
-O53=$CACHE/ocaml-5.3.0/bin/ocamlopt
-if [ -x "$O53" ]; then
-  o53bin=$REPO/build/peers/frag_ocaml53
-  if [ ! -x "$o53bin" ] || [ "$PEERSRC/frag.ml" -nt "$o53bin" ] || [ "$PEERSRC/fragcore.ml" -nt "$o53bin" ]; then
-    # the toolchain is cached: compiling the peer program takes seconds
-    mkdir -p "$OUT/ocaml53"; cp "$PEERSRC/fragcore.ml" "$PEERSRC/frag.ml" "$OUT/ocaml53/"
-    o53bin=$OUT/peers/frag_ocaml53
-    (cd "$OUT/ocaml53" && "$O53" -I +runtime_events -I +unix unix.cmxa runtime_events.cmxa \
-      -o "$o53bin" fragcore.ml frag.ml) >"$OUT/logs/build-ocaml53.log" 2>&1 \
-      || WHY[$o53bin]="build failed: $(head -c 300 "$OUT/logs/build-ocaml53.log" | tr '\n' ' ')"
-  fi
-  run_peer ocaml-5.3 "$o53bin" "$FRAG" OCAML_RUNTIME_EVENTS_DIR="$OUT/events" -- "${FRAG_ARGS[@]}"
+# OCaml 5.3 (stock): built above in the full demo, only if cached in --quick
+if [ -n "${NOSHOW[stock]:-}" ]; then
+  printf '  %-22s not shown: %s\n' ocaml-5.3 "${NOSHOW[stock]}"
 else
-  echo "  ocaml-5.3              not shown (the bench has not built OCaml 5.3 in $CACHE; bench/peers/build_ocaml53.sh, ~10 min)"
+  ocaml_peer frag_ocaml53 stock fragcore.ml frag.ml
+  run_peer ocaml-5.3 frag_ocaml53 "$FRAG" OCAML_RUNTIME_EVENTS_DIR="$OUT/events" -- "${FRAG_ARGS[@]}"
 fi
 if [ -x "$REPO/build/peers/frag_ocaml4" ] && command -v ocamlopt >/dev/null; then
   run_peer "ocaml-$(ocamlopt -version)" "$REPO/build/peers/frag_ocaml4" "$FRAG" \
@@ -209,6 +270,15 @@ run_peer glibc worker_c "$WORK" -- "${WARGS[@]}"
 preloaded jemalloc "$JEMALLOC" "$WORK" worker_c libjemalloc2 -- "${WARGS[@]}"
 preloaded mimalloc "$MIMALLOC" "$WORK" worker_c libmimalloc2.0 -- "${WARGS[@]}"
 run_peer boehm worker_boehm "$WORK" -- "${WARGS[@]}"
+# bench/peers/worker.ml: the same worker in OCaml, Gc.compact after each task
+for side in stock poolheap; do
+  sys=ocaml-5.3; [ $side = poolheap ] && sys=ocaml-5.3-poolheap
+  if [ -n "${NOSHOW[$side]:-}" ]; then
+    printf '  %-22s not shown: %s\n' "$sys" "${NOSHOW[$side]}"; continue
+  fi
+  ocaml_peer "worker_ocaml53_$side" $side fragcore.ml worker.ml
+  run_peer "$sys" "worker_ocaml53_$side" "$WORK" -- "${WARGS[@]}"
+done
 
 "$BIN/demo_report" --worker "$WORK" --section worker --plot "$OUT" \
   --title "worker(T = $T, S = ${S%M} MiB, K = $WK)" || FAILED=1

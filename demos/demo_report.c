@@ -85,7 +85,8 @@ typedef struct {
   char error[400];
   int ntasks;
   double rss[MAX_TASKS];
-  double live[MAX_TASKS]; /* poolheap: live bytes after the task */
+  double live[MAX_TASKS];  /* poolheap: live bytes after the task */
+  double table[MAX_TASKS]; /* bytes in the long-lived table after the task */
   double release_ms_sum;
 } worker_row;
 
@@ -144,6 +145,7 @@ static void worker_line(const char *line) {
       task < MAX_TASKS) {
     w->rss[(int)task] = rss;
     w->live[(int)task] = jget(line, "live_bytes", 0);
+    w->table[(int)task] = jget(line, "table_bytes", -1);
     if ((int)task + 1 > w->ntasks)
       w->ntasks = (int)task + 1;
     w->release_ms_sum += jget(line, "release_ms", 0);
@@ -262,7 +264,34 @@ static void section_worker(const char *plot_dir, const char *title) {
            w->ntasks ? w->release_ms_sum / w->ntasks : 0.0);
   }
   printf("  (release ms: the mean per task of ph_compact / ph_collect / "
-         "malloc_trim(0) / GC_gcollect_and_unmap)\n");
+         "malloc_trim(0) / GC_gcollect_and_unmap / Gc.compact)\n");
+  /* every worker draws from the same generator: the same blocks are kept,
+     so the long-lived table holds the same bytes after each task */
+  const worker_row *ref = NULL;
+  int same = 0;
+  for (int i = 0; i < nwork; i++) {
+    const worker_row *w = &work[i];
+    if (w->error[0] || !w->ntasks)
+      continue;
+    if (!ref) {
+      ref = w;
+      continue;
+    }
+    int t = 0;
+    while (t < w->ntasks && t < ref->ntasks && w->table[t] == ref->table[t])
+      t++;
+    if (t < w->ntasks && t < ref->ntasks) {
+      printf("  %s kept OTHER BLOCKS than %s: table bytes after task %d: "
+             "%.0f, not %.0f\n",
+             w->system, ref->system, t + 1, w->table[t], ref->table[t]);
+      failures++;
+    } else
+      same++;
+  }
+  if (ref && same)
+    printf("  (%d systems kept the same blocks as %s: equal table bytes after "
+           "every task)\n",
+           same, ref->system);
   if (!plot_dir)
     return;
   char path[1024];
@@ -332,6 +361,13 @@ static void section_worker(const char *plot_dir, const char *title) {
       label = "glibc malloc + malloc\\_trim";
     else if (strcmp(s, "boehm") == 0)
       label = "Boehm GC + GC\\_gcollect\\_and\\_unmap";
+    else if (strcmp(s, "ocaml-5.3") == 0) {
+      label = "OCaml 5.3 (stock) + Gc.compact";
+      style = "lw 3 lc rgb '#d7191c'";
+    } else if (strcmp(s, "ocaml-5.3-poolheap") == 0) {
+      label = "OCaml 5.3 on poolheap + Gc.compact";
+      style = "lw 3 dt 4 lc rgb '#7b3294'";
+    }
     fprintf(f,
             "%s'%s/worker-rss.dat' using 1:%d with linespoints %s title '%s'",
             first ? "" : ", \\\n     ", plot_dir, col, style, label);
