@@ -30,10 +30,12 @@
 #        table bytes after each task); poolheap with compaction stays flat
 #        near its live data while the collect-only run, the malloc peers and
 #        Boehm keep about the size of one task's garbage; both OCaml runtimes
-#        compact, so both stay far below the malloc peers, and poolheap's
-#        runtime stays flat at its first task's RSS with constant mappings,
-#        while stock's RSS and mappings move from task to task (it unmaps
-#        pool by pool and its large blocks go through malloc);
+#        compact, so both stay far below the malloc peers; poolheap's runtime
+#        stays flat at its first task's RSS with constant mappings, stock's
+#        sits higher from the second task on (its large blocks go through
+#        malloc, and glibc keeps freed ones: about 7 MiB at 128 MiB tasks)
+#        and its mappings move by hundreds from task to task (it unmaps pool
+#        by pool).  The table gives each system's fewest and most mappings.
 #   then a three-line verdict computed from those figures.
 # A peer that cannot be built or run is reported as NOT RUN, never skipped.
 # Exit status: 0, or 1 if anything failed (a peer included).

@@ -87,6 +87,7 @@ typedef struct {
   double rss[MAX_TASKS];
   double live[MAX_TASKS];  /* poolheap: live bytes after the task */
   double table[MAX_TASKS]; /* bytes in the long-lived table after the task */
+  double maps[MAX_TASKS];  /* kernel mappings after the task */
   double release_ms_sum;
 } worker_row;
 
@@ -146,6 +147,7 @@ static void worker_line(const char *line) {
     w->rss[(int)task] = rss;
     w->live[(int)task] = jget(line, "live_bytes", 0);
     w->table[(int)task] = jget(line, "table_bytes", -1);
+    w->maps[(int)task] = jget(line, "maps", -1);
     if ((int)task + 1 > w->ntasks)
       w->ntasks = (int)task + 1;
     w->release_ms_sum += jget(line, "release_ms", 0);
@@ -243,7 +245,8 @@ static void section_worker(const char *plot_dir, const char *title) {
   int shown = T > 12 ? 12 : T;
   for (int t = 0; t < shown; t++)
     printf(" %6d", t + 1);
-  printf("%s %8s %10s\n", T > shown ? "   ..." : "", "max", "release ms");
+  printf("%s %8s %10s %9s\n", T > shown ? "   ..." : "", "max", "release ms",
+         "mappings");
   for (int i = 0; i < nwork; i++) {
     const worker_row *w = &work[i];
     if (w->error[0]) {
@@ -251,20 +254,28 @@ static void section_worker(const char *plot_dir, const char *title) {
       continue;
     }
     printf("  %-22s", w->system);
-    double mx = 0;
+    double mx = 0, mlo = 0, mhi = 0;
     for (int t = 0; t < w->ntasks; t++) {
       if (t < shown)
         printf(" %6.1f", DEMO_MB(w->rss[t]));
       if (w->rss[t] > mx)
         mx = w->rss[t];
+      if (t == 0 || w->maps[t] < mlo)
+        mlo = w->maps[t];
+      if (t == 0 || w->maps[t] > mhi)
+        mhi = w->maps[t];
     }
     for (int t = w->ntasks; t < shown; t++)
       printf(" %6s", "-");
-    printf("%s %8.1f %10.1f\n", T > shown ? "   ..." : "", DEMO_MB(mx),
-           w->ntasks ? w->release_ms_sum / w->ntasks : 0.0);
+    char maps[32];
+    snprintf(maps, sizeof maps, "%.0f-%.0f", mlo, mhi);
+    printf("%s %8.1f %10.1f %9s\n", T > shown ? "   ..." : "", DEMO_MB(mx),
+           w->ntasks ? w->release_ms_sum / w->ntasks : 0.0, maps);
   }
-  printf("  (release ms: the mean per task of ph_compact / ph_collect / "
-         "malloc_trim(0) / GC_gcollect_and_unmap / Gc.compact)\n");
+  printf(
+      "  (release ms: the mean per task of ph_compact / ph_collect / "
+      "malloc_trim(0) / GC_gcollect_and_unmap / Gc.compact;\n"
+      "   mappings: the fewest and the most kernel mappings after a task)\n");
   /* every worker draws from the same generator: the same blocks are kept,
      so the long-lived table holds the same bytes after each task */
   const worker_row *ref = NULL;
