@@ -118,6 +118,7 @@ typedef struct ph_gc {
   ph_final *regs;
   size_t nregs, regs_cap;
   ph_fqueue *ready;            /* max_domains + 1 */
+  size_t nqueued;              /* entries in all ready queues */
   _Atomic size_t *nready;      /* entries in each ready queue (hint) */
   unsigned char *fin_running;  /* per slot: its domain is running them */
   _Atomic size_t claim_groots; /* the collector's roots: one claimer */
