@@ -6,7 +6,8 @@
 #    (Weak, Ephemeron.K1): medians of RUNS runs of the collection that
 #    clears the table (ph_collect / Gc.full_major) and of VmRSS after the
 #    compaction.  Goals: collection <= 0.5x OCaml's; memory after
-#    compaction <= OCaml's.
+#    compaction <= OCaml's.  Both sides also report the process's CPU time
+#    in the collection (collect_cpu_ms), shown below the table.
 #  - pinning: bench/compact's W1 with 10 per mille of the survivors pinned
 #    against the same run unpinned.  Goal: RSS after <= 1.15x.
 # Each run is its own process; poolheap and OCaml alternate.  Prints one
@@ -95,6 +96,7 @@ out = ["", "issue 12 figures (medians; n = runs)", ""]
 out.append("| table | poolheap collect ms | OCaml 5.3 full_major ms | ratio (goal <= 0.5) | "
            "poolheap RSS after MiB | OCaml RSS after MiB | ratio (goal <= 1) |")
 out.append("|---|---|---|---|---|---|---|")
+cpu = []
 for t in ("weak", "ephemeron"):
     ph = lambda r: r.get("system") == "poolheap" and r.get("table") == t
     ml = lambda r: r.get("system") == "ocaml-5.3" and r.get("table") == t
@@ -107,6 +109,13 @@ for t in ("weak", "ephemeron"):
     c = pc / oc; m = pr / orr
     out.append(f"| {t} | {pc:.1f} (n={n1}) | {oc:.1f} (n={n2}) | {c:.2f} {verdict(c <= 0.5)} | "
                f"{pr/2**20:.1f} | {orr/2**20:.1f} | {m:.2f} {verdict(m <= 1.0)} |")
+    pu, _ = med(ph, "collect_cpu_ms"); ou, _ = med(ml, "collect_cpu_ms")
+    if pu is not None and ou:
+        cpu.append(f"{t}: collection CPU time poolheap {pu:.1f} ms, OCaml {ou:.1f} ms: "
+                   f"{pu/ou:.2f}x")
+if cpu:  # the same collections in CPU time (not the time spent waiting for a core)
+    out += ["", "medians of the process CPU time in the collection (a shared machine's "
+            "load does not count):"] + cpu
 un = lambda r: r.get("shape") == "W1" and "pin_permille" not in r
 pi = lambda r: r.get("shape") == "W1" and r.get("pin_permille") == 10
 a, na = med(un, "rss_after"); b, nb = med(pi, "rss_after")

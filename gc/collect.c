@@ -12,7 +12,9 @@
  *   2. mark      roots, then the mark stacks (gc/mark.c), then the
  *                ephemeron rounds (gc/weak.c); ends with a barrier; if
  *                marking met weak blocks or ephemerons, the participants
- *                clear them, sharing the lists (gc.weak.clear); barrier;
+ *                clear the weak fields, sharing the lists (gc.weak.clear;
+ *                the sweep zeroes the pending ephemerons: gc.weak.pending);
+ *                barrier;
  *                with finalisers registered, their flagging and marking
  *                (gc.final)
  *   3. sweep     per pool (heap/sweep.c); barrier; single: free what died,
@@ -92,8 +94,6 @@ static void prepare_stw_single(struct ph_heap *h) {
   atomic_store_explicit(&h->sec.claim_sweep, 0, memory_order_relaxed);
   atomic_store_explicit(&g->claim_rescan, 0, memory_order_relaxed);
   atomic_store_explicit(&g->mark_overflow, 0, memory_order_relaxed);
-  atomic_store_explicit(&g->weak_listed, 0, memory_order_relaxed);
-  atomic_store_explicit(&g->ephe_listed, 0, memory_order_relaxed);
   atomic_store_explicit(&g->claim_groots, 0, memory_order_relaxed);
   atomic_store_explicit(&g->claim_weak, 0, memory_order_relaxed);
   g->idle = 0;
@@ -115,8 +115,8 @@ static void finish_collect_stw_single(struct ph_heap *h) {
     sweep = w->t_sweep > sweep ? w->t_sweep : sweep;
     frag += h->sec.pw[i].frag_bytes;
     wcl += w->weak_cleared;
-    ecl += w->ephe_cleared;
-    w->weak_cleared = w->ephe_cleared = 0;
+    ecl += h->sec.pw[i].zeroed; /* gc.weak.pending */
+    w->weak_cleared = 0;
   }
   pthread_mutex_lock(&h->lock);
   h->st.weak_cleared += wcl;
@@ -171,8 +171,6 @@ static void weak_clear_stw(struct ph_heap *h, ph_worker *w) {
   ph_weak_clear_stw(h, w);
   if (ph_barrier_wait(&h->sync->stw.bar)) {
     /* relaxed: the next marking (resurrection) comes after a barrier */
-    atomic_store_explicit(&g->weak_listed, 0, memory_order_relaxed);
-    atomic_store_explicit(&g->ephe_listed, 0, memory_order_relaxed);
     atomic_store_explicit(&g->claim_weak, 0, memory_order_relaxed);
   }
   ph_weak_forget(w); /* nobody reads the lists any more */

@@ -115,6 +115,26 @@ int ph_gc_value_enter(ph_domain *d, ph_value v) {
   return PH_OK;
 }
 
+/* gc.final.reserve: the orphans' queue holds room for every registration
+ * and every ready entry (need = nregs + nqueued): whatever a detaching
+ * domain hands over, or a collection queues for the orphans, fits without
+ * growing it (fq_push slides the live part down first), so none is lost.
+ * 0: it could not grow (final_lock held). */
+static int orphans_reserve(ph_gc *g, ph_fqueue *q, size_t need) {
+  if (need <= q->cap)
+    return 1;
+  size_t ncap = q->cap ? q->cap : 64;
+  while (ncap < need)
+    ncap *= 2;
+  ph_final *e =
+      ph_gc_fault(PH_GC_OP_FINAL) ? NULL : realloc(q->e, ncap * sizeof *e);
+  if (!e)
+    return 0;
+  q->e = e;
+  q->cap = ncap;
+  return 1;
+}
+
 int ph_finalise(ph_domain *d, ph_value v, ph_final_fn fn, void *user,
                 ph_final_when when) {
   int err = ph_gc_value_enter(d, v);
@@ -125,7 +145,14 @@ int ph_finalise(ph_domain *d, ph_value v, ph_final_fn fn, void *user,
     return PH_EINVAL;
   }
   ph_gc *g = d->heap->gc;
+  unsigned orphan = d->heap->cfg.max_domains;
   pthread_mutex_lock(&g->final_lock);
+  /* gc.final.reserve: room for this entry in the orphans' queue first */
+  if (!orphans_reserve(g, &g->ready[orphan], g->nregs + g->nqueued + 1)) {
+    pthread_mutex_unlock(&g->final_lock);
+    d->last_error = PH_ENOMEM;
+    return PH_ENOMEM;
+  }
   if (g->nregs == g->regs_cap) {
     size_t ncap = g->regs_cap ? g->regs_cap * 2 : 64;
     ph_final *e =
@@ -245,6 +272,7 @@ void ph_final_queue_stw_single(struct ph_heap *h) {
       ph_fqueue *q = &g->ready[r.slot];
       if (fq_push(q, &r)) {
         atomic_fetch_add_explicit(&g->nready[r.slot], 1, memory_order_relaxed);
+        g->nqueued++;
         continue;
       }
       /* stays due: queued by a later collection */
@@ -268,9 +296,11 @@ void ph_final_detach_locked(struct ph_heap *h, unsigned slot) {
   ph_fqueue *q = &g->ready[slot];
   for (size_t k = q->head; k < q->n; k++) {
     q->e[k].slot = orphan;
-    if (fq_push(&g->ready[orphan], &q->e[k]))
-      atomic_fetch_add_explicit(&g->nready[orphan], 1, memory_order_relaxed);
-    /* else: lost memory for a queue entry; nothing to run it with */
+    /* cannot fail: room was reserved (gc.final.reserve) */
+    int ok = fq_push(&g->ready[orphan], &q->e[k]);
+    PH_ASSERT(ok);
+    (void)ok;
+    atomic_fetch_add_explicit(&g->nready[orphan], 1, memory_order_relaxed);
   }
   atomic_store_explicit(&g->nready[slot], 0, memory_order_relaxed);
   q->head = q->n = 0;
@@ -300,6 +330,7 @@ static size_t take_batch(ph_domain *d, unsigned i, ph_final *out,
   }
   if (q->head == q->n)
     q->head = q->n = 0;
+  g->nqueued -= n;
   atomic_fetch_sub_explicit(&g->nready[i], n, memory_order_relaxed);
   pthread_mutex_unlock(&g->final_lock);
   return n;

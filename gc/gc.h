@@ -45,7 +45,8 @@ typedef struct ph_worker {
   struct ph_weak_ent *weak;
   ph_value *ephe;
   size_t nweak, weak_cap, nephe, ephe_cap;
-  uint64_t weak_cleared, ephe_cleared; /* this section's, summed by leader */
+  uint64_t weak_cleared; /* this section's, summed by the leader (the
+                          * ephemerons: the sweep's zeroed, gc.weak.pending) */
 } ph_worker;
 
 /* gc.weak.clear: one slice of a weak block, fields [start, start +
@@ -102,15 +103,13 @@ typedef struct ph_gc {
   /* mark termination (mark.share) */
   pthread_mutex_t mark_lock;
   pthread_cond_t mark_cond;
-  ph_mark_packet *shared;     /* (mark_lock) */
-  unsigned idle;              /* (mark_lock) */
-  int mark_done;              /* (mark_lock) */
-  _Atomic unsigned hungry;    /* participants waiting for work */
-  _Atomic int mark_overflow;  /* a stack could not grow: rescan needed */
-  _Atomic int ephe_progress;  /* gc.weak.rounds: a round marked something */
-  _Atomic size_t ephe_listed; /* gc.weak: ephemerons put on lists */
-  _Atomic size_t weak_listed; /* gc.weak: weak blocks put on lists */
-  _Atomic size_t claim_weak;  /* gc.weak.clear: list entries, all lists */
+  ph_mark_packet *shared;    /* (mark_lock) */
+  unsigned idle;             /* (mark_lock) */
+  int mark_done;             /* (mark_lock) */
+  _Atomic unsigned hungry;   /* participants waiting for work */
+  _Atomic int mark_overflow; /* a stack could not grow: rescan needed */
+  _Atomic int ephe_progress; /* gc.weak.rounds: a round marked something */
+  _Atomic size_t claim_weak; /* gc.weak.clear: list entries, all lists */
   /* gc.final: registrations and the ready queues (one per domain slot,
    * then the orphans'), under final_lock outside sections */
   pthread_mutex_t final_lock;
@@ -118,6 +117,7 @@ typedef struct ph_gc {
   ph_final *regs;
   size_t nregs, regs_cap;
   ph_fqueue *ready;            /* max_domains + 1 */
+  size_t nqueued;              /* entries in all ready queues */
   _Atomic size_t *nready;      /* entries in each ready queue (hint) */
   unsigned char *fin_running;  /* per slot: its domain is running them */
   _Atomic size_t claim_groots; /* the collector's roots: one claimer */
@@ -139,6 +139,13 @@ typedef struct ph_gc {
 #define PH_HD_BLACK ((ph_value)PH_BLACK << PH_HD_COLOR_SHIFT)
 #define PH_WEAK_TAG 0u
 #define PH_EPHE_TAG 1u
+/* gc.weak.pending: tag bit 1 of a listed ephemeron, inside a collection
+ * only (its tag reads 3 until the sweep zeroes its fields and clears the
+ * bit: heap.sweep.zero) */
+#define PH_HD_EPHE_PENDING ((ph_value)2)
+_Static_assert(((PH_HD_SPECIAL | PH_HD_EPHE_PENDING) & PH_HD_SWEEP_ZERO) ==
+                   PH_HD_SWEEP_ZERO,
+               "a pending ephemeron is what the sweep zeroes");
 
 /* gc/collect.c: ph_stw_run with the collector's sequence as the body. */
 int ph_gc_run(struct ph_domain *d, int kind, const ph_gc_req *req);
@@ -167,6 +174,7 @@ void ph_ephe_rounds_stw(struct ph_heap *h, ph_worker *w);
  * forgets its own lists (ph_weak_forget). */
 void ph_weak_clear_stw(struct ph_heap *h, ph_worker *w);
 void ph_weak_forget(ph_worker *w);
+
 /* Did any participant meet a weak block or pending ephemeron (after a
  * barrier: every participant gets the same answer)? */
 int ph_weak_any_stw(struct ph_heap *h);

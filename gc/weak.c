@@ -12,12 +12,16 @@
  * usual (mark.share).  A round that marked nothing anywhere ends the rounds:
  * every ephemeron still listed has a key that nothing reaches.
  *
- * gc.weak.clear: the participants then claim entries of all the lists
+ * gc.weak.clear: the participants then claim entries of all the weak lists
  * (weak blocks are listed in slices of PH_WEAK_SLICE fields) and clear the
- * weak fields whose target is not marked and every field of the ephemerons
- * still listed.  This happens before the sweep, which frees those targets, so
- * no weak field ever holds a freed block; a compaction after it forwards the
- * fields that remain (they point at live blocks, like any field).
+ * weak fields whose target is not marked.  This happens before the sweep,
+ * which frees those targets, so no weak field ever holds a freed block; a
+ * compaction after it forwards the fields that remain (they point at live
+ * blocks, like any field).
+ *
+ * gc.weak.pending: a listed ephemeron carries tag bit 1 until a round marks
+ * its data; the sweep zeroes the fields of those still carrying it
+ * (heap.sweep.zero), in the same pass that frees their dead keys.
  *
  * A list that cannot grow (malloc refused) degrades to strong: the block's
  * fields are marked like any block's, so nothing it holds dies this time. */
@@ -29,7 +33,7 @@
  * (0 = none), to exercise the strong fallback. */
 size_t ph_weak_list_limit = 0;
 
-#define PH_WEAK_AHEAD 16 /* clearing: prefetch distance, in fields */
+#define PH_WEAK_AHEAD 64 /* clearing: prefetch distance, in fields */
 
 static int list_add(ph_value **a, size_t *n, size_t *cap, ph_value v) {
   if (*n == *cap) {
@@ -83,8 +87,24 @@ static void mark_fields(struct ph_heap *h, ph_worker *w, ph_value v, size_t n) {
     ph_mark_value(h, w, ((const ph_value *)v)[i]);
 }
 
+/* gc.weak.pending: set or clear the pending bit of a listed ephemeron's
+ * header; with other markers about, an atomic read-modify-write (one may
+ * be testing the mark bit with a fetch-or at this moment). */
+static inline void pending_set(struct ph_heap *h, ph_value e, int on) {
+  ph_value *hp = ph_hp(e);
+  if (h->sec.nparts == 1) {
+    ph_value hd = __atomic_load_n(hp, __ATOMIC_RELAXED);
+    __atomic_store_n(hp,
+                     on ? hd | PH_HD_EPHE_PENDING : hd & ~PH_HD_EPHE_PENDING,
+                     __ATOMIC_RELAXED);
+  } else if (on) {
+    __atomic_fetch_or(hp, PH_HD_EPHE_PENDING, __ATOMIC_RELAXED);
+  } else {
+    __atomic_fetch_and(hp, ~PH_HD_EPHE_PENDING, __ATOMIC_RELAXED);
+  }
+}
+
 void ph_weak_met(struct ph_heap *h, ph_worker *w, ph_value v, ph_value hd) {
-  ph_gc *g = h->gc;
   size_t wo = ph_hd_wosize(hd);
   if (ph_hd_tag(hd) == PH_WEAK_TAG) {
     /* in slices, so that any participant may clear a part of a big one */
@@ -93,8 +113,6 @@ void ph_weak_met(struct ph_heap *h, ph_worker *w, ph_value v, ph_value hd) {
         mark_fields(h, w, v, wo); /* degrade to strong: nothing dies */
         break;
       }
-    /* relaxed: read after a barrier */
-    atomic_fetch_add_explicit(&g->weak_listed, 1, memory_order_relaxed);
     return;
   }
   /* an ephemeron: fields 0..wo-2 are keys, wo-1 the data */
@@ -102,34 +120,57 @@ void ph_weak_met(struct ph_heap *h, ph_worker *w, ph_value v, ph_value hd) {
     ph_mark_value(h, w, ((const ph_value *)v)[wo - 1]);
     return;
   }
-  if (list_add(&w->ephe, &w->nephe, &w->ephe_cap, v))
-    atomic_fetch_add_explicit(&g->ephe_listed, 1, memory_order_relaxed);
-  else
+  if (!list_add(&w->ephe, &w->nephe, &w->ephe_cap, v)) {
     mark_fields(h, w, v, wo);
+    return;
+  }
+  pending_set(h, v, 1); /* gc.weak.pending */
+}
+
+/* gc.weak.rounds: a round streams through its list in address order,
+ * asking for the ephemeron PH_EPHE_AHEAD entries ahead and, half as far
+ * ahead, for its first key's header (the ephemeron's line has arrived by
+ * then). */
+#define PH_EPHE_AHEAD 16
+
+static inline void ephe_prefetch(const ph_value *l, size_t i, size_t n) {
+  if (i + PH_EPHE_AHEAD < n)
+    __builtin_prefetch(ph_hp(l[i + PH_EPHE_AHEAD]));
+  if (i + PH_EPHE_AHEAD / 2 < n) {
+    ph_value k = ((const ph_value *)l[i + PH_EPHE_AHEAD / 2])[0];
+    if (ph_is_block(k))
+      __builtin_prefetch(ph_hp(k));
+  }
 }
 
 /* One participant's part of a round: mark the data of the listed
- * ephemerons whose keys are all marked now; they leave the list. */
+ * ephemerons whose keys are all marked now; they leave the list, which
+ * keeps its order. */
 static void ephe_round(struct ph_heap *h, ph_worker *w) {
-  size_t i = 0;
-  while (i < w->nephe) {
+  size_t n = w->nephe, j = 0;
+  for (size_t i = 0; i < n; i++) {
+    ephe_prefetch(w->ephe, i, n);
     ph_value e = w->ephe[i];
     size_t wo = ph_hd_wosize(ph_hd_load(e));
     if (keys_alive(e, wo - 1)) {
+      pending_set(h, e, 0);
       ph_mark_value(h, w, ((const ph_value *)e)[wo - 1]);
-      w->ephe[i] = w->ephe[--w->nephe];
     } else {
-      i++;
+      w->ephe[j++] = e;
     }
   }
+  w->nephe = j;
 }
 
 void ph_ephe_rounds_stw(struct ph_heap *h, ph_worker *w) {
   ph_gc *g = h->gc;
   ph_barrier *bar = &h->sync->stw.bar;
   /* Called right after a barrier; lists change only after the next one,
-   * so every participant reads the same count here. */
-  if (atomic_load_explicit(&g->ephe_listed, memory_order_relaxed) == 0)
+   * so every participant reads the same counts here. */
+  size_t listed = 0;
+  for (unsigned i = 0; i < g->nparts; i++)
+    listed += g->workers[i].nephe;
+  if (listed == 0)
     return;
   for (;;) {
     if (ph_barrier_wait(bar)) {
@@ -150,9 +191,12 @@ void ph_ephe_rounds_stw(struct ph_heap *h, ph_worker *w) {
 
 int ph_weak_any_stw(struct ph_heap *h) {
   ph_gc *g = h->gc;
-  /* relaxed: counted before the barrier that ended marking */
-  return atomic_load_explicit(&g->weak_listed, memory_order_relaxed) ||
-         atomic_load_explicit(&g->ephe_listed, memory_order_relaxed);
+  /* the lists' lengths, written before the barrier that ended marking (a
+   * count per participant: no shared counter in the marking's path) */
+  for (unsigned i = 0; i < g->nparts; i++)
+    if (g->workers[i].nweak || g->workers[i].nephe)
+      return 1;
+  return 0;
 }
 
 static void clear_slice(ph_worker *w, const ph_weak_ent *e) {
@@ -170,23 +214,16 @@ static void clear_slice(ph_worker *w, const ph_weak_ent *e) {
   }
 }
 
-static void clear_ephemeron(ph_worker *w, ph_value e) {
-  ph_value *f = (ph_value *)e;
-  size_t wo = ph_hd_wosize(ph_hd_load(e));
-  for (size_t i = 0; i < wo; i++)
-    f[i] = 0;
-  w->ephe_cleared++;
-}
-
 #define PH_WEAK_BATCH 16 /* entries per claim */
 
 void ph_weak_clear_stw(struct ph_heap *h, ph_worker *w) {
   ph_gc *g = h->gc;
-  /* one index space over every participant's weak entries, then their
-   * ephemerons; the lists do not change until after the next barrier */
+  /* one index space over every participant's weak entries; the lists do
+   * not change until after the next barrier.  The pending ephemerons are
+   * cleared by the sweep (gc.weak.pending). */
   size_t total = 0;
   for (unsigned i = 0; i < g->nparts; i++)
-    total += g->workers[i].nweak + g->workers[i].nephe;
+    total += g->workers[i].nweak;
   for (;;) {
     size_t k = atomic_fetch_add_explicit(&g->claim_weak, PH_WEAK_BATCH,
                                          memory_order_relaxed);
@@ -196,16 +233,9 @@ void ph_weak_clear_stw(struct ph_heap *h, ph_worker *w) {
     unsigned i = 0;
     size_t base = 0; /* first index of workers[i]'s entries */
     for (size_t x = k; x < end; x++) {
-      while (x - base >= g->workers[i].nweak + g->workers[i].nephe) {
-        base += g->workers[i].nweak + g->workers[i].nephe;
-        i++;
-      }
-      ph_worker *o = &g->workers[i];
-      size_t j = x - base;
-      if (j < o->nweak)
-        clear_slice(w, &o->weak[j]);
-      else
-        clear_ephemeron(w, o->ephe[j - o->nweak]);
+      while (x - base >= g->workers[i].nweak)
+        base += g->workers[i++].nweak;
+      clear_slice(w, &g->workers[i].weak[x - base]);
     }
   }
 }

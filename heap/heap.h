@@ -37,6 +37,9 @@
 enum { PH_WHITE = 0, PH_BLACK = 1 };
 #define PH_HD_COLOR_SHIFT 8
 #define PH_HD_COLOR_MASK ((ph_value)3 << PH_HD_COLOR_SHIFT)
+/* heap.sweep.zero: colour bit 1 and tag bit 1 in a surviving block's
+ * header ask the managed sweep to zero its fields and clear that tag bit */
+#define PH_HD_SWEEP_ZERO (((ph_value)2 << PH_HD_COLOR_SHIFT) | 2)
 static inline ph_value ph_hd_make(size_t wosize, unsigned color, unsigned tag) {
   return ((ph_value)wosize << PH_HD_WOSIZE_SHIFT) |
          ((ph_value)color << PH_HD_COLOR_SHIFT) | (ph_value)tag;
@@ -213,6 +216,7 @@ typedef struct ph_pool_worker {
   ph_large **larges; /* surviving scanned large blocks */
   size_t nlarges, larges_cap;
   int records_lost; /* a record array could not grow: do not compact */
+  uint64_t zeroed;  /* heap.sweep.zero: blocks whose fields it zeroed */
 } ph_pool_worker;
 
 /* The pool layer's view of a stop-the-world section (barrier.stw.claim):

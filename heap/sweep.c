@@ -9,11 +9,15 @@
  * pass over memory).  A pool with free slots is pushed
  * on its owner's avail list and recorded for the compactor (ph_cand); an empty
  * pool, and every unmarked large block, is handed to
- * ph_sweep_finish_stw_single, which frees their units under heap->lock. */
+ * ph_sweep_finish_stw_single, which frees their units under heap->lock.
+ * The managed sweep also zeroes the blocks that ask for it (heap.sweep.zero).
+ */
 #include "heap/heap.h"
 
 #include <stdlib.h>
 #include <string.h>
+
+#define PH_SWEEP_AHEAD 512 /* heap.sweep.stream: prefetch distance, bytes */
 
 /* Append to a worker's record array, growing it; on failure the records are
  * incomplete and the compactor must not plan from them. */
@@ -48,6 +52,17 @@ static void record_large(ph_pool_worker *w, ph_large *l) {
   w->larges[w->nlarges++] = l;
 }
 
+/* heap.sweep.zero: a surviving block that asks for it (the managed
+ * collector's pending ephemerons, gc.weak.pending) has its fields zeroed
+ * while the sweep has its line; returns its header without the request. */
+static inline ph_value sweep_zero(ph_value *hp, ph_value hd, uint64_t *n) {
+  size_t wo = ph_hd_wosize(hd);
+  for (size_t k = 1; k <= wo; k++)
+    hp[k] = 0;
+  ++*n;
+  return hd & ~(ph_value)2;
+}
+
 /* heap.sweep.pool: the one per-pool sweep of both clients, specialised by
  * its constant arguments.  by_mark (the managed collector): a block is live
  * iff its color is `color` (BLACK), and its header is made WHITE again;
@@ -62,11 +77,11 @@ static void record_large(ph_pool_worker *w, ph_large *l) {
 static inline __attribute__((always_inline)) void
 pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
            unsigned live_mask, int set_bits, int count_words,
-           void (*on_free)(void *ctx, ph_value b), void *ctx, int *bad) {
+           void (*on_free)(void *ctx, ph_value b), void *ctx, int *bad,
+           uint64_t *zeroed) {
   uint32_t wsize = h->class_wsize[p->cls];
   ph_value *s = (ph_value *)ph_pool_slots(p);
   uint64_t *bits = ph_pool_bits(p);
-  ph_value next = 0;
   uint32_t live = 0;
   uint64_t word = 0, words = 0;
   if (!by_mark && set_bits) {
@@ -105,18 +120,27 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
     live = 0;
     words = 0;
   }
-  for (uint32_t i = p->nslots; i-- > 0;) {
+  /* heap.sweep.stream: in address order, the free list appended at its
+   * tail, with the slots PH_SWEEP_AHEAD bytes ahead asked for (they will be
+   * written): the pass is a stream through the pool's memory */
+  ph_value *tail = &p->free;
+  char *end = (char *)(s + (size_t)p->nslots * wsize);
+  for (uint32_t i = 0; i < p->nslots; i++) {
     ph_value *slot = s + (size_t)i * wsize;
+    if ((char *)slot + PH_SWEEP_AHEAD < end)
+      __builtin_prefetch((char *)slot + PH_SWEEP_AHEAD, 1);
     ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);
     /* by mark: the mark bit only; the collector's other colour bit stays
      * (heap.block.header) */
     int keep = by_mark ? (ph_hd_color(hd) & color) != 0
                        : hd != 0 && ph_hd_color(hd) != color;
     if (keep) {
-      if (by_mark)
-        __atomic_store_n(slot, hd & ~((ph_value)color << PH_HD_COLOR_SHIFT),
-                         __ATOMIC_RELAXED);
-      else if (live_mask && !(live_mask >> ph_hd_color(hd) & 1))
+      if (by_mark) {
+        ph_value nh = hd & ~((ph_value)color << PH_HD_COLOR_SHIFT);
+        if (__builtin_expect((nh & PH_HD_SWEEP_ZERO) == PH_HD_SWEEP_ZERO, 0))
+          nh = sweep_zero(slot, nh, zeroed);
+        __atomic_store_n(slot, nh, __ATOMIC_RELAXED);
+      } else if (live_mask && !(live_mask >> ph_hd_color(hd) & 1))
         *bad = 1;
       live++;
       if (count_words)
@@ -132,16 +156,16 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
 #endif
         __atomic_store_n(slot, 0, __ATOMIC_RELAXED);
       }
-      slot[1] = next;
-      next = (ph_value)(slot + 1);
+      *tail = (ph_value)(slot + 1);
+      tail = slot + 1;
     }
-    if ((i & 63) == 0) { /* the lowest slot of a bitmap word */
+    if ((i & 63) == 63 || i + 1 == p->nslots) { /* a bitmap word is done */
       if (set_bits)
         bits[i >> 6] = word;
       word = 0;
     }
   }
-  p->free = next;
+  *tail = 0;
   p->nlive = live;
   p->nfree = p->nslots - live;
   if (count_words)
@@ -153,13 +177,13 @@ void ph_pool_sweep_garbage(struct ph_heap *h, ph_pool *p, unsigned garbage,
                            void (*on_free)(void *ctx, ph_value b), void *ctx,
                            int *bad) {
   if (set_bits)
-    pool_sweep(h, p, 0, garbage, live_mask, 1, 1, on_free, ctx, bad);
+    pool_sweep(h, p, 0, garbage, live_mask, 1, 1, on_free, ctx, bad, NULL);
   else
-    pool_sweep(h, p, 0, garbage, live_mask, 0, 1, on_free, ctx, bad);
+    pool_sweep(h, p, 0, garbage, live_mask, 0, 1, on_free, ctx, bad, NULL);
 }
 
 static void sweep_pool(struct ph_heap *h, ph_pool_worker *w, ph_pool *p) {
-  pool_sweep(h, p, 1, PH_BLACK, 0, 1, 0, NULL, NULL, NULL);
+  pool_sweep(h, p, 1, PH_BLACK, 0, 1, 0, NULL, NULL, NULL, &w->zeroed);
   uint32_t live = p->nlive;
   p->cached = 0;
   p->evacuated = 0;
@@ -177,7 +201,10 @@ static void sweep_large(struct ph_heap *h, ph_pool_worker *w, ph_large *l) {
   (void)h;
   ph_value *hp = (ph_value *)((char *)l + PH_LARGE_HDR);
   if (ph_hd_color(*hp) & PH_BLACK) {
-    *hp &= ~((ph_value)PH_BLACK << PH_HD_COLOR_SHIFT);
+    ph_value nh = *hp & ~((ph_value)PH_BLACK << PH_HD_COLOR_SHIFT);
+    if ((nh & PH_HD_SWEEP_ZERO) == PH_HD_SWEEP_ZERO)
+      nh = sweep_zero(hp, nh, &w->zeroed);
+    *hp = nh;
     if (ph_hd_tag(*hp) < PH_TAG_RAW)
       record_large(w, l);
     return;
@@ -195,6 +222,7 @@ static void sweep_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
 }
 
 void ph_sweep_stw(struct ph_heap *h, ph_pool_worker *w) {
+  w->zeroed = 0;
   w->empty_pools = NULL;
   w->dead_large = NULL;
   w->frag_bytes = 0;

@@ -268,7 +268,10 @@ ph_value ph_alloc_ephemeron(ph_domain *d, size_t nkeys);
  * (0, an immediate, an address that is not field 0 of an allocated block);
  * PH_ENOMEM if the table cannot grow; PH_ESTATE as ph_collect (stale or
  * foreign domain, inside a callback) and inside a blocking section.  A
- * refused call changes nothing.
+ * refused call changes nothing.  A registration that succeeded is never
+ * lost nor run twice: it also reserves the room its entry needs in the
+ * queue of the detached domains' finalisers, so a detach hands every
+ * finaliser due for d to the other domains without allocating.
  * ph_run_finalisers: runs every finaliser ready for d (and the orphans of
  * detached domains); PH_OK, PH_ENOMEM if d's root stack could not hold a
  * value (the rest stay ready), errors of the domain as ph_finalise's. */

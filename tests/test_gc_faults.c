@@ -16,6 +16,9 @@
  * - a ready queue: due finalisers that cannot be queued stay due and run
  *   after a later collection, once, FIRST with its value, LAST with 0
  *   (even after the LAST value's memory was reused).
+ * - the orphans' queue: the ready entries of a domain that detaches reach
+ *   it though no table can grow (room reserved at ph_finalise), and run
+ *   once on another domain.
  * - the weak and ephemeron lists: blocks degrade to strong for that
  *   collection (targets and data kept, never less), the next collection
  *   clears them. */
@@ -348,6 +351,52 @@ static void test_final_queue_cannot_grow(void **state) {
   env_close(&e);
 }
 
+/* Domain A's due finalisers are in its ready queue when it detaches,
+ * with every table unable to grow: they go to the orphans' queue all the
+ * same (its room was reserved at ph_finalise, gc.final.reserve) and run
+ * on B, once each, FIRST with its value and LAST with 0. */
+static void test_final_orphan_queue_cannot_grow(void **state) {
+  (void)state;
+  tu_env e;
+  tu_env_open(&e, PH_COMPACT_GLOBAL, 0);
+  static log_t l;
+  memset(&l, 0, sizeof l);
+  ph_domain *a;
+  assert_int_equal(ph_domain_attach(e.h, &a), PH_OK); /* this thread too */
+  const size_t n = 8;
+  for (size_t i = 0; i < n; i++)
+    assert_int_equal(ph_finalise(a, node(a, (intptr_t)i), fin_first, &l,
+                                 i % 2 ? PH_FINAL_LAST : PH_FINAL_FIRST),
+                     PH_OK);
+  ph_blocking_enter(a); /* B's collection goes on without A */
+  assert_int_equal(ph_collect(e.d), PH_OK);
+  ph_blocking_leave(a);
+  assert_int_equal(l.n, 0); /* ready for A, which ran none */
+  ph_gc_fault_set(PH_GC_OP_QUEUE | PH_GC_OP_FINAL, 1, 1);
+  assert_int_equal(ph_domain_detach(a), PH_OK);
+  ph_gc_fault_set(0, 0, 0);
+  assert_int_equal(ph_run_finalisers(e.d), PH_OK);
+  assert_int_equal(l.n, n); /* none lost */
+  int seen[8] = {0};
+  size_t last = 0;
+  for (size_t k = 0; k < l.n; k++) {
+    if (l.id[k] == -1) {
+      last++;
+    } else {
+      assert_true(l.id[k] >= 0 && l.id[k] < (intptr_t)n);
+      assert_int_equal(l.id[k] % 2, 0); /* FIRST ones see their value */
+      assert_int_equal(seen[l.id[k]]++, 0);
+    }
+  }
+  assert_int_equal(last, n / 2);
+  tu_verify_ok(e.d);
+  assert_int_equal(ph_collect(e.d), PH_OK);
+  assert_int_equal(ph_run_finalisers(e.d), PH_OK);
+  assert_int_equal(l.n, n); /* and never again */
+  assert_int_equal(stats(e.h).finalisers_run, n);
+  env_close(&e);
+}
+
 /* ----------------------------------------------- weak and ephemerons */
 
 /* n weak blocks (op PH_GC_OP_WEAK) or ephemerons (PH_GC_OP_EPHE), each
@@ -414,6 +463,7 @@ int main(void) {
       cmocka_unit_test(test_pin_table_cannot_grow),
       cmocka_unit_test(test_final_table_cannot_grow),
       cmocka_unit_test(test_final_queue_cannot_grow),
+      cmocka_unit_test(test_final_orphan_queue_cannot_grow),
       cmocka_unit_test(test_weak_list_cannot_grow),
       cmocka_unit_test(test_ephe_list_cannot_grow),
   };

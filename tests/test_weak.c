@@ -168,6 +168,82 @@ static void test_ephemeron_semantics(void **state) {
   env_close(&e);
 }
 
+/* gc.weak.pending, heap.sweep.zero: a listed ephemeron carries a pending
+ * bit in its header during a collection, and the sweep zeroes the fields of
+ * those still pending.  Afterwards every ephemeron's header is whole again
+ * (tag 1, its size), whether it was cleared (by a pool's sweep or a large
+ * block's), resolved in a round (key reachable only through another's data)
+ * or never pending; only the ones with a dead key read 0, each counted
+ * once.  With and without GC helpers (atomic header updates). */
+static void eph_headers(unsigned helpers) {
+  env e;
+  env_open(&e, helpers);
+  const size_t n = 3000, big = 300; /* big: a large block */
+  size_t m = ph_scope_open(e.d);
+  ph_value *arr = ph_root(e.d, ph_alloc(e.d, n + 2, 0));
+  ph_value *keys = ph_root(e.d, ph_alloc(e.d, n, 0));
+  for (size_t i = 0; i < n; i++) {
+    ph_value x = ph_alloc_ephemeron(e.d, 1);
+    assert_true(x != 0);
+    ph_set_field(*arr, i, x);
+    ph_value k = node(&e, (intptr_t)i, 0);
+    ph_set_field(ph_field(*arr, i), 0, k);
+    if (i % 3 == 0) /* kept; its data holds the key of i + 2 */
+      ph_set_field(*keys, i, k);
+    ph_value dnode = node(&e, -(intptr_t)i - 1, 1);
+    ph_set_field(ph_field(*arr, i), 1, dnode);
+  }
+  for (size_t i = 0; i + 2 < n; i += 3) /* i + 1: its key dies */
+    ph_set_field(ph_field(ph_field(*arr, i), 1), 1,
+                 ph_field(ph_field(*arr, i + 2), 0));
+  for (size_t b = 0; b < 2; b++) { /* large: b = 0 a dead key, 1 all kept */
+    ph_value x = ph_alloc_ephemeron(e.d, big);
+    assert_true(x != 0);
+    ph_set_field(*arr, n + b, x);
+    for (size_t k = 0; k < big; k++) {
+      ph_value kn = node(&e, 100000 + (intptr_t)k, 0);
+      ph_set_field(ph_field(*arr, n + b), k, kn);
+      if (b == 1 || k > 0)
+        ph_set_field(*keys, (k * 3 + 1 + b * 900) % n, kn); /* unused slots */
+    }
+    ph_set_field(ph_field(*arr, n + b), big, node(&e, -7, 0));
+  }
+  size_t dead = 0;
+  for (size_t i = 0; i < n; i++)
+    dead += i % 3 == 1;
+  uint64_t before = stats(&e).ephemerons_cleared;
+  for (int round = 0; round < 3; round++) {
+    if (round < 2)
+      assert_int_equal(ph_collect(e.d), PH_OK);
+    else
+      assert_int_equal(ph_compact(e.d), PH_OK);
+    for (size_t i = 0; i < n + 2; i++) {
+      ph_value x = ph_field(*arr, i);
+      size_t nk = i < n ? 1 : big;
+      assert_int_equal(ph_tag(x), 1);
+      assert_int_equal(ph_wosize(x), nk + 1);
+      int cleared = i < n ? i % 3 == 1 : i == n;
+      for (size_t k = 0; k <= nk; k++)
+        assert_true((ph_field(x, k) == 0) == cleared);
+      if (i < n && !cleared) {
+        assert_int_equal(id_of(ph_field(x, 0)), (intptr_t)i);
+        assert_int_equal(id_of(ph_field(x, 1)), -(intptr_t)i - 1);
+      }
+    }
+    /* cleared once, in the first collection */
+    assert_int_equal(stats(&e).ephemerons_cleared - before, dead + 1);
+    check_heap(&e);
+  }
+  ph_scope_close(e.d, m);
+  env_close(&e);
+}
+
+static void test_ephemeron_headers_after_clearing(void **state) {
+  (void)state;
+  eph_headers(0);
+  eph_headers(2);
+}
+
 /* E_i has key k_i and data k_{i+1}; only k_0 is rooted.  The ephemerons
  * are stored in an order that makes each round resolve one link at best
  * (for a marker that goes through them in address order or the reverse),
@@ -564,6 +640,7 @@ int main(void) {
       cmocka_unit_test(test_weak_block_collected_like_any),
       cmocka_unit_test(test_ephemeron_semantics),
       cmocka_unit_test(test_ephemeron_chain_fixpoint),
+      cmocka_unit_test(test_ephemeron_headers_after_clearing),
       cmocka_unit_test(test_weak_table_compaction),
       cmocka_unit_test(test_weak_blocks_move),
       cmocka_unit_test(test_weak_bad_input),

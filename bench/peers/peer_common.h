@@ -57,6 +57,15 @@ static inline double peer_now_ms(void) {
   return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+/* CPU time of the whole process (every thread, user and system), as OCaml's
+ * Sys.time counts it: on a shared machine it does not count the time the
+ * process waited for a core. */
+static inline double peer_cpu_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
 /* VmRSS of this process in bytes (0 if unreadable). Uses a stack buffer, no stdio. */
 #include <fcntl.h>
 #include <unistd.h>

@@ -4,7 +4,8 @@
    keys held strongly.  Entries: a 2-field block (id, a 4-field payload);
    keys: a 2-field block, data a 4-field block, as in bench/weak.c.  Timed:
    Gc.full_major (the major GC that clears the table), then Gc.compact;
-   rss_after is VmRSS after the compaction.  One JSON line per run.
+   rss_after is VmRSS after the compaction; collect_cpu_ms is the process's
+   CPU time in Gc.full_major.  One JSON line per run.
 
    Build: ocamlfind-free, with the stock 5.3 toolchain:
      $PREFIX/bin/ocamlopt -I +unix unix.cmxa weak.ml -o weak_ocaml53 *)
@@ -25,6 +26,10 @@ let rss () =
   r
 
 let now () = Unix.gettimeofday () *. 1000.
+
+(* the process's CPU time (getrusage: user + system), as bench/weak.c's
+   peer_cpu_ms counts it *)
+let cpu () = Sys.time () *. 1000.
 
 (* the keep draw: a splitmix64-style stream, K per mille *)
 let state = ref 42
@@ -51,6 +56,7 @@ let () =
     state := 42;
     let kept = ref 0 and present = ref 0 in
     let t0 = now () in
+    let cpu_ms = ref 0. in
     let build_ms, collect_ms, compact_ms =
       if !table = "weak" then begin
         let tab = Weak.create n in
@@ -64,9 +70,10 @@ let () =
           end
         done;
         let b = now () -. t0 in
-        let t1 = now () in
+        let t1 = now () and u1 = cpu () in
         Gc.full_major ();
         let c = now () -. t1 in
+        cpu_ms := cpu () -. u1;
         let t2 = now () in
         Gc.compact ();
         let k = now () -. t2 in
@@ -90,9 +97,10 @@ let () =
           end
         done;
         let b = now () -. t0 in
-        let t1 = now () in
+        let t1 = now () and u1 = cpu () in
         Gc.full_major ();
         let c = now () -. t1 in
+        cpu_ms := cpu () -. u1;
         let t2 = now () in
         Gc.compact ();
         let k = now () -. t2 in
@@ -109,8 +117,9 @@ let () =
     let r = rss () in
     Printf.printf
       "{\"system\":\"ocaml-5.3\",\"table\":\"%s\",\"n\":%d,\"keep\":%d,\
-       \"run\":%d,\"build_ms\":%.3f,\"collect_ms\":%.3f,\"compact_ms\":%.3f,\
+       \"run\":%d,\"build_ms\":%.3f,\"collect_ms\":%.3f,\
+       \"collect_cpu_ms\":%.3f,\"compact_ms\":%.3f,\
        \"rss_after\":%d,\"kept\":%d,\"ok\":%b}\n%!"
-      !table n !keep run build_ms collect_ms compact_ms r !kept
+      !table n !keep run build_ms collect_ms !cpu_ms compact_ms r !kept
       (!present = !kept)
   done
