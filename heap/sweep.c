@@ -66,6 +66,7 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
   uint32_t wsize = h->class_wsize[p->cls];
   ph_value *s = (ph_value *)ph_pool_slots(p);
   uint64_t *bits = ph_pool_bits(p);
+  uint64_t holes = ph_pool_holes(p); /* heap.pool.holes */
   ph_value next = 0;
   uint32_t live = 0;
   uint64_t word = 0, words = 0;
@@ -96,7 +97,7 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
       }
     }
     if (!dirty) {
-      PH_ASSERT(p->nfree == p->nslots - live);
+      PH_ASSERT(p->nfree == p->nslots - p->nhole - live);
       p->nlive = live;
       if (count_words)
         p->live_words = (uint32_t)words;
@@ -107,6 +108,15 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
   }
   for (uint32_t i = p->nslots; i-- > 0;) {
     ph_value *slot = s + (size_t)i * wsize;
+    if (__builtin_expect(ph_slot_in_hole(h, holes, (size_t)wsize * 8, i), 0)) {
+      /* heap.pool.holes: neither live nor free, and not touched */
+      if ((i & 63) == 0) {
+        if (set_bits)
+          bits[i >> 6] = word;
+        word = 0;
+      }
+      continue;
+    }
     ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);
     /* by mark: the mark bit only; the collector's other colour bit stays
      * (heap.block.header) */
@@ -143,7 +153,7 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
   }
   p->free = next;
   p->nlive = live;
-  p->nfree = p->nslots - live;
+  p->nfree = p->nslots - p->nhole - live;
   if (count_words)
     p->live_words = (uint32_t)words;
 }
