@@ -49,6 +49,7 @@ void ph_final_fini(struct ph_heap *h) {
   free(g->regs);
   free(g->pins);
   free(g->pinned_pools);
+  free(g->pinned_blocks);
   if (g->final_inited) {
     pthread_mutex_destroy(&g->final_lock);
     pthread_mutex_destroy(&g->pin_lock);
