@@ -222,8 +222,8 @@ static inline ph_cspec *spec_at(ph_cspec *sp, size_t i, size_t np, size_t n,
  * of partial pools in their future holes.  k is the least count of kept
  * pools whose room holds them: with no pins nor holes, ceil(L / C), the
  * densest, so the plan is minimal; the pinned pools' rooms are filled
- * first.  If even keeping every pool does not give room, no pinned pool
- * gives blocks (each is kept whole). */
+ * first.  If even keeping every pool does not give room, the least dense
+ * partial pools give none (each is kept whole) until there is. */
 static void plan_group(struct ph_heap *h, ph_compact_plan *plan, ph_cclass *cc,
                        ph_cand *cand, size_t n, uint32_t nslots) {
   size_t np = pinned_first(plan, cand, n);
@@ -251,30 +251,39 @@ static void plan_group(struct ph_heap *h, ph_compact_plan *plan, ph_cclass *cc,
     cc->nspec += np + nh;
   }
 #define ROOM(i) (SPEC(i) ? SPEC(i)->room : nslots - cand[i].nlive)
+  /* need: the blocks to move with k pools kept; cap: the room of those */
+  uint64_t need, cap;
   size_t k;
-  for (int pass = 0;; pass++) {
-    uint64_t need = 0, cap = 0;
-    for (size_t i = 0; i < n; i++)
-      need += i < np ? (SPEC(i) ? SPEC(i)->mv : 0) : cand[i].nlive;
-    for (size_t i = 0; i < np; i++)
-      cap += ROOM(i);
-    for (k = np; k < n && cap < need; k++) {
-      cap += ROOM(k);
-      need -= cand[k].nlive;
-    }
-    if (cap >= need || pass > 0)
-      break;
-    /* no room for the partial pools' blocks: none gives any */
-    for (size_t i = 0; i < np; i++) {
-      ph_cspec *x = SPEC(i);
-      if (x && x->partial) {
-        spec_unblock(h, x);
-        x->holes = ph_pool_holes(x->pool);
-        x->partial = 0;
-        spec_block(h, x);
-      }
-    }
+again:
+  need = 0;
+  cap = 0;
+  for (size_t i = 0; i < n; i++)
+    need += i < np ? (SPEC(i) ? SPEC(i)->mv : 0) : cand[i].nlive;
+  for (size_t i = 0; i < np; i++)
+    cap += ROOM(i);
+  for (k = np; k < n && cap < need; k++) {
+    cap += ROOM(k);
+    need -= cand[k].nlive;
   }
+  /* no room for the partial pools' blocks even with every pool kept: the
+   * least dense partial pools give none (each is kept whole) until there
+   * is */
+  for (size_t i = np; i-- > 0 && cap < need;) {
+    ph_cspec *x = SPEC(i);
+    if (!x || !x->partial)
+      continue;
+    need -= x->mv;
+    cap -= x->room;
+    spec_unblock(h, x);
+    x->holes = ph_pool_holes(x->pool);
+    x->partial = 0;
+    spec_block(h, x);
+    need += x->mv;
+    cap += x->room;
+    if (cap >= need)
+      goto again; /* the least k for these */
+  }
+  PH_ASSERT(cap >= need);
   size_t e0 = cc->nevac;
   for (size_t i = 0; i < k; i++)
     cc->keep[cc->nkeep++] = cand[i].pool;

@@ -180,6 +180,8 @@ static void sweep_pool(struct ph_heap *h, ph_pool_worker *w, ph_pool *p) {
     ph_pool_push_avail(h, p);
     w->frag_bytes += (uint64_t)p->nfree * h->class_wsize[p->cls] * 8;
     record_cand(w, p);
+  } else if (p->nhole > 0) {
+    record_cand(w, p); /* full but with holes: to be evacuated whole */
   }
 }
 
