@@ -1106,7 +1106,7 @@ static void free_release_stw_single(struct ph_heap *h, ph_compact_plan *plan,
         uint32_t u =
             (uint32_t)((size_t)((char *)p - ch->base) >> h->pool_shift);
 #if PH_POISON
-        {
+        if (!ph_pool_holes(p)) { /* holes are not touched */
           ph_value *q = (ph_value *)ph_pool_slots(p);
           size_t nw = (h->pool_size - h->pool_hdr) / 8;
           for (size_t k = 0; k < nw; k++)

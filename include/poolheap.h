@@ -282,8 +282,13 @@ int ph_finalise(ph_domain *d, ph_value v, ph_final_fn fn, void *user,
 int ph_run_finalisers(ph_domain *d);
 
 /* Pinning (DESIGN.md: gc.pin).  A pinned block does not move: compaction
- * keeps its pool (and every other block of it) in place, until as many
- * ph_unpin as ph_pin calls were made for it.  Pins are counted per heap,
+ * keeps it and its pool in place, until as many ph_unpin as ph_pin calls
+ * were made for it.  With cfg.release PH_RELEASE_KEEP every other block of
+ * that pool stays in place too; with the modes that release memory, a
+ * compaction may move the pool's unpinned blocks out of the pages that hold
+ * no pinned block and give those pages back to the OS (the pool's other
+ * pages then receive moved blocks first), so a pin costs about the pages
+ * it lies on, not its whole pool (DESIGN.md: compact.pin.holes).  Pins are counted per heap,
  * not per domain: any attached domain of the heap may pin or unpin any
  * block, and pins survive the pinning domain's detach.  A pinned block is
  * also kept alive (it is a root) until unpinned.  Errors: PH_EINVAL for v
@@ -376,7 +381,9 @@ typedef struct ph_stats {
   uint64_t live_bytes;      /* sum of (wosize+1)*8 over blocks found live by
                                the last collection */
   uint64_t live_blocks;     /* blocks found live by the last collection */
-  uint64_t pool_bytes;      /* bytes of pools in use (holding blocks) */
+  uint64_t pool_bytes;      /* bytes of pools in use (holding blocks);
+                               pages a compaction gave back from pools that
+                               keep pinned blocks are not counted */
   uint64_t free_pool_bytes; /* bytes of committed pool memory not in use */
   uint64_t large_bytes;     /* bytes of memory holding large blocks (their
                                committed pages, not whole units) */
