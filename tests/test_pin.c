@@ -316,14 +316,17 @@ static void holes_check(ph_value *arr, size_t ns) {
 
 /* n blocks of 3 fields, 1 in 5 survives (a fifth of every pool); with
  * pins, one survivor in the middle part of every pool is pinned.  Returns
- * the committed bytes after the first compaction (release DECOMMIT); with
+ * the committed bytes after the first compaction (release mode rel); with
  * pins, then goes on: allocation, a second collection and compaction,
- * unpinning and a third compaction. */
-static size_t sparse_heap(int pin) {
+ * unpinning and a third compaction.  Resident pages are checked where the
+ * mode returns them at once (DECOMMIT, UNMAP); with KEEP, no pinned pool
+ * gives anything: every block of it stays in place. */
+static size_t sparse_heap(int pin, ph_release_mode rel) {
   ph_config cfg;
   ph_config_init(&cfg);
   cfg.gc_percent = 0;
-  cfg.release = PH_RELEASE_DECOMMIT;
+  cfg.release = rel;
+  int now = rel == PH_RELEASE_DECOMMIT || rel == PH_RELEASE_UNMAP;
   ph_heap *h;
   ph_domain *d;
   assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
@@ -333,19 +336,22 @@ static size_t sparse_heap(int pin) {
   size_t m = ph_scope_open(d);
   ph_value *arr = ph_root(d, ph_alloc(d, ns, 0));
   ph_value *pins = calloc(ns, sizeof *pins), *pools = calloc(ns, sizeof *pools);
-  size_t *pin_j = calloc(ns, sizeof *pin_j);
-  assert_true(pins && pools && pin_j);
+  size_t *pin_j = calloc(ns, sizeof *pin_j), *pool_of = calloc(ns, 8);
+  ph_value *old = calloc(ns, sizeof *old);
+  assert_true(pins && pools && pin_j && pool_of && old);
   size_t npin = 0, in_pool = 0;
   for (size_t i = 0; i < n; i++) {
     ph_value x = holes_node(d, (intptr_t)(i / 5));
     if (i % 5)
       continue;
     ph_set_field(*arr, i / 5, x);
+    old[i / 5] = x;
     if (npin == 0 || (x & mask) != pools[npin - 1]) {
       pools[npin++] = x & mask; /* a new pool */
       pins[npin - 1] = 0;
       in_pool = 0;
     }
+    pool_of[i / 5] = npin - 1;
     /* the (37 k mod 140 + 30)th survivor of the k-th pool */
     if (pin && in_pool++ == (npin * 37) % 140 + 30) {
       pins[npin - 1] = x;
@@ -353,6 +359,8 @@ static size_t sparse_heap(int pin) {
       assert_int_equal(ph_pin(d, x), PH_OK);
     }
   }
+  for (size_t j = 0; j < ns; j++) /* 1: in a pool with a pinned block */
+    pool_of[j] = pins[pool_of[j]] != 0;
   size_t np = 0; /* the pools with a pinned block */
   for (size_t k = 0; k < npin; k++)
     if (pins[k]) {
@@ -367,11 +375,18 @@ static size_t sparse_heap(int pin) {
   size_t committed = st.committed_bytes;
   holes_check(arr, ns);
   tu_verify_ok(d);
-  if (!pin) {
+  if (!pin || rel == PH_RELEASE_KEEP) {
+    for (size_t j = 0; pin && j < ns; j++) /* KEEP: the pools stay whole */
+      assert_true(!pool_of[j] || ph_field(*arr, j) == old[j]);
+    if (pin)
+      assert_int_equal(resident_units(pools, np, cfg.pool_size),
+                       np * cfg.pool_size);
     ph_scope_close(d, m);
     free(pins);
     free(pools);
     free(pin_j);
+    free(pool_of);
+    free(old);
     tu_env_close(&(tu_env){h, d});
     return committed;
   }
@@ -383,7 +398,7 @@ static size_t sparse_heap(int pin) {
   size_t res = resident_units(pools, np, cfg.pool_size);
   printf("pinned pools %zu: resident %zu KiB of %zu KiB; committed %zu KiB\n",
          np, res / 1024, np * cfg.pool_size / 1024, committed / 1024);
-  assert_true(res <= np * 3 * pg);
+  assert_true(!now || res <= np * 3 * pg);
   /* allocation, a second collection and compaction */
   ph_value *more = ph_root(d, ph_alloc(d, n / 2, 0));
   for (size_t i = 0; i < n; i++) {
@@ -401,7 +416,7 @@ static size_t sparse_heap(int pin) {
                      (intptr_t)(2 * i));
   for (size_t k = 0; k < np; k++)
     assert_true(ph_field(*arr, pin_j[k]) == pins[k]);
-  assert_true(resident_units(pools, np, cfg.pool_size) <= np * 3 * pg);
+  assert_true(!now || resident_units(pools, np, cfg.pool_size) <= np * 3 * pg);
   /* unpinned, the pools with holes go away whole (into the room that 3 in
    * 4 of the other blocks leave) */
   for (size_t i = 0; i < n / 2; i++)
@@ -419,11 +434,13 @@ static size_t sparse_heap(int pin) {
   for (size_t k = 0; k < np; k++)
     gone += (ph_field(*arr, pin_j[k]) & mask) != pools[k];
   assert_int_equal(gone, np);
-  assert_int_equal(resident_units(pools, np, cfg.pool_size), 0);
+  assert_true(!now || resident_units(pools, np, cfg.pool_size) == 0);
   ph_scope_close(d, m);
   free(pins);
   free(pools);
   free(pin_j);
+  free(pool_of);
+  free(old);
   tu_env_close(&(tu_env){h, d});
   return committed;
 }
@@ -431,12 +448,28 @@ static size_t sparse_heap(int pin) {
 /* compact.pin.holes: one pinned block in every pool of a sparse heap costs
  * about what the unpinned heap keeps (each pinned pool keeps its header's
  * page and its pinned block's, filled with evacuees), not every pool. */
-static void test_pinned_pools_give_pages(void **state) {
-  (void)state;
-  size_t unpinned = sparse_heap(0), pinned = sparse_heap(1);
+static void pools_give_pages(ph_release_mode rel) {
+  size_t unpinned = sparse_heap(0, rel), pinned = sparse_heap(1, rel);
   printf("committed after compaction: unpinned %zu KiB, pinned %zu KiB\n",
          unpinned / 1024, pinned / 1024);
   assert_true(pinned * 4 <= unpinned * 5);
+}
+
+static void test_pinned_pools_give_pages(void **state) {
+  (void)state;
+  pools_give_pages(PH_RELEASE_DECOMMIT);
+}
+
+static void test_pinned_pools_give_pages_lazy_unmap(void **state) {
+  (void)state;
+  pools_give_pages(PH_RELEASE_LAZY);
+  pools_give_pages(PH_RELEASE_UNMAP);
+}
+
+/* With PH_RELEASE_KEEP a pinned block's pool is kept whole (ph_pin). */
+static void test_pinned_pools_keep_whole(void **state) {
+  (void)state;
+  sparse_heap(1, PH_RELEASE_KEEP);
 }
 
 int main(void) {
@@ -448,6 +481,8 @@ int main(void) {
       cmocka_unit_test(test_pin_survives_detach),
       cmocka_unit_test(test_bogus_while_allocating),
       cmocka_unit_test(test_pinned_pools_give_pages),
+      cmocka_unit_test(test_pinned_pools_give_pages_lazy_unmap),
+      cmocka_unit_test(test_pinned_pools_keep_whole),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
