@@ -3,7 +3,10 @@
  * A pinned block keeps its address through compactions that evacuate the
  * rest of its size class (its pool is kept, in every scope), is kept alive,
  * is counted, needs as many unpins as pins, survives its domain's detach
- * and can be unpinned from another domain; bad input changes nothing. */
+ * and can be unpinned from another domain; bad input changes nothing.
+ * Releasing memory, a pinned pool keeps only the pages of its header and
+ * pinned blocks, filled with moved blocks, and gives the others back
+ * (compact.pin.holes); once unpinned, such a pool goes away whole. */
 #include "test_util.h"
 
 #include <sys/mman.h>
