@@ -6,8 +6,10 @@
  * detach).  A pinned block is a root (gc/final.c visits the table when
  * marking), so an entry never names a freed block.  Before a compaction the
  * leader hands the compactor the sorted set of pools holding pinned blocks
- * (ph_compact_part.pinned): the plan keeps every one of them (large blocks
- * never move anyway), so a pinned block keeps its address and the table
+ * (ph_compact_part.pinned) and the sorted pinned blocks: the plan keeps
+ * every one of those pools (large blocks never move anyway), and may move
+ * their other blocks out of the pages that hold no pinned block
+ * (compact.pin.holes), so a pinned block keeps its address and the table
  * needs no update. */
 #include "gc/gc.h"
 
