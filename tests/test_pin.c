@@ -475,6 +475,83 @@ static void test_pinned_pools_keep_whole(void **state) {
   sparse_heap(1, PH_RELEASE_KEEP);
 }
 
+/* compact.pin.holes under OS refusals: a compaction whose decommits are all
+ * refused makes no hole (the blocks that left are gone from the pools all
+ * the same, their slots free); a pool with holes freed while commits are
+ * refused gives its other pages back instead (heap.pool.holes).  The heap
+ * stays consistent (ph_verify recounts the committed bytes) throughout. */
+static void test_pinned_pools_os_refusals(void **state) {
+  (void)state;
+  ph_config cfg;
+  ph_config_init(&cfg);
+  cfg.gc_percent = 0;
+  ph_heap *h;
+  ph_domain *d;
+  assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
+  assert_int_equal(ph_domain_attach(h, &d), PH_OK);
+  const size_t n = tu_scale(100000, 4), ns = n / 5;
+  const ph_value mask = ~(ph_value)(cfg.pool_size - 1);
+  size_t m = ph_scope_open(d);
+  ph_value *arr = ph_root(d, ph_alloc(d, ns, 0));
+  ph_value *pins = calloc(ns, sizeof *pins), *pools = calloc(ns, sizeof *pools);
+  assert_true(pins && pools);
+  size_t np = 0, in_pool = 0;
+  for (size_t i = 0; i < n; i++) {
+    ph_value x = holes_node(d, (intptr_t)(i / 5));
+    if (i % 5)
+      continue;
+    ph_set_field(*arr, i / 5, x);
+    if (np == 0 || (x & mask) != pools[np - 1]) {
+      pools[np++] = x & mask;
+      in_pool = 0;
+    }
+    if (in_pool++ == 100) {
+      pins[np - 1] = x;
+      assert_int_equal(ph_pin(d, x), PH_OK);
+    }
+  }
+  size_t k = 0;
+  for (size_t i = 0; i < np; i++)
+    if (pins[i]) {
+      pins[k] = pins[i];
+      pools[k++] = pools[i];
+    }
+  np = k;
+  /* every decommit refused: no hole, nothing lost */
+  ph_os_fault_set(PH_OS_OP_DECOMMIT, 1, 1);
+  assert_int_equal(ph_compact(d), PH_OK);
+  assert_true(ph_os_fault_hits() > 0);
+  ph_os_fault_set(0, 0, 0);
+  tu_verify_ok(d);
+  holes_check(arr, ns);
+  assert_int_equal(resident_units(pools, np, cfg.pool_size),
+                   np * cfg.pool_size);
+  /* then holes */
+  assert_int_equal(ph_compact(d), PH_OK);
+  tu_verify_ok(d);
+  holes_check(arr, ns);
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+  assert_true(resident_units(pools, np, cfg.pool_size) <= np * 3 * pg);
+  /* every block dies, every commit refused: the pools with holes are freed
+   * all the same */
+  for (size_t i = 0; i < np; i++)
+    assert_int_equal(ph_unpin(d, pins[i]), PH_OK);
+  for (size_t j = 0; j < ns; j++)
+    ph_set_field(*arr, j, ph_val_int(0));
+  ph_os_fault_set(PH_OS_OP_COMMIT, 1, 1);
+  assert_int_equal(ph_collect(d), PH_OK);
+  assert_true(ph_os_fault_hits() > 0);
+  ph_os_fault_set(0, 0, 0);
+  tu_verify_ok(d);
+  ph_stats st;
+  assert_int_equal(ph_stats_get(h, &st), PH_OK);
+  assert_true(st.pool_bytes < np * cfg.pool_size / 8);
+  ph_scope_close(d, m);
+  free(pins);
+  free(pools);
+  tu_env_close(&(tu_env){h, d});
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_pinned_do_not_move_global),
@@ -486,6 +563,7 @@ int main(void) {
       cmocka_unit_test(test_pinned_pools_give_pages),
       cmocka_unit_test(test_pinned_pools_give_pages_lazy_unmap),
       cmocka_unit_test(test_pinned_pools_keep_whole),
+      cmocka_unit_test(test_pinned_pools_os_refusals),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
