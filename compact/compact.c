@@ -490,13 +490,23 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
       const ph_cspec *x = &plan->cls[c].spec[i];
       if (!x->partial || x->mv == 0)
         continue;
-      if (!plan->hmask && !(plan->hmask = calloc(n, sizeof *plan->hmask))) {
-        free(map);
-        free(plan->map_cls);
-        plan->map_cls = NULL;
-        return;
+      if (!plan->hmask) {
+        uint64_t *hm = calloc(n, sizeof *hm);
+        uint8_t *hc = malloc(n);
+        if (!hm || !hc) {
+          free(hm);
+          free(hc);
+          free(map);
+          free(plan->map_cls);
+          plan->map_cls = NULL;
+          return;
+        }
+        plan->hmask = hm;
+        plan->hcls = hc;
       }
-      plan->hmask[((uintptr_t)x->pool - lo) >> h->pool_shift] = x->holes;
+      size_t u = ((uintptr_t)x->pool - lo) >> h->pool_shift;
+      plan->hmask[u] = x->holes;
+      plan->hcls[u] = (uint8_t)c;
     }
   /* relaxed: the barrier that opens phase 3 publishes it; relaxed because
    * ph_compact_forward reads it with a relaxed load */
@@ -797,11 +807,11 @@ static inline ph_value fwd_base(const struct ph_heap *h,
  * (a slot outside the pool's planned holes)? */
 static int __attribute__((noinline))
 stays(const struct ph_heap *h, const ph_compact_plan *plan, ph_value x) {
-  uint64_t hm = plan->hmask[(x - plan->map_lo) >> h->pool_shift];
+  size_t u = (x - plan->map_lo) >> h->pool_shift;
+  uint64_t hm = plan->hmask[u];
   if (!hm)
     return 0;
-  const ph_pool *p = (const ph_pool *)(x & h->pool_mask);
-  size_t sb = (size_t)h->class_wsize[p->cls] * 8;
+  size_t sb = (size_t)h->class_wsize[plan->hcls[u]] * 8;
   uint32_t i = (uint32_t)(((x & ~h->pool_mask) - h->pool_hdr) / sb);
   return (ph_slot_granules(h, sb, i) & hm) == 0;
 }
@@ -1142,6 +1152,7 @@ static void plan_free(struct ph_heap *h, ph_compact_plan *plan) {
     free(plan->cls[c].specbits);
   }
   free(plan->hmask);
+  free(plan->hcls);
   free(plan->units);
   free(plan->larges);
   free(plan->large_first);

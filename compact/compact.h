@@ -129,6 +129,7 @@ typedef struct ph_compact_plan {
    * that keeps its pinned blocks and gives its others (0: none); NULL if
    * no pool does so */
   uint64_t *hmask;
+  uint8_t *hcls; /* and their classes (no pool header is read) */
   /* results, summed (or the longest time) over the participants */
   _Atomic uint64_t r_blocks, r_bytes, r_t_evac, r_t_update, r_t_release;
   uint64_t r_pools, r_released;
