@@ -44,7 +44,7 @@ static int refill(struct ph_domain *d, unsigned cls) {
     ac->nfree_charged = 0;
     ac->pool->free = 0;
     ac->pool->nfree = 0;
-    ac->pool->nlive = ac->pool->nslots;
+    ac->pool->nlive = ac->pool->nslots - ac->pool->nhole;
     ac->pool->cached = 0;
     ac->pool = NULL;
   }

@@ -178,7 +178,8 @@ int ph_stats_get(ph_heap *h, ph_stats *out) {
   if (err != PH_OK)
     return err;
   ph_stats s = h->st;
-  s.pool_bytes = (uint64_t)h->pool_units << h->pool_shift;
+  /* heap.pool.holes: a pool's holes are not committed */
+  s.pool_bytes = ((uint64_t)h->pool_units << h->pool_shift) - h->hole_bytes;
   /* relaxed: accounting counters, exact under heap->lock which we hold */
   s.committed_bytes =
       atomic_load_explicit(&h->os.committed, memory_order_relaxed);

@@ -103,26 +103,206 @@ static int by_owner_address(const void *a, const void *b) {
   return p->pool < q->pool ? -1 : p->pool > q->pool;
 }
 
+static int by_pool(const void *a, const void *b) {
+  const ph_pool *p = a, *q = *(ph_pool *const *)b;
+  return p < q ? -1 : p > q;
+}
+
+static int is_pinned(const ph_compact_plan *plan, ph_pool *p) {
+  return plan->npinned && bsearch(p, plan->pinned, plan->npinned,
+                                  sizeof *plan->pinned, by_pool) != NULL;
+}
+
+/* compact.pin: move the pinned pools of cand[0..n) to the front, the
+ * others keeping their order; returns how many there are. */
+static size_t pinned_first(const ph_compact_plan *plan, ph_cand *cand,
+                           size_t n) {
+  if (plan->npinned == 0)
+    return 0;
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++)
+    if (is_pinned(plan, cand[i].pool)) {
+      ph_cand t = cand[i];
+      memmove(cand + k + 1, cand + k, (i - k) * sizeof *cand);
+      cand[k++] = t;
+    }
+  return k;
+}
+
+/* compact.pin.holes: move the pools with holes of cand[a..n) to the end,
+ * the others keeping their order; returns how many there are. */
+static size_t holed_last(ph_cand *cand, size_t a, size_t n) {
+  size_t k = 0;
+  for (size_t i = n; i-- > a;)
+    if (ph_pool_holes(cand[i].pool)) {
+      ph_cand t = cand[i];
+      memmove(cand + i, cand + i + 1, (n - k - 1 - i) * sizeof *cand);
+      cand[n - 1 - k++] = t;
+    }
+  return k;
+}
+
+/* compact.pin.holes: may pinned pool p give its unpinned blocks and get
+ * holes?  Only when memory is released, in a chunk of normal pages (no huge
+ * page is split), outside the ranges plan, with the pinned blocks known. */
+static int partial_ok(const struct ph_heap *h, const ph_compact_plan *plan,
+                      const ph_pool *p) {
+  return plan->pinned_blocks && h->cfg.release != PH_RELEASE_KEEP &&
+         !plan->ranges.keep && p->chunk->huge == PH_OS_HUGE_NONE;
+}
+
+/* The granules of pinned pool p that hold none of its pinned blocks (nor
+ * its header and live bitmap). */
+static uint64_t unpinned_granules(const struct ph_heap *h,
+                                  const ph_compact_plan *plan, ph_pool *p) {
+  size_t sb = (size_t)h->class_wsize[p->cls] * 8;
+  uint64_t keep = ((uint64_t)2 << ((h->pool_hdr - 1) >> h->hole_shift)) - 1;
+  ph_value lo = (ph_value)p, hi = lo + h->pool_size;
+  size_t a = 0, b = plan->npinned_blocks; /* the first block >= lo */
+  while (a < b) {
+    size_t mid = (a + b) / 2;
+    if (plan->pinned_blocks[mid] < lo)
+      a = mid + 1;
+    else
+      b = mid;
+  }
+  ph_value slots = lo + h->pool_hdr;
+  for (; a < plan->npinned_blocks && plan->pinned_blocks[a] < hi; a++)
+    keep |= ph_slot_granules(h, sb,
+                             (uint32_t)((plan->pinned_blocks[a] - slots) / sb));
+  size_t ng = h->pool_size >> h->hole_shift;
+  uint64_t all = ng >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << ng) - 1;
+  return all & ~keep;
+}
+
+/* compact.pin.holes: the slots of sp->pool touching sp->holes into sp->t,
+ * its live blocks among them into sp->m, and t set in the live bitmap
+ * while the plan runs, so that no block is moved there; room and mv. */
+static void spec_block(struct ph_heap *h, ph_cspec *sp) {
+  ph_pool *p = sp->pool;
+  uint32_t ns = h->class_nslots[p->cls], nw = (ns + 63) / 64, used = 0;
+  uint64_t *bits = ph_pool_bits(p);
+  ph_pool_hole_slots(h, p->cls, sp->holes, sp->t);
+  sp->mv = 0;
+  for (uint32_t w = 0; w < nw; w++) {
+    sp->m[w] = bits[w] & sp->t[w];
+    sp->mv += (uint32_t)__builtin_popcountll(sp->m[w]);
+    bits[w] |= sp->t[w];
+    used += (uint32_t)__builtin_popcountll(bits[w]);
+  }
+  sp->room = ns - used;
+}
+
+/* Undo spec_block: the live bitmap as the sweep left it. */
+static void spec_unblock(struct ph_heap *h, ph_cspec *sp) {
+  uint64_t *bits = ph_pool_bits(sp->pool);
+  uint32_t nw = (h->class_nslots[sp->pool->cls] + 63) / 64;
+  for (uint32_t w = 0; w < nw; w++)
+    bits[w] = (bits[w] & ~sp->t[w]) | sp->m[w];
+}
+
+/* The special record of position i of a group: the pinned pools first,
+ * then the ones with holes; NULL for the others. */
+static inline ph_cspec *spec_at(ph_cspec *sp, size_t i, size_t np, size_t n,
+                                size_t nh) {
+  if (!sp)
+    return NULL;
+  if (i < np)
+    return &sp[i];
+  return i >= n - nh ? &sp[np + i - (n - nh)] : NULL;
+}
+
 /* Plan one group (all candidates of a class, or one owner's): keep the
  * first k of cand[0..n), evacuate the rest, emit destination units.  Only
- * the records are read; evacuated pools' live counts go to cc->elive.
- * compact.pin: any k >= ceil(L / C) pools can hold the L live blocks, so
- * keeping the min_keep pinned pools first (then the densest) is still a
- * valid plan. */
-static void plan_group(ph_cclass *cc, ph_cand *cand, size_t n, uint32_t nslots,
-                       size_t min_keep) {
-  uint64_t live = 0;
+ * the records are read (but for the special pools of compact.pin.holes).
+ * compact.pin: the pinned pools come first and are always kept; then the
+ * others in their order, those with holes last.  Each kept pool has room
+ * (nslots - nlive, or a special pool's free slots outside its holes); the
+ * blocks to move are those of the evacuated pools and the unpinned blocks
+ * of partial pools in their future holes.  k is the least count of kept
+ * pools whose room holds them: with no pins nor holes, ceil(L / C), the
+ * densest, so the plan is minimal; the pinned pools' rooms are filled
+ * first.  If even keeping every pool does not give room, the least dense
+ * partial pools give none (each is kept whole) until there is. */
+static void plan_group(struct ph_heap *h, ph_compact_plan *plan, ph_cclass *cc,
+                       ph_cand *cand, size_t n, uint32_t nslots) {
+  size_t np = pinned_first(plan, cand, n);
+  size_t nh = cc->spec && h->holed_pools ? holed_last(cand, np, n) : 0;
+  ph_cspec *sp = cc->spec ? cc->spec + cc->nspec : NULL;
+#define SPEC(i) spec_at(sp, i, np, n, nh)
+  if (sp) {
+    uint32_t nw = (nslots + 63) / 64;
+    for (size_t i = 0; i < n; i++) {
+      ph_cspec *x = SPEC(i);
+      if (!x)
+        continue;
+      size_t si = (size_t)(x - cc->spec);
+      *x = (ph_cspec){.pool = cand[i].pool,
+                      .t = cc->specbits + 2 * si * nw,
+                      .m = cc->specbits + (2 * si + 1) * nw,
+                      .pinned = i < np};
+      x->holes = ph_pool_holes(x->pool);
+      if (i < np && partial_ok(h, plan, x->pool)) {
+        x->holes |= unpinned_granules(h, plan, x->pool);
+        x->partial = 1;
+      }
+      spec_block(h, x);
+    }
+    cc->nspec += np + nh;
+  }
+#define ROOM(i) (SPEC(i) ? SPEC(i)->room : nslots - cand[i].nlive)
+  /* need: the blocks to move with k pools kept; cap: the room of those */
+  uint64_t need, cap;
+  size_t k;
+again:
+  need = 0;
+  cap = 0;
   for (size_t i = 0; i < n; i++)
-    live += cand[i].nlive;
-  size_t k = (size_t)((live + nslots - 1) / nslots);
-  if (k < min_keep)
-    k = min_keep;
-  if (k >= n)
-    k = n;
+    need += i < np ? (SPEC(i) ? SPEC(i)->mv : 0) : cand[i].nlive;
+  for (size_t i = 0; i < np; i++)
+    cap += ROOM(i);
+  for (k = np; k < n && cap < need; k++) {
+    cap += ROOM(k);
+    need -= cand[k].nlive;
+  }
+  /* no room for the partial pools' blocks even with every pool kept: the
+   * least dense partial pools give none (each is kept whole) until there
+   * is */
+  for (size_t i = np; i-- > 0 && cap < need;) {
+    ph_cspec *x = SPEC(i);
+    if (!x || !x->partial)
+      continue;
+    need -= x->mv;
+    cap -= x->room;
+    spec_unblock(h, x);
+    x->holes = ph_pool_holes(x->pool);
+    x->partial = 0;
+    spec_block(h, x);
+    need += x->mv;
+    cap += x->room;
+    if (cap >= need)
+      goto again; /* the least k for these */
+  }
+  PH_ASSERT(cap >= need);
   size_t e0 = cc->nevac;
   for (size_t i = 0; i < k; i++)
     cc->keep[cc->nkeep++] = cand[i].pool;
+  for (size_t i = 0; i < np; i++) { /* the partial pools give first */
+    ph_cspec *x = SPEC(i);
+    if (x && x->mv > 0) {
+      cc->elive[cc->nevac] = x->mv;
+      cc->ebits[cc->nevac] = x->m;
+      cc->evac[cc->nevac++] = x->pool;
+    }
+  }
   for (size_t i = k; i < n; i++) {
+    ph_cspec *x = SPEC(i);
+    if (x) { /* a pool with holes, evacuated whole */
+      spec_unblock(h, x);
+      x->evacuated = 1;
+    }
+    if (cc->ebits)
+      cc->ebits[cc->nevac] = NULL;
     cc->elive[cc->nevac] = cand[i].nlive;
     cc->evac[cc->nevac++] = cand[i].pool;
   }
@@ -131,10 +311,12 @@ static void plan_group(ph_cclass *cc, ph_cand *cand, size_t n, uint32_t nslots,
   uint32_t skip = 0;
   uint32_t rem = si < cc->nevac ? cc->elive[si] : 0;
   for (size_t j = 0; j < k && si < cc->nevac; j++) {
-    uint32_t room = nslots - cand[j].nlive, take = 0;
+    uint32_t room = ROOM(j), take = 0;
     ph_evac_unit *u = &cc->units[cc->nunits];
     u->dst = cand[j].pool;
     u->src = cc->evac;
+    u->src_live = cc->elive;
+    u->src_bits = cc->ebits;
     u->src_first = (uint32_t)si;
     u->src_skip = skip;
     u->owner = cand[j].owner;
@@ -155,29 +337,9 @@ static void plan_group(ph_cclass *cc, ph_cand *cand, size_t n, uint32_t nslots,
       cc->nunits++;
     }
   }
+#undef ROOM
+#undef SPEC
   PH_ASSERT(si == cc->nevac); /* every source block has a destination */
-}
-
-static int by_pool(const void *a, const void *b) {
-  const ph_pool *p = a, *q = *(ph_pool *const *)b;
-  return p < q ? -1 : p > q;
-}
-
-/* compact.pin: move the pinned pools of cand[0..n) to the front, the
- * others keeping their order; returns how many there are. */
-static size_t pinned_first(const ph_compact_plan *plan, ph_cand *cand,
-                           size_t n) {
-  if (plan->npinned == 0)
-    return 0;
-  size_t k = 0;
-  for (size_t i = 0; i < n; i++)
-    if (bsearch(cand[i].pool, plan->pinned, plan->npinned, sizeof *plan->pinned,
-                by_pool)) {
-      ph_cand t = cand[i];
-      memmove(cand + k + 1, cand + k, (i - k) * sizeof *cand);
-      cand[k++] = t;
-    }
-  return k;
 }
 
 static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
@@ -209,6 +371,30 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
       if (plan->recs[p].cands[k].cls == cls)
         cand[i++] = plan->recs[p].cands[k];
   uint32_t nslots = h->class_nslots[cls];
+  if ((plan->npinned && plan->pinned_blocks) || h->holed_pools) {
+    /* compact.pin.holes: room for the special pools' records */
+    size_t ns = 0;
+    for (size_t j = 0; j < n; j++)
+      ns += is_pinned(plan, cand[j].pool) ||
+            (h->holed_pools && ph_pool_holes(cand[j].pool));
+    if (ns) {
+      size_t nw = (nslots + 63) / 64;
+      cc->spec = calloc(ns, sizeof *cc->spec);
+      cc->specbits = malloc(ns * 2 * nw * sizeof *cc->specbits);
+      cc->ebits = malloc(n * sizeof *cc->ebits);
+      if (!cc->spec || !cc->specbits || !cc->ebits) {
+        free(cc->spec);
+        free(cc->specbits);
+        free(cc->ebits);
+        cc->spec = NULL;
+        cc->specbits = NULL;
+        cc->ebits = NULL;
+        free(cand);
+        atomic_store_explicit(&plan->failed, 1, memory_order_relaxed);
+        return; /* nothing moves: the other arrays are freed with the plan */
+      }
+    }
+  }
   if (plan->ranges.keep) {
     /* compact.choose.ranges: the densest of the pools in ranges that
      * stay in use (there are at least k of them), then the rest */
@@ -227,12 +413,10 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
 #endif
     qsort(cand, nin, sizeof *cand, by_density);
     qsort(cand + nin, n - nin, sizeof *cand, by_density);
-    size_t np = pinned_first(plan, cand, n);
-    plan_group(cc, cand, n, nslots, np);
+    plan_group(h, plan, cc, cand, n, nslots);
   } else if (h->cfg.compact_scope == PH_COMPACT_GLOBAL) {
     qsort(cand, n, sizeof *cand, by_density);
-    size_t np = pinned_first(plan, cand, n);
-    plan_group(cc, cand, n, nslots, np);
+    plan_group(h, plan, cc, cand, n, nslots);
   } else {
     qsort(cand, n, sizeof *cand, by_owner_address);
     size_t a = 0;
@@ -240,8 +424,7 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
       size_t b = a;
       while (b < n && cand[b].owner == cand[a].owner)
         b++;
-      size_t np = pinned_first(plan, cand + a, b - a);
-      plan_group(cc, cand + a, b - a, nslots, np);
+      plan_group(h, plan, cc, cand + a, b - a, nslots);
       a = b;
     }
   }
@@ -300,6 +483,31 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
       if (plan->map_cls)
         plan->map_cls[u] = (uint8_t)c;
     }
+  /* compact.pin.holes: the pools that give only the blocks of their
+   * future holes */
+  for (unsigned c = 0; c < h->nclasses; c++)
+    for (size_t i = 0; i < plan->cls[c].nspec; i++) {
+      const ph_cspec *x = &plan->cls[c].spec[i];
+      if (!x->partial || x->mv == 0)
+        continue;
+      if (!plan->hmask) {
+        uint64_t *hm = calloc(n, sizeof *hm);
+        uint8_t *hc = malloc(n);
+        if (!hm || !hc) {
+          free(hm);
+          free(hc);
+          free(map);
+          free(plan->map_cls);
+          plan->map_cls = NULL;
+          return;
+        }
+        plan->hmask = hm;
+        plan->hcls = hc;
+      }
+      size_t u = ((uintptr_t)x->pool - lo) >> h->pool_shift;
+      plan->hmask[u] = x->holes;
+      plan->hcls[u] = (uint8_t)c;
+    }
   /* relaxed: the barrier that opens phase 3 publishes it; relaxed because
    * ph_compact_forward reads it with a relaxed load */
   __atomic_store_n(&plan->map, map, __ATOMIC_RELAXED);
@@ -324,7 +532,12 @@ static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan,
     atomic_store_explicit(&plan->failed, 1, memory_order_relaxed);
   if (!atomic_load_explicit(&plan->failed, memory_order_relaxed)) {
     build_map_stw_single(h, plan);
-    if (!plan->map && plan->rule->interior) /* no header fallback for them */
+    /* no header fallback for them, nor for partial pools */
+    int partial = 0;
+    for (unsigned c = 0; c < h->nclasses; c++)
+      for (size_t i = 0; i < plan->cls[c].nspec; i++)
+        partial |= plan->cls[c].spec[i].partial && plan->cls[c].spec[i].mv;
+    if (!plan->map && (plan->rule->interior || partial))
       atomic_store_explicit(&plan->failed, 1, memory_order_relaxed);
   }
   if (atomic_load_explicit(&plan->failed,
@@ -389,10 +602,10 @@ static inline int unit_evacuated(const struct ph_heap *h,
 
 /* ------------------------------------------------------------ phase 3 */
 
-/* Index of the first live slot of src at or after the one that has `skip`
- * live slots before it (heap.pool.bitmap). */
-static uint32_t nth_live(ph_pool *src, uint32_t skip) {
-  const uint64_t *bits = ph_pool_bits(src);
+/* Index of the first set bit of bits at or after the one that has `skip`
+ * set bits before it (a live bitmap, heap.pool.bitmap, or the blocks a
+ * partial pool gives, compact.pin.holes). */
+static uint32_t nth_live(const uint64_t *bits, uint32_t skip) {
   uint32_t wi = 0;
   for (;;) {
     uint64_t w = bits[wi];
@@ -430,8 +643,9 @@ static inline uint32_t bit_next(bit_iter *it) {
   return i;
 }
 
-/* The free list of p from its clear live bits, lowest slot first. */
-static void relink_free(struct ph_heap *h, ph_pool *p) {
+/* The free list of p from its clear live bits, lowest slot first; slots
+ * touching `holes` are not free (heap.pool.holes). */
+static void relink_free(struct ph_heap *h, ph_pool *p, uint64_t holes) {
   uint32_t wsize = h->class_wsize[p->cls];
   ph_value *base = (ph_value *)ph_pool_slots(p);
   const uint64_t *bits = ph_pool_bits(p);
@@ -443,6 +657,8 @@ static void relink_free(struct ph_heap *h, ph_pool *p) {
     while (free) {
       uint32_t si = wi * 64 + 63 - (uint32_t)__builtin_clzll(free);
       free &= ~((uint64_t)1 << (si % 64));
+      if (ph_slot_in_hole(h, holes, (size_t)wsize * 8, si))
+        continue;
       ph_value *slot = base + (size_t)si * wsize;
       PH_ASSERT(slot[0] == 0);
       slot[1] = next;
@@ -462,12 +678,16 @@ static void evacuate_unit(struct ph_heap *h, const ph_evac_unit *u,
   uint64_t *dbits = ph_pool_bits(dst);
   bit_iter di = {.bits = dbits, .word = ~dbits[0], .flip = ~(uint64_t)0};
   uint32_t i = u->src_first, left = u->count;
-  uint32_t k = nth_live(u->src[i], u->src_skip);
   ph_pool *src = u->src[i];
-  bit_iter si = {.bits = ph_pool_bits(src),
-                 .word = ph_pool_bits(src)[k / 64] & (~(uint64_t)0 << (k % 64)),
+  /* the blocks a source gives: its live ones, or a partial pool's */
+#define SRC_BITS(i)                                                            \
+  (u->src_bits && u->src_bits[i] ? u->src_bits[i] : ph_pool_bits(u->src[i]))
+  const uint64_t *sb0 = SRC_BITS(i);
+  uint32_t k = nth_live(sb0, u->src_skip);
+  bit_iter si = {.bits = sb0,
+                 .word = sb0[k / 64] & (~(uint64_t)0 << (k % 64)),
                  .wi = k / 64};
-  uint32_t src_left = src->nlive - u->src_skip; /* live blocks not yet ours */
+  uint32_t src_left = u->src_live[i] - u->src_skip; /* blocks not yet ours */
   ph_value *from[PH_EV_BATCH], *to[PH_EV_BATCH];
   uint64_t bytes = 0;
   while (left > 0) {
@@ -475,10 +695,10 @@ static void evacuate_unit(struct ph_heap *h, const ph_evac_unit *u,
     for (uint32_t j = 0; j < n; j++) {
       if (src_left == 0) { /* next source pool */
         src = u->src[++i];
-        si.bits = ph_pool_bits(src);
+        si.bits = SRC_BITS(i);
         si.wi = 0;
         si.word = si.bits[0];
-        src_left = src->nlive;
+        src_left = u->src_live[i];
       }
       from[j] = (ph_value *)ph_pool_slots(src) + (size_t)bit_next(&si) * wsize;
       src_left--;
@@ -516,7 +736,8 @@ static void evacuate_unit(struct ph_heap *h, const ph_evac_unit *u,
   dst->nfree -= u->count;
   dst->nlive += u->count;
   dst->live_words += (uint32_t)(bytes / 8);
-  relink_free(h, dst);
+  relink_free(h, dst, 0); /* a special pool's holes are set bits now */
+#undef SRC_BITS
 }
 
 static void evacuate_stw(struct ph_heap *h, const ph_compact_part *part,
@@ -582,10 +803,25 @@ static inline ph_value fwd_base(const struct ph_heap *h,
   return slots + (ph_value)k * plan->slot_bytes[c] + 8;
 }
 
-/* The new address of x, whose unit was evacuated. */
+/* compact.pin.holes: does x lie in a block that stays in its partial pool
+ * (a slot outside the pool's planned holes)? */
+static int __attribute__((noinline))
+stays(const struct ph_heap *h, const ph_compact_plan *plan, ph_value x) {
+  size_t u = (x - plan->map_lo) >> h->pool_shift;
+  uint64_t hm = plan->hmask[u];
+  if (!hm)
+    return 0;
+  size_t sb = (size_t)h->class_wsize[plan->hcls[u]] * 8;
+  uint32_t i = (uint32_t)(((x & ~h->pool_mask) - h->pool_hdr) / sb);
+  return (ph_slot_granules(h, sb, i) & hm) == 0;
+}
+
+/* The new address of x, whose unit was evacuated (or is partial). */
 static inline __attribute__((always_inline)) ph_value
 fwd_new(const struct ph_heap *h, const ph_compact_plan *plan, ph_value x,
         int interior) {
+  if (__builtin_expect(plan->hmask != NULL, 0) && stays(h, plan, x))
+    return x;
   if (!interior) {
     PH_ASSERT(*ph_hp(x) != 0); /* a moved block keeps its header */
     return *(const ph_value *)x;
@@ -693,13 +929,17 @@ update_fields(fwd_batch *b, fwd_map m, ph_value *f, size_t n, int interior) {
 /* compact.update.rule: every allocated slot of the pool (header != 0; the
  * managed collector's are WHITE after its sweep), by its tag's kind. */
 static inline __attribute__((always_inline)) void
-update_pool(fwd_batch *b, ph_pool *p, int interior) {
+update_pool(fwd_batch *b, ph_pool *p, int interior, uint64_t holes) {
   const ph_compact_plan *plan = b->plan;
   fwd_map m = fm_of(b);
   const uint8_t *kinds = plan->kind;
   uint32_t wsize = b->h->class_wsize[p->cls], nslots = p->nslots;
   ph_value *slot = (ph_value *)ph_pool_slots(p);
   for (uint32_t k = 0; k < nslots; k++, slot += wsize) {
+    /* heap.pool.holes; a partial pool's blocks that moved out */
+    if (__builtin_expect(holes != 0, 0) &&
+        ph_slot_in_hole(b->h, holes, (size_t)wsize * 8, k))
+      continue;
     ph_value hd = slot[0];
     if (hd == 0)
       continue;
@@ -720,9 +960,18 @@ update_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx,
   if (c->ustate[u] != PH_U_POOL)
     return;
   char *ua = ph_unit_addr(h, c, u);
-  if (unit_evacuated(h, plan, (uintptr_t)ua))
-    return; /* evacuated: not even its header is read */
-  update_pool(fb, (ph_pool *)ua, interior);
+  uint64_t holes = c->holes[u];
+  if (unit_evacuated(h, plan, (uintptr_t)ua)) {
+    /* compact.pin.holes: a partial pool keeps the blocks outside them */
+    uint64_t hm =
+        plan->hmask
+            ? plan->hmask[((uintptr_t)ua - plan->map_lo) >> h->pool_shift]
+            : 0;
+    if (!hm)
+      return; /* evacuated: not even its header is read */
+    holes |= hm;
+  }
+  update_pool(fb, (ph_pool *)ua, interior, holes);
 }
 
 static void update_unit_plain(struct ph_heap *h, ph_chunk *c, uint32_t u,
@@ -804,21 +1053,70 @@ ph_value ph_compact_forward(const struct ph_heap *h, ph_value v) {
 /* compact.phase.free and compact.phase.release, on the leader under the
  * lock: the evacuated pools freed, the client's lists rebuilt, free memory
  * given back per cfg.release beyond cfg.retain (heap.release). */
+/* compact.pin.holes, phase 5 (leader, under the lock): a special pool
+ * that was kept gets its bitmap back without the blocked slots; a partial
+ * one first gives its planned holes to the OS (cfg.release: the only
+ * release this makes, of pages that hold no block), and its slots that
+ * touch no hole (a refused run) become free (the old copies of moved
+ * blocks among them); then its free list and counts are rebuilt.  Nothing
+ * moved (moved 0): the bitmap is as the sweep left it, and so is the rest. */
+static void spec_finish_locked(struct ph_heap *h, ph_cspec *x, int moved) {
+  if (x->evacuated)
+    return;
+  if (!moved) {
+    spec_unblock(h, x);
+    return;
+  }
+  ph_pool *p = x->pool;
+  ph_chunk *c = p->chunk;
+  uint64_t holes = c->holes[p->unit];
+  if (x->partial && (x->holes & ~holes))
+    holes = ph_pool_holes_make_locked(h, c, p->unit, x->holes,
+                                      h->cfg.release == PH_RELEASE_LAZY);
+  uint32_t ns = p->nslots, nw = (ns + 63) / 64, ws = h->class_wsize[p->cls];
+  uint64_t *bits = ph_pool_bits(p);
+  ph_value *base = (ph_value *)ph_pool_slots(p);
+  uint32_t nhole = 0, nlive = 0;
+  for (uint32_t w = 0; w < nw; w++) {
+    for (uint64_t t = x->t[w]; t; t &= t - 1) {
+      uint32_t i = w * 64 + (uint32_t)__builtin_ctzll(t);
+      if (ph_slot_in_hole(h, holes, (size_t)ws * 8, i))
+        nhole++;
+      else
+        base[(size_t)i * ws] = 0; /* free (a moved block's old copy) */
+    }
+    bits[w] &= ~x->t[w];
+    nlive += (uint32_t)__builtin_popcountll(bits[w]);
+  }
+  relink_free(h, p, holes);
+  p->nhole = nhole;
+  p->nlive = nlive;
+  p->nfree = ns - nhole - nlive;
+}
+
 static void free_release_stw_single(struct ph_heap *h, ph_compact_plan *plan,
                                     const ph_compact_part *part) {
   pthread_mutex_lock(&h->lock);
   uint64_t pools = 0;
+  if (plan) {
+    int moved = atomic_load_explicit(&plan->failed, memory_order_relaxed) == 0;
+    for (unsigned c = 0; c < h->nclasses; c++)
+      for (size_t i = 0; i < plan->cls[c].nspec; i++)
+        spec_finish_locked(h, &plan->cls[c].spec[i], moved);
+  }
   if (plan)
     for (unsigned c = 0; c < h->nclasses; c++) {
       ph_cclass *cc = &plan->cls[c];
       for (size_t i = 0; i < cc->nevac; i++) {
         ph_pool *p = cc->evac[i];
+        if (cc->ebits && cc->ebits[i])
+          continue; /* a partial pool: kept */
         /* chunk and unit from the address: the header is not read */
         ph_chunk *ch = ph_chunk_find(h, p);
         uint32_t u =
             (uint32_t)((size_t)((char *)p - ch->base) >> h->pool_shift);
 #if PH_POISON
-        {
+        if (!ph_pool_holes(p)) { /* holes are not touched */
           ph_value *q = (ph_value *)ph_pool_slots(p);
           size_t nw = (h->pool_size - h->pool_hdr) / 8;
           for (size_t k = 0; k < nw; k++)
@@ -849,7 +1147,12 @@ static void plan_free(struct ph_heap *h, ph_compact_plan *plan) {
     free(plan->cls[c].evac);
     free(plan->cls[c].units);
     free(plan->cls[c].elive);
+    free(plan->cls[c].ebits);
+    free(plan->cls[c].spec);
+    free(plan->cls[c].specbits);
   }
+  free(plan->hmask);
+  free(plan->hcls);
   free(plan->units);
   free(plan->larges);
   free(plan->large_first);
@@ -910,6 +1213,8 @@ void ph_compact_stw(struct ph_heap *h, const ph_compact_part *part) {
     if (h->plan) {
       h->plan->pinned = part->pinned;
       h->plan->npinned = part->npinned;
+      h->plan->pinned_blocks = part->pinned_blocks;
+      h->plan->npinned_blocks = part->npinned_blocks;
       setup_stw_single(h, h->plan, part);
     }
   }

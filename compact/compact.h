@@ -15,19 +15,39 @@
 
 typedef struct ph_evac_unit {
   ph_pool *dst;
-  ph_pool **src;      /* the class's evacuated pools */
-  uint32_t src_first; /* index into src */
-  uint32_t src_skip;  /* live blocks of src[src_first] before ours */
-  uint32_t count;     /* blocks to move into dst */
-  uint32_t owner;     /* slot of the pools' owner */
+  ph_pool **src;             /* the class's evacuated pools */
+  const uint32_t *src_live;  /* the blocks each of them gives */
+  uint64_t *const *src_bits; /* which (NULL: its live bitmap) */
+  uint32_t src_first;        /* index into src */
+  uint32_t src_skip;         /* live blocks of src[src_first] before ours */
+  uint32_t count;            /* blocks to move into dst */
+  uint32_t owner;            /* slot of the pools' owner */
 } ph_evac_unit;
+
+/* compact.pin.holes: a pool the plan treats specially, a pinned pool
+ * whose unpinned blocks leave the granules that will become holes
+ * (partial), or a pool with holes already. */
+typedef struct ph_cspec {
+  ph_pool *pool;
+  uint64_t holes; /* the granules that are (partial: will be) holes */
+  uint64_t *t;    /* the slots touching them, set in the live bitmap
+                     while the plan runs (so no block is moved there) */
+  uint64_t *m;    /* the live blocks among them: they move out */
+  uint32_t room;  /* free slots outside t */
+  uint32_t mv;    /* blocks in m */
+  uint8_t pinned, partial, evacuated;
+} ph_cspec;
 
 typedef struct ph_cclass {
   ph_pool **keep, **evac;
-  uint32_t *elive; /* live blocks of each evac pool (from the sweep) */
+  uint32_t *elive;  /* blocks each evac pool gives (from the sweep) */
+  uint64_t **ebits; /* compact.pin.holes: which (NULL: its live bitmap) */
   size_t nkeep, nevac;
   ph_evac_unit *units;
   size_t nunits;
+  ph_cspec *spec; /* compact.pin.holes: the class's special pools */
+  size_t nspec;
+  uint64_t *specbits; /* their t and m bitmaps */
 } ph_cclass;
 
 /* compact.phase.stats: one participant's records, as its client's sweep
@@ -103,6 +123,13 @@ typedef struct ph_compact_plan {
   /* compact.pin: the pools holding pinned blocks (from ph_compact_part) */
   ph_pool *const *pinned;
   size_t npinned;
+  const ph_value *pinned_blocks; /* compact.pin.holes */
+  size_t npinned_blocks;
+  /* compact.pin.holes: per unit of the map, the holes planned for a pool
+   * that keeps its pinned blocks and gives its others (0: none); NULL if
+   * no pool does so */
+  uint64_t *hmask;
+  uint8_t *hcls; /* and their classes (no pool header is read) */
   /* results, summed (or the longest time) over the participants */
   _Atomic uint64_t r_blocks, r_bytes, r_t_evac, r_t_update, r_t_release;
   uint64_t r_pools, r_released;
@@ -148,6 +175,14 @@ typedef struct ph_compact_part {
    * plan and counted in its class's kept pools. */
   ph_pool *const *pinned;
   size_t npinned;
+  /* compact.pin.holes: the pinned blocks of those pools, sorted by
+   * address (NULL: unknown, and each pinned pool is kept whole).  With
+   * them, a pinned pool in a chunk of normal pages keeps its pinned
+   * blocks in place and gives its others like an evacuated pool when
+   * memory is released (cfg.release not PH_RELEASE_KEEP); the granules
+   * left with no block become holes (heap.pool.holes). */
+  const ph_value *pinned_blocks;
+  size_t npinned_blocks;
 } ph_compact_part;
 
 /* compact/compact.c: the one driver of both clients: plan, evacuate,

@@ -344,6 +344,8 @@ static void compact_stw(struct ph_heap *h, ph_worker *w) {
       .arg = w,
       .pinned = h->gc->pinned_pools,
       .npinned = h->gc->npinned_pools,
+      .pinned_blocks = h->gc->pinned_blocks,
+      .npinned_blocks = h->gc->npinned_blocks,
   };
   ph_compact_stw(h, &part);
 }

@@ -49,6 +49,7 @@ void ph_final_fini(struct ph_heap *h) {
   free(g->regs);
   free(g->pins);
   free(g->pinned_pools);
+  free(g->pinned_blocks);
   if (g->final_inited) {
     pthread_mutex_destroy(&g->final_lock);
     pthread_mutex_destroy(&g->pin_lock);
@@ -90,6 +91,8 @@ int ph_gc_block_check_locked(struct ph_heap *h, ph_value v) {
   size_t off = (size_t)((char *)v - 8 - slots);
   if (off % sb || off / sb >= h->class_nslots[cls])
     return 0;
+  if (ph_slot_in_hole(h, c->holes[u], sb, (uint32_t)(off / sb)))
+    return 0; /* heap.pool.holes: no block, and not to be touched */
   /* a free slot's header is 0, even in a pool cached by its owner */
   return __atomic_load_n(ph_hp(v), __ATOMIC_RELAXED) != 0;
 }

@@ -129,6 +129,9 @@ typedef struct ph_gc {
   _Atomic size_t npins;       /* distinct pinned blocks */
   ph_pool **pinned_pools;
   size_t npinned_pools, pinned_pools_cap;
+  /* compact.pin.holes: the pinned blocks in pools, sorted (same cap) */
+  ph_value *pinned_blocks;
+  size_t npinned_blocks;
 } ph_gc;
 
 /* gc.weak: colour bit 1 of a header (kept by the sweep, copied by the

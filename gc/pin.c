@@ -6,8 +6,10 @@
  * detach).  A pinned block is a root (gc/final.c visits the table when
  * marking), so an entry never names a freed block.  Before a compaction the
  * leader hands the compactor the sorted set of pools holding pinned blocks
- * (ph_compact_part.pinned): the plan keeps every one of them (large blocks
- * never move anyway), so a pinned block keeps its address and the table
+ * (ph_compact_part.pinned) and the sorted pinned blocks: the plan keeps
+ * every one of those pools (large blocks never move anyway), and may move
+ * their other blocks out of the pages that hold no pinned block
+ * (compact.pin.holes), so a pinned block keeps its address and the table
  * needs no update. */
 #include "gc/gc.h"
 
@@ -116,12 +118,18 @@ static int by_address(const void *a, const void *b) {
   return p < q ? -1 : p > q;
 }
 
+static int by_value(const void *a, const void *b) {
+  ph_value p = *(const ph_value *)a, q = *(const ph_value *)b;
+  return p < q ? -1 : p > q;
+}
+
 /* Leader, before a compaction: the sorted set of pools holding pinned
  * blocks, in g->pinned_pools.  PH_ENOMEM if it cannot be had (then nothing
  * may move). */
 int ph_pin_pools_stw_single(struct ph_heap *h) {
   ph_gc *g = h->gc;
   g->npinned_pools = 0;
+  g->npinned_blocks = 0;
   /* relaxed: pins change only outside sections */
   size_t n = atomic_load_explicit(&g->npins, memory_order_relaxed);
   if (n == 0)
@@ -133,6 +141,12 @@ int ph_pin_pools_stw_single(struct ph_heap *h) {
     if (!a)
       return PH_ENOMEM;
     g->pinned_pools = a;
+    ph_value *b = ph_gc_fault(PH_GC_OP_PINNED_POOLS)
+                      ? NULL
+                      : realloc(g->pinned_blocks, n * sizeof *b);
+    if (!b)
+      return PH_ENOMEM;
+    g->pinned_blocks = b;
     g->pinned_pools_cap = n;
   }
   size_t k = 0;
@@ -141,9 +155,15 @@ int ph_pin_pools_stw_single(struct ph_heap *h) {
     if (v <= PH_PIN_TOMB)
       continue;
     ph_unit_hdr *u = ph_unit_of(h, v);
-    if (u->kind == PH_U_POOL)
+    if (u->kind == PH_U_POOL) {
+      g->pinned_blocks[k] = v;
       g->pinned_pools[k++] = (ph_pool *)u;
+    }
   }
+  /* compact.pin.holes: the blocks too, so that a pinned pool may keep
+   * them and give its others */
+  qsort(g->pinned_blocks, k, sizeof *g->pinned_blocks, by_value);
+  g->npinned_blocks = k;
   qsort(g->pinned_pools, k, sizeof *g->pinned_pools, by_address);
   size_t j = 0;
   for (size_t i = 0; i < k; i++)

@@ -98,7 +98,9 @@ static int chunk_grow_locked(struct ph_heap *h, size_t min_units,
   }
   ph_chunk *c = calloc(1, sizeof *c);
   size_t nu = size >> h->pool_shift, ucls_at = (nu + 7) & ~(size_t)7;
-  uint8_t *us = calloc(ucls_at + nu * sizeof(uint16_t), 1); /* ustate, ucls */
+  size_t holes_at = (ucls_at + nu * sizeof(uint16_t) + 7) & ~(size_t)7;
+  /* ustate, ucls, holes */
+  uint8_t *us = calloc(holes_at + nu * sizeof(uint64_t), 1);
   if (!c || !us) {
     free(c);
     free(us);
@@ -111,6 +113,7 @@ static int chunk_grow_locked(struct ph_heap *h, size_t min_units,
   c->nfree = c->nunits;
   c->ustate = us;
   c->ucls = (uint16_t *)(us + ucls_at);
+  c->holes = (uint64_t *)(us + holes_at);
   c->huge = got;
   chunk_insert_locked(h, c);
   *out = c;
@@ -326,11 +329,42 @@ int ph_units_take_large_locked(struct ph_heap *h, size_t n, size_t bytes,
   return take_locked(h, n, bytes, PH_U_LARGE, chunk_out, unit_out, comm_out);
 }
 
+/* heap.pool.holes: the bytes of a granule mask. */
+static size_t hole_len(const struct ph_heap *h, uint64_t holes) {
+  return (size_t)__builtin_popcountll(holes) << h->hole_shift;
+}
+
 void ph_units_free_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
                           size_t n) {
-  (void)h;
   for (size_t k = 0; k < n; k++) {
     PH_ASSERT(c->ustate[unit + k] >= PH_U_POOL);
+    uint64_t holes = c->holes[unit + k];
+    if (holes) {
+      /* heap.pool.holes: the holes end with the pool.  A free unit is
+       * wholly Committed: the holes are counted so again (no OS call, no
+       * page is touched: they stay out of RSS until the unit is reused or
+       * released). */
+      char *ua = ph_unit_addr(h, c, unit + (uint32_t)k);
+      int st = PH_U_FREE_COMM;
+      if (ph_os_commit(&h->os, ua, hole_len(h, holes)) != PH_OK) {
+        /* refused: the other granules go back instead, one at a time, and
+         * the unit is Reserved (a refusal there leaves the accounting
+         * short by the holes: ph_verify says so) */
+        unsigned ng = (unsigned)(h->pool_size >> h->hole_shift);
+        st = PH_U_FREE;
+        for (unsigned g = 0; g < ng; g++)
+          if (!(holes >> g & 1) &&
+              ph_os_decommit(&h->os, ua + ((size_t)g << h->hole_shift),
+                             (size_t)1 << h->hole_shift,
+                             PH_OS_DECOMMIT_NOW) != PH_OK)
+            st = PH_U_FREE_COMM;
+      }
+      h->hole_bytes -= hole_len(h, holes);
+      h->holed_pools--;
+      c->holes[unit + k] = 0;
+      c->ustate[unit + k] = (uint8_t)st;
+      continue;
+    }
     c->ustate[unit + k] = PH_U_FREE_COMM;
   }
   c->nfree += (uint32_t)n;
@@ -350,10 +384,42 @@ static size_t chunk_committed(const struct ph_heap *h, const ph_chunk *c) {
       comm += l->comm;
       u += l->nunits - 1;
     } else if (st != PH_U_FREE) {
-      comm += h->pool_size;
+      comm += h->pool_size - hole_len(h, c->holes[u]);
     }
   }
   return comm;
+}
+
+uint64_t ph_pool_holes_make_locked(struct ph_heap *h, ph_chunk *c, uint32_t u,
+                                   uint64_t want, int lazy) {
+  PH_ASSERT(c->ustate[u] == PH_U_POOL && c->huge == PH_OS_HUGE_NONE);
+  uint64_t had = c->holes[u], holes = had;
+  want &= ~had & ~(uint64_t)1; /* granule 0: the header and live bitmap */
+  unsigned ng = (unsigned)(h->pool_size >> h->hole_shift);
+  for (unsigned g = 0; g < ng;) {
+    if (!(want >> g & 1)) {
+      g++;
+      continue;
+    }
+    unsigned e = g;
+    while (e < ng && (want >> e & 1))
+      e++;
+    uint64_t run = (e - g >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << (e - g)) - 1)
+                   << g;
+    if (ph_os_decommit(
+            &h->os, ph_unit_addr(h, c, u) + ((size_t)g << h->hole_shift),
+            (size_t)(e - g) << h->hole_shift,
+            lazy ? PH_OS_DECOMMIT_LAZY : PH_OS_DECOMMIT_NOW) == PH_OK)
+      holes |= run;
+    g = e;
+  }
+  if (holes != had) {
+    if (!had)
+      h->holed_pools++;
+    h->hole_bytes += hole_len(h, holes & ~had);
+    c->holes[u] = holes;
+  }
+  return holes;
 }
 
 /* heap.large.commit: free a dead large block's units.  Wholly committed
@@ -426,8 +492,9 @@ void ph_units_release_locked(struct ph_heap *h, int mode, size_t retain,
   size_t kept = 0;
   /* free committed bytes not yet visited: the unit scan stops when none is
    * left, so a mostly free (Reserved) chunk is not walked unit by unit */
-  uint64_t left = atomic_load_explicit(&h->os.committed, memory_order_relaxed) -
-                  ((uint64_t)h->pool_units << h->pool_shift) - h->large_comm;
+  uint64_t left = atomic_load_explicit(&h->os.committed, memory_order_relaxed) +
+                  h->hole_bytes - ((uint64_t)h->pool_units << h->pool_shift) -
+                  h->large_comm;
   for (unsigned i = 0; i < h->nchunks; i++) {
     ph_chunk *c = h->chunks[i];
     if (mode == PH_RELEASE_UNMAP && c->nfree == c->nunits && kept >= retain &&

@@ -98,8 +98,8 @@ struct ph_chunk;
 
 /* heap.pool: a pool of equal slots of one size class.
  * Invariant (outside stop-the-world, pool not cached by its owner):
- *   nlive + nfree == nslots, nfree == length(free list) == slots with a
- *   header of 0.
+ *   nlive + nfree + nhole == nslots, nfree == length(free list) == slots
+ *   with a header of 0 outside the holes (heap.pool.holes).
  * While cached (owner's alloc cache holds its free list), nlive/nfree/free
  * are stale and the cache is the truth; caches are flushed on entry to every
  * stop-the-world section.
@@ -123,6 +123,8 @@ typedef struct ph_pool {
   uint16_t hdr;           /* bytes before the first slot (heap->pool_hdr) */
   uint32_t live_words;    /* pool layer: sum of wosize + 1 over the
                              allocated slots (pools.counters) */
+  uint32_t nhole;         /* slots that touch a hole (heap.pool.holes):
+                             neither live nor free */
 } ph_pool;
 /* The fixed header; then the live bitmap (heap.pool.bitmap: one bit per
  * slot, written by the sweep, read by compaction), then the slots at
@@ -165,6 +167,10 @@ typedef struct ph_chunk {
    * opened (its header is written after the lock is dropped), so a check
    * under the lock can read it (gc.pin); in the block of ustate */
   uint16_t *ucls;
+  /* heap.pool.holes: per unit, the granules of a pool that are decommitted
+   * (bit g: bytes [g, g+1) << heap->hole_shift of the unit); 0 for every
+   * unit that is not a pool with holes.  heap->lock or stop-the-world. */
+  uint64_t *holes;
 } ph_chunk;
 #define PH_MAX_CHUNKS 4096
 
@@ -282,6 +288,8 @@ struct ph_heap {
   size_t pool_hdr; /* pool header + live bitmap, a multiple of 64 */
   unsigned pool_shift;
   uintptr_t pool_mask; /* ~(pool_size - 1) */
+  /* heap.pool.holes: a hole granule is max(page, pool_size / 64) bytes */
+  unsigned hole_shift;
   /* heap.sizeclass (immutable after create) */
   unsigned nclasses;
   uint32_t class_wsize[PH_MAX_CLASSES]; /* slot words, header included */
@@ -300,7 +308,9 @@ struct ph_heap {
   unsigned nchunks;
   size_t pool_units, large_units; /* units in use */
   size_t large_comm;              /* bytes committed by large blocks */
-  ph_slot *slots;                 /* cfg.max_domains */
+  size_t hole_bytes;  /* heap.pool.holes: bytes of pools decommitted */
+  size_t holed_pools; /* pools with holes */
+  ph_slot *slots;     /* cfg.max_domains */
 
   /* the current stop-the-world section as the pool layer sees it */
   ph_section sec;
@@ -374,9 +384,15 @@ int ph_units_take_large_locked(struct ph_heap *h, size_t n, size_t bytes,
 /* Free a dead large block's units (updates large_units and large_comm);
  * 0 if the OS refused, leaving the block in place. */
 int ph_large_free_locked(struct ph_heap *h, ph_large *l);
-/* Return n units starting at unit to the free (committed) state. */
+/* Return n units starting at unit to the free (committed) state; a pool's
+ * holes end (counted committed again: heap.pool.holes). */
 void ph_units_free_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
                           size_t n);
+/* heap.pool.holes: decommit the granules of `want` (never granule 0) of
+ * pool unit u that are not holes yet (lazy: PH_OS_DECOMMIT_LAZY); returns
+ * the unit's holes afterwards (a refused run stays committed). */
+uint64_t ph_pool_holes_make_locked(struct ph_heap *h, ph_chunk *c, uint32_t u,
+                                   uint64_t want, int lazy);
 /* Give free committed memory back (heap.release). */
 void ph_units_release_locked(struct ph_heap *h, int mode, size_t retain,
                              uint64_t *released_bytes);
@@ -399,6 +415,30 @@ void ph_pool_sweep_garbage(struct ph_heap *h, ph_pool *p, unsigned garbage,
                            unsigned live_mask, int set_bits,
                            void (*on_free)(void *ctx, ph_value b), void *ctx,
                            int *bad);
+
+/* heap.pool.holes: the granules slot i of a pool of slot bytes sb touches
+ * (pool_hdr bytes before the first slot). */
+static inline uint64_t ph_slot_granules(const struct ph_heap *h, size_t sb,
+                                        uint32_t i) {
+  size_t a = h->pool_hdr + (size_t)i * sb, b = a + sb - 1;
+  unsigned g0 = (unsigned)(a >> h->hole_shift),
+           g1 = (unsigned)(b >> h->hole_shift);
+  uint64_t hi = g1 >= 63 ? ~(uint64_t)0 : ((uint64_t)2 << g1) - 1;
+  return hi & ~(((uint64_t)1 << g0) - 1);
+}
+/* Does slot i touch a hole of `holes` (a unit's granule mask)? */
+static inline int ph_slot_in_hole(const struct ph_heap *h, uint64_t holes,
+                                  size_t sb, uint32_t i) {
+  return holes != 0 && (holes & ph_slot_granules(h, sb, i)) != 0;
+}
+/* The holes of pool p (its chunk's side table). */
+static inline uint64_t ph_pool_holes(const ph_pool *p) {
+  return p->chunk->holes[p->unit];
+}
+/* The slots of a pool of class cls touching `holes`, as a bitmap of
+ * (nslots + 63) / 64 words written to out; returns how many. */
+uint32_t ph_pool_hole_slots(const struct ph_heap *h, unsigned cls,
+                            uint64_t holes, uint64_t *out);
 
 /* heap/pool.c */
 ph_pool *ph_pool_new(struct ph_heap *h, unsigned cls, unsigned owner);

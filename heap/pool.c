@@ -28,6 +28,19 @@ void ph_pool_init_free(struct ph_heap *h, ph_pool *p) {
   p->nlive = 0;
 }
 
+uint32_t ph_pool_hole_slots(const struct ph_heap *h, unsigned cls,
+                            uint64_t holes, uint64_t *out) {
+  uint32_t ns = h->class_nslots[cls], n = 0;
+  size_t sb = (size_t)h->class_wsize[cls] * 8;
+  memset(out, 0, (ns + 63) / 64 * sizeof *out);
+  for (uint32_t i = 0; i < ns && holes; i++)
+    if (ph_slot_in_hole(h, holes, sb, i)) {
+      out[i / 64] |= (uint64_t)1 << (i % 64);
+      n++;
+    }
+  return n;
+}
+
 /* A fresh pool of class cls for owner: the unit is taken under heap->lock,
  * its memory (header, then every slot: the first touch of its pages) is
  * written after the lock is dropped, so domains that open pools at the same
@@ -116,7 +129,7 @@ void ph_domain_flush_caches(struct ph_domain *d) {
                          h->class_wsize[c] * 8);
     p->free = ac->free;
     p->nfree = ac->nfree;
-    p->nlive = p->nslots - ac->nfree;
+    p->nlive = p->nslots - p->nhole - ac->nfree;
     p->cached = 0;
     if (p->nfree > 0)
       ph_pool_push_avail(h, p);

@@ -18,6 +18,11 @@ int ph_sizeclass_init(struct ph_heap *h) {
   /* heap.pool.bitmap: one bit for each possible slot (2 words at least) */
   size_t bits = (h->pool_size - PH_POOL_HDR) / 16;
   h->pool_hdr = PH_POOL_HDR + ((bits + 511) / 512) * 64;
+  /* heap.pool.holes: at most 64 granules of at least a page per pool */
+  size_t g = ph_os_page_size();
+  if (g < h->pool_size / 64)
+    g = h->pool_size / 64;
+  h->hole_shift = (unsigned)__builtin_ctzl(g);
   size_t pool_words = (h->pool_size - h->pool_hdr) / 8;
   size_t wmax = pool_words / 8;
   if (wmax > PH_MAX_SMALL_WSIZE)

@@ -82,6 +82,7 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
   uint32_t wsize = h->class_wsize[p->cls];
   ph_value *s = (ph_value *)ph_pool_slots(p);
   uint64_t *bits = ph_pool_bits(p);
+  uint64_t holes = ph_pool_holes(p); /* heap.pool.holes */
   uint32_t live = 0;
   uint64_t word = 0, words = 0;
   if (!by_mark && set_bits) {
@@ -111,7 +112,7 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
       }
     }
     if (!dirty) {
-      PH_ASSERT(p->nfree == p->nslots - live);
+      PH_ASSERT(p->nfree == p->nslots - p->nhole - live);
       p->nlive = live;
       if (count_words)
         p->live_words = (uint32_t)words;
@@ -129,6 +130,16 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
     ph_value *slot = s + (size_t)i * wsize;
     if ((char *)slot + PH_SWEEP_AHEAD < end)
       __builtin_prefetch((char *)slot + PH_SWEEP_AHEAD, 1);
+    if (__builtin_expect(ph_slot_in_hole(h, holes, (size_t)wsize * 8, i), 0)) {
+      /* heap.pool.holes: neither live nor free, and not touched (a
+       * prefetch of a decommitted page does not fault it in) */
+      if ((i & 63) == 63 || i + 1 == p->nslots) {
+        if (set_bits)
+          bits[i >> 6] = word;
+        word = 0;
+      }
+      continue;
+    }
     ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);
     /* by mark: the mark bit only; the collector's other colour bit stays
      * (heap.block.header) */
@@ -167,7 +178,7 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
   }
   *tail = 0;
   p->nlive = live;
-  p->nfree = p->nslots - live;
+  p->nfree = p->nslots - p->nhole - live;
   if (count_words)
     p->live_words = (uint32_t)words;
 }
@@ -194,6 +205,8 @@ static void sweep_pool(struct ph_heap *h, ph_pool_worker *w, ph_pool *p) {
     ph_pool_push_avail(h, p);
     w->frag_bytes += (uint64_t)p->nfree * h->class_wsize[p->cls] * 8;
     record_cand(w, p);
+  } else if (p->nhole > 0) {
+    record_cand(w, p); /* full but with holes: to be evacuated whole */
   }
 }
 

@@ -30,10 +30,21 @@ static void check_pool(struct ph_heap *h, ph_check *k, ph_chunk *c,
     ph_check_fail(k, "pool %p: bad header fields", (void *)p);
     return;
   }
-  uint32_t ws = h->class_wsize[p->cls], live = 0, nfree = 0;
+  uint32_t ws = h->class_wsize[p->cls], live = 0, nfree = 0, nhole = 0;
   size_t sb = (size_t)ws * 8;
-  uint64_t words = 0;
+  uint64_t words = 0, holes = c->holes[u];
+  size_t ng = h->pool_size >> h->hole_shift;
+  if ((holes & 1) || (ng < 64 && (holes >> ng)) ||
+      (holes && c->huge != PH_OS_HUGE_NONE)) {
+    ph_check_fail(k, "pool %p: bad holes %#llx", (void *)p,
+                  (unsigned long long)holes);
+    return;
+  }
   for (uint32_t i = 0; i < p->nslots && !k->bad; i++) {
+    if (ph_slot_in_hole(h, holes, sb, i)) { /* heap.pool.holes */
+      nhole++;
+      continue;
+    }
     ph_value b = ph_pool_block(h, p, i);
     ph_value hd = *ph_hp(b);
     if (hd == 0) { /* a free slot (pools.header) */
@@ -51,9 +62,10 @@ static void check_pool(struct ph_heap *h, ph_check *k, ph_chunk *c,
   }
   if (k->bad)
     return;
-  if (live != p->nlive || nfree != p->nfree) {
-    ph_check_fail(k, "pool %p: counts live %u free %u, recount %u %u",
-                  (void *)p, p->nlive, p->nfree, live, nfree);
+  if (live != p->nlive || nfree != p->nfree || nhole != p->nhole) {
+    ph_check_fail(k,
+                  "pool %p: counts live %u free %u hole %u, recount %u %u %u",
+                  (void *)p, p->nlive, p->nfree, p->nhole, live, nfree, nhole);
     return;
   }
   /* every link is a free slot of this pool, at a slot's start */
@@ -62,7 +74,8 @@ static void check_pool(struct ph_heap *h, ph_check *k, ph_chunk *c,
   for (ph_value f = p->free; f && !k->bad; f = *(ph_value *)f) {
     size_t off = (size_t)((char *)f - 8 - s);
     if ((char *)f < s + 8 || off % sb || off / sb >= p->nslots ||
-        *ph_hp(f) != 0 || ++n > nfree)
+        ph_slot_in_hole(h, holes, sb, (uint32_t)(off / sb)) || *ph_hp(f) != 0 ||
+        ++n > nfree)
       ph_check_fail(k, "pool %p: free list broken at %p", (void *)p, (void *)f);
   }
   if (!k->bad && n != nfree)
@@ -96,6 +109,7 @@ static void check_large(struct ph_heap *h, ph_check *k, ph_chunk *c,
 
 void ph_check_heap_locked(struct ph_heap *h, ph_check *k) {
   uint64_t pools = 0, large = 0, larges = 0, comm = 0, lcomm = 0;
+  uint64_t hbytes = 0, holed = 0;
   for (unsigned i = 0; i < h->nchunks && !k->bad; i++) {
     ph_chunk *c = h->chunks[i];
     if (i > 0 && h->chunks[i - 1]->base + h->chunks[i - 1]->size > c->base)
@@ -107,12 +121,19 @@ void ph_check_heap_locked(struct ph_heap *h, ph_check *k) {
         nfree++;
         if (st == PH_U_FREE_COMM)
           comm += h->pool_size;
+        if (c->holes[u])
+          ph_check_fail(k, "chunk %u: free unit %u has holes", i, u);
         if (u < c->hint)
           ph_check_fail(k, "chunk %u: free unit %u below hint %u", i, u,
                         c->hint);
       } else if (st == PH_U_POOL) {
-        comm += h->pool_size;
+        comm += h->pool_size -
+                ((size_t)__builtin_popcountll(c->holes[u]) << h->hole_shift);
         pools++;
+        if (c->holes[u]) {
+          holed++;
+          hbytes += (size_t)__builtin_popcountll(c->holes[u]) << h->hole_shift;
+        }
         check_pool(h, k, c, u);
       } else if (st == PH_U_LARGE) {
         check_large(h, k, c, u);
@@ -139,6 +160,10 @@ void ph_check_heap_locked(struct ph_heap *h, ph_check *k) {
         k, "unit counters: pools %zu/%llu large %zu/%llu (%zu/%llu bytes)",
         h->pool_units, (unsigned long long)pools, h->large_units,
         (unsigned long long)large, h->large_comm, (unsigned long long)lcomm);
+  if (!k->bad && (hbytes != h->hole_bytes || holed != h->holed_pools))
+    ph_check_fail(k, "holes: %llu bytes in %llu pools, counters %zu %zu",
+                  (unsigned long long)hbytes, (unsigned long long)holed,
+                  h->hole_bytes, h->holed_pools);
   uint64_t oc = atomic_load_explicit(&h->os.committed, memory_order_relaxed);
   if (!k->bad && oc != comm)
     ph_check_fail(k, "committed bytes %llu, units say %llu",

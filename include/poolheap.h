@@ -285,7 +285,7 @@ int ph_finalise(ph_domain *d, ph_value v, ph_final_fn fn, void *user,
 int ph_run_finalisers(ph_domain *d);
 
 /* Pinning (DESIGN.md: gc.pin).  A pinned block does not move: compaction
- * keeps its pool (and every other block of it) in place, until as many
+ * keeps it and its pool in place, until as many
  * ph_unpin as ph_pin calls were made for it.  Pins are counted per heap,
  * not per domain: any attached domain of the heap may pin or unpin any
  * block, and pins survive the pinning domain's detach.  A pinned block is
@@ -293,7 +293,12 @@ int ph_run_finalisers(ph_domain *d);
  * not a block of this heap (0, an immediate, an address that is not field 0
  * of an allocated block) and for ph_unpin of a block that is not pinned;
  * PH_ENOMEM if the pin table cannot grow; PH_ESTATE as ph_finalise.  A
- * refused call changes nothing. */
+ * refused call changes nothing.  With cfg.release PH_RELEASE_KEEP every
+ * other block of a pinned block's pool stays in place too; with the modes
+ * that release memory, a compaction may move them out of the pages that
+ * hold no pinned block (the pool's other pages receive moved blocks first)
+ * and give those pages back to the OS, so a pin costs about the pages it
+ * lies on, not its whole pool (DESIGN.md: compact.pin.holes). */
 int ph_pin(ph_domain *d, ph_value v);
 int ph_unpin(ph_domain *d, ph_value v);
 
@@ -366,7 +371,10 @@ int ph_collect(ph_domain *d);
  * PH_ENOMEM.  It does so on every domain whose ph_compact that section
  * served (concurrent calls coalesced into it, the caller that led it
  * included), and none of them retries: PH_ENOMEM from ph_compact always
- * means that no compaction happened for that call (the collection did). */
+ * means that no compaction happened for that call (the collection did).
+ * Releasing memory (cfg.release not PH_RELEASE_KEEP), a compaction may move
+ * the unpinned blocks of a pool holding a pinned block out of the pages
+ * that hold none, and give those pages back to the OS (ph_pin). */
 int ph_compact(ph_domain *d);
 /* Stop the world and check every invariant.  PH_OK, or PH_ECORRUPT with a
  * description written to why (if why_size > 0). */
@@ -379,7 +387,9 @@ typedef struct ph_stats {
   uint64_t live_bytes;      /* sum of (wosize+1)*8 over blocks found live by
                                the last collection */
   uint64_t live_blocks;     /* blocks found live by the last collection */
-  uint64_t pool_bytes;      /* bytes of pools in use (holding blocks) */
+  uint64_t pool_bytes;      /* bytes of pools in use (holding blocks);
+                               pages a compaction gave back from pools that
+                               keep pinned blocks are not counted */
   uint64_t free_pool_bytes; /* bytes of committed pool memory not in use */
   uint64_t large_bytes;     /* bytes of memory holding large blocks (their
                                committed pages, not whole units) */

@@ -3,8 +3,14 @@
  * A pinned block keeps its address through compactions that evacuate the
  * rest of its size class (its pool is kept, in every scope), is kept alive,
  * is counted, needs as many unpins as pins, survives its domain's detach
- * and can be unpinned from another domain; bad input changes nothing. */
+ * and can be unpinned from another domain; bad input changes nothing.
+ * Releasing memory, a pinned pool keeps only the pages of its header and
+ * pinned blocks, filled with moved blocks, and gives the others back
+ * (compact.pin.holes); once unpinned, such a pool goes away whole. */
 #include "test_util.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
 
 static ph_value node(ph_domain *d, intptr_t id) {
   ph_value v = ph_alloc(d, 3, 0);
@@ -275,6 +281,277 @@ static void test_bogus_while_allocating(void **state) {
   tu_env_close(&e);
 }
 
+/* ------------------------------------------- compact.pin.holes */
+
+/* Resident bytes of the pool units at pools[0..n) (mincore). */
+static size_t resident_units(const ph_value *pools, size_t n,
+                             size_t pool_size) {
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE), res = 0;
+  unsigned char *vec = malloc(pool_size / pg);
+  assert_non_null(vec);
+  for (size_t i = 0; i < n; i++) {
+    assert_int_equal(mincore((void *)pools[i], pool_size, vec), 0);
+    for (size_t k = 0; k < pool_size / pg; k++)
+      res += (vec[k] & 1) ? pg : 0;
+  }
+  free(vec);
+  return res;
+}
+
+/* The block of survivor j: fields j, a mix of j, and j's pool number. */
+static ph_value holes_node(ph_domain *d, intptr_t j) {
+  ph_value v = ph_alloc(d, 3, 0);
+  assert_true(v != 0);
+  ph_set_field(v, 0, ph_val_int(j));
+  ph_set_field(v, 1, ph_val_int(j * 7919 % 1000003));
+  ph_set_field(v, 2, ph_val_int(-j));
+  return v;
+}
+
+static void holes_check(ph_value *arr, size_t ns) {
+  for (size_t j = 0; j < ns; j++) {
+    ph_value v = ph_field(*arr, j);
+    assert_int_equal(ph_int_val(ph_field(v, 0)), (intptr_t)j);
+    assert_int_equal(ph_int_val(ph_field(v, 1)), (intptr_t)j * 7919 % 1000003);
+    assert_int_equal(ph_int_val(ph_field(v, 2)), -(intptr_t)j);
+  }
+}
+
+/* n blocks of 3 fields, 1 in 5 survives (a fifth of every pool); with
+ * pins, one survivor in the middle part of every pool is pinned.  Returns
+ * the committed bytes after the first compaction (release mode rel); with
+ * pins, then goes on: allocation, a second collection and compaction,
+ * unpinning and a third compaction.  Resident pages are checked where the
+ * mode returns them at once (DECOMMIT, UNMAP); with KEEP, no pinned pool
+ * gives anything: every block of it stays in place. */
+static size_t sparse_heap(int pin, ph_release_mode rel) {
+  ph_config cfg;
+  ph_config_init(&cfg);
+  cfg.gc_percent = 0;
+  cfg.release = rel;
+  int now = rel == PH_RELEASE_DECOMMIT || rel == PH_RELEASE_UNMAP;
+  ph_heap *h;
+  ph_domain *d;
+  assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
+  assert_int_equal(ph_domain_attach(h, &d), PH_OK);
+  const size_t n = tu_scale(200000, 4), ns = n / 5;
+  const ph_value mask = ~(ph_value)(cfg.pool_size - 1);
+  size_t m = ph_scope_open(d);
+  ph_value *arr = ph_root(d, ph_alloc(d, ns, 0));
+  ph_value *pins = calloc(ns, sizeof *pins), *pools = calloc(ns, sizeof *pools);
+  size_t *pin_j = calloc(ns, sizeof *pin_j), *pool_of = calloc(ns, 8);
+  ph_value *old = calloc(ns, sizeof *old);
+  assert_true(pins && pools && pin_j && pool_of && old);
+  size_t npin = 0, in_pool = 0;
+  for (size_t i = 0; i < n; i++) {
+    ph_value x = holes_node(d, (intptr_t)(i / 5));
+    if (i % 5)
+      continue;
+    ph_set_field(*arr, i / 5, x);
+    old[i / 5] = x;
+    if (npin == 0 || (x & mask) != pools[npin - 1]) {
+      pools[npin++] = x & mask; /* a new pool */
+      pins[npin - 1] = 0;
+      in_pool = 0;
+    }
+    pool_of[i / 5] = npin - 1;
+    /* the (37 k mod 140 + 30)th survivor of the k-th pool */
+    if (pin && in_pool++ == (npin * 37) % 140 + 30) {
+      pins[npin - 1] = x;
+      pin_j[npin - 1] = i / 5;
+      assert_int_equal(ph_pin(d, x), PH_OK);
+    }
+  }
+  for (size_t j = 0; j < ns; j++) /* 1: in a pool with a pinned block */
+    pool_of[j] = pins[pool_of[j]] != 0;
+  size_t np = 0; /* the pools with a pinned block */
+  for (size_t k = 0; k < npin; k++)
+    if (pins[k]) {
+      pins[np] = pins[k];
+      pin_j[np] = pin_j[k];
+      pools[np++] = pools[k];
+    }
+  assert_true(!pin || np * 10 >= npin * 9); /* nearly every pool */
+  ph_stats st;
+  assert_int_equal(ph_compact(d), PH_OK);
+  assert_int_equal(ph_stats_get(h, &st), PH_OK);
+  size_t committed = st.committed_bytes;
+  holes_check(arr, ns);
+  tu_verify_ok(d);
+  if (!pin || rel == PH_RELEASE_KEEP) {
+    for (size_t j = 0; pin && j < ns; j++) /* KEEP: the pools stay whole */
+      assert_true(!pool_of[j] || ph_field(*arr, j) == old[j]);
+    if (pin)
+      assert_int_equal(resident_units(pools, np, cfg.pool_size),
+                       np * cfg.pool_size);
+    ph_scope_close(d, m);
+    free(pins);
+    free(pools);
+    free(pin_j);
+    free(pool_of);
+    free(old);
+    tu_env_close(&(tu_env){h, d});
+    return committed;
+  }
+  /* the pinned blocks stayed; their pools gave the pages left without a
+   * block: at most the header's page and the pinned block's two */
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+  for (size_t k = 0; k < np; k++)
+    assert_true(ph_field(*arr, pin_j[k]) == pins[k]);
+  size_t res = resident_units(pools, np, cfg.pool_size);
+  printf("pinned pools %zu: resident %zu KiB of %zu KiB; committed %zu KiB\n",
+         np, res / 1024, np * cfg.pool_size / 1024, committed / 1024);
+  assert_true(!now || res <= np * 3 * pg);
+  /* allocation, a second collection and compaction */
+  ph_value *more = ph_root(d, ph_alloc(d, n / 2, 0));
+  for (size_t i = 0; i < n; i++) {
+    ph_value x = holes_node(d, (intptr_t)i);
+    if (i % 2 == 0)
+      ph_set_field(*more, i / 2, x);
+  }
+  assert_int_equal(ph_collect(d), PH_OK);
+  tu_verify_ok(d);
+  assert_int_equal(ph_compact(d), PH_OK);
+  tu_verify_ok(d);
+  holes_check(arr, ns);
+  for (size_t i = 0; i < n / 2; i++)
+    assert_int_equal(ph_int_val(ph_field(ph_field(*more, i), 0)),
+                     (intptr_t)(2 * i));
+  for (size_t k = 0; k < np; k++)
+    assert_true(ph_field(*arr, pin_j[k]) == pins[k]);
+  assert_true(!now || resident_units(pools, np, cfg.pool_size) <= np * 3 * pg);
+  /* unpinned, the pools with holes go away whole (into the room that 3 in
+   * 4 of the other blocks leave) */
+  for (size_t i = 0; i < n / 2; i++)
+    if (i % 4)
+      ph_set_field(*more, i, ph_val_int(0));
+  for (size_t k = 0; k < np; k++)
+    assert_int_equal(ph_unpin(d, pins[k]), PH_OK);
+  assert_int_equal(ph_compact(d), PH_OK);
+  tu_verify_ok(d);
+  holes_check(arr, ns);
+  for (size_t i = 0; i < n / 2; i += 4)
+    assert_int_equal(ph_int_val(ph_field(ph_field(*more, i), 0)),
+                     (intptr_t)(2 * i));
+  size_t gone = 0;
+  for (size_t k = 0; k < np; k++)
+    gone += (ph_field(*arr, pin_j[k]) & mask) != pools[k];
+  assert_int_equal(gone, np);
+  assert_true(!now || resident_units(pools, np, cfg.pool_size) == 0);
+  ph_scope_close(d, m);
+  free(pins);
+  free(pools);
+  free(pin_j);
+  free(pool_of);
+  free(old);
+  tu_env_close(&(tu_env){h, d});
+  return committed;
+}
+
+/* compact.pin.holes: one pinned block in every pool of a sparse heap costs
+ * about what the unpinned heap keeps (each pinned pool keeps its header's
+ * page and its pinned block's, filled with evacuees), not every pool. */
+static void pools_give_pages(ph_release_mode rel) {
+  size_t unpinned = sparse_heap(0, rel), pinned = sparse_heap(1, rel);
+  printf("committed after compaction: unpinned %zu KiB, pinned %zu KiB\n",
+         unpinned / 1024, pinned / 1024);
+  assert_true(pinned * 4 <= unpinned * 5);
+}
+
+static void test_pinned_pools_give_pages(void **state) {
+  (void)state;
+  pools_give_pages(PH_RELEASE_DECOMMIT);
+}
+
+static void test_pinned_pools_give_pages_lazy_unmap(void **state) {
+  (void)state;
+  pools_give_pages(PH_RELEASE_LAZY);
+  pools_give_pages(PH_RELEASE_UNMAP);
+}
+
+/* With PH_RELEASE_KEEP a pinned block's pool is kept whole (ph_pin). */
+static void test_pinned_pools_keep_whole(void **state) {
+  (void)state;
+  sparse_heap(1, PH_RELEASE_KEEP);
+}
+
+/* compact.pin.holes under OS refusals: a compaction whose decommits are all
+ * refused makes no hole (the blocks that left are gone from the pools all
+ * the same, their slots free); a pool with holes freed while commits are
+ * refused gives its other pages back instead (heap.pool.holes).  The heap
+ * stays consistent (ph_verify recounts the committed bytes) throughout. */
+static void test_pinned_pools_os_refusals(void **state) {
+  (void)state;
+  ph_config cfg;
+  ph_config_init(&cfg);
+  cfg.gc_percent = 0;
+  ph_heap *h;
+  ph_domain *d;
+  assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
+  assert_int_equal(ph_domain_attach(h, &d), PH_OK);
+  const size_t n = tu_scale(100000, 4), ns = n / 5;
+  const ph_value mask = ~(ph_value)(cfg.pool_size - 1);
+  size_t m = ph_scope_open(d);
+  ph_value *arr = ph_root(d, ph_alloc(d, ns, 0));
+  ph_value *pins = calloc(ns, sizeof *pins), *pools = calloc(ns, sizeof *pools);
+  assert_true(pins && pools);
+  size_t np = 0, in_pool = 0;
+  for (size_t i = 0; i < n; i++) {
+    ph_value x = holes_node(d, (intptr_t)(i / 5));
+    if (i % 5)
+      continue;
+    ph_set_field(*arr, i / 5, x);
+    if (np == 0 || (x & mask) != pools[np - 1]) {
+      pools[np++] = x & mask;
+      in_pool = 0;
+    }
+    if (in_pool++ == 100) {
+      pins[np - 1] = x;
+      assert_int_equal(ph_pin(d, x), PH_OK);
+    }
+  }
+  size_t k = 0;
+  for (size_t i = 0; i < np; i++)
+    if (pins[i]) {
+      pins[k] = pins[i];
+      pools[k++] = pools[i];
+    }
+  np = k;
+  /* every decommit refused: no hole, nothing lost */
+  ph_os_fault_set(PH_OS_OP_DECOMMIT, 1, 1);
+  assert_int_equal(ph_compact(d), PH_OK);
+  assert_true(ph_os_fault_hits() > 0);
+  ph_os_fault_set(0, 0, 0);
+  tu_verify_ok(d);
+  holes_check(arr, ns);
+  assert_int_equal(resident_units(pools, np, cfg.pool_size),
+                   np * cfg.pool_size);
+  /* then holes */
+  assert_int_equal(ph_compact(d), PH_OK);
+  tu_verify_ok(d);
+  holes_check(arr, ns);
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+  assert_true(resident_units(pools, np, cfg.pool_size) <= np * 3 * pg);
+  /* every block dies, every commit refused: the pools with holes are freed
+   * all the same */
+  for (size_t i = 0; i < np; i++)
+    assert_int_equal(ph_unpin(d, pins[i]), PH_OK);
+  for (size_t j = 0; j < ns; j++)
+    ph_set_field(*arr, j, ph_val_int(0));
+  ph_os_fault_set(PH_OS_OP_COMMIT, 1, 1);
+  assert_int_equal(ph_collect(d), PH_OK);
+  assert_true(ph_os_fault_hits() > 0);
+  ph_os_fault_set(0, 0, 0);
+  tu_verify_ok(d);
+  ph_stats st;
+  assert_int_equal(ph_stats_get(h, &st), PH_OK);
+  assert_true(st.pool_bytes < np * cfg.pool_size / 8);
+  ph_scope_close(d, m);
+  free(pins);
+  free(pools);
+  tu_env_close(&(tu_env){h, d});
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_pinned_do_not_move_global),
@@ -283,6 +560,10 @@ int main(void) {
       cmocka_unit_test(test_pin_bad_input),
       cmocka_unit_test(test_pin_survives_detach),
       cmocka_unit_test(test_bogus_while_allocating),
+      cmocka_unit_test(test_pinned_pools_give_pages),
+      cmocka_unit_test(test_pinned_pools_give_pages_lazy_unmap),
+      cmocka_unit_test(test_pinned_pools_keep_whole),
+      cmocka_unit_test(test_pinned_pools_os_refusals),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
