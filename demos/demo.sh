@@ -20,7 +20,10 @@
 #   4.   the peers of bench/peers (frag_c.c under glibc malloc, jemalloc and
 #        mimalloc by LD_PRELOAD, and built for Boehm GC; frag.ml on stock
 #        OCaml 5.3 and on OCaml 5.3 with poolheap's shared heap, the two
-#        OCaml rows of 5.); compiled here into build/demo/peers;
+#        OCaml rows of 5.); compiled here into build/demo/peers.
+#        Expected: every peer's checksum is poolheap's; the non-moving peers
+#        keep their RSS; both OCaml runtimes compact, stock's mappings grow
+#        by hundreds (it unmaps pool by pool), poolheap's runtime's do not;
 #   5.   worker(T, S, K) for poolheap with and without compaction and the
 #        peers (worker_c.c), RSS after each task, plotted by gnuplot into
 #        build/demo/worker-rss.png; and the same worker written in OCaml
