@@ -19,7 +19,11 @@
 #        ph_compact, the phase times and the checksums;
 #   4.   the peers of bench/peers (frag_c.c under glibc malloc, jemalloc and
 #        mimalloc by LD_PRELOAD, and built for Boehm GC; frag.ml on stock
-#        OCaml 5.3); compiled here into build/demo/peers;
+#        OCaml 5.3 and on OCaml 5.3 with poolheap's shared heap, the two
+#        OCaml rows of 5.); compiled here into build/demo/peers.
+#        Expected: every peer's checksum is poolheap's; the non-moving peers
+#        keep their RSS; both OCaml runtimes compact, stock's mappings grow
+#        by hundreds (it unmaps pool by pool), poolheap's runtime's do not;
 #   5.   worker(T, S, K) for poolheap with and without compaction and the
 #        peers (worker_c.c), RSS after each task, plotted by gnuplot into
 #        build/demo/worker-rss.png; and the same worker written in OCaml
@@ -228,6 +232,21 @@ preloaded() { # system lib-path out-file binary-key package -- args
     json_err "$sys" "lib$sys.so not found (Debian package $pkg)" "$outf"; FAILED=1
   fi
 }
+# ocaml_rows PROGRAM SOURCE OUT-FILE ENV... -- ARGS...: fragcore.ml + SOURCE
+# run as "ocaml-5.3" (stock) and "ocaml-5.3-poolheap", or for a runtime that
+# --quick found unbuilt one "not shown" line
+ocaml_rows() {
+  local prog=$1 src=$2 outf=$3 side sys
+  shift 3
+  for side in stock poolheap; do
+    sys=ocaml-5.3; [ $side = poolheap ] && sys=ocaml-5.3-poolheap
+    if [ -n "${NOSHOW[$side]:-}" ]; then
+      printf '  %-22s not shown: %s\n' "$sys" "${NOSHOW[$side]}"; continue
+    fi
+    ocaml_peer "${prog}_ocaml53_$side" $side fragcore.ml "$src"
+    run_peer "$sys" "${prog}_ocaml53_$side" "$outf" "$@"
+  done
+}
 
 # ---- 4. the peers on the same frag shape -----------------------------------
 echo
@@ -239,13 +258,9 @@ run_peer glibc frag_c "$FRAG" -- "${FRAG_ARGS[@]}"
 preloaded jemalloc "$JEMALLOC" "$FRAG" frag_c libjemalloc2 -- "${FRAG_ARGS[@]}"
 preloaded mimalloc "$MIMALLOC" "$FRAG" frag_c libmimalloc2.0 -- "${FRAG_ARGS[@]}"
 run_peer boehm frag_boehm "$FRAG" -- "${FRAG_ARGS[@]}"
-# OCaml 5.3 (stock): built above in the full demo, only if cached in --quick
-if [ -n "${NOSHOW[stock]:-}" ]; then
-  printf '  %-22s not shown: %s\n' ocaml-5.3 "${NOSHOW[stock]}"
-else
-  ocaml_peer frag_ocaml53 stock fragcore.ml frag.ml
-  run_peer ocaml-5.3 frag_ocaml53 "$FRAG" OCAML_RUNTIME_EVENTS_DIR="$OUT/events" -- "${FRAG_ARGS[@]}"
-fi
+# frag.ml on OCaml 5.3, stock and on poolheap: built above in the full demo,
+# only if cached in --quick
+ocaml_rows frag frag.ml "$FRAG" OCAML_RUNTIME_EVENTS_DIR="$OUT/events" -- "${FRAG_ARGS[@]}"
 if [ -x "$REPO/build/peers/frag_ocaml4" ] && command -v ocamlopt >/dev/null; then
   run_peer "ocaml-$(ocamlopt -version)" "$REPO/build/peers/frag_ocaml4" "$FRAG" \
     OCAMLRUNPARAM=O=1000000 -- "${FRAG_ARGS[@]}"
@@ -273,14 +288,7 @@ preloaded jemalloc "$JEMALLOC" "$WORK" worker_c libjemalloc2 -- "${WARGS[@]}"
 preloaded mimalloc "$MIMALLOC" "$WORK" worker_c libmimalloc2.0 -- "${WARGS[@]}"
 run_peer boehm worker_boehm "$WORK" -- "${WARGS[@]}"
 # bench/peers/worker.ml: the same worker in OCaml, Gc.compact after each task
-for side in stock poolheap; do
-  sys=ocaml-5.3; [ $side = poolheap ] && sys=ocaml-5.3-poolheap
-  if [ -n "${NOSHOW[$side]:-}" ]; then
-    printf '  %-22s not shown: %s\n' "$sys" "${NOSHOW[$side]}"; continue
-  fi
-  ocaml_peer "worker_ocaml53_$side" $side fragcore.ml worker.ml
-  run_peer "$sys" "worker_ocaml53_$side" "$WORK" -- "${WARGS[@]}"
-done
+ocaml_rows worker worker.ml "$WORK" -- "${WARGS[@]}"
 
 "$BIN/demo_report" --worker "$WORK" --section worker --plot "$OUT" \
   --title "worker(T = $T, S = ${S%M} MiB, K = $WK)" || FAILED=1

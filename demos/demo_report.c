@@ -191,16 +191,21 @@ static int is_malloc_peer(const char *s) {
 static void section_frag(void) {
   const frag_row *ph = frag_sys("poolheap");
   uint64_t ph_sum = ph && !ph->error[0] ? jint(ph->line, "checksum_before") : 0;
+  /* the system column: 12 characters, or the longest name shown */
+  int sw = 12;
+  for (int i = 0; i < nfrag; i++)
+    if ((int)strlen(frag[i].system) > sw)
+      sw = (int)strlen(frag[i].system);
   printf("\n");
-  printf("  %-12s %-20s %-21s %8s %29s %8s %9s  %s\n", "", "", "", "",
+  printf("  %-*s %-20s %-21s %8s %29s %8s %9s  %s\n", sw, "", "", "", "",
          "------- RSS (MiB) --------", "", "mappings", "");
-  printf("  %-12s %-20s %-21s %8s %9s %9s %9s %8s %9s  %s\n", "system",
+  printf("  %-*s %-20s %-21s %8s %9s %9s %9s %8s %9s  %s\n", sw, "system",
          "drop the garbage", "give memory back", "build ms", "built", "dropped",
          "after", "call ms", "bef>after", "checksum");
   for (int i = 0; i < nfrag; i++) {
     const frag_row *r = &frag[i];
     if (r->error[0]) {
-      printf("  %-12s NOT RUN: %s\n", r->system, r->error);
+      printf("  %-*s NOT RUN: %s\n", sw, r->system, r->error);
       continue;
     }
     const char *l = r->line;
@@ -218,7 +223,7 @@ static void section_frag(void) {
                (unsigned long long)sb);
     char maps[32];
     snprintf(maps, sizeof maps, "%.0f>%.0f", maps_b, jget(l, "maps_after", 0));
-    printf("  %-12s %-20s %-21s %8.0f %9.1f %9.1f %9.1f %8.1f %9s  %s\n",
+    printf("  %-*s %-20s %-21s %8.0f %9.1f %9.1f %9.1f %8.1f %9s  %s\n", sw,
            r->system, drop_call(r->system), release_call(r->system),
            jget(l, "build_ms", 0), DEMO_MB(built),
            DEMO_MB(jget(l, "rss_collected", 0)),
