@@ -296,7 +296,8 @@ struct ph_heap {
   unsigned nchunks;
   size_t pool_units, large_units; /* units in use */
   size_t large_comm;              /* bytes committed by large blocks */
-  ph_slot *slots;                 /* cfg.max_domains */
+  int reuse_committed; /* heap.unit.reuse: pools take committed units first */
+  ph_slot *slots;      /* cfg.max_domains */
 
   /* the current stop-the-world section as the pool layer sees it */
   ph_section sec;

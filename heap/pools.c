@@ -147,6 +147,7 @@ int php_heap_create(const php_config *cfg, php_heap **out) {
   c->pool_shift = (unsigned)__builtin_ctzl(cfg->pool_size);
   c->pool_mask = ~(uintptr_t)(cfg->pool_size - 1);
   c->commit_cap = ph_os_commit_cap();
+  c->reuse_committed = 1; /* heap.unit.reuse */
   ph_sizeclass_init(c);
   for (unsigned k = 0; k < c->nclasses; k++) {
     uint64_t sb = (uint64_t)c->class_wsize[k] * 8;
