@@ -256,6 +256,31 @@ static int take_locked(struct ph_heap *h, size_t n, size_t bytes, int state,
                        size_t *comm_out) {
   ph_chunk *grown = NULL;
   int err = PH_ENOMEM, refused = PH_OK;
+  /* heap.unit.reuse: a pool takes a free committed unit (a freed pool's,
+   * resident) before an uncommitted one in any chunk; new chunks are
+   * usually mapped below the old ones, so first fit alone would touch a new
+   * chunk's pages while the freed ones stay resident.  Searched only while
+   * the accounting says free committed units exist. */
+  if (h->reuse_committed && n == 1 && !bytes &&
+      atomic_load_explicit(&h->os.committed, memory_order_relaxed) >
+          ((h->pool_units << h->pool_shift) + h->large_comm)) {
+    for (unsigned i = 0; i < h->nchunks; i++) {
+      ph_chunk *c = h->chunks[i];
+      if (c->nfree == 0)
+        continue;
+      for (uint32_t u = c->hint; u < c->nunits; u++) {
+        if (c->ustate[u] != PH_U_FREE_COMM)
+          continue;
+        c->ustate[u] = (uint8_t)state;
+        c->nfree--;
+        advance_hint(c);
+        *chunk_out = c;
+        *unit_out = u;
+        *comm_out = h->pool_size;
+        return PH_OK;
+      }
+    }
+  }
   for (int attempt = 0; attempt < 2; attempt++) {
     for (unsigned i = 0; i < h->nchunks; i++) {
       ph_chunk *c = h->chunks[i];

@@ -308,9 +308,10 @@ struct ph_heap {
   unsigned nchunks;
   size_t pool_units, large_units; /* units in use */
   size_t large_comm;              /* bytes committed by large blocks */
-  size_t hole_bytes;  /* heap.pool.holes: bytes of pools decommitted */
-  size_t holed_pools; /* pools with holes */
-  ph_slot *slots;     /* cfg.max_domains */
+  size_t hole_bytes;   /* heap.pool.holes: bytes of pools decommitted */
+  size_t holed_pools;  /* pools with holes */
+  int reuse_committed; /* heap.unit.reuse: pools take committed units first */
+  ph_slot *slots;      /* cfg.max_domains */
 
   /* the current stop-the-world section as the pool layer sees it */
   ph_section sec;

@@ -107,6 +107,8 @@ static int config_valid(const php_config *c) {
     return 0;
   if (c->heap_limit && c->heap_limit < c->pool_size)
     return 0;
+  if (c->alloc_sweep > PHP_ALLOC_SWEEP_AVAIL)
+    return 0;
   return 1;
 }
 
@@ -131,6 +133,8 @@ int php_heap_create(const php_config *cfg, php_heap **out) {
   }
   h->cfg = *cfg;
   h->core = c;
+  h->on_free_filter = (cfg->on_free_tags[0] | cfg->on_free_tags[1] |
+                       cfg->on_free_tags[2] | cfg->on_free_tags[3]) != 0;
   memset(&c->cfg, 0, sizeof c->cfg); /* the fields the units read */
   c->cfg.max_domains = 1;
   c->cfg.compact_scope = PH_COMPACT_GLOBAL;
@@ -143,6 +147,7 @@ int php_heap_create(const php_config *cfg, php_heap **out) {
   c->pool_shift = (unsigned)__builtin_ctzl(cfg->pool_size);
   c->pool_mask = ~(uintptr_t)(cfg->pool_size - 1);
   c->commit_cap = ph_os_commit_cap();
+  c->reuse_committed = 1; /* heap.unit.reuse */
   ph_sizeclass_init(c);
   for (unsigned k = 0; k < c->nclasses; k++) {
     uint64_t sb = (uint64_t)c->class_wsize[k] * 8;
@@ -281,6 +286,21 @@ int php_last_error(const php_owner *o) {
   return ok_owner(o) ? o->last_error : PH_EINVAL;
 }
 
+int php_owner_sweep_work(php_owner *o, intptr_t *alloc_work,
+                         uint64_t *freed_words) {
+  if (!ok_owner(o))
+    return PH_EINVAL;
+  if (php_tls_callback)
+    return PH_ESTATE;
+  if (alloc_work)
+    *alloc_work = o->alloc_sweep_work;
+  if (freed_words)
+    *freed_words = o->freed_words;
+  o->alloc_sweep_work = 0;
+  o->freed_words = 0;
+  return PH_OK;
+}
+
 int php_owner_counters(const php_owner *o, php_counters *out) {
   if (!ok_owner(o) || !out)
     return PH_EINVAL;
@@ -393,6 +413,11 @@ int php_owner_destroy(php_owner *o) {
 void php_call_on_free(struct php_heap *h, ph_value b) {
   if (!h->cfg.on_free)
     return;
+  if (h->on_free_filter) { /* pools.sweep: only the tags asked for */
+    unsigned t = php_hd_tag(php_hd_load(b));
+    if (!(h->cfg.on_free_tags[t / 64] >> (t % 64) & 1))
+      return;
+  }
   php_tls_callback = 1;
   h->cfg.on_free(b, h->cfg.on_free_user);
   php_tls_callback = 0;
@@ -429,12 +454,14 @@ static void owner_sweep_pool(struct php_owner *o, ph_pool *p) {
                         0, 1, NULL);
   counters_add(&o->c, &before, -1);
   if (p->nlive == 0) {
+    o->freed_words += before.pool_live_words;
     pthread_mutex_lock(&h->core->lock);
     free_pool_locked(h, p);
     pthread_mutex_unlock(&h->core->lock);
     return;
   }
   php_counters after = pool_counts(h, p);
+  o->freed_words += before.pool_live_words - after.pool_live_words;
   counters_add(&o->c, &after, 1);
   ph_pool **l = p->free ? &o->avail[p->cls] : &o->full[p->cls];
   p->next = *l;
@@ -473,6 +500,7 @@ static intptr_t owner_sweep_large(struct php_owner *o, php_large *l) {
   pthread_mutex_unlock(&h->core->lock);
   if (freed) {
     counters_add(&o->c, &lc, -1);
+    o->freed_words += lc.large_words;
   } else {
     l->next = o->large;
     o->large = l;
@@ -534,12 +562,16 @@ int php_cycle(php_owner *o) {
 /* pools.alloc: a pool with room for class cls on top of o->avail[cls]. */
 static ph_pool *find_pool(struct php_owner *o, unsigned cls) {
   struct php_heap *h = o->h;
-  while (!o->avail[cls] && (o->unswept_avail[cls] || o->unswept_full[cls])) {
+  /* PHP_ALLOC_SWEEP_AVAIL: the full ones are php_sweep's (OCaml's policy) */
+  int full = h->cfg.alloc_sweep == PHP_ALLOC_SWEEP_ALL;
+  while (!o->avail[cls] &&
+         (o->unswept_avail[cls] || (full && o->unswept_full[cls]))) {
     ph_pool **l =
         o->unswept_avail[cls] ? &o->unswept_avail[cls] : &o->unswept_full[cls];
     ph_pool *p = *l;
     *l = p->next;
     owner_sweep_pool(o, p);
+    o->alloc_sweep_work += (intptr_t)pool_words(h);
   }
   if (o->avail[cls])
     return o->avail[cls];

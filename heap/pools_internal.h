@@ -57,7 +57,10 @@ struct php_owner {
   php_large *large, *unswept_large;
   unsigned next_to_sweep; /* first class that may have unswept pools */
   php_counters c;
-  uint32_t index; /* in the heap's owner table (pools.owner) */
+  /* pools.sweep.work: since the last php_owner_sweep_work */
+  intptr_t alloc_sweep_work; /* words php_alloc's sweeps worked through */
+  uint64_t freed_words;      /* words o's sweeps freed */
+  uint32_t index;            /* in the heap's owner table (pools.owner) */
   struct php_owner *prev_owner, *next_owner; /* heap->owners (lock) */
 };
 
@@ -78,6 +81,7 @@ struct php_compact;
 struct php_heap {
   uint32_t sig;
   php_config cfg;
+  int on_free_filter;   /* cfg.on_free_tags has a bit set (pools.sweep) */
   struct ph_heap *core; /* chunks, units, size classes, lock, OS layer */
   _Atomic unsigned garbage;
   struct php_owner *owners; /* (core->lock) */

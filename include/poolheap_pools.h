@@ -179,7 +179,8 @@ typedef struct php_heap php_heap;
 typedef struct php_owner php_owner;
 
 /* Sees a block the pool layer is about to free (a sweep found its colour to
- * be the garbage colour), before its header and fields are overwritten.  It
+ * be the garbage colour), before its header and fields are overwritten;
+ * with php_config.on_free_tags set, only the blocks of those tags.  It
  * runs on the thread that sweeps (the owner's, or a compaction
  * participant's) and must not call into the pool layer (refused). */
 typedef void (*php_free_fn)(ph_value block, void *user);
@@ -193,7 +194,32 @@ typedef struct php_config {
   size_t retain;           /* free pool bytes kept committed, default 0 */
   php_free_fn on_free;     /* NULL: nothing is told (default) */
   void *on_free_user;
+  /* Fields added later: zero (php_config_init) keeps the meaning the fields
+   * above always had.
+   *
+   * What php_alloc sweeps when its class has no swept pool with room:
+   * PHP_ALLOC_SWEEP_ALL (0, default): the owner's unswept pools of the
+   * class until one has room, those that had room when php_cycle made them
+   * unswept first, then the full ones.  PHP_ALLOC_SWEEP_AVAIL: only those
+   * that had room; the full ones are left to php_sweep, and the allocation
+   * adopts an orphaned pool or takes a new one instead (OCaml 5.3's own
+   * policy: its heap grows while a cycle's sweep is under way, and OCaml's
+   * pacing, which scales with the heap's size, then sees the heap stock
+   * OCaml would have).  Other values: PH_EINVAL. */
+  unsigned alloc_sweep;
+  /* The tags of the blocks on_free is told about: tag t is bit t % 64 of
+   * on_free_tags[t / 64].  All zero (default): every freed block.  OCaml
+   * sets Custom_tag alone (its finalizers): the sweep then calls nothing
+   * for any other block.  The counters and php_owner_sweep_work count every
+   * freed block either way. */
+  uint64_t on_free_tags[4];
 } php_config;
+
+/* php_config.alloc_sweep */
+enum {
+  PHP_ALLOC_SWEEP_ALL = 0,
+  PHP_ALLOC_SWEEP_AVAIL = 1,
+};
 
 /* Fill *cfg with the defaults (nothing if cfg is NULL). */
 void php_config_init(php_config *cfg);
@@ -249,11 +275,25 @@ php_heap *php_owner_heap(const php_owner *o);
  * (wosize 0 or > PH_MAX_WOSIZE, header_bits > 1023, o NULL), PH_ENOMEM (the
  * OS refused, or heap_limit), PH_ESTATE (from a callback).  With no swept
  * pool with room in the class, it first sweeps o's unswept pools of that
- * class until one has room (as OCaml does: on_free sees what they free),
- * then adopts an orphaned pool with free slots, then takes a new unit. */
+ * class until one has room (as OCaml does: on_free sees what they free;
+ * with php_config.alloc_sweep PHP_ALLOC_SWEEP_AVAIL only those that had
+ * room; php_owner_sweep_work tells the work), then adopts an orphaned pool
+ * with free slots, then takes a new unit. */
 ph_value php_alloc(php_owner *o, size_t wosize, unsigned header_bits);
 /* The error of the last failing php_alloc on o (PH_OK if none failed). */
 int php_last_error(const php_owner *o);
+
+/* The sweeping done on o since the last call, then set back to 0 (a NULL
+ * pointer skips that figure, which is reset all the same): *alloc_work, the
+ * words of work php_alloc did sweeping pools to find room (a pool's words
+ * per pool swept, as php_sweep counts its work; OCaml adds it to its
+ * major_work_done_between_slices, as its own allocator does, so that its
+ * pacing counts it); *freed_words, the words (wosize + 1) of the pool
+ * blocks and the words of the large blocks' units that o's sweeps freed
+ * (php_sweep's, php_alloc's, php_owner_orphan's; OCaml's swept_words).
+ * PH_EINVAL for a bad owner; PH_ESTATE from a callback. */
+int php_owner_sweep_work(php_owner *o, intptr_t *alloc_work,
+                         uint64_t *freed_words);
 
 /* -------------------------------------------------------------- sweeping */
 

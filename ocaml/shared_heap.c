@@ -131,21 +131,17 @@ static int pho_env_choice(const char *name, const char *const *names,
   return dflt;
 }
 
-/* The pool layer's on_free: a block of the garbage colour is about to be
- * freed (by its owner's sweep, an allocation's sweep, an orphaning or a
- * compaction).  Custom blocks' finalizers run here, on the sweeping
- * domain's thread, as OCaml's sweeper runs them. */
+/* The pool layer's on_free, for custom blocks only (on_free_tags): a block
+ * of the garbage colour is about to be freed (by its owner's sweep, an
+ * allocation's sweep, an orphaning or a compaction).  Its finalizer runs
+ * here, on the sweeping domain's thread, as OCaml's sweeper runs it.  The
+ * words freed reach swept_words through php_owner_sweep_work. */
 static void pho_on_free(ph_value block, void *user) {
+  (void)user;
   value v = (value)block;
-  header_t hd = Hd_val(v);
-  if (Tag_hd(hd) == Custom_tag) {
-    void (*final_fun)(value) = Custom_ops_val(v)->finalize;
-    if (final_fun != NULL)
-      final_fun(v);
-  }
-  caml_domain_state *d = Caml_state_opt;
-  if (d != NULL)
-    d->swept_words += Whsize_hd(hd);
+  void (*final_fun)(value) = Custom_ops_val(v)->finalize;
+  if (final_fun != NULL)
+    final_fun(v);
 }
 
 static void pho_create_heap(void) {
@@ -162,6 +158,11 @@ static void pho_create_heap(void) {
   cfg.heap_limit = pho_env_bytes("POOLHEAP_HEAP_LIMIT", 0);
   cfg.on_free = pho_on_free;
   cfg.on_free_user = NULL;
+  cfg.on_free_tags[Custom_tag / 64] = (uint64_t)1 << (Custom_tag % 64);
+  /* OCaml's allocator sweeps only the pools that had room; with the full
+   * ones left to caml_sweep the heap grows during a cycle's sweep as
+   * stock's does, and so does the heap size OCaml paces its cycles by */
+  cfg.alloc_sweep = PHP_ALLOC_SWEEP_AVAIL;
   pho_init_error = php_heap_create(&cfg, &pho_heap);
   if (pho_init_error == PH_OK)
     pho_init_error = php_set_colours(
@@ -236,6 +237,17 @@ static void pho_verify_swept(struct caml_heap_state *local);
 
 intnat caml_sweep(struct caml_heap_state *local, intnat work) {
   intnat left = php_sweep(local->owner, work);
+  /* the sweeping the allocations did since the last call counts as major
+   * work, as stock's allocator counts it; it is taken here, in the domain's
+   * next caml_sweep (allocations sweep only while something is unswept,
+   * and the caml_sweep that finishes the sweep comes after them); what the
+   * sweeps freed is the domain's swept_words */
+  intptr_t alloc_work = 0;
+  uint64_t freed = 0;
+  if (php_owner_sweep_work(local->owner, &alloc_work, &freed) == PH_OK) {
+    Caml_state->major_work_done_between_slices += alloc_work;
+    Caml_state->swept_words += (intnat)freed;
+  }
   if (caml_params->verify_heap && left > 0)
     pho_verify_swept(local);
   return left;

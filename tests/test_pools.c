@@ -795,6 +795,156 @@ static void test_alloc_sweep(void **state) {
   tu_assert_no_failures();
 }
 
+/* php_config.alloc_sweep and on_free_tags, php_owner_sweep_work: two full
+ * pools of one class, each with one live block and the rest garbage, are
+ * unswept after php_cycle.  An allocation of that class then sweeps a full
+ * pool (PHP_ALLOC_SWEEP_ALL: the pool words stay, one pool's words of work
+ * and its garbage's words reported) or leaves them to php_sweep and takes a
+ * new pool (PHP_ALLOC_SWEEP_AVAIL: no work, nothing freed until php_sweep).
+ * on_free sees only the tags of on_free_tags; freed_words counts every
+ * freed block. */
+enum { T_SEEN = 6, T_UNSEEN = 5 };
+
+static void alloc_sweep_case(unsigned mode) {
+  php_config cfg;
+  php_config_init(&cfg);
+  assert_int_equal(cfg.alloc_sweep, PHP_ALLOC_SWEEP_ALL);
+  cfg.on_free = on_free;
+  cfg.alloc_sweep = mode;
+  cfg.on_free_tags[T_SEEN / 64] = (uint64_t)1 << (T_SEEN % 64);
+  php_heap *h = heap_cfg(&cfg);
+  php_owner *o = owner_new(h);
+  const size_t wo = 3;
+  uint64_t pw = hstats(h).pool_size / 8;
+  php_counters c;
+  /* fill two pools: the first block of each live, the rest garbage */
+  uint64_t garbage = 0, seen = 0;
+  for (size_t i = 0;; i++) {
+    assert_int_equal(php_owner_counters(o, &c), PH_OK);
+    uint64_t pools_before = c.pool_words / pw;
+    unsigned tag = (i & 1) ? T_SEEN : T_UNSEEN;
+    ph_value v = php_alloc(o, wo, (col.garbage << PHP_HD_COLOUR_SHIFT) | tag);
+    assert_true(v != 0);
+    assert_int_equal(php_owner_counters(o, &c), PH_OK);
+    if (c.pool_words / pw != pools_before) {
+      /* the first block of a pool: live (the embedder marks it) */
+      ((ph_value *)v)[-1] = php_hd_make(wo, col.marked, tag);
+      if (c.pool_words / pw == 3)
+        break; /* the third pool holds this one block */
+      continue;
+    }
+    garbage++;
+    seen += tag == T_SEEN;
+  }
+  assert_true(garbage > 10);
+  /* the third pool has room, the first two are full */
+  intptr_t work = -1;
+  uint64_t freed = 1;
+  assert_int_equal(php_owner_sweep_work(o, &work, &freed), PH_OK);
+  assert_int_equal(work, 0);
+  assert_int_equal(freed, 0);
+  assert_int_equal(php_cycle(o), PH_OK);
+  atomic_store(&m_freed, 0);
+  /* use up the third pool (swept by the allocation: it had room), then one
+   * block more: a new pool taken, or a full pool swept */
+  uint64_t extra = 0;
+  for (;;) {
+    ph_value v = php_alloc(o, wo, col.marked << PHP_HD_COLOUR_SHIFT);
+    assert_true(v != 0);
+    extra++;
+    assert_int_equal(php_owner_counters(o, &c), PH_OK);
+    /* (the garbage counts as live until it is swept) */
+    if (c.pool_words != 3 * pw || c.pool_live_blocks != 3 + garbage + extra)
+      break;
+    assert_true(extra < 100000);
+  }
+  assert_int_equal(php_owner_sweep_work(o, &work, &freed), PH_OK);
+  assert_int_equal(php_owner_counters(o, &c), PH_OK);
+  uint64_t swept_now = 0;
+  /* the third pool's sweep (it had room: both policies sweep it) */
+  if (mode == PHP_ALLOC_SWEEP_AVAIL) {
+    assert_int_equal(c.pool_words, 4 * pw);
+    assert_int_equal(work, (intptr_t)pw);
+    assert_int_equal(freed, 0);
+    assert_int_equal(atomic_load(&m_freed), 0);
+  } else {
+    /* one full pool swept: the pool words stay, its garbage is freed */
+    assert_int_equal(c.pool_words, 3 * pw);
+    assert_int_equal(work, 2 * (intptr_t)pw);
+    assert_true(freed > 0 && freed % (wo + 1) == 0);
+    assert_true(freed < garbage * (wo + 1));
+    swept_now = freed / (wo + 1);
+  }
+  /* php_sweep frees the rest; nothing it does is the allocation's work */
+  while (php_sweep(o, 1000) <= 0)
+    ;
+  uint64_t freed2 = 0;
+  assert_int_equal(php_owner_sweep_work(o, &work, &freed2), PH_OK);
+  assert_int_equal(work, 0);
+  assert_int_equal(swept_now * (wo + 1) + freed2, garbage * (wo + 1));
+  /* on_free saw the T_SEEN garbage only */
+  assert_int_equal(atomic_load(&m_freed), seen);
+  assert_int_equal(php_owner_counters(o, &c), PH_OK);
+  assert_int_equal(c.pool_live_blocks, 3 + extra);
+  verify_ok(h);
+  /* a NULL pointer skips a figure; bad owner */
+  assert_int_equal(php_owner_sweep_work(o, NULL, NULL), PH_OK);
+  assert_int_equal(php_owner_sweep_work(NULL, &work, &freed2), PH_EINVAL);
+  heap_end(h, o);
+}
+
+static void test_alloc_sweep_policy(void **state) {
+  (void)state;
+  alloc_sweep_case(PHP_ALLOC_SWEEP_ALL);
+  alloc_sweep_case(PHP_ALLOC_SWEEP_AVAIL);
+  /* an unknown policy is refused */
+  php_config cfg;
+  php_config_init(&cfg);
+  cfg.alloc_sweep = 2;
+  php_heap *h = (php_heap *)0x1;
+  assert_int_equal(php_heap_create(&cfg, &h), PH_EINVAL);
+  assert_ptr_equal(h, (php_heap *)0x1);
+  tu_assert_no_failures();
+}
+
+/* heap.unit.reuse: pools freed by a sweep are taken again before units
+ * never committed.  Round 0 fills some 90 MB of pools (several chunks),
+ * all garbage, and sweeps them free; each later round does the same: the
+ * committed bytes must not grow past round 0's, however the chunks lie
+ * (first fit alone took a lower, newer chunk's fresh units first: 136 MB
+ * committed after round 1 for 92 MB of pools). */
+static void test_unit_reuse(void **state) {
+  (void)state;
+  php_heap *h = heap_new(0);
+  php_owner *o = owner_new(h);
+  size_t n = tu_scale(4000000, 8);
+  uint64_t comm0 = 0;
+  for (int round = 0; round < 3; round++) {
+    for (size_t i = 0; i < n; i++) {
+      ph_value v = php_alloc(o, 2, col.garbage << PHP_HD_COLOUR_SHIFT);
+      assert_true(v != 0);
+      ((ph_value *)v)[0] = PH_UNIT;
+      ((ph_value *)v)[1] = PH_UNIT;
+    }
+    php_heap_stats st = hstats(h);
+    if (round == 0)
+      comm0 = st.committed_bytes;
+    else if (st.committed_bytes > comm0)
+      fail_msg("round %d: %llu bytes committed, round 0 %llu", round,
+               (unsigned long long)st.committed_bytes,
+               (unsigned long long)comm0);
+    assert_int_equal(php_cycle(o), PH_OK);
+    while (php_sweep(o, INTPTR_MAX) <= 0)
+      ;
+    php_counters c;
+    assert_int_equal(php_owner_counters(o, &c), PH_OK);
+    assert_int_equal(c.pool_live_blocks, 0);
+  }
+  verify_ok(h);
+  heap_end(h, o);
+  tu_assert_no_failures();
+}
+
 /* php_visit_pool_of: every allocated block of the pool, any interior
  * address, a large block alone. */
 typedef struct vctx {
@@ -1876,6 +2026,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_errors),
       cmocka_unit_test(test_alloc_sweep),
+      cmocka_unit_test(test_alloc_sweep_policy),
+      cmocka_unit_test(test_unit_reuse),
       cmocka_unit_test(test_visit),
       cmocka_unit_test(test_orphan_adopt),
       cmocka_unit_test(test_verify_detects),
