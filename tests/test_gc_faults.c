@@ -295,6 +295,24 @@ static void test_final_table_cannot_grow(void **state) {
   env_close(&e);
 }
 
+/* The log of n finalisers (even ids FIRST, odd ids LAST) holds each once:
+ * every FIRST one with its value, every LAST one with 0 (id -1). */
+static void check_each_once(const log_t *l, size_t n) {
+  int seen[8] = {0};
+  size_t last = 0;
+  assert_true(n <= 8);
+  for (size_t k = 0; k < l->n; k++) {
+    if (l->id[k] == -1) {
+      last++;
+    } else {
+      assert_true(l->id[k] >= 0 && l->id[k] < (intptr_t)n);
+      assert_int_equal(l->id[k] % 2, 0); /* FIRST ones see their value */
+      assert_int_equal(seen[l->id[k]]++, 0);
+    }
+  }
+  assert_int_equal(last, n / 2);
+}
+
 /* Due finalisers meet a ready queue that cannot grow: they stay due and
  * run after a later collection, once each, FIRST with its value and LAST
  * with 0 after it; the LAST value's memory is reused in between. */
@@ -333,18 +351,7 @@ static void test_final_queue_cannot_grow(void **state) {
   assert_int_equal(ph_collect(e.d), PH_OK);
   assert_int_equal(ph_run_finalisers(e.d), PH_OK);
   assert_int_equal(l.n, n); /* each once */
-  int seen[8] = {0};
-  size_t last = 0;
-  for (size_t k = 0; k < l.n; k++) {
-    if (l.id[k] == -1) {
-      last++;
-    } else {
-      assert_true(l.id[k] >= 0 && l.id[k] < (intptr_t)n);
-      assert_int_equal(l.id[k] % 2, 0); /* FIRST ones see their value */
-      assert_int_equal(seen[l.id[k]]++, 0);
-    }
-  }
-  assert_int_equal(last, n / 2);
+  check_each_once(&l, n);
   for (size_t i = 0; i < 4096; i++)
     assert_int_equal(id_of(ph_field(*fill, i)), 1000 + (intptr_t)i);
   assert_int_equal(ph_collect(e.d), PH_OK);
@@ -380,18 +387,7 @@ static void test_final_orphan_queue_cannot_grow(void **state) {
   ph_gc_fault_set(0, 0, 0);
   assert_int_equal(ph_run_finalisers(e.d), PH_OK);
   assert_int_equal(l.n, n); /* none lost */
-  int seen[8] = {0};
-  size_t last = 0;
-  for (size_t k = 0; k < l.n; k++) {
-    if (l.id[k] == -1) {
-      last++;
-    } else {
-      assert_true(l.id[k] >= 0 && l.id[k] < (intptr_t)n);
-      assert_int_equal(l.id[k] % 2, 0); /* FIRST ones see their value */
-      assert_int_equal(seen[l.id[k]]++, 0);
-    }
-  }
-  assert_int_equal(last, n / 2);
+  check_each_once(&l, n);
   tu_verify_ok(e.d);
   assert_int_equal(ph_collect(e.d), PH_OK);
   assert_int_equal(ph_run_finalisers(e.d), PH_OK);
