@@ -118,24 +118,28 @@ int ph_gc_value_enter(ph_domain *d, ph_value v) {
   return PH_OK;
 }
 
+/* Grow q to hold at least need entries (doubling, from 64); 0 if it
+ * cannot (malloc refused, or the fault op injected). */
+static int fq_grow(ph_fqueue *q, size_t need, unsigned op) {
+  size_t ncap = q->cap ? q->cap : 64;
+  while (ncap < need)
+    ncap *= 2;
+  ph_final *e = ph_gc_fault(op) ? NULL : realloc(q->e, ncap * sizeof *e);
+  if (!e)
+    return 0;
+  q->e = e;
+  q->cap = ncap;
+  return 1;
+}
+
 /* gc.final.reserve: the orphans' queue holds room for every registration
  * and every ready entry (need = nregs + nqueued): whatever a detaching
  * domain hands over, or a collection queues for the orphans, fits without
  * growing it (fq_push slides the live part down first), so none is lost.
  * 0: it could not grow (final_lock held). */
 static int orphans_reserve(ph_gc *g, ph_fqueue *q, size_t need) {
-  if (need <= q->cap)
-    return 1;
-  size_t ncap = q->cap ? q->cap : 64;
-  while (ncap < need)
-    ncap *= 2;
-  ph_final *e =
-      ph_gc_fault(PH_GC_OP_FINAL) ? NULL : realloc(q->e, ncap * sizeof *e);
-  if (!e)
-    return 0;
-  q->e = e;
-  q->cap = ncap;
-  return 1;
+  (void)g;
+  return need <= q->cap || fq_grow(q, need, PH_GC_OP_FINAL);
 }
 
 int ph_finalise(ph_domain *d, ph_value v, ph_final_fn fn, void *user,
@@ -243,15 +247,8 @@ static int fq_push(ph_fqueue *q, const ph_final *f) {
       q->n -= q->head;
       q->head = 0;
     }
-    if (q->n == q->cap) {
-      size_t ncap = q->cap ? q->cap * 2 : 64;
-      ph_final *e =
-          ph_gc_fault(PH_GC_OP_QUEUE) ? NULL : realloc(q->e, ncap * sizeof *e);
-      if (!e)
-        return 0;
-      q->e = e;
-      q->cap = ncap;
-    }
+    if (q->n == q->cap && !fq_grow(q, q->cap + 1, PH_GC_OP_QUEUE))
+      return 0;
   }
   q->e[q->n++] = *f;
   return 1;
