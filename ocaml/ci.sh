@@ -7,7 +7,8 @@
 # 5.3.0's, committed in ocaml/expected/ci.txt: stock is not built in CI.
 # Prints both summaries, a count per directory and every difference; exits 1
 # when a test that passes on stock does not pass on poolheap (failed,
-# skipped, not run), or when a test stock has no result for fails.
+# skipped, not run), or when a test stock has no result for fails.  Then
+# the binding's own checks (ocaml/topheap.ml), which must pass.
 #
 #   ocaml/ci.sh            the judge (ends with "N passed, N failed" as the
 #                          other CI steps do)
@@ -146,6 +147,21 @@ awk -F'\t' '$2 != "passed" && $2 != "MISSING"' "$OUT/joined" | while IFS=$'\t' r
   key=${t#* }; key=${key%% with *}
   echo "  $t: stock $s, poolheap $p: ${KNOWN[$key]:-no explanation recorded in ocaml/ci.sh}"
 done
+
+# the binding's own check beside OCaml's tests: top_heap_words counts a
+# terminated domain's adopted pools once (ocaml/topheap.ml, h10-perf2)
+echo
+echo "== the binding's checks"
+mkdir -p "$OUT/topheap"
+cp "$HERE/topheap.ml" "$OUT/topheap/"
+if (cd "$OUT/topheap" && "$PREFIX/bin/ocamlopt" topheap.ml -o topheap >build.log 2>&1) \
+  && "$OUT/topheap/topheap" | sed 's/^/  /'; then
+  echo "  topheap: passed"
+else
+  echo "  topheap: FAILED (top_heap_words above 1.5 x heap_words, or it did not build: $OUT/topheap)"
+  BAD="${BAD:+$BAD
+}ocaml/topheap.ml"
+fi
 
 echo
 echo "ocaml/ci.sh: $TOTAL_S s (build or cache check $BUILD_S s, testsuite $(cat "$OUT/poolheap.seconds") s," \
