@@ -317,6 +317,78 @@ static void holes_check(ph_value *arr, size_t ns) {
   }
 }
 
+/* A sparse heap for compact.pin.holes: n blocks of 3 fields (holes_node),
+ * 1 in 5 survives into arr (a new root array of ns = n / 5); with pin, the
+ * at(k)-th survivor of the k-th pool (k from 1) is pinned.  Then pools and
+ * pins (and pin_j, the survivor's index) hold the np pools with a pinned
+ * block, of npools; per survivor, old is its address and in_pinned whether
+ * its pool holds a pinned block. */
+typedef struct sparse_pins {
+  ph_value *arr;
+  size_t ns, np, npools;
+  ph_value *pins, *pools, *old;
+  size_t *pin_j, *in_pinned;
+} sparse_pins;
+
+static size_t at_rotating(size_t k) {
+  return (k * 37) % 140 + 30;
+}
+static size_t at_100(size_t k) {
+  (void)k;
+  return 100;
+}
+
+static void sparse_pins_build(ph_domain *d, size_t n, ph_value mask, int pin,
+                              size_t (*at)(size_t k), sparse_pins *s) {
+  size_t ns = n / 5;
+  s->ns = ns;
+  s->arr = ph_root(d, ph_alloc(d, ns, 0));
+  s->pins = calloc(ns, sizeof *s->pins);
+  s->pools = calloc(ns, sizeof *s->pools);
+  s->pin_j = calloc(ns, sizeof *s->pin_j);
+  s->in_pinned = calloc(ns, sizeof *s->in_pinned);
+  s->old = calloc(ns, sizeof *s->old);
+  assert_true(s->pins && s->pools && s->pin_j && s->in_pinned && s->old);
+  size_t npin = 0, in_pool = 0;
+  for (size_t i = 0; i < n; i++) {
+    ph_value x = holes_node(d, (intptr_t)(i / 5));
+    if (i % 5)
+      continue;
+    ph_set_field(*s->arr, i / 5, x);
+    s->old[i / 5] = x;
+    if (npin == 0 || (x & mask) != s->pools[npin - 1]) {
+      s->pools[npin++] = x & mask; /* a new pool */
+      s->pins[npin - 1] = 0;
+      in_pool = 0;
+    }
+    s->in_pinned[i / 5] = npin - 1;
+    if (pin && in_pool++ == at(npin)) {
+      s->pins[npin - 1] = x;
+      s->pin_j[npin - 1] = i / 5;
+      assert_int_equal(ph_pin(d, x), PH_OK);
+    }
+  }
+  for (size_t j = 0; j < ns; j++) /* 1: in a pool with a pinned block */
+    s->in_pinned[j] = s->pins[s->in_pinned[j]] != 0;
+  size_t np = 0; /* the pools with a pinned block */
+  for (size_t k = 0; k < npin; k++)
+    if (s->pins[k]) {
+      s->pins[np] = s->pins[k];
+      s->pin_j[np] = s->pin_j[k];
+      s->pools[np++] = s->pools[k];
+    }
+  s->np = np;
+  s->npools = npin;
+}
+
+static void sparse_pins_free(sparse_pins *s) {
+  free(s->pins);
+  free(s->pools);
+  free(s->pin_j);
+  free(s->in_pinned);
+  free(s->old);
+}
+
 /* n blocks of 3 fields, 1 in 5 survives (a fifth of every pool); with
  * pins, one survivor in the middle part of every pool is pinned.  Returns
  * the committed bytes after the first compaction (release mode rel); with
@@ -334,44 +406,14 @@ static size_t sparse_heap(int pin, ph_release_mode rel) {
   ph_domain *d;
   assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
   assert_int_equal(ph_domain_attach(h, &d), PH_OK);
-  const size_t n = tu_scale(200000, 4), ns = n / 5;
+  const size_t n = tu_scale(200000, 4);
   const ph_value mask = ~(ph_value)(cfg.pool_size - 1);
   size_t m = ph_scope_open(d);
-  ph_value *arr = ph_root(d, ph_alloc(d, ns, 0));
-  ph_value *pins = calloc(ns, sizeof *pins), *pools = calloc(ns, sizeof *pools);
-  size_t *pin_j = calloc(ns, sizeof *pin_j), *pool_of = calloc(ns, 8);
-  ph_value *old = calloc(ns, sizeof *old);
-  assert_true(pins && pools && pin_j && pool_of && old);
-  size_t npin = 0, in_pool = 0;
-  for (size_t i = 0; i < n; i++) {
-    ph_value x = holes_node(d, (intptr_t)(i / 5));
-    if (i % 5)
-      continue;
-    ph_set_field(*arr, i / 5, x);
-    old[i / 5] = x;
-    if (npin == 0 || (x & mask) != pools[npin - 1]) {
-      pools[npin++] = x & mask; /* a new pool */
-      pins[npin - 1] = 0;
-      in_pool = 0;
-    }
-    pool_of[i / 5] = npin - 1;
-    /* the (37 k mod 140 + 30)th survivor of the k-th pool */
-    if (pin && in_pool++ == (npin * 37) % 140 + 30) {
-      pins[npin - 1] = x;
-      pin_j[npin - 1] = i / 5;
-      assert_int_equal(ph_pin(d, x), PH_OK);
-    }
-  }
-  for (size_t j = 0; j < ns; j++) /* 1: in a pool with a pinned block */
-    pool_of[j] = pins[pool_of[j]] != 0;
-  size_t np = 0; /* the pools with a pinned block */
-  for (size_t k = 0; k < npin; k++)
-    if (pins[k]) {
-      pins[np] = pins[k];
-      pin_j[np] = pin_j[k];
-      pools[np++] = pools[k];
-    }
-  assert_true(!pin || np * 10 >= npin * 9); /* nearly every pool */
+  sparse_pins s;
+  sparse_pins_build(d, n, mask, pin, at_rotating, &s);
+  ph_value *arr = s.arr, *pins = s.pins, *pools = s.pools, *old = s.old;
+  size_t *pin_j = s.pin_j, *pool_of = s.in_pinned, ns = s.ns, np = s.np;
+  assert_true(!pin || np * 10 >= s.npools * 9); /* nearly every pool */
   ph_stats st;
   assert_int_equal(ph_compact(d), PH_OK);
   assert_int_equal(ph_stats_get(h, &st), PH_OK);
@@ -385,11 +427,7 @@ static size_t sparse_heap(int pin, ph_release_mode rel) {
       assert_int_equal(resident_units(pools, np, cfg.pool_size),
                        np * cfg.pool_size);
     ph_scope_close(d, m);
-    free(pins);
-    free(pools);
-    free(pin_j);
-    free(pool_of);
-    free(old);
+    sparse_pins_free(&s);
     tu_env_close(&(tu_env){h, d});
     return committed;
   }
@@ -439,11 +477,7 @@ static size_t sparse_heap(int pin, ph_release_mode rel) {
   assert_int_equal(gone, np);
   assert_true(!now || resident_units(pools, np, cfg.pool_size) == 0);
   ph_scope_close(d, m);
-  free(pins);
-  free(pools);
-  free(pin_j);
-  free(pool_of);
-  free(old);
+  sparse_pins_free(&s);
   tu_env_close(&(tu_env){h, d});
   return committed;
 }
@@ -489,34 +523,13 @@ static void test_pinned_pools_os_refusals(void **state) {
   ph_domain *d;
   assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
   assert_int_equal(ph_domain_attach(h, &d), PH_OK);
-  const size_t n = tu_scale(100000, 4), ns = n / 5;
+  const size_t n = tu_scale(100000, 4);
   const ph_value mask = ~(ph_value)(cfg.pool_size - 1);
   size_t m = ph_scope_open(d);
-  ph_value *arr = ph_root(d, ph_alloc(d, ns, 0));
-  ph_value *pins = calloc(ns, sizeof *pins), *pools = calloc(ns, sizeof *pools);
-  assert_true(pins && pools);
-  size_t np = 0, in_pool = 0;
-  for (size_t i = 0; i < n; i++) {
-    ph_value x = holes_node(d, (intptr_t)(i / 5));
-    if (i % 5)
-      continue;
-    ph_set_field(*arr, i / 5, x);
-    if (np == 0 || (x & mask) != pools[np - 1]) {
-      pools[np++] = x & mask;
-      in_pool = 0;
-    }
-    if (in_pool++ == 100) {
-      pins[np - 1] = x;
-      assert_int_equal(ph_pin(d, x), PH_OK);
-    }
-  }
-  size_t k = 0;
-  for (size_t i = 0; i < np; i++)
-    if (pins[i]) {
-      pins[k] = pins[i];
-      pools[k++] = pools[i];
-    }
-  np = k;
+  sparse_pins sp;
+  sparse_pins_build(d, n, mask, 1, at_100, &sp);
+  ph_value *arr = sp.arr, *pins = sp.pins, *pools = sp.pools;
+  size_t ns = sp.ns, np = sp.np;
   /* every decommit refused: no hole, nothing lost */
   ph_os_fault_set(PH_OS_OP_DECOMMIT, 1, 1);
   assert_int_equal(ph_compact(d), PH_OK);
@@ -547,8 +560,7 @@ static void test_pinned_pools_os_refusals(void **state) {
   assert_int_equal(ph_stats_get(h, &st), PH_OK);
   assert_true(st.pool_bytes < np * cfg.pool_size / 8);
   ph_scope_close(d, m);
-  free(pins);
-  free(pools);
+  sparse_pins_free(&sp);
   tu_env_close(&(tu_env){h, d});
 }
 
