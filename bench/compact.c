@@ -16,6 +16,8 @@
  *           [--release decommit|unmap|lazy|keep] [--domains-compacting 1|2]
  *           [--gc-percent P] [--huge off|transparent|explicit] [--quick]
  *           [--pin PERMILLE]  (pin that share of the survivors first)
+ *           [--census 1]  (ph_census's rows after the compaction, in the
+ *                          JSON: where the pools' committed bytes go)
  */
 #include <poolheap.h>
 
@@ -35,6 +37,7 @@ typedef struct bench_opts {
   int domains, keep, skew, compacting, quick;
   unsigned gc_percent, helpers;
   unsigned pin; /* permille of the surviving blocks pinned (gc.pin) */
+  int census;   /* --census 1: ph_census's rows after the compaction */
   uint64_t seed;
   ph_release_mode release;
   ph_compact_scope scope;
@@ -64,6 +67,8 @@ typedef struct result {
 } result;
 
 static bench_opts opt;
+static ph_census_class census_rows[64]; /* --census: rows with pools */
+static unsigned ncensus;
 static ph_heap *heap;
 static part parts[MAXD];
 static result res;
@@ -158,6 +163,12 @@ static void pin_some(ph_domain *d) {
   }
 }
 
+static void census_row(const ph_census_class *c, void *user) {
+  (void)user;
+  if (c->pools && ncensus < sizeof census_rows / sizeof *census_rows)
+    census_rows[ncensus++] = *c;
+}
+
 /* The measured sequence, on domain 0. */
 static void measure(ph_domain *d) {
   ph_stats st;
@@ -201,6 +212,9 @@ static void measure(ph_domain *d) {
   res.rss_after = peer_rss_bytes();
   res.maps_after = peer_maps_count(NULL, NULL);
   res.checksum_after = checksum();
+  ncensus = 0;
+  if (opt.census && (e = ph_census(d, census_row, NULL)) != PH_OK)
+    return fail("ph_census", e);
 
   res.verify_ok = ph_verify(d, res.why, sizeof res.why) == PH_OK;
   if ((e = ph_compact(d)) != PH_OK)
@@ -335,6 +349,22 @@ static int run_once(int run) {
       (unsigned long long)res.second_evacuated_bytes,
       (unsigned long long)res.checksum_before,
       (unsigned long long)res.checksum_after, res.verify_ok ? "true" : "false");
+  if (opt.census) { /* bytes per class: slots live, free, in holes */
+    fprintf(f, ",\"census\":[");
+    for (unsigned i = 0; i < ncensus; i++) {
+      const ph_census_class *c = &census_rows[i];
+      fprintf(f,
+              "%s{\"class\":%u,\"slot_bytes\":%zu,\"pools\":%zu,"
+              "\"holed_pools\":%zu,\"committed\":%zu,\"live\":%zu,"
+              "\"free\":%zu,\"hole\":%zu}",
+              i ? "," : "", c->size_class, c->block_words * 8, c->pools,
+              c->holed_pools, c->committed_bytes,
+              c->live_blocks * c->block_words * 8,
+              c->free_blocks * c->block_words * 8,
+              c->hole_blocks * c->block_words * 8);
+    }
+    fprintf(f, "]");
+  }
   if (!res.verify_ok && res.why[0]) {
     fprintf(f, ",\"verify\":");
     peer_json_str(f, res.why);
@@ -358,7 +388,7 @@ static void usage(void) {
       "               [--domains-compacting 1|2] [--gc-percent P] "
       "[--helpers H|auto]\n"
       "               [--huge off|transparent|explicit] [--quick]\n"
-      "               [--pin PERMILLE]\n");
+      "               [--pin PERMILLE] [--census 1]\n");
   exit(1);
 }
 
@@ -408,6 +438,8 @@ int main(int argc, char **argv) {
       opt.seed = strtoull(argv[++a], NULL, 0), have_seed = 1;
     } else if (strcmp(o, "--runs") == 0) {
       runs = atoi(argv[++a]);
+    } else if (strcmp(o, "--census") == 0) {
+      opt.census = atoi(argv[++a]) != 0;
     } else if (strcmp(o, "--pin") == 0) {
       opt.pin = (unsigned)atoi(argv[++a]);
     } else if (strcmp(o, "--gc-percent") == 0) {

@@ -10,6 +10,8 @@
 #    in the collection (collect_cpu_ms), shown below the table.
 #  - pinning: bench/compact's W1 with 10 per mille of the survivors pinned
 #    against the same run unpinned.  Goal: RSS after <= 1.15x.
+#    Both rows carry ph_census's rows (--census 1): the table is followed
+#    by where the pools' committed bytes go in each.
 # Each run is its own process; poolheap and OCaml alternate.  Prints one
 # JSON line per run, then the table with "met" / "NOT met".
 #   bench/weak.sh [--n N] [--runs R]
@@ -80,8 +82,8 @@ for r in $(seq 1 "$RUNS"); do
     [ -n "$ML" ] && one "$ML" --n "$N" --table "$t"
   done
   # the same seed for both: the same heap, with and without pins
-  one "$CMP" --shape W1 --release decommit --seed "$r"
-  one "$CMP" --shape W1 --release decommit --seed "$r" --pin 10
+  one "$CMP" --shape W1 --release decommit --seed "$r" --census 1
+  one "$CMP" --shape W1 --release decommit --seed "$r" --pin 10 --census 1
 done
 
 python3 - "$RES" <<'PY' || rc=1
@@ -125,6 +127,29 @@ if a and b:
                f"vs unpinned {a/2**20:.1f} MiB (n={na}): {b/a:.3f}x (goal <= 1.15) {verdict(b/a <= 1.15)}")
 else:
     out.append("pinning: no result")
+# where the pools' committed bytes go after the compaction (ph_census), the
+# first seed's pair: live slots, free slots, the rest (pool headers and
+# bitmaps, slot tails, slots straddling a hole); the classes that differ most
+def census(sel):
+    rs = [r for r in rows if sel(r) and "census" in r]
+    return {c["class"]: c for c in rs[0]["census"]} if rs else None
+cu, cp = census(un), census(pi)
+if cu and cp:
+    M = 2**20
+    def line(name, cs):
+        t = {k: sum(c[k] for c in cs.values()) for k in ("committed", "live", "free")}
+        hf = sum(c["free"] for c in cs.values() if c["holed_pools"])
+        return (f"  {name}: pools {sum(c['pools'] for c in cs.values())} "
+                f"({sum(c['holed_pools'] for c in cs.values())} with holes), committed "
+                f"{t['committed']/M:.2f} MiB = live {t['live']/M:.2f} + free {t['free']/M:.2f} "
+                f"(in pools with holes {hf/M:.2f}) + headers/tails {(t['committed']-t['live']-t['free'])/M:.2f}")
+    out += ["", "pinning: pool bytes after compaction (ph_census, first seed):",
+            line("unpinned", cu), line("pinned", cp)]
+    d = sorted(set(cu) | set(cp), key=lambda k: -(cp.get(k, {}).get("committed", 0) -
+                                                 cu.get(k, {}).get("committed", 0)))
+    out.append("  pinned - unpinned committed, largest classes: " + ", ".join(
+        f"{cp.get(k, cu.get(k))['slot_bytes']} B slots {(cp.get(k, {}).get('committed', 0) - cu.get(k, {}).get('committed', 0))/M:+.2f} MiB"
+        f" (free {cp.get(k, {}).get('free', 0)/M:.2f})" for k in d[:4]))
 print("\n".join(out))
 PY
 exit $rc

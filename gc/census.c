@@ -21,6 +21,11 @@ void ph_census_stw_single(struct ph_heap *h, const ph_census_req *req) {
       rows[p->cls].pools++;
       rows[p->cls].live_blocks += p->nlive;
       rows[p->cls].free_blocks += p->nfree;
+      uint64_t holes = ch->holes[u]; /* heap.pool.holes */
+      rows[p->cls].holed_pools += holes != 0;
+      rows[p->cls].hole_blocks += p->nhole;
+      rows[p->cls].committed_bytes +=
+          h->pool_size - ((size_t)__builtin_popcountll(holes) << h->hole_shift);
     }
   }
   for (unsigned c = 0; c < h->nclasses; c++)

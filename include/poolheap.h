@@ -433,11 +433,18 @@ typedef struct ph_census_class {
   size_t pools;        /* pools of this class in use */
   size_t live_blocks;  /* blocks allocated (not free) */
   size_t free_blocks;  /* free slots in those pools */
+  /* pages given back around pinned blocks (ph_pin, ph_compact): */
+  size_t holed_pools;     /* pools of this class with such holes */
+  size_t hole_blocks;     /* slots touching a hole: neither live nor free */
+  size_t committed_bytes; /* bytes of the pools that are committed (whole
+                             pools, header included, less their holes) */
 } ph_census_class;
 
 /* Stop the world and call fn once per size class, in order of size.  fn runs
  * on the calling thread inside the section: a call into poolheap from fn is
- * refused (PH_ESTATE; see Callbacks at the top). */
+ * refused (PH_ESTATE; see Callbacks at the top).  The rows' committed_bytes
+ * add up to ph_stats' pool_bytes; in each row live_blocks + free_blocks +
+ * hole_blocks is the slot count of its pools. */
 int ph_census(ph_domain *d, void (*fn)(const ph_census_class *c, void *user),
               void *user);
 

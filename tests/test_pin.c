@@ -389,6 +389,60 @@ static void sparse_pins_free(sparse_pins *s) {
   free(s->old);
 }
 
+/* ph_census's rows of a heap with one class of pools. */
+typedef struct census_sum {
+  size_t rows, pools, holed, hole, committed, slot_bytes;
+} census_sum;
+static void census_add(const ph_census_class *c, void *user) {
+  census_sum *t = user;
+  if (c->pools == 0)
+    return;
+  t->rows++;
+  t->pools += c->pools;
+  t->holed += c->holed_pools;
+  t->hole += c->hole_blocks;
+  t->committed += c->committed_bytes;
+  t->slot_bytes = c->block_words * 8;
+}
+
+/* After the first compaction of sparse_heap: each pinned pool (one pinned
+ * block of 3 fields each) kept whole or exactly the pages of its header
+ * and of its pinned block's slot (where the mode returns them at once), and
+ * ph_census counts the pools with holes, their slots in holes and their
+ * committed bytes (which add up to ph_stats' pool_bytes). */
+static void census_floor(ph_heap *h, ph_domain *d, const ph_value *pools,
+                         const ph_value *pins, size_t np, int now) {
+  ph_config cfg;
+  ph_config_init(&cfg);
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE), kept = 0, holed = 0;
+  if (cfg.pool_size / 64 > pg)
+    return; /* granules of more than a page */
+  for (size_t k = 0; k < np; k++) {
+    size_t a = (pins[k] - sizeof(ph_value) - pools[k]) / pg,
+           b = (pins[k] + 3 * sizeof(ph_value) - 1 - pools[k]) / pg;
+    size_t want = (1 + (a != 0) + (b != a)) * pg;
+    size_t res = resident_units(&pools[k], 1, cfg.pool_size);
+    if (now)
+      assert_true(res == want || res == cfg.pool_size);
+    if (res == want) {
+      kept += want;
+      holed++;
+    }
+  }
+  census_sum t = {0};
+  assert_int_equal(ph_census(d, census_add, &t), PH_OK);
+  ph_stats st = stats(h);
+  assert_int_equal(t.rows, 1); /* the survivors' class */
+  assert_int_equal(t.committed, st.pool_bytes);
+  assert_true(t.holed > 0 && t.holed <= np && t.hole > 0);
+  assert_true(t.hole * t.slot_bytes <= t.holed * cfg.pool_size);
+  if (now) {
+    assert_int_equal(t.holed, holed);
+    assert_true(holed * 10 >= np * 9); /* nearly every pinned pool */
+    assert_int_equal(t.committed, (t.pools - t.holed) * cfg.pool_size + kept);
+  }
+}
+
 /* n blocks of 3 fields, 1 in 5 survives (a fifth of every pool); with
  * pins, one survivor in the middle part of every pool is pinned.  Returns
  * the committed bytes after the first compaction (release mode rel); with
@@ -440,6 +494,7 @@ static size_t sparse_heap(int pin, ph_release_mode rel) {
   printf("pinned pools %zu: resident %zu KiB of %zu KiB; committed %zu KiB\n",
          np, res / 1024, np * cfg.pool_size / 1024, committed / 1024);
   assert_true(!now || res <= np * 3 * pg);
+  census_floor(h, d, pools, pins, np, now);
   /* allocation, a second collection and compaction */
   ph_value *more = ph_root(d, ph_alloc(d, n / 2, 0));
   for (size_t i = 0; i < n; i++) {
