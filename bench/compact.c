@@ -62,13 +62,18 @@ typedef struct result {
   uint64_t checksum_before, checksum_after;
   int verify_ok, participants;
   uint64_t pinned;
+  /* --pin with --census: the pools holding pinned blocks, and the bytes of
+   * their pages that hold a pool header or a pinned block's slot (the
+   * pages a compaction must keep: compact.pin.holes) */
+  uint64_t pin_pools, pin_floor_bytes;
   char why[256];
   char error[256];
 } result;
 
 static bench_opts opt;
-static ph_census_class census_rows[64]; /* --census: rows with pools */
+static ph_census_class census_rows[64]; /* --census: every class */
 static unsigned ncensus;
+static size_t pool_size; /* the heap's (cfg.pool_size) */
 static ph_heap *heap;
 static part parts[MAXD];
 static result res;
@@ -145,16 +150,19 @@ static uint64_t checksum(void) {
 /* --pin P: pin P per mille of the surviving blocks (chosen by their index:
  * the same ones every run of a seed).  Pinned pools are kept by the
  * compaction; the figure is rss_after against a run without pins. */
+static int pin_chosen(int k, size_t i) {
+  uint64_t x = (i + 1) * 0x9e3779b97f4a7c15ull + (uint64_t)k;
+  x ^= x >> 31;
+  return (x * 0xbf58476d1ce4e5b9ull >> 33) % 1000 < opt.pin;
+}
+
 static void pin_some(ph_domain *d) {
   res.pinned = 0;
   for (int k = 0; opt.pin && k < opt.domains; k++) {
     ph_value r = *parts[k].rslot;
     for (size_t i = 0; i < parts[k].n; i++) {
       ph_value b = ph_field(r, i);
-      uint64_t x = (i + 1) * 0x9e3779b97f4a7c15ull + (uint64_t)k;
-      x ^= x >> 31;
-      if (ph_is_block(b) &&
-          (x * 0xbf58476d1ce4e5b9ull >> 33) % 1000 < opt.pin) {
+      if (ph_is_block(b) && pin_chosen(k, i)) {
         if (ph_pin(d, b) != PH_OK)
           return fail("ph_pin", ph_last_error(d));
         res.pinned++;
@@ -165,8 +173,56 @@ static void pin_some(ph_domain *d) {
 
 static void census_row(const ph_census_class *c, void *user) {
   (void)user;
-  if (c->pools && ncensus < sizeof census_rows / sizeof *census_rows)
+  if (ncensus < sizeof census_rows / sizeof *census_rows)
     census_rows[ncensus++] = *c;
+}
+
+static int by_addr(const void *a, const void *b) {
+  uintptr_t p = *(const uintptr_t *)a, q = *(const uintptr_t *)b;
+  return p < q ? -1 : p > q;
+}
+
+/* --pin with --census, after the compaction (pinned blocks have not
+ * moved; pin_some's choice found again, so that nothing is allocated
+ * before rss_after): res.pin_pools and res.pin_floor_bytes from the pinned
+ * blocks' addresses, sizes and classes (the census rows), the heap's pool
+ * size and the page size.  A slot's bytes start at its header word. */
+static void pin_floor(void) {
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+  uintptr_t *pages = malloc(res.pinned * 3 * sizeof *pages);
+  uintptr_t *pools = malloc(res.pinned * sizeof *pools);
+  if (!pages || !pools || ncensus == 0 || pool_size / 64 > pg) {
+    free(pages);
+    free(pools);
+    return;
+  }
+  size_t np = 0, nq = 0;
+  for (int k = 0; k < opt.domains; k++)
+    for (size_t i = 0; i < parts[k].n; i++) {
+      ph_value b = ph_field(*parts[k].rslot, i);
+      if (!ph_is_block(b) || !pin_chosen(k, i) || nq == res.pinned)
+        continue;
+      uintptr_t v = (uintptr_t)b;
+      size_t wo = ph_wosize(b), sb = 0;
+      for (unsigned c = 0; c < ncensus && !sb; c++)
+        if (census_rows[c].max_wosize >= wo)
+          sb = census_rows[c].block_words * 8;
+      if (!sb)
+        continue; /* a large block */
+      uintptr_t pool = v & ~(uintptr_t)(pool_size - 1), a = v - 8;
+      pools[nq++] = pool;
+      pages[np++] = pool; /* its header's page */
+      for (uintptr_t q = a & ~(uintptr_t)(pg - 1); q < a + sb; q += pg)
+        pages[np++] = q;
+    }
+  qsort(pages, np, sizeof *pages, by_addr);
+  qsort(pools, nq, sizeof *pools, by_addr);
+  for (size_t i = 0; i < np; i++)
+    res.pin_floor_bytes += (i == 0 || pages[i] != pages[i - 1]) ? pg : 0;
+  for (size_t i = 0; i < nq; i++)
+    res.pin_pools += i == 0 || pools[i] != pools[i - 1];
+  free(pages);
+  free(pools);
 }
 
 /* The measured sequence, on domain 0. */
@@ -215,6 +271,8 @@ static void measure(ph_domain *d) {
   ncensus = 0;
   if (opt.census && (e = ph_census(d, census_row, NULL)) != PH_OK)
     return fail("ph_census", e);
+  if (opt.census && res.pinned)
+    pin_floor();
 
   res.verify_ok = ph_verify(d, res.why, sizeof res.why) == PH_OK;
   if ((e = ph_compact(d)) != PH_OK)
@@ -266,6 +324,7 @@ static int run_once(int run) {
   cfg.gc_percent = opt.gc_percent;
   cfg.gc_helpers = opt.helpers;
   cfg.huge_pages = opt.huge;
+  pool_size = cfg.pool_size;
   int e = ph_heap_create(&cfg, &heap);
   if (e != PH_OK) {
     fail("ph_heap_create", e);
@@ -311,6 +370,10 @@ static int run_once(int run) {
   if (opt.pin)
     fprintf(f, ",\"pin_permille\":%u,\"pinned\":%llu", opt.pin,
             (unsigned long long)res.pinned);
+  if (opt.pin && opt.census)
+    fprintf(f, ",\"pin_pools\":%llu,\"pin_floor_bytes\":%llu",
+            (unsigned long long)res.pin_pools,
+            (unsigned long long)res.pin_floor_bytes);
   fprintf(f,
           ",\"build_ms\":%.3f,\"collect_ms\":%.3f,\"compact_ms\":%.3f,"
           "\"whole_ms\":%.3f,\"compact_phase_ms\":%.3f,\"evacuate_ms\":%.3f,"
@@ -350,14 +413,16 @@ static int run_once(int run) {
       (unsigned long long)res.checksum_before,
       (unsigned long long)res.checksum_after, res.verify_ok ? "true" : "false");
   if (opt.census) { /* bytes per class: slots live, free, in holes */
-    fprintf(f, ",\"census\":[");
-    for (unsigned i = 0; i < ncensus; i++) {
+    fprintf(f, ",\"pool_size\":%zu,\"census\":[", pool_size);
+    for (unsigned i = 0, k = 0; i < ncensus; i++) {
       const ph_census_class *c = &census_rows[i];
+      if (c->pools == 0)
+        continue;
       fprintf(f,
               "%s{\"class\":%u,\"slot_bytes\":%zu,\"pools\":%zu,"
               "\"holed_pools\":%zu,\"committed\":%zu,\"live\":%zu,"
               "\"free\":%zu,\"hole\":%zu}",
-              i ? "," : "", c->size_class, c->block_words * 8, c->pools,
+              k++ ? "," : "", c->size_class, c->block_words * 8, c->pools,
               c->holed_pools, c->committed_bytes,
               c->live_blocks * c->block_words * 8,
               c->free_blocks * c->block_words * 8,

@@ -145,6 +145,14 @@ if cu and cp:
                 f"(in pools with holes {hf/M:.2f}) + headers/tails {(t['committed']-t['live']-t['free'])/M:.2f}")
     out += ["", "pinning: pool bytes after compaction (ph_census, first seed):",
             line("unpinned", cu), line("pinned", cp)]
+    rp = [r for r in rows if pi(r) and "pin_floor_bytes" in r]
+    if rp:  # the pools with holes against the pages they must keep
+        r = rp[0]
+        hc = sum(c["committed"] - (c["pools"] - c["holed_pools"]) * r["pool_size"]
+                 for c in cp.values())
+        out.append(f"  pinned: the {sum(c['holed_pools'] for c in cp.values())} pools with holes "
+                   f"(of {r['pin_pools']} holding a pinned block) commit {hc/M:.2f} MiB; the pages "
+                   f"holding their header or a pinned block's slot: {r['pin_floor_bytes']/M:.2f} MiB")
     d = sorted(set(cu) | set(cp), key=lambda k: -(cp.get(k, {}).get("committed", 0) -
                                                  cu.get(k, {}).get("committed", 0)))
     out.append("  pinned - unpinned committed, largest classes: " + ", ".join(
