@@ -66,6 +66,10 @@ typedef struct result {
    * their pages that hold a pool header or a pinned block's slot (the
    * pages a compaction must keep: compact.pin.holes) */
   uint64_t pin_pools, pin_floor_bytes;
+  /* and what the pools would need if a pool's header did not have to stay
+   * in its first page: the pages of pinned blocks' slots, then per class
+   * whole pools for the live blocks those pages cannot hold */
+  uint64_t pin_bound_bytes;
   char why[256];
   char error[256];
 } result;
@@ -191,11 +195,15 @@ static void pin_floor(void) {
   size_t pg = (size_t)sysconf(_SC_PAGESIZE);
   uintptr_t *pages = malloc(res.pinned * 3 * sizeof *pages);
   uintptr_t *pools = malloc(res.pinned * sizeof *pools);
-  if (!pages || !pools || ncensus == 0 || pool_size / 64 > pg) {
+  /* the bound: per page of a pinned slot, its class and first slot */
+  uintptr_t *bp = malloc(res.pinned * 2 * 3 * sizeof *bp);
+  if (!pages || !pools || !bp || ncensus == 0 || pool_size / 64 > pg) {
     free(pages);
     free(pools);
+    free(bp);
     return;
   }
+  size_t nb = 0;
   size_t np = 0, nq = 0;
   for (int k = 0; k < opt.domains; k++)
     for (size_t i = 0; i < parts[k].n; i++) {
@@ -203,18 +211,46 @@ static void pin_floor(void) {
       if (!ph_is_block(b) || !pin_chosen(k, i) || nq == res.pinned)
         continue;
       uintptr_t v = (uintptr_t)b;
-      size_t wo = ph_wosize(b), sb = 0;
+      size_t wo = ph_wosize(b), sb = 0, cls = 0;
       for (unsigned c = 0; c < ncensus && !sb; c++)
         if (census_rows[c].max_wosize >= wo)
-          sb = census_rows[c].block_words * 8;
+          sb = census_rows[c].block_words * 8, cls = c;
       if (!sb)
         continue; /* a large block */
       uintptr_t pool = v & ~(uintptr_t)(pool_size - 1), a = v - 8;
       pools[nq++] = pool;
       pages[np++] = pool; /* its header's page */
-      for (uintptr_t q = a & ~(uintptr_t)(pg - 1); q < a + sb; q += pg)
+      for (uintptr_t q = a & ~(uintptr_t)(pg - 1); q < a + sb; q += pg) {
         pages[np++] = q;
+        bp[nb++] = q;
+        bp[nb++] = cls << 32 | (a - pool) % sb; /* slots' phase in it */
+      }
     }
+  /* the bound: distinct pages of pinned slots, the slots of their class
+   * wholly inside them, then whole pools per class for the rest */
+  qsort(bp, nb / 2, 2 * sizeof *bp, by_addr);
+  uint64_t room[64] = {0};
+  for (size_t i = 0; i < nb; i += 2) {
+    if (i && bp[i] == bp[i - 2])
+      continue;
+    unsigned c = (unsigned)(bp[i + 1] >> 32);
+    size_t sb = census_rows[c].block_words * 8;
+    size_t off = (bp[i] - (bp[i] & ~(uintptr_t)(pool_size - 1))) % sb;
+    size_t first = ((bp[i + 1] & 0xffffffffu) + sb - off) % sb;
+    res.pin_bound_bytes += pg;
+    room[c] += first >= pg ? 0 : (pg - first) / sb * sb;
+  }
+  for (unsigned c = 0; c < ncensus; c++) {
+    const ph_census_class *r = &census_rows[c];
+    if (!r->pools)
+      continue;
+    size_t sb = r->block_words * 8, live = r->live_blocks * sb;
+    size_t per =
+        (r->live_blocks + r->free_blocks + r->hole_blocks) / r->pools * sb;
+    if (live > room[c])
+      res.pin_bound_bytes += (live - room[c] + per - 1) / per * pool_size;
+  }
+  free(bp);
   qsort(pages, np, sizeof *pages, by_addr);
   qsort(pools, nq, sizeof *pools, by_addr);
   for (size_t i = 0; i < np; i++)
@@ -371,9 +407,12 @@ static int run_once(int run) {
     fprintf(f, ",\"pin_permille\":%u,\"pinned\":%llu", opt.pin,
             (unsigned long long)res.pinned);
   if (opt.pin && opt.census)
-    fprintf(f, ",\"pin_pools\":%llu,\"pin_floor_bytes\":%llu",
+    fprintf(f,
+            ",\"pin_pools\":%llu,\"pin_floor_bytes\":%llu,"
+            "\"pin_bound_bytes\":%llu",
             (unsigned long long)res.pin_pools,
-            (unsigned long long)res.pin_floor_bytes);
+            (unsigned long long)res.pin_floor_bytes,
+            (unsigned long long)res.pin_bound_bytes);
   fprintf(f,
           ",\"build_ms\":%.3f,\"collect_ms\":%.3f,\"compact_ms\":%.3f,"
           "\"whole_ms\":%.3f,\"compact_phase_ms\":%.3f,\"evacuate_ms\":%.3f,"

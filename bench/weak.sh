@@ -153,6 +153,13 @@ if cu and cp:
         out.append(f"  pinned: the {sum(c['holed_pools'] for c in cp.values())} pools with holes "
                    f"(of {r['pin_pools']} holding a pinned block) commit {hc/M:.2f} MiB; the pages "
                    f"holding their header or a pinned block's slot: {r['pin_floor_bytes']/M:.2f} MiB")
+        pc = sum(c["committed"] for c in cp.values())
+        ru = [x for x in rows if un(x) and x.get("seed") == r.get("seed")]
+        if ru and "pin_bound_bytes" in r:
+            est = (r["rss_after"] - pc + r["pin_bound_bytes"]) / ru[0]["rss_after"]
+            out.append(f"  if a pool's header did not have to keep its first page, the pools would "
+                       f"need {r['pin_bound_bytes']/M:.2f} MiB (pinned blocks' pages, then whole "
+                       f"pools): RSS ratio about {est:.3f}x")
     d = sorted(set(cu) | set(cp), key=lambda k: -(cp.get(k, {}).get("committed", 0) -
                                                  cu.get(k, {}).get("committed", 0)))
     out.append("  pinned - unpinned committed, largest classes: " + ", ".join(
