@@ -64,7 +64,7 @@ typedef struct result {
   uint64_t pinned;
   /* --pin with --census: the pools holding pinned blocks, and the bytes of
    * their pages that hold a pool header or a pinned block's slot (the
-   * pages a compaction must keep: compact.pin.holes) */
+   * pages a compaction must keep: compact.pin.floor) */
   uint64_t pin_pools, pin_floor_bytes;
   /* and what the pools would need if a pool's header did not have to stay
    * in its first page: the pages of pinned blocks' slots, then per class

@@ -407,7 +407,8 @@ static void census_add(const ph_census_class *c, void *user) {
 
 /* After the first compaction of sparse_heap: each pinned pool (one pinned
  * block of 3 fields each) kept whole or exactly the pages of its header
- * and of its pinned block's slot (where the mode returns them at once), and
+ * and of its pinned block's slot (compact.pin.floor; where the mode
+ * returns them at once), and
  * ph_census counts the pools with holes, their slots in holes and their
  * committed bytes (which add up to ph_stats' pool_bytes). */
 static void census_floor(ph_heap *h, ph_domain *d, const ph_value *pools,
