@@ -18,6 +18,7 @@
  *           [--pin PERMILLE]  (pin that share of the survivors first)
  *           [--census 1]  (ph_census's rows after the compaction, in the
  *                          JSON: where the pools' committed bytes go)
+ *           [--pool-size BYTES]  (cfg.pool_size; default the library's)
  */
 #include <poolheap.h>
 
@@ -36,8 +37,9 @@ typedef struct bench_opts {
   long long n;
   int domains, keep, skew, compacting, quick;
   unsigned gc_percent, helpers;
-  unsigned pin; /* permille of the surviving blocks pinned (gc.pin) */
-  int census;   /* --census 1: ph_census's rows after the compaction */
+  size_t pool_size; /* --pool-size: cfg.pool_size (0: the default) */
+  unsigned pin;     /* permille of the surviving blocks pinned (gc.pin) */
+  int census;       /* --census 1: ph_census's rows after the compaction */
   uint64_t seed;
   ph_release_mode release;
   ph_compact_scope scope;
@@ -358,6 +360,8 @@ static int run_once(int run) {
   cfg.release = opt.release;
   cfg.compact_scope = opt.scope;
   cfg.gc_percent = opt.gc_percent;
+  if (opt.pool_size)
+    cfg.pool_size = opt.pool_size;
   cfg.gc_helpers = opt.helpers;
   cfg.huge_pages = opt.huge;
   pool_size = cfg.pool_size;
@@ -398,11 +402,13 @@ static int run_once(int run) {
   fprintf(f,
           ",\"n\":%lld,\"domains\":%d,\"keep\":%d,\"skew\":%s,\"seed\":%llu,"
           "\"run\":%d,\"scope\":\"%s\",\"release\":\"%s\","
-          "\"domains_compacting\":%d,\"helpers\":%u,\"huge\":\"%s\"",
+          "\"domains_compacting\":%d,\"helpers\":%u,\"huge\":\"%s\","
+          "\"pool_size\":%zu",
           opt.n, opt.domains, opt.keep, opt.skew ? "true" : "false",
           (unsigned long long)opt.seed, run,
           opt.scope == PH_COMPACT_GLOBAL ? "global" : "per-domain",
-          rel[opt.release], opt.compacting, opt.helpers, huge[opt.huge]);
+          rel[opt.release], opt.compacting, opt.helpers, huge[opt.huge],
+          pool_size);
   if (opt.pin)
     fprintf(f, ",\"pin_permille\":%u,\"pinned\":%llu", opt.pin,
             (unsigned long long)res.pinned);
@@ -452,7 +458,7 @@ static int run_once(int run) {
       (unsigned long long)res.checksum_before,
       (unsigned long long)res.checksum_after, res.verify_ok ? "true" : "false");
   if (opt.census) { /* bytes per class: slots live, free, in holes */
-    fprintf(f, ",\"pool_size\":%zu,\"census\":[", pool_size);
+    fprintf(f, ",\"census\":[");
     for (unsigned i = 0, k = 0; i < ncensus; i++) {
       const ph_census_class *c = &census_rows[i];
       if (c->pools == 0)
@@ -492,7 +498,7 @@ static void usage(void) {
       "               [--domains-compacting 1|2] [--gc-percent P] "
       "[--helpers H|auto]\n"
       "               [--huge off|transparent|explicit] [--quick]\n"
-      "               [--pin PERMILLE] [--census 1]\n");
+      "               [--pin PERMILLE] [--census 1] [--pool-size BYTES]\n");
   exit(1);
 }
 
@@ -542,6 +548,8 @@ int main(int argc, char **argv) {
       opt.seed = strtoull(argv[++a], NULL, 0), have_seed = 1;
     } else if (strcmp(o, "--runs") == 0) {
       runs = atoi(argv[++a]);
+    } else if (strcmp(o, "--pool-size") == 0) {
+      opt.pool_size = peer_parse_size(argv[++a]);
     } else if (strcmp(o, "--census") == 0) {
       opt.census = atoi(argv[++a]) != 0;
     } else if (strcmp(o, "--pin") == 0) {

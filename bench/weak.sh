@@ -11,7 +11,8 @@
 #  - pinning: bench/compact's W1 with 10 per mille of the survivors pinned
 #    against the same run unpinned.  Goal: RSS after <= 1.15x.
 #    Both rows carry ph_census's rows (--census 1): the table is followed
-#    by where the pools' committed bytes go in each.
+#    by where the pools' committed bytes go in each.  The same pair with
+#    128 KiB pools (--pool-size) is shown too.
 # Each run is its own process; poolheap and OCaml alternate.  Prints one
 # JSON line per run, then the table with "met" / "NOT met".
 #   bench/weak.sh [--n N] [--runs R]
@@ -84,6 +85,10 @@ for r in $(seq 1 "$RUNS"); do
   # the same seed for both: the same heap, with and without pins
   one "$CMP" --shape W1 --release decommit --seed "$r" --census 1
   one "$CMP" --shape W1 --release decommit --seed "$r" --pin 10 --census 1
+  # the same pair with pools of 128 KiB (compact.pin.floor: a pinned pool
+  # keeps its header's page, so fewer, larger pools keep fewer pages)
+  one "$CMP" --shape W1 --release decommit --seed "$r" --pool-size 131072
+  one "$CMP" --shape W1 --release decommit --seed "$r" --pool-size 131072 --pin 10
 done
 
 python3 - "$RES" <<'PY' || rc=1
@@ -118,8 +123,10 @@ for t in ("weak", "ephemeron"):
 if cpu:  # the same collections in CPU time (not the time spent waiting for a core)
     out += ["", "medians of the process CPU time in the collection (a shared machine's "
             "load does not count):"] + cpu
-un = lambda r: r.get("shape") == "W1" and "pin_permille" not in r
-pi = lambda r: r.get("shape") == "W1" and r.get("pin_permille") == 10
+def w1(pin, ps=32768):  # W1 runs with or without pins, of pool size ps
+    return lambda r: (r.get("shape") == "W1" and r.get("pool_size", 32768) == ps and
+                      (r.get("pin_permille") == 10 if pin else "pin_permille" not in r))
+un, pi = w1(False), w1(True)
 a, na = med(un, "rss_after"); b, nb = med(pi, "rss_after")
 out.append("")
 if a and b:
@@ -127,6 +134,10 @@ if a and b:
                f"vs unpinned {a/2**20:.1f} MiB (n={na}): {b/a:.3f}x (goal <= 1.15) {verdict(b/a <= 1.15)}")
 else:
     out.append("pinning: no result")
+a2, na2 = med(w1(False, 131072), "rss_after"); b2, nb2 = med(w1(True, 131072), "rss_after")
+if a2 and b2:
+    out.append(f"  with 128 KiB pools (cfg.pool_size): pinned {b2/2**20:.1f} MiB (n={nb2}) vs unpinned "
+               f"{a2/2**20:.1f} MiB (n={na2}): {b2/a2:.3f}x")
 # where the pools' committed bytes go after the compaction (ph_census), the
 # first seed's pair: live slots, free slots, the rest (pool headers and
 # bitmaps, slot tails, slots straddling a hole); the classes that differ most

@@ -437,6 +437,8 @@ static void census_floor(ph_heap *h, ph_domain *d, const ph_value *pools,
   assert_int_equal(t.committed, st.pool_bytes);
   assert_true(t.holed > 0 && t.holed <= np && t.hole > 0);
   assert_true(t.hole * t.slot_bytes <= t.holed * cfg.pool_size);
+  printf("census: %zu pools, %zu with holes, %zu pinned\n", t.pools, t.holed,
+         np);
   if (now) {
     assert_int_equal(t.holed, holed);
     assert_true(holed * 10 >= np * 9); /* nearly every pinned pool */
