@@ -391,7 +391,7 @@ static void sparse_pins_free(sparse_pins *s) {
 
 /* ph_census's rows of a heap with one class of pools. */
 typedef struct census_sum {
-  size_t rows, pools, holed, hole, committed, slot_bytes;
+  size_t rows, pools, holed, live, free, hole, committed, slot_bytes;
 } census_sum;
 static void census_add(const ph_census_class *c, void *user) {
   census_sum *t = user;
@@ -400,6 +400,8 @@ static void census_add(const ph_census_class *c, void *user) {
   t->rows++;
   t->pools += c->pools;
   t->holed += c->holed_pools;
+  t->live += c->live_blocks;
+  t->free += c->free_blocks;
   t->hole += c->hole_blocks;
   t->committed += c->committed_bytes;
   t->slot_bytes = c->block_words * 8;
@@ -561,6 +563,51 @@ static void test_pinned_pools_give_pages_lazy_unmap(void **state) {
   pools_give_pages(PH_RELEASE_UNMAP);
 }
 
+/* compact.pin.floor: the blocks to move fill the pinned pools' kept pages
+ * first, then as few other pools as hold the rest.  Half the pools of a
+ * sparse heap (1 in 5 survives) hold a pinned block: their kept pages
+ * cannot take every survivor, so some unpinned pools are kept whole, and
+ * then every free slot is in the last one filled (fewer than a pool's
+ * slots in all).  ph_census tells the pools with holes from the others. */
+static size_t at_even(size_t k) {
+  return k % 2 ? SIZE_MAX : (k * 37) % 140 + 30;
+}
+
+static void test_pinned_pools_filled_first(void **state) {
+  (void)state;
+  ph_config cfg;
+  ph_config_init(&cfg);
+  cfg.gc_percent = 0;
+  ph_heap *h;
+  ph_domain *d;
+  assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
+  assert_int_equal(ph_domain_attach(h, &d), PH_OK);
+  const size_t n = tu_scale(200000, 4);
+  size_t m = ph_scope_open(d);
+  sparse_pins s;
+  sparse_pins_build(d, n, ~(ph_value)(cfg.pool_size - 1), 1, at_even, &s);
+  assert_true(s.np * 3 >= s.npools && s.np * 3 <= s.npools * 2);
+  assert_int_equal(ph_compact(d), PH_OK);
+  tu_verify_ok(d);
+  holes_check(s.arr, s.ns);
+  for (size_t k = 0; k < s.np; k++)
+    assert_true(ph_field(*s.arr, s.pin_j[k]) == s.pins[k]);
+  census_sum t = {0};
+  assert_int_equal(ph_census(d, census_add, &t), PH_OK);
+  size_t nslots = (t.live + t.free + t.hole) / t.pools;
+  printf("%zu pools (%zu pinned): %zu kept, %zu with holes; %zu free slots "
+         "of %zu per pool\n",
+         s.npools, s.np, t.pools, t.holed, t.free, nslots);
+  assert_int_equal(t.rows, 1);
+  assert_int_equal((t.live + t.free + t.hole) % t.pools, 0);
+  assert_true(t.holed * 10 >= s.np * 9); /* nearly every pinned pool */
+  assert_true(t.pools > t.holed);        /* others had to be kept */
+  assert_true(t.free < nslots);
+  ph_scope_close(d, m);
+  sparse_pins_free(&s);
+  tu_env_close(&(tu_env){h, d});
+}
+
 /* With PH_RELEASE_KEEP a pinned block's pool is kept whole (ph_pin). */
 static void test_pinned_pools_keep_whole(void **state) {
   (void)state;
@@ -633,6 +680,7 @@ int main(void) {
       cmocka_unit_test(test_pinned_pools_give_pages),
       cmocka_unit_test(test_pinned_pools_give_pages_lazy_unmap),
       cmocka_unit_test(test_pinned_pools_keep_whole),
+      cmocka_unit_test(test_pinned_pools_filled_first),
       cmocka_unit_test(test_pinned_pools_os_refusals),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
