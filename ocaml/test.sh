@@ -25,8 +25,8 @@ DEFAULT_DIRS=(compaction gc-roots weak-ephe-final parallel lib-domain misc)
 [ -n "$TSAN" ] && DEFAULT_DIRS=(tsan parallel)
 if [ $# -eq 0 ]; then DIRS=("${DEFAULT_DIRS[@]}"); else DIRS=("$@"); fi
 
-STOCK_TREE=$("$HERE/build.sh" stock $TSAN | tail -1)-tree
-PH_PREFIX=${POOLHEAP_OCAML_PREFIX:-$("$HERE/build.sh" $TSAN | tail -1)}
+STOCK_TREE=$("$HERE/build.sh" stock ${TSAN:+--tsan} | tail -1)-tree
+PH_PREFIX=${POOLHEAP_OCAML_PREFIX:-$("$HERE/build.sh" ${TSAN:+--tsan} | tail -1)}
 PH_TREE=$PH_PREFIX-tree
 OUT=$CACHE/ocaml-test${USE_RUNTIME:+-$USE_RUNTIME}$TSAN
 [ "${DIRS[0]}" = all ] && OUT=$OUT-all
