@@ -116,6 +116,8 @@ if [ $QUICK = 1 ]; then
   run_poolheap --n 200000 --domains 2 --keep 100 --skew --seed "$PEERS_SEED" --domains-compacting 2
   run_poolheap --n 200000 --domains 2 --keep 100 --skew --seed "$PEERS_SEED" --domains-compacting 1
   run_poolheap --n 200000 --domains 2 --keep 100 --seed "$PEERS_SEED" --scope per-domain --release unmap
+  # M1 at a twentieth (medium blocks, issue 11): poolheap alone
+  run_poolheap --shape M1 --quick --seed "$PEERS_SEED"
   run_peers quick
 else
   SHAPES="W1 W2 W50 Wskew M1"

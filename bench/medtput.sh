@@ -30,7 +30,7 @@ MIXES="log 3k 40k 200k"
 SEED=${BENCH_SEED:-$(( (RANDOM << 15) ^ RANDOM ))}
 while [ $# -gt 0 ]; do
   case $1 in
-    --runs) RUNS=$2; shift ;;
+    --runs) RUNS=${2:-}; shift ;;
     --bytes) BYTES=$2; shift ;;
     --mixes) MIXES=$2; shift ;;
     --seed) SEED=$2; shift ;;
@@ -38,6 +38,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+case $RUNS in '' | *[!0-9]* | 0) echo "medtput.sh: --runs needs a positive integer" >&2; exit 2 ;; esac
 say() { echo "[medtput] $*" >&2; }
 mkdir -p "$OUT"
 JSONL=$OUT/medtput.jsonl
@@ -58,7 +59,7 @@ MIMALLOC=$(lib_path libmimalloc2.0 '/libmimalloc\.so\.2$')
 SYSTEMS=(poolheap mimalloc glibc jemalloc)
 say "mixes $MIXES, $BYTES per run, $RUNS rounds, seed $SEED"
 one() { # system mix threads
-  local out rc=0
+  local out="" rc=0 why=""
   if [ "$1" = poolheap ]; then
     if [ -x "$BIN" ]; then
       out=$("$BIN" --mix "$2" --threads "$3" --bytes "$BYTES" --seed "$SEED" 2>>"$LOG") || rc=$?
@@ -66,7 +67,9 @@ one() { # system mix threads
   else
     local pre=""
     case $1 in jemalloc) pre=$JEMALLOC ;; mimalloc) pre=$MIMALLOC ;; esac
-    if [ -x "$PEER" ] && { [ "$1" = glibc ] || [ -n "$pre" ]; }; then
+    if [ "$1" != glibc ] && [ -z "$pre" ]; then
+      why="lib$1 not found (Debian package libjemalloc2 / libmimalloc2.0)"
+    elif [ -x "$PEER" ]; then
       out=$(env ${pre:+LD_PRELOAD="$pre"} "$PEER" --system "$1" --mix "$2" --threads "$3" \
         --bytes "$BYTES" --seed "$SEED" 2>>"$LOG") || rc=$?
     fi
@@ -74,8 +77,8 @@ one() { # system mix threads
   if printf '%s\n' "${out:-}" | grep -q '^{'; then
     printf '%s\n' "$out" | grep '^{' | sed "s/^{/{\"round\":$r,/" >>"$JSONL"
   else
-    printf '{"round":%d,"system":"%s","mix":"%s","threads":%d,"error":"exit %s, no output"}\n' \
-      "$r" "$1" "$2" "$3" "$rc" >>"$JSONL"
+    printf '{"round":%d,"system":"%s","mix":"%s","threads":%d,"error":"%s"}\n' \
+      "$r" "$1" "$2" "$3" "${why:-exit $rc, no output (log $LOG)}" >>"$JSONL"
   fi
 }
 for ((r = 1; r <= RUNS; r++)); do
