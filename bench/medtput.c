@@ -14,8 +14,10 @@
  * as the frees are on the malloc side.  Timed: from a barrier all threads
  * pass to the last join (drawing the plan, heap creation, the checksum and
  * ph_verify are not timed).  One JSON line: blocks and bytes per second,
- * collections, CPU time, minor page faults, peak RSS, the checksum of the
- * old ring (equal to the peers' for the same seed and mix).
+ * collections and their stop-the-world time (gc_ms: the sections as domain
+ * 0 saw them, from on_event), CPU time, minor page faults, peak RSS, the
+ * checksum of the old ring (equal to the peers' for the same seed and
+ * mix).
  *
  *   medtput [--mix log|3k|40k|200k] [--threads 1|2] [--bytes B] [--seed S]
  *           [--gc-percent P]
@@ -26,6 +28,7 @@
 #include "bench/peers/med_common.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/resource.h>
 
 typedef struct {
@@ -37,6 +40,23 @@ typedef struct {
 } job_t;
 
 static pthread_barrier_t start, done;
+
+/* The stop-the-world sections' time as domain 0 saw them (on_event): how
+ * much of poolheap's time the collections took (gc_ms in the JSON line). */
+static _Atomic uint64_t stw_begin, stw_ns;
+static void on_event(ph_phase phase, int begin, unsigned domain,
+                     uint64_t time_ns, void *user) {
+  (void)user;
+  if (phase != PH_PHASE_STW || domain != 0)
+    return;
+  if (begin)
+    atomic_store_explicit(&stw_begin, time_ns, memory_order_relaxed);
+  else
+    atomic_fetch_add_explicit(
+        &stw_ns,
+        time_ns - atomic_load_explicit(&stw_begin, memory_order_relaxed),
+        memory_order_relaxed);
+}
 
 static void *run(void *arg) {
   job_t *j = arg;
@@ -140,6 +160,7 @@ int main(int argc, char **argv) {
   ph_config cfg;
   ph_config_init(&cfg);
   cfg.gc_percent = gc_percent;
+  cfg.on_event = on_event;
   ph_heap *h;
   int e = ph_heap_create(&cfg, &h);
   if (e != PH_OK) {
@@ -163,6 +184,7 @@ int main(int argc, char **argv) {
   double t0 = peer_now_ms(), c0 = peer_cpu_ms();
   pthread_barrier_wait(&done);
   double ms = peer_now_ms() - t0, cpu = peer_cpu_ms() - c0;
+  double gc_ms = (double)atomic_load(&stw_ns) / 1e6;
   getrusage(RUSAGE_SELF, &ru1);
   for (int t = 0; t < threads; t++)
     pthread_join(th[t], NULL);
@@ -186,13 +208,15 @@ int main(int argc, char **argv) {
   printf("{\"system\":\"poolheap\",\"mix\":\"%s\",\"threads\":%d,"
          "\"blocks\":%llu,\"bytes\":%llu,\"ms\":%.2f,\"cpu_ms\":%.2f,"
          "\"blocks_per_sec\":%.0f,\"bytes_per_sec\":%.0f,\"collections\":%llu,"
+         "\"gc_ms\":%.2f,"
          "\"minflt\":%ld,\"maxrss\":%ld,\"checksum\":%llu,\"seed\":%llu,"
          "\"gc_percent\":%u,\"ok\":true}\n",
          mix, threads, (unsigned long long)nblocks, (unsigned long long)total,
          ms, cpu, (double)nblocks / (ms / 1e3), (double)total / (ms / 1e3),
-         (unsigned long long)st.collections, ru1.ru_minflt - ru0.ru_minflt,
-         ru1.ru_maxrss * 1024L, (unsigned long long)(sum & PEER_HASH_MASK),
-         (unsigned long long)seed, gc_percent);
+         (unsigned long long)st.collections, gc_ms,
+         ru1.ru_minflt - ru0.ru_minflt, ru1.ru_maxrss * 1024L,
+         (unsigned long long)(sum & PEER_HASH_MASK), (unsigned long long)seed,
+         gc_percent);
   for (int t = 0; t < threads; t++)
     med_plan_free(&jobs[t].plan);
   return ph_heap_destroy(h) == PH_OK ? 0 : 2;

@@ -123,7 +123,8 @@ p("## Medium-block allocation throughput (issue 11)")
 p()
 p("%s bytes per run, seed %s; medians over the runs (column by column). Timed: allocation, "
   "block initialisation and root store from a barrier to the last thread done; poolheap's "
-  "includes every paced collection (gc_percent 100), the peers' every free. "
+  "includes every paced collection (gc_percent 100), the peers' every free; GC ms: "
+  "poolheap's stop-the-world sections within it, as domain 0 saw them. "
   "ratio = poolheap blocks/s over mimalloc's (goal >= 0.9)." % (nbytes, seed))
 goals = []
 for mix in mixes:
@@ -134,8 +135,8 @@ for mix in mixes:
         p()
         p("### mix %s, %d thread%s" % (mix, t, "s" if t > 1 else ""))
         p()
-        p("| system | runs | ms | M blocks/s | GB/s | x mimalloc | collections | minor faults | peak RSS MB | checksum |")
-        p("|---|---|---|---|---|---|---|---|---|---|")
+        p("| system | runs | ms | M blocks/s | GB/s | x mimalloc | collections | GC ms | minor faults | peak RSS MB | checksum |")
+        p("|---|---|---|---|---|---|---|---|---|---|---|")
         mi = g.get("mimalloc")
         mi_bps = median([r["blocks_per_sec"] for r in mi]) if mi else None
         sums = {}
@@ -145,11 +146,12 @@ for mix in mixes:
             ratio = bps / mi_bps if mi_bps else None
             for r in rs:
                 sums.setdefault(r["checksum"], set()).add(s)
-            p("| %s | %d | %.0f | %.3f | %.2f | %s | %s | %.0f | %.1f | %s |" % (
+            p("| %s | %d | %.0f | %.3f | %.2f | %s | %s | %s | %.0f | %.1f | %s |" % (
                 s, len(rs), median([r["ms"] for r in rs]), bps / 1e6,
                 median([r["bytes_per_sec"] for r in rs]) / 1e9,
                 "%.2f" % ratio if ratio is not None else "—",
                 "%.0f" % median([r["collections"] for r in rs]) if "collections" in rs[0] else "—",
+                "%.0f" % median([r["gc_ms"] for r in rs]) if "gc_ms" in rs[0] else "—",
                 median([r["minflt"] for r in rs]), median([r["maxrss"] for r in rs]) / 1048576,
                 ",".join(str(c) for c in sorted({r["checksum"] for r in rs}))))
             if s == "poolheap" and ratio is not None:
