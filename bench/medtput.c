@@ -12,8 +12,9 @@
  * as paced (gc_percent 100 by default): the collections, their sweeps and
  * the memory they release or take back are inside the timed part, exactly
  * as the frees are on the malloc side.  Timed: from a barrier all threads
- * pass to the last join (drawing the plan, heap creation, the checksum and
- * ph_verify are not timed).  One JSON line: blocks and bytes per second,
+ * pass once their rings are rooted to one they pass when all are done
+ * (drawing the plan, heap creation, the checksum and ph_verify are not
+ * timed).  One JSON line: blocks and bytes per second,
  * collections and their stop-the-world time (gc_ms: the sections as domain
  * 0 saw them, from on_event), CPU time, minor page faults, peak RSS, the
  * checksum of the old ring (equal to the peers' for the same seed and

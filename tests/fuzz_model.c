@@ -664,7 +664,7 @@ static void op_alloc(void) {
       wosize = medium_wosize();
       tag = k / 16 % 2 ? PH_TAG_RAW : get8() % PH_TAG_RAW;
     } else {
-      wosize = 200 + get16() % 5000; /* large */
+      wosize = 200 + get16() % 5000; /* large (medium once served) */
       tag = get8() % PH_TAG_RAW;
     }
     break;
