@@ -3,7 +3,8 @@
 #   ./run.sh demo            the fragmentation demo (the main job)
 #   ./run.sh test            build every variant, run every test (and OCaml's testsuite on poolheap)
 #   ./run.sh bench [--big]   the compaction benchmark with its peers, then the trace replay,
-#                            the weak tables and pinning (bench/weak.sh) and the OCaml rows
+#                            medium-block throughput (bench/medtput.sh), the weak tables
+#                            and pinning (bench/weak.sh) and the OCaml rows
 #   ./run.sh soak MINUTES    long stress: TSan stress, mapping soak, fuzzing
 #   ./run.sh fuzz MINUTES    the differential fuzzer, open-ended
 #   ./run.sh install PREFIX  headers, static and shared library, pkg-config
@@ -68,9 +69,11 @@ case $cmd in
     build release
     rc=0
     bench/bench.sh "$@" || rc=$?
-    # the trace replay (bench/trace/bench.sh, about 30 s) and issue 12's weak
-    # tables and pinning (bench/weak.sh, beside OCaml 5.3), not in --quick
+    # the trace replay (bench/trace/bench.sh, about 30 s), issue 11's medium-block
+    # throughput beside mimalloc (bench/medtput.sh, about a minute) and issue 12's
+    # weak tables and pinning (bench/weak.sh, beside OCaml 5.3), not in --quick
     case " $* " in *" --quick "*) ;; *) bench/trace/bench.sh || rc=$?
+      bench/medtput.sh || rc=$?
       bench/weak.sh || rc=$? ;; esac
     exit $rc
     ;;

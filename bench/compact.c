@@ -9,10 +9,14 @@
  *   maps / checksum, ph_verify, and a second ph_compact that must move 0.
  * The other domains take part: they poll ph_safepoint in a loop, or (with
  * --domains-compacting 1) wait inside ph_blocking_enter/leave.
+ * M1 (issue 11) is W1's shape with medium blocks: n 10000, block sizes of
+ * 2-64 KiB (frag_fields_medium, bench/frag_build.h; --medium on a custom
+ * shape), about W1's bytes; no peer builds it, so its checksum is its own.
  * One JSON line per run on stdout; exit status 0 only if every run was ok.
  *
- *   compact [--shape W1|W2|W50|Wskew|Wbig] [--n N] [--domains D] [--keep K]
- *           [--skew] [--seed S] [--runs R] [--scope global|per-domain]
+ *   compact [--shape W1|W2|W50|Wskew|Wbig|M1] [--n N] [--domains D] [--keep K]
+ *           [--skew] [--medium] [--seed S] [--runs R] [--scope
+ * global|per-domain]
  *           [--release decommit|unmap|lazy|keep] [--domains-compacting 1|2]
  *           [--gc-percent P] [--huge off|transparent|explicit] [--quick]
  *           [--pin PERMILLE]  (pin that share of the survivors first)
@@ -36,6 +40,7 @@ typedef struct bench_opts {
   const char *shape;
   long long n;
   int domains, keep, skew, compacting, quick;
+  int medium; /* M1: sizes of 2-64 KiB (frag_fields_medium) */
   unsigned gc_percent, helpers;
   size_t pool_size; /* --pool-size: cfg.pool_size (0: the default) */
   unsigned pin;     /* permille of the surviving blocks pinned (gc.pin) */
@@ -125,8 +130,9 @@ static int build_part(ph_domain *d, part *p) {
   uint64_t live = 0;
   size_t nkept = 0;
   int rc = 0;
-  int err = frag_build(d, p->rslot, n, opt.keep, &rng, bits, &nkept, &live,
-                       NULL, NULL);
+  int err = frag_build_mix(d, p->rslot, n, opt.keep, &rng,
+                           opt.medium ? frag_fields_medium : peer_fields, bits,
+                           &nkept, &live, NULL, NULL);
   if (err != PH_OK) {
     fail("ph_alloc(block)", err);
     rc = -1;
@@ -403,12 +409,12 @@ static int run_once(int run) {
           ",\"n\":%lld,\"domains\":%d,\"keep\":%d,\"skew\":%s,\"seed\":%llu,"
           "\"run\":%d,\"scope\":\"%s\",\"release\":\"%s\","
           "\"domains_compacting\":%d,\"helpers\":%u,\"huge\":\"%s\","
-          "\"pool_size\":%zu",
+          "\"pool_size\":%zu,\"medium\":%s",
           opt.n, opt.domains, opt.keep, opt.skew ? "true" : "false",
           (unsigned long long)opt.seed, run,
           opt.scope == PH_COMPACT_GLOBAL ? "global" : "per-domain",
           rel[opt.release], opt.compacting, opt.helpers, huge[opt.huge],
-          pool_size);
+          pool_size, opt.medium ? "true" : "false");
   if (opt.pin)
     fprintf(f, ",\"pin_permille\":%u,\"pinned\":%llu", opt.pin,
             (unsigned long long)res.pinned);
@@ -491,8 +497,8 @@ static int run_once(int run) {
 static void usage(void) {
   fprintf(
       stderr,
-      "usage: compact [--shape W1|W2|W50|Wskew|Wbig] [--n N] [--domains D]\n"
-      "               [--keep K] [--skew] [--seed S] [--runs R]\n"
+      "usage: compact [--shape W1|W2|W50|Wskew|Wbig|M1] [--n N] [--domains D]\n"
+      "               [--keep K] [--skew] [--medium] [--seed S] [--runs R]\n"
       "               [--scope global|per-domain]\n"
       "               [--release decommit|unmap|lazy|keep]\n"
       "               [--domains-compacting 1|2] [--gc-percent P] "
@@ -514,13 +520,15 @@ int main(int argc, char **argv) {
   opt.scope = PH_COMPACT_GLOBAL;
   for (int a = 1; a < argc; a++) {
     const char *o = argv[a];
-    int flag = strcmp(o, "--skew") == 0 || strcmp(o, "--quick") == 0;
+    int flag = strcmp(o, "--skew") == 0 || strcmp(o, "--quick") == 0 ||
+               strcmp(o, "--medium") == 0;
     if (!flag && a + 1 >= argc)
       usage();
     if (strcmp(o, "--shape") == 0) {
       const char *s = argv[++a];
       opt.shape = s;
       opt.skew = 0;
+      opt.medium = 0;
       if (strcmp(s, "W1") == 0) {
         opt.n = 4000000, opt.domains = 1, opt.keep = 100;
       } else if (strcmp(s, "W2") == 0) {
@@ -531,6 +539,9 @@ int main(int argc, char **argv) {
         opt.n = 4000000, opt.domains = 2, opt.keep = 100, opt.skew = 1;
       } else if (strcmp(s, "Wbig") == 0) {
         opt.n = 20000000, opt.domains = 1, opt.keep = 100;
+      } else if (strcmp(s, "M1") == 0) {
+        /* W1 with medium blocks (issue 11): about W1's bytes */
+        opt.n = 10000, opt.domains = 1, opt.keep = 100, opt.medium = 1;
       } else {
         usage();
       }
@@ -544,6 +555,8 @@ int main(int argc, char **argv) {
       opt.skew = 1, explicit_ = 1;
     } else if (strcmp(o, "--quick") == 0) {
       opt.quick = 1;
+    } else if (strcmp(o, "--medium") == 0) {
+      opt.medium = 1, explicit_ = 1;
     } else if (strcmp(o, "--seed") == 0) {
       opt.seed = strtoull(argv[++a], NULL, 0), have_seed = 1;
     } else if (strcmp(o, "--runs") == 0) {

@@ -16,10 +16,23 @@
 
 #include <poolheap.h>
 
-static inline int frag_build(ph_domain *d, ph_value *R, size_t n, unsigned keep,
-                             peer_rng *rng, uint8_t *kept_bits, size_t *nkept,
-                             uint64_t *live,
-                             void (*progress)(size_t i, void *ctx), void *ctx) {
+/* The medium size mix of the M1 shape (issue 11): block bytes (header
+ * included) log-uniform by octave over 2-64 KiB: one of the five octaves
+ * 2-4, 4-8, ..., 32-64 KiB uniformly, then a size uniformly within it (mean
+ * about 19 KiB).  Integer draws only, so any port reproduces it exactly. */
+static inline unsigned frag_fields_medium(peer_rng *r) {
+  uint64_t lo = (uint64_t)2048 << peer_uniform(r, 5);
+  uint64_t bytes = lo + peer_uniform(r, lo);
+  return (unsigned)(bytes / 8 - 1);
+}
+
+/* frag_build with the field counts drawn by fields (peer_fields: the frag
+ * size mix; frag_fields_medium: M1's). */
+static inline int
+frag_build_mix(ph_domain *d, ph_value *R, size_t n, unsigned keep,
+               peer_rng *rng, unsigned (*fields)(peer_rng *),
+               uint8_t *kept_bits, size_t *nkept, uint64_t *live,
+               void (*progress)(size_t i, void *ctx), void *ctx) {
   uint32_t *list[2];
   size_t cnt[2] = {0, 0};
   list[0] = peer_aux_alloc(n * sizeof(uint32_t));
@@ -27,7 +40,7 @@ static inline int frag_build(ph_domain *d, ph_value *R, size_t n, unsigned keep,
   int err = PH_OK;
   *live = 0;
   for (size_t i = 0; i < n; i++) {
-    unsigned w = peer_fields(rng);
+    unsigned w = fields(rng);
     int kept = peer_uniform(rng, 1000) < (uint64_t)keep;
     ph_value b = ph_alloc(d, w, 0);
     if (!b) {
@@ -56,6 +69,14 @@ static inline int frag_build(ph_domain *d, ph_value *R, size_t n, unsigned keep,
   peer_aux_free(list[0], n * sizeof(uint32_t));
   peer_aux_free(list[1], n * sizeof(uint32_t));
   return err;
+}
+
+static inline int frag_build(ph_domain *d, ph_value *R, size_t n, unsigned keep,
+                             peer_rng *rng, uint8_t *kept_bits, size_t *nkept,
+                             uint64_t *live,
+                             void (*progress)(size_t i, void *ctx), void *ctx) {
+  return frag_build_mix(d, R, n, keep, rng, peer_fields, kept_bits, nkept, live,
+                        progress, ctx);
 }
 
 /* The peers' checksum (frag_c.c), continued over one root array r of n

@@ -3,7 +3,8 @@
  * LLVMFuzzerTestOneInput decodes its bytes into operations and applies each
  * one both to a fresh poolheap and to a plain reference model of the object
  * graph kept outside the heap:
- *   attach / detach / switch domains, alloc (every small size, large, raw),
+ *   attach / detach / switch domains, alloc (every small size, medium
+ *   sizes of 2-256 KiB (issue 11) and just beyond, large, raw),
  *   set a field to a node, an immediate or 0, set or drop a root (handle-scope
  *   slots, nested scopes, global roots, scan_roots hook slots), collect,
  *   compact, verify, census, safepoint, blocking sections; weak blocks,
@@ -58,6 +59,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define FZ_REGS 64 /* finaliser registrations at once */
 #define FZ_PINS 8  /* pinned blocks at once */
 #define FZ_RES 3   /* global roots a FIRST finaliser may resurrect into */
+/* words of the model's nodes at once (their wosizes): a medium block that
+ * would pass it is drawn small instead, so that the walk after every
+ * operation stays about as long as before medium sizes were drawn */
+#define FZ_MAXWORDS (160u * 1024)
 
 /* A model value: 0 is the word 0, an odd word is that immediate, otherwise
  * (node index + 1) << 1. */
@@ -125,6 +130,7 @@ static struct {
   uint64_t model_bytes;
   fz_node n[FZ_MAXN];
   size_t nlive;
+  size_t words;          /* sum of the used nodes' wosizes */
   size_t order[FZ_MAXN]; /* nodes reachable at the last sync */
   size_t stack[FZ_MAXN];
   size_t norder;
@@ -252,6 +258,7 @@ static void keep_node(size_t i, size_t *sp) {
 }
 
 static void free_node(size_t i) {
+  fz.words -= fz.n[i].wosize;
   free(fz.n[i].f);
   memset(&fz.n[i], 0, sizeof fz.n[i]);
   fz.nlive--;
@@ -624,6 +631,18 @@ static size_t new_node_slot(void) {
 
 /* ------------------------------------------------------------ operations */
 
+/* A medium size (issue 11): slot bytes of 2-256 KiB, log-uniform by octave
+ * (256-511 fields, 512-1023, ..., 16384-32767), or one of the top medium
+ * class's 32767 fields and the two large sizes just above it. */
+static size_t medium_wosize(void) {
+  unsigned b = get8();
+  if (b % 16 == 15)
+    return 32767 + b / 16 % 3;
+  size_t lo = (size_t)256 << (b % 7);
+  size_t w = lo + get16() % lo;
+  return w > 32767 ? 32767 : w;
+}
+
 static void op_alloc(void) {
   ph_domain *d = need_dom();
   unsigned k = get8();
@@ -641,8 +660,13 @@ static void op_alloc(void) {
     tag = get8() % PH_TAG_RAW;
     break;
   case 4:
-    wosize = 200 + get16() % 5000; /* large */
-    tag = get8() % PH_TAG_RAW;
+    if (k / 8 % 2) { /* medium, scanned or raw */
+      wosize = medium_wosize();
+      tag = k / 16 % 2 ? PH_TAG_RAW : get8() % PH_TAG_RAW;
+    } else {
+      wosize = 200 + get16() % 5000; /* large (medium once served) */
+      tag = get8() % PH_TAG_RAW;
+    }
     break;
   case 5:
     wosize = 1 + get8() % 64;
@@ -657,6 +681,8 @@ static void op_alloc(void) {
     tag = 0;
     break;
   }
+  if (wosize > 256 && fz.words + wosize > FZ_MAXWORDS)
+    wosize = 1 + wosize % 64; /* the model's words are bounded */
   ph_value *slot;
   fz_val *model;
   pick_root(&slot, &model);
@@ -675,6 +701,7 @@ static void op_alloc(void) {
   n->wosize = wosize;
   n->tag = tag;
   fz.nlive++;
+  fz.words += wosize;
   if (tag >= PH_TAG_RAW) {
     uint64_t *w = ph_raw(v);
     for (size_t q = 0; q < wosize; q++) {
@@ -874,6 +901,7 @@ static void op_alloc_special(void) {
   m->f = calloc(wo, sizeof *m->f);
   FZ_CHECK(m->f != NULL, "out of memory");
   fz.nlive++;
+  fz.words += wo;
   for (size_t q = 0; q < wo; q++)
     FZ_CHECK(ph_field(v, q) == 0, "field %zu is not 0", q);
   *slot = v;

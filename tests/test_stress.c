@@ -7,7 +7,8 @@
  * exits, and the lane starts a new thread that attaches (so domains come and
  * go mid-run).  Every domain:
  *   - mutates its own graph, kept alive by handle-scope roots: allocations of
- *     every size (small classes, large, raw), field sets, root drops;
+ *     every size (small classes, medium sizes of 2-256 KiB (issue 11) and just
+ *     beyond, large, raw), field sets, root drops;
  *   - mutates one shared graph (global roots) under a pthread mutex, waiting
  *     for the mutex inside a blocking section (lock while blocking, then
  *     ph_blocking_leave while holding it: a waiter never holds up a
@@ -54,6 +55,11 @@
 #define SHARED_ROOTS 8
 #define OWN_MAXN 1200
 #define SHARED_MAXN 800
+/* words (wosizes) a graph's model holds at once; a medium block that would
+ * pass it is drawn small instead, so the memory and the walks stay bounded.
+ * Under TSan about half, still room for the top medium class (32767 fields)
+ * and the sizes just beyond. */
+#define GRAPH_MAXWORDS (TU_TSAN ? 36u * 1024 : 64u * 1024)
 
 /* ------------------------------------------------------------ globals */
 
@@ -65,6 +71,8 @@ static atomic_int stop;
 static atomic_uint_fast64_t next_id = 1;
 static atomic_uint_fast64_t n_compact, n_collect, n_verify, n_ops, n_attach;
 static atomic_uint_fast64_t n_handoff, n_blocking, n_shared;
+static atomic_uint_fast64_t n_medium, n_beyond; /* blocks of 256-32767 fields,
+                                                   and of more */
 static uint64_t seed;
 static uint64_t deadline_ns;
 static long ops_per_lane;
@@ -110,6 +118,7 @@ typedef struct graph {
   const char *name;
   node *n;
   size_t cap, nlive;
+  size_t words;  /* sum of the used nodes' wosizes */
   size_t *order; /* nodes reached by the last sync */
   size_t norder;
   unsigned epoch;
@@ -137,6 +146,7 @@ static void g_init(graph *g, const char *name, size_t cap, int nroots) {
 }
 
 static void g_free_node(graph *g, size_t i) {
+  g->words -= g->n[i].wosize;
   free(g->n[i].f);
   memset(&g->n[i], 0, sizeof g->n[i]);
   g->nlive--;
@@ -277,24 +287,50 @@ static size_t g_new_index(graph *g) {
   return (size_t)-1;
 }
 
-static void choose_size(tu_rng *r, size_t *wosize, unsigned *tag) {
+/* A medium size (issue 11): slot bytes of 2-256 KiB, log-uniform by octave
+ * (256-511 fields, ..., 16384-32767), or one of the top medium class's 32767
+ * fields and the two large sizes just above it. */
+static size_t medium_wosize(tu_rng *r) {
+  if (tu_below(r, 16) == 0)
+    return 32767 + tu_below(r, 3);
+  size_t lo = (size_t)256 << tu_below(r, 7);
+  return lo + tu_below(r, (unsigned)lo);
+}
+
+/* The medium draws of the graphs: under TSan, where every field the walks
+ * read costs most, half of them are of the older large band instead. */
+static size_t graph_medium(tu_rng *r) {
+  if (TU_TSAN && tu_below(r, 2))
+    return 300 + tu_below(r, 3000);
+  return medium_wosize(r);
+}
+
+static void choose_size(graph *g, tu_rng *r, size_t *wosize, unsigned *tag) {
   unsigned k = tu_below(r, 100);
-  if (k < 60) {
+  if (k < 58) {
     *wosize = 1 + tu_below(r, 12);
     *tag = tu_below(r, PH_TAG_RAW);
-  } else if (k < 80) {
+  } else if (k < 78) {
     *wosize = 1 + tu_below(r, 256); /* every small class */
     *tag = tu_below(r, PH_TAG_RAW);
+  } else if (k < 81) {
+    *wosize = 300 + tu_below(r, 3000); /* large (medium once served) */
+    *tag = tu_below(r, PH_TAG_RAW);
   } else if (k < 83) {
-    *wosize = 300 + tu_below(r, 3000); /* large */
+    *wosize = graph_medium(r);
     *tag = tu_below(r, PH_TAG_RAW);
   } else if (k < 97) {
     *wosize = 1 + tu_below(r, 64);
     *tag = PH_TAG_RAW + tu_below(r, PH_TAG_MAX - PH_TAG_RAW + 1);
-  } else {
+  } else if (k < 99) {
     *wosize = 300 + tu_below(r, 2000);
     *tag = PH_TAG_RAW + tu_below(r, PH_TAG_MAX - PH_TAG_RAW + 1);
+  } else {
+    *wosize = graph_medium(r);
+    *tag = PH_TAG_RAW + tu_below(r, PH_TAG_MAX - PH_TAG_RAW + 1);
   }
+  if (*wosize > 256 && g->words + *wosize > GRAPH_MAXWORDS)
+    *wosize = 1 + *wosize % 64; /* the model's words are bounded */
 }
 
 /* Allocate a burst of nodes straight into root slots, then sync (the
@@ -311,7 +347,7 @@ static int g_alloc_burst(graph *g, ph_domain *d, tu_rng *r) {
   for (unsigned b = 0; b < burst; b++) {
     size_t wosize;
     unsigned tag;
-    choose_size(r, &wosize, &tag);
+    choose_size(g, r, &wosize, &tag);
     ph_value v = ph_alloc(d, wosize, tag);
     g->fresh = 0;
     if (!v) {
@@ -325,6 +361,10 @@ static int g_alloc_burst(graph *g, ph_domain *d, tu_rng *r) {
     n->wosize = wosize;
     n->tag = tag;
     g->nlive++;
+    g->words += wosize;
+    if (wosize >= 256)
+      atomic_fetch_add_explicit(wosize > 32767 ? &n_beyond : &n_medium, 1,
+                                memory_order_relaxed);
     if (tag >= PH_TAG_RAW) {
       uint64_t *w = ph_raw(v);
       for (size_t q = 0; q < wosize; q++)
@@ -364,6 +404,7 @@ static mval g_import(graph *dst, graph *src, mval e, size_t *map) {
   t->f = NULL;
   t->mark = 0;
   dst->nlive++;
+  dst->words += t->wosize;
   map[i] = j;
   if (s->f) {
     t->f = malloc(s->wosize * sizeof *t->f);
@@ -435,8 +476,10 @@ static void lock_shared(ph_domain *d) {
   ph_blocking_leave(d);
 }
 
-static ph_value side_node(ph_domain *d, uint64_t id) {
-  ph_value v = ph_alloc(d, 2, 0);
+/* A node of the side model: 2 fields, or one time in 8 a medium size (so
+ * weak fields, ephemerons, finalisers and pins meet medium blocks too). */
+static ph_value side_node(ph_domain *d, tu_rng *r, uint64_t id) {
+  ph_value v = ph_alloc(d, tu_below(r, 8) ? 2 : medium_wosize(r), 0);
   if (v)
     ph_set_field(v, 0, ph_val_int((intptr_t)id));
   return v;
@@ -540,7 +583,7 @@ static int side_op(worker *w) {
   int k = (int)tu_below(&w->r, SIDE_N);
   if (o == 0) { /* a new rooted target */
     uint64_t id = atomic_fetch_add(&next_id, 1);
-    ph_value v = side_node(w->d, id);
+    ph_value v = side_node(w->d, &w->r, id);
     if (!v)
       return -1;
     *sd->t[k] = v;
@@ -559,11 +602,11 @@ static int side_op(worker *w) {
     } else {
       uint64_t kid = atomic_fetch_add(&next_id, 1);
       uint64_t did = atomic_fetch_add(&next_id, 1);
-      ph_value key = side_node(w->d, kid);
+      ph_value key = side_node(w->d, &w->r, kid);
       if (!key)
         return -1;
       *sd->ek = key;
-      ph_value data = side_node(w->d, did);
+      ph_value data = side_node(w->d, &w->r, did);
       if (!data)
         return -1;
       ph_set_field(*sd->e, 0, *sd->ek);
@@ -575,7 +618,7 @@ static int side_op(worker *w) {
   } else if (o == 3) { /* finalisers on garbage: FIRST ids even, LAST odd */
     for (int q = 0; q < 2; q++) {
       uint64_t id = atomic_fetch_add(&next_id, 1);
-      ph_value v = side_node(w->d, id);
+      ph_value v = side_node(w->d, &w->r, id);
       if (!v)
         return -1;
       int last = (int)(id & 1);
@@ -597,7 +640,7 @@ static int side_op(worker *w) {
       sd->pin = 0;
     } else {
       uint64_t id = atomic_fetch_add(&next_id, 1);
-      ph_value v = side_node(w->d, id);
+      ph_value v = side_node(w->d, &w->r, id);
       if (!v || ph_pin(w->d, v) != PH_OK) {
         FAIL("ph_pin");
         return -1;
@@ -681,7 +724,10 @@ static int shared_section(worker *w, int handoff) {
     }
     int k = (int)tu_below(&w->r, OWN_ROOTS);
     size_t need = g_count_from(&w->own, w->own.root[k], ++w->own.epoch);
-    if (need && shared.nlive + need + 8 < shared.cap) {
+    /* (the shared graph's words stay below twice GRAPH_MAXWORDS: it takes
+     * a subgraph, of at most that many words, only while below it) */
+    if (need && shared.nlive + need + 8 < shared.cap &&
+        shared.words < GRAPH_MAXWORDS) {
       size_t *map = malloc(w->own.cap * sizeof *map);
       assert_non_null(map);
       memset(map, 0xff, w->own.cap * sizeof *map);
@@ -969,13 +1015,15 @@ static void test_stress(void **state) {
   printf("test_stress: %.1f s, %llu ops, %llu domains attached, %llu "
          "ph_compact calls (%llu compactions ran in the heap, %llu "
          "collections), %llu ph_collect calls, %llu verifies, %llu shared "
-         "sections, %llu blocking sits, %llu hand-offs\n",
+         "sections, %llu blocking sits, %llu hand-offs, %llu blocks of "
+         "2-256 KiB and %llu beyond\n",
          (double)(now_ns() - t0) / 1e9, (unsigned long long)n_ops,
          (unsigned long long)n_attach, (unsigned long long)n_compact,
          (unsigned long long)st.compactions, (unsigned long long)st.collections,
          (unsigned long long)n_collect, (unsigned long long)n_verify,
          (unsigned long long)n_shared, (unsigned long long)n_blocking,
-         (unsigned long long)n_handoff);
+         (unsigned long long)n_handoff, (unsigned long long)n_medium,
+         (unsigned long long)n_beyond);
   assert_int_equal(ph_domain_detach(d), PH_OK);
   for (int k = 0; k < SHARED_ROOTS; k++)
     assert_int_equal(ph_root_remove(heap, &shared_slots[k]), PH_OK);
