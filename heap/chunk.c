@@ -4,7 +4,8 @@
  * A chunk is one reservation from the OS layer: one kernel mapping, aligned
  * to pool_size (2 MiB with huge pages), divided into units of pool_size
  * bytes.  Each unit is PH_U_FREE (Reserved, no pages), PH_U_FREE_COMM
- * (Committed but unused), PH_U_POOL, PH_U_LARGE or PH_U_LARGE_TAIL.
+ * (Committed but unused), PH_U_POOL, PH_U_POOL_TAIL (a medium pool's
+ * further units), PH_U_LARGE or PH_U_LARGE_TAIL.
  *
  * heap.chunk.growth: a new chunk is half of what the heap reserves now (at
  * least 4 MiB, at least the request), so reservations grow by a factor 3/2:
@@ -31,6 +32,20 @@ static size_t chunk_align(const struct ph_heap *h) {
 
 static size_t round_up(size_t x, size_t a) {
   return (x + a - 1) & ~(a - 1);
+}
+
+ph_unit_hdr *ph_block_unit(const struct ph_heap *h, ph_value v) {
+  ph_chunk *c = ph_chunk_find(h, (const void *)v);
+  if (!c)
+    return NULL;
+  uint32_t u = (uint32_t)((size_t)((char *)v - c->base) >> h->pool_shift);
+  while (c->ustate[u] == PH_U_LARGE_TAIL) /* only bad input gets here */
+    u--;
+  u = ph_unit_head(c, u);
+  uint8_t st = c->ustate[u];
+  if (st != PH_U_POOL && st != PH_U_LARGE)
+    return NULL;
+  return (ph_unit_hdr *)ph_unit_addr(h, c, u);
 }
 
 ph_chunk *ph_chunk_find(const struct ph_heap *h, const void *p) {
@@ -303,9 +318,12 @@ static int take_locked(struct ph_heap *h, size_t n, size_t bytes, int state,
       if (err != PH_OK)
         continue;
       c->ustate[u] = (uint8_t)state;
-      for (size_t k = 1; k < n; k++)
+      for (size_t k = 1; k < n; k++) {
         c->ustate[u + k] =
-            (uint8_t)(state == PH_U_LARGE ? PH_U_LARGE_TAIL : state);
+            (uint8_t)(state == PH_U_LARGE ? PH_U_LARGE_TAIL : PH_U_POOL_TAIL);
+        if (state == PH_U_POOL) /* heap.unit.lookup */
+          c->ucls[u + k] = (uint16_t)k;
+      }
       c->nfree -= (uint32_t)n;
       advance_hint(c);
       *chunk_out = c;
