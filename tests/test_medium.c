@@ -261,6 +261,19 @@ static void test_tail_unit_bad_input(void **state) {
   assert_int_equal(ph_pin(d, last), PH_OK);
   assert_int_equal(ph_unpin(d, last), PH_OK);
   tu_verify_ok(d);
+  /* heap.verify checks the tails: a wrong distance back, a tail made a
+   * free unit */
+  ph_chunk *c = t.pool->chunk;
+  uint32_t tu = t.pool->unit + 1;
+  char why[256];
+  c->ucls[tu] = 2;
+  assert_int_equal(ph_verify(d, why, sizeof why), PH_ECORRUPT);
+  assert_non_null(strstr(why, "tail"));
+  c->ucls[tu] = 1;
+  c->ustate[tu] = PH_U_FREE_COMM;
+  assert_int_equal(ph_verify(d, why, sizeof why), PH_ECORRUPT);
+  c->ustate[tu] = PH_U_POOL_TAIL;
+  tu_verify_ok(d);
   assert_int_equal(ph_scope_close(d, m), PH_OK);
   free(t.blocks);
   heap_close(h, d);
@@ -384,10 +397,10 @@ static void sparse_case(ph_release_mode rel, size_t pool_size) {
     old[i] = ph_field(*tab, (size_t)i * (n / 8));
   assert_int_equal(ph_compact(d), PH_OK);
   ph_stats s1 = tu_stats(h);
-  print_message("release %d pool %zu: %zu medium blocks kept, moved %llu "
-                "blocks (%llu bytes), %llu pools freed, committed %llu -> "
-                "%llu\n",
-                (int)rel, h->pool_size, n,
+  print_message("release %d pool %zu: %zu medium blocks kept (live %llu "
+                "bytes), moved %llu blocks (%llu bytes), %llu pools freed, "
+                "committed %llu -> %llu\n",
+                (int)rel, h->pool_size, n, (unsigned long long)s1.live_bytes,
                 (unsigned long long)s1.evacuated_blocks,
                 (unsigned long long)s1.evacuated_bytes,
                 (unsigned long long)s1.evacuated_pools,
