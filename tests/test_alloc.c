@@ -34,8 +34,10 @@ static ph_pool *pool_of(ph_value v) {
 /* The next wosize to try after wo: every small one; in the medium
  * classes each class's smallest, middle and largest wosize. */
 static size_t next_wosize(size_t wo) {
+  if (wo + 1 > h->max_small_wosize)
+    return wo + 1;
   unsigned c = ph_class_of_wosize(h, wo + 1);
-  if (wo + 1 > h->max_small_wosize || c < h->nsmall)
+  if (c < h->nsmall)
     return wo + 1;
   size_t lo = h->class_wsize[c - 1], hi = h->class_wsize[c] - 1;
   if (wo < (lo + hi) / 2)
