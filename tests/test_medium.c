@@ -449,6 +449,95 @@ static void test_compact_sparse_medium(void **state) {
   sparse_case(PH_RELEASE_DECOMMIT, 4096);
 }
 
+/* Two domains allocating medium and small blocks at once (pools of several
+ * units opened concurrently, collections started by allocation), each
+ * keeping a table of checksummed medium blocks and dropping the rest; in
+ * turn one of them compacts (both take part: evacuation and update in
+ * parallel).  After every round each domain checks every kept block's
+ * contents; ph_verify is clean at the end. */
+typedef struct mt_ctx {
+  ph_heap *h;
+  pthread_barrier_t bar;
+  uint64_t moved; /* blocks evacuated, summed over the compactions */
+} mt_ctx;
+
+static void mt_fill(ph_value v, size_t id) {
+  size_t wo = ph_wosize(v);
+  ph_set_field(v, 0, ph_val_int((intptr_t)id));
+  for (size_t f = 1; f < wo; f++)
+    ph_set_field(v, f, ph_val_int((intptr_t)(tu_mix(id, f) >> 2)));
+}
+
+static int mt_intact(ph_value v, size_t id) {
+  size_t wo = ph_wosize(v);
+  if (ph_field(v, 0) != ph_val_int((intptr_t)id))
+    return 0;
+  for (size_t f = 1; f < wo; f++)
+    if (ph_field(v, f) != ph_val_int((intptr_t)(tu_mix(id, f) >> 2)))
+      return 0;
+  return 1;
+}
+
+static void *mt_main(void *arg) {
+  tu_thread_arg *a = arg;
+  mt_ctx *x = a->user;
+  ph_domain *d;
+  TU_CHECK(ph_domain_attach(x->h, &d) == PH_OK);
+  tu_rng r;
+  tu_rng_init(&r, 100 + a->index);
+  enum { T = 48 };
+  size_t m = ph_scope_open(d);
+  ph_value *tab = ph_root(d, ph_alloc(d, T, 0));
+  size_t ids[T], next = (size_t)a->index << 32;
+  for (int i = 0; i < T; i++)
+    ids[i] = 0;
+  size_t per = tu_scale(300, 6), rounds = 6;
+  for (size_t round = 0; round < rounds; round++) {
+    for (size_t i = 0; i < per; i++) {
+      size_t wo =
+          tu_below(&r, 4) ? 300 + tu_below(&r, 6000) : 1 + tu_below(&r, 40);
+      ph_value v = ph_alloc(d, wo, 0);
+      TU_CHECK(ph_is_block(v));
+      if (!ph_is_block(v) || wo < 300 || tu_below(&r, 3))
+        continue; /* garbage */
+      size_t k = tu_below(&r, T);
+      mt_fill(v, ++next);
+      ph_set_field(*tab, k, v);
+      ids[k] = next;
+    }
+    tu_dbarrier(d, &x->bar);
+    if (round % a->n == a->index) {
+      TU_CHECK(ph_compact(d) == PH_OK);
+      ph_stats st;
+      TU_CHECK(ph_stats_get(x->h, &st) == PH_OK);
+      x->moved += st.evacuated_blocks;
+    }
+    for (int k = 0; k < T; k++)
+      if (ids[k])
+        TU_CHECK(mt_intact(ph_field(*tab, k), ids[k]));
+    tu_dbarrier(d, &x->bar);
+  }
+  tu_verify_mt(d);
+  TU_CHECK(ph_scope_close(d, m) == PH_OK);
+  tu_dbarrier(d, &x->bar);
+  TU_CHECK(ph_domain_detach(d) == PH_OK);
+  return NULL;
+}
+
+static void test_two_domains_compact(void **state) {
+  (void)state;
+  mt_ctx x = {.h = tu_heap(100)};
+  pthread_barrier_init(&x.bar, NULL, 2);
+  tu_failures_reset();
+  tu_threads_run(2, mt_main, &x);
+  tu_assert_no_failures();
+  print_message("two domains: %llu medium blocks moved by the compactions\n",
+                (unsigned long long)x.moved);
+  assert_true(x.moved > 0);
+  pthread_barrier_destroy(&x.bar);
+  assert_int_equal(ph_heap_destroy(x.h), PH_OK);
+}
+
 int main(void) {
   tu_seed();
   const struct CMUnitTest tests[] = {
@@ -457,6 +546,7 @@ int main(void) {
       cmocka_unit_test(test_tail_unit_bad_input),
       cmocka_unit_test(test_census_and_sweep),
       cmocka_unit_test(test_compact_sparse_medium),
+      cmocka_unit_test(test_two_domains_compact),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
