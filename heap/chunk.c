@@ -264,6 +264,34 @@ static size_t large_len(const struct ph_heap *h, const ph_chunk *c, size_t n,
 
 static void chunk_remove_locked(struct ph_heap *h, unsigned i);
 
+/* heap.unit.reuse for a medium pool: the first run of n free committed
+ * units in any chunk, taken as a pool (first unit PH_U_POOL, the others its
+ * tails, heap.unit.lookup); 0 if there is none. */
+static int take_committed_run_locked(struct ph_heap *h, size_t n,
+                                     ph_chunk **chunk_out, uint32_t *unit_out) {
+  for (unsigned i = 0; i < h->nchunks; i++) {
+    ph_chunk *c = h->chunks[i];
+    uint32_t u, from = 0;
+    while (find_run(c, n, from, &u)) {
+      if (!run_committed(c, u, n)) {
+        from = u + 1;
+        continue;
+      }
+      c->ustate[u] = PH_U_POOL;
+      for (size_t k = 1; k < n; k++) {
+        c->ustate[u + k] = PH_U_POOL_TAIL;
+        c->ucls[u + k] = (uint16_t)k;
+      }
+      c->nfree -= (uint32_t)n;
+      advance_hint(c);
+      *chunk_out = c;
+      *unit_out = u;
+      return 1;
+    }
+  }
+  return 0;
+}
+
 /* Take n contiguous free units; bytes == 0 for whole units, else a large
  * block of that many bytes (heap.large.commit). */
 static int take_locked(struct ph_heap *h, size_t n, size_t bytes, int state,
@@ -295,6 +323,13 @@ static int take_locked(struct ph_heap *h, size_t n, size_t bytes, int state,
         return PH_OK;
       }
     }
+  }
+  if (h->reuse_committed && n > 1 && !bytes && state == PH_U_POOL &&
+      atomic_load_explicit(&h->os.committed, memory_order_relaxed) >=
+          ((h->pool_units + n) << h->pool_shift) + h->large_comm &&
+      take_committed_run_locked(h, n, chunk_out, unit_out)) {
+    *comm_out = n << h->pool_shift;
+    return PH_OK;
   }
   for (int attempt = 0; attempt < 2; attempt++) {
     for (unsigned i = 0; i < h->nchunks; i++) {

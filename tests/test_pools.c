@@ -929,19 +929,18 @@ static void test_alloc_sweep_policy(void **state) {
  * all garbage, and sweeps them free; each later round does the same: the
  * committed bytes must not grow past round 0's, however the chunks lie
  * (first fit alone took a lower, newer chunk's fresh units first: 136 MB
- * committed after round 1 for 92 MB of pools). */
-static void test_unit_reuse(void **state) {
-  (void)state;
+ * committed after round 1 for 92 MB of pools).  The same with medium
+ * blocks, whose pools are runs of units. */
+static void unit_reuse_case(size_t wo, size_t n) {
   php_heap *h = heap_new(0);
   php_owner *o = owner_new(h);
-  size_t n = tu_scale(4000000, 8);
   uint64_t comm0 = 0;
   for (int round = 0; round < 3; round++) {
     for (size_t i = 0; i < n; i++) {
-      ph_value v = php_alloc(o, 2, col.garbage << PHP_HD_COLOUR_SHIFT);
+      ph_value v = php_alloc(o, wo, col.garbage << PHP_HD_COLOUR_SHIFT);
       assert_true(v != 0);
-      ((ph_value *)v)[0] = PH_UNIT;
-      ((ph_value *)v)[1] = PH_UNIT;
+      for (size_t f = 0; f < wo; f++)
+        ((ph_value *)v)[f] = PH_UNIT;
     }
     php_heap_stats st = hstats(h);
     if (round == 0)
@@ -960,6 +959,12 @@ static void test_unit_reuse(void **state) {
   verify_ok(h);
   heap_end(h, o);
   tu_assert_no_failures();
+}
+
+static void test_unit_reuse(void **state) {
+  (void)state;
+  unit_reuse_case(2, tu_scale(4000000, 8));
+  unit_reuse_case(2000, tu_scale(5600, 8)); /* 5-unit pools of 9 slots */
 }
 
 /* php_visit_pool_of: every allocated block of the pool, any interior
