@@ -449,6 +449,44 @@ static void test_compact_sparse_medium(void **state) {
   sparse_case(PH_RELEASE_DECOMMIT, 4096);
 }
 
+/* heap_limit covers medium pools: kept medium blocks under a 4 MiB limit
+ * are refused with PH_ENOMEM once their pools would pass it (committed
+ * bytes never above it), the heap verifies, and after they die the same
+ * allocations succeed again. */
+static void test_heap_limit(void **state) {
+  (void)state;
+  ph_config cfg;
+  ph_config_init(&cfg);
+  cfg.heap_limit = 4 << 20;
+  ph_heap *h;
+  ph_domain *d;
+  assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
+  assert_int_equal(ph_domain_attach(h, &d), PH_OK);
+  for (int pass = 0; pass < 2; pass++) {
+    size_t m = ph_scope_open(d), n = 0;
+    for (;;) {
+      ph_value v = ph_alloc(d, 3000, PH_TAG_RAW);
+      if (!v)
+        break;
+      ph_root(d, v);
+      n++;
+      assert_true(tu_stats(h).committed_bytes <= cfg.heap_limit);
+      assert_true(n < 1000);
+    }
+    assert_int_equal(ph_last_error(d), PH_ENOMEM);
+    ph_stats st = tu_stats(h);
+    assert_true(st.committed_bytes <= cfg.heap_limit);
+    assert_true(n * 3001 * 8 > cfg.heap_limit / 2);
+    assert_int_equal(st.large_bytes, 0);
+    print_message("pass %d: %zu blocks of 3000 fields under a 4 MiB limit\n",
+                  pass, n);
+    tu_verify_ok(d);
+    assert_int_equal(ph_scope_close(d, m), PH_OK);
+    assert_int_equal(ph_collect(d), PH_OK);
+  }
+  heap_close(h, d);
+}
+
 /* Two domains allocating medium and small blocks at once (pools of several
  * units opened concurrently, collections started by allocation), each
  * keeping a table of checksummed medium blocks and dropping the rest; in
@@ -546,6 +584,7 @@ int main(void) {
       cmocka_unit_test(test_tail_unit_bad_input),
       cmocka_unit_test(test_census_and_sweep),
       cmocka_unit_test(test_compact_sparse_medium),
+      cmocka_unit_test(test_heap_limit),
       cmocka_unit_test(test_two_domains_compact),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
