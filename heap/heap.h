@@ -71,8 +71,8 @@ static inline ph_value ph_hd_load(ph_value v) {
 
 /* --------------------------------------------------------- size classes */
 /* heap.sizeclass: see heap/sizeclass.c for the rule.  Small classes, then
- * the medium ones (heap.sizeclass.medium): 74 with 4 KiB and with 32 KiB
- * pools, never more than 80 for any pool size the config accepts. */
+ * the medium ones (heap.sizeclass.medium): at most 74 in all for every pool
+ * size the config accepts (4 KiB: 26 + 48; 32 KiB: 37 + 37). */
 #define PH_MAX_CLASSES 80
 #define PH_MAX_SMALL_WSIZE 257    /* words per slot, header included */
 #define PH_MEDIUM_TOP_WSIZE 32768 /* 256 KiB slots, header included */
