@@ -202,7 +202,8 @@ int ph_stats_get(ph_heap *h, ph_stats *out) {
   s.domains = h->api->ndomains;
   /* relaxed: a count kept under pin_lock, read as a snapshot */
   s.pinned_blocks = atomic_load_explicit(&h->gc->npins, memory_order_relaxed);
-  s.size_classes = h->nclasses;
+  s.size_classes = h->nsmall;
+  s.medium_classes = h->nclasses - h->nsmall;
   pthread_mutex_unlock(&h->lock);
   *out = s;
   return PH_OK;

@@ -68,11 +68,14 @@ static void choose_ranges_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
     return;
   size_t j = 0;
   for (unsigned p = 0; p < plan->nrecs; p++)
-    for (size_t k = 0; k < plan->recs[p].ncands; k++, j++) {
+    for (size_t k = 0; k < plan->recs[p].ncands; k++) {
       const ph_cand *cd = &plan->recs[p].cands[k];
-      rec[j] = (ph_range_rec){cd->pool, cd->nlive, cd->cls};
+      /* medium pools are not planned in a ranges plan (plan_class): the
+       * ranges they touch stay in use */
+      if (cd->cls < h->nsmall)
+        rec[j++] = (ph_range_rec){cd->pool, cd->nlive, cd->cls};
     }
-  ph_ranges_choose(h, rec, nc, &plan->ranges);
+  ph_ranges_choose(h, rec, j, &plan->ranges);
   free(rec);
 }
 
@@ -147,8 +150,10 @@ static size_t holed_last(ph_cand *cand, size_t a, size_t n) {
  * page is split), outside the ranges plan, with the pinned blocks known. */
 static int partial_ok(const struct ph_heap *h, const ph_compact_plan *plan,
                       const ph_pool *p) {
-  return plan->pinned_blocks && h->cfg.release != PH_RELEASE_KEEP &&
-         !plan->ranges.keep && p->chunk->huge == PH_OS_HUGE_NONE;
+  /* heap.pool.holes: never in a medium pool (holes are per unit) */
+  return p->cls < h->nsmall && plan->pinned_blocks &&
+         h->cfg.release != PH_RELEASE_KEEP && !plan->ranges.keep &&
+         p->chunk->huge == PH_OS_HUGE_NONE;
 }
 
 /* The granules of pinned pool p that hold none of its pinned blocks (nor
@@ -344,6 +349,10 @@ again:
 
 static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
   ph_cclass *cc = &plan->cls[cls];
+  /* compact.choose.ranges: a medium pool spans several units, maybe two
+   * ranges; with huge pages the medium classes keep every pool */
+  if (plan->ranges.keep && cls >= h->nsmall)
+    return;
   size_t n = 0;
   for (unsigned i = 0; i < plan->nrecs; i++)
     for (size_t k = 0; k < plan->recs[i].ncands; k++)
@@ -469,19 +478,35 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
     for (unsigned c = 0; c < h->nclasses; c++) {
       uint64_t sb = (uint64_t)h->class_wsize[c] * 8;
       plan->slot_bytes[c] = (uint32_t)sb;
-      /* exact: offsets < 2^22 (pools of at most 4 MiB), and the rounding
-       * error of the reciprocal is below sb < 2^12 */
-      plan->recip[c] = (((uint64_t)1 << 34) + sb - 1) / sb;
+      /* exact: offsets < 2^23, slots <= 2^18 bytes (PH_RECIP_SHIFT) */
+      plan->recip[c] = (((uint64_t)1 << PH_RECIP_SHIFT) + sb - 1) / sb;
     }
   }
+  plan->nsmall = h->nsmall;
+  if (plan->map_cls)
+    for (unsigned c = h->nsmall; c < h->nclasses && !plan->map_back; c++)
+      if (plan->cls[c].nevac) {
+        plan->map_back = malloc(n * sizeof *plan->map_back);
+        if (!plan->map_back) {
+          free(map);
+          free(plan->map_cls);
+          plan->map_cls = NULL;
+          return;
+        }
+      }
   plan->map_lo = lo;
   plan->map_units = n;
+  /* every unit of an evacuated pool (a medium pool's tails too) */
   for (unsigned c = 0; c < h->nclasses; c++)
     for (size_t i = 0; i < plan->cls[c].nevac; i++) {
-      size_t u = ((uintptr_t)plan->cls[c].evac[i] - lo) >> h->pool_shift;
-      map[u / 64] |= (uint64_t)1 << (u % 64);
-      if (plan->map_cls)
-        plan->map_cls[u] = (uint8_t)c;
+      size_t u0 = ((uintptr_t)plan->cls[c].evac[i] - lo) >> h->pool_shift;
+      for (size_t u = u0; u < u0 + h->class_units[c]; u++) {
+        map[u / 64] |= (uint64_t)1 << (u % 64);
+        if (plan->map_cls)
+          plan->map_cls[u] = (uint8_t)c;
+        if (plan->map_back)
+          plan->map_back[u] = (uint16_t)(u - u0);
+      }
     }
   /* compact.pin.holes: the pools that give only the blocks of their
    * future holes */
@@ -499,6 +524,8 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
           free(map);
           free(plan->map_cls);
           plan->map_cls = NULL;
+          free(plan->map_back);
+          plan->map_back = NULL;
           return;
         }
         plan->hmask = hm;
@@ -590,12 +617,24 @@ static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan,
   ph_units_index_stw_single(h);
 }
 
+/* Without a map (the managed collector only: x is field 0 of a block):
+ * the evacuated flag of the block's pool header, found from the block's
+ * header (heap.unit.lookup: a medium pool's through the chunk). */
+static int __attribute__((noinline))
+hdr_evacuated(const struct ph_heap *h, uintptr_t x) {
+  if (ph_wosize_small(h, ph_hd_wosize(*ph_hp(x))))
+    return ph_unit_of(h, x)->evacuated;
+  ph_unit_hdr *u = ph_block_unit(h, x);
+  return u && u->evacuated;
+}
+
 /* Was the unit holding address x evacuated?  One bit of the map
- * (compact.update.map), or the header flag when there is no map. */
+ * (compact.update.map), or the header flag when there is no map (then x
+ * is field 0 of a block). */
 static inline int unit_evacuated(const struct ph_heap *h,
                                  const ph_compact_plan *plan, uintptr_t x) {
   if (!plan->map)
-    return ph_unit_of(h, x)->evacuated;
+    return hdr_evacuated(h, x);
   size_t u = (x - plan->map_lo) >> h->pool_shift;
   return u < plan->map_units && (plan->map[u / 64] >> (u % 64) & 1);
 }
@@ -792,13 +831,16 @@ typedef struct fwd_batch {
 
 /* compact.update.interior: field 0 of the block of x, an address anywhere
  * inside a block of an evacuated pool: the slot from the offset (the
- * class's slot bytes, divided by a multiplication), plus one word. */
+ * class's slot bytes, divided by a multiplication), plus one word.  A
+ * medium pool's first unit is map_back units before x's. */
 static inline ph_value fwd_base(const struct ph_heap *h,
                                 const ph_compact_plan *plan, ph_value x) {
   size_t u = (x - plan->map_lo) >> h->pool_shift;
   unsigned c = plan->map_cls[u];
   ph_value slots = (x & h->pool_mask) + h->pool_hdr;
-  uint64_t k = ((uint64_t)(x - slots) * plan->recip[c]) >> 34;
+  if (c >= plan->nsmall)
+    slots -= (ph_value)plan->map_back[u] << h->pool_shift;
+  uint64_t k = ((uint64_t)(x - slots) * plan->recip[c]) >> PH_RECIP_SHIFT;
   PH_ASSERT(k == (x - slots) / plan->slot_bytes[c]);
   return slots + (ph_value)k * plan->slot_bytes[c] + 8;
 }
@@ -872,7 +914,7 @@ static inline fwd_map fm_of(const fwd_batch *b) {
 
 static inline int fm_evacuated(fwd_map m, uintptr_t x) {
   if (!m.map)
-    return ph_unit_of(m.h, x)->evacuated;
+    return hdr_evacuated(m.h, x);
   size_t u = (x - m.lo) >> m.shift;
   return u < m.units && (m.map[u / 64] >> (u % 64) & 1);
 }
@@ -961,7 +1003,8 @@ update_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx,
     return;
   char *ua = ph_unit_addr(h, c, u);
   uint64_t holes = c->holes[u];
-  if (unit_evacuated(h, plan, (uintptr_t)ua)) {
+  if (plan->map ? unit_evacuated(h, plan, (uintptr_t)ua)
+                : ((ph_pool *)ua)->evacuated) {
     /* compact.pin.holes: a partial pool keeps the blocks outside them */
     uint64_t hm =
         plan->hmask
@@ -1118,7 +1161,8 @@ static void free_release_stw_single(struct ph_heap *h, ph_compact_plan *plan,
 #if PH_POISON
         if (!ph_pool_holes(p)) { /* holes are not touched */
           ph_value *q = (ph_value *)ph_pool_slots(p);
-          size_t nw = (h->pool_size - h->pool_hdr) / 8;
+          size_t nw =
+              (((size_t)h->class_units[c] << h->pool_shift) - h->pool_hdr) / 8;
           for (size_t k = 0; k < nw; k++)
             q[k] = PH_POISON_WORD;
           p->sig = PH_SIG_DEAD;
@@ -1126,8 +1170,8 @@ static void free_release_stw_single(struct ph_heap *h, ph_compact_plan *plan,
 #endif
         if (!plan->map)
           p->evacuated = 0; /* the fallback flag */
-        ph_units_free_locked(h, ch, u, 1);
-        h->pool_units--;
+        ph_units_free_locked(h, ch, u, h->class_units[c]);
+        h->pool_units -= h->class_units[c];
         pools++;
       }
     }
@@ -1158,6 +1202,7 @@ static void plan_free(struct ph_heap *h, ph_compact_plan *plan) {
   free(plan->large_first);
   free(plan->map);
   free(plan->map_cls);
+  free(plan->map_back);
   free(plan->recs);
   ph_ranges_free(&plan->ranges);
   memset(plan, 0, sizeof *plan);

@@ -112,9 +112,13 @@ typedef struct ph_compact_plan {
   size_t map_units;
   uint64_t *map;
   /* rule->interior: the class of each evacuated unit, and per class the
-   * slot bytes and their reciprocal (2^34 / bytes, rounded up: exact for
-   * every offset inside a pool of at most 4 MiB) */
+   * slot bytes and their reciprocal (2^PH_RECIP_SHIFT / bytes, rounded up:
+   * exact for every offset inside a pool, heap.h) */
   uint8_t *map_cls;
+  /* rule->interior and a medium pool evacuated: per unit of such a pool,
+   * the distance back to its first unit (heap.unit.lookup); else NULL */
+  uint16_t *map_back;
+  unsigned nsmall; /* classes below it are one unit: no map_back read */
   uint32_t slot_bytes[PH_MAX_CLASSES];
   uint64_t recip[PH_MAX_CLASSES];
   /* compact.choose.ranges (compact/ranges.h): with huge pages, the release

@@ -136,9 +136,7 @@ static void free_swept_stw_single(struct php_heap *h, unsigned nparts) {
     php_cpart *pt = &cp->parts[i];
     for (ph_pool *p = pt->empty, *n; p; p = n) {
       n = p->next;
-      p->sig = PH_SIG_DEAD;
-      ph_units_free_locked(core, p->chunk, p->unit, 1);
-      core->pool_units--;
+      ph_pool_free_locked(core, p);
     }
     for (php_large *l = pt->dead, *n; l; l = n) {
       n = l->next;

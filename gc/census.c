@@ -25,7 +25,8 @@ void ph_census_stw_single(struct ph_heap *h, const ph_census_req *req) {
       rows[p->cls].holed_pools += holes != 0;
       rows[p->cls].hole_blocks += p->nhole;
       rows[p->cls].committed_bytes +=
-          h->pool_size - ((size_t)__builtin_popcountll(holes) << h->hole_shift);
+          ((size_t)h->class_units[p->cls] << h->pool_shift) -
+          ((size_t)__builtin_popcountll(holes) << h->hole_shift);
     }
   }
   for (unsigned c = 0; c < h->nclasses; c++)

@@ -76,6 +76,7 @@ int ph_gc_block_check_locked(struct ph_heap *h, ph_value v) {
   if (!c)
     return 0;
   uint32_t u = (uint32_t)((size_t)((char *)v - c->base) >> h->pool_shift);
+  u = ph_unit_head(c, u); /* heap.unit.lookup: a medium pool's tail unit */
   char *ua = ph_unit_addr(h, c, u);
   if (c->ustate[u] == PH_U_LARGE)
     return (char *)v == ua + PH_LARGE_HDR + 8;

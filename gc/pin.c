@@ -154,8 +154,8 @@ int ph_pin_pools_stw_single(struct ph_heap *h) {
     ph_value v = g->pins[i].v;
     if (v <= PH_PIN_TOMB)
       continue;
-    ph_unit_hdr *u = ph_unit_of(h, v);
-    if (u->kind == PH_U_POOL) {
+    ph_unit_hdr *u = ph_block_unit(h, v); /* heap.unit.lookup */
+    if (u && u->kind == PH_U_POOL) {
       g->pinned_blocks[k] = v;
       g->pinned_pools[k++] = (ph_pool *)u;
     }

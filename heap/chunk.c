@@ -4,7 +4,8 @@
  * A chunk is one reservation from the OS layer: one kernel mapping, aligned
  * to pool_size (2 MiB with huge pages), divided into units of pool_size
  * bytes.  Each unit is PH_U_FREE (Reserved, no pages), PH_U_FREE_COMM
- * (Committed but unused), PH_U_POOL, PH_U_LARGE or PH_U_LARGE_TAIL.
+ * (Committed but unused), PH_U_POOL, PH_U_POOL_TAIL (a medium pool's
+ * further units), PH_U_LARGE or PH_U_LARGE_TAIL.
  *
  * heap.chunk.growth: a new chunk is half of what the heap reserves now (at
  * least 4 MiB, at least the request), so reservations grow by a factor 3/2:
@@ -31,6 +32,20 @@ static size_t chunk_align(const struct ph_heap *h) {
 
 static size_t round_up(size_t x, size_t a) {
   return (x + a - 1) & ~(a - 1);
+}
+
+ph_unit_hdr *ph_block_unit(const struct ph_heap *h, ph_value v) {
+  ph_chunk *c = ph_chunk_find(h, (const void *)v);
+  if (!c)
+    return NULL;
+  uint32_t u = (uint32_t)((size_t)((char *)v - c->base) >> h->pool_shift);
+  while (c->ustate[u] == PH_U_LARGE_TAIL) /* only bad input gets here */
+    u--;
+  u = ph_unit_head(c, u);
+  uint8_t st = c->ustate[u];
+  if (st != PH_U_POOL && st != PH_U_LARGE)
+    return NULL;
+  return (ph_unit_hdr *)ph_unit_addr(h, c, u);
 }
 
 ph_chunk *ph_chunk_find(const struct ph_heap *h, const void *p) {
@@ -249,6 +264,34 @@ static size_t large_len(const struct ph_heap *h, const ph_chunk *c, size_t n,
 
 static void chunk_remove_locked(struct ph_heap *h, unsigned i);
 
+/* heap.unit.reuse for a medium pool: the first run of n free committed
+ * units in any chunk, taken as a pool (first unit PH_U_POOL, the others its
+ * tails, heap.unit.lookup); 0 if there is none. */
+static int take_committed_run_locked(struct ph_heap *h, size_t n,
+                                     ph_chunk **chunk_out, uint32_t *unit_out) {
+  for (unsigned i = 0; i < h->nchunks; i++) {
+    ph_chunk *c = h->chunks[i];
+    uint32_t u, from = 0;
+    while (find_run(c, n, from, &u)) {
+      if (!run_committed(c, u, n)) {
+        from = u + 1;
+        continue;
+      }
+      c->ustate[u] = PH_U_POOL;
+      for (size_t k = 1; k < n; k++) {
+        c->ustate[u + k] = PH_U_POOL_TAIL;
+        c->ucls[u + k] = (uint16_t)k;
+      }
+      c->nfree -= (uint32_t)n;
+      advance_hint(c);
+      *chunk_out = c;
+      *unit_out = u;
+      return 1;
+    }
+  }
+  return 0;
+}
+
 /* Take n contiguous free units; bytes == 0 for whole units, else a large
  * block of that many bytes (heap.large.commit). */
 static int take_locked(struct ph_heap *h, size_t n, size_t bytes, int state,
@@ -281,6 +324,13 @@ static int take_locked(struct ph_heap *h, size_t n, size_t bytes, int state,
       }
     }
   }
+  if (h->reuse_committed && n > 1 && !bytes && state == PH_U_POOL &&
+      atomic_load_explicit(&h->os.committed, memory_order_relaxed) >=
+          ((h->pool_units + n) << h->pool_shift) + h->large_comm &&
+      take_committed_run_locked(h, n, chunk_out, unit_out)) {
+    *comm_out = n << h->pool_shift;
+    return PH_OK;
+  }
   for (int attempt = 0; attempt < 2; attempt++) {
     for (unsigned i = 0; i < h->nchunks; i++) {
       ph_chunk *c = h->chunks[i];
@@ -303,9 +353,12 @@ static int take_locked(struct ph_heap *h, size_t n, size_t bytes, int state,
       if (err != PH_OK)
         continue;
       c->ustate[u] = (uint8_t)state;
-      for (size_t k = 1; k < n; k++)
+      for (size_t k = 1; k < n; k++) {
         c->ustate[u + k] =
-            (uint8_t)(state == PH_U_LARGE ? PH_U_LARGE_TAIL : state);
+            (uint8_t)(state == PH_U_LARGE ? PH_U_LARGE_TAIL : PH_U_POOL_TAIL);
+        if (state == PH_U_POOL) /* heap.unit.lookup */
+          c->ucls[u + k] = (uint16_t)k;
+      }
       c->nfree -= (uint32_t)n;
       advance_hint(c);
       *chunk_out = c;

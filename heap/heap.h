@@ -70,9 +70,12 @@ static inline ph_value ph_hd_load(ph_value v) {
 #define PH_SIG_DEAD 0xdeadd00du
 
 /* --------------------------------------------------------- size classes */
-/* heap.sizeclass: see heap/sizeclass.c for the rule. */
-#define PH_MAX_CLASSES 64
-#define PH_MAX_SMALL_WSIZE 257 /* words per slot, header included */
+/* heap.sizeclass: see heap/sizeclass.c for the rule.  Small classes, then
+ * the medium ones (heap.sizeclass.medium): at most 74 in all for every pool
+ * size the config accepts (4 KiB: 26 + 48; 32 KiB: 37 + 37). */
+#define PH_MAX_CLASSES 80
+#define PH_MAX_SMALL_WSIZE 257    /* words per slot, header included */
+#define PH_MEDIUM_TOP_WSIZE 32768 /* 256 KiB slots, header included */
 
 /* ---------------------------------------------------------------- units */
 /* heap.unit: a chunk is divided into units of pool_size bytes.  A unit is
@@ -83,10 +86,13 @@ enum {
   PH_U_POOL = 2,
   PH_U_LARGE = 3,      /* first unit of a large block */
   PH_U_LARGE_TAIL = 4, /* further units of a large block */
+  PH_U_POOL_TAIL = 5,  /* further units of a medium pool (heap.unit.lookup:
+                          ucls holds the distance back to its first unit) */
 };
 
-/* The prefix shared by pool and large-block unit headers: every block
- * pointer p has its unit header at p & ~(pool_size-1) (heap.unit.lookup). */
+/* The prefix shared by pool and large-block unit headers: a block of a
+ * small pool or a large block has its unit header at p & ~(pool_size-1);
+ * a medium pool's block may lie in a later unit (heap.unit.lookup). */
 typedef struct ph_unit_hdr {
   uint32_t sig;
   uint8_t kind;      /* PH_U_POOL or PH_U_LARGE */
@@ -165,7 +171,9 @@ typedef struct ph_chunk {
   uint8_t *ustate;
   /* a pool unit's size class, written under heap->lock when the pool is
    * opened (its header is written after the lock is dropped), so a check
-   * under the lock can read it (gc.pin); in the block of ustate */
+   * under the lock can read it (gc.pin); in the block of ustate.  For a
+   * PH_U_POOL_TAIL unit: the distance back to its pool's first unit
+   * (heap.unit.lookup). */
   uint16_t *ucls;
   /* heap.pool.holes: per unit, the granules of a pool that are decommitted
    * (bit g: bytes [g, g+1) << heap->hole_shift of the unit); 0 for every
@@ -292,10 +300,14 @@ struct ph_heap {
   unsigned hole_shift;
   /* heap.sizeclass (immutable after create) */
   unsigned nclasses;
+  unsigned nsmall; /* classes [0, nsmall) are small (one unit), the rest
+                      medium (heap.sizeclass.medium) */
   uint32_t class_wsize[PH_MAX_CLASSES]; /* slot words, header included */
   uint32_t class_nslots[PH_MAX_CLASSES];
-  size_t max_small_wosize;
-  uint8_t wosize_class[PH_MAX_SMALL_WSIZE + 1];
+  uint32_t class_units[PH_MAX_CLASSES]; /* units per pool */
+  size_t max_small_wosize; /* the largest wosize served by a pool (the top
+                              medium class's); above it, large blocks */
+  uint8_t wosize_class[PH_MEDIUM_TOP_WSIZE];
 
   ph_os_acct os;
   size_t commit_cap; /* RAM + swap: committed bytes never exceed it */
@@ -355,8 +367,8 @@ void ph_domain_note_error(struct ph_domain *d, int err);
 
 /* heap/sizeclass.c */
 int ph_sizeclass_init(struct ph_heap *h);
-/* heap.sizeclass.medium: the medium classes (not served yet). */
-#define PH_MEDIUM_TOP_WSIZE 32768 /* 256 KiB slots, header included */
+/* heap.sizeclass.medium: the medium classes (computed by
+ * ph_sizeclass_init into the class tables after the small ones). */
 typedef struct ph_medium_class {
   uint32_t wsize;  /* slot words, header included */
   uint32_t units;  /* units per pool */
@@ -403,8 +415,27 @@ static inline char *ph_unit_addr(const struct ph_heap *h, const ph_chunk *c,
                                  uint32_t u) {
   return c->base + ((size_t)u << h->pool_shift);
 }
+/* The unit header at the start of the unit holding v: the block's own
+ * for a small pool's block or a large block (field 0 lies in the first
+ * unit); for a medium pool see ph_block_unit. */
 static inline ph_unit_hdr *ph_unit_of(const struct ph_heap *h, ph_value v) {
   return (ph_unit_hdr *)(v & h->pool_mask);
+}
+/* heap.unit.lookup: the first unit of the pool or large block holding unit
+ * u of c (a medium pool's tail units lead back to it in O(1)). */
+static inline uint32_t ph_unit_head(const ph_chunk *c, uint32_t u) {
+  return c->ustate[u] == PH_U_POOL_TAIL ? u - c->ucls[u] : u;
+}
+/* heap.unit.lookup: the unit header of the pool or large block holding
+ * address v (any unit of a medium pool), NULL if v is in no pool or large
+ * block of h.  The chunk is found by a binary search over the chunk array
+ * (at most log2(PH_MAX_CHUNKS) = 12 steps), the head through ustate/ucls.
+ * Callers hold heap->lock or run with the world stopped. */
+ph_unit_hdr *ph_block_unit(const struct ph_heap *h, ph_value v);
+/* Is a block of this wosize served by a small pool (its pool header at
+ * v & pool_mask)?  Else a medium pool (ph_block_unit) or a large block. */
+static inline int ph_wosize_small(const struct ph_heap *h, size_t wosize) {
+  return wosize <= h->max_small_wosize && h->wosize_class[wosize] < h->nsmall;
 }
 
 /* heap/sweep.c (heap.sweep.pool): the per-pool sweep by an embedder's
@@ -444,9 +475,18 @@ uint32_t ph_pool_hole_slots(const struct ph_heap *h, unsigned cls,
 /* heap/pool.c */
 ph_pool *ph_pool_new(struct ph_heap *h, unsigned cls, unsigned owner);
 void ph_pool_init_free(struct ph_heap *h, ph_pool *p);
+/* Free pool p's units (all class_units of them, one run) and count them
+ * out of pool_units; heap->lock held. */
+void ph_pool_free_locked(struct ph_heap *h, ph_pool *p);
 static inline char *ph_pool_slots(ph_pool *p) {
   return (char *)p + p->hdr;
 }
+/* A slot's index from its byte offset o in a pool: o * recip >>
+ * PH_RECIP_SHIFT with recip = 2^PH_RECIP_SHIFT / slot bytes rounded up
+ * (compact.update.interior, pools.bits).  Exact while o * slot bytes <
+ * 2^42: offsets are below 2^23 (a pool spans at most 8 MiB: a medium pool
+ * of 4 MiB units) and slots at most 2^18 bytes; o * recip < 2^23 * 2^38. */
+#define PH_RECIP_SHIFT 42
 static inline ph_value ph_pool_block(const struct ph_heap *h, ph_pool *p,
                                      uint32_t i) {
   return (ph_value)(ph_pool_slots(p) + (size_t)i * h->class_wsize[p->cls] * 8 +

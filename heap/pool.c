@@ -1,6 +1,7 @@
 /* heap/pool.c -- pools of one size class (DESIGN.md: heap.pool).
  *
- * A pool is one unit: a 64-byte header, then nslots slots of
+ * A pool is one unit (a medium pool: class_units[cls] contiguous units,
+ * heap.sizeclass.medium): a 64-byte header, then nslots slots of
  * class_wsize[cls] words.  A slot is a block header word then its fields; a
  * free slot is a header word of 0 (pools.header) and field 0 links the
  * pool's free list, which is kept in address order when built.  Pools with
@@ -49,11 +50,13 @@ uint32_t ph_pool_hole_slots(const struct ph_heap *h, unsigned cls,
  * before it reaches a safepoint. */
 ph_pool *ph_pool_new(struct ph_heap *h, unsigned cls, unsigned owner) {
   ph_chunk *c;
-  uint32_t u;
+  uint32_t u, n = h->class_units[cls];
   pthread_mutex_lock(&h->lock);
-  int err = ph_units_take_locked(h, 1, PH_U_POOL, &c, &u);
+  /* heap.unit.lookup: a medium pool's further units are PH_U_POOL_TAIL,
+   * their ucls the distance back to the first */
+  int err = ph_units_take_locked(h, n, PH_U_POOL, &c, &u);
   if (err == PH_OK) {
-    h->pool_units++;
+    h->pool_units += n;
     c->ucls[u] = (uint16_t)cls;
   }
   pthread_mutex_unlock(&h->lock);
@@ -71,6 +74,15 @@ ph_pool *ph_pool_new(struct ph_heap *h, unsigned cls, unsigned owner) {
   p->unit = u;
   ph_pool_init_free(h, p);
   return p;
+}
+
+/* Free pool p's units (an empty pool, or one evacuated), heap->lock held:
+ * a medium pool's units go back as one run. */
+void ph_pool_free_locked(struct ph_heap *h, ph_pool *p) {
+  uint32_t n = h->class_units[p->cls];
+  p->sig = PH_SIG_DEAD;
+  ph_units_free_locked(h, p->chunk, p->unit, n);
+  h->pool_units -= n;
 }
 
 /* heap.pool.take: the one way both clients get a pool with a free slot.

@@ -23,22 +23,27 @@ static int ok_owner(const struct php_owner *o) {
   return o && o->sig == PHP_SIG_OWNER;
 }
 
-static uint64_t pool_words(const struct php_heap *h) {
+static uint64_t unit_words(const struct php_heap *h) {
   return h->core->pool_size / 8;
+}
+/* The words of a pool of class cls (a medium pool: several units). */
+static uint64_t pool_words(const struct php_heap *h, unsigned cls) {
+  return h->core->class_units[cls] * unit_words(h);
 }
 
 /* pools.counters: the words of a pool that are no slot (header, bitmap,
  * tail). */
 uint64_t php_pool_frag_const(const struct php_heap *h, unsigned cls) {
   const struct ph_heap *c = h->core;
-  return pool_words(h) - (uint64_t)c->class_nslots[cls] * c->class_wsize[cls];
+  return pool_words(h, cls) -
+         (uint64_t)c->class_nslots[cls] * c->class_wsize[cls];
 }
 
 /* The counters one pool contributes. */
 static php_counters pool_counts(const struct php_heap *h, const ph_pool *p) {
   uint32_t ws = h->core->class_wsize[p->cls];
   php_counters c = {0};
-  c.pool_words = pool_words(h);
+  c.pool_words = pool_words(h, p->cls);
   c.pool_live_blocks = p->nlive;
   c.pool_live_words = p->live_words;
   c.pool_frag_words =
@@ -48,7 +53,7 @@ static php_counters pool_counts(const struct php_heap *h, const ph_pool *p) {
 
 static php_counters large_counts(const struct php_heap *h, const php_large *l) {
   php_counters c = {0};
-  c.large_words = (uint64_t)l->base.nunits * pool_words(h);
+  c.large_words = (uint64_t)l->base.nunits * unit_words(h);
   c.large_blocks = 1;
   return c;
 }
@@ -151,7 +156,7 @@ int php_heap_create(const php_config *cfg, php_heap **out) {
   ph_sizeclass_init(c);
   for (unsigned k = 0; k < c->nclasses; k++) {
     uint64_t sb = (uint64_t)c->class_wsize[k] * 8;
-    h->slot_recip[k] = (((uint64_t)1 << 34) + sb - 1) / sb;
+    h->slot_recip[k] = (((uint64_t)1 << PH_RECIP_SHIFT) + sb - 1) / sb;
   }
   ph_os_acct_init(&c->os);
   pthread_mutex_init(&c->lock, NULL);
@@ -441,9 +446,7 @@ void php_sweep_pool_counts(struct php_heap *h, ph_pool *p, unsigned garbage,
 }
 
 static void free_pool_locked(struct php_heap *h, ph_pool *p) {
-  p->sig = PH_SIG_DEAD;
-  ph_units_free_locked(h->core, p->chunk, p->unit, 1);
-  h->core->pool_units--;
+  ph_pool_free_locked(h->core, p);
 }
 
 static void owner_sweep_pool(struct php_owner *o, ph_pool *p) {
@@ -512,7 +515,6 @@ intptr_t php_sweep(php_owner *o, intptr_t budget) {
   if (!ok_owner(o) || php_tls_callback)
     return budget;
   struct php_heap *h = o->h;
-  intptr_t pw = (intptr_t)pool_words(h);
   while (budget > 0 && o->next_to_sweep < h->core->nclasses) {
     unsigned c = o->next_to_sweep;
     ph_pool **l = o->unswept_avail[c]  ? &o->unswept_avail[c]
@@ -525,7 +527,7 @@ intptr_t php_sweep(php_owner *o, intptr_t budget) {
     ph_pool *p = *l;
     *l = p->next;
     owner_sweep_pool(o, p);
-    budget -= pw;
+    budget -= (intptr_t)pool_words(h, c);
   }
   while (budget > 0 && o->unswept_large) {
     php_large *l = o->unswept_large;
@@ -571,7 +573,7 @@ static ph_pool *find_pool(struct php_owner *o, unsigned cls) {
     ph_pool *p = *l;
     *l = p->next;
     owner_sweep_pool(o, p);
-    o->alloc_sweep_work += (intptr_t)pool_words(h);
+    o->alloc_sweep_work += (intptr_t)pool_words(h, cls);
   }
   if (o->avail[cls])
     return o->avail[cls];
@@ -663,7 +665,7 @@ ph_value php_alloc(php_owner *o, size_t wosize, unsigned header_bits) {
   /* pools.bits: the slot's live bit */
   uint64_t si =
       ((uint64_t)(b - 8 - (ph_value)php_slots(p)) * o->h->slot_recip[cls]) >>
-      34;
+      PH_RECIP_SHIFT;
   ph_pool_bits(p)[si / 64] |= (uint64_t)1 << (si % 64);
   p->nlive++;
   p->nfree--;
@@ -700,6 +702,7 @@ int php_visit_pool_of(php_heap *h, ph_value addr, php_block_fn fn, void *user) {
     uint32_t u = (uint32_t)((addr - (uintptr_t)c->base) >> core->pool_shift);
     while (u > 0 && c->ustate[u] == PH_U_LARGE_TAIL)
       u--;
+    u = ph_unit_head(c, u); /* heap.unit.lookup: a medium pool's tail */
     char *ua = ph_unit_addr(core, c, u);
     if (c->ustate[u] == PH_U_POOL) {
       ph_pool *p = (ph_pool *)ua;

@@ -91,8 +91,8 @@ struct php_heap {
   struct php_owner **otab;
   uint32_t otab_cap;
   /* (core->lock) figures */
-  /* pools.bits: per class, 2^34 / slot bytes rounded up (a slot's index
-   * from its offset by a multiplication: exact below 4 MiB) */
+  /* pools.bits: per class, 2^PH_RECIP_SHIFT / slot bytes rounded up (a
+   * slot's index from its offset by a multiplication: exact, heap.h) */
   uint64_t slot_recip[PH_MAX_CLASSES];
   uint64_t compactions, evacuated_blocks, evacuated_bytes, evacuated_pools,
       released_bytes;

@@ -11,7 +11,9 @@
  * the smallest class >= s, wasting less than 1/8 of its slot: either the
  * classes are consecutive (no waste) or w_{k+1} <= 8 w_k / 7, so
  * (w_{k+1} - s) / w_{k+1} < (w_{k+1} - w_k) / w_{k+1} <= 1/8.
- * Blocks of more than wmax - 1 fields are large blocks. */
+ * Blocks of more than wmax - 1 fields go to the medium classes
+ * (heap.sizeclass.medium, below), blocks above the top medium class are
+ * large blocks. */
 #include "heap/heap.h"
 
 int ph_sizeclass_init(struct ph_heap *h) {
@@ -35,16 +37,29 @@ int ph_sizeclass_init(struct ph_heap *h) {
     w = next > w + 1 ? next : w + 1;
   }
   h->class_wsize[n++] = (uint32_t)wmax;
+  for (unsigned k = 0; k < n; k++) {
+    h->class_nslots[k] = (uint32_t)(pool_words / h->class_wsize[k]);
+    h->class_units[k] = 1;
+  }
+  h->nsmall = n;
+  ph_medium_class m[PH_MAX_CLASSES];
+  unsigned nm = ph_sizeclass_medium(h->pool_size, h->pool_hdr, wmax, m,
+                                    PH_MAX_CLASSES - n);
+  if (nm > PH_MAX_CLASSES - n)
+    return PH_EINVAL; /* cannot happen for a pool size the config accepts */
+  for (unsigned k = 0; k < nm; k++, n++) {
+    h->class_wsize[n] = m[k].wsize;
+    h->class_nslots[n] = m[k].nslots;
+    h->class_units[n] = m[k].units;
+  }
   h->nclasses = n;
-  h->max_small_wosize = wmax - 1;
+  h->max_small_wosize = PH_MEDIUM_TOP_WSIZE - 1;
   unsigned c = 0;
   for (size_t wo = 0; wo <= h->max_small_wosize; wo++) {
     while (h->class_wsize[c] < wo + 1)
       c++;
     h->wosize_class[wo] = (uint8_t)c;
   }
-  for (unsigned k = 0; k < n; k++)
-    h->class_nslots[k] = (uint32_t)(pool_words / h->class_wsize[k]);
   return PH_OK;
 }
 
@@ -55,8 +70,8 @@ int ph_sizeclass_init(struct ph_heap *h) {
  * medium pool is the fewest whole units that hold at least 8 slots after
  * the pool header (pool_hdr, the same header and live bitmap as a small
  * pool: a medium pool holds fewer slots than any small one).  Written to
- * out (at most max classes); returns how many there are.  Not served yet:
- * blocks above the small classes are still large blocks. */
+ * out (at most max classes); returns how many there are.  ph_sizeclass_init
+ * appends them to the heap's class tables. */
 unsigned ph_sizeclass_medium(size_t pool_size, size_t pool_hdr,
                              size_t wmax_small, ph_medium_class *out,
                              unsigned max) {

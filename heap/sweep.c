@@ -257,9 +257,7 @@ void ph_sweep_finish_stw_single(struct ph_heap *h) {
     blocks += w->live_blocks;
     for (ph_pool *p = w->empty_pools, *n; p; p = n) {
       n = p->next;
-      p->sig = PH_SIG_DEAD;
-      ph_units_free_locked(h, p->chunk, p->unit, 1);
-      h->pool_units--;
+      ph_pool_free_locked(h, p);
     }
     w->empty_pools = NULL;
     for (ph_large *l = w->dead_large, *n; l; l = n) {

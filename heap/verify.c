@@ -30,12 +30,30 @@ static void check_pool(struct ph_heap *h, ph_check *k, ph_chunk *c,
     ph_check_fail(k, "pool %p: bad header fields", (void *)p);
     return;
   }
+  /* heap.unit.lookup: a medium pool's further units are its tails, each
+   * with the distance back to this one */
+  uint32_t nu = h->class_units[p->cls];
+  if (u + nu > c->nunits) {
+    ph_check_fail(k, "pool %p: %u units past its chunk's end", (void *)p, nu);
+    return;
+  }
+  for (uint32_t i = 1; i < nu; i++)
+    if (c->ustate[u + i] != PH_U_POOL_TAIL || c->ucls[u + i] != i ||
+        c->holes[u + i]) {
+      ph_check_fail(k, "pool %p: unit %u not its tail", (void *)p, i);
+      return;
+    }
+  if (c->ucls[u] != p->cls) {
+    ph_check_fail(k, "pool %p: unit class %u, header %u", (void *)p, c->ucls[u],
+                  p->cls);
+    return;
+  }
   uint32_t ws = h->class_wsize[p->cls], live = 0, nfree = 0, nhole = 0;
   size_t sb = (size_t)ws * 8;
   uint64_t words = 0, holes = c->holes[u];
   size_t ng = h->pool_size >> h->hole_shift;
   if ((holes & 1) || (ng < 64 && (holes >> ng)) ||
-      (holes && c->huge != PH_OS_HUGE_NONE)) {
+      (holes && (c->huge != PH_OS_HUGE_NONE || p->cls >= h->nsmall))) {
     ph_check_fail(k, "pool %p: bad holes %#llx", (void *)p,
                   (unsigned long long)holes);
     return;
@@ -108,7 +126,7 @@ static void check_large(struct ph_heap *h, ph_check *k, ph_chunk *c,
 }
 
 void ph_check_heap_locked(struct ph_heap *h, ph_check *k) {
-  uint64_t pools = 0, large = 0, larges = 0, comm = 0, lcomm = 0;
+  uint64_t pools = 0, npools = 0, large = 0, larges = 0, comm = 0, lcomm = 0;
   uint64_t hbytes = 0, holed = 0;
   for (unsigned i = 0; i < h->nchunks && !k->bad; i++) {
     ph_chunk *c = h->chunks[i];
@@ -130,11 +148,19 @@ void ph_check_heap_locked(struct ph_heap *h, ph_check *k) {
         comm += h->pool_size -
                 ((size_t)__builtin_popcountll(c->holes[u]) << h->hole_shift);
         pools++;
+        npools++;
         if (c->holes[u]) {
           holed++;
           hbytes += (size_t)__builtin_popcountll(c->holes[u]) << h->hole_shift;
         }
         check_pool(h, k, c, u);
+        if (k->bad)
+          break;
+        /* its tail units, checked by check_pool */
+        uint32_t nu = h->class_units[((ph_pool *)ph_unit_addr(h, c, u))->cls];
+        comm += (size_t)(nu - 1) << h->pool_shift;
+        pools += nu - 1;
+        u += nu - 1;
       } else if (st == PH_U_LARGE) {
         check_large(h, k, c, u);
         if (k->bad)
@@ -144,7 +170,9 @@ void ph_check_heap_locked(struct ph_heap *h, ph_check *k) {
         lcomm += l->comm;
         comm += l->comm;
         larges++;
-      } else if (st != PH_U_LARGE_TAIL) {
+        u += l->nunits - 1; /* its tail units, checked by check_large */
+      } else {
+        /* tails are passed over with their pool or large block */
         ph_check_fail(k, "chunk %u unit %u: bad state %u", i, u, st);
       }
     }
@@ -172,6 +200,6 @@ void ph_check_heap_locked(struct ph_heap *h, ph_check *k) {
   if (!k->bad && om != h->nchunks)
     ph_check_fail(k, "mappings %llu, chunks %u", (unsigned long long)om,
                   h->nchunks);
-  k->pools = pools;
+  k->pools = npools;
   k->larges = larges;
 }

@@ -204,7 +204,10 @@ ph_heap *ph_domain_heap(const ph_domain *d);
  * collection; a refused allocation reserves nothing: the heap's reserved
  * bytes and mappings are as they were.  An allocation that needs a new pool
  * or a large block first runs the finalisers ready for d (ph_finalise), so
- * it may run embedder code, and may collect, like any allocation. */
+ * it may run embedder code, and may collect, like any allocation.  Blocks
+ * of up to 32767 fields come from pools (above the small classes, medium
+ * pools of several contiguous units, wasting less than 1/8 of a slot
+ * too); larger ones are large blocks. */
 ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag);
 /* Weak blocks and ephemerons (DESIGN.md: gc.weak).
  *
@@ -298,7 +301,11 @@ int ph_run_finalisers(ph_domain *d);
  * that release memory, a compaction may move them out of the pages that
  * hold no pinned block (the pool's other pages receive moved blocks first)
  * and give those pages back to the OS, so a pin costs about the pages it
- * lies on, not its whole pool (DESIGN.md: compact.pin.holes). */
+ * lies on, not its whole pool (DESIGN.md: compact.pin.holes).  A pinned
+ * block of a medium class keeps its whole pool in place (no pages are
+ * given back from a medium pool).  A pointer into any unit of a medium
+ * pool that is not field 0 of an allocated block gets PH_EINVAL, here and
+ * in ph_finalise. */
 int ph_pin(ph_domain *d, ph_value v);
 int ph_unpin(ph_domain *d, ph_value v);
 
@@ -418,6 +425,10 @@ typedef struct ph_stats {
   uint64_t ephemerons_cleared; /* ephemerons cleared (a key died) */
   uint64_t finalisers_run;     /* finalisers called (ph_finalise) */
   uint64_t pinned_blocks;      /* blocks pinned now (ph_pin) */
+  /* medium size classes (after the small ones: blocks of up to 32767
+   * fields, in pools of several contiguous units; larger blocks are large
+   * blocks); ph_census reports size_classes + medium_classes rows */
+  uint64_t medium_classes;
 } ph_stats;
 
 /* Copy the heap's statistics.  Callable from any thread.  PH_EINVAL for a
@@ -440,11 +451,13 @@ typedef struct ph_census_class {
                              pools, header included, less their holes) */
 } ph_census_class;
 
-/* Stop the world and call fn once per size class, in order of size.  fn runs
- * on the calling thread inside the section: a call into poolheap from fn is
- * refused (PH_ESTATE; see Callbacks at the top).  The rows' committed_bytes
- * add up to ph_stats' pool_bytes; in each row live_blocks + free_blocks +
- * hole_blocks is the slot count of its pools. */
+/* Stop the world and call fn once per size class, in order of size: the
+ * ph_stats.size_classes small classes, then the medium_classes medium ones
+ * (a medium class's pools span several units; rows count pools, not
+ * units).  fn runs on the calling thread inside the section: a call into
+ * poolheap from fn is refused (PH_ESTATE; see Callbacks at the top).  The
+ * rows' committed_bytes add up to ph_stats' pool_bytes; in each row
+ * live_blocks + free_blocks + hole_blocks is the slot count of its pools. */
 int ph_census(ph_domain *d, void (*fn)(const ph_census_class *c, void *user),
               void *user);
 

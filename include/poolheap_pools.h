@@ -270,7 +270,11 @@ php_heap *php_owner_heap(const php_owner *o);
  * colour is the embedder's (OCaml allocates with its current MARKED
  * colour).  The fields are not initialised: the embedder writes them before
  * the block can be seen by a marker or a scan callback.  Blocks of more than
- * php_heap_stats.max_small_wosize fields are large blocks.  Returns the
+ * php_heap_stats.max_small_wosize fields are large blocks; below, the
+ * small size classes (one-unit pools) then the medium ones (pools of
+ * several contiguous units, compacted like the small ones: an interior
+ * pointer into any unit of a medium pool is forwarded by php_forward and
+ * found by php_visit_pool_of), none wasting 1/8 of its slot.  Returns the
  * address of field 0, or 0 and php_last_error(o) says why: PH_EINVAL
  * (wosize 0 or > PH_MAX_WOSIZE, header_bits > 1023, o NULL), PH_ENOMEM (the
  * OS refused, or heap_limit), PH_ESTATE (from a callback).  With no swept
@@ -330,7 +334,8 @@ typedef void (*php_block_fn)(ph_value block, ph_value header, void *user);
  * seen; addr must lie in a block that is not garbage (so the pool cannot be
  * freed meanwhile).  fn must not call into the pool layer (refused).
  * PH_EINVAL if addr is not inside an allocated unit of h or fn is NULL
- * (nothing visited). */
+ * (nothing visited).  Any unit of a medium pool leads to the whole pool
+ * (found in O(1) from the unit, DESIGN.md: heap.unit.lookup). */
 int php_visit_pool_of(php_heap *h, ph_value addr, php_block_fn fn, void *user);
 
 /* -------------------------------------------------------------- counters */

@@ -38,12 +38,12 @@ typedef struct cu_class {
 
 typedef struct cu_classes {
   unsigned n;
-  cu_class c[64];
+  cu_class c[96];
 } cu_classes;
 
 static inline void cu_census_fn(const ph_census_class *c, void *user) {
   cu_classes *cs = user;
-  if (c->size_class < 64) {
+  if (c->size_class < 96) {
     cu_class *x = &cs->c[c->size_class];
     x->block_words = c->block_words;
     x->max_wosize = c->max_wosize;

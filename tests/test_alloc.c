@@ -24,18 +24,34 @@ static int teardown(void **state) {
 }
 
 static ph_pool *pool_of(ph_value v) {
-  ph_unit_hdr *u = ph_unit_of(h, v);
+  ph_unit_hdr *u = ph_block_unit(h, v); /* heap.unit.lookup */
+  assert_non_null(u);
   assert_int_equal(u->sig, PH_SIG_POOL);
   assert_int_equal(u->kind, PH_U_POOL);
   return (ph_pool *)u;
 }
 
-/* Every wosize of every class: header (wosize, tag, color 0), initial field
- * contents, and the pool the block landed in has the right class. */
+/* The next wosize to try after wo: every small one; in the medium
+ * classes each class's smallest, middle and largest wosize. */
+static size_t next_wosize(size_t wo) {
+  if (wo + 1 > h->max_small_wosize)
+    return wo + 1;
+  unsigned c = ph_class_of_wosize(h, wo + 1);
+  if (c < h->nsmall)
+    return wo + 1;
+  size_t lo = h->class_wsize[c - 1], hi = h->class_wsize[c] - 1;
+  if (wo < (lo + hi) / 2)
+    return (lo + hi) / 2;
+  return wo < hi ? hi : wo + 1;
+}
+
+/* Every wosize of every small class, three of every medium class: header
+ * (wosize, tag, color 0), initial field contents, and the pool the block
+ * landed in has the right class. */
 static void test_alloc_every_size_class(void **state) {
   (void)state;
   size_t m = ph_scope_open(d);
-  for (size_t wo = 1; wo <= h->max_small_wosize; wo++) {
+  for (size_t wo = 1; wo <= h->max_small_wosize; wo = next_wosize(wo)) {
     unsigned tags[] = {0, (unsigned)(wo % PH_TAG_RAW), 250, PH_TAG_RAW, 255};
     for (unsigned t = 0; t < sizeof tags / sizeof *tags; t++) {
       ph_value v = ph_alloc(d, wo, tags[t]);
@@ -175,14 +191,15 @@ static void test_pool_free_list_every_slot(void **state) {
   free(slot);
 }
 
-/* The largest small wosize is in a pool; one more field is a large block. */
+/* The largest pool wosize (the top medium class) is in a pool; one more
+ * field is a large block. */
 static void test_small_large_boundary(void **state) {
   (void)state;
   size_t max = h->max_small_wosize;
   ph_value a = ph_alloc(d, max, 0);
   ph_value b = ph_alloc(d, max + 1, 0);
   assert_true(ph_is_block(a) && ph_is_block(b));
-  assert_int_equal(ph_unit_of(h, a)->kind, PH_U_POOL);
+  assert_int_equal(pool_of(a)->cls, h->nclasses - 1);
   assert_int_equal(ph_unit_of(h, b)->kind, PH_U_LARGE);
   assert_int_equal(ph_wosize(b), max + 1);
   ph_stats st = tu_stats(h);
@@ -198,7 +215,7 @@ static void test_small_large_boundary(void **state) {
  * them and gives their memory back (committed_bytes and VmRSS drop). */
 static void test_large_blocks_alloc_and_release(void **state) {
   (void)state;
-  const size_t sizes[] = {h->max_small_wosize + 1, 4096, 100000,
+  const size_t sizes[] = {h->max_small_wosize + 1, 40000, 100000,
                           (size_t)1 << 20, (size_t)8 << 20};
   const size_t n = sizeof sizes / sizeof *sizes;
   size_t m = ph_scope_open(d);
@@ -326,7 +343,8 @@ static void test_stats_fields(void **state) {
   assert_int_equal(st.committed_bytes,
                    st.pool_bytes + st.large_bytes + st.free_pool_bytes);
   assert_true(st.mappings >= 1 && st.mappings <= 8);
-  assert_int_equal(st.size_classes, h->nclasses);
+  assert_int_equal(st.size_classes, h->nsmall);
+  assert_int_equal(st.size_classes + st.medium_classes, h->nclasses);
   assert_int_equal(st.huge_fallbacks, 0);
 }
 
@@ -351,9 +369,13 @@ static void test_census_sums(void **state) {
   size_t m = ph_scope_open(d);
   size_t total = 0;
   for (int i = 0; i < 20000; i++) {
-    size_t wo = 1 + tu_below(&r, h->max_small_wosize);
+    size_t wo = 1 + tu_below(&r, h->class_wsize[h->nsmall - 1] - 1);
     if (tu_below(&r, 4))
       wo = 1 + tu_below(&r, 8);
+    else if (i % 64 == 0) /* a medium block */
+      wo =
+          h->class_wsize[h->nsmall - 1] +
+          tu_below(&r, h->max_small_wosize + 1 - h->class_wsize[h->nsmall - 1]);
     ph_value v = ph_alloc(d, wo, 0);
     assert_true(ph_is_block(v));
     count[ph_class_of_wosize(h, wo)]++;
@@ -371,7 +393,7 @@ static void test_census_sums(void **state) {
     assert_int_equal(a.r[c].live_blocks + a.r[c].free_blocks,
                      a.r[c].pools * h->class_nslots[c]);
     sum += a.r[c].live_blocks;
-    pools += a.r[c].pools;
+    pools += a.r[c].pools * h->class_units[c];
   }
   assert_int_equal(sum, total);
   ph_stats st = tu_stats(h);

@@ -253,13 +253,13 @@ static size_t page_round(size_t b) {
   return (b + pg - 1) / pg * pg;
 }
 
-/* heap.large.commit: with 4 MiB pools a 2.4 KB large block commits (and
- * charges against heap_limit) its pages, not its 4 MiB unit: 64 of them fit
- * a 32 MiB heap_limit, the heap verifies, and when they die their pages go
- * back. */
+/* heap.large.commit: with 4 MiB pools a 256 KiB large block (the smallest:
+ * one field above the top medium class) commits (and charges against
+ * heap_limit) its pages, not its 4 MiB unit: 64 of them fit a 32 MiB
+ * heap_limit, the heap verifies, and when they die their pages go back. */
 static void test_large_commits_its_pages(void **state) {
   (void)state;
-  const size_t pool = 4 << 20, wo = 300;
+  const size_t pool = 4 << 20, wo = PH_MEDIUM_TOP_WSIZE;
   const size_t pages = page_round(PH_LARGE_HDR + 8 + wo * 8);
   ph_heap *h = mk(pool, 32 << 20, 100, PH_RELEASE_DECOMMIT);
   ph_domain *d;
@@ -300,7 +300,8 @@ static void test_large_commits_its_pages(void **state) {
  * the unit's tail back; when it dies, the unit's pages go back too. */
 static void test_large_in_committed_unit(void **state) {
   (void)state;
-  const size_t pool = 64 << 10, wo = 300;
+  /* the smallest large block (above the top medium class) in one unit */
+  const size_t pool = 1 << 20, wo = PH_MEDIUM_TOP_WSIZE;
   const size_t pages = page_round(PH_LARGE_HDR + 8 + wo * 8);
   ph_heap *h = mk(pool, 0, 0, PH_RELEASE_KEEP);
   ph_domain *d;
@@ -336,7 +337,7 @@ static void test_large_in_committed_unit(void **state) {
  * later collection frees it. */
 static void test_large_free_refused_keeps_block(void **state) {
   (void)state;
-  const size_t wo = 300;
+  const size_t wo = PH_MEDIUM_TOP_WSIZE; /* the smallest large block */
   const size_t pages = page_round(PH_LARGE_HDR + 8 + wo * 8);
   ph_heap *h = mk(4 << 20, 0, 0, PH_RELEASE_KEEP);
   ph_domain *d;

@@ -188,11 +188,28 @@ static ph_value make_block(php_owner *o, tu_rng *r, const ph_value *src,
                            size_t n, int allow_large) {
   size_t k = tu_below(r, 100);
   if (allow_large && k == 0) {
-    size_t wo = max_small + 1 + tu_below(r, 3000);
+    /* a large block, or (3 in 4) a medium one (above 256 fields: every
+     * small class is below, for every pool size) */
+    size_t wo = tu_below(r, 4) ? 257 + tu_below(r, 6000)
+                               : max_small + 1 + tu_below(r, 3000);
     ph_value v = alloc_counted(o, wo, T_TUPLE);
     if (v)
       for (size_t i = 0; i < wo; i++)
         ((ph_value *)v)[i] = i % 64 == 0 ? pick(r, src, n) : ph_val_int(7);
+    return v;
+  }
+  if (allow_large && k == 1) { /* a medium closure: interior pointers */
+    size_t wo = 300 + tu_below(r, 3000);
+    ph_value v = alloc_counted(o, wo, T_CLOS);
+    if (!v)
+      return 0;
+    ph_value *f = (ph_value *)v;
+    f[0] = (ph_value)0x1000;
+    f[1] = ph_val_int(CLOS_ENV);
+    f[2] = php_hd_make(CLOS_INFIX, 0, T_INFIX);
+    f[3] = v; /* itself, raw */
+    for (size_t i = CLOS_ENV; i < wo; i++)
+      f[i] = i % 16 == 0 ? pick(r, src, n) : ph_val_int(3);
     return v;
   }
   if (k < 55) {
@@ -912,19 +929,18 @@ static void test_alloc_sweep_policy(void **state) {
  * all garbage, and sweeps them free; each later round does the same: the
  * committed bytes must not grow past round 0's, however the chunks lie
  * (first fit alone took a lower, newer chunk's fresh units first: 136 MB
- * committed after round 1 for 92 MB of pools). */
-static void test_unit_reuse(void **state) {
-  (void)state;
+ * committed after round 1 for 92 MB of pools).  The same with medium
+ * blocks, whose pools are runs of units. */
+static void unit_reuse_case(size_t wo, size_t n) {
   php_heap *h = heap_new(0);
   php_owner *o = owner_new(h);
-  size_t n = tu_scale(4000000, 8);
   uint64_t comm0 = 0;
   for (int round = 0; round < 3; round++) {
     for (size_t i = 0; i < n; i++) {
-      ph_value v = php_alloc(o, 2, col.garbage << PHP_HD_COLOUR_SHIFT);
+      ph_value v = php_alloc(o, wo, col.garbage << PHP_HD_COLOUR_SHIFT);
       assert_true(v != 0);
-      ((ph_value *)v)[0] = PH_UNIT;
-      ((ph_value *)v)[1] = PH_UNIT;
+      for (size_t f = 0; f < wo; f++)
+        ((ph_value *)v)[f] = PH_UNIT;
     }
     php_heap_stats st = hstats(h);
     if (round == 0)
@@ -943,6 +959,12 @@ static void test_unit_reuse(void **state) {
   verify_ok(h);
   heap_end(h, o);
   tu_assert_no_failures();
+}
+
+static void test_unit_reuse(void **state) {
+  (void)state;
+  unit_reuse_case(2, tu_scale(4000000, 8));
+  unit_reuse_case(2000, tu_scale(5600, 8)); /* 5-unit pools of 9 slots */
 }
 
 /* php_visit_pool_of: every allocated block of the pool, any interior
@@ -1013,6 +1035,143 @@ static void test_visit(void **state) {
   assert_int_equal(vl.n, 1);
   assert_int_equal(php_visit_pool_of(h, l, NULL, NULL), PH_EINVAL);
   verify_ok(h);
+  heap_end(h, o);
+  tu_assert_no_failures();
+}
+
+/* A medium closure (heap.sizeclass.medium) of wo fields: code word, env
+ * start, an infix header and itself (raw), then env fields i of value
+ * x(i, k) but for env field 0, a value given. */
+static ph_value medium_clos_fill(ph_value v, size_t wo, size_t k,
+                                 ph_value env0) {
+  ph_value *f = (ph_value *)v;
+  f[0] = (ph_value)0x1000;
+  f[1] = ph_val_int(CLOS_ENV);
+  f[2] = php_hd_make(CLOS_INFIX, 0, T_INFIX);
+  f[3] = v;
+  f[CLOS_ENV] = env0;
+  for (size_t i = CLOS_ENV + 1; i < wo; i++)
+    f[i] = ph_val_int((intptr_t)(tu_mix(k, i) >> 2));
+  return v;
+}
+
+/* Medium blocks on the pool layer: served from pools of several units
+ * (pool_bytes grows by whole medium pools, no large bytes); a visit from an
+ * address in a later unit of a pool sees its whole pool; a sparse medium
+ * heap compacts: blocks move, the committed bytes drop, the mappings do not
+ * grow, every field survives and interior pointers (closures' infix
+ * pointers, some into blocks whose field 0 lies in a later unit of their
+ * pool: kept in the heap, in a root and outside, through php_forward) are
+ * forwarded; php_verify is clean; a second compaction moves nothing. */
+static void test_medium_pools(void **state) {
+  (void)state;
+  php_heap *h = heap_new(0);
+  php_owner *o = owner_new(h);
+  php_heap_stats hs = hstats(h);
+  size_t ps = hs.pool_size, wo = 2000; /* 5-unit pools of 9 slots (32 KiB) */
+  size_t nb = tu_scale(9 * 60, 3), keep = 0;
+  ph_value *all = calloc(nb, sizeof *all);
+  ph_value *roots = calloc(nb, sizeof *roots);
+  assert_non_null(all);
+  assert_non_null(roots);
+  ph_value prev = PH_UNIT, tailblk = 0;
+  for (size_t i = 0; i < nb; i++) {
+    ph_value v = alloc_counted(o, wo, T_CLOS);
+    assert_true(v != 0);
+    all[i] = v;
+    if (i % 9 == 4 || i % 9 == 8) { /* kept: two in nine */
+      medium_clos_fill(v, wo, keep, prev);
+      prev = v + CLOS_INFIX * 8; /* an interior pointer */
+      roots[keep++] = v;
+      if (!tailblk &&
+          (v & ~(ph_value)(ps - 1)) != (all[i - i % 9] & ~(ph_value)(ps - 1)))
+        tailblk = v; /* field 0 in a later unit than its pool's first */
+    } else {
+      medium_clos_fill(v, wo, ~(size_t)0, PH_UNIT);
+    }
+  }
+  assert_true(tailblk != 0);
+  php_heap_stats s0 = hstats(h);
+  assert_int_equal(s0.large_bytes, 0);
+  assert_true(s0.pool_bytes >= nb * (wo + 1) * 8);
+  /* the visit from a tail unit's address inside tailblk: its whole pool */
+  vctx vv = {.want = tailblk, .ordered = 1};
+  assert_int_equal(
+      php_visit_pool_of(h, tailblk + 8 * (wo - 1), visit_count, &vv), PH_OK);
+  assert_true(vv.found && vv.ordered);
+  assert_int_equal(vv.n, 9);
+  /* garbage: everything not kept */
+  full_cycle(h, &o, 1, roots, keep);
+  while (php_sweep(o, 1 << 20) <= 0)
+    ;
+  colours_rotate(h);
+  assert_int_equal(php_cycle(o), PH_OK);
+  ph_value *rs[1] = {roots};
+  size_t ns[1] = {keep};
+  graph g0 = walk(rs, ns, 1, col.unmarked);
+  assert_true(g0.all_marked);
+  ph_value *pr[2] = {roots, roots + keep / 2}; /* two participants */
+  size_t pn[2] = {keep / 2, keep - keep / 2};
+  cenv c = {.h = h, .nparts = 2, .roots = pr, .nroots = pn};
+  c.side = tailblk + CLOS_INFIX * 8;
+  php_heap_stats s1 = hstats(h);
+  assert_int_equal(compact_run(&c), PH_OK);
+  php_heap_stats s2 = hstats(h);
+  print_message("medium: %zu of %zu closures kept; moved %llu blocks, %llu "
+                "pools freed, committed %llu -> %llu\n",
+                keep, nb, (unsigned long long)s2.evacuated_blocks,
+                (unsigned long long)s2.evacuated_pools,
+                (unsigned long long)s1.committed_bytes,
+                (unsigned long long)s2.committed_bytes);
+  assert_true(s2.evacuated_blocks > 0 && s2.evacuated_pools > 0);
+  assert_true(s2.committed_bytes < s1.committed_bytes);
+  assert_true(s2.mappings <= s1.mappings);
+  graph g1 = walk(rs, ns, 1, col.unmarked);
+  assert_int_equal(g1.hash, g0.hash);
+  assert_int_equal(g1.blocks, g0.blocks);
+  /* every field, and the interior pointers */
+  size_t moved = 0, kk = 0;
+  for (size_t k = 0; k < keep; k++) {
+    ph_value *f = (ph_value *)roots[k];
+    assert_int_equal(php_hd_wosize(php_hd_load(roots[k])), wo);
+    while (kk % 9 != 4 && kk % 9 != 8)
+      kk++;
+    /* raw, its old address: copied, not fixed */
+    assert_int_equal(f[3], all[kk++]);
+    moved += roots[k] != f[3];
+    assert_int_equal(f[CLOS_ENV], k ? roots[k - 1] + CLOS_INFIX * 8 : PH_UNIT);
+    for (size_t i = CLOS_ENV + 1; i < wo; i++)
+      if (f[i] != ph_val_int((intptr_t)(tu_mix(k, i) >> 2)))
+        fail_msg("closure %zu field %zu changed", k, i);
+  }
+  assert_true(moved > 0);
+  assert_true(closures_intact(roots, keep));
+  /* the value kept outside: forwarded at its offset */
+  size_t ti = 0;
+  while (all[ti] != tailblk)
+    ti++;
+  size_t tk = 0;
+  for (size_t i = 0; i < ti; i++)
+    tk += i % 9 == 4 || i % 9 == 8;
+  assert_int_equal(c.side_fwd, roots[tk] + CLOS_INFIX * 8);
+  verify_ok(h);
+  c.side = c.side_fwd;
+  assert_int_equal(compact_run(&c), PH_OK);
+  assert_int_equal(hstats(h).evacuated_blocks, 0);
+  assert_int_equal(c.side_fwd, c.side);
+  verify_ok(h);
+  /* all dead: the sweeps by colour free every medium pool, whose units
+   * come back as free committed memory */
+  full_cycle(h, &o, 1, roots, 0);
+  full_cycle(h, &o, 1, roots, 0);
+  while (php_sweep(o, 1 << 20) <= 0)
+    ;
+  php_heap_stats s3 = hstats(h);
+  assert_int_equal(s3.pool_bytes, 0);
+  assert_true(s3.free_bytes >= s2.pool_bytes);
+  verify_ok(h);
+  free(all);
+  free(roots);
   heap_end(h, o);
   tu_assert_no_failures();
 }
@@ -2029,6 +2188,7 @@ int main(void) {
       cmocka_unit_test(test_alloc_sweep_policy),
       cmocka_unit_test(test_unit_reuse),
       cmocka_unit_test(test_visit),
+      cmocka_unit_test(test_medium_pools),
       cmocka_unit_test(test_orphan_adopt),
       cmocka_unit_test(test_verify_detects),
       cmocka_unit_test(test_verify_free_list),

@@ -8,11 +8,12 @@
  * is checked directly for every small wosize: its class is the smallest that
  * fits and wastes less than 1/8 of the slot.
  *
- * The medium classes (heap.sizeclass.medium, computed but not served yet)
- * likewise: recomputed here and compared, and for every request from 1
- * field to the top of the medium range (PH_MEDIUM_TOP_WSIZE - 1 fields) the
- * smallest small or medium class that fits wastes less than 1/8 of its
- * slot; every medium pool is the fewest units holding at least 8 slots. */
+ * The medium classes (heap.sizeclass.medium, served after the small ones
+ * in the same tables) likewise: recomputed here and compared, and for
+ * every request from 1 field to the top of the medium range
+ * (PH_MEDIUM_TOP_WSIZE - 1 fields) the heap's class is the smallest small
+ * or medium class that fits and wastes less than 1/8 of its slot; every
+ * medium pool is the fewest units holding at least 8 slots. */
 #include "test_util.h"
 
 #include "api/api.h"
@@ -56,12 +57,18 @@ static void test_classes_follow_rule_all_pool_sizes(void **state) {
     assert_true(h->pool_hdr * 8 <= ps);
     unsigned n = rule_classes(ps, h->pool_hdr, w);
     assert_true(n <= PH_MAX_CLASSES);
-    assert_int_equal(h->nclasses, n);
-    for (unsigned k = 0; k < n; k++)
+    assert_int_equal(h->nsmall, n);
+    for (unsigned k = 0; k < n; k++) {
       assert_int_equal(h->class_wsize[k], w[k]);
-    assert_int_equal(h->max_small_wosize, w[n - 1] - 1);
+      assert_int_equal(h->class_units[k], 1);
+    }
+    /* pools serve up to the top medium class, then large blocks */
+    assert_int_equal(h->max_small_wosize, PH_MEDIUM_TOP_WSIZE - 1);
+    assert_true(h->nclasses > n && h->nclasses <= PH_MAX_CLASSES);
+    assert_int_equal(h->class_wsize[h->nclasses - 1], PH_MEDIUM_TOP_WSIZE);
     ph_stats st = tu_stats(h);
     assert_int_equal(st.size_classes, n);
+    assert_int_equal(st.medium_classes, h->nclasses - n);
     assert_int_equal(ph_heap_destroy(h), PH_OK);
   }
 }
@@ -76,7 +83,7 @@ static void test_classes_strictly_increasing(void **state) {
       if (h->class_wsize[k] <= h->class_wsize[k - 1])
         fail_msg("pool %zu: class %u has %u words, class %u has %u", ps, k,
                  h->class_wsize[k], k - 1, h->class_wsize[k - 1]);
-    assert_true(h->class_wsize[h->nclasses - 1] <= PH_MAX_SMALL_WSIZE);
+    assert_true(h->class_wsize[h->nsmall - 1] <= PH_MAX_SMALL_WSIZE);
     assert_int_equal(ph_heap_destroy(h), PH_OK);
   }
 }
@@ -112,7 +119,7 @@ static void test_pools_hold_at_least_eight_slots(void **state) {
   for (size_t ps = 4096; ps <= ((size_t)4 << 20); ps *= 2) {
     ph_heap *h = heap_with_pool(ps);
     size_t pool_words = (ps - h->pool_hdr) / 8;
-    for (unsigned k = 0; k < h->nclasses; k++) {
+    for (unsigned k = 0; k < h->nsmall; k++) {
       assert_int_equal(h->class_nslots[k], pool_words / h->class_wsize[k]);
       assert_true(h->class_nslots[k] >= 8);
       /* the slots fit in the pool after its header */
@@ -151,7 +158,7 @@ static void test_medium_classes_every_request(void **state) {
   (void)state;
   for (size_t ps = 4096; ps <= ((size_t)4 << 20); ps *= 2) {
     ph_heap *h = heap_with_pool(ps);
-    size_t wmax = h->class_wsize[h->nclasses - 1];
+    size_t wmax = h->class_wsize[h->nsmall - 1];
     ph_medium_class m[MAX_MEDIUM], r[MAX_MEDIUM];
     unsigned n = ph_sizeclass_medium(ps, h->pool_hdr, wmax, m, MAX_MEDIUM);
     assert_true(n >= 1 && n <= MAX_MEDIUM);
@@ -174,6 +181,13 @@ static void test_medium_classes_every_request(void **state) {
     }
     assert_true(m[0].wsize > wmax);
     assert_int_equal(m[n - 1].wsize, PH_MEDIUM_TOP_WSIZE);
+    /* served: the heap's classes after the small ones are these */
+    assert_int_equal(h->nclasses, h->nsmall + n);
+    for (unsigned k = 0; k < n; k++) {
+      assert_int_equal(h->class_wsize[h->nsmall + k], m[k].wsize);
+      assert_int_equal(h->class_units[h->nsmall + k], m[k].units);
+      assert_int_equal(h->class_nslots[h->nsmall + k], m[k].nslots);
+    }
     /* every request from 1 field to the top: the smallest class that fits
      * (small, then medium) wastes less than 1/8 of its slot */
     unsigned c = 0, mc = 0;
@@ -191,6 +205,7 @@ static void test_medium_classes_every_request(void **state) {
           mc++; /* m[n - 1] is the top: never beyond */
         slot = m[mc].wsize;
         prev = mc ? m[mc - 1].wsize : wmax;
+        assert_int_equal(ph_class_of_wosize(h, wo), h->nsmall + mc);
       }
       assert_true(slot >= need && prev < need);
       if ((slot - need) * 8 >= slot)
@@ -202,7 +217,7 @@ static void test_medium_classes_every_request(void **state) {
     if (ps == 32768)
       print_message("32 KiB pools: %u small and %u medium classes, the last "
                     "medium pool %u units\n",
-                    h->nclasses, n, m[n - 1].units);
+                    h->nsmall, n, m[n - 1].units);
     assert_int_equal(ph_heap_destroy(h), PH_OK);
   }
 }
