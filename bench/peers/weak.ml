@@ -7,6 +7,16 @@
    rss_after is VmRSS after the compaction; collect_cpu_ms is the process's
    CPU time in Gc.full_major.  One JSON line per run.
 
+   --hold-major: the major GC is held off while the table is built
+   (space_overhead 1000000, the settings restored before the timed
+   Gc.full_major), so that the timed collection starts, as bench/weak.c's
+   ph_collect does (gc_percent 0), from a heap that still holds every
+   dropped entry; by default OCaml's incremental major cycles run during
+   the build (untimed) and have already cleared and swept most of them.
+   heap_words_before and major_cycles_before say which: the heap's words
+   and the major cycles completed when the timed collection starts;
+   present_before (weak table) how many entries the table still held.
+
    Build: ocamlfind-free, with the stock 5.3 toolchain:
      $PREFIX/bin/ocamlopt -I +unix unix.cmxa weak.ml -o weak_ocaml53 *)
 
@@ -42,9 +52,10 @@ let draw () =
 
 let () =
   let n = ref 1_000_000 and keep = ref 100 and runs = ref 1
-  and table = ref "weak" in
+  and table = ref "weak" and hold = ref false in
   Arg.parse
     [ ("--n", Arg.Set_int n, "entries");
+      ("--hold-major", Arg.Set hold, "no major GC work during the build");
       ("--keep", Arg.Set_int keep, "per mille kept");
       ("--runs", Arg.Set_int runs, "runs");
       ("--table", Arg.Set_string table, "weak|ephemeron") ]
@@ -55,6 +66,17 @@ let () =
     Gc.compact ();
     state := 42;
     let kept = ref 0 and present = ref 0 in
+    let settings = Gc.get () in
+    if !hold then Gc.set { settings with Gc.space_overhead = 1_000_000 };
+    let heap_before = ref 0 and cycles_before = ref 0
+    and present_before = ref (-1) in
+    (* untimed: the state the timed collection starts from *)
+    let before () =
+      Gc.set settings;
+      let st = Gc.quick_stat () in
+      heap_before := st.Gc.heap_words;
+      cycles_before := st.Gc.major_collections
+    in
     let t0 = now () in
     let cpu_ms = ref 0. in
     let build_ms, collect_ms, compact_ms =
@@ -70,6 +92,11 @@ let () =
           end
         done;
         let b = now () -. t0 in
+        before ();
+        present_before := 0;
+        for i = 0 to n - 1 do
+          if Weak.check tab i then incr present_before
+        done;
         let t1 = now () and u1 = cpu () in
         Gc.full_major ();
         let c = now () -. t1 in
@@ -97,6 +124,7 @@ let () =
           end
         done;
         let b = now () -. t0 in
+        before ();
         let t1 = now () and u1 = cpu () in
         Gc.full_major ();
         let c = now () -. t1 in
@@ -119,7 +147,9 @@ let () =
       "{\"system\":\"ocaml-5.3\",\"table\":\"%s\",\"n\":%d,\"keep\":%d,\
        \"run\":%d,\"build_ms\":%.3f,\"collect_ms\":%.3f,\
        \"collect_cpu_ms\":%.3f,\"compact_ms\":%.3f,\
-       \"rss_after\":%d,\"kept\":%d,\"ok\":%b}\n%!"
-      !table n !keep run build_ms collect_ms !cpu_ms compact_ms r !kept
-      (!present = !kept)
+       \"rss_after\":%d,\"kept\":%d,\"hold_major\":%b,\
+       \"heap_words_before\":%d,\"major_cycles_before\":%d,\
+       \"present_before\":%d,\"ok\":%b}\n%!"
+      !table n !keep run build_ms collect_ms !cpu_ms compact_ms r !kept !hold
+      !heap_before !cycles_before !present_before (!present = !kept)
   done
