@@ -14,7 +14,9 @@
 #    build; the timed Gc.full_major then finds the same garbage); the row
 #    "OCaml defaults" is OCaml with its incremental major GC running during
 #    the (untimed) build, which clears and sweeps about half of the dropped
-#    entries before the timed Gc.full_major starts.
+#    entries before the timed Gc.full_major starts.  The row "poolheap,
+#    transparent huge pages" is bench/weak with --huge transparent (OCaml
+#    5.3 never madvises its pools): not a goal row.
 #  - pinning: bench/compact's W1 with 10 per mille of the survivors pinned
 #    against the same run unpinned.  Goal: RSS after <= 1.15x.
 # Each run is its own process; poolheap and OCaml alternate.  Prints one
@@ -84,6 +86,7 @@ one() { # command...: one JSON line to $RES (and stdout)
 for r in $(seq 1 "$RUNS"); do
   for t in weak ephemeron; do
     one "$PH" --n "$N" --table "$t"
+    one "$PH" --n "$N" --table "$t" --huge transparent
     [ -n "$ML" ] && one "$ML" --n "$N" --table "$t" --hold-major
     [ -n "$ML" ] && one "$ML" --n "$N" --table "$t"
   done
@@ -109,7 +112,8 @@ out.append("| table | poolheap collect ms | OCaml 5.3 full_major ms | ratio (goa
 out.append("|---|---|---|---|---|---|---|")
 cpu = []
 for t in ("weak", "ephemeron"):
-    ph = lambda r: r.get("system") == "poolheap" and r.get("table") == t
+    ph = lambda r: r.get("system") == "poolheap" and r.get("table") == t and r.get("huge", "off") == "off"
+    pt = lambda r: r.get("system") == "poolheap" and r.get("table") == t and r.get("huge") == "transparent"
     ml = lambda r: r.get("system") == "ocaml-5.3" and r.get("table") == t and r.get("hold_major")
     md = lambda r: r.get("system") == "ocaml-5.3" and r.get("table") == t and not r.get("hold_major")
     pc, n1 = med(ph, "collect_ms"); oc, n2 = med(ml, "collect_ms")
@@ -124,11 +128,16 @@ for t in ("weak", "ephemeron"):
     dc, n3 = med(md, "collect_ms")
     if dc is not None:
         out.append(f"| {t}, OCaml defaults | {pc:.1f} (n={n1}) | {dc:.1f} (n={n3}) | {pc/dc:.2f} | | | |")
+    tc, n4 = med(pt, "collect_ms"); tr, _ = med(pt, "rss_after")
+    if tc is not None:
+        out.append(f"| {t}, poolheap transparent huge pages | {tc:.1f} (n={n4}) | {oc:.1f} (n={n2}) | "
+                   f"{tc/oc:.2f} | {tr/2**20:.1f} | {orr/2**20:.1f} | {tr/orr:.2f} |")
     pu, _ = med(ph, "collect_cpu_ms"); ou, _ = med(ml, "collect_cpu_ms")
-    du, _ = med(md, "collect_cpu_ms")
+    du, _ = med(md, "collect_cpu_ms"); tu, _ = med(pt, "collect_cpu_ms")
     if pu is not None and ou:
         cpu.append(f"{t}: collection CPU time poolheap {pu:.1f} ms, OCaml {ou:.1f} ms: "
-                   f"{pu/ou:.2f}x" + (f" (OCaml defaults {du:.1f} ms: {pu/du:.2f}x)" if du else ""))
+                   f"{pu/ou:.2f}x" + (f" (OCaml defaults {du:.1f} ms: {pu/du:.2f}x)" if du else "")
+                   + (f"; poolheap with transparent huge pages {tu:.1f} ms: {tu/ou:.2f}x" if tu else ""))
 if cpu:  # the same collections in CPU time (not the time spent waiting for a core)
     out += ["", "medians of the process CPU time in the collection (a shared machine's "
             "load does not count):"] + cpu
