@@ -62,8 +62,10 @@ else
   d=$OUT/weak-ml
   mkdir -p "$d"
   cp "$HERE/peers/weak.ml" "$d/"
-  if (cd "$d" && "$OCAMLOPT" -O2 -I +unix unix.cmxa weak.ml -o weak_ocaml53 2>"$d/build.log" ||
-      "$OCAMLOPT" -I +unix unix.cmxa weak.ml -o weak_ocaml53 2>"$d/build.log"); then
+  libs="-I +unix -I +runtime_events unix.cmxa runtime_events.cmxa"
+  # shellcheck disable=SC2086
+  if (cd "$d" && "$OCAMLOPT" -O2 $libs weak.ml -o weak_ocaml53 2>"$d/build.log" ||
+      "$OCAMLOPT" $libs weak.ml -o weak_ocaml53 2>"$d/build.log"); then
     ML=$d/weak_ocaml53
   else
     say "weak.ml did not build: $(tail -c 300 "$d/build.log")"
