@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define PH_SWEEP_AHEAD 512 /* heap.sweep.stream: prefetch distance, bytes */
+#define PH_SWEEP_AHEAD 2048 /* heap.sweep.stream: prefetch distance, bytes */
 
 /* Append to a worker's record array, growing it; on failure the records are
  * incomplete and the compactor must not plan from them. */
@@ -183,6 +183,52 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
     p->live_words = (uint32_t)words;
 }
 
+/* heap.sweep.branchless: the managed collector's sweep of a pool without
+ * holes (the common case), the same result as pool_sweep's by_mark pass,
+ * in a loop without a branch on the slot's fate: a survivor's header gets
+ * its mark bit cleared, any other slot the header 0 (a free slot's is 0
+ * already; its line is written anyway, its field 0 links the free list);
+ * the free list's tail is written at every slot and moves only past a free
+ * one, so the link a survivor got is overwritten by the next free slot's
+ * (or by the final 0).  The live bits are built 64 slots at a time. */
+static void pool_sweep_marked(struct ph_heap *h, ph_pool *p, uint64_t *zeroed) {
+  const size_t ws = h->class_wsize[p->cls];
+  ph_value *slot = (ph_value *)ph_pool_slots(p);
+  uint64_t *bits = ph_pool_bits(p);
+  const uint32_t n = p->nslots;
+  const ph_value black = (ph_value)PH_BLACK << PH_HD_COLOR_SHIFT;
+  ph_value *tail = &p->free;
+  uint32_t live = 0;
+  for (uint32_t base = 0; base < n; base += 64) {
+    uint32_t m = n - base < 64 ? n - base : 64;
+    uint64_t word = 0;
+    for (uint32_t k = 0; k < m; k++, slot += ws) {
+      /* heap.sweep.stream; a prefetch past the pool's end does not fault */
+      __builtin_prefetch((char *)slot + PH_SWEEP_AHEAD, 1);
+      ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);
+      ph_value keep = (hd & black) >> PH_HD_COLOR_SHIFT; /* 0 or 1 */
+#if PH_POISON
+      if (!keep && hd != 0)
+        for (size_t f = 2; f < ws; f++)
+          slot[f] = PH_POISON_WORD;
+#endif
+      ph_value nh = (hd & ~black) & ((ph_value)0 - keep);
+      if (__builtin_expect((nh & PH_HD_SWEEP_ZERO) == PH_HD_SWEEP_ZERO, 0))
+        nh = sweep_zero(slot, nh, zeroed);
+      __atomic_store_n(slot, nh, __ATOMIC_RELAXED);
+      *tail = (ph_value)(slot + 1);
+      tail = keep ? tail : slot + 1;
+      word |= keep << k;
+      live += (uint32_t)keep;
+    }
+    bits[base >> 6] = word;
+  }
+  *tail = 0;
+  PH_ASSERT(p->nhole == 0);
+  p->nlive = live;
+  p->nfree = n - live;
+}
+
 void ph_pool_sweep_garbage(struct ph_heap *h, ph_pool *p, unsigned garbage,
                            unsigned live_mask, int set_bits,
                            void (*on_free)(void *ctx, ph_value b), void *ctx,
@@ -194,7 +240,10 @@ void ph_pool_sweep_garbage(struct ph_heap *h, ph_pool *p, unsigned garbage,
 }
 
 static void sweep_pool(struct ph_heap *h, ph_pool_worker *w, ph_pool *p) {
-  pool_sweep(h, p, 1, PH_BLACK, 0, 1, 0, NULL, NULL, NULL, &w->zeroed);
+  if (ph_pool_holes(p) == 0)
+    pool_sweep_marked(h, p, &w->zeroed); /* heap.sweep.branchless */
+  else
+    pool_sweep(h, p, 1, PH_BLACK, 0, 1, 0, NULL, NULL, NULL, &w->zeroed);
   uint32_t live = p->nlive;
   p->cached = 0;
   p->evacuated = 0;

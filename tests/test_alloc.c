@@ -191,6 +191,95 @@ static void test_pool_free_list_every_slot(void **state) {
   free(slot);
 }
 
+/* heap.sweep.branchless: after a collection, a swept pool's free list goes
+ * up through exactly its free slots (header 0), in address order, and ends
+ * with 0; its live bits are exactly its allocated slots (none past nslots);
+ * survivors are WHITE with their fields intact; nlive and nfree add up.  For
+ * pools of a small, a middle and the largest pool class, each slot kept
+ * at random (the first and the last slot each way across the cases), then
+ * a second collection that frees nothing must give the same list and bits. */
+static void check_swept_pool(ph_pool *p, const ph_value *v, const int *keep,
+                             size_t n) {
+  size_t sb = (size_t)h->class_wsize[p->cls] * 8;
+  char *slots = ph_pool_slots(p);
+  const uint64_t *bits = ph_pool_bits(p);
+  size_t live = 0;
+  for (size_t i = 0; i < n; i++) {
+    ph_value hd = *(ph_value *)(slots + i * sb);
+    int bit = (int)(bits[i / 64] >> (i % 64) & 1);
+    assert_int_equal(bit, keep[i]);
+    assert_int_equal(hd != 0, keep[i]);
+    if (keep[i]) {
+      assert_int_equal(ph_hd_color(hd), PH_WHITE);
+      assert_ptr_equal((char *)v[i] - 8, slots + i * sb);
+      assert_int_equal(ph_int_val(ph_field(v[i], 0)), (intptr_t)i);
+      live++;
+    }
+  }
+  if (n % 64)
+    assert_int_equal(bits[n / 64] >> (n % 64), 0);
+  assert_int_equal(p->nlive, live);
+  assert_int_equal(p->nfree, n - live);
+  /* the free list: every free slot once, going up */
+  size_t k = 0, next = 0;
+  for (ph_value f = p->free; f; f = *(ph_value *)f, k++) {
+    while (next < n && keep[next])
+      next++;
+    assert_true(next < n);
+    assert_ptr_equal((char *)f - 8, slots + next * sb);
+    next++;
+  }
+  while (next < n && keep[next])
+    next++;
+  assert_int_equal(next, n);
+  assert_int_equal(k, n - live);
+}
+
+static void test_sweep_free_list_and_bits(void **state) {
+  (void)state;
+  tu_rng rng;
+  tu_rng_init(&rng, 0x5eeb);
+  const size_t wos[] = {1, 3, h->max_small_wosize};
+  for (unsigned c = 0; c < 4; c++) {
+    size_t wo = wos[c % 3];
+    unsigned cls = ph_class_of_wosize(h, wo);
+    size_t n = h->class_nslots[cls];
+    size_t m = ph_scope_open(d);
+    ph_value **slot = calloc(n, sizeof *slot);
+    ph_value *v = calloc(n, sizeof *v);
+    int *keep = calloc(n, sizeof *keep);
+    assert_true(slot && v && keep);
+    ph_pool *p = NULL;
+    for (size_t i = 0; i < n; i++) {
+      ph_value x = ph_alloc(d, wo, 0);
+      assert_true(ph_is_block(x));
+      ph_set_field(x, 0, ph_val_int((intptr_t)i));
+      if (!p)
+        p = pool_of(x);
+      assert_ptr_equal(pool_of(x), p); /* one whole pool, in slot order */
+      slot[i] = ph_root(d, x);
+      /* the first and last slot kept when c is odd, dropped when even */
+      keep[i] = i == 0 || i == n - 1 ? (int)(c & 1) : tu_below(&rng, 3) == 0;
+    }
+    for (size_t i = 0; i < n; i++)
+      if (!keep[i])
+        *slot[i] = PH_UNIT;
+    assert_int_equal(ph_collect(d), PH_OK);
+    for (size_t i = 0; i < n; i++)
+      v[i] = keep[i] ? *slot[i] : 0;
+    check_swept_pool(p, v, keep, n);
+    assert_int_equal(ph_collect(d), PH_OK); /* nothing dies: the same */
+    check_swept_pool(p, v, keep, n);
+    tu_verify_ok(d);
+    assert_int_equal(ph_scope_close(d, m), PH_OK);
+    assert_int_equal(ph_collect(d), PH_OK); /* the pool empties */
+    free(slot);
+    free(v);
+    free(keep);
+  }
+  assert_int_equal(tu_stats(h).pool_bytes, 0);
+}
+
 /* The largest pool wosize (the top medium class) is in a pool; one more
  * field is a large block. */
 static void test_small_large_boundary(void **state) {
@@ -417,6 +506,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_raw_blocks_zeroed_on_reuse, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_pool_free_list_every_slot, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_sweep_free_list_and_bits, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_small_large_boundary, setup,
                                       teardown),

@@ -98,6 +98,63 @@ static void test_weak_cleared_when_dead_kept_while_reachable(void **state) {
   env_close(&e);
 }
 
+/* gc.weak.clear.groups: a weak block whose fields mix 0, immediates, live
+ * and dead targets at random (a length that is not a multiple of 8: the
+ * groups and the tail), with and without GC helpers: exactly the dead
+ * targets' fields read 0, every other field is unchanged, weak_cleared
+ * counts them; a second collection changes nothing. */
+static void test_weak_fields_mixed(void **state) {
+  (void)state;
+  tu_rng r;
+  tu_rng_init(&r, 0x3eac);
+  for (unsigned helpers = 0; helpers <= 2; helpers += 2) {
+    env e;
+    env_open(&e, helpers);
+    size_t m = ph_scope_open(e.d);
+    const size_t n = 8 * 300 + 5;
+    ph_value *w = ph_root(e.d, ph_alloc_weak(e.d, n));
+    ph_value *keep = ph_root(e.d, ph_alloc(e.d, n, 0));
+    int *kind = calloc(n, sizeof *kind); /* 0 zero, 1 imm, 2 live, 3 dead */
+    assert_non_null(kind);
+    size_t dead = 0;
+    for (size_t i = 0; i < n; i++) {
+      /* runs of one kind too, so some groups have no dead target */
+      kind[i] = i % 64 < 16 ? 2 : (int)tu_below(&r, 4);
+      ph_value v = kind[i] == 1 ? ph_val_int((intptr_t)i) : 0;
+      if (kind[i] >= 2)
+        v = node(&e, (intptr_t)i, 0);
+      if (kind[i] == 2)
+        ph_set_field(*keep, i, v);
+      ph_set_field(*w, i, v);
+      dead += kind[i] == 3;
+    }
+    for (int round = 0; round < 2; round++) {
+      uint64_t before = stats(&e).weak_cleared;
+      assert_int_equal(ph_collect(e.d), PH_OK);
+      assert_int_equal(stats(&e).weak_cleared - before, round ? 0 : dead);
+      for (size_t i = 0; i < n; i++) {
+        ph_value x = ph_field(*w, i);
+        switch (kind[i]) {
+        case 0:
+        case 3:
+          assert_true(x == 0);
+          break;
+        case 1:
+          assert_true(x == ph_val_int((intptr_t)i));
+          break;
+        default:
+          assert_true(x == ph_field(*keep, i));
+          assert_int_equal(id_of(x), (intptr_t)i);
+        }
+      }
+    }
+    check_heap(&e);
+    free(kind);
+    ph_scope_close(e.d, m);
+    env_close(&e);
+  }
+}
+
 /* a weak block alone does not keep a cycle alive, and a weak block that is
  * itself unreachable is simply collected */
 static void test_weak_block_collected_like_any(void **state) {
@@ -638,6 +695,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_weak_cleared_when_dead_kept_while_reachable),
       cmocka_unit_test(test_weak_block_collected_like_any),
+      cmocka_unit_test(test_weak_fields_mixed),
       cmocka_unit_test(test_ephemeron_semantics),
       cmocka_unit_test(test_ephemeron_chain_fixpoint),
       cmocka_unit_test(test_ephemeron_headers_after_clearing),
