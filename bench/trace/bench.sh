@@ -118,9 +118,10 @@ p("RSS of the heap / live bytes after the release call at each 1/8 of the trace 
   "where less than 1 MiB is live, the RSS itself in parentheses. CPU s and minor faults: the "
   "whole replay (user + system time; it includes filling every block and the checksums). "
   "The floor rows: what poolheap's pools and large blocks need at least for the live blocks "
-  "(a slot's share of a full pool, a large block's pages), with today's size classes and "
-  "with the medium classes of DESIGN.md's heap.sizeclass.medium, which are not served yet: "
-  "a projection, not a measurement." % (runs, "s" if runs > 1 else ""))
+  "(a slot's share of a full pool, a large block's pages), with the classes served (small "
+  "and medium, DESIGN.md's heap.sizeclass) and, for comparison, with every block above the "
+  "small classes a page-rounded large block (the layout before medium pools): a computed "
+  "bound, not a measurement." % (runs, "s" if runs > 1 else ""))
 for t in traces:
     rs = [r for r in rows if r["trace"] == t]
     pts = sorted({r["point"] for r in rs})
@@ -148,11 +149,11 @@ for t in traces:
         p("| %s | %s | %.1f | %.1f | %.2f | %d |" % (
             s, " | ".join(cells), end[s] / 1048576, last[0]["live_bytes"] / 1048576,
             median([r["cpu_ms"] for r in last]) / 1000, median([r["minor_faults"] for r in last])))
-    # poolheap's floor for the live blocks (replay.c, proj_init): today's
-    # classes, and the medium classes (a projection: not served yet)
+    # poolheap's floor for the live blocks (replay.c, proj_init): the classes
+    # served, and the same blocks above the small classes as large blocks
     ph = [r for r in rs if r["system"] == "poolheap" and "floor_now" in r]
-    for f, what in (("floor_now", "poolheap floor, today's classes"),
-                    ("floor_medium", "poolheap floor, medium classes (projection)")):
+    for f, what in (("floor_now", "poolheap floor, classes served"),
+                    ("floor_large", "poolheap floor, no medium classes")):
         if not ph:
             break
         cells = []

@@ -333,12 +333,14 @@ static ph_domain *dom;
 
 /* The floor of poolheap's memory for the live blocks (poolheap runs): each
  * block costs its slot's share of a full pool (pool bytes / slots), or a
- * large block its pages; with today's classes (from ph_census) and with the
- * medium classes of heap.sizeclass.medium (a projection: they are not
- * served yet).  What a replay measures above it is partly filled pools and
- * the collector's own memory. */
+ * large block its pages; with the classes served (ph_census: the small
+ * classes, then the medium ones of heap.sizeclass.medium, pools of several
+ * units) and, for comparison, with every block above the small classes a
+ * page-rounded large block (the layout before medium pools were served).
+ * What a replay measures above it is partly filled pools and the
+ * collector's own memory. */
 #define PROJ_TOP PH_MEDIUM_TOP_WSIZE
-static double *cost_now, *cost_medium; /* by wosize, 1 .. PROJ_TOP - 1 */
+static double *cost_now, *cost_large; /* by wosize, 1 .. PROJ_TOP - 1 */
 static size_t proj_pool_size;
 
 typedef struct {
@@ -357,37 +359,41 @@ static void census_row(const ph_census_class *c, void *user) {
 
 static void proj_init(size_t pool_size) {
   census_t t = {0};
+  ph_stats st;
   if (ph_census(dom, census_row, &t) != PH_OK || t.n == 0 ||
-      t.n > PH_MAX_CLASSES)
+      t.n > PH_MAX_CLASSES || ph_stats_get(heap, &st) != PH_OK ||
+      st.size_classes == 0 || st.size_classes > t.n)
     die("ph_census failed");
+  unsigned nsmall = st.size_classes;
   proj_pool_size = pool_size;
   /* the pool header with its live bitmap, as heap/sizeclass.c sizes it */
   size_t hdr = PH_POOL_HDR + ((pool_size - PH_POOL_HDR) / 16 + 511) / 512 * 64;
   ph_medium_class m[128];
-  unsigned nm = ph_sizeclass_medium(pool_size, hdr, t.wsize[t.n - 1], m, 128);
-  if (nm > 128)
-    die("too many medium classes");
+  unsigned nm =
+      ph_sizeclass_medium(pool_size, hdr, t.wsize[nsmall - 1], m, 128);
+  if (nm > 128 || nm != t.n - nsmall)
+    die("the medium classes differ from the census");
   cost_now = map_touched(PROJ_TOP * sizeof *cost_now);
-  cost_medium = map_touched(PROJ_TOP * sizeof *cost_medium);
+  cost_large = map_touched(PROJ_TOP * sizeof *cost_large);
   size_t page = (size_t)sysconf(_SC_PAGESIZE);
   unsigned c = 0, mc = 0;
   for (size_t wo = 1; wo < PROJ_TOP; wo++) {
     size_t large = (PH_LARGE_HDR + 8 * (wo + 1) + page - 1) / page * page;
-    if (wo <= t.max_wosize[t.n - 1]) {
+    if (wo <= t.max_wosize[nsmall - 1]) {
       while (t.max_wosize[c] < wo)
         c++;
       size_t nslots = (pool_size - hdr) / 8 / t.wsize[c];
-      cost_now[wo] = cost_medium[wo] = (double)pool_size / nslots;
+      cost_now[wo] = cost_large[wo] = (double)pool_size / nslots;
     } else {
       while (m[mc].wsize < wo + 1)
         mc++;
-      cost_now[wo] = (double)large;
-      cost_medium[wo] = (double)m[mc].units * pool_size / m[mc].nslots;
+      cost_now[wo] = (double)m[mc].units * pool_size / m[mc].nslots;
+      cost_large[wo] = (double)large;
     }
   }
 }
 
-static void proj(double *now, double *medium) {
+static void proj(double *now, double *large) {
   size_t page = (size_t)sysconf(_SC_PAGESIZE);
   double a = 0, b = 0;
   for (size_t i = 0; i < nlive; i++) {
@@ -396,7 +402,7 @@ static void proj(double *now, double *medium) {
       wo = 1;
     if (wo < PROJ_TOP) {
       a += cost_now[wo];
-      b += cost_medium[wo];
+      b += cost_large[wo];
     } else {
       double l =
           (double)((PH_LARGE_HDR + 8 * (wo + 1) + page - 1) / page * page);
@@ -405,7 +411,7 @@ static void proj(double *now, double *medium) {
     }
   }
   *now = a;
-  *medium = b;
+  *large = b;
 }
 
 static void scan_roots(ph_domain *d, ph_visit_fn visit, void *ctx, void *user) {
@@ -576,12 +582,12 @@ static int do_run(int argc, char **argv) {
            (double)rss / (live_bytes + 1048576.0), dt, now_ms() - t0,
            cpu - cpu0, faults - faults0);
     if (sys == SYS_POOLHEAP) {
-      double fnow, fmed;
-      proj(&fnow, &fmed);
+      double fnow, flarge;
+      proj(&fnow, &flarge);
       printf(",\"committed\":%llu,\"verify\":\"%s\",\"floor_now\":%.0f,"
-             "\"floor_medium\":%.0f",
+             "\"floor_large\":%.0f",
              (unsigned long long)committed, verify == PH_OK ? "ok" : why, fnow,
-             fmed);
+             flarge);
     }
     printf(",\"checksum\":\"%016llx\",\"checksum_before\":\"%016llx\","
            "\"ok\":%s}\n",
