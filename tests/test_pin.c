@@ -390,12 +390,18 @@ static void sparse_pins_free(sparse_pins *s) {
 }
 
 /* ph_census's rows of a heap with one class of pools. */
+/* The census rows of the small classes with pools (the survivors'); the
+ * root array of sparse_pins_build is a medium block when the test is scaled
+ * down (TSan) and a large one otherwise: all_committed counts every row. */
 typedef struct census_sum {
   size_t rows, pools, holed, live, free, hole, committed, slot_bytes;
+  size_t row, nsmall, all_committed;
 } census_sum;
 static void census_add(const ph_census_class *c, void *user) {
   census_sum *t = user;
-  if (c->pools == 0)
+  t->all_committed += c->committed_bytes;
+  size_t row = t->row++;
+  if (c->pools == 0 || row >= t->nsmall)
     return;
   t->rows++;
   t->pools += c->pools;
@@ -432,11 +438,11 @@ static void census_floor(ph_heap *h, ph_domain *d, const ph_value *pools,
       holed++;
     }
   }
-  census_sum t = {0};
-  assert_int_equal(ph_census(d, census_add, &t), PH_OK);
   ph_stats st = stats(h);
+  census_sum t = {.nsmall = st.size_classes};
+  assert_int_equal(ph_census(d, census_add, &t), PH_OK);
   assert_int_equal(t.rows, 1); /* the survivors' class */
-  assert_int_equal(t.committed, st.pool_bytes);
+  assert_int_equal(t.all_committed, st.pool_bytes);
   assert_true(t.holed > 0 && t.holed <= np && t.hole > 0);
   assert_true(t.hole * t.slot_bytes <= t.holed * cfg.pool_size);
   printf("census: %zu pools, %zu with holes, %zu pinned\n", t.pools, t.holed,
@@ -592,7 +598,7 @@ static void test_pinned_pools_filled_first(void **state) {
   holes_check(s.arr, s.ns);
   for (size_t k = 0; k < s.np; k++)
     assert_true(ph_field(*s.arr, s.pin_j[k]) == s.pins[k]);
-  census_sum t = {0};
+  census_sum t = {.nsmall = stats(h).size_classes};
   assert_int_equal(ph_census(d, census_add, &t), PH_OK);
   size_t nslots = (t.live + t.free + t.hole) / t.pools;
   printf("%zu pools (%zu pinned): %zu kept, %zu with holes; %zu free slots "
