@@ -77,8 +77,8 @@ static inline ph_value sweep_zero(ph_value *hp, ph_value hd, uint64_t *n) {
 static inline __attribute__((always_inline)) void
 pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
            unsigned live_mask, int set_bits, int count_words,
-           void (*on_free)(void *ctx, ph_value b), void *ctx, int *bad,
-           uint64_t *zeroed) {
+           void (*on_free)(void *ctx, ph_value b), const uint64_t *on_free_tags,
+           void *ctx, int *bad, uint64_t *zeroed) {
   uint32_t wsize = h->class_wsize[p->cls];
   ph_value *s = (ph_value *)ph_pool_slots(p);
   uint64_t *bits = ph_pool_bits(p);
@@ -106,16 +106,17 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
         }
         if (live_mask && !(live_mask >> ph_hd_color(hd) & 1))
           *bad = 1;
+#if PH_DEBUG
         live++;
-        if (count_words)
-          words += ph_hd_wosize(hd) + 1;
+        words += ph_hd_wosize(hd) + 1;
+#endif
       }
     }
     if (!dirty) {
-      PH_ASSERT(p->nfree == p->nslots - p->nhole - live);
-      p->nlive = live;
-      if (count_words)
-        p->live_words = (uint32_t)words;
+      /* nothing freed: nlive, nfree and live_words are exact between
+       * sweeps in the layer (pools.bits, pools.counters) and stay */
+      PH_ASSERT(live == p->nlive && p->nfree == p->nslots - p->nhole - live);
+      PH_ASSERT(!count_words || words == p->live_words);
       return;
     }
     live = 0;
@@ -159,7 +160,11 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
       word |= (uint64_t)1 << (i & 63);
     } else {
       if (hd != 0) { /* it dies now */
-        if (on_free)
+        /* pools.sweep: with on_free_tags only the blocks of those tags
+         * cost a call */
+        if (on_free &&
+            (!on_free_tags ||
+             (on_free_tags[ph_hd_tag(hd) / 64] >> (ph_hd_tag(hd) % 64) & 1)))
           on_free(ctx, (ph_value)(slot + 1));
 #if PH_POISON
         for (uint32_t k = 2; k < wsize; k++)
@@ -185,16 +190,23 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
 
 void ph_pool_sweep_garbage(struct ph_heap *h, ph_pool *p, unsigned garbage,
                            unsigned live_mask, int set_bits,
-                           void (*on_free)(void *ctx, ph_value b), void *ctx,
-                           int *bad) {
-  if (set_bits)
-    pool_sweep(h, p, 0, garbage, live_mask, 1, 1, on_free, ctx, bad, NULL);
+                           void (*on_free)(void *ctx, ph_value b),
+                           const uint64_t *on_free_tags, void *ctx, int *bad) {
+  /* specialised: the owners' sweep (live_mask 0, bits) checks no colour
+   * per live block */
+  if (set_bits && !live_mask)
+    pool_sweep(h, p, 0, garbage, 0, 1, 1, on_free, on_free_tags, ctx, bad,
+               NULL);
+  else if (set_bits)
+    pool_sweep(h, p, 0, garbage, live_mask, 1, 1, on_free, on_free_tags, ctx,
+               bad, NULL);
   else
-    pool_sweep(h, p, 0, garbage, live_mask, 0, 1, on_free, ctx, bad, NULL);
+    pool_sweep(h, p, 0, garbage, live_mask, 0, 1, on_free, on_free_tags, ctx,
+               bad, NULL);
 }
 
 static void sweep_pool(struct ph_heap *h, ph_pool_worker *w, ph_pool *p) {
-  pool_sweep(h, p, 1, PH_BLACK, 0, 1, 0, NULL, NULL, NULL, &w->zeroed);
+  pool_sweep(h, p, 1, PH_BLACK, 0, 1, 0, NULL, NULL, NULL, NULL, &w->zeroed);
   uint32_t live = p->nlive;
   p->cached = 0;
   p->evacuated = 0;
