@@ -220,6 +220,25 @@ static int find_run(ph_chunk *c, size_t n, uint32_t from, uint32_t *out) {
   return 0;
 }
 
+/* heap.unit.reuse: the first run of n free committed units of c (not below
+ * the hint). */
+static int find_committed_run(const ph_chunk *c, size_t n, uint32_t *out) {
+  if (c->nfree < n)
+    return 0;
+  uint32_t run = 0;
+  for (uint32_t u = c->hint; u < c->nunits; u++) {
+    if (c->ustate[u] != PH_U_FREE_COMM) {
+      run = 0;
+      continue;
+    }
+    if (++run == n) {
+      *out = u + 1 - (uint32_t)n;
+      return 1;
+    }
+  }
+  return 0;
+}
+
 static int run_committed(const ph_chunk *c, uint32_t u, size_t n) {
   for (size_t k = 0; k < n; k++)
     if (c->ustate[u + k] != PH_U_FREE_COMM)
@@ -260,10 +279,34 @@ static int take_locked(struct ph_heap *h, size_t n, size_t bytes, int state,
    * resident) before an uncommitted one in any chunk; new chunks are
    * usually mapped below the old ones, so first fit alone would touch a new
    * chunk's pages while the freed ones stay resident.  Searched only while
-   * the accounting says free committed units exist. */
-  if (h->reuse_committed && n == 1 && !bytes &&
-      atomic_load_explicit(&h->os.committed, memory_order_relaxed) >
-          ((h->pool_units << h->pool_shift) + h->large_comm)) {
+   * the accounting says free committed units exist.  A large block (or any
+   * run of n units) takes a run of free committed units the same way. */
+  int reuse = h->reuse_committed &&
+              atomic_load_explicit(&h->os.committed, memory_order_relaxed) >
+                  ((h->pool_units << h->pool_shift) + h->large_comm);
+  if (reuse && (n > 1 || bytes)) {
+    for (unsigned i = 0; i < h->nchunks; i++) {
+      ph_chunk *c = h->chunks[i];
+      uint32_t u;
+      size_t comm = 0;
+      if (!find_committed_run(c, n, &u))
+        continue;
+      size_t len = bytes ? large_len(h, c, n, bytes) : n << h->pool_shift;
+      if (commit_range_locked(h, c, u, n, len, &comm) != PH_OK)
+        break; /* cannot happen (nothing to commit): first fit below */
+      c->ustate[u] = (uint8_t)state;
+      for (size_t k = 1; k < n; k++)
+        c->ustate[u + k] =
+            (uint8_t)(state == PH_U_LARGE ? PH_U_LARGE_TAIL : state);
+      c->nfree -= (uint32_t)n;
+      advance_hint(c);
+      *chunk_out = c;
+      *unit_out = u;
+      *comm_out = comm;
+      return PH_OK;
+    }
+  }
+  if (reuse && n == 1 && !bytes) {
     for (unsigned i = 0; i < h->nchunks; i++) {
       ph_chunk *c = h->chunks[i];
       if (c->nfree == 0)
