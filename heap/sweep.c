@@ -127,59 +127,56 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
    * written): the pass is a stream through the pool's memory */
   ph_value *tail = &p->free;
   char *end = (char *)(s + (size_t)p->nslots * wsize);
-  for (uint32_t i = 0; i < p->nslots; i++) {
-    ph_value *slot = s + (size_t)i * wsize;
-    if ((char *)slot + PH_SWEEP_AHEAD < end)
-      __builtin_prefetch((char *)slot + PH_SWEEP_AHEAD, 1);
-    if (__builtin_expect(ph_slot_in_hole(h, holes, (size_t)wsize * 8, i), 0)) {
-      /* heap.pool.holes: neither live nor free, and not touched (a
-       * prefetch of a decommitted page does not fault it in) */
-      if ((i & 63) == 63 || i + 1 == p->nslots) {
-        if (set_bits)
-          bits[i >> 6] = word;
-        word = 0;
-      }
-      continue;
-    }
-    ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);
-    /* by mark: the mark bit only; the collector's other colour bit stays
-     * (heap.block.header) */
-    int keep = by_mark ? (ph_hd_color(hd) & color) != 0
-                       : hd != 0 && ph_hd_color(hd) != color;
-    if (keep) {
-      if (by_mark) {
-        ph_value nh = hd & ~((ph_value)color << PH_HD_COLOR_SHIFT);
-        if (__builtin_expect((nh & PH_HD_SWEEP_ZERO) == PH_HD_SWEEP_ZERO, 0))
-          nh = sweep_zero(slot, nh, zeroed);
-        __atomic_store_n(slot, nh, __ATOMIC_RELAXED);
-      } else if (live_mask && !(live_mask >> ph_hd_color(hd) & 1))
-        *bad = 1;
-      live++;
-      if (count_words)
-        words += ph_hd_wosize(hd) + 1;
-      word |= (uint64_t)1 << (i & 63);
-    } else {
-      if (hd != 0) { /* it dies now */
-        /* pools.sweep: with on_free_tags only the blocks of those tags
-         * cost a call */
-        if (on_free &&
-            (!on_free_tags ||
-             (on_free_tags[ph_hd_tag(hd) / 64] >> (ph_hd_tag(hd) % 64) & 1)))
-          on_free(ctx, (ph_value)(slot + 1));
+  ph_value *slot = s;
+  /* by bitmap word: 64 slots, then their word of live bits */
+  for (uint32_t i0 = 0; i0 < p->nslots; i0 += 64) {
+    uint32_t m = p->nslots - i0 < 64 ? p->nslots - i0 : 64;
+    word = 0;
+    for (uint32_t j = 0; j < m; j++, slot += wsize) {
+      if ((char *)slot + PH_SWEEP_AHEAD < end)
+        __builtin_prefetch((char *)slot + PH_SWEEP_AHEAD, 1);
+      if (__builtin_expect(ph_slot_in_hole(h, holes, (size_t)wsize * 8, i0 + j),
+                           0))
+        continue; /* heap.pool.holes: neither live nor free, and not
+                   * touched (a prefetch of a decommitted page does not
+                   * fault it in) */
+      ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);
+      /* by mark: the mark bit only; the collector's other colour bit stays
+       * (heap.block.header) */
+      int keep = by_mark ? (ph_hd_color(hd) & color) != 0
+                         : hd != 0 && ph_hd_color(hd) != color;
+      if (keep) {
+        if (by_mark) {
+          ph_value nh = hd & ~((ph_value)color << PH_HD_COLOR_SHIFT);
+          if (__builtin_expect((nh & PH_HD_SWEEP_ZERO) == PH_HD_SWEEP_ZERO, 0))
+            nh = sweep_zero(slot, nh, zeroed);
+          __atomic_store_n(slot, nh, __ATOMIC_RELAXED);
+        } else if (live_mask && !(live_mask >> ph_hd_color(hd) & 1))
+          *bad = 1;
+        live++;
+        if (count_words)
+          words += ph_hd_wosize(hd) + 1;
+        word |= (uint64_t)1 << j;
+      } else {
+        if (hd != 0) { /* it dies now */
+          /* pools.sweep: with on_free_tags only the blocks of those tags
+           * cost a call */
+          if (on_free &&
+              (!on_free_tags ||
+               (on_free_tags[ph_hd_tag(hd) / 64] >> (ph_hd_tag(hd) % 64) & 1)))
+            on_free(ctx, (ph_value)(slot + 1));
 #if PH_POISON
-        for (uint32_t k = 2; k < wsize; k++)
-          slot[k] = PH_POISON_WORD;
+          for (uint32_t k = 2; k < wsize; k++)
+            slot[k] = PH_POISON_WORD;
 #endif
-        __atomic_store_n(slot, 0, __ATOMIC_RELAXED);
+          __atomic_store_n(slot, 0, __ATOMIC_RELAXED);
+        }
+        *tail = (ph_value)(slot + 1);
+        tail = slot + 1;
       }
-      *tail = (ph_value)(slot + 1);
-      tail = slot + 1;
     }
-    if ((i & 63) == 63 || i + 1 == p->nslots) { /* a bitmap word is done */
-      if (set_bits)
-        bits[i >> 6] = word;
-      word = 0;
-    }
+    if (set_bits) /* a bitmap word is done */
+      bits[i0 >> 6] = word;
   }
   *tail = 0;
   p->nlive = live;
