@@ -264,28 +264,42 @@ static size_t large_len(const struct ph_heap *h, const ph_chunk *c, size_t n,
 
 static void chunk_remove_locked(struct ph_heap *h, unsigned i);
 
-/* heap.unit.reuse for a medium pool: the first run of n free committed
- * units in any chunk, taken as a pool (first unit PH_U_POOL, the others its
- * tails, heap.unit.lookup); 0 if there is none. */
-static int take_committed_run_locked(struct ph_heap *h, size_t n,
-                                     ph_chunk **chunk_out, uint32_t *unit_out) {
+/* Mark units u .. u+n-1 of c taken as `state` (PH_U_POOL or PH_U_LARGE):
+ * the first unit carries the state, the others are its tails (a pool's
+ * with the distance back to the first unit, heap.unit.lookup). */
+static void mark_taken(ph_chunk *c, uint32_t u, size_t n, int state) {
+  c->ustate[u] = (uint8_t)state;
+  for (size_t k = 1; k < n; k++) {
+    c->ustate[u + k] =
+        (uint8_t)(state == PH_U_LARGE ? PH_U_LARGE_TAIL : PH_U_POOL_TAIL);
+    if (state == PH_U_POOL)
+      c->ucls[u + k] = (uint16_t)k;
+  }
+  c->nfree -= (uint32_t)n;
+  advance_hint(c);
+}
+
+/* heap.unit.reuse for a run of n units (a medium pool, or a large block of
+ * `bytes`): the first run of n free committed units in any chunk, taken as
+ * `state`; 0 if there is none. */
+static int take_committed_run_locked(struct ph_heap *h, size_t n, size_t bytes,
+                                     int state, ph_chunk **chunk_out,
+                                     uint32_t *unit_out, size_t *comm_out) {
   for (unsigned i = 0; i < h->nchunks; i++) {
     ph_chunk *c = h->chunks[i];
     uint32_t u, from = 0;
     while (find_run(c, n, from, &u)) {
-      if (!run_committed(c, u, n)) {
-        from = u + 1;
+      size_t comm = 0;
+      from = u + 1;
+      if (!run_committed(c, u, n))
         continue;
-      }
-      c->ustate[u] = PH_U_POOL;
-      for (size_t k = 1; k < n; k++) {
-        c->ustate[u + k] = PH_U_POOL_TAIL;
-        c->ucls[u + k] = (uint16_t)k;
-      }
-      c->nfree -= (uint32_t)n;
-      advance_hint(c);
+      size_t len = bytes ? large_len(h, c, n, bytes) : n << h->pool_shift;
+      if (commit_range_locked(h, c, u, n, len, &comm) != PH_OK)
+        return 0; /* cannot happen (nothing to commit): first fit */
+      mark_taken(c, u, n, state);
       *chunk_out = c;
       *unit_out = u;
+      *comm_out = comm;
       return 1;
     }
   }
@@ -303,10 +317,18 @@ static int take_locked(struct ph_heap *h, size_t n, size_t bytes, int state,
    * resident) before an uncommitted one in any chunk; new chunks are
    * usually mapped below the old ones, so first fit alone would touch a new
    * chunk's pages while the freed ones stay resident.  Searched only while
-   * the accounting says free committed units exist. */
-  if (h->reuse_committed && n == 1 && !bytes &&
-      atomic_load_explicit(&h->os.committed, memory_order_relaxed) >
-          ((h->pool_units << h->pool_shift) + h->large_comm)) {
+   * the accounting says free committed units exist.  A large block (or any
+   * run of n units) takes a run of free committed units the same way. */
+  int reuse = h->reuse_committed &&
+              atomic_load_explicit(&h->os.committed, memory_order_relaxed) >
+                  ((h->pool_units << h->pool_shift) + h->large_comm);
+  if (reuse && (n > 1 || bytes) &&
+      atomic_load_explicit(&h->os.committed, memory_order_relaxed) >=
+          ((h->pool_units + n) << h->pool_shift) + h->large_comm &&
+      take_committed_run_locked(h, n, bytes, state, chunk_out, unit_out,
+                                comm_out))
+    return PH_OK;
+  if (reuse && n == 1 && !bytes) {
     for (unsigned i = 0; i < h->nchunks; i++) {
       ph_chunk *c = h->chunks[i];
       if (c->nfree == 0)
@@ -323,13 +345,6 @@ static int take_locked(struct ph_heap *h, size_t n, size_t bytes, int state,
         return PH_OK;
       }
     }
-  }
-  if (h->reuse_committed && n > 1 && !bytes && state == PH_U_POOL &&
-      atomic_load_explicit(&h->os.committed, memory_order_relaxed) >=
-          ((h->pool_units + n) << h->pool_shift) + h->large_comm &&
-      take_committed_run_locked(h, n, chunk_out, unit_out)) {
-    *comm_out = n << h->pool_shift;
-    return PH_OK;
   }
   for (int attempt = 0; attempt < 2; attempt++) {
     for (unsigned i = 0; i < h->nchunks; i++) {
@@ -352,15 +367,7 @@ static int take_locked(struct ph_heap *h, size_t n, size_t bytes, int state,
       }
       if (err != PH_OK)
         continue;
-      c->ustate[u] = (uint8_t)state;
-      for (size_t k = 1; k < n; k++) {
-        c->ustate[u + k] =
-            (uint8_t)(state == PH_U_LARGE ? PH_U_LARGE_TAIL : PH_U_POOL_TAIL);
-        if (state == PH_U_POOL) /* heap.unit.lookup */
-          c->ucls[u + k] = (uint16_t)k;
-      }
-      c->nfree -= (uint32_t)n;
-      advance_hint(c);
+      mark_taken(c, u, n, state); /* heap.unit.lookup */
       *chunk_out = c;
       *unit_out = u;
       *comm_out = comm;

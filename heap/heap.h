@@ -442,11 +442,13 @@ static inline int ph_wosize_small(const struct ph_heap *h, size_t wosize) {
  * garbage color, for the pool layer: garbage slots go to on_free(ctx, b)
  * and become free; live headers are not written (a color outside live_mask,
  * if not 0, sets *bad); nlive, nfree, live_words and the free list are
- * recounted, the live bitmap written if set_bits. */
+ * recounted, the live bitmap written if set_bits.  on_free_tags (NULL:
+ * every tag): on_free sees only the blocks whose tag t has bit t % 64 of
+ * on_free_tags[t / 64] set. */
 void ph_pool_sweep_garbage(struct ph_heap *h, ph_pool *p, unsigned garbage,
                            unsigned live_mask, int set_bits,
-                           void (*on_free)(void *ctx, ph_value b), void *ctx,
-                           int *bad);
+                           void (*on_free)(void *ctx, ph_value b),
+                           const uint64_t *on_free_tags, void *ctx, int *bad);
 
 /* heap.pool.holes: the granules slot i of a pool of slot bytes sb touches
  * (pool_hdr bytes before the first slot). */

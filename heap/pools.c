@@ -428,8 +428,13 @@ void php_call_on_free(struct php_heap *h, ph_value b) {
   php_tls_callback = 0;
 }
 
+/* The pool sweep's on_free: the sweep has checked the tag already
+ * (on_free_tags), so every call here is one the embedder asked for. */
 static void on_free_cb(void *ctx, ph_value b) {
-  php_call_on_free(ctx, b);
+  struct php_heap *h = ctx;
+  php_tls_callback = 1;
+  h->cfg.on_free(b, h->cfg.on_free_user);
+  php_tls_callback = 0;
 }
 
 /* pools.sweep: sweep p with heap.sweep.pool, the per-pool sweep of the
@@ -440,8 +445,11 @@ static void on_free_cb(void *ctx, ph_value b) {
 void php_sweep_pool_counts(struct php_heap *h, ph_pool *p, unsigned garbage,
                            unsigned live_mask, int set_bits, int *bad) {
   int ignored = 0;
+  /* pools.sweep: the tag filter is checked in the sweep's loop, so a
+   * freed block of another tag costs no call */
   ph_pool_sweep_garbage(h->core, p, garbage, live_mask, set_bits,
-                        h->cfg.on_free ? on_free_cb : NULL, h,
+                        h->cfg.on_free ? on_free_cb : NULL,
+                        h->on_free_filter ? h->cfg.on_free_tags : NULL, h,
                         bad ? bad : &ignored);
 }
 
@@ -640,26 +648,10 @@ static ph_value large_alloc(struct php_owner *o, size_t wosize, unsigned bits) {
   return b;
 }
 
-ph_value php_alloc(php_owner *o, size_t wosize, unsigned header_bits) {
-  if (!ok_owner(o))
-    return 0;
-  if (php_tls_callback) { /* pools.reentry */
-    o->last_error = PH_ESTATE;
-    return 0;
-  }
-  if (wosize == 0 || wosize > PH_MAX_WOSIZE || header_bits > PHP_HD_BITS_MAX) {
-    o->last_error = PH_EINVAL;
-    return 0;
-  }
-  struct ph_heap *core = o->h->core;
-  if (wosize > core->max_small_wosize)
-    return large_alloc(o, wosize, header_bits);
-  unsigned cls = ph_class_of_wosize(core, wosize);
-  ph_pool *p = o->avail[cls];
-  if (!p && !(p = find_pool(o, cls))) {
-    o->last_error = PH_ENOMEM;
-    return 0;
-  }
+/* pools.alloc: pop a slot of p, a swept pool of class cls with one free. */
+static inline __attribute__((always_inline)) ph_value
+alloc_from(struct php_owner *o, struct ph_heap *core, ph_pool *p, unsigned cls,
+           size_t wosize, unsigned header_bits) {
   ph_value b = p->free;
   p->free = *(ph_value *)b;
   /* pools.bits: the slot's live bit */
@@ -684,6 +676,52 @@ ph_value php_alloc(php_owner *o, size_t wosize, unsigned header_bits) {
                    ((ph_value)wosize << PH_HD_WOSIZE_SHIFT) | header_bits,
                    __ATOMIC_RELAXED);
   return b;
+}
+
+/* Everything but the fast path: bad arguments and calls from a callback
+ * (refused), large blocks, and no swept pool with room (find_pool).  Out
+ * of line, so that the fast path is a leaf that saves no register. */
+static __attribute__((noinline)) ph_value
+alloc_slow(php_owner *o, size_t wosize, unsigned header_bits) {
+  if (!ok_owner(o))
+    return 0;
+  if (php_tls_callback) { /* pools.reentry */
+    o->last_error = PH_ESTATE;
+    return 0;
+  }
+  if (wosize == 0 || wosize > PH_MAX_WOSIZE || header_bits > PHP_HD_BITS_MAX) {
+    o->last_error = PH_EINVAL;
+    return 0;
+  }
+  struct ph_heap *core = o->h->core;
+  if (wosize > core->max_small_wosize)
+    return large_alloc(o, wosize, header_bits);
+  unsigned cls = ph_class_of_wosize(core, wosize);
+  ph_pool *p = o->avail[cls];
+  if (!p && !(p = find_pool(o, cls))) {
+    o->last_error = PH_ENOMEM;
+    return 0;
+  }
+  return alloc_from(o, core, p, cls, wosize, header_bits);
+}
+
+ph_value php_alloc(php_owner *o, size_t wosize, unsigned header_bits) {
+  /* pools.alloc.fast: a valid owner outside a callback, a small block and
+   * a swept pool with room on the class's list; anything else goes to
+   * alloc_slow, which checks it all again */
+  if (__builtin_expect(o != NULL && o->sig == PHP_SIG_OWNER &&
+                           !php_tls_callback && header_bits <= PHP_HD_BITS_MAX,
+                       1)) {
+    struct ph_heap *core = o->h->core;
+    /* 1 <= wosize <= max_small_wosize (< PH_MAX_WOSIZE) */
+    if (__builtin_expect(wosize - 1 < core->max_small_wosize, 1)) {
+      unsigned cls = ph_class_of_wosize(core, wosize);
+      ph_pool *p = o->avail[cls];
+      if (__builtin_expect(p != NULL, 1))
+        return alloc_from(o, core, p, cls, wosize, header_bits);
+    }
+  }
+  return alloc_slow(o, wosize, header_bits);
 }
 
 /* -------------------------------------------------------------- visiting */

@@ -77,8 +77,8 @@ static inline ph_value sweep_zero(ph_value *hp, ph_value hd, uint64_t *n) {
 static inline __attribute__((always_inline)) void
 pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
            unsigned live_mask, int set_bits, int count_words,
-           void (*on_free)(void *ctx, ph_value b), void *ctx, int *bad,
-           uint64_t *zeroed) {
+           void (*on_free)(void *ctx, ph_value b), const uint64_t *on_free_tags,
+           void *ctx, int *bad, uint64_t *zeroed) {
   uint32_t wsize = h->class_wsize[p->cls];
   ph_value *s = (ph_value *)ph_pool_slots(p);
   uint64_t *bits = ph_pool_bits(p);
@@ -106,16 +106,17 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
         }
         if (live_mask && !(live_mask >> ph_hd_color(hd) & 1))
           *bad = 1;
+#if PH_DEBUG
         live++;
-        if (count_words)
-          words += ph_hd_wosize(hd) + 1;
+        words += ph_hd_wosize(hd) + 1;
+#endif
       }
     }
     if (!dirty) {
-      PH_ASSERT(p->nfree == p->nslots - p->nhole - live);
-      p->nlive = live;
-      if (count_words)
-        p->live_words = (uint32_t)words;
+      /* nothing freed: nlive, nfree and live_words are exact between
+       * sweeps in the layer (pools.bits, pools.counters) and stay */
+      PH_ASSERT(live == p->nlive && p->nfree == p->nslots - p->nhole - live);
+      PH_ASSERT(!count_words || words == p->live_words);
       return;
     }
     live = 0;
@@ -126,55 +127,56 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
    * written): the pass is a stream through the pool's memory */
   ph_value *tail = &p->free;
   char *end = (char *)(s + (size_t)p->nslots * wsize);
-  for (uint32_t i = 0; i < p->nslots; i++) {
-    ph_value *slot = s + (size_t)i * wsize;
-    if ((char *)slot + PH_SWEEP_AHEAD < end)
-      __builtin_prefetch((char *)slot + PH_SWEEP_AHEAD, 1);
-    if (__builtin_expect(ph_slot_in_hole(h, holes, (size_t)wsize * 8, i), 0)) {
-      /* heap.pool.holes: neither live nor free, and not touched (a
-       * prefetch of a decommitted page does not fault it in) */
-      if ((i & 63) == 63 || i + 1 == p->nslots) {
-        if (set_bits)
-          bits[i >> 6] = word;
-        word = 0;
-      }
-      continue;
-    }
-    ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);
-    /* by mark: the mark bit only; the collector's other colour bit stays
-     * (heap.block.header) */
-    int keep = by_mark ? (ph_hd_color(hd) & color) != 0
-                       : hd != 0 && ph_hd_color(hd) != color;
-    if (keep) {
-      if (by_mark) {
-        ph_value nh = hd & ~((ph_value)color << PH_HD_COLOR_SHIFT);
-        if (__builtin_expect((nh & PH_HD_SWEEP_ZERO) == PH_HD_SWEEP_ZERO, 0))
-          nh = sweep_zero(slot, nh, zeroed);
-        __atomic_store_n(slot, nh, __ATOMIC_RELAXED);
-      } else if (live_mask && !(live_mask >> ph_hd_color(hd) & 1))
-        *bad = 1;
-      live++;
-      if (count_words)
-        words += ph_hd_wosize(hd) + 1;
-      word |= (uint64_t)1 << (i & 63);
-    } else {
-      if (hd != 0) { /* it dies now */
-        if (on_free)
-          on_free(ctx, (ph_value)(slot + 1));
+  ph_value *slot = s;
+  /* by bitmap word: 64 slots, then their word of live bits */
+  for (uint32_t i0 = 0; i0 < p->nslots; i0 += 64) {
+    uint32_t m = p->nslots - i0 < 64 ? p->nslots - i0 : 64;
+    word = 0;
+    for (uint32_t j = 0; j < m; j++, slot += wsize) {
+      if ((char *)slot + PH_SWEEP_AHEAD < end)
+        __builtin_prefetch((char *)slot + PH_SWEEP_AHEAD, 1);
+      if (__builtin_expect(ph_slot_in_hole(h, holes, (size_t)wsize * 8, i0 + j),
+                           0))
+        continue; /* heap.pool.holes: neither live nor free, and not
+                   * touched (a prefetch of a decommitted page does not
+                   * fault it in) */
+      ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);
+      /* by mark: the mark bit only; the collector's other colour bit stays
+       * (heap.block.header) */
+      int keep = by_mark ? (ph_hd_color(hd) & color) != 0
+                         : hd != 0 && ph_hd_color(hd) != color;
+      if (keep) {
+        if (by_mark) {
+          ph_value nh = hd & ~((ph_value)color << PH_HD_COLOR_SHIFT);
+          if (__builtin_expect((nh & PH_HD_SWEEP_ZERO) == PH_HD_SWEEP_ZERO, 0))
+            nh = sweep_zero(slot, nh, zeroed);
+          __atomic_store_n(slot, nh, __ATOMIC_RELAXED);
+        } else if (live_mask && !(live_mask >> ph_hd_color(hd) & 1))
+          *bad = 1;
+        live++;
+        if (count_words)
+          words += ph_hd_wosize(hd) + 1;
+        word |= (uint64_t)1 << j;
+      } else {
+        if (hd != 0) { /* it dies now */
+          /* pools.sweep: with on_free_tags only the blocks of those tags
+           * cost a call */
+          if (on_free &&
+              (!on_free_tags ||
+               (on_free_tags[ph_hd_tag(hd) / 64] >> (ph_hd_tag(hd) % 64) & 1)))
+            on_free(ctx, (ph_value)(slot + 1));
 #if PH_POISON
-        for (uint32_t k = 2; k < wsize; k++)
-          slot[k] = PH_POISON_WORD;
+          for (uint32_t k = 2; k < wsize; k++)
+            slot[k] = PH_POISON_WORD;
 #endif
-        __atomic_store_n(slot, 0, __ATOMIC_RELAXED);
+          __atomic_store_n(slot, 0, __ATOMIC_RELAXED);
+        }
+        *tail = (ph_value)(slot + 1);
+        tail = slot + 1;
       }
-      *tail = (ph_value)(slot + 1);
-      tail = slot + 1;
     }
-    if ((i & 63) == 63 || i + 1 == p->nslots) { /* a bitmap word is done */
-      if (set_bits)
-        bits[i >> 6] = word;
-      word = 0;
-    }
+    if (set_bits) /* a bitmap word is done */
+      bits[i0 >> 6] = word;
   }
   *tail = 0;
   p->nlive = live;
@@ -231,19 +233,26 @@ static void pool_sweep_marked(struct ph_heap *h, ph_pool *p, uint64_t *zeroed) {
 
 void ph_pool_sweep_garbage(struct ph_heap *h, ph_pool *p, unsigned garbage,
                            unsigned live_mask, int set_bits,
-                           void (*on_free)(void *ctx, ph_value b), void *ctx,
-                           int *bad) {
-  if (set_bits)
-    pool_sweep(h, p, 0, garbage, live_mask, 1, 1, on_free, ctx, bad, NULL);
+                           void (*on_free)(void *ctx, ph_value b),
+                           const uint64_t *on_free_tags, void *ctx, int *bad) {
+  /* specialised: the owners' sweep (live_mask 0, bits) checks no colour
+   * per live block */
+  if (set_bits && !live_mask)
+    pool_sweep(h, p, 0, garbage, 0, 1, 1, on_free, on_free_tags, ctx, bad,
+               NULL);
+  else if (set_bits)
+    pool_sweep(h, p, 0, garbage, live_mask, 1, 1, on_free, on_free_tags, ctx,
+               bad, NULL);
   else
-    pool_sweep(h, p, 0, garbage, live_mask, 0, 1, on_free, ctx, bad, NULL);
+    pool_sweep(h, p, 0, garbage, live_mask, 0, 1, on_free, on_free_tags, ctx,
+               bad, NULL);
 }
 
 static void sweep_pool(struct ph_heap *h, ph_pool_worker *w, ph_pool *p) {
   if (ph_pool_holes(p) == 0)
     pool_sweep_marked(h, p, &w->zeroed); /* heap.sweep.branchless */
   else
-    pool_sweep(h, p, 1, PH_BLACK, 0, 1, 0, NULL, NULL, NULL, &w->zeroed);
+    pool_sweep(h, p, 1, PH_BLACK, 0, 1, 0, NULL, NULL, NULL, NULL, &w->zeroed);
   uint32_t live = p->nlive;
   p->cached = 0;
   p->evacuated = 0;

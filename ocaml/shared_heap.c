@@ -250,9 +250,12 @@ value *caml_shared_try_alloc(struct caml_heap_state *local, mlsize_t wosize,
   if (v == 0)
     return NULL; /* PH_ENOMEM: the caller raises Out_of_memory */
   value *hp = (value *)v - 1;
-  /* php_alloc wrote wosize << 10 | colour << 8 | tag; OCaml's header is the
-   * same with its reserved bits (none in this configuration). */
-  Hd_hp(hp) = Make_header_with_reserved(wosize, tag, colour, reserved);
+  /* php_alloc wrote wosize << 10 | colour << 8 | tag: OCaml's header, its
+   * reserved bits being none in this configuration (HEADER_RESERVED_BITS
+   * is 0, checked above), so it is not written again */
+  (void)reserved;
+  CAMLassert(Hd_hp(hp) ==
+             Make_header_with_reserved(wosize, tag, colour, reserved));
   /* The initialising writes happen-before a marker's read through the
    * address dependency, which TSan does not see (OCaml #12894). */
   CAML_TSAN_ANNOTATE_HAPPENS_BEFORE(hp);

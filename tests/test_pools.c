@@ -961,6 +961,51 @@ static void unit_reuse_case(size_t wo, size_t n) {
   tu_assert_no_failures();
 }
 
+/* heap.unit.reuse for large blocks: once the pools are freed (their units
+ * free but committed, resident), large blocks of k units (the fewest that
+ * hold a block above the medium classes) take runs of those units before
+ * fresh ones, as pools do, so nothing more is committed.
+ * Before, first fit took the lowest free run, and new chunks are usually
+ * mapped below the old ones: the newest chunk's uncommitted units were
+ * committed (touched) while the freed pools' units stayed resident. */
+static void test_unit_reuse_large(void **state) {
+  (void)state;
+  php_heap *h = heap_new(0);
+  php_owner *o = owner_new(h);
+  size_t n = tu_scale(4000000, 8);
+  for (size_t i = 0; i < n; i++) {
+    ph_value v = php_alloc(o, 2, col.garbage << PHP_HD_COLOUR_SHIFT);
+    assert_true(v != 0);
+    ((ph_value *)v)[0] = PH_UNIT;
+    ((ph_value *)v)[1] = PH_UNIT;
+  }
+  php_heap_stats st = hstats(h);
+  uint64_t comm0 = st.committed_bytes;
+  assert_int_equal(php_cycle(o), PH_OK);
+  while (php_sweep(o, INTPTR_MAX) <= 0)
+    ;
+  /* every pool is free now; about as many bytes again in large blocks of
+   * k units (the block ends inside its k-th unit), less k - 1 units per
+   * chunk (a chunk's committed units may end in a run too short) */
+  size_t ps = st.pool_size, k = st.max_small_wosize * 8 / ps + 2;
+  size_t wo = k * ps / 8 - 64;
+  assert_true(wo > st.max_small_wosize);
+  size_t nl = (size_t)((st.pool_bytes / ps - (k - 1) * st.mappings) / k);
+  for (size_t i = 0; i < nl; i++) {
+    ph_value v = php_alloc(o, wo, col.garbage << PHP_HD_COLOUR_SHIFT);
+    assert_true(v != 0);
+    ((ph_value *)v)[0] = PH_UNIT;
+    ((ph_value *)v)[wo - 1] = PH_UNIT;
+  }
+  st = hstats(h);
+  if (st.committed_bytes > comm0)
+    fail_msg("%zu large blocks: %llu bytes committed, %llu before (pools)", nl,
+             (unsigned long long)st.committed_bytes, (unsigned long long)comm0);
+  verify_ok(h);
+  heap_end(h, o);
+  tu_assert_no_failures();
+}
+
 static void test_unit_reuse(void **state) {
   (void)state;
   unit_reuse_case(2, tu_scale(4000000, 8));
@@ -2187,6 +2232,7 @@ int main(void) {
       cmocka_unit_test(test_alloc_sweep),
       cmocka_unit_test(test_alloc_sweep_policy),
       cmocka_unit_test(test_unit_reuse),
+      cmocka_unit_test(test_unit_reuse_large),
       cmocka_unit_test(test_visit),
       cmocka_unit_test(test_medium_pools),
       cmocka_unit_test(test_orphan_adopt),
