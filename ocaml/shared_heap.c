@@ -5,8 +5,10 @@
  * ocaml/build.sh puts this file in place of runtime/shared_heap.c in a copy
  * of the OCaml 5.3.0 source tree, and poolheap's library sources under
  * runtime/poolheap/.  OCaml's marking, minor heap, ephemerons and finalisers
- * stay OCaml's; every block of the major heap lives in a poolheap pool or
- * poolheap large block:
+ * stay OCaml's; every block of the major heap lives in a poolheap pool (a
+ * small class up to 128 words as stock's, a medium class's pool of several
+ * units up to 32767 words, where stock would malloc a large block: such
+ * blocks are compacted too) or a page-rounded poolheap large block:
  *
  *   one process-wide php_heap (pool size 32 KiB, OCaml's POOL_WSIZE * 8);
  *   one php_owner per domain (caml_init_shared_heap), orphaned when the
