@@ -1137,6 +1137,40 @@ static void spec_finish_locked(struct ph_heap *h, ph_cspec *x, int moved) {
   p->nfree = ns - nhole - nlive;
 }
 
+/* heap.release.trim (phase 6, leader, under the lock, every mode but
+ * KEEP): in each kept medium pool of a chunk of normal pages, the pages
+ * lying wholly inside a free slot, past its header and field 0 (the free
+ * list's link), go back to the OS; the range stays committed (ph_os_discard:
+ * an allocation refaults it as zeros without asking, so heap_limit still
+ * counts it).  Only a free slot's header and field 0 are ever read (the
+ * sweeps, verify, the census, the free lists of both clients), and those
+ * stay.  The kept pools hold less than one pool's free slots per class and
+ * owner group, so this is a few calls per medium class. */
+static void trim_medium_locked(struct ph_heap *h, ph_compact_plan *plan) {
+  if (h->cfg.release == PH_RELEASE_KEEP)
+    return;
+  uintptr_t pg = (uintptr_t)ph_os_page_size();
+  int lazy = h->cfg.release == PH_RELEASE_LAZY;
+  for (unsigned c = h->nsmall; c < h->nclasses; c++) {
+    const ph_cclass *cc = &plan->cls[c];
+    uintptr_t sb = (uintptr_t)h->class_wsize[c] * sizeof(ph_value);
+    if (sb < 2 * pg)
+      continue; /* no page lies wholly past a slot's first 16 bytes */
+    for (size_t i = 0; i < cc->nkeep; i++) {
+      const ph_pool *p = cc->keep[i];
+      if (p->chunk->huge != PH_OS_HUGE_NONE)
+        continue; /* no huge page is split */
+      for (ph_value f = p->free; f; f = *(const ph_value *)f) {
+        uintptr_t s = (uintptr_t)f - sizeof(ph_value); /* the slot */
+        uintptr_t a = (s + 2 * sizeof(ph_value) + pg - 1) & ~(pg - 1);
+        uintptr_t b = (s + sb) & ~(pg - 1);
+        if (b > a) /* refused: the pages stay, nothing is lost */
+          (void)ph_os_discard(&h->os, (void *)a, b - a, lazy);
+      }
+    }
+  }
+}
+
 static void free_release_stw_single(struct ph_heap *h, ph_compact_plan *plan,
                                     const ph_compact_part *part) {
   pthread_mutex_lock(&h->lock);
@@ -1176,6 +1210,8 @@ static void free_release_stw_single(struct ph_heap *h, ph_compact_plan *plan,
       }
     }
   part->relist_locked(part->arg, plan != NULL);
+  if (plan)
+    trim_medium_locked(h, plan);
   uint64_t rel = 0;
   ph_units_release_locked(h, (int)h->cfg.release, h->cfg.retain, &rel);
   if (plan) {

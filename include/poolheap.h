@@ -381,7 +381,11 @@ int ph_collect(ph_domain *d);
  * means that no compaction happened for that call (the collection did).
  * Releasing memory (cfg.release not PH_RELEASE_KEEP), a compaction may move
  * the unpinned blocks of a pool holding a pinned block out of the pages
- * that hold none, and give those pages back to the OS (ph_pin). */
+ * that hold none, and give those pages back to the OS (ph_pin).  It also
+ * gives back the pages lying wholly inside the free slots of the medium
+ * pools it keeps (slots of two pages or more, in chunks of normal pages;
+ * PH_RELEASE_LAZY: MADV_FREE): they stay counted in committed_bytes, since
+ * an allocation takes them again without a commit. */
 int ph_compact(ph_domain *d);
 /* Stop the world and check every invariant.  PH_OK, or PH_ECORRUPT with a
  * description written to why (if why_size > 0). */

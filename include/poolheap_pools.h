@@ -456,9 +456,12 @@ enum {
  * a moved block (an interior pointer too) in O(1); the emptied pools are
  * freed, and free memory beyond cfg.retain goes back to the OS in one pass
  * on participant 0 (cfg.release; with PH_RELEASE_DECOMMIT the mappings
- * never grow).  Afterwards every pool and large block is swept: php_sweep
- * finds nothing to do until the next php_cycle; a block may now sit in
- * another owner's pool.  A second compaction moves nothing.
+ * never grow; except with PH_RELEASE_KEEP, the pages lying wholly inside
+ * the free slots of the medium pools kept go back too, past each slot's
+ * first two words, and stay counted committed: an allocation takes them
+ * again without a commit).  Afterwards every pool and large block is
+ * swept: php_sweep finds nothing to do until the next php_cycle; a block
+ * may now sit in another owner's pool.  A second compaction moves nothing.
  * Returns PH_OK on every participant, or:
  * With ops->no_scan_tag set, the blocks are updated by the scan rule
  * (php_compact_ops.no_scan_tag): scan_block is called only for blocks of

@@ -86,6 +86,11 @@ int ph_os_commit(ph_os_acct *a, void *p, size_t len);
 /* Committed -> Reserved: the pages go back to the kernel (RSS drops at once
  * unless lazy).  Lazy uses MADV_FREE and falls back to DONTNEED. */
 int ph_os_decommit(ph_os_acct *a, void *p, size_t len, int lazy);
+/* Committed stays Committed: the pages' contents go back to the kernel
+ * (madvise DONTNEED, or FREE when lazy) but the range stays counted, since
+ * touching it again refaults zero pages without asking (heap.release.trim).
+ * Counted as a decommit call by the fault injection. */
+int ph_os_discard(ph_os_acct *a, void *p, size_t len, int lazy);
 /* Reserved|Committed -> None for a whole reservation made by ph_os_reserve.
  * committed_len is how much of it is still counted as committed. */
 int ph_os_release(ph_os_acct *a, void *p, size_t size, size_t committed_len);

@@ -391,6 +391,17 @@ int ph_os_decommit(ph_os_acct *a, void *p, size_t len, int lazy) {
   return err;
 }
 
+int ph_os_discard(ph_os_acct *a, void *p, size_t len, int lazy) {
+  if (!range_args_ok(a, p, len))
+    return PH_EINVAL;
+  int err = reg_check_inside(a, "discard", p, len);
+  if (err != PH_OK)
+    return err;
+  if (fault_inject(PH_OS_OP_DECOMMIT))
+    return PH_ENOMEM;
+  return return_pages(p, len, lazy);
+}
+
 /* ---------------------------------------------------------------- release */
 
 /* munmap the reservation; an explicit huge one was mapped with its size

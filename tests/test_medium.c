@@ -460,6 +460,120 @@ static void test_compact_sparse_medium(void **state) {
   sparse_case(PH_RELEASE_DECOMMIT, 4096);
 }
 
+/* Pages of [a, b) resident (mincore). */
+static size_t resident_pages(uintptr_t a, uintptr_t b) {
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE), n = (b - a) / pg, res = 0;
+  unsigned char vec[64];
+  for (size_t i = 0; i < n; i += sizeof vec) {
+    size_t k = n - i < sizeof vec ? n - i : sizeof vec;
+    assert_int_equal(mincore((void *)(a + i * pg), k * pg, vec), 0);
+    for (size_t j = 0; j < k; j++)
+      res += vec[j] & 1;
+  }
+  return res;
+}
+
+/* heap.release.trim: in every medium class whose slots span two pages or
+ * more, one pool filled with blocks that touch every page, one block of it
+ * kept: after the compaction (nothing to move: the pool is kept) the pages
+ * lying wholly inside its free slots, past each slot's header and field 0,
+ * are not resident (DECOMMIT, UNMAP), every one still is with KEEP, and the
+ * pools' bytes are still counted committed (pool_bytes and committed_bytes
+ * do not drop: an allocation refaults them without a commit).  The kept
+ * blocks are intact, ph_verify is clean, and the free slots serve blocks
+ * again, each written and read back whole. */
+static void trim_case(ph_release_mode rel) {
+  ph_domain *d;
+  ph_heap *h = heap_open(0, rel, &d);
+  uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+  size_t m = ph_scope_open(d);
+  ph_value *tab = ph_root(d, ph_alloc(d, h->nclasses, 0));
+  size_t ncls = 0;
+  for (unsigned c = h->nsmall; c < h->nclasses; c++) {
+    size_t wo = h->class_wsize[c] - 1;
+    if (h->class_wsize[c] * 8 < 2 * pg)
+      continue;
+    for (uint32_t i = 0; i < h->class_nslots[c]; i++) {
+      ph_value v = ph_alloc(d, wo, PH_TAG_RAW);
+      assert_true(ph_is_block(v));
+      memset(ph_raw(v), (int)(c + i), wo * 8); /* every page resident */
+      if (i == 0)
+        ph_set_field(*tab, c, v);
+    }
+    ncls++;
+  }
+  assert_true(ncls > 20);
+  assert_int_equal(ph_collect(d), PH_OK);
+  ph_stats s0 = tu_stats(h);
+  assert_int_equal(ph_compact(d), PH_OK);
+  ph_stats s1 = tu_stats(h);
+  tu_verify_ok(d);
+  assert_int_equal(s1.pool_bytes, s0.pool_bytes);
+  assert_true(s1.committed_bytes >= s1.pool_bytes);
+  size_t pages = 0, res = 0;
+  for (unsigned c = h->nsmall; c < h->nclasses; c++) {
+    if (h->class_wsize[c] * 8 < 2 * pg)
+      continue;
+    ph_value v = ph_field(*tab, c);
+    size_t wo = h->class_wsize[c] - 1;
+    for (size_t f = 0; f < wo * 8; f++)
+      if (((unsigned char *)ph_raw(v))[f] != (unsigned char)c)
+        fail_msg("class %u: byte %zu of the kept block changed", c, f);
+    ph_pool *p = pool_of(h, v);
+    assert_int_equal(p->nfree, h->class_nslots[c] - 1);
+    size_t nf = 0;
+    for (ph_value f = p->free; f; f = *(ph_value *)f, nf++) {
+      uintptr_t s = (uintptr_t)f - 8;
+      uintptr_t a = (s + 16 + pg - 1) & ~(pg - 1);
+      uintptr_t b = (s + h->class_wsize[c] * 8) & ~(pg - 1);
+      assert_true(b > a);
+      pages += (b - a) / pg;
+      res += resident_pages(a, b);
+    }
+    assert_int_equal(nf, p->nfree);
+  }
+  print_message("release %d: %zu classes, %zu pages inside free slots, %zu "
+                "resident after the compaction; pool bytes %llu -> %llu\n",
+                (int)rel, ncls, pages, res, (unsigned long long)s0.pool_bytes,
+                (unsigned long long)s1.pool_bytes);
+  if (rel == PH_RELEASE_KEEP)
+    assert_int_equal(res, pages);
+  else if (rel != PH_RELEASE_LAZY) /* MADV_FREE pages read resident */
+    assert_int_equal(res, 0);
+  /* the free slots serve blocks again, whole */
+  ph_value *again = ph_root(d, ph_alloc(d, h->nclasses, 0));
+  for (int round = 0; round < 2; round++)
+    for (unsigned c = h->nsmall; c < h->nclasses; c++) {
+      if (h->class_wsize[c] * 8 < 2 * pg)
+        continue;
+      size_t wo = h->class_wsize[c] - 1;
+      ph_value v = round ? ph_field(*again, c) : ph_alloc(d, wo, PH_TAG_RAW);
+      if (!round) {
+        assert_true(ph_is_block(v));
+        assert_true(pool_of(h, v) == pool_of(h, ph_field(*tab, c)));
+        memset(ph_raw(v), (int)(c + 7), wo * 8);
+        ph_set_field(*again, c, v);
+        continue;
+      }
+      for (size_t f = 0; f < wo * 8; f++)
+        if (((unsigned char *)ph_raw(v))[f] != (unsigned char)(c + 7))
+          fail_msg("class %u: byte %zu of a new block changed", c, f);
+    }
+  tu_verify_ok(d);
+  assert_int_equal(ph_collect(d), PH_OK);
+  tu_verify_ok(d);
+  assert_int_equal(ph_scope_close(d, m), PH_OK);
+  heap_close(h, d);
+}
+
+static void test_compact_trims_free_medium_slots(void **state) {
+  (void)state;
+  trim_case(PH_RELEASE_DECOMMIT);
+  trim_case(PH_RELEASE_UNMAP);
+  trim_case(PH_RELEASE_KEEP);
+  trim_case(PH_RELEASE_LAZY);
+}
+
 static void mt_fill(ph_value v, size_t id);
 static int mt_intact(ph_value v, size_t id);
 
@@ -660,6 +774,7 @@ int main(void) {
       cmocka_unit_test(test_census_and_sweep),
       cmocka_unit_test(test_compact_sparse_medium),
       cmocka_unit_test(test_compact_without_map),
+      cmocka_unit_test(test_compact_trims_free_medium_slots),
       cmocka_unit_test(test_heap_limit),
       cmocka_unit_test(test_two_domains_compact),
   };

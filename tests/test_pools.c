@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static void verify_ok(php_heap *h) {
   char why[512];
@@ -1100,6 +1101,80 @@ static ph_value medium_clos_fill(ph_value v, size_t wo, size_t k,
   return v;
 }
 
+/* heap.release.trim seen from the public API: the pools of the blocks
+ * vs[0..n) (one medium class of nslots slots a pool), their slots' stride
+ * from the full pools' neighbours, slot 0's offset in its pool's first
+ * unit from a full pool's lowest block; in every pool with free slots, the
+ * pages wholly inside a free slot past its first two words are counted,
+ * and how many of them are resident (mincore). */
+typedef struct pblocks {
+  ph_value b[64];
+  size_t n;
+} pblocks;
+
+static void visit_collect(ph_value b, ph_value hd, void *user) {
+  pblocks *p = user;
+  (void)hd;
+  if (p->n < 64)
+    p->b[p->n++] = b;
+}
+
+static void free_slot_pages(php_heap *h, const ph_value *vs, size_t n,
+                            size_t nslots, size_t ps, size_t *pages,
+                            size_t *res) {
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE), np = 0;
+  pblocks *pl = calloc(n, sizeof *pl);
+  assert_non_null(pl);
+  for (size_t k = 0; k < n; k++) { /* each pool once (by its lowest block) */
+    pblocks t = {.n = 0};
+    assert_int_equal(php_visit_pool_of(h, vs[k], visit_collect, &t), PH_OK);
+    assert_true(t.n >= 1 && t.n <= nslots);
+    size_t j = 0;
+    while (j < np && pl[j].b[0] != t.b[0])
+      j++;
+    if (j == np)
+      pl[np++] = t;
+  }
+  size_t stride = 0, off0 = 0;
+  for (size_t j = 0; j < np; j++)
+    for (size_t i = 1; i < pl[j].n; i++)
+      if (!stride || pl[j].b[i] - pl[j].b[i - 1] < stride)
+        stride = pl[j].b[i] - pl[j].b[i - 1];
+  for (size_t j = 0; j < np; j++)
+    if (pl[j].n == nslots)
+      off0 = (pl[j].b[0] - 8) & (ps - 1);
+  assert_true(stride >= 2 * pg && off0 > 0);
+  *pages = *res = 0;
+  for (size_t j = 0; j < np; j++) {
+    if (pl[j].n == nslots)
+      continue;
+    uintptr_t start = 0;
+    for (size_t i = 0; i < nslots && !start; i++) {
+      uintptr_t st = pl[j].b[0] - 8 - off0 - i * stride;
+      if ((st & (ps - 1)) == 0)
+        start = st;
+    }
+    assert_true(start != 0);
+    for (size_t i = 0, q = 0; i < nslots; i++) {
+      uintptr_t sl = start + off0 + i * stride;
+      if (q < pl[j].n && pl[j].b[q] == sl + 8) {
+        q++;
+        continue; /* allocated */
+      }
+      uintptr_t a = (sl + 16 + pg - 1) & ~(uintptr_t)(pg - 1);
+      uintptr_t e = (sl + stride) & ~(uintptr_t)(pg - 1);
+      unsigned char vec[64];
+      size_t k = (e - a) / pg;
+      assert_true(e > a && k <= sizeof vec);
+      assert_int_equal(mincore((void *)a, e - a, vec), 0);
+      *pages += k;
+      for (size_t m = 0; m < k; m++)
+        *res += vec[m] & 1;
+    }
+  }
+  free(pl);
+}
+
 /* Medium blocks on the pool layer: served from pools of several units
  * (pool_bytes grows by whole medium pools, no large bytes); a visit from an
  * address in a later unit of a pool sees its whole pool; a sparse medium
@@ -1107,7 +1182,10 @@ static ph_value medium_clos_fill(ph_value v, size_t wo, size_t k,
  * grow, every field survives and interior pointers (closures' infix
  * pointers, some into blocks whose field 0 lies in a later unit of their
  * pool: kept in the heap, in a root and outside, through php_forward) are
- * forwarded; php_verify is clean; a second compaction moves nothing. */
+ * forwarded; php_verify is clean; a second compaction moves nothing.  The
+ * pages lying wholly inside the free slots of the kept pools, past each
+ * slot's first two words, are not resident after the compaction
+ * (heap.release.trim: cfg.release is PH_RELEASE_DECOMMIT). */
 static void test_medium_pools(void **state) {
   (void)state;
   php_heap *h = heap_new(0);
@@ -1171,6 +1249,12 @@ static void test_medium_pools(void **state) {
   assert_true(s2.evacuated_blocks > 0 && s2.evacuated_pools > 0);
   assert_true(s2.committed_bytes < s1.committed_bytes);
   assert_true(s2.mappings <= s1.mappings);
+  size_t tpages, tres;
+  free_slot_pages(h, roots, keep, 9, ps, &tpages, &tres);
+  print_message("medium: %zu pages inside free slots, %zu resident\n", tpages,
+                tres);
+  assert_true(tpages > 0);
+  assert_int_equal(tres, 0);
   graph g1 = walk(rs, ns, 1, col.unmarked);
   assert_int_equal(g1.hash, g0.hash);
   assert_int_equal(g1.blocks, g0.blocks);
