@@ -68,14 +68,27 @@ static int refill(struct ph_domain *d, unsigned cls) {
   return PH_OK;
 }
 
-static void init_fields(ph_value v, size_t wosize, unsigned tag) {
+/* heap.alloc.fill: scanned fields start as PH_UNIT, raw ones as 0.  The
+ * PH_UNIT loop goes four words per step, which the compiler makes two
+ * 16-byte stores (a word-by-word loop stays one 8-byte store per field:
+ * the bulk of a medium block's allocation time), then the rest one by
+ * one. */
+static inline __attribute__((always_inline)) void
+init_fields(ph_value v, size_t wosize, unsigned tag) {
   ph_value *f = (ph_value *)v;
   if (tag >= PH_TAG_RAW) {
     memset(f, 0, wosize * sizeof(ph_value));
-  } else {
-    for (size_t i = 0; i < wosize; i++)
-      f[i] = PH_UNIT;
+    return;
   }
+  size_t i = 0;
+  for (; i + 4 <= wosize; i += 4) {
+    f[i] = PH_UNIT;
+    f[i + 1] = PH_UNIT;
+    f[i + 2] = PH_UNIT;
+    f[i + 3] = PH_UNIT;
+  }
+  for (; i < wosize; i++)
+    f[i] = PH_UNIT;
 }
 
 ph_value ph_large_alloc(struct ph_domain *d, size_t wosize, unsigned tag) {

@@ -82,7 +82,10 @@ typedef struct ph_sync {
  * stays in struct ph_domain, where the allocation fast path reads it
  * (heap.state). */
 typedef struct ph_domain_sync {
-  uint64_t stw_expected; /* (lock) epoch of the section that counts on us */
+  /* (lock) epoch of the section that counts on us, 0 if none; written
+   * under heap->lock, atomic so that the owner may test it for 0 without
+   * the lock (barrier.stw.left) */
+  _Atomic uint64_t stw_expected;
 } ph_domain_sync;
 
 /* barrier/stw.c */

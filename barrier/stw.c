@@ -276,6 +276,15 @@ void ph_stw_helpers_stop(struct ph_heap *h) {
 
 void ph_stw_join(struct ph_domain *d) {
   struct ph_heap *h = d->heap;
+  /* barrier.stw.left: a domain no section counts on (it has left the
+   * pending one, or was not running when it was elected) does not take
+   * heap->lock at each of its safepoints until the last participant
+   * leaves.  Acquire: if stw_pending is a new section's store, the leader's
+   * stw_expected store before it is seen; a stale one gives 0 and a later
+   * safepoint looks again. */
+  if (!atomic_load_explicit(&h->stw_pending, memory_order_acquire) ||
+      atomic_load_explicit(&d->sync->stw_expected, memory_order_relaxed) == 0)
+    return;
   pthread_mutex_lock(&h->lock);
   int join = atomic_load_explicit(&h->stw_pending, memory_order_relaxed) &&
              d->sync->stw_expected == h->sync->stw.epoch &&

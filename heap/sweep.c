@@ -199,6 +199,10 @@ static void pool_sweep_marked(struct ph_heap *h, ph_pool *p, uint64_t *zeroed) {
   uint64_t *bits = ph_pool_bits(p);
   const uint32_t n = p->nslots;
   const ph_value black = (ph_value)PH_BLACK << PH_HD_COLOR_SHIFT;
+  /* heap.sweep.stream: a medium slot is longer than PH_SWEEP_AHEAD (the
+   * prefetch would land inside the slot being swept): two slots ahead */
+  const size_t ahead =
+      2 * ws * 8 > PH_SWEEP_AHEAD ? 2 * ws * 8 : PH_SWEEP_AHEAD;
   ph_value *tail = &p->free;
   uint32_t live = 0;
   for (uint32_t base = 0; base < n; base += 64) {
@@ -206,7 +210,7 @@ static void pool_sweep_marked(struct ph_heap *h, ph_pool *p, uint64_t *zeroed) {
     uint64_t word = 0;
     for (uint32_t k = 0; k < m; k++, slot += ws) {
       /* heap.sweep.stream; a prefetch past the pool's end does not fault */
-      __builtin_prefetch((char *)slot + PH_SWEEP_AHEAD, 1);
+      __builtin_prefetch((char *)slot + ahead, 1);
       ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);
       ph_value keep = (hd & black) >> PH_HD_COLOR_SHIFT; /* 0 or 1 */
 #if PH_POISON

@@ -424,6 +424,96 @@ static void test_exit_while_collecting(void **state) {
   run_exit_case(2);
 }
 
+/* ------------------------------------------------- left the section */
+/* barrier.stw.left: a domain that has left a section allocates without
+ * heap->lock while another participant is still in it.  The leader (B)
+ * holds the section open in its on_event (its end of PH_PHASE_STW); the
+ * joiner (the test's thread) has left it; a third thread holds heap->lock
+ * while the joiner allocates from a pool with room (no refill under the
+ * lock).  Before, every ph_alloc of the joiner took heap->lock until the
+ * last participant left: it waited for the third thread, which gives up
+ * after 2 s. */
+static struct {
+  ph_heap *h;
+  _Atomic unsigned leader; /* B's domain index, or -1 */
+  _Atomic int hold, inside, done, locked, allocated, seen;
+} left;
+
+static void left_on_event(ph_phase phase, int begin, unsigned domain,
+                          uint64_t time_ns, void *user) {
+  (void)time_ns;
+  (void)user;
+  if (phase != PH_PHASE_STW || begin || domain != atomic_load(&left.leader) ||
+      !atomic_load(&left.hold))
+    return;
+  atomic_store(&left.inside, 1);
+  while (atomic_load(&left.hold))
+    usleep(1000);
+}
+
+static void *left_leader(void *arg) {
+  (void)arg;
+  ph_domain *d;
+  assert_int_equal(ph_domain_attach(left.h, &d), PH_OK);
+  atomic_store(&left.leader, ph_domain_index(d));
+  assert_int_equal(ph_collect(d), PH_OK);
+  atomic_store(&left.done, 1);
+  assert_int_equal(ph_domain_detach(d), PH_OK);
+  return NULL;
+}
+
+static void *left_locker(void *arg) {
+  (void)arg;
+  pthread_mutex_lock(&left.h->lock);
+  atomic_store(&left.locked, 1);
+  for (int k = 0; k < 2000 && !atomic_load(&left.allocated); k++)
+    usleep(1000);
+  atomic_store(&left.seen, atomic_load(&left.allocated));
+  pthread_mutex_unlock(&left.h->lock);
+  return NULL;
+}
+
+static void test_alloc_after_leaving_section(void **state) {
+  (void)state;
+  watchdog(60);
+  ph_config cfg;
+  ph_config_init(&cfg);
+  cfg.gc_percent = 0;
+  cfg.on_event = left_on_event;
+  memset(&left, 0, sizeof left);
+  atomic_store(&left.leader, (unsigned)-1);
+  assert_int_equal(ph_heap_create(&cfg, &left.h), PH_OK);
+  ph_domain *d;
+  assert_int_equal(ph_domain_attach(left.h, &d), PH_OK);
+  size_t m = ph_scope_open(d);
+  /* one survivor: its pool has room after the sweep (on the avail list) */
+  ph_root(d, ph_alloc(d, 4, 0));
+  atomic_store(&left.hold, 1);
+  pthread_t b, c;
+  assert_int_equal(pthread_create(&b, NULL, left_leader, NULL), 0);
+  /* join B's section at a safepoint; return once B holds it open */
+  while (!atomic_load(&left.inside))
+    ph_safepoint(d);
+  assert_int_equal(atomic_load(&left.done), 0);
+  assert_true(atomic_load(&left.h->stw_pending));
+  assert_int_equal(pthread_create(&c, NULL, left_locker, NULL), 0);
+  while (!atomic_load(&left.locked))
+    usleep(100);
+  ph_value v = ph_alloc(d, 4, 0);
+  atomic_store(&left.allocated, 1);
+  assert_int_equal(pthread_join(c, NULL), 0);
+  atomic_store(&left.hold, 0);
+  tu_djoin(d, b);
+  assert_true(ph_is_block(v));
+  if (!atomic_load(&left.seen))
+    fail_msg("ph_alloc after leaving a section waited for heap->lock");
+  ph_scope_close(d, m);
+  verify_ok(d);
+  assert_int_equal(ph_domain_detach(d), PH_OK);
+  assert_int_equal(ph_heap_destroy(left.h), PH_OK);
+  alarm(0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_churn_one_thread),
@@ -433,6 +523,7 @@ int main(void) {
       cmocka_unit_test(test_exit_idle),
       cmocka_unit_test(test_exit_blocking),
       cmocka_unit_test(test_exit_while_collecting),
+      cmocka_unit_test(test_alloc_after_leaving_section),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
