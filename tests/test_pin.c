@@ -454,6 +454,18 @@ static void census_floor(ph_heap *h, ph_domain *d, const ph_value *pools,
   }
 }
 
+/* A heap that collects only when asked (gc_percent 0), release mode rel,
+ * and a domain attached to it; cfg gets the configuration. */
+static ph_heap *heap_gc0(ph_config *cfg, ph_release_mode rel, ph_domain **d) {
+  ph_config_init(cfg);
+  cfg->gc_percent = 0;
+  cfg->release = rel;
+  ph_heap *h;
+  assert_int_equal(ph_heap_create(cfg, &h), PH_OK);
+  assert_int_equal(ph_domain_attach(h, d), PH_OK);
+  return h;
+}
+
 /* n blocks of 3 fields, 1 in 5 survives (a fifth of every pool); with
  * pins, one survivor in the middle part of every pool is pinned.  Returns
  * the committed bytes after the first compaction (release mode rel); with
@@ -463,14 +475,9 @@ static void census_floor(ph_heap *h, ph_domain *d, const ph_value *pools,
  * gives anything: every block of it stays in place. */
 static size_t sparse_heap(int pin, ph_release_mode rel) {
   ph_config cfg;
-  ph_config_init(&cfg);
-  cfg.gc_percent = 0;
-  cfg.release = rel;
-  int now = rel == PH_RELEASE_DECOMMIT || rel == PH_RELEASE_UNMAP;
-  ph_heap *h;
   ph_domain *d;
-  assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
-  assert_int_equal(ph_domain_attach(h, &d), PH_OK);
+  ph_heap *h = heap_gc0(&cfg, rel, &d);
+  int now = rel == PH_RELEASE_DECOMMIT || rel == PH_RELEASE_UNMAP;
   const size_t n = tu_scale(200000, 4);
   const ph_value mask = ~(ph_value)(cfg.pool_size - 1);
   size_t m = ph_scope_open(d);
@@ -582,12 +589,8 @@ static size_t at_even(size_t k) {
 static void test_pinned_pools_filled_first(void **state) {
   (void)state;
   ph_config cfg;
-  ph_config_init(&cfg);
-  cfg.gc_percent = 0;
-  ph_heap *h;
   ph_domain *d;
-  assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
-  assert_int_equal(ph_domain_attach(h, &d), PH_OK);
+  ph_heap *h = heap_gc0(&cfg, PH_RELEASE_DECOMMIT, &d);
   const size_t n = tu_scale(200000, 4);
   size_t m = ph_scope_open(d);
   sparse_pins s;
@@ -632,12 +635,8 @@ static void count_pools(const ph_census_class *c, void *user) {
 static void test_pinned_pools_os_refusals(void **state) {
   (void)state;
   ph_config cfg;
-  ph_config_init(&cfg);
-  cfg.gc_percent = 0;
-  ph_heap *h;
   ph_domain *d;
-  assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
-  assert_int_equal(ph_domain_attach(h, &d), PH_OK);
+  ph_heap *h = heap_gc0(&cfg, PH_RELEASE_DECOMMIT, &d);
   const size_t n = tu_scale(100000, 4);
   const ph_value mask = ~(ph_value)(cfg.pool_size - 1);
   size_t m = ph_scope_open(d);

@@ -38,6 +38,37 @@ typedef struct med_plan {
   uint64_t bytes; /* sum of 8 (w + 1) */
 } med_plan;
 
+/* The options every medium-throughput program takes (--mix, --threads,
+ * --bytes, --seed). */
+typedef struct med_args {
+  const char *mix;
+  int threads;
+  long long bytes;
+  uint64_t seed;
+} med_args;
+
+static inline void med_args_init(med_args *a) {
+  *a = (med_args){.mix = "log",
+                  .threads = 1,
+                  .bytes = 4LL << 30,
+                  .seed = peer_default_seed()};
+}
+
+/* Take option k with value v if it is one of med_args'; 0 if not. */
+static inline int med_arg(med_args *a, const char *k, const char *v) {
+  if (strcmp(k, "--mix") == 0)
+    a->mix = v;
+  else if (strcmp(k, "--threads") == 0)
+    a->threads = atoi(v);
+  else if (strcmp(k, "--bytes") == 0)
+    a->bytes = peer_parse_size(v);
+  else if (strcmp(k, "--seed") == 0)
+    a->seed = strtoull(v, NULL, 0);
+  else
+    return 0;
+  return 1;
+}
+
 /* Mean block bytes of a mix (0 for an unknown mix name). */
 static inline double med_mean_bytes(const char *mix) {
   if (strcmp(mix, "log") == 0)

@@ -78,24 +78,21 @@ static void *run(void *arg) {
 }
 
 int main(int argc, char **argv) {
-  const char *mix = "log", *system = "glibc";
-  int threads = 1;
-  long long bytes = 4LL << 30;
-  uint64_t seed = peer_default_seed();
+  med_args o;
+  med_args_init(&o);
+  const char *system = "glibc";
   for (int a = 1; a + 1 < argc; a += 2) {
-    if (strcmp(argv[a], "--mix") == 0)
-      mix = argv[a + 1];
-    else if (strcmp(argv[a], "--threads") == 0)
-      threads = atoi(argv[a + 1]);
-    else if (strcmp(argv[a], "--bytes") == 0)
-      bytes = peer_parse_size(argv[a + 1]);
-    else if (strcmp(argv[a], "--seed") == 0)
-      seed = strtoull(argv[a + 1], NULL, 0);
-    else if (strcmp(argv[a], "--system") == 0)
+    if (med_arg(&o, argv[a], argv[a + 1]))
+      continue;
+    if (strcmp(argv[a], "--system") == 0)
       system = argv[a + 1];
     else
       argc = 0;
   }
+  const char *mix = o.mix;
+  int threads = o.threads;
+  long long bytes = o.bytes;
+  uint64_t seed = o.seed;
   if (argc == 0 || argc % 2 == 0 || threads < 1 || threads > 2 ||
       med_mean_bytes(mix) == 0 || bytes < (1 << 20)) {
     fprintf(stderr, "usage: med_tput [--mix log|3k|40k|200k] [--threads 1|2] "
