@@ -69,6 +69,14 @@ static inline int med_arg(med_args *a, const char *k, const char *v) {
   return 1;
 }
 
+static inline double med_mean_bytes(const char *mix);
+
+/* Are the options usable (1 or 2 threads, a known mix, at least 1 MiB)? */
+static inline int med_args_ok(const med_args *a) {
+  return a->threads >= 1 && a->threads <= 2 && med_mean_bytes(a->mix) != 0 &&
+         a->bytes >= (1 << 20);
+}
+
 /* Mean block bytes of a mix (0 for an unknown mix name). */
 static inline double med_mean_bytes(const char *mix) {
   if (strcmp(mix, "log") == 0)

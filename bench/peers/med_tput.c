@@ -93,8 +93,7 @@ int main(int argc, char **argv) {
   int threads = o.threads;
   long long bytes = o.bytes;
   uint64_t seed = o.seed;
-  if (argc == 0 || argc % 2 == 0 || threads < 1 || threads > 2 ||
-      med_mean_bytes(mix) == 0 || bytes < (1 << 20)) {
+  if (argc == 0 || argc % 2 == 0 || !med_args_ok(&o)) {
     fprintf(stderr, "usage: med_tput [--mix log|3k|40k|200k] [--threads 1|2] "
                     "[--bytes B] [--seed S] [--system NAME]\n");
     return 1;
