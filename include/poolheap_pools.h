@@ -362,7 +362,8 @@ int php_owner_counters(const php_owner *o, php_counters *out);
 int php_orphan_counters(php_heap *h, php_counters *out);
 
 typedef struct php_heap_stats {
-  size_t pool_size;         /* bytes of a pool (a unit) */
+  size_t pool_size;         /* bytes of a unit: a small pool is one unit,
+                               a medium pool several (heap.unit) */
   unsigned size_classes;    /* number of size classes */
   size_t max_small_wosize;  /* largest wosize served by a pool */
   uint64_t committed_bytes; /* bytes committed (may be resident) */
