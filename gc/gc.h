@@ -40,11 +40,16 @@ typedef struct ph_worker {
   uint64_t live_bytes, live_blocks; /* marked; then handed to pw */
   uint64_t t_mark, t_sweep;
   /* gc.weak: the weak blocks (in slices of PH_WEAK_SLICE fields) and the
-   * ephemerons whose keys were not all marked when this participant marked
-   * them (the pending ones) */
+   * ephemerons whose keys were not all marked when this participant looked
+   * at them (the pending ones, each with a key it found unmarked) */
   struct ph_weak_ent *weak;
-  ph_value *ephe;
+  struct ph_ephe_ent *ephe;
   size_t nweak, weak_cap, nephe, ephe_cap;
+  /* gc.weak.met.ahead: ephemerons marked, their first key's header asked
+   * for, looked at PH_EPHE_MET_AHEAD ephemerons later */
+#define PH_EPHE_MET_AHEAD 16 /* a power of two */
+  ph_value ephe_ring[PH_EPHE_MET_AHEAD];
+  unsigned ephe_ring_n; /* queued (only the last PH_EPHE_MET_AHEAD kept) */
   uint64_t weak_cleared; /* this section's, summed by the leader (the
                           * ephemerons: the sweep's zeroed, gc.weak.pending) */
 } ph_worker;
@@ -56,6 +61,14 @@ typedef struct ph_weak_ent {
   size_t start;
 } ph_weak_ent;
 #define PH_WEAK_SLICE 4096
+
+/* gc.weak.rounds: a pending ephemeron and one of its keys that was not
+ * marked when it was listed (a block; a round reads its header first, and
+ * the ephemeron only once that key is marked) */
+typedef struct ph_ephe_ent {
+  ph_value e;
+  ph_value key;
+} ph_ephe_ent;
 
 typedef struct ph_census_req {
   void (*fn)(const ph_census_class *c, void *user);
@@ -142,10 +155,17 @@ typedef struct ph_gc {
 #define PH_HD_BLACK ((ph_value)PH_BLACK << PH_HD_COLOR_SHIFT)
 #define PH_WEAK_TAG 0u
 #define PH_EPHE_TAG 1u
-/* gc.weak.pending: tag bit 1 of a listed ephemeron, inside a collection
- * only (its tag reads 3 until the sweep zeroes its fields and clears the
- * bit: heap.sweep.zero) */
+/* gc.weak.pending: tag bit 1 of a marked ephemeron whose data is not known
+ * to live (queued or listed), inside a collection only (its tag reads 3
+ * until a round marks its data or the sweep zeroes its fields and clears
+ * the bit: heap.sweep.zero) */
 #define PH_HD_EPHE_PENDING ((ph_value)2)
+/* mark.overflow: a marked ephemeron that is not pending has its data
+ * marked (or all its fields: the strong fallback), so a rescan scans its
+ * fields like any block's */
+static inline int ph_hd_ephe_resolved(ph_value hd) {
+  return ph_hd_color(hd) == (PH_BLACK | 2) && ph_hd_tag(hd) == PH_EPHE_TAG;
+}
 _Static_assert(((PH_HD_SPECIAL | PH_HD_EPHE_PENDING) & PH_HD_SWEEP_ZERO) ==
                    PH_HD_SWEEP_ZERO,
                "a pending ephemeron is what the sweep zeroes");
@@ -157,6 +177,10 @@ int ph_gc_run(struct ph_domain *d, int kind, const ph_gc_req *req);
 void ph_mark_stw(struct ph_heap *h, ph_worker *w);
 void ph_mark_value(struct ph_heap *h, ph_worker *w, ph_value v);
 void ph_mark_slot_visit(ph_value *slot, void *ctx);
+/* Scan the fields [from, to) of the marked block v later (a mark stack
+ * entry: no recursion); on overflow, the rescan's (mark.overflow). */
+void ph_mark_fields_later(struct ph_heap *h, ph_worker *w, ph_value v,
+                          size_t from, size_t to);
 void ph_mark_stack_free(ph_mark_stack *s);
 /* Drain every participant's stack, then rescan after an overflow, until
  * marking is done; ends with a barrier.  If progress is set, a participant
@@ -168,6 +192,9 @@ void ph_mark_finish_stw(struct ph_heap *h, ph_worker *w, _Atomic int *progress,
 /* gc/weak.c (gc.weak) */
 /* Marking met the special block v (header hd, just marked by w). */
 void ph_weak_met(struct ph_heap *h, ph_worker *w, ph_value v, ph_value hd);
+/* gc.weak.met.ahead: look at every ephemeron w has queued (before w goes
+ * idle; may push mark work). */
+void ph_ephe_ring_flush(struct ph_heap *h, ph_worker *w);
 /* gc.weak.rounds: resolve the ephemerons to a fixpoint (every participant;
  * starts and ends with a barrier). */
 void ph_ephe_rounds_stw(struct ph_heap *h, ph_worker *w);

@@ -84,6 +84,11 @@ void ph_mark_value(struct ph_heap *h, ph_worker *w, ph_value v) {
   }
 }
 
+void ph_mark_fields_later(struct ph_heap *h, ph_worker *w, ph_value v,
+                          size_t from, size_t to) {
+  push(h->gc, &w->stack, v, from, to);
+}
+
 void ph_mark_slot_visit(ph_value *slot, void *ctx) {
   ph_worker *w = ctx;
   ph_mark_value(w->dom->heap, w, *slot);
@@ -215,9 +220,12 @@ static void drain_stw(struct ph_heap *h, ph_worker *w) {
   ph_gc *s = h->gc;
   ph_mark_stack *st = &w->stack;
   for (;;) {
-    while (st->n > 0 || w->ring_n > 0) {
+    while (st->n > 0 || w->ring_n > 0 || w->ephe_ring_n > 0) {
       if (st->n == 0) {
-        mark_ring_flush(h, w);
+        if (w->ring_n > 0)
+          mark_ring_flush(h, w);
+        else
+          ph_ephe_ring_flush(h, w); /* gc.weak.met.ahead */
         continue;
       }
       ph_mark_entry e = st->e[--st->n];
@@ -256,7 +264,14 @@ static void drain_stw(struct ph_heap *h, ph_worker *w) {
 /* mark.overflow: scan the fields of every black block again.  Fields are
  * scanned here, not the blocks pushed, so a round marks every white child
  * of a black block even if the stack overflows again: each round makes
- * progress and the rounds end. */
+ * progress and the rounds end.  A weak block is never scanned, an
+ * ephemeron only once it is not pending (its data marked from a stack
+ * entry that may have been dropped: gc.weak.met.ahead). */
+static inline int rescan_fields(ph_value hd) {
+  return ph_hd_tag(hd) < PH_TAG_RAW &&
+         (ph_hd_color(hd) == PH_BLACK || ph_hd_ephe_resolved(hd));
+}
+
 static void rescan_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
   ph_worker *w = ctx;
   uint8_t st = c->ustate[u];
@@ -269,16 +284,16 @@ static void rescan_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
         continue; /* heap.pool.holes */
       ph_value v = ph_pool_block(h, p, i);
       ph_value hd = ph_hd_load(v);
-      if (ph_hd_color(hd) == PH_BLACK && ph_hd_tag(hd) < PH_TAG_RAW)
+      if (rescan_fields(hd))
         scan_fields(h, w, v, 0, ph_hd_wosize(hd));
     }
   } else if (st == PH_U_LARGE) {
     ph_value v = (ph_value)(ph_unit_addr(h, c, u) + PH_LARGE_HDR + 8);
     ph_value hd = ph_hd_load(v);
-    if (ph_hd_color(hd) == PH_BLACK && ph_hd_tag(hd) < PH_TAG_RAW)
+    if (rescan_fields(hd))
       scan_fields(h, w, v, 0, ph_hd_wosize(hd));
   }
-  if (w->stack.n > 0 || w->ring_n > 0)
+  if (w->stack.n > 0 || w->ring_n > 0 || w->ephe_ring_n > 0)
     drain_stw(h, w);
 }
 

@@ -4,13 +4,20 @@
  * (PH_HD_SPECIAL) set; its tag says which (PH_WEAK_TAG, PH_EPHE_TAG).  The
  * marker never scans one: the participant that marks it calls ph_weak_met,
  * which puts a weak block on that participant's list, and an ephemeron too
- * unless its keys are all marked already (then its data is marked at once).
+ * unless its keys are all marked already (then its data is marked).
+ *
+ * gc.weak.met.ahead: an ephemeron is looked at PH_EPHE_MET_AHEAD
+ * ephemerons after it was marked, its first key's header asked for
+ * meanwhile; its data is marked from a mark stack entry, never from inside
+ * the marking of the ephemeron (no recursion down a chain of them).
  *
  * gc.weak.rounds: when strong marking is done, every participant looks at
  * the ephemerons of its own list: one whose keys are all marked has its
  * data marked (and leaves the list); the marking that follows is shared as
  * usual (mark.share).  A round that marked nothing anywhere ends the rounds:
- * every ephemeron still listed has a key that nothing reaches.
+ * every ephemeron still listed has a key that nothing reaches.  A list
+ * entry holds a key found unmarked, so a round reads only that key's
+ * header for an ephemeron still waiting.
  *
  * gc.weak.clear: the participants then claim entries of all the weak lists
  * (weak blocks are listed in slices of PH_WEAK_SLICE fields) and clear the
@@ -19,9 +26,10 @@
  * compaction after it forwards the fields that remain (they point at live
  * blocks, like any field).
  *
- * gc.weak.pending: a listed ephemeron carries tag bit 1 until a round marks
- * its data; the sweep zeroes the fields of those still carrying it
- * (heap.sweep.zero), in the same pass that frees their dead keys.
+ * gc.weak.pending: a marked ephemeron carries tag bit 1 until its data is
+ * known to live (queued, then listed); the sweep zeroes the fields of those
+ * still carrying it (heap.sweep.zero), in the same pass that frees their
+ * dead keys.
  *
  * A list that cannot grow (malloc refused) degrades to strong: the block's
  * fields are marked like any block's, so nothing it holds dies this time. */
@@ -35,20 +43,20 @@ size_t ph_weak_list_limit = 0;
 
 #define PH_WEAK_AHEAD 64 /* clearing: prefetch distance, in fields */
 
-static int list_add(ph_value **a, size_t *n, size_t *cap, ph_value v) {
-  if (*n == *cap) {
-    size_t ncap = *cap ? *cap * 2 : 256;
+static int ephe_add(ph_worker *w, ph_value e, ph_value key) {
+  if (w->nephe == w->ephe_cap) {
+    size_t ncap = w->ephe_cap ? w->ephe_cap * 2 : 256;
     if (ph_weak_list_limit && ncap > ph_weak_list_limit)
       ncap = ph_weak_list_limit;
-    ph_value *e = ncap > *cap && !ph_gc_fault(PH_GC_OP_EPHE)
-                      ? realloc(*a, ncap * sizeof *e)
-                      : NULL;
-    if (!e)
+    ph_ephe_ent *a = ncap > w->ephe_cap && !ph_gc_fault(PH_GC_OP_EPHE)
+                         ? realloc(w->ephe, ncap * sizeof *a)
+                         : NULL;
+    if (!a)
       return 0;
-    *a = e;
-    *cap = ncap;
+    w->ephe = a;
+    w->ephe_cap = ncap;
   }
-  (*a)[(*n)++] = v;
+  w->ephe[w->nephe++] = (ph_ephe_ent){e, key};
   return 1;
 }
 
@@ -73,13 +81,14 @@ static inline int target_dead(ph_value x) {
   return ph_is_block(x) && !(ph_hd_load(x) & PH_HD_BLACK);
 }
 
-/* Are the keys 0..nkeys-1 of ephemeron e all marked (or not blocks)? */
-static int keys_alive(ph_value e, size_t nkeys) {
+/* The first of the keys 0..nkeys-1 of ephemeron e that is not marked, or
+ * 0 if all are (or are not blocks). */
+static ph_value dead_key(ph_value e, size_t nkeys) {
   const ph_value *f = (const ph_value *)e;
   for (size_t i = 0; i < nkeys; i++)
     if (target_dead(f[i]))
-      return 0;
-  return 1;
+      return f[i];
+  return 0;
 }
 
 static void mark_fields(struct ph_heap *h, ph_worker *w, ph_value v, size_t n) {
@@ -87,9 +96,9 @@ static void mark_fields(struct ph_heap *h, ph_worker *w, ph_value v, size_t n) {
     ph_mark_value(h, w, ((const ph_value *)v)[i]);
 }
 
-/* gc.weak.pending: set or clear the pending bit of a listed ephemeron's
- * header; with other markers about, an atomic read-modify-write (one may
- * be testing the mark bit with a fetch-or at this moment). */
+/* gc.weak.pending: set or clear the pending bit of an ephemeron's header;
+ * with other markers about, an atomic read-modify-write (one may be
+ * testing the mark bit with a fetch-or at this moment). */
 static inline void pending_set(struct ph_heap *h, ph_value e, int on) {
   ph_value *hp = ph_hp(e);
   if (h->sec.nparts == 1) {
@@ -104,6 +113,21 @@ static inline void pending_set(struct ph_heap *h, ph_value e, int on) {
   }
 }
 
+/* The ephemeron e, pending, is looked at (gc.weak.met.ahead) or has a key
+ * found marked in a round: if every key is marked, it is no longer pending
+ * and its data is marked (from a stack entry: a chain of ephemerons, each
+ * the data of the one before, is marked in constant C stack); otherwise it
+ * is listed with the key found unmarked (or its fields are marked if the
+ * list cannot grow: the strong fallback, not pending either). */
+static void ephe_look(struct ph_heap *h, ph_worker *w, ph_value e) {
+  size_t wo = ph_hd_wosize(ph_hd_load(e));
+  ph_value k = dead_key(e, wo - 1);
+  if (k && ephe_add(w, e, k))
+    return;
+  pending_set(h, e, 0);
+  ph_mark_fields_later(h, w, e, k ? 0 : wo - 1, wo);
+}
+
 void ph_weak_met(struct ph_heap *h, ph_worker *w, ph_value v, ph_value hd) {
   size_t wo = ph_hd_wosize(hd);
   if (ph_hd_tag(hd) == PH_WEAK_TAG) {
@@ -115,48 +139,57 @@ void ph_weak_met(struct ph_heap *h, ph_worker *w, ph_value v, ph_value hd) {
       }
     return;
   }
-  /* an ephemeron: fields 0..wo-2 are keys, wo-1 the data */
-  if (keys_alive(v, wo - 1)) {
-    ph_mark_value(h, w, ((const ph_value *)v)[wo - 1]);
-    return;
-  }
-  if (!list_add(&w->ephe, &w->nephe, &w->ephe_cap, v)) {
-    mark_fields(h, w, v, wo);
-    return;
-  }
-  pending_set(h, v, 1); /* gc.weak.pending */
+  /* an ephemeron (fields 0..wo-2 are keys, wo-1 the data): pending from
+   * now (its line is in the cache) until it is looked at, its first key's
+   * header asked for (gc.weak.met.ahead) */
+  pending_set(h, v, 1);
+  ph_value k = ((const ph_value *)v)[0];
+  if (ph_is_block(k))
+    __builtin_prefetch(ph_hp(k));
+  unsigned i = w->ephe_ring_n++ & (PH_EPHE_MET_AHEAD - 1);
+  ph_value old = w->ephe_ring_n > PH_EPHE_MET_AHEAD ? w->ephe_ring[i] : 0;
+  w->ephe_ring[i] = v;
+  if (old)
+    ephe_look(h, w, old);
 }
 
-/* gc.weak.rounds: a round streams through its list in address order,
- * asking for the ephemeron PH_EPHE_AHEAD entries ahead and, half as far
- * ahead, for its first key's header (the ephemeron's line has arrived by
- * then). */
-#define PH_EPHE_AHEAD 16
-
-static inline void ephe_prefetch(const ph_value *l, size_t i, size_t n) {
-  if (i + PH_EPHE_AHEAD < n)
-    __builtin_prefetch(ph_hp(l[i + PH_EPHE_AHEAD]));
-  if (i + PH_EPHE_AHEAD / 2 < n) {
-    ph_value k = ((const ph_value *)l[i + PH_EPHE_AHEAD / 2])[0];
-    if (ph_is_block(k))
-      __builtin_prefetch(ph_hp(k));
-  }
+void ph_ephe_ring_flush(struct ph_heap *h, ph_worker *w) {
+  unsigned n =
+      w->ephe_ring_n < PH_EPHE_MET_AHEAD ? w->ephe_ring_n : PH_EPHE_MET_AHEAD;
+  unsigned start = w->ephe_ring_n - n;
+  w->ephe_ring_n = 0;
+  /* ephe_look lists or pushes: it queues nothing here */
+  for (unsigned k = 0; k < n; k++)
+    ephe_look(h, w, w->ephe_ring[(start + k) & (PH_EPHE_MET_AHEAD - 1)]);
 }
+
+/* gc.weak.rounds: a round streams through its list in address order and
+ * reads, for each entry, the header of the key it holds (asked for
+ * PH_EPHE_AHEAD entries ahead); only an ephemeron whose key is marked now
+ * is read itself. */
+#define PH_EPHE_AHEAD 32
 
 /* One participant's part of a round: mark the data of the listed
  * ephemerons whose keys are all marked now; they leave the list, which
  * keeps its order. */
 static void ephe_round(struct ph_heap *h, ph_worker *w) {
+  ph_ephe_ent *l = w->ephe;
   size_t n = w->nephe, j = 0;
   for (size_t i = 0; i < n; i++) {
-    ephe_prefetch(w->ephe, i, n);
-    ph_value e = w->ephe[i];
-    size_t wo = ph_hd_wosize(ph_hd_load(e));
-    if (keys_alive(e, wo - 1)) {
-      pending_set(h, e, 0);
-      ph_mark_value(h, w, ((const ph_value *)e)[wo - 1]);
+    if (i + PH_EPHE_AHEAD < n)
+      __builtin_prefetch(ph_hp(l[i + PH_EPHE_AHEAD].key));
+    ph_ephe_ent x = l[i];
+    if (target_dead(x.key)) {
+      l[j++] = x;
+      continue;
+    }
+    size_t wo = ph_hd_wosize(ph_hd_load(x.e));
+    x.key = dead_key(x.e, wo - 1); /* the others, if it has more keys */
+    if (x.key) {
+      l[j++] = x;
     } else {
-      w->ephe[j++] = e;
+      pending_set(h, x.e, 0);
+      ph_mark_fields_later(h, w, x.e, wo - 1, wo);
     }
   }
   w->nephe = j;
@@ -271,6 +304,7 @@ void ph_weak_clear_stw(struct ph_heap *h, ph_worker *w) {
 }
 
 void ph_weak_forget(ph_worker *w) {
+  PH_ASSERT(w->ephe_ring_n == 0); /* flushed before marking ended */
   w->nweak = w->nephe = 0;
 }
 

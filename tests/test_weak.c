@@ -9,6 +9,7 @@
 #include "test_util.h"
 
 extern size_t ph_weak_list_limit;
+extern size_t ph_mark_stack_limit;
 
 typedef struct env {
   ph_heap *h;
@@ -345,6 +346,120 @@ static void test_ephemeron_chain_fixpoint(void **state) {
   assert_int_equal(stats(&e).ephemerons_cleared - before, n);
   ph_scope_close(e.d, m);
   env_close(&e);
+}
+
+/* A chain of ephemerons, each the data of the one before, all with one key:
+ * marking goes down the chain from the one rooted, link after link.  It
+ * must do so in constant C stack (mark.share: no recursion), as it does for
+ * a list of plain blocks: a marker that marks an ephemeron's data from
+ * inside the marking of the ephemeron overflows the stack here.  The key is
+ * rooted directly (the chain resolves as it is met), then held only by
+ * another ephemeron's data (the chain starts in a round); then it dies and
+ * the whole chain clears. */
+static void eph_data_chain(unsigned helpers, int via_round, size_t n) {
+  env e;
+  env_open(&e, helpers);
+  size_t m = ph_scope_open(e.d);
+  ph_value *key = ph_root(e.d, node(&e, 7, 0));
+  ph_value *head = ph_root(e.d, PH_UNIT);
+  for (size_t i = n; i-- > 0;) { /* E_i's data is E_{i+1} */
+    ph_value x = ph_alloc_ephemeron(e.d, 1);
+    assert_true(x != 0);
+    ph_set_field(x, 0, *key);
+    ph_set_field(x, 1, *head == PH_UNIT ? node(&e, -1, 0) : *head);
+    *head = x;
+  }
+  ph_value *holder = ph_root(e.d, PH_UNIT), *hkey = ph_root(e.d, PH_UNIT);
+  if (via_round) { /* the key only as the data of an ephemeron */
+    *hkey = node(&e, 8, 0);
+    *holder = ph_alloc_ephemeron(e.d, 1);
+    assert_true(*holder != 0);
+    ph_set_field(*holder, 0, *hkey);
+    ph_set_field(*holder, 1, *key);
+    *key = PH_UNIT;
+  }
+  uint64_t before = stats(&e).ephemerons_cleared;
+  assert_int_equal(ph_collect(e.d), PH_OK);
+  assert_int_equal(stats(&e).ephemerons_cleared - before, 0);
+  ph_value k = via_round ? ph_field(*holder, 1) : *key;
+  assert_int_equal(id_of(k), 7);
+  size_t len = 0;
+  for (ph_value x = *head; ph_tag(x) == 1; x = ph_field(x, 1), len++)
+    assert_true(ph_field(x, 0) == k);
+  assert_int_equal(len, n);
+  check_heap(&e);
+  /* the key dies: every ephemeron of the chain clears */
+  *key = PH_UNIT;
+  *hkey = PH_UNIT;
+  *holder = PH_UNIT;
+  assert_int_equal(ph_collect(e.d), PH_OK);
+  assert_int_equal(stats(&e).ephemerons_cleared - before, 1);
+  assert_true(ph_field(*head, 0) == 0 && ph_field(*head, 1) == 0);
+  ph_scope_close(e.d, m);
+  env_close(&e);
+}
+
+static void test_ephemeron_data_chain_stack(void **state) {
+  (void)state;
+  const size_t n = tu_scale(1000000, 20);
+  eph_data_chain(0, 0, n);
+  eph_data_chain(0, 1, n);
+  eph_data_chain(3, 0, n);
+  eph_data_chain(3, 1, n);
+}
+
+/* mark.overflow: an array of ephemerons with one key each, marked with
+ * mark stacks of 8 entries, so that most of the entries that would mark
+ * the ephemerons' data are dropped: the rescans must scan the ephemerons
+ * whose keys were found marked (no longer pending), and every data block
+ * lives; the same with the key marked only in a round. */
+static void eph_overflow(unsigned helpers, int via_round) {
+  env e;
+  env_open(&e, helpers);
+  const size_t n = 2000;
+  size_t m = ph_scope_open(e.d);
+  ph_value *arr = ph_root(e.d, ph_alloc(e.d, n, 0));
+  ph_value *key = ph_root(e.d, node(&e, 7, 0));
+  for (size_t i = 0; i < n; i++) {
+    ph_value x = ph_alloc_ephemeron(e.d, 1);
+    assert_true(x != 0);
+    ph_set_field(*arr, i, x);
+    ph_set_field(ph_field(*arr, i), 0, *key);
+    ph_value dn = node(&e, (intptr_t)i, 1);
+    ph_set_field(dn, 1, node(&e, -(intptr_t)i - 1, 0));
+    ph_set_field(ph_field(*arr, i), 1, dn);
+  }
+  ph_value *holder = ph_root(e.d, PH_UNIT), *hkey = ph_root(e.d, PH_UNIT);
+  if (via_round) { /* the key only as the data of an ephemeron */
+    *hkey = node(&e, 8, 0);
+    *holder = ph_alloc_ephemeron(e.d, 1);
+    assert_true(*holder != 0);
+    ph_set_field(*holder, 0, *hkey);
+    ph_set_field(*holder, 1, *key);
+    *key = PH_UNIT;
+  }
+  uint64_t before = stats(&e).ephemerons_cleared;
+  ph_mark_stack_limit = 8;
+  int err = ph_collect(e.d);
+  ph_mark_stack_limit = 0;
+  assert_int_equal(err, PH_OK);
+  assert_int_equal(stats(&e).ephemerons_cleared - before, 0);
+  for (size_t i = 0; i < n; i++) {
+    ph_value dn = ph_field(ph_field(*arr, i), 1);
+    assert_int_equal(id_of(dn), (intptr_t)i);
+    assert_int_equal(id_of(ph_field(dn, 1)), -(intptr_t)i - 1);
+  }
+  check_heap(&e);
+  ph_scope_close(e.d, m);
+  env_close(&e);
+}
+
+static void test_ephemeron_data_overflow(void **state) {
+  (void)state;
+  eph_overflow(0, 0);
+  eph_overflow(0, 1);
+  eph_overflow(2, 0);
+  eph_overflow(2, 1);
 }
 
 /* 90% of the targets dropped, then compacted: the weak fields of the
@@ -698,6 +813,8 @@ int main(void) {
       cmocka_unit_test(test_weak_fields_mixed),
       cmocka_unit_test(test_ephemeron_semantics),
       cmocka_unit_test(test_ephemeron_chain_fixpoint),
+      cmocka_unit_test(test_ephemeron_data_chain_stack),
+      cmocka_unit_test(test_ephemeron_data_overflow),
       cmocka_unit_test(test_ephemeron_headers_after_clearing),
       cmocka_unit_test(test_weak_table_compaction),
       cmocka_unit_test(test_weak_blocks_move),
