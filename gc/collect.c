@@ -196,7 +196,7 @@ static void final_stw(struct ph_heap *h, ph_worker *w) {
   }
   ph_barrier_wait(bar);
   ph_final_mark_due_stw(h, w);
-  ph_mark_finish_stw(h, w, NULL, 0); /* ends with a barrier */
+  ph_mark_finish_stw(h, w); /* ends with a barrier */
   ph_ephe_rounds_stw(h, w);
   ph_final_flag_stw(h, w, PH_FINAL_LAST); /* reads marks: before the sweep */
   ph_barrier_wait(bar);
@@ -206,7 +206,7 @@ static void final_stw(struct ph_heap *h, ph_worker *w) {
 static void collect_stw(struct ph_heap *h, ph_worker *w) {
   ph_stw *s = &h->sync->stw;
   uint64_t t;
-  w->live_bytes = w->live_blocks = 0;
+  w->live_bytes = w->live_blocks = w->watch_hits = 0;
   phase_begin(h, w, PH_PHASE_MARK, &t);
   ph_mark_stw(h, w); /* ends with a barrier */
   weak_clear_stw(h, w);

@@ -38,6 +38,10 @@ typedef struct ph_worker {
   ph_value ring[PH_MARK_AHEAD];
   unsigned ring_n; /* values queued (only the last PH_MARK_AHEAD kept) */
   uint64_t live_bytes, live_blocks; /* marked; then handed to pw */
+  /* gc.weak.watch: blocks marked with the watch bit in their header (keys
+   * of listed ephemerons), since the section's start or the last round's;
+   * read by the others after a barrier */
+  uint64_t watch_hits;
   uint64_t t_mark, t_sweep;
   /* gc.weak: the weak blocks (in slices of PH_WEAK_SLICE fields) and the
    * ephemerons whose keys were not all marked when this participant looked
@@ -49,7 +53,7 @@ typedef struct ph_worker {
    * for, looked at PH_EPHE_MET_AHEAD ephemerons later */
 #define PH_EPHE_MET_AHEAD 16 /* a power of two */
   ph_value ephe_ring[PH_EPHE_MET_AHEAD];
-  unsigned ephe_ring_n; /* queued (only the last PH_EPHE_MET_AHEAD kept) */
+  unsigned ephe_ring_n;  /* queued (only the last PH_EPHE_MET_AHEAD kept) */
   uint64_t weak_cleared; /* this section's, summed by the leader (the
                           * ephemerons: the sweep's zeroed, gc.weak.pending) */
 } ph_worker;
@@ -121,7 +125,6 @@ typedef struct ph_gc {
   int mark_done;             /* (mark_lock) */
   _Atomic unsigned hungry;   /* participants waiting for work */
   _Atomic int mark_overflow; /* a stack could not grow: rescan needed */
-  _Atomic int ephe_progress; /* gc.weak.rounds: a round marked something */
   _Atomic size_t claim_weak; /* gc.weak.clear: list entries, all lists */
   /* gc.final: registrations and the ready queues (one per domain slot,
    * then the orphans'), under final_lock outside sections */
@@ -183,11 +186,8 @@ void ph_mark_fields_later(struct ph_heap *h, ph_worker *w, ph_value v,
                           size_t from, size_t to);
 void ph_mark_stack_free(ph_mark_stack *s);
 /* Drain every participant's stack, then rescan after an overflow, until
- * marking is done; ends with a barrier.  If progress is set, a participant
- * that marked a block since w->live_blocks was `before` stores 1 there
- * before that barrier (gc.weak.rounds). */
-void ph_mark_finish_stw(struct ph_heap *h, ph_worker *w, _Atomic int *progress,
-                        uint64_t before);
+ * marking is done; ends with a barrier. */
+void ph_mark_finish_stw(struct ph_heap *h, ph_worker *w);
 
 /* gc/weak.c (gc.weak) */
 /* Marking met the special block v (header hd, just marked by w). */

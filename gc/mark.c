@@ -76,6 +76,7 @@ void ph_mark_value(struct ph_heap *h, ph_worker *w, ph_value v) {
   size_t wo = ph_hd_wosize(hd);
   w->live_bytes += (wo + 1) * 8;
   w->live_blocks++;
+  w->watch_hits += hd >> 63; /* gc.weak.watch: a listed key is marked */
   if (ph_hd_tag(hd) < PH_TAG_RAW) {
     if (__builtin_expect((hd & PH_HD_SPECIAL) != 0, 0))
       ph_weak_met(h, w, v, hd); /* gc.weak: not scanned like the others */
@@ -307,14 +308,10 @@ static void reset_termination_stw_single(ph_gc *s) {
   atomic_store_explicit(&s->claim_rescan, 0, memory_order_relaxed);
 }
 
-void ph_mark_finish_stw(struct ph_heap *h, ph_worker *w, _Atomic int *progress,
-                        uint64_t before) {
+void ph_mark_finish_stw(struct ph_heap *h, ph_worker *w) {
   ph_gc *s = h->gc;
   drain_stw(h, w);
   for (;;) {
-    /* relaxed: read by the others after the barrier, which orders it */
-    if (progress && w->live_blocks != before)
-      atomic_store_explicit(progress, 1, memory_order_relaxed);
     ph_barrier_wait(&h->sync->stw.bar);
     /* relaxed: read after the barrier, which orders it */
     int over = atomic_load_explicit(&s->mark_overflow, memory_order_relaxed);
@@ -338,6 +335,6 @@ void ph_mark_stw(struct ph_heap *h, ph_worker *w) {
       atomic_fetch_add_explicit(&h->gc->claim_groots, 1,
                                 memory_order_relaxed) == 0)
     ph_gc_roots_visit_stw(h, ph_mark_slot_visit, w, 0);
-  ph_mark_finish_stw(h, w, NULL, 0);
+  ph_mark_finish_stw(h, w);
   ph_ephe_rounds_stw(h, w); /* gc.weak.rounds; nothing without ephemerons */
 }

@@ -53,6 +53,8 @@ static void check_fields(vctx *v, ph_value b) {
 /* The walk's hooks: the managed collector's colours and owners. */
 static void block_white(ph_check *k, ph_value b) {
   ph_value hd = *ph_hp(b);
+  if (hd & PH_HD_WATCH) /* heap.block.watch */
+    ph_check_fail(k, "block %p: watch bit outside a collection", (void *)b);
   if (ph_hd_color(hd) == PH_HD_SPECIAL >> PH_HD_COLOR_SHIFT) { /* gc.weak */
     if (ph_hd_tag(hd) != PH_WEAK_TAG &&
         (ph_hd_tag(hd) != PH_EPHE_TAG || ph_hd_wosize(hd) < 2))
@@ -71,6 +73,9 @@ static void pool_owned(ph_check *k, ph_pool *p, uint64_t words) {
     ph_check_fail(k, "pool %p: owner %u not a slot", (void *)p, p->owner);
 }
 static void large_white(ph_check *k, ph_large *l, ph_value b) {
+  if (*ph_hp(b) & PH_HD_WATCH) /* heap.block.watch */
+    ph_check_fail(k, "large block at %p: watch bit outside a collection",
+                  (void *)l);
   if (ph_hd_color(*ph_hp(b)) & PH_BLACK)
     ph_check_fail(k, "large block at %p: color %u outside a collection",
                   (void *)l, ph_hd_color(*ph_hp(b)));

@@ -14,10 +14,14 @@
  * gc.weak.rounds: when strong marking is done, every participant looks at
  * the ephemerons of its own list: one whose keys are all marked has its
  * data marked (and leaves the list); the marking that follows is shared as
- * usual (mark.share).  A round that marked nothing anywhere ends the rounds:
- * every ephemeron still listed has a key that nothing reaches.  A list
- * entry holds a key found unmarked, so a round reads only that key's
- * header for an ephemeron still waiting.
+ * usual (mark.share).  A list entry holds a key found unmarked, so a round
+ * reads only that key's header for an ephemeron still waiting.
+ *
+ * gc.weak.watch: that key carries the watch bit in its header
+ * (heap.block.watch) and its marker counts it (watch_hits); a round runs
+ * only if some watched key was marked since the last round began, so the
+ * rounds end when none was: every ephemeron still listed has a key that
+ * nothing reaches.
  *
  * gc.weak.clear: the participants then claim entries of all the weak lists
  * (weak blocks are listed in slices of PH_WEAK_SLICE fields) and clear the
@@ -40,6 +44,9 @@
 /* Test knob (internal): the largest weak or ephemeron list, in entries
  * (0 = none), to exercise the strong fallback. */
 size_t ph_weak_list_limit = 0;
+/* Test knob (internal): the ephemeron rounds run since the process began
+ * (gc.weak.watch; counted by each round's leader). */
+_Atomic uint64_t ph_ephe_rounds_run = 0;
 
 #define PH_WEAK_AHEAD 64 /* clearing: prefetch distance, in fields */
 
@@ -81,13 +88,34 @@ static inline int target_dead(ph_value x) {
   return ph_is_block(x) && !(ph_hd_load(x) & PH_HD_BLACK);
 }
 
-/* The first of the keys 0..nkeys-1 of ephemeron e that is not marked, or
- * 0 if all are (or are not blocks). */
-static ph_value dead_key(ph_value e, size_t nkeys) {
+/* gc.weak.watch: the first of the keys 0..nkeys-1 of ephemeron e that is
+ * not marked, with the watch bit set in its header, or 0 if all are marked
+ * (or are not blocks).  The bit is set where the marker sets the mark bit
+ * (by an atomic read-modify-write when others mark too), so of the two on
+ * one header, one sees the other's bit: a key marked after it was watched
+ * is counted by its marker (watch_hits), or this sees it marked. */
+static inline ph_value watch_dead_key(struct ph_heap *h, ph_value e,
+                                      size_t nkeys) {
   const ph_value *f = (const ph_value *)e;
-  for (size_t i = 0; i < nkeys; i++)
-    if (target_dead(f[i]))
-      return f[i];
+  for (size_t i = 0; i < nkeys; i++) {
+    ph_value k = f[i];
+    if (!ph_is_block(k))
+      continue;
+    ph_value *hp = ph_hp(k), hd = __atomic_load_n(hp, __ATOMIC_RELAXED);
+    if (hd & PH_HD_BLACK)
+      continue;
+    if (h->sec.nparts == 1) {
+      if (!(hd & PH_HD_WATCH))
+        __atomic_store_n(hp, hd | PH_HD_WATCH, __ATOMIC_RELAXED);
+      return k;
+    }
+    /* relaxed: both bits are set by read-modify-writes of this one word,
+     * which are ordered among themselves */
+    if (!(hd & PH_HD_WATCH))
+      hd = __atomic_fetch_or(hp, PH_HD_WATCH, __ATOMIC_RELAXED);
+    if (!(hd & PH_HD_BLACK))
+      return k;
+  }
   return 0;
 }
 
@@ -119,9 +147,9 @@ static inline void pending_set(struct ph_heap *h, ph_value e, int on) {
  * the data of the one before, is marked in constant C stack); otherwise it
  * is listed with the key found unmarked (or its fields are marked if the
  * list cannot grow: the strong fallback, not pending either). */
-static void ephe_look(struct ph_heap *h, ph_worker *w, ph_value e) {
+static inline void ephe_look(struct ph_heap *h, ph_worker *w, ph_value e) {
   size_t wo = ph_hd_wosize(ph_hd_load(e));
-  ph_value k = dead_key(e, wo - 1);
+  ph_value k = watch_dead_key(h, e, wo - 1);
   if (k && ephe_add(w, e, k))
     return;
   pending_set(h, e, 0);
@@ -184,7 +212,7 @@ static void ephe_round(struct ph_heap *h, ph_worker *w) {
       continue;
     }
     size_t wo = ph_hd_wosize(ph_hd_load(x.e));
-    x.key = dead_key(x.e, wo - 1); /* the others, if it has more keys */
+    x.key = watch_dead_key(h, x.e, wo - 1); /* if it has more keys */
     if (x.key) {
       l[j++] = x;
     } else {
@@ -206,19 +234,25 @@ void ph_ephe_rounds_stw(struct ph_heap *h, ph_worker *w) {
   if (listed == 0)
     return;
   for (;;) {
+    /* gc.weak.watch: a round only if some listed key was marked since the
+     * last look at its ephemeron (the counts, like the lists, are read
+     * after a barrier and reset only after the next one) */
+    uint64_t hits = 0;
+    for (unsigned i = 0; i < g->nparts; i++)
+      hits += g->workers[i].watch_hits;
+    if (hits == 0)
+      return;
     if (ph_barrier_wait(bar)) {
       g->idle = 0;
       g->mark_done = 0;
       atomic_store_explicit(&g->claim_rescan, 0, memory_order_relaxed);
-      atomic_store_explicit(&g->ephe_progress, 0, memory_order_relaxed);
+      /* relaxed: a count for tests, read after the section */
+      atomic_fetch_add_explicit(&ph_ephe_rounds_run, 1, memory_order_relaxed);
     }
+    w->watch_hits = 0; /* everyone has read it */
     ph_barrier_wait(bar);
-    uint64_t before = w->live_blocks;
     ephe_round(h, w);
-    ph_mark_finish_stw(h, w, &g->ephe_progress, before); /* ends: barrier */
-    /* relaxed: written before that barrier, reset after the next one */
-    if (!atomic_load_explicit(&g->ephe_progress, memory_order_relaxed))
-      return;
+    ph_mark_finish_stw(h, w); /* ends with a barrier */
   }
 }
 

@@ -40,6 +40,14 @@ enum { PH_WHITE = 0, PH_BLACK = 1 };
 /* heap.sweep.zero: colour bit 1 and tag bit 1 in a surviving block's
  * header ask the managed sweep to zero its fields and clear that tag bit */
 #define PH_HD_SWEEP_ZERO (((ph_value)2 << PH_HD_COLOR_SHIFT) | 2)
+/* heap.block.watch: bit 63, above any wosize (PH_MAX_WOSIZE < 2^40): the
+ * managed collector's marking sets it in a block's header inside a
+ * collection only (gc.weak.watch); the managed sweep clears it with the
+ * mark bit, so no header carries it outside a collection.  ph_hd_wosize
+ * ignores it. */
+#define PH_HD_WATCH ((ph_value)1 << 63)
+_Static_assert(PH_MAX_WOSIZE < (PH_HD_WATCH >> PH_HD_WOSIZE_SHIFT),
+               "the watch bit is above every wosize");
 static inline ph_value ph_hd_make(size_t wosize, unsigned color, unsigned tag) {
   return ((ph_value)wosize << PH_HD_WOSIZE_SHIFT) |
          ((ph_value)color << PH_HD_COLOR_SHIFT) | (ph_value)tag;
@@ -48,7 +56,7 @@ static inline unsigned ph_hd_color(ph_value hd) {
   return (unsigned)((hd >> PH_HD_COLOR_SHIFT) & 3);
 }
 static inline size_t ph_hd_wosize(ph_value hd) {
-  return (size_t)(hd >> PH_HD_WOSIZE_SHIFT);
+  return (size_t)((hd & ~PH_HD_WATCH) >> PH_HD_WOSIZE_SHIFT);
 }
 static inline unsigned ph_hd_tag(ph_value hd) {
   return (unsigned)(hd & PH_HD_TAG_MASK);

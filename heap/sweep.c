@@ -57,8 +57,10 @@ static void record_large(ph_pool_worker *w, ph_large *l) {
  * while the sweep has its line; returns its header without the request. */
 static inline ph_value sweep_zero(ph_value *hp, ph_value hd, uint64_t *n) {
   size_t wo = ph_hd_wosize(hd);
+  /* relaxed stores (plain moves): not a call to memset, which a loop of
+   * plain stores becomes, for an ephemeron's two or three fields */
   for (size_t k = 1; k <= wo; k++)
-    hp[k] = 0;
+    __atomic_store_n(&hp[k], 0, __ATOMIC_RELAXED);
   ++*n;
   return hd & ~(ph_value)2;
 }
@@ -147,7 +149,9 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
                          : hd != 0 && ph_hd_color(hd) != color;
       if (keep) {
         if (by_mark) {
-          ph_value nh = hd & ~((ph_value)color << PH_HD_COLOR_SHIFT);
+          /* heap.block.watch: cleared with the mark bit */
+          ph_value nh =
+              hd & ~(((ph_value)color << PH_HD_COLOR_SHIFT) | PH_HD_WATCH);
           if (__builtin_expect((nh & PH_HD_SWEEP_ZERO) == PH_HD_SWEEP_ZERO, 0))
             nh = sweep_zero(slot, nh, zeroed);
           __atomic_store_n(slot, nh, __ATOMIC_RELAXED);
@@ -218,7 +222,8 @@ static void pool_sweep_marked(struct ph_heap *h, ph_pool *p, uint64_t *zeroed) {
         for (size_t f = 2; f < ws; f++)
           slot[f] = PH_POISON_WORD;
 #endif
-      ph_value nh = (hd & ~black) & ((ph_value)0 - keep);
+      /* heap.block.watch: cleared with the mark bit */
+      ph_value nh = (hd & ~(black | PH_HD_WATCH)) & ((ph_value)0 - keep);
       if (__builtin_expect((nh & PH_HD_SWEEP_ZERO) == PH_HD_SWEEP_ZERO, 0))
         nh = sweep_zero(slot, nh, zeroed);
       __atomic_store_n(slot, nh, __ATOMIC_RELAXED);
@@ -276,7 +281,8 @@ static void sweep_large(struct ph_heap *h, ph_pool_worker *w, ph_large *l) {
   (void)h;
   ph_value *hp = (ph_value *)((char *)l + PH_LARGE_HDR);
   if (ph_hd_color(*hp) & PH_BLACK) {
-    ph_value nh = *hp & ~((ph_value)PH_BLACK << PH_HD_COLOR_SHIFT);
+    ph_value nh =
+        *hp & ~(((ph_value)PH_BLACK << PH_HD_COLOR_SHIFT) | PH_HD_WATCH);
     if ((nh & PH_HD_SWEEP_ZERO) == PH_HD_SWEEP_ZERO)
       nh = sweep_zero(hp, nh, &w->zeroed);
     *hp = nh;

@@ -10,6 +10,7 @@
 
 extern size_t ph_weak_list_limit;
 extern size_t ph_mark_stack_limit;
+extern _Atomic uint64_t ph_ephe_rounds_run;
 
 typedef struct env {
   ph_heap *h;
@@ -344,6 +345,66 @@ static void test_ephemeron_chain_fixpoint(void **state) {
     assert_true(ph_field(eph, 0) == 0 && ph_field(eph, 1) == 0);
   }
   assert_int_equal(stats(&e).ephemerons_cleared - before, n);
+  ph_scope_close(e.d, m);
+  env_close(&e);
+}
+
+/* gc.weak.watch: a round runs only when a key of a listed ephemeron was
+ * marked after the ephemeron was looked at.  A table whose kept keys are
+ * roots (marked while the roots are scanned, before any ephemeron is met)
+ * and whose other keys are unreachable needs no round at all, although
+ * marking the kept entries' data marked blocks after the others were
+ * listed; with one key reachable only through another ephemeron's data,
+ * rounds run and resolve it.  One participant, so the order is known. */
+static void test_ephemeron_rounds_only_when_watched(void **state) {
+  (void)state;
+  env e;
+  env_open(&e, 0);
+  const size_t n = 3000;
+  size_t m = ph_scope_open(e.d);
+  ph_value *arr = ph_root(e.d, ph_alloc(e.d, n, 0));
+  size_t kept = 0;
+  for (size_t i = 0; i < n; i++) {
+    ph_value x = ph_alloc_ephemeron(e.d, 1);
+    assert_true(x != 0);
+    ph_set_field(*arr, i, x);
+    ph_value k = node(&e, (intptr_t)i, 0);
+    ph_set_field(ph_field(*arr, i), 0, k);
+    if (i % 10 == 0) {
+      ph_root(e.d, k);
+      kept++;
+    }
+    ph_set_field(ph_field(*arr, i), 1, node(&e, -(intptr_t)i - 1, 0));
+  }
+  uint64_t before = stats(&e).ephemerons_cleared;
+  uint64_t r0 = ph_ephe_rounds_run;
+  assert_int_equal(ph_collect(e.d), PH_OK);
+  assert_int_equal(ph_ephe_rounds_run - r0, 0);
+  assert_int_equal(stats(&e).ephemerons_cleared - before, n - kept);
+  for (size_t i = 0; i < n; i++) {
+    ph_value x = ph_field(*arr, i);
+    if (i % 10 == 0)
+      assert_int_equal(id_of(ph_field(x, 1)), -(intptr_t)i - 1);
+    else
+      assert_true(ph_field(x, 0) == 0 && ph_field(x, 1) == 0);
+  }
+  /* one more, whose key is only in the data of another: it is listed
+   * before that data is marked (which marks a watched key): one round */
+  ph_value *late = ph_root(e.d, ph_alloc_ephemeron(e.d, 1));
+  ph_value *holder = ph_root(e.d, ph_alloc_ephemeron(e.d, 1));
+  ph_value *hkey = ph_root(e.d, node(&e, 1, 1));
+  ph_set_field(*hkey, 1, node(&e, 2, 0)); /* kept by hkey: not a key */
+  ph_set_field(*holder, 0, ph_field(*hkey, 1));
+  ph_set_field(*late, 0, node(&e, 3, 0));
+  ph_set_field(*late, 1, node(&e, 4, 0));
+  ph_set_field(*holder, 1, ph_field(*late, 0));
+  before = stats(&e).ephemerons_cleared;
+  r0 = ph_ephe_rounds_run;
+  assert_int_equal(ph_collect(e.d), PH_OK);
+  assert_int_equal(stats(&e).ephemerons_cleared - before, 0);
+  assert_int_equal(id_of(ph_field(*late, 1)), 4);
+  assert_int_equal(ph_ephe_rounds_run - r0, 1);
+  check_heap(&e);
   ph_scope_close(e.d, m);
   env_close(&e);
 }
@@ -814,6 +875,7 @@ int main(void) {
       cmocka_unit_test(test_ephemeron_semantics),
       cmocka_unit_test(test_ephemeron_chain_fixpoint),
       cmocka_unit_test(test_ephemeron_data_chain_stack),
+      cmocka_unit_test(test_ephemeron_rounds_only_when_watched),
       cmocka_unit_test(test_ephemeron_data_overflow),
       cmocka_unit_test(test_ephemeron_headers_after_clearing),
       cmocka_unit_test(test_weak_table_compaction),
