@@ -216,6 +216,7 @@ static void collect_stw(struct ph_heap *h, ph_worker *w) {
   w->pw->live_blocks = w->live_blocks;
   phase_begin(h, w, PH_PHASE_SWEEP, &t);
   ph_sweep_stw(h, w->pw);
+  ph_weak_trim(w); /* gc.weak.trim: the lists were forgotten */
   w->t_sweep = phase_end(h, w, PH_PHASE_SWEEP, t);
   if (ph_barrier_wait(&s->bar))
     finish_collect_stw_single(h);

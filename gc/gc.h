@@ -204,6 +204,8 @@ void ph_ephe_rounds_stw(struct ph_heap *h, ph_worker *w);
  * forgets its own lists (ph_weak_forget). */
 void ph_weak_clear_stw(struct ph_heap *h, ph_worker *w);
 void ph_weak_forget(ph_worker *w);
+/* gc.weak.trim: after the sweep, free w's lists if they are big. */
+void ph_weak_trim(ph_worker *w);
 
 /* Did any participant meet a weak block or pending ephemeron (after a
  * barrier: every participant gets the same answer)? */

@@ -342,6 +342,25 @@ void ph_weak_forget(ph_worker *w) {
   w->nweak = w->nephe = 0;
 }
 
+/* gc.weak.trim: lists of more than this many bytes are freed after the
+ * collection (a big table's lists would stay resident between collections
+ * otherwise: 14 MiB for bench/weak's ephemeron table) */
+#define PH_WEAK_KEEP_BYTES ((size_t)1 << 20)
+
+void ph_weak_trim(ph_worker *w) {
+  PH_ASSERT(w->nweak == 0 && w->nephe == 0 && w->ephe_ring_n == 0);
+  if (w->weak_cap * sizeof *w->weak > PH_WEAK_KEEP_BYTES) {
+    free(w->weak);
+    w->weak = NULL;
+    w->weak_cap = 0;
+  }
+  if (w->ephe_cap * sizeof *w->ephe > PH_WEAK_KEEP_BYTES) {
+    free(w->ephe);
+    w->ephe = NULL;
+    w->ephe_cap = 0;
+  }
+}
+
 void ph_weak_worker_free(ph_worker *w) {
   free(w->weak);
   free(w->ephe);
