@@ -45,9 +45,9 @@ typedef struct ph_worker {
   uint64_t t_mark, t_sweep;
   /* gc.weak: the weak blocks (in slices of PH_WEAK_SLICE fields) and the
    * ephemerons whose keys were not all marked when this participant looked
-   * at them (the pending ones, each with a key it found unmarked) */
+   * at them (the pending ones) */
   struct ph_weak_ent *weak;
-  struct ph_ephe_ent *ephe;
+  ph_value *ephe;
   size_t nweak, weak_cap, nephe, ephe_cap;
   /* gc.weak.met.ahead: ephemerons marked, their first key's header asked
    * for, looked at PH_EPHE_MET_AHEAD ephemerons later */
@@ -65,14 +65,6 @@ typedef struct ph_weak_ent {
   size_t start;
 } ph_weak_ent;
 #define PH_WEAK_SLICE 4096
-
-/* gc.weak.rounds: a pending ephemeron and one of its keys that was not
- * marked when it was listed (a block; a round reads its header first, and
- * the ephemeron only once that key is marked) */
-typedef struct ph_ephe_ent {
-  ph_value e;
-  ph_value key;
-} ph_ephe_ent;
 
 typedef struct ph_census_req {
   void (*fn)(const ph_census_class *c, void *user);

@@ -14,10 +14,10 @@
  * gc.weak.rounds: when strong marking is done, every participant looks at
  * the ephemerons of its own list: one whose keys are all marked has its
  * data marked (and leaves the list); the marking that follows is shared as
- * usual (mark.share).  A list entry holds a key found unmarked, so a round
- * reads only that key's header for an ephemeron still waiting.
+ * usual (mark.share).
  *
- * gc.weak.watch: that key carries the watch bit in its header
+ * gc.weak.watch: the first key found unmarked carries the watch bit in its
+ * header
  * (heap.block.watch) and its marker counts it (watch_hits); a round runs
  * only if some watched key was marked since the last round began, so the
  * rounds end when none was: every ephemeron still listed has a key that
@@ -50,20 +50,20 @@ _Atomic uint64_t ph_ephe_rounds_run = 0;
 
 #define PH_WEAK_AHEAD 64 /* clearing: prefetch distance, in fields */
 
-static int ephe_add(ph_worker *w, ph_value e, ph_value key) {
+static int ephe_add(ph_worker *w, ph_value e) {
   if (w->nephe == w->ephe_cap) {
     size_t ncap = w->ephe_cap ? w->ephe_cap * 2 : 256;
     if (ph_weak_list_limit && ncap > ph_weak_list_limit)
       ncap = ph_weak_list_limit;
-    ph_ephe_ent *a = ncap > w->ephe_cap && !ph_gc_fault(PH_GC_OP_EPHE)
-                         ? realloc(w->ephe, ncap * sizeof *a)
-                         : NULL;
+    ph_value *a = ncap > w->ephe_cap && !ph_gc_fault(PH_GC_OP_EPHE)
+                      ? realloc(w->ephe, ncap * sizeof *a)
+                      : NULL;
     if (!a)
       return 0;
     w->ephe = a;
     w->ephe_cap = ncap;
   }
-  w->ephe[w->nephe++] = (ph_ephe_ent){e, key};
+  w->ephe[w->nephe++] = e;
   return 1;
 }
 
@@ -150,7 +150,7 @@ static inline void pending_set(struct ph_heap *h, ph_value e, int on) {
 static inline void ephe_look(struct ph_heap *h, ph_worker *w, ph_value e) {
   size_t wo = ph_hd_wosize(ph_hd_load(e));
   ph_value k = watch_dead_key(h, e, wo - 1);
-  if (k && ephe_add(w, e, k))
+  if (k && ephe_add(w, e))
     return;
   pending_set(h, e, 0);
   ph_mark_fields_later(h, w, e, k ? 0 : wo - 1, wo);
@@ -191,33 +191,33 @@ void ph_ephe_ring_flush(struct ph_heap *h, ph_worker *w) {
     ephe_look(h, w, w->ephe_ring[(start + k) & (PH_EPHE_MET_AHEAD - 1)]);
 }
 
-/* gc.weak.rounds: a round streams through its list in address order and
- * reads, for each entry, the header of the key it holds (asked for
- * PH_EPHE_AHEAD entries ahead); only an ephemeron whose key is marked now
- * is read itself. */
-#define PH_EPHE_AHEAD 32
+/* gc.weak.rounds: a round streams through its list in address order,
+ * asking for the ephemeron PH_EPHE_AHEAD entries ahead and, half as far
+ * ahead, for its first key's header (the ephemeron's line has arrived by
+ * then). */
+#define PH_EPHE_AHEAD 16
 
 /* One participant's part of a round: mark the data of the listed
  * ephemerons whose keys are all marked now; they leave the list, which
  * keeps its order. */
 static void ephe_round(struct ph_heap *h, ph_worker *w) {
-  ph_ephe_ent *l = w->ephe;
+  ph_value *l = w->ephe;
   size_t n = w->nephe, j = 0;
   for (size_t i = 0; i < n; i++) {
     if (i + PH_EPHE_AHEAD < n)
-      __builtin_prefetch(ph_hp(l[i + PH_EPHE_AHEAD].key));
-    ph_ephe_ent x = l[i];
-    if (target_dead(x.key)) {
-      l[j++] = x;
-      continue;
+      __builtin_prefetch(ph_hp(l[i + PH_EPHE_AHEAD]));
+    if (i + PH_EPHE_AHEAD / 2 < n) {
+      ph_value k = ((const ph_value *)l[i + PH_EPHE_AHEAD / 2])[0];
+      if (ph_is_block(k))
+        __builtin_prefetch(ph_hp(k));
     }
-    size_t wo = ph_hd_wosize(ph_hd_load(x.e));
-    x.key = watch_dead_key(h, x.e, wo - 1); /* if it has more keys */
-    if (x.key) {
-      l[j++] = x;
+    ph_value e = l[i];
+    size_t wo = ph_hd_wosize(ph_hd_load(e));
+    if (watch_dead_key(h, e, wo - 1)) {
+      l[j++] = e;
     } else {
-      pending_set(h, x.e, 0);
-      ph_mark_fields_later(h, w, x.e, wo - 1, wo);
+      pending_set(h, e, 0);
+      ph_mark_fields_later(h, w, e, wo - 1, wo);
     }
   }
   w->nephe = j;
