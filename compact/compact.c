@@ -161,7 +161,7 @@ static int partial_ok(const struct ph_heap *h, const ph_compact_plan *plan,
 static uint64_t unpinned_granules(const struct ph_heap *h,
                                   const ph_compact_plan *plan, ph_pool *p) {
   size_t sb = (size_t)h->class_wsize[p->cls] * 8;
-  uint64_t keep = ((uint64_t)2 << ((h->pool_hdr - 1) >> h->hole_shift)) - 1;
+  uint64_t keep = ((uint64_t)2 << ((p->hdr - 1) >> h->hole_shift)) - 1;
   ph_value lo = (ph_value)p, hi = lo + h->pool_size;
   size_t a = 0, b = plan->npinned_blocks; /* the first block >= lo */
   while (a < b) {
@@ -171,9 +171,9 @@ static uint64_t unpinned_granules(const struct ph_heap *h,
     else
       b = mid;
   }
-  ph_value slots = lo + h->pool_hdr;
+  ph_value slots = lo + p->hdr;
   for (; a < plan->npinned_blocks && plan->pinned_blocks[a] < hi; a++)
-    keep |= ph_slot_granules(h, sb,
+    keep |= ph_slot_granules(h, p->cls,
                              (uint32_t)((plan->pinned_blocks[a] - slots) / sb));
   size_t ng = h->pool_size >> h->hole_shift;
   uint64_t all = ng >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << ng) - 1;
@@ -696,7 +696,7 @@ static void relink_free(struct ph_heap *h, ph_pool *p, uint64_t holes) {
     while (free) {
       uint32_t si = wi * 64 + 63 - (uint32_t)__builtin_clzll(free);
       free &= ~((uint64_t)1 << (si % 64));
-      if (ph_slot_in_hole(h, holes, (size_t)wsize * 8, si))
+      if (ph_slot_in_hole(h, holes, p->cls, si))
         continue;
       ph_value *slot = base + (size_t)si * wsize;
       PH_ASSERT(slot[0] == 0);
@@ -837,7 +837,7 @@ static inline ph_value fwd_base(const struct ph_heap *h,
                                 const ph_compact_plan *plan, ph_value x) {
   size_t u = (x - plan->map_lo) >> h->pool_shift;
   unsigned c = plan->map_cls[u];
-  ph_value slots = (x & h->pool_mask) + h->pool_hdr;
+  ph_value slots = (x & h->pool_mask) + h->class_hdr[c]; /* heap.pool.hdr */
   if (c >= plan->nsmall)
     slots -= (ph_value)plan->map_back[u] << h->pool_shift;
   uint64_t k = ((uint64_t)(x - slots) * plan->recip[c]) >> PH_RECIP_SHIFT;
@@ -853,9 +853,10 @@ stays(const struct ph_heap *h, const ph_compact_plan *plan, ph_value x) {
   uint64_t hm = plan->hmask[u];
   if (!hm)
     return 0;
-  size_t sb = (size_t)h->class_wsize[plan->hcls[u]] * 8;
-  uint32_t i = (uint32_t)(((x & ~h->pool_mask) - h->pool_hdr) / sb);
-  return (ph_slot_granules(h, sb, i) & hm) == 0;
+  unsigned c = plan->hcls[u];
+  size_t sb = (size_t)h->class_wsize[c] * 8;
+  uint32_t i = (uint32_t)(((x & ~h->pool_mask) - h->class_hdr[c]) / sb);
+  return (ph_slot_granules(h, c, i) & hm) == 0;
 }
 
 /* The new address of x, whose unit was evacuated (or is partial). */
@@ -980,7 +981,7 @@ update_pool(fwd_batch *b, ph_pool *p, int interior, uint64_t holes) {
   for (uint32_t k = 0; k < nslots; k++, slot += wsize) {
     /* heap.pool.holes; a partial pool's blocks that moved out */
     if (__builtin_expect(holes != 0, 0) &&
-        ph_slot_in_hole(b->h, holes, (size_t)wsize * 8, k))
+        ph_slot_in_hole(b->h, holes, p->cls, k))
       continue;
     ph_value hd = slot[0];
     if (hd == 0)
@@ -1123,7 +1124,7 @@ static void spec_finish_locked(struct ph_heap *h, ph_cspec *x, int moved) {
   for (uint32_t w = 0; w < nw; w++) {
     for (uint64_t t = x->t[w]; t; t &= t - 1) {
       uint32_t i = w * 64 + (uint32_t)__builtin_ctzll(t);
-      if (ph_slot_in_hole(h, holes, (size_t)ws * 8, i))
+      if (ph_slot_in_hole(h, holes, p->cls, i))
         nhole++;
       else
         base[(size_t)i * ws] = 0; /* free (a moved block's old copy) */
@@ -1196,7 +1197,8 @@ static void free_release_stw_single(struct ph_heap *h, ph_compact_plan *plan,
         if (!ph_pool_holes(p)) { /* holes are not touched */
           ph_value *q = (ph_value *)ph_pool_slots(p);
           size_t nw =
-              (((size_t)h->class_units[c] << h->pool_shift) - h->pool_hdr) / 8;
+              (((size_t)h->class_units[c] << h->pool_shift) - h->class_hdr[c]) /
+              8;
           for (size_t k = 0; k < nw; k++)
             q[k] = PH_POISON_WORD;
           p->sig = PH_SIG_DEAD;

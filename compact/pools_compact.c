@@ -330,5 +330,15 @@ int php_compact_stw(php_heap *h, unsigned part, const php_compact_ops *ops) {
   php_tls_callback = 1; /* pools.reentry: the callbacks run inside */
   ph_compact_stw(h->core, &dp);
   php_tls_callback = 0;
+  /* compact.phase.stats: past the driver's last barrier nothing reads this
+   * participant's records; they go back with the compaction's other scratch
+   * (OCaml's W1 heap's are 128 KiB, Wbig's 512 KiB, resident until freed)
+   * and the next compaction's sweep grows them again */
+  php_cpart *me = &cp->parts[part];
+  free(me->cands);
+  free(me->larges);
+  me->cands = NULL;
+  me->larges = NULL;
+  me->ncands = me->cands_cap = me->nlarges = me->larges_cap = 0;
   return c.bad ? PH_EINVAL : PH_OK;
 }

@@ -349,6 +349,16 @@ static void compact_stw(struct ph_heap *h, ph_worker *w) {
       .npinned_blocks = h->gc->npinned_blocks,
   };
   ph_compact_stw(h, &part);
+  /* compact.phase.stats: past the driver's last barrier nothing reads this
+   * participant's records; they go back with the compaction's other scratch
+   * (a W1 heap's are 128 KiB, Wbig's 512 KiB, resident until freed) and the
+   * next sweep grows them again */
+  ph_pool_worker *pw = w->pw;
+  free(pw->cands);
+  free(pw->larges);
+  pw->cands = NULL;
+  pw->larges = NULL;
+  pw->ncands = pw->cands_cap = pw->nlarges = pw->larges_cap = 0;
 }
 
 /* ---------------------------------------------------------------- body */

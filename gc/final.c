@@ -86,13 +86,14 @@ int ph_gc_block_check_locked(struct ph_heap *h, ph_value v) {
   if (cls >= h->nclasses)
     return 0;
   size_t sb = (size_t)h->class_wsize[cls] * 8;
-  char *slots = ua + h->pool_hdr; /* ph_pool_slots(p), without reading p */
+  char *slots =
+      ua + h->class_hdr[cls]; /* ph_pool_slots(p), without reading p */
   if ((char *)v < slots + 8)
     return 0;
   size_t off = (size_t)((char *)v - 8 - slots);
   if (off % sb || off / sb >= h->class_nslots[cls])
     return 0;
-  if (ph_slot_in_hole(h, c->holes[u], sb, (uint32_t)(off / sb)))
+  if (ph_slot_in_hole(h, c->holes[u], cls, (uint32_t)(off / sb)))
     return 0; /* heap.pool.holes: no block, and not to be touched */
   /* a free slot's header is 0, even in a pool cached by its owner */
   return __atomic_load_n(ph_hp(v), __ATOMIC_RELAXED) != 0;

@@ -279,9 +279,8 @@ static void rescan_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
   if (st == PH_U_POOL) {
     ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
     uint64_t holes = c->holes[u];
-    size_t sb = (size_t)h->class_wsize[p->cls] * 8;
     for (uint32_t i = 0; i < p->nslots; i++) {
-      if (ph_slot_in_hole(h, holes, sb, i))
+      if (ph_slot_in_hole(h, holes, p->cls, i))
         continue; /* heap.pool.holes */
       ph_value v = ph_pool_block(h, p, i);
       ph_value hd = ph_hd_load(v);

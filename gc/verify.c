@@ -99,9 +99,8 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
     for (uint32_t u = 0; u < c->nunits && !v.k.bad; u++) {
       if (c->ustate[u] == PH_U_POOL) {
         ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
-        size_t sb = (size_t)h->class_wsize[p->cls] * 8;
         for (uint32_t k = 0; k < p->nslots && !v.k.bad; k++) {
-          if (ph_slot_in_hole(h, c->holes[u], sb, k))
+          if (ph_slot_in_hole(h, c->holes[u], p->cls, k))
             continue; /* heap.pool.holes */
           ph_value b = ph_pool_block(h, p, k);
           if (*ph_hp(b) != 0 && !(ph_hd_color(*ph_hp(b)) & PH_BLACK))

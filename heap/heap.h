@@ -134,7 +134,7 @@ typedef struct ph_pool {
   struct ph_chunk *chunk; /* chunk holding this unit */
   uint32_t unit;          /* unit index within chunk */
   uint16_t cached;        /* 1 while an owner's alloc cache holds it */
-  uint16_t hdr;           /* bytes before the first slot (heap->pool_hdr) */
+  uint16_t hdr;           /* bytes before the first slot (class_hdr[cls]) */
   uint32_t live_words;    /* pool layer: sum of wosize + 1 over the
                              allocated slots (pools.counters) */
   uint32_t nhole;         /* slots that touch a hole (heap.pool.holes):
@@ -142,7 +142,8 @@ typedef struct ph_pool {
 } ph_pool;
 /* The fixed header; then the live bitmap (heap.pool.bitmap: one bit per
  * slot, written by the sweep, read by compaction), then the slots at
- * heap->pool_hdr bytes from the start. */
+ * heap->class_hdr[cls] bytes from the start (heap.pool.hdr: the bitmap is
+ * sized for its class's slots). */
 #define PH_POOL_HDR 64u
 _Static_assert(sizeof(ph_pool) <= PH_POOL_HDR, "pool header too big");
 static inline uint64_t *ph_pool_bits(ph_pool *p) {
@@ -301,7 +302,10 @@ struct ph_heap {
   uint32_t sig;
   ph_config cfg;
   size_t pool_size;
-  size_t pool_hdr; /* pool header + live bitmap, a multiple of 64 */
+  /* heap.pool.hdr: the header of a pool of 2-word slots (the most slots),
+   * which the class rule assumes (heap.sizeclass); class_hdr[c] is class
+   * c's own, at most this */
+  size_t pool_hdr_max;
   unsigned pool_shift;
   uintptr_t pool_mask; /* ~(pool_size - 1) */
   /* heap.pool.holes: a hole granule is max(page, pool_size / 64) bytes */
@@ -313,6 +317,9 @@ struct ph_heap {
   uint32_t class_wsize[PH_MAX_CLASSES]; /* slot words, header included */
   uint32_t class_nslots[PH_MAX_CLASSES];
   uint32_t class_units[PH_MAX_CLASSES]; /* units per pool */
+  /* heap.pool.hdr: bytes before the first slot (fixed header + live
+   * bitmap for class_nslots bits, a multiple of 64) */
+  uint32_t class_hdr[PH_MAX_CLASSES];
   size_t max_small_wosize; /* the largest wosize served by a pool (the top
                               medium class's); above it, large blocks */
   uint8_t wosize_class[PH_MEDIUM_TOP_WSIZE];
@@ -381,10 +388,14 @@ typedef struct ph_medium_class {
   uint32_t wsize;  /* slot words, header included */
   uint32_t units;  /* units per pool */
   uint32_t nslots; /* slots per pool */
+  uint32_t hdr;    /* bytes before the first slot (heap.pool.hdr) */
 } ph_medium_class;
-unsigned ph_sizeclass_medium(size_t pool_size, size_t pool_hdr,
-                             size_t wmax_small, ph_medium_class *out,
-                             unsigned max);
+unsigned ph_sizeclass_medium(size_t pool_size, size_t wmax_small,
+                             ph_medium_class *out, unsigned max);
+/* heap.pool.hdr: the slots of sb bytes a pool of `bytes` bytes holds after
+ * its header, a live bitmap for exactly those slots (*hdr_out: the header's
+ * bytes, a multiple of 64). */
+uint32_t ph_pool_layout(size_t bytes, size_t sb, uint32_t *hdr_out);
 static inline unsigned ph_class_of_wosize(const struct ph_heap *h,
                                           size_t wosize) {
   return h->wosize_class[wosize];
@@ -458,11 +469,12 @@ void ph_pool_sweep_garbage(struct ph_heap *h, ph_pool *p, unsigned garbage,
                            void (*on_free)(void *ctx, ph_value b),
                            const uint64_t *on_free_tags, void *ctx, int *bad);
 
-/* heap.pool.holes: the granules slot i of a pool of slot bytes sb touches
- * (pool_hdr bytes before the first slot). */
-static inline uint64_t ph_slot_granules(const struct ph_heap *h, size_t sb,
+/* heap.pool.holes: the granules slot i of a pool of class cls touches
+ * (class_hdr[cls] bytes before the first slot). */
+static inline uint64_t ph_slot_granules(const struct ph_heap *h, unsigned cls,
                                         uint32_t i) {
-  size_t a = h->pool_hdr + (size_t)i * sb, b = a + sb - 1;
+  size_t sb = (size_t)h->class_wsize[cls] * 8;
+  size_t a = h->class_hdr[cls] + (size_t)i * sb, b = a + sb - 1;
   unsigned g0 = (unsigned)(a >> h->hole_shift),
            g1 = (unsigned)(b >> h->hole_shift);
   uint64_t hi = g1 >= 63 ? ~(uint64_t)0 : ((uint64_t)2 << g1) - 1;
@@ -470,8 +482,8 @@ static inline uint64_t ph_slot_granules(const struct ph_heap *h, size_t sb,
 }
 /* Does slot i touch a hole of `holes` (a unit's granule mask)? */
 static inline int ph_slot_in_hole(const struct ph_heap *h, uint64_t holes,
-                                  size_t sb, uint32_t i) {
-  return holes != 0 && (holes & ph_slot_granules(h, sb, i)) != 0;
+                                  unsigned cls, uint32_t i) {
+  return holes != 0 && (holes & ph_slot_granules(h, cls, i)) != 0;
 }
 /* The holes of pool p (its chunk's side table). */
 static inline uint64_t ph_pool_holes(const ph_pool *p) {

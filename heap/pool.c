@@ -32,10 +32,9 @@ void ph_pool_init_free(struct ph_heap *h, ph_pool *p) {
 uint32_t ph_pool_hole_slots(const struct ph_heap *h, unsigned cls,
                             uint64_t holes, uint64_t *out) {
   uint32_t ns = h->class_nslots[cls], n = 0;
-  size_t sb = (size_t)h->class_wsize[cls] * 8;
   memset(out, 0, (ns + 63) / 64 * sizeof *out);
   for (uint32_t i = 0; i < ns && holes; i++)
-    if (ph_slot_in_hole(h, holes, sb, i)) {
+    if (ph_slot_in_hole(h, holes, cls, i)) {
       out[i / 64] |= (uint64_t)1 << (i % 64);
       n++;
     }
@@ -63,8 +62,8 @@ ph_pool *ph_pool_new(struct ph_heap *h, unsigned cls, unsigned owner) {
   if (err != PH_OK)
     return NULL;
   ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
-  memset(p, 0, h->pool_hdr);
-  p->hdr = (uint16_t)h->pool_hdr;
+  memset(p, 0, h->class_hdr[cls]);
+  p->hdr = (uint16_t)h->class_hdr[cls]; /* heap.pool.hdr */
   p->sig = PH_SIG_POOL;
   p->kind = PH_U_POOL;
   p->cls = (uint16_t)cls;

@@ -137,8 +137,7 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
     for (uint32_t j = 0; j < m; j++, slot += wsize) {
       if ((char *)slot + PH_SWEEP_AHEAD < end)
         __builtin_prefetch((char *)slot + PH_SWEEP_AHEAD, 1);
-      if (__builtin_expect(ph_slot_in_hole(h, holes, (size_t)wsize * 8, i0 + j),
-                           0))
+      if (__builtin_expect(ph_slot_in_hole(h, holes, p->cls, i0 + j), 0))
         continue; /* heap.pool.holes: neither live nor free, and not
                    * touched (a prefetch of a decommitted page does not
                    * fault it in) */

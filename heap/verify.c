@@ -26,7 +26,7 @@ static void check_pool(struct ph_heap *h, ph_check *k, ph_chunk *c,
   ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
   if (p->sig != PH_SIG_POOL || p->kind != PH_U_POOL || p->cls >= h->nclasses ||
       p->nslots != h->class_nslots[p->cls] || p->chunk != c || p->unit != u ||
-      p->hdr != h->pool_hdr || p->evacuated || p->cached) {
+      p->hdr != h->class_hdr[p->cls] || p->evacuated || p->cached) {
     ph_check_fail(k, "pool %p: bad header fields", (void *)p);
     return;
   }
@@ -59,7 +59,7 @@ static void check_pool(struct ph_heap *h, ph_check *k, ph_chunk *c,
     return;
   }
   for (uint32_t i = 0; i < p->nslots && !k->bad; i++) {
-    if (ph_slot_in_hole(h, holes, sb, i)) { /* heap.pool.holes */
+    if (ph_slot_in_hole(h, holes, p->cls, i)) { /* heap.pool.holes */
       nhole++;
       continue;
     }
@@ -92,8 +92,8 @@ static void check_pool(struct ph_heap *h, ph_check *k, ph_chunk *c,
   for (ph_value f = p->free; f && !k->bad; f = *(ph_value *)f) {
     size_t off = (size_t)((char *)f - 8 - s);
     if ((char *)f < s + 8 || off % sb || off / sb >= p->nslots ||
-        ph_slot_in_hole(h, holes, sb, (uint32_t)(off / sb)) || *ph_hp(f) != 0 ||
-        ++n > nfree)
+        ph_slot_in_hole(h, holes, p->cls, (uint32_t)(off / sb)) ||
+        *ph_hp(f) != 0 || ++n > nfree)
       ph_check_fail(k, "pool %p: free list broken at %p", (void *)p, (void *)f);
   }
   if (!k->bad && n != nfree)

@@ -574,6 +574,46 @@ static void test_compact_trims_free_medium_slots(void **state) {
   trim_case(PH_RELEASE_LAZY);
 }
 
+/* compact.phase.stats: the sweep's records (partly filled pools, scanned
+ * large blocks) are the compaction's scratch: a collection leaves them
+ * for a compaction to plan from, and a compaction frees them (they are
+ * 16 bytes a partly filled pool: 128 KiB for W1's heap), so a compacted
+ * heap keeps none; the next collection records again and the next
+ * compaction plans from them.  A small and a medium class, 1 block in 8
+ * kept, in both rounds. */
+static void test_compact_frees_records(void **state) {
+  (void)state;
+  ph_domain *d;
+  ph_heap *h = heap_open(0, PH_RELEASE_DECOMMIT, &d);
+  size_t m = ph_scope_open(d);
+  size_t wos[2] = {2, h->class_wsize[h->nsmall + 2] - 1}, n = 4096;
+  /* a large block (above the top medium class): a large record */
+  ph_value *tab = ph_root(d, ph_alloc(d, PH_MEDIUM_TOP_WSIZE + 2 * n, 0));
+  for (int round = 0; round < 2; round++) {
+    for (size_t i = 0; i < 2 * n; i++) {
+      ph_value v = ph_alloc(d, wos[i % 2], PH_TAG_RAW);
+      assert_true(ph_is_block(v));
+      ph_set_field(*tab, i, i % 16 < 2 ? v : ph_val_int(0));
+    }
+    assert_int_equal(ph_collect(d), PH_OK);
+    ph_pool_worker *pw = &h->sec.pw[0];
+    assert_non_null(pw->cands);
+    assert_true(pw->ncands > 2 && pw->cands_cap >= pw->ncands);
+    assert_non_null(pw->larges); /* tab */
+    ph_stats s0 = tu_stats(h);
+    assert_int_equal(ph_compact(d), PH_OK);
+    ph_stats s1 = tu_stats(h);
+    tu_verify_ok(d);
+    assert_true(s1.pool_bytes < s0.pool_bytes); /* it moved blocks */
+    assert_null(pw->cands);
+    assert_null(pw->larges);
+    assert_int_equal(pw->cands_cap, 0);
+    assert_int_equal(pw->larges_cap, 0);
+  }
+  assert_int_equal(ph_scope_close(d, m), PH_OK);
+  heap_close(h, d);
+}
+
 static void mt_fill(ph_value v, size_t id);
 static int mt_intact(ph_value v, size_t id);
 
@@ -775,6 +815,7 @@ int main(void) {
       cmocka_unit_test(test_compact_sparse_medium),
       cmocka_unit_test(test_compact_without_map),
       cmocka_unit_test(test_compact_trims_free_medium_slots),
+      cmocka_unit_test(test_compact_frees_records),
       cmocka_unit_test(test_heap_limit),
       cmocka_unit_test(test_two_domains_compact),
   };

@@ -3,10 +3,16 @@
  *
  * The rule is recomputed here independently (w_0 = 2, w_{k+1} = max(w_k + 1,
  * floor(8 w_k / 7)) while below wmax, then wmax = min(257, slot words / 8),
- * slot words being the pool's words after its header h->pool_hdr)
- * and compared with the heap's tables; and the property the rule promises
- * is checked directly for every small wosize: its class is the smallest that
- * fits and wastes less than 1/8 of the slot.
+ * slot words being the pool's words after the largest header
+ * h->pool_hdr_max) and compared with the heap's tables; and the property
+ * the rule promises is checked directly for every small wosize: its class
+ * is the smallest that fits and wastes less than 1/8 of the slot.
+ *
+ * heap.pool.hdr: each class's header is the fixed part and a live bitmap
+ * for its own slots in 64-byte lines, and its slot count the most that fit
+ * with that header (recomputed here by hdr_for; a header sized for the
+ * smallest slot in every class fails it: 32 KiB pools of 24-byte slots
+ * hold 1354 slots, not 1352).
  *
  * The medium classes (heap.sizeclass.medium, served after the small ones
  * in the same tables) likewise: recomputed here and compared, and for
@@ -27,6 +33,25 @@ static ph_heap *heap_with_pool(size_t pool_size) {
   assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
   assert_int_equal(h->pool_size, pool_size);
   return h;
+}
+
+/* heap.pool.hdr, recomputed: the header of a pool of n slots. */
+static size_t hdr_for(size_t n) {
+  size_t lines = 0;
+  while (lines * 512 < n)
+    lines++;
+  return PH_POOL_HDR + lines * 64;
+}
+
+/* The class's slot count and header are the most slots of sb bytes that
+ * fit in `bytes` with the header of that many. */
+static void check_layout(size_t bytes, size_t sb, uint32_t nslots,
+                         uint32_t hdr) {
+  if (hdr != hdr_for(nslots) || hdr + (size_t)nslots * sb > bytes ||
+      hdr_for(nslots + 1) + (size_t)(nslots + 1) * sb <= bytes)
+    fail_msg("%zu bytes of %zu-byte slots: %u slots after %u header bytes, "
+             "not the most that fit",
+             bytes, sb, nslots, hdr);
 }
 
 /* Independent computation of the rule; returns the class count. */
@@ -53,9 +78,10 @@ static void test_classes_follow_rule_all_pool_sizes(void **state) {
     uint32_t w[PH_MAX_CLASSES + 8];
     /* the pool header (with its live bitmap) is at least the fixed part,
      * 64-byte aligned, and leaves most of the pool for slots */
-    assert_true(h->pool_hdr >= PH_POOL_HDR && h->pool_hdr % 64 == 0);
-    assert_true(h->pool_hdr * 8 <= ps);
-    unsigned n = rule_classes(ps, h->pool_hdr, w);
+    assert_true(h->pool_hdr_max >= PH_POOL_HDR && h->pool_hdr_max % 64 == 0);
+    assert_true(h->pool_hdr_max * 8 <= ps);
+    assert_int_equal(h->pool_hdr_max, hdr_for((ps - PH_POOL_HDR) / 16));
+    unsigned n = rule_classes(ps, h->pool_hdr_max, w);
     assert_true(n <= PH_MAX_CLASSES);
     assert_int_equal(h->nsmall, n);
     for (unsigned k = 0; k < n; k++) {
@@ -118,14 +144,20 @@ static void test_pools_hold_at_least_eight_slots(void **state) {
   (void)state;
   for (size_t ps = 4096; ps <= ((size_t)4 << 20); ps *= 2) {
     ph_heap *h = heap_with_pool(ps);
-    size_t pool_words = (ps - h->pool_hdr) / 8;
+    size_t pool_words = (ps - h->pool_hdr_max) / 8;
     for (unsigned k = 0; k < h->nsmall; k++) {
-      assert_int_equal(h->class_nslots[k], pool_words / h->class_wsize[k]);
+      /* heap.pool.hdr: the class's own header, no fewer slots than with
+       * the largest one, and the most that fit */
+      assert_true(h->class_nslots[k] >= pool_words / h->class_wsize[k]);
+      assert_true(h->class_hdr[k] <= h->pool_hdr_max);
       assert_true(h->class_nslots[k] >= 8);
-      /* the slots fit in the pool after its header */
-      assert_true(h->pool_hdr +
-                      (size_t)h->class_nslots[k] * h->class_wsize[k] * 8 <=
-                  ps);
+      check_layout(ps, (size_t)h->class_wsize[k] * 8, h->class_nslots[k],
+                   h->class_hdr[k]);
+    }
+    if (ps == 32768) { /* the 24-byte class: two more slots per pool */
+      assert_int_equal(h->class_wsize[1], 3);
+      assert_int_equal(h->class_nslots[1], 1354);
+      assert_int_equal(h->class_hdr[1], 256);
     }
     assert_int_equal(ph_heap_destroy(h), PH_OK);
   }
@@ -133,8 +165,7 @@ static void test_pools_hold_at_least_eight_slots(void **state) {
 
 /* Independent computation of the medium rule; returns the class count. */
 #define MAX_MEDIUM 128
-static unsigned rule_medium(size_t ps, size_t hdr, size_t wmax,
-                            ph_medium_class *out) {
+static unsigned rule_medium(size_t ps, size_t wmax, ph_medium_class *out) {
   unsigned n = 0;
   size_t w = wmax;
   do {
@@ -142,13 +173,18 @@ static unsigned rule_medium(size_t ps, size_t hdr, size_t wmax,
     w = next > w + 1 ? next : w + 1;
     if (w > PH_MEDIUM_TOP_WSIZE)
       w = PH_MEDIUM_TOP_WSIZE;
-    size_t units = 1;
-    while ((units * ps - (units * ps > hdr ? hdr : units * ps)) / (w * 8) < 8)
-      units++;
+    size_t units = 1, ns;
+    for (;; units++) { /* the most slots with their own header */
+      for (ns = 0; hdr_for(ns + 1) + (ns + 1) * w * 8 <= units * ps; ns++)
+        ;
+      if (ns >= 8)
+        break;
+    }
     assert_true(n < MAX_MEDIUM);
     out[n].wsize = (uint32_t)w;
     out[n].units = (uint32_t)units;
-    out[n].nslots = (uint32_t)((units * ps - hdr) / (w * 8));
+    out[n].nslots = (uint32_t)ns;
+    out[n].hdr = (uint32_t)hdr_for(ns);
     n++;
   } while (w < PH_MEDIUM_TOP_WSIZE);
   return n;
@@ -160,14 +196,14 @@ static void test_medium_classes_every_request(void **state) {
     ph_heap *h = heap_with_pool(ps);
     size_t wmax = h->class_wsize[h->nsmall - 1];
     ph_medium_class m[MAX_MEDIUM], r[MAX_MEDIUM];
-    unsigned n = ph_sizeclass_medium(ps, h->pool_hdr, wmax, m, MAX_MEDIUM);
+    unsigned n = ph_sizeclass_medium(ps, wmax, m, MAX_MEDIUM);
     assert_true(n >= 1 && n <= MAX_MEDIUM);
     /* the count is returned whatever max is */
-    assert_int_equal(ph_sizeclass_medium(ps, h->pool_hdr, wmax, r, 1), n);
-    assert_int_equal(rule_medium(ps, h->pool_hdr, wmax, r), n);
+    assert_int_equal(ph_sizeclass_medium(ps, wmax, r, 1), n);
+    assert_int_equal(rule_medium(ps, wmax, r), n);
     for (unsigned k = 0; k < n; k++) {
       if (m[k].wsize != r[k].wsize || m[k].units != r[k].units ||
-          m[k].nslots != r[k].nslots)
+          m[k].nslots != r[k].nslots || m[k].hdr != r[k].hdr)
         fail_msg("pool %zu medium class %u: %u words %u units %u slots, the "
                  "rule gives %u %u %u",
                  ps, k, m[k].wsize, m[k].units, m[k].nslots, r[k].wsize,
@@ -175,9 +211,8 @@ static void test_medium_classes_every_request(void **state) {
       /* at least 8 slots, in the fewest units */
       size_t slot = (size_t)m[k].wsize * 8, bytes = (size_t)m[k].units * ps;
       assert_true(m[k].nslots >= 8);
-      assert_true(h->pool_hdr + m[k].nslots * slot <= bytes);
-      assert_true(h->pool_hdr + (m[k].nslots + 1) * slot > bytes);
-      assert_true(m[k].units == 1 || h->pool_hdr + 8 * slot > bytes - ps);
+      check_layout(bytes, slot, m[k].nslots, m[k].hdr);
+      assert_true(m[k].units == 1 || hdr_for(8) + 8 * slot > bytes - ps);
     }
     assert_true(m[0].wsize > wmax);
     assert_int_equal(m[n - 1].wsize, PH_MEDIUM_TOP_WSIZE);
@@ -187,6 +222,7 @@ static void test_medium_classes_every_request(void **state) {
       assert_int_equal(h->class_wsize[h->nsmall + k], m[k].wsize);
       assert_int_equal(h->class_units[h->nsmall + k], m[k].units);
       assert_int_equal(h->class_nslots[h->nsmall + k], m[k].nslots);
+      assert_int_equal(h->class_hdr[h->nsmall + k], m[k].hdr);
     }
     /* every request from 1 field to the top: the smallest class that fits
      * (small, then medium) wastes less than 1/8 of its slot */

@@ -36,7 +36,7 @@
  * that fill each block, the release calls and checksums).  The alignment
  * of the memalign family is not replayed: those are plain blocks. */
 #include "poolheap.h"
-/* for the projection only: ph_sizeclass_medium, PH_POOL_HDR, PH_LARGE_HDR */
+/* for the projection only: ph_sizeclass_medium, ph_pool_layout, PH_LARGE_HDR */
 #include "heap/heap.h"
 
 #include <dlfcn.h>
@@ -366,11 +366,8 @@ static void proj_init(size_t pool_size) {
     die("ph_census failed");
   unsigned nsmall = st.size_classes;
   proj_pool_size = pool_size;
-  /* the pool header with its live bitmap, as heap/sizeclass.c sizes it */
-  size_t hdr = PH_POOL_HDR + ((pool_size - PH_POOL_HDR) / 16 + 511) / 512 * 64;
   ph_medium_class m[128];
-  unsigned nm =
-      ph_sizeclass_medium(pool_size, hdr, t.wsize[nsmall - 1], m, 128);
+  unsigned nm = ph_sizeclass_medium(pool_size, t.wsize[nsmall - 1], m, 128);
   if (nm > 128 || nm != t.n - nsmall)
     die("the medium classes differ from the census");
   cost_now = map_touched(PROJ_TOP * sizeof *cost_now);
@@ -382,7 +379,8 @@ static void proj_init(size_t pool_size) {
     if (wo <= t.max_wosize[nsmall - 1]) {
       while (t.max_wosize[c] < wo)
         c++;
-      size_t nslots = (pool_size - hdr) / 8 / t.wsize[c];
+      uint32_t hdr; /* heap.pool.hdr, as heap/sizeclass.c sizes it */
+      size_t nslots = ph_pool_layout(pool_size, (size_t)t.wsize[c] * 8, &hdr);
       cost_now[wo] = cost_large[wo] = (double)pool_size / nslots;
     } else {
       while (m[mc].wsize < wo + 1)
