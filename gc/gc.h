@@ -19,6 +19,9 @@ typedef struct ph_mark_stack {
   ph_mark_entry *e;
   size_t n, cap;
 } ph_mark_stack;
+/* mark.stack.trim: a stack's first capacity, and the most it keeps after a
+ * collection (in entries) */
+#define PH_MARK_KEEP 4096
 
 /* Shared packets of mark work (mark.share). */
 typedef struct ph_mark_packet {
@@ -158,6 +161,7 @@ void ph_mark_stw(struct ph_heap *h, ph_worker *w);
 void ph_mark_value(struct ph_heap *h, ph_worker *w, ph_value v);
 void ph_mark_slot_visit(ph_value *slot, void *ctx);
 void ph_mark_stack_free(ph_mark_stack *s);
+void ph_mark_stack_trim(ph_mark_stack *s);
 /* Drain every participant's stack, then rescan after an overflow, until
  * marking is done; ends with a barrier.  If progress is set, a participant
  * that marked a block since w->live_blocks was `before` stores 1 there
