@@ -19,8 +19,7 @@ typedef struct ph_mark_stack {
   ph_mark_entry *e;
   size_t n, cap;
 } ph_mark_stack;
-/* mark.stack.trim: a stack's first capacity, and the most it keeps after a
- * collection (in entries) */
+/* A stack's first capacity, in entries (96 KiB; mark.stack.trim) */
 #define PH_MARK_KEEP 4096
 
 /* Shared packets of mark work (mark.share). */

@@ -22,8 +22,8 @@
  * mark.roots.bounded: a root visit that leaves the stack deeper than
  * ph_mark_root_depth entries scans it down to half that first, so a root set
  * of a million blocks does not hold a million entries at once.
- * mark.stack.trim: after a collection's marking a stack that grew past
- * PH_MARK_KEEP entries is freed. */
+ * mark.stack.trim: a stack is a mapping of the OS layer's scratch (not
+ * malloc), and after a collection's marking its pages are given back. */
 #include "gc/gc.h"
 
 #include <stdlib.h>
@@ -43,7 +43,12 @@ static void push(ph_gc *s, ph_mark_stack *st, ph_value v, size_t start,
     size_t ncap = st->cap ? st->cap * 2 : PH_MARK_KEEP;
     if (ph_mark_stack_limit && ncap > ph_mark_stack_limit)
       ncap = ph_mark_stack_limit;
-    ph_mark_entry *e = ncap > st->cap ? realloc(st->e, ncap * sizeof *e) : NULL;
+    void *e = NULL;
+    if (ncap > st->cap &&
+        (st->e ? ph_os_scratch_grow(st->e, st->cap * sizeof *st->e,
+                                    ncap * sizeof *st->e, &e)
+               : ph_os_scratch_map(ncap * sizeof *st->e, &e)) != PH_OK)
+      e = NULL;
     if (!e) {
       atomic_store_explicit(&s->mark_overflow, 1, memory_order_relaxed);
       return;
@@ -58,15 +63,15 @@ static void push(ph_gc *s, ph_mark_stack *st, ph_value v, size_t start,
 }
 
 void ph_mark_stack_free(ph_mark_stack *s) {
-  free(s->e);
+  ph_os_scratch_unmap(s->e, s->cap * sizeof *s->e);
   s->e = NULL;
   s->n = s->cap = 0;
 }
 
 void ph_mark_stack_trim(ph_mark_stack *s) {
   PH_ASSERT(s->n == 0);
-  if (s->cap > PH_MARK_KEEP)
-    ph_mark_stack_free(s); /* the next push allocates PH_MARK_KEEP again */
+  if (s->e)
+    ph_os_scratch_trim(s->e, s->cap * sizeof *s->e);
 }
 
 void ph_mark_value(struct ph_heap *h, ph_worker *w, ph_value v) {
