@@ -17,7 +17,13 @@
  *
  * mark.overflow: if a stack cannot grow (malloc refused), the entry is
  * dropped and mark_overflow set; marking then repeats with a rescan of every
- * black block's fields until a round ends without overflow. */
+ * black block's fields until a round ends without overflow.
+ *
+ * mark.roots.bounded: a root visit that leaves the stack deeper than
+ * ph_mark_root_depth entries scans it down to half that first, so a root set
+ * of a million blocks does not hold a million entries at once.
+ * mark.stack.trim: a stack is a mapping of the OS layer's scratch (not
+ * malloc), and after a collection's marking its pages are given back. */
 #include "gc/gc.h"
 
 #include <stdlib.h>
@@ -27,14 +33,22 @@
 
 /* Test knob (internal): the largest mark stack, in entries (0 = none). */
 size_t ph_mark_stack_limit = 0;
+/* mark.roots.bounded: the deepest stack a root visit leaves (a variable only
+ * so that a test can lift the bound: SIZE_MAX). */
+size_t ph_mark_root_depth = 1024;
 
 static void push(ph_gc *s, ph_mark_stack *st, ph_value v, size_t start,
                  size_t end) {
   if (st->n == st->cap) {
-    size_t ncap = st->cap ? st->cap * 2 : 4096;
+    size_t ncap = st->cap ? st->cap * 2 : PH_MARK_KEEP;
     if (ph_mark_stack_limit && ncap > ph_mark_stack_limit)
       ncap = ph_mark_stack_limit;
-    ph_mark_entry *e = ncap > st->cap ? realloc(st->e, ncap * sizeof *e) : NULL;
+    void *e = NULL;
+    if (ncap > st->cap &&
+        (st->e ? ph_os_scratch_grow(st->e, st->cap * sizeof *st->e,
+                                    ncap * sizeof *st->e, &e)
+               : ph_os_scratch_map(ncap * sizeof *st->e, &e)) != PH_OK)
+      e = NULL;
     if (!e) {
       atomic_store_explicit(&s->mark_overflow, 1, memory_order_relaxed);
       return;
@@ -49,9 +63,15 @@ static void push(ph_gc *s, ph_mark_stack *st, ph_value v, size_t start,
 }
 
 void ph_mark_stack_free(ph_mark_stack *s) {
-  free(s->e);
+  ph_os_scratch_unmap(s->e, s->cap * sizeof *s->e);
   s->e = NULL;
   s->n = s->cap = 0;
+}
+
+void ph_mark_stack_trim(ph_mark_stack *s) {
+  PH_ASSERT(s->n == 0);
+  if (s->e)
+    ph_os_scratch_trim(s->e, s->cap * sizeof *s->e);
 }
 
 void ph_mark_value(struct ph_heap *h, ph_worker *w, ph_value v) {
@@ -85,6 +105,8 @@ void ph_mark_value(struct ph_heap *h, ph_worker *w, ph_value v) {
   }
 }
 
+static void drain_to(struct ph_heap *h, ph_worker *w, size_t low);
+
 void ph_mark_fields_later(struct ph_heap *h, ph_worker *w, ph_value v,
                           size_t from, size_t to) {
   push(h->gc, &w->stack, v, from, to);
@@ -92,7 +114,10 @@ void ph_mark_fields_later(struct ph_heap *h, ph_worker *w, ph_value v,
 
 void ph_mark_slot_visit(ph_value *slot, void *ctx) {
   ph_worker *w = ctx;
-  ph_mark_value(w->dom->heap, w, *slot);
+  struct ph_heap *h = w->dom->heap;
+  ph_mark_value(h, w, *slot);
+  if (__builtin_expect(w->stack.n > ph_mark_root_depth, 0))
+    drain_to(h, w, ph_mark_root_depth / 2); /* mark.roots.bounded */
 }
 
 /* mark.prefetch: a block found in a field is first prefetched and queued;
@@ -152,7 +177,8 @@ static inline void scan_fields(struct ph_heap *h, ph_worker *w, ph_value v,
 
 static int share_range(ph_gc *s, ph_value v, size_t start, size_t end);
 
-static void scan_entry(struct ph_heap *h, ph_worker *w, ph_mark_entry e) {
+static inline __attribute__((always_inline)) void
+scan_entry(struct ph_heap *h, ph_worker *w, ph_mark_entry e) {
   ph_gc *s = h->gc;
   size_t wo = e.end ? e.end : ph_hd_wosize(ph_hd_load(e.v));
   size_t end = wo - e.start > PH_MARK_SLICE ? e.start + PH_MARK_SLICE : wo;
@@ -213,6 +239,22 @@ static void take_packet_mark_locked(ph_gc *s, ph_mark_stack *st) {
   for (size_t i = 0; i < p->n; i++)
     push(s, st, p->e[i].v, p->e[i].start, p->e[i].end);
   free(p);
+}
+
+/* mark.roots.bounded: scan our stack's newest entries until at most low
+ * are left (sharing as drain_stw does); what they push is scanned too.  It
+ * ends: every entry pushed is a block marked now or the rest of one. */
+static void drain_to(struct ph_heap *h, ph_worker *w, size_t low) {
+  ph_gc *s = h->gc;
+  ph_mark_stack *st = &w->stack;
+  while (st->n > low) {
+    ph_mark_entry e = st->e[--st->n];
+    scan_entry(h, w, e);
+    /* relaxed: a hint; a late read only delays sharing */
+    if (st->n > PH_SHARE_MIN && s->nparts > 1 &&
+        atomic_load_explicit(&s->hungry, memory_order_relaxed) > 0)
+      share(s, st);
+  }
 }
 
 /* Drain our stack, sharing and taking work, until all participants are

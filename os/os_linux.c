@@ -473,6 +473,43 @@ void ph_os_stack_unmap(void *stack, size_t size) {
   munmap((char *)stack - pg, size + pg);
 }
 
+/* ------------------------------------------------------------- scratch */
+
+static size_t scratch_len(size_t len) {
+  size_t pg = ph_os_page_size();
+  return (len + pg - 1) / pg * pg;
+}
+
+int ph_os_scratch_map(size_t len, void **out) {
+  if (len == 0)
+    return PH_EINVAL;
+  void *p = mmap(NULL, scratch_len(len), PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED)
+    return PH_ENOMEM;
+  *out = p;
+  return PH_OK;
+}
+
+int ph_os_scratch_grow(void *p, size_t old_len, size_t len, void **out) {
+  if (len < old_len)
+    return PH_EINVAL;
+  void *n = mremap(p, scratch_len(old_len), scratch_len(len), MREMAP_MAYMOVE);
+  if (n == MAP_FAILED)
+    return PH_ENOMEM;
+  *out = n;
+  return PH_OK;
+}
+
+void ph_os_scratch_trim(void *p, size_t len) {
+  madvise(p, scratch_len(len), MADV_DONTNEED);
+}
+
+void ph_os_scratch_unmap(void *p, size_t len) {
+  if (p)
+    munmap(p, scratch_len(len));
+}
+
 /* --------------------------------------------------------- process probes */
 
 /* Read up to cap-1 bytes of a /proc file into buf, NUL-terminated.  Returns

@@ -1,14 +1,24 @@
 /* tests/test_list10m.c -- marking never recurses on the C stack: a linked
  * list of 10 million cells (1 million under ThreadSanitizer) is marked, by
  * one domain and by two; a wide block whose children overflow a bounded
- * mark stack is still marked completely (mark.overflow rescan). */
+ * mark stack is still marked completely (mark.overflow rescan); a root set
+ * of many blocks does not deepen the stack (mark.roots.bounded), and the
+ * stack's pages are given back after the collection (mark.stack.trim).
+ *
+ * Internal test: includes api/api.h for the participants' mark stacks. */
 #include "test_util.h"
 
+#include "api/api.h"
+
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 /* Test knob of gc/mark.c: the largest mark stack, in entries (0 = none). */
 extern size_t ph_mark_stack_limit;
+/* Test knob of gc/mark.c: the deepest stack a root visit leaves. */
+extern size_t ph_mark_root_depth;
 
 /* A list of n cells (tag 0, 2 fields: int, next), head in *head. */
 static void build_list(ph_domain *d, ph_value *head, size_t n) {
@@ -216,12 +226,130 @@ static void test_mark_stack_overflow_rescan_small_stack(void **state) {
   run_overflow((size_t)32 << 10, 64);
 }
 
+/* mark.roots.bounded, mark.stack.trim: the embedder's hook roots many
+ * blocks of two immediates (each one a stack entry when marked). */
+#define ROOTED 100000
+static ph_value *rooted;
+static ph_heap *rooted_heap;
+static size_t
+    mark_end_cap; /* worker 0's stack capacity at the end of marking */
+
+static void scan_rooted(ph_domain *d, ph_visit_fn visit, void *ctx,
+                        void *user) {
+  (void)d;
+  (void)user;
+  for (size_t i = 0; i < ROOTED; i++)
+    visit(&rooted[i], ctx);
+}
+
+static void on_mark_end(ph_phase phase, int begin, unsigned domain,
+                        uint64_t time_ns, void *user) {
+  (void)domain;
+  (void)time_ns;
+  (void)user;
+  ph_heap *h = rooted_heap;
+  if (phase == PH_PHASE_MARK && !begin) {
+    assert_int_equal(h->gc->nparts, 1); /* worker 0 is the caller */
+    mark_end_cap = h->gc->workers[0].stack.cap;
+  }
+}
+
+/* Builds the heap, collects once with the given root bound, checks every
+ * rooted block survived intact, and returns the heap (one domain: *dp). */
+static ph_heap *collect_rooted(size_t root_depth, ph_domain **dp) {
+  ph_config cfg;
+  ph_config_init(&cfg);
+  cfg.gc_percent = 0;
+  cfg.scan_roots = scan_rooted;
+  cfg.on_event = on_mark_end;
+  ph_heap *h = NULL;
+  assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
+  rooted_heap = h;
+  ph_domain *d;
+  assert_int_equal(ph_domain_attach(h, &d), PH_OK);
+  rooted = calloc(ROOTED, sizeof *rooted);
+  assert_non_null(rooted);
+  for (size_t i = 0; i < ROOTED; i++)
+    rooted[i] = PH_UNIT;
+  for (size_t i = 0; i < ROOTED; i++) {
+    ph_value b = ph_alloc(d, 2, 0);
+    assert_true(ph_is_block(b));
+    ph_set_field(b, 0, ph_val_int((intptr_t)i));
+    ph_set_field(b, 1, ph_val_int(-(intptr_t)i));
+    rooted[i] = b;
+  }
+  mark_end_cap = 0;
+  ph_mark_root_depth = root_depth;
+  int r = ph_collect(d);
+  ph_mark_root_depth = 1024;
+  assert_int_equal(r, PH_OK);
+  assert_int_equal(tu_stats(h).live_bytes, (uint64_t)ROOTED * TU_BYTES(2));
+  for (size_t i = 0; i < ROOTED; i++)
+    if (ph_int_val(ph_field(rooted[i], 0)) != (intptr_t)i ||
+        ph_int_val(ph_field(rooted[i], 1)) != -(intptr_t)i)
+      fail_msg("rooted block %zu changed", i);
+  *dp = d;
+  return h;
+}
+
+static void drop_rooted(ph_heap *h, ph_domain *d) {
+  char why[256] = "";
+  if (ph_verify(d, why, sizeof why) != PH_OK)
+    fail_msg("ph_verify: %s", why);
+  assert_int_equal(ph_domain_detach(d), PH_OK);
+  assert_int_equal(ph_heap_destroy(h), PH_OK);
+  free(rooted);
+  rooted = NULL;
+}
+
+/* mark.roots.bounded: 100000 rooted blocks never hold the stack past its
+ * first capacity (unbounded, it grew to hold them all: 131072 entries). */
+static void test_many_roots_keep_the_stack_shallow(void **state) {
+  (void)state;
+  ph_domain *d;
+  ph_heap *h = collect_rooted(1024, &d);
+  if (mark_end_cap == 0 || mark_end_cap > PH_MARK_KEEP)
+    fail_msg("mark stack capacity %zu at the end of marking (at most %d)",
+             mark_end_cap, PH_MARK_KEEP);
+  drop_rooted(h, d);
+}
+
+/* mark.stack.trim: with the root bound lifted the stack grows to hold every
+ * rooted block (3 MiB), and once the collection is over none of its pages is
+ * resident (mincore); the next collection still marks everything. */
+static void test_grown_stack_given_back_after_collection(void **state) {
+  (void)state;
+  ph_domain *d;
+  ph_heap *h = collect_rooted(SIZE_MAX, &d);
+  if (mark_end_cap < ROOTED)
+    fail_msg("mark stack capacity %zu: the roots did not deepen it",
+             mark_end_cap);
+  ph_mark_stack *st = &h->gc->workers[0].stack;
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+  size_t len = (st->cap * sizeof *st->e + pg - 1) / pg * pg, resident = 0;
+  unsigned char *vec = malloc(len / pg);
+  assert_non_null(vec);
+  assert_int_equal(mincore(st->e, len, vec), 0);
+  for (size_t i = 0; i < len / pg; i++)
+    resident += vec[i] & 1;
+  free(vec);
+  if (resident != 0)
+    fail_msg("%zu of the mark stack's %zu pages resident after the "
+             "collection",
+             resident, len / pg);
+  assert_int_equal(ph_collect(d), PH_OK);
+  assert_int_equal(tu_stats(h).live_bytes, (uint64_t)ROOTED * TU_BYTES(2));
+  drop_rooted(h, d);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_list_10m_cells_marked),
       cmocka_unit_test(test_long_list_marked_by_two_domains),
       cmocka_unit_test(test_mark_stack_overflow_rescan),
       cmocka_unit_test(test_mark_stack_overflow_rescan_small_stack),
+      cmocka_unit_test(test_many_roots_keep_the_stack_shallow),
+      cmocka_unit_test(test_grown_stack_given_back_after_collection),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,7 +9,9 @@
 # Prints, per trace, the resident bytes of the heap over the live bytes at each
 # of the 8 points for every system (the median over the runs), the figure
 # checks of issue 11 (poolheap's RSS <= 1.3 x (live + 1 MiB) at every point,
-# and at the end below every malloc peer's), and writes every JSON line to
+# and at the end below every malloc peer's), where poolheap's RSS is at the
+# end (pools, their pages of free slots only, large blocks, outside the heap),
+# and writes every JSON line to
 # build/bench/trace/results.jsonl, the table to build/bench/trace/results.md.
 # Exit status 1 on a correctness failure (a run not ok: ph_verify, or the
 # checksum changed by a compaction; checksums that differ between systems at
@@ -29,7 +31,7 @@ while [ $# -gt 0 ]; do
       shift
       ;;
     -*)
-      sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+      sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
       exit 2
       ;;
     *) TRACES+=("$1") ;;
@@ -165,6 +167,22 @@ for t in traces:
                 cells.append("%.2f" % median([r[f] / r["live_bytes"] for r in kr]))
         last = [r for r in ph if r["point"] == pts[-1]]
         p("| %s | %s | %.1f | | | |" % (what, " | ".join(cells), median([r[f] for r in last]) / 1048576))
+    # where poolheap's RSS is at the end (replay.c, where): the run of
+    # median RSS at the last point
+    last = sorted((r for r in rs if r["system"] == "poolheap" and r["point"] == pts[-1]
+                   and "heap_resident" in r), key=lambda r: r["rss"])
+    if last:
+        w = last[(len(last) - 1) // 2]
+        mb = lambda x: x / 1048576
+        p()
+        p("poolheap at the end (run of median RSS, %.2f MB): pools %.2f MB resident "
+          "(slots holding blocks %.2f MB, pages holding only free slots %.2f MB), "
+          "large blocks %.2f MB, free units %.2f MB; outside the heap %.2f MB (the "
+          "collector's own memory, malloc, stacks, code pages); live %.2f MB." % (
+              mb(w["rss"]), mb(w["pools_resident"]), mb(w["pools_live_slots"]),
+              mb(w["pools_free_pages"]), mb(w["large_resident"]),
+              mb(w["free_units_resident"]), mb(w["rss"] - w["heap_resident"]),
+              mb(w["live_bytes"])))
     # correctness
     for r in rs:
         if not r.get("ok"):

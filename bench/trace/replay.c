@@ -31,12 +31,14 @@
  * the same on every system, and on poolheap the same before and after the
  * compaction, with ph_verify clean after it (and, on poolheap, the floor
  * of its memory for the live blocks, with today's classes and with the
- * medium classes: see proj_init); and the time, CPU time and
+ * medium classes: see proj_init, and where its resident pages are: see
+ * where); and the time, CPU time and
  * minor page faults of the replay so far (the trace's events, the writes
  * that fill each block, the release calls and checksums).  The alignment
  * of the memalign family is not replayed: those are plain blocks. */
 #include "poolheap.h"
-/* for the projection only: ph_sizeclass_medium, ph_pool_layout, PH_LARGE_HDR */
+/* for the projection (ph_sizeclass_medium, ph_pool_layout, PH_LARGE_HDR) and
+ * where (the chunks, their unit states, pool headers) only */
 #include "heap/heap.h"
 
 #include <dlfcn.h>
@@ -412,6 +414,80 @@ static void proj(double *now, double *large) {
   *large = b;
 }
 
+/* Where poolheap's resident memory is (poolheap runs, after the point's
+ * measurements): the pages of the heap's chunks that mincore reports
+ * resident, split into pools, large blocks and free units; in the pools,
+ * the bytes of the slots holding blocks and the resident pages that hold no
+ * byte of such a slot (nor the pool header): free slots' pages, mostly a
+ * class's last partly filled pool.  Only resident pages are read (a slot's
+ * header in a page that is not resident is a free slot's), so the walk
+ * faults nothing in; its buffers are static and touched before the first
+ * RSS reading.  Single-threaded: no collection runs meanwhile. */
+typedef struct {
+  uint64_t heap, pools, live_slots, free_pages, large, free_units;
+} where_t;
+static unsigned char where_vec[1 << 16];   /* mincore, 256 MiB a call */
+static unsigned char where_pv[65 * 512];   /* one pool's pages: mincore */
+static unsigned char where_live[65 * 512]; /* and those holding a block */
+
+static void where(where_t *o) {
+  struct ph_heap *h = heap;
+  size_t page = (size_t)sysconf(_SC_PAGESIZE), upp = h->pool_size / page;
+  memset(o, 0, sizeof *o);
+  for (unsigned ci = 0; ci < h->nchunks; ci++) {
+    ph_chunk *c = h->chunks[ci];
+    size_t per = sizeof where_vec / upp; /* units a mincore call covers */
+    for (uint32_t u0 = 0; u0 < c->nunits; u0 += (uint32_t)per) {
+      uint32_t n = c->nunits - u0 < per ? c->nunits - u0 : (uint32_t)per;
+      if (mincore(ph_unit_addr(h, c, u0), (size_t)n * h->pool_size,
+                  where_vec) != 0)
+        die("mincore failed");
+      for (uint32_t k = 0; k < n; k++) {
+        uint32_t u = u0 + k;
+        const unsigned char *v = where_vec + (size_t)k * upp;
+        uint64_t r = 0;
+        for (size_t q = 0; q < upp; q++)
+          r += v[q] & 1;
+        r *= page;
+        o->heap += r;
+        unsigned st = c->ustate[u];
+        if (st == PH_U_LARGE || st == PH_U_LARGE_TAIL) {
+          o->large += r;
+          continue;
+        }
+        if (st != PH_U_POOL && st != PH_U_POOL_TAIL) {
+          o->free_units += r;
+          continue;
+        }
+        o->pools += r;
+        if (st != PH_U_POOL)
+          continue; /* a medium pool is walked from its first unit */
+        /* the pool's pages: this unit's vector, then its tails' (the
+         * tails may lie past this mincore call: ask again) */
+        ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
+        size_t units = h->class_units[p->cls], npg = units * upp;
+        unsigned char *pv = where_pv;
+        if (npg > sizeof where_pv || mincore(p, units * h->pool_size, pv) != 0)
+          die("where: mincore failed");
+        memset(where_live, 0, npg);
+        where_live[0] = 1; /* the pool header's page */
+        size_t sb = (size_t)h->class_wsize[p->cls] * 8;
+        for (uint32_t i = 0; i < p->nslots; i++) {
+          size_t a = p->hdr + (size_t)i * sb;
+          if (!(pv[a / page] & 1) || *(const ph_value *)((char *)p + a) == 0)
+            continue; /* a free slot */
+          o->live_slots += sb;
+          for (size_t q = a / page; q <= (a + sb - 1) / page; q++)
+            where_live[q] = 1;
+        }
+        for (size_t q = 0; q < npg; q++)
+          if ((pv[q] & 1) && !where_live[q])
+            o->free_pages += page;
+      }
+    }
+  }
+}
+
 static void scan_roots(ph_domain *d, ph_visit_fn visit, void *ctx, void *user) {
   (void)d;
   (void)user;
@@ -491,6 +567,9 @@ static int do_run(int argc, char **argv) {
         ph_domain_attach(heap, &dom) != PH_OK)
       die("poolheap: cannot create the heap");
     proj_init(cfg.pool_size);
+    memset(where_vec, 1, sizeof where_vec); /* resident before rss0 */
+    memset(where_live, 1, sizeof where_live);
+    memset(where_pv, 1, sizeof where_pv);
   } else {
     /* one block and its release, so the allocator has its first state */
     free(malloc(64));
@@ -586,6 +665,15 @@ static int do_run(int argc, char **argv) {
              "\"floor_large\":%.0f",
              (unsigned long long)committed, verify == PH_OK ? "ok" : why, fnow,
              flarge);
+      where_t wh;
+      where(&wh);
+      printf(",\"heap_resident\":%llu,\"pools_resident\":%llu,"
+             "\"pools_live_slots\":%llu,\"pools_free_pages\":%llu,"
+             "\"large_resident\":%llu,\"free_units_resident\":%llu",
+             (unsigned long long)wh.heap, (unsigned long long)wh.pools,
+             (unsigned long long)wh.live_slots,
+             (unsigned long long)wh.free_pages, (unsigned long long)wh.large,
+             (unsigned long long)wh.free_units);
     }
     printf(",\"checksum\":\"%016llx\",\"checksum_before\":\"%016llx\","
            "\"ok\":%s}\n",
