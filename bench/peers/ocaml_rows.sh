@@ -20,7 +20,7 @@
 #                tree, generated ones included, in dependency order) in one process:
 #                wall time and peak RSS
 #   bintrees     bench/peers/bintrees.ml, depth 21 on 2 domains: wall time, peak RSS;
-#                built at every code offset of --offsets (bytes of padding linked
+#                built at every code offset of --offsets (bench.offsets; bytes of padding linked
 #                before the program's code, default "0 16 32 48"), every offset run
 #                in every round, the medians taken over all of them: the program's two
 #                hot functions are a few dozen bytes each, and where they fall in a
@@ -55,7 +55,7 @@ while [ $# -gt 0 ]; do
     --order) ORDER=$2; shift ;;
     --append) APPEND=1 ;;
     --offsets) OFFSETS=$2; shift ;;
-    *) sed -n '2,42p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '2,38p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
   shift
 done
