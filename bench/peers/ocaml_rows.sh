@@ -5,6 +5,7 @@
 #
 #   bench/peers/ocaml_rows.sh [--runs N] [--shapes "W1 W2 W50 Wbig"] [--seed S]
 #                             [--order "W1 Wbig compile bintrees W2 W50"] [--append]
+#                             [--offsets "0 16 32 48"]
 #   --order: the programs to run, in that order; --append: add to build/bench/ocaml.jsonl
 #   (the table then covers the runs already there too)
 #
@@ -18,7 +19,15 @@
 #                (utils parsing typing file_formats lambda: 227 files of the stock build
 #                tree, generated ones included, in dependency order) in one process:
 #                wall time and peak RSS
-#   bintrees     bench/peers/bintrees.ml, depth 21 on 2 domains: wall time, peak RSS
+#   bintrees     bench/peers/bintrees.ml, depth 21 on 2 domains: wall time, peak RSS;
+#                built at every code offset of --offsets (bench.offsets; bytes of padding linked
+#                before the program's code, default "0 16 32 48"), every offset run
+#                in every round, the medians taken over all of them: the program's two
+#                hot functions are a few dozen bytes each, and where they fall in a
+#                32/64-byte window moves the run time by up to ~15% (measured: stock
+#                5.3's binary at its four offsets, depth 18 on one domain, medians of
+#                6: 0.76-0.88 s user); the runtime's own size decides that placement,
+#                so one offset per runtime compares layouts, not runtimes
 # Program by program, RUNS rounds each on both runtimes, the order of the two
 # swapped every round.  Goals (issue 10): on W1 and Wbig the compaction phase <= 0.5x
 # stock, Gc.compact as a whole <= 0.8x stock, RSS after <= stock, mappings after
@@ -36,6 +45,7 @@ RUNS=3
 SHAPES="W1 W2 W50 Wbig"
 ORDER=""
 APPEND=0
+OFFSETS="0 16 32 48"
 SEED=${BENCH_SEED:-$(((RANDOM << 30) ^ (RANDOM << 15) ^ RANDOM))}
 while [ $# -gt 0 ]; do
   case $1 in
@@ -44,7 +54,8 @@ while [ $# -gt 0 ]; do
     --seed) SEED=$2; shift ;;
     --order) ORDER=$2; shift ;;
     --append) APPEND=1 ;;
-    *) sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    --offsets) OFFSETS=$2; shift ;;
+    *) sed -n '2,38p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
   shift
 done
@@ -63,9 +74,24 @@ for side in stock:$STOCK poolheap:$PH; do
   d=$W/$name; mkdir -p "$d"
   cp "$HERE/fragcore.ml" "$HERE/frag.ml" "$HERE/bintrees.ml" "$d/"
   (cd "$d" && "$prefix/bin/ocamlopt" -I +runtime_events -I +unix unix.cmxa runtime_events.cmxa \
-      -o frag fragcore.ml frag.ml && "$prefix/bin/ocamlopt" -I +unix unix.cmxa -o bintrees bintrees.ml) \
+      -o frag fragcore.ml frag.ml && "$prefix/bin/ocamlopt" -I +unix -c bintrees.ml) \
     >"$d/build.log" 2>&1 || { say "building the programs with $prefix failed: $(tail -5 "$d/build.log")"; exit 1; }
+  # bintrees at each code offset: an object of OFF bytes of .text.unlikely, which
+  # the linker places before every function of .text (the program's first)
+  for off in $OFFSETS; do
+    printf '__asm__(".section .text.unlikely,\\"ax\\",@progbits\\n.p2align 4\\n.skip %d\\n.previous");\n' \
+      "$off" >"$d/pad$off.c"
+    (cd "$d" && ${CC:-cc} -c pad$off.c -o pad$off.o && \
+       "$prefix/bin/ocamlopt" -I +unix unix.cmxa pad$off.o bintrees.cmx -o bintrees-$off) \
+      >>"$d/build.log" 2>&1 || { say "building bintrees at offset $off with $prefix failed: $(tail -5 "$d/build.log")"; exit 1; }
+  done
 done
+# where each binary's hot function landed (address mod 64), for the JSON lines
+align() {
+  local a
+  a=$(nm "$1" | awk '/ T camlBintrees[.$_]*check_/ { print $1; exit }')
+  echo $((${a:+0x$a} % 64))
+}
 
 # the compile workload: the compiler's own sources from the stock build tree
 # (generated files included), the same for both runtimes
@@ -124,8 +150,13 @@ for prog in ${ORDER:-$SHAPES compile bintrees}; do
           dir=$(compile_dir "$side")
           # shellcheck disable=SC2046
           measure compile "$side" -- env -C "$dir" "$prefix/bin/ocamlopt.opt" -w -a -c $(cat "$SRC/.order") >>"$JSON" ;;
-        bintrees)
-          measure bintrees "$side" -- "$W/$side/bintrees" 21 2 >>"$JSON" ;;
+        bintrees) # every offset, starting one further each round
+          set -- $OFFSETS
+          for ((k = 0; k < $#; k++)); do
+            i=$(((k + r - 1) % $# + 1)); off=${!i}
+            measure bintrees "$side" -- "$W/$side/bintrees-$off" 21 2 \
+              | sed "s/^{/{\"offset\":$off,\"check_mod64\":$(align "$W/$side/bintrees-$off"),/" >>"$JSON"
+          done ;;
         *)
           "$W/$side/frag" --system "ocaml-5.3-$side" --shape "$prog" --seed "$SEED" \
             >"$W/frag.out" 2>>"$W/frag.err"
@@ -206,6 +237,19 @@ for prog, what in (("compile", "ocamlopt.opt compiles the compiler's front end")
         if med["poolheap"][2] and med["stock"][2]:
             goals.append("%s CPU time (user + system; the wall time above is at the mercy of the machine's load) <= 1.05x stock: %.3fx, %s" % (
                 prog, med["poolheap"][2] / med["stock"][2], goal(med["poolheap"][2] <= 1.05 * med["stock"][2], "%.2f / %.2f s" % (med["poolheap"][2] / 1000, med["stock"][2] / 1000))))
+        offs = sorted({r["offset"] for r in rows if r.get("program") == prog and "offset" in r})
+        if len(offs) > 1:
+            by = []
+            for o in offs:
+                m = {}
+                for side in ("stock", "poolheap"):
+                    rs = [r for r in rows if r.get("program") == prog and r.get("system") == side and r.get("offset") == o and "error" not in r]
+                    if rs: m[side] = (median([r["ms"] for r in rs]), median([r.get("cpu_ms") for r in rs]), rs[0].get("check_mod64"))
+                if len(m) == 2:
+                    by.append("offset %d: wall %.2f / %.2f s (%.3fx), CPU %.2f / %.2f s (%.3fx), check at %s / %s mod 64" % (
+                        o, m["poolheap"][0] / 1000, m["stock"][0] / 1000, m["poolheap"][0] / m["stock"][0],
+                        m["poolheap"][1] / 1000, m["stock"][1] / 1000, m["poolheap"][1] / m["stock"][1], m["poolheap"][2], m["stock"][2]))
+            goals.append("%s by code offset (medians), poolheap / stock: %s" % (prog, "; ".join(by)))
         q = med["poolheap"][1] / med["stock"][1]
         goals.append("%s peak RSS <= stock: %.3fx, %s" % (prog, q, goal(q <= 1.0, "%.1f / %.1f MB" % (med["poolheap"][1] / 1048576, med["stock"][1] / 1048576))))
 p()
