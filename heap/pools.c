@@ -457,19 +457,75 @@ static void free_pool_locked(struct php_heap *h, ph_pool *p) {
   ph_pool_free_locked(h->core, p);
 }
 
+/* heap.release.sweep: does the sweep give back a medium pool's freed
+ * memory?  A medium pool in a chunk of normal pages, with a release mode
+ * that gives memory back. */
+static int sweep_releases(const struct php_heap *h, const ph_pool *p) {
+  const struct ph_heap *c = h->core;
+  return p->cls >= c->nsmall && c->cfg.release != PH_RELEASE_KEEP &&
+         p->chunk->huge == PH_OS_HUGE_NONE;
+}
+
+/* heap.release.sweep: the slot bytes of a medium pool whose freed slots the
+ * sweep trims (sweep_releases, and slots of at least two pages: a page lies
+ * wholly past a free slot's first 16 bytes); 0 if none.  The live bits
+ * before and after the sweep say which slots it freed (pools.bits: exact),
+ * at most PHP_TRIM_WORDS words of them (512 slots: every such pool up to
+ * 4 MiB units). */
+#define PHP_TRIM_WORDS 8
+static size_t sweep_trim_bytes(const struct php_heap *h, const ph_pool *p) {
+  size_t sb = (size_t)h->core->class_wsize[p->cls] * sizeof(ph_value);
+  if (!sweep_releases(h, p) || sb < 2 * ph_os_page_size() ||
+      p->nslots > 64 * PHP_TRIM_WORDS)
+    return 0;
+  return sb;
+}
+
+/* heap.release.sweep: give back the pages inside the slots of p that the
+ * sweep freed (allocated in had, free now); lock held. */
+static void sweep_trim_locked(struct php_heap *h, ph_pool *p, size_t sb,
+                              const uint64_t *had) {
+  int lazy = h->core->cfg.release == PH_RELEASE_LAZY;
+  const uint64_t *bits = ph_pool_bits(p);
+  uintptr_t s0 = (uintptr_t)php_slots(p);
+  for (uint32_t w = 0; w < (p->nslots + 63) / 64; w++)
+    for (uint64_t d = had[w] & ~bits[w]; d; d &= d - 1) {
+      uint32_t i = w * 64 + (uint32_t)__builtin_ctzll(d);
+      (void)ph_slot_trim_locked(h->core, s0 + (uintptr_t)i * sb, sb, lazy);
+    }
+}
+
 static void owner_sweep_pool(struct php_owner *o, ph_pool *p) {
   struct php_heap *h = o->h;
   php_counters before = pool_counts(h, p);
+  size_t trim = sweep_trim_bytes(h, p);
+  uint64_t had[PHP_TRIM_WORDS];
+  if (trim)
+    memcpy(had, ph_pool_bits(p), (p->nslots + 63) / 64 * sizeof had[0]);
   php_sweep_pool_counts(h, p,
                         atomic_load_explicit(&h->garbage, memory_order_relaxed),
                         0, 1, NULL);
   counters_add(&o->c, &before, -1);
   if (p->nlive == 0) {
     o->freed_words += before.pool_live_words;
-    pthread_mutex_lock(&h->core->lock);
+    struct ph_heap *core = h->core;
+    ph_chunk *ch = p->chunk;
+    uint32_t u = p->unit, n = core->class_units[p->cls];
+    int rel = sweep_releases(h, p);
+    pthread_mutex_lock(&core->lock);
     free_pool_locked(h, p);
-    pthread_mutex_unlock(&h->core->lock);
+    /* heap.release.sweep: an empty medium pool's units go back, beyond
+     * cfg.retain bytes of free committed memory */
+    if (rel && ph_free_committed_locked(core) > core->cfg.retain)
+      (void)ph_units_decommit_locked(core, ch, u, n,
+                                     core->cfg.release == PH_RELEASE_LAZY);
+    pthread_mutex_unlock(&core->lock);
     return;
+  }
+  if (trim && p->nlive < before.pool_live_blocks) {
+    pthread_mutex_lock(&h->core->lock);
+    sweep_trim_locked(h, p, trim, had);
+    pthread_mutex_unlock(&h->core->lock);
   }
   php_counters after = pool_counts(h, p);
   o->freed_words += before.pool_live_words - after.pool_live_words;
