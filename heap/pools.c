@@ -48,6 +48,10 @@ static php_counters pool_counts(const struct php_heap *h, const ph_pool *p) {
   c.pool_live_words = p->live_words;
   c.pool_frag_words =
       php_pool_frag_const(h, p->cls) + (uint64_t)p->nlive * ws - p->live_words;
+  if (p->cls >= h->core->nsmall) {
+    c.medium_pool_words = c.pool_words;
+    c.medium_live_words = p->live_words;
+  }
   return c;
 }
 
@@ -66,6 +70,8 @@ static void counters_add(php_counters *a, const php_counters *b, int sign) {
   PHP_ADD(pool_frag_words);
   PHP_ADD(large_words);
   PHP_ADD(large_blocks);
+  PHP_ADD(medium_pool_words);
+  PHP_ADD(medium_live_words);
 #undef PHP_ADD
   if (a->pool_words > a->pool_max_words)
     a->pool_max_words = a->pool_words;
@@ -495,6 +501,15 @@ static void sweep_trim_locked(struct php_heap *h, ph_pool *p, size_t sb,
     }
 }
 
+/* pools.sweep.work: the sweep work of pool p (before its sweep): a small
+ * pool's words, as OCaml counts a pool; a medium pool's allocated words, as
+ * OCaml counts the malloc'd blocks of those sizes (at least 1). */
+static intptr_t sweep_work(const struct php_heap *h, const ph_pool *p) {
+  if (p->cls < h->core->nsmall)
+    return (intptr_t)pool_words(h, p->cls);
+  return p->live_words ? (intptr_t)p->live_words : 1;
+}
+
 static void owner_sweep_pool(struct php_owner *o, ph_pool *p) {
   struct php_heap *h = o->h;
   php_counters before = pool_counts(h, p);
@@ -590,8 +605,8 @@ intptr_t php_sweep(php_owner *o, intptr_t budget) {
     }
     ph_pool *p = *l;
     *l = p->next;
+    budget -= sweep_work(h, p);
     owner_sweep_pool(o, p);
-    budget -= (intptr_t)pool_words(h, c);
   }
   while (budget > 0 && o->unswept_large) {
     php_large *l = o->unswept_large;
@@ -636,8 +651,8 @@ static ph_pool *find_pool(struct php_owner *o, unsigned cls) {
         o->unswept_avail[cls] ? &o->unswept_avail[cls] : &o->unswept_full[cls];
     ph_pool *p = *l;
     *l = p->next;
+    o->alloc_sweep_work += sweep_work(h, p);
     owner_sweep_pool(o, p);
-    o->alloc_sweep_work += (intptr_t)pool_words(h, cls);
   }
   if (o->avail[cls])
     return o->avail[cls];
@@ -725,6 +740,8 @@ alloc_from(struct php_owner *o, struct ph_heap *core, ph_pool *p, unsigned cls,
   }
   o->c.pool_live_blocks++;
   o->c.pool_live_words += wosize + 1;
+  if (cls >= core->nsmall)
+    o->c.medium_live_words += wosize + 1;
   o->c.pool_frag_words += core->class_wsize[cls] - (wosize + 1);
   /* relaxed: a visitor of the pool may read it (pools.visit); the fields
    * are published by the embedder's own ordering */
@@ -968,6 +985,8 @@ static void check_counts(vctx *v, const php_counters *have,
       have->pool_frag_words != want->pool_frag_words ||
       have->large_words != want->large_words ||
       have->large_blocks != want->large_blocks ||
+      have->medium_pool_words != want->medium_pool_words ||
+      have->medium_live_words != want->medium_live_words ||
       have->pool_max_words < have->pool_words ||
       have->large_max_words < have->large_words)
     vfail(v,

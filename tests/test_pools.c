@@ -1333,13 +1333,23 @@ static void sweep_trim_run(ph_release_mode mode) {
       roots[keep++] = v;
   }
   php_heap_stats s0 = hstats(h);
+  /* the medium pools' share of the counters (all of them here) */
+  php_counters c0, c1;
+  assert_int_equal(php_owner_counters(o, &c0), PH_OK);
+  assert_int_equal(c0.medium_pool_words, c0.pool_words);
+  assert_int_equal(c0.medium_live_words, nb * (wo + 1));
+  assert_int_equal(c0.medium_live_words, c0.pool_live_words);
   /* two cycles: the second's sweep frees what no root holds */
   full_cycle(h, &o, 1, roots, keep);
   full_cycle(h, &o, 1, roots, keep);
   uint64_t freed0 = atomic_load(&m_freed);
-  while (php_sweep(o, 1 << 20) <= 0)
-    ;
+  /* pools.sweep.work: a medium pool's work is its blocks' words */
+  intptr_t budget = (intptr_t)1 << 40;
+  assert_int_equal(php_sweep(o, budget), budget - (intptr_t)(nb * (wo + 1)));
   assert_int_equal(atomic_load(&m_freed) - freed0, nb - keep);
+  assert_int_equal(php_owner_counters(o, &c1), PH_OK);
+  assert_int_equal(c1.medium_live_words, keep * (wo + 1));
+  assert_int_equal(c1.medium_pool_words, c1.pool_words);
   php_heap_stats s1 = hstats(h);
   size_t tpages, tres;
   free_slot_pages(h, roots, keep, 9, ps, &tpages, &tres);
