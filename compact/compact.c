@@ -1161,13 +1161,9 @@ static void trim_medium_locked(struct ph_heap *h, ph_compact_plan *plan) {
       const ph_pool *p = cc->keep[i];
       if (p->chunk->huge != PH_OS_HUGE_NONE)
         continue; /* no huge page is split */
-      for (ph_value f = p->free; f; f = *(const ph_value *)f) {
-        uintptr_t s = (uintptr_t)f - sizeof(ph_value); /* the slot */
-        uintptr_t a = (s + 2 * sizeof(ph_value) + pg - 1) & ~(pg - 1);
-        uintptr_t b = (s + sb) & ~(pg - 1);
-        if (b > a) /* refused: the pages stay, nothing is lost */
-          (void)ph_os_discard(&h->os, (void *)a, b - a, lazy);
-      }
+      /* refused: the pages stay, nothing is lost */
+      for (ph_value f = p->free; f; f = *(const ph_value *)f)
+        (void)ph_slot_trim_locked(h, (uintptr_t)f - sizeof(ph_value), sb, lazy);
     }
   }
 }

@@ -538,6 +538,19 @@ int ph_large_free_locked(struct ph_heap *h, ph_large *l) {
   return 1;
 }
 
+size_t ph_units_decommit_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
+                                size_t n, int lazy) {
+  for (size_t k = 0; k < n; k++)
+    PH_ASSERT(c->ustate[unit + k] == PH_U_FREE_COMM);
+  size_t len = n << h->pool_shift;
+  if (ph_os_decommit(&h->os, ph_unit_addr(h, c, unit), len,
+                     lazy ? PH_OS_DECOMMIT_LAZY : PH_OS_DECOMMIT_NOW) != PH_OK)
+    return 0;
+  for (size_t k = 0; k < n; k++)
+    c->ustate[unit + k] = PH_U_FREE;
+  return len;
+}
+
 static void chunk_remove_locked(struct ph_heap *h, unsigned i) {
   ph_chunk *c = h->chunks[i];
   size_t comm = chunk_committed(h, c);
@@ -577,9 +590,7 @@ void ph_units_release_locked(struct ph_heap *h, int mode, size_t retain,
   size_t kept = 0;
   /* free committed bytes not yet visited: the unit scan stops when none is
    * left, so a mostly free (Reserved) chunk is not walked unit by unit */
-  uint64_t left = atomic_load_explicit(&h->os.committed, memory_order_relaxed) +
-                  h->hole_bytes - ((uint64_t)h->pool_units << h->pool_shift) -
-                  h->large_comm;
+  uint64_t left = ph_free_committed_locked(h);
   for (unsigned i = 0; i < h->nchunks; i++) {
     ph_chunk *c = h->chunks[i];
     if (mode == PH_RELEASE_UNMAP && c->nfree == c->nunits && kept >= retain &&
@@ -616,16 +627,10 @@ void ph_units_release_locked(struct ph_heap *h, int mode, size_t retain,
         lo = (char *)round_up((uintptr_t)lo, PH_HUGE_PAGE_SIZE);
         hi = (char *)((uintptr_t)hi & ~(PH_HUGE_PAGE_SIZE - 1));
       }
-      if (lo < hi && ph_os_decommit(&h->os, lo, (size_t)(hi - lo),
-                                    mode == PH_RELEASE_LAZY
-                                        ? PH_OS_DECOMMIT_LAZY
-                                        : PH_OS_DECOMMIT_NOW) == PH_OK) {
-        uint32_t a = (uint32_t)((size_t)(lo - c->base) >> h->pool_shift);
-        uint32_t b = (uint32_t)((size_t)(hi - c->base) >> h->pool_shift);
-        for (uint32_t k = a; k < b; k++)
-          c->ustate[k] = PH_U_FREE;
-        released += (uint64_t)(hi - lo);
-      }
+      if (lo < hi)
+        released += ph_units_decommit_locked(
+            h, c, (uint32_t)((size_t)(lo - c->base) >> h->pool_shift),
+            (size_t)(hi - lo) >> h->pool_shift, mode == PH_RELEASE_LAZY);
       u = e;
     }
   }

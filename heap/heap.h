@@ -425,6 +425,20 @@ void ph_units_free_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
  * the unit's holes afterwards (a refused run stays committed). */
 uint64_t ph_pool_holes_make_locked(struct ph_heap *h, ph_chunk *c, uint32_t u,
                                    uint64_t want, int lazy);
+/* n free committed units from unit of c (FREE_COMM) go back to the OS
+ * (PH_OS_DECOMMIT_LAZY if lazy) and become FREE; returns their bytes, 0 if
+ * the OS refused (they stay FREE_COMM: nothing is lost).  The caller rounds
+ * to whole huge pages in a huge chunk (heap.release). */
+size_t ph_units_decommit_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
+                                size_t n, int lazy);
+/* heap.unit: the bytes of free committed units (FREE_COMM), from the
+ * accounting (committed bytes are the pools', the large blocks' and these;
+ * hole bytes are not counted committed); heap->lock held. */
+static inline uint64_t ph_free_committed_locked(const struct ph_heap *h) {
+  return atomic_load_explicit(&h->os.committed, memory_order_relaxed) +
+         h->hole_bytes - ((uint64_t)h->pool_units << h->pool_shift) -
+         h->large_comm;
+}
 /* Give free committed memory back (heap.release). */
 void ph_units_release_locked(struct ph_heap *h, int mode, size_t retain,
                              uint64_t *released_bytes);
@@ -500,6 +514,14 @@ void ph_pool_init_free(struct ph_heap *h, ph_pool *p);
 /* Free pool p's units (all class_units of them, one run) and count them
  * out of pool_units; heap->lock held. */
 void ph_pool_free_locked(struct ph_heap *h, ph_pool *p);
+/* heap.release.trim: give back the pages lying wholly inside the free slot
+ * at address slot (sb bytes) past its first 16 bytes (its header of 0 and
+ * field 0, the free list's link); they stay counted committed
+ * (ph_os_discard).  heap->lock held (the OS layer's debug registry); the
+ * caller checked that the chunk has normal pages.  Returns the bytes given
+ * back (0 if none lie there or the OS refused: nothing is lost). */
+size_t ph_slot_trim_locked(struct ph_heap *h, uintptr_t slot, size_t sb,
+                           int lazy);
 static inline char *ph_pool_slots(ph_pool *p) {
   return (char *)p + p->hdr;
 }

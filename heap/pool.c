@@ -84,6 +84,16 @@ void ph_pool_free_locked(struct ph_heap *h, ph_pool *p) {
   h->pool_units -= n;
 }
 
+size_t ph_slot_trim_locked(struct ph_heap *h, uintptr_t slot, size_t sb,
+                           int lazy) {
+  uintptr_t pg = (uintptr_t)ph_os_page_size();
+  uintptr_t a = (slot + 2 * sizeof(ph_value) + pg - 1) & ~(pg - 1);
+  uintptr_t b = (slot + sb) & ~(pg - 1);
+  if (b <= a || ph_os_discard(&h->os, (void *)a, b - a, lazy) != PH_OK)
+    return 0;
+  return b - a;
+}
+
 /* heap.pool.take: the one way both clients get a pool with a free slot.
  * A list popped by its owner alone (the managed collector's slot lists:
  * pushes happen inside stop-the-world sections, ordered by their locks and

@@ -48,6 +48,10 @@ static php_counters pool_counts(const struct php_heap *h, const ph_pool *p) {
   c.pool_live_words = p->live_words;
   c.pool_frag_words =
       php_pool_frag_const(h, p->cls) + (uint64_t)p->nlive * ws - p->live_words;
+  if (p->cls >= h->core->nsmall) {
+    c.medium_pool_words = c.pool_words;
+    c.medium_live_words = p->live_words;
+  }
   return c;
 }
 
@@ -66,6 +70,8 @@ static void counters_add(php_counters *a, const php_counters *b, int sign) {
   PHP_ADD(pool_frag_words);
   PHP_ADD(large_words);
   PHP_ADD(large_blocks);
+  PHP_ADD(medium_pool_words);
+  PHP_ADD(medium_live_words);
 #undef PHP_ADD
   if (a->pool_words > a->pool_max_words)
     a->pool_max_words = a->pool_words;
@@ -457,19 +463,84 @@ static void free_pool_locked(struct php_heap *h, ph_pool *p) {
   ph_pool_free_locked(h->core, p);
 }
 
+/* heap.release.sweep: does the sweep give back a medium pool's freed
+ * memory?  A medium pool in a chunk of normal pages, with a release mode
+ * that gives memory back. */
+static int sweep_releases(const struct php_heap *h, const ph_pool *p) {
+  const struct ph_heap *c = h->core;
+  return p->cls >= c->nsmall && c->cfg.release != PH_RELEASE_KEEP &&
+         p->chunk->huge == PH_OS_HUGE_NONE;
+}
+
+/* heap.release.sweep: the slot bytes of a medium pool whose freed slots the
+ * sweep trims (sweep_releases, and slots of at least two pages: a page lies
+ * wholly past a free slot's first 16 bytes); 0 if none.  The live bits
+ * before and after the sweep say which slots it freed (pools.bits: exact),
+ * at most PHP_TRIM_WORDS words of them (512 slots: every such pool up to
+ * 4 MiB units). */
+#define PHP_TRIM_WORDS 8
+static size_t sweep_trim_bytes(const struct php_heap *h, const ph_pool *p) {
+  size_t sb = (size_t)h->core->class_wsize[p->cls] * sizeof(ph_value);
+  if (!sweep_releases(h, p) || sb < 2 * ph_os_page_size() ||
+      p->nslots > 64 * PHP_TRIM_WORDS)
+    return 0;
+  return sb;
+}
+
+/* heap.release.sweep: give back the pages inside the slots of p that the
+ * sweep freed (allocated in had, free now); lock held. */
+static void sweep_trim_locked(struct php_heap *h, ph_pool *p, size_t sb,
+                              const uint64_t *had) {
+  int lazy = h->core->cfg.release == PH_RELEASE_LAZY;
+  const uint64_t *bits = ph_pool_bits(p);
+  uintptr_t s0 = (uintptr_t)php_slots(p);
+  for (uint32_t w = 0; w < (p->nslots + 63) / 64; w++)
+    for (uint64_t d = had[w] & ~bits[w]; d; d &= d - 1) {
+      uint32_t i = w * 64 + (uint32_t)__builtin_ctzll(d);
+      (void)ph_slot_trim_locked(h->core, s0 + (uintptr_t)i * sb, sb, lazy);
+    }
+}
+
+/* pools.sweep.work: the sweep work of pool p (before its sweep): a small
+ * pool's words, as OCaml counts a pool; a medium pool's allocated words, as
+ * OCaml counts the malloc'd blocks of those sizes (at least 1). */
+static intptr_t sweep_work(const struct php_heap *h, const ph_pool *p) {
+  if (p->cls < h->core->nsmall)
+    return (intptr_t)pool_words(h, p->cls);
+  return p->live_words ? (intptr_t)p->live_words : 1;
+}
+
 static void owner_sweep_pool(struct php_owner *o, ph_pool *p) {
   struct php_heap *h = o->h;
   php_counters before = pool_counts(h, p);
+  size_t trim = sweep_trim_bytes(h, p);
+  uint64_t had[PHP_TRIM_WORDS];
+  if (trim)
+    memcpy(had, ph_pool_bits(p), (p->nslots + 63) / 64 * sizeof had[0]);
   php_sweep_pool_counts(h, p,
                         atomic_load_explicit(&h->garbage, memory_order_relaxed),
                         0, 1, NULL);
   counters_add(&o->c, &before, -1);
   if (p->nlive == 0) {
     o->freed_words += before.pool_live_words;
-    pthread_mutex_lock(&h->core->lock);
+    struct ph_heap *core = h->core;
+    ph_chunk *ch = p->chunk;
+    uint32_t u = p->unit, n = core->class_units[p->cls];
+    int rel = sweep_releases(h, p);
+    pthread_mutex_lock(&core->lock);
     free_pool_locked(h, p);
-    pthread_mutex_unlock(&h->core->lock);
+    /* heap.release.sweep: an empty medium pool's units go back, beyond
+     * cfg.retain bytes of free committed memory */
+    if (rel && ph_free_committed_locked(core) > core->cfg.retain)
+      (void)ph_units_decommit_locked(core, ch, u, n,
+                                     core->cfg.release == PH_RELEASE_LAZY);
+    pthread_mutex_unlock(&core->lock);
     return;
+  }
+  if (trim && p->nlive < before.pool_live_blocks) {
+    pthread_mutex_lock(&h->core->lock);
+    sweep_trim_locked(h, p, trim, had);
+    pthread_mutex_unlock(&h->core->lock);
   }
   php_counters after = pool_counts(h, p);
   o->freed_words += before.pool_live_words - after.pool_live_words;
@@ -534,8 +605,8 @@ intptr_t php_sweep(php_owner *o, intptr_t budget) {
     }
     ph_pool *p = *l;
     *l = p->next;
+    budget -= sweep_work(h, p);
     owner_sweep_pool(o, p);
-    budget -= (intptr_t)pool_words(h, c);
   }
   while (budget > 0 && o->unswept_large) {
     php_large *l = o->unswept_large;
@@ -580,8 +651,8 @@ static ph_pool *find_pool(struct php_owner *o, unsigned cls) {
         o->unswept_avail[cls] ? &o->unswept_avail[cls] : &o->unswept_full[cls];
     ph_pool *p = *l;
     *l = p->next;
+    o->alloc_sweep_work += sweep_work(h, p);
     owner_sweep_pool(o, p);
-    o->alloc_sweep_work += (intptr_t)pool_words(h, cls);
   }
   if (o->avail[cls])
     return o->avail[cls];
@@ -669,6 +740,8 @@ alloc_from(struct php_owner *o, struct ph_heap *core, ph_pool *p, unsigned cls,
   }
   o->c.pool_live_blocks++;
   o->c.pool_live_words += wosize + 1;
+  if (cls >= core->nsmall)
+    o->c.medium_live_words += wosize + 1;
   o->c.pool_frag_words += core->class_wsize[cls] - (wosize + 1);
   /* relaxed: a visitor of the pool may read it (pools.visit); the fields
    * are published by the embedder's own ordering */
@@ -912,6 +985,8 @@ static void check_counts(vctx *v, const php_counters *have,
       have->pool_frag_words != want->pool_frag_words ||
       have->large_words != want->large_words ||
       have->large_blocks != want->large_blocks ||
+      have->medium_pool_words != want->medium_pool_words ||
+      have->medium_live_words != want->medium_live_words ||
       have->pool_max_words < have->pool_words ||
       have->large_max_words < have->large_words)
     vfail(v,

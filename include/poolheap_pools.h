@@ -353,6 +353,12 @@ typedef struct php_counters {
   uint64_t large_words;      /* words of the units of large blocks */
   uint64_t large_max_words;  /* the most large_words ever held */
   uint64_t large_blocks;     /* large blocks */
+  /* Added later: the medium pools' share of pool_words and of
+   * pool_live_words (the classes above the small ones: php_alloc).  OCaml
+   * mallocs blocks of those sizes and counts their words alone in its heap
+   * size; its binding paces with these. */
+  uint64_t medium_pool_words; /* words of the medium pools held */
+  uint64_t medium_live_words; /* sum of wosize + 1 over their blocks */
 } php_counters;
 /* Free words of pools = pool_words - pool_live_words - pool_frag_words. */
 

@@ -1290,19 +1290,115 @@ static void test_medium_pools(void **state) {
   assert_int_equal(c.side_fwd, c.side);
   verify_ok(h);
   /* all dead: the sweeps by colour free every medium pool, whose units
-   * come back as free committed memory */
+   * go back to the OS (heap.release.sweep) */
   full_cycle(h, &o, 1, roots, 0);
   full_cycle(h, &o, 1, roots, 0);
   while (php_sweep(o, 1 << 20) <= 0)
     ;
   php_heap_stats s3 = hstats(h);
   assert_int_equal(s3.pool_bytes, 0);
-  assert_true(s3.free_bytes >= s2.pool_bytes);
+  assert_true(s3.committed_bytes + s2.pool_bytes <= s2.committed_bytes);
   verify_ok(h);
   free(all);
   free(roots);
   heap_end(h, o);
   tu_assert_no_failures();
+}
+
+/* heap.release.sweep: an owner's sweep gives back the pages inside the
+ * medium slots it frees (past each slot's header and link) and the units of
+ * the medium pools it empties, in every release mode but KEEP; the slots
+ * serve whole blocks again.  Pools of 9 slots of 16 KiB (32 KiB units): the
+ * first pool kept whole, one block in nine kept after it, then pools that
+ * die whole. */
+static void sweep_trim_run(ph_release_mode mode) {
+  php_config cfg;
+  php_config_init(&cfg);
+  cfg.on_free = on_free;
+  cfg.release = mode;
+  php_heap *h = heap_cfg(&cfg);
+  php_owner *o = owner_new(h);
+  size_t ps = hstats(h).pool_size, wo = 2000, pools = tu_scale(24, 3);
+  size_t nb = 9 * pools, keep = 0;
+  ph_value *all = calloc(nb, sizeof *all), *roots = calloc(nb, sizeof *roots);
+  assert_non_null(all);
+  assert_non_null(roots);
+  for (size_t i = 0; i < nb; i++) {
+    ph_value v = alloc_counted(o, wo, T_RAW);
+    assert_true(v != 0);
+    for (size_t k = 0; k < wo; k++) /* every page of the slot resident */
+      ((ph_value *)v)[k] = (ph_value)tu_mix(i, k);
+    all[i] = v;
+    if (i < 9 || (i < nb / 2 && i % 9 == 4))
+      roots[keep++] = v;
+  }
+  php_heap_stats s0 = hstats(h);
+  /* the medium pools' share of the counters (all of them here) */
+  php_counters c0, c1;
+  assert_int_equal(php_owner_counters(o, &c0), PH_OK);
+  assert_int_equal(c0.medium_pool_words, c0.pool_words);
+  assert_int_equal(c0.medium_live_words, nb * (wo + 1));
+  assert_int_equal(c0.medium_live_words, c0.pool_live_words);
+  /* two cycles: the second's sweep frees what no root holds */
+  full_cycle(h, &o, 1, roots, keep);
+  full_cycle(h, &o, 1, roots, keep);
+  uint64_t freed0 = atomic_load(&m_freed);
+  /* pools.sweep.work: a medium pool's work is its blocks' words */
+  intptr_t budget = (intptr_t)1 << 40;
+  assert_int_equal(php_sweep(o, budget), budget - (intptr_t)(nb * (wo + 1)));
+  assert_int_equal(atomic_load(&m_freed) - freed0, nb - keep);
+  assert_int_equal(php_owner_counters(o, &c1), PH_OK);
+  assert_int_equal(c1.medium_live_words, keep * (wo + 1));
+  assert_int_equal(c1.medium_pool_words, c1.pool_words);
+  php_heap_stats s1 = hstats(h);
+  size_t tpages, tres;
+  free_slot_pages(h, roots, keep, 9, ps, &tpages, &tres);
+  print_message("sweep trim (release %d): %zu pages inside free slots, %zu "
+                "resident; committed %llu -> %llu, pools %llu -> %llu\n",
+                (int)mode, tpages, tres, (unsigned long long)s0.committed_bytes,
+                (unsigned long long)s1.committed_bytes,
+                (unsigned long long)s0.pool_bytes,
+                (unsigned long long)s1.pool_bytes);
+  assert_true(tpages > 0);
+  assert_true(s1.pool_bytes < s0.pool_bytes);
+  if (mode == PH_RELEASE_KEEP) {
+    assert_int_equal(tres, tpages);
+    assert_int_equal(s1.committed_bytes, s0.committed_bytes);
+  } else {
+    assert_int_equal(tres, 0);
+    /* the emptied pools' units went back: only the kept pools stay
+     * committed */
+    assert_int_equal(s1.free_bytes, 0);
+    assert_int_equal(s1.committed_bytes, s1.pool_bytes);
+  }
+  verify_ok(h);
+  /* the kept blocks are intact, the freed slots serve whole blocks again */
+  for (size_t k = 0; k < keep; k++)
+    for (size_t i = 0; i < nb; i++)
+      if (all[i] == roots[k])
+        for (size_t f = 0; f < wo; f++)
+          if (((ph_value *)roots[k])[f] != (ph_value)tu_mix(i, f))
+            fail_msg("kept block %zu field %zu changed", i, f);
+  for (size_t i = 0; i < nb - keep; i++) {
+    ph_value v = alloc_counted(o, wo, T_RAW);
+    assert_true(v != 0);
+    for (size_t k = 0; k < wo; k++)
+      ((ph_value *)v)[k] = (ph_value)tu_mix(k, i);
+    for (size_t k = 0; k < wo; k++)
+      assert_int_equal(((ph_value *)v)[k], (ph_value)tu_mix(k, i));
+  }
+  verify_ok(h);
+  free(all);
+  free(roots);
+  heap_end(h, o);
+  tu_assert_no_failures();
+}
+
+static void test_sweep_trims_medium(void **state) {
+  (void)state;
+  sweep_trim_run(PH_RELEASE_DECOMMIT);
+  sweep_trim_run(PH_RELEASE_UNMAP);
+  sweep_trim_run(PH_RELEASE_KEEP);
 }
 
 /* Orphan and adopt: counters travel, blocks stay, allocation adopts an
@@ -2319,6 +2415,7 @@ int main(void) {
       cmocka_unit_test(test_unit_reuse_large),
       cmocka_unit_test(test_visit),
       cmocka_unit_test(test_medium_pools),
+      cmocka_unit_test(test_sweep_trims_medium),
       cmocka_unit_test(test_orphan_adopt),
       cmocka_unit_test(test_verify_detects),
       cmocka_unit_test(test_verify_free_list),
