@@ -61,8 +61,7 @@ static void heap_free(struct ph_heap *h) {
   for (unsigned i = 0; i < h->cfg.max_domains + h->cfg.gc_helpers; i++) {
     ph_mark_stack_free(&h->gc->workers[i].stack);
     ph_weak_worker_free(&h->gc->workers[i]);
-    free(h->sec.pw[i].cands);
-    free(h->sec.pw[i].larges);
+    ph_sweep_records_free(&h->sec.pw[i]);
   }
   ph_compact_fini(h);
   ph_final_fini(h);

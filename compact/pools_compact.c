@@ -221,12 +221,20 @@ static void on_phase(const php_compact_ops *ops, unsigned ph, int begin,
   php_tls_callback = 0;
 }
 
+/* A participant's records go (compact.phase.stats); the next sweep grows
+ * them again. */
+static void cpart_records_free(php_cpart *me) {
+  free(me->cands);
+  free(me->larges);
+  me->cands = NULL;
+  me->larges = NULL;
+  me->ncands = me->cands_cap = me->nlarges = me->larges_cap = 0;
+}
+
 static void cp_free(php_compact *cp) {
   ph_compact_fini(cp->core);
-  for (unsigned i = 0; i < cp->parts_cap; i++) {
-    free(cp->parts[i].cands);
-    free(cp->parts[i].larges);
-  }
+  for (unsigned i = 0; i < cp->parts_cap; i++)
+    cpart_records_free(&cp->parts[i]);
   free(cp->parts);
   free(cp);
 }
@@ -334,11 +342,6 @@ int php_compact_stw(php_heap *h, unsigned part, const php_compact_ops *ops) {
    * participant's records; they go back with the compaction's other scratch
    * (OCaml's W1 heap's are 128 KiB, Wbig's 512 KiB, resident until freed)
    * and the next compaction's sweep grows them again */
-  php_cpart *me = &cp->parts[part];
-  free(me->cands);
-  free(me->larges);
-  me->cands = NULL;
-  me->larges = NULL;
-  me->ncands = me->cands_cap = me->nlarges = me->larges_cap = 0;
+  cpart_records_free(&cp->parts[part]);
   return c.bad ? PH_EINVAL : PH_OK;
 }

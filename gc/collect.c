@@ -354,12 +354,7 @@ static void compact_stw(struct ph_heap *h, ph_worker *w) {
    * participant's records; they go back with the compaction's other scratch
    * (a W1 heap's are 128 KiB, Wbig's 512 KiB, resident until freed) and the
    * next sweep grows them again */
-  ph_pool_worker *pw = w->pw;
-  free(pw->cands);
-  free(pw->larges);
-  pw->cands = NULL;
-  pw->larges = NULL;
-  pw->ncands = pw->cands_cap = pw->nlarges = pw->larges_cap = 0;
+  ph_sweep_records_free(w->pw);
 }
 
 /* ---------------------------------------------------------------- body */

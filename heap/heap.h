@@ -605,6 +605,9 @@ void ph_units_each_stw(struct ph_heap *h, _Atomic size_t *claim, size_t batch,
 /* heap/sweep.c (heap.sweep): every participant sweeps the units it claims
  * with h->sec.claim_sweep; the leader then frees what died. */
 void ph_sweep_stw(struct ph_heap *h, ph_pool_worker *pw);
+/* Free pw's sweep records (cands, larges): the next sweep grows them again
+ * (compact.phase.stats; also the heap's teardown). */
+void ph_sweep_records_free(ph_pool_worker *pw);
 void ph_sweep_finish_stw_single(struct ph_heap *h);
 
 #endif

@@ -19,11 +19,17 @@
  * large blocks. */
 #include "heap/heap.h"
 
+/* heap.pool.bitmap: the fixed header and a live bitmap of `bits` bits, in
+ * 64-byte lines. */
+static size_t hdr_for(size_t bits) {
+  return PH_POOL_HDR + (bits + 511) / 512 * 64;
+}
+
 /* heap.pool.hdr: the most slots of sb bytes that fit in `bytes` after the
- * fixed header and a bitmap of that many bits, in 64-byte lines. */
+ * fixed header and a bitmap of that many bits. */
 uint32_t ph_pool_layout(size_t bytes, size_t sb, uint32_t *hdr_out) {
   size_t n = (bytes - PH_POOL_HDR) / sb, hdr;
-  while ((hdr = PH_POOL_HDR + (n + 511) / 512 * 64) + n * sb > bytes)
+  while ((hdr = hdr_for(n)) + n * sb > bytes)
     n--; /* ends: n = 0 needs PH_POOL_HDR bytes only */
   *hdr_out = (uint32_t)hdr;
   return (uint32_t)n;
@@ -31,8 +37,7 @@ uint32_t ph_pool_layout(size_t bytes, size_t sb, uint32_t *hdr_out) {
 
 int ph_sizeclass_init(struct ph_heap *h) {
   /* heap.pool.bitmap: one bit for each possible slot (2 words at least) */
-  size_t bits = (h->pool_size - PH_POOL_HDR) / 16;
-  h->pool_hdr_max = PH_POOL_HDR + ((bits + 511) / 512) * 64;
+  h->pool_hdr_max = hdr_for((h->pool_size - PH_POOL_HDR) / 16);
   /* heap.pool.holes: at most 64 granules of at least a page per pool */
   size_t g = ph_os_page_size();
   if (g < h->pool_size / 64)

@@ -42,6 +42,14 @@ static void record_cand(ph_pool_worker *w, ph_pool *p) {
   w->cands[w->ncands++] = (ph_cand){p, p->nlive, p->cls, (uint16_t)p->owner};
 }
 
+void ph_sweep_records_free(ph_pool_worker *w) {
+  free(w->cands);
+  free(w->larges);
+  w->cands = NULL;
+  w->larges = NULL;
+  w->ncands = w->cands_cap = w->nlarges = w->larges_cap = 0;
+}
+
 static void record_large(ph_pool_worker *w, ph_large *l) {
   if (w->nlarges == w->larges_cap) {
     ph_large **n = grow(w, w->larges, &w->larges_cap, sizeof *n);
