@@ -6,7 +6,9 @@
  * checksum for a seed equals the peers'.  Then, on domain 0:
  *   ph_collect (collect_ms, mark_ms, sweep_ms), RSS / maps / checksum,
  *   ph_compact (compact_ms; evacuate/update/release from ph_stats), RSS /
- *   maps / checksum, ph_verify, and a second ph_compact that must move 0.
+ *   maps / checksum, ph_verify, ph_collect and RSS again (rss_next_gc: what
+ *   the compaction gave back must stay back), and a second ph_compact that
+ *   must move 0.
  * The other domains take part: they poll ph_safepoint in a loop, or (with
  * --domains-compacting 1) wait inside ph_blocking_enter/leave.
  * M1 (issue 11) is W1's shape with medium blocks: n 10000, block sizes of
@@ -62,6 +64,9 @@ typedef struct result {
   double build_ms, collect_ms, compact_ms, mark_ms, sweep_ms;
   double evacuate_ms, update_ms, release_ms, cmark_ms, csweep_ms, stw_ms;
   long long rss_built, rss_before, rss_after;
+  /* RSS after the collection that follows the compaction (the pages a
+   * compaction gave back must stay back: compact.pin.floor) */
+  long long rss_next_gc;
   long maps_built, maps_before, maps_after;
   uint64_t live_bytes, live_blocks, evacuated_bytes, evacuated_blocks;
   uint64_t evacuated_pools, released_bytes, second_evacuated_bytes;
@@ -319,6 +324,9 @@ static void measure(ph_domain *d) {
     pin_floor();
 
   res.verify_ok = ph_verify(d, res.why, sizeof res.why) == PH_OK;
+  if ((e = ph_collect(d)) != PH_OK)
+    return fail("ph_collect after the compaction", e);
+  res.rss_next_gc = peer_rss_bytes();
   if ((e = ph_compact(d)) != PH_OK)
     return fail("second ph_compact", e);
   ph_stats_get(heap, &st);
@@ -438,13 +446,14 @@ static int run_once(int run) {
           res.cmark_ms, res.csweep_ms, res.stw_ms);
   fprintf(f,
           ",\"rss_built\":%lld,\"maps_built\":%ld,\"rss_before\":%lld,"
-          "\"rss_collected\":%lld,\"rss_after\":%lld,\"maps_before\":%ld,"
+          "\"rss_collected\":%lld,\"rss_after\":%lld,\"rss_next_gc\":%lld,"
+          "\"maps_before\":%ld,"
           "\"maps_collected\":%ld,\"maps_after\":%ld,"
           "\"committed_before\":%llu,\"committed_after\":%llu,"
           "\"heap_maps_before\":%llu,\"heap_maps_after\":%llu",
           res.rss_built, res.maps_built, res.rss_before, res.rss_before,
-          res.rss_after, res.maps_before, res.maps_before, res.maps_after,
-          (unsigned long long)res.committed_before,
+          res.rss_after, res.rss_next_gc, res.maps_before, res.maps_before,
+          res.maps_after, (unsigned long long)res.committed_before,
           (unsigned long long)res.committed_after,
           (unsigned long long)res.heap_maps_before,
           (unsigned long long)res.heap_maps_after);

@@ -161,6 +161,10 @@ if a and b:
                f"vs unpinned {a/2**20:.1f} MiB (n={na}): {b/a:.3f}x (goal <= 1.15) {verdict(b/a <= 1.15)}")
 else:
     out.append("pinning: no result")
+a3, na3 = med(un, "rss_next_gc"); b3, nb3 = med(pi, "rss_next_gc")
+if a3 and b3:  # the pages given back must stay back at the next collection
+    out.append(f"  after the next ph_collect: pinned {b3/2**20:.1f} MiB (n={nb3}) vs unpinned "
+               f"{a3/2**20:.1f} MiB (n={na3}): {b3/a3:.3f}x (goal <= 1.15) {verdict(b3/a3 <= 1.15)}")
 a2, na2 = med(w1(False, 131072), "rss_after"); b2, nb2 = med(w1(True, 131072), "rss_after")
 if a2 and b2:
     out.append(f"  with 128 KiB pools (cfg.pool_size): pinned {b2/2**20:.1f} MiB (n={nb2}) vs unpinned "
