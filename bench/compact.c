@@ -75,12 +75,12 @@ typedef struct result {
   int verify_ok, participants;
   uint64_t pinned;
   /* --pin with --census: the pools holding pinned blocks, and the bytes of
-   * their pages that hold a pool header or a pinned block's slot (the
-   * pages a compaction must keep: compact.pin.floor) */
+   * their pages that hold a pinned block's slot (the pages a compaction
+   * must keep: compact.pin.floor; a pool's header is moved out of line
+   * when its page holds none, heap.pool.ool) */
   uint64_t pin_pools, pin_floor_bytes;
-  /* and what the pools would need if a pool's header did not have to stay
-   * in its first page: the pages of pinned blocks' slots, then per class
-   * whole pools for the live blocks those pages cannot hold */
+  /* and what the pools need at least: those pages, then per class whole
+   * pools for the live blocks those pages cannot hold */
   uint64_t pin_bound_bytes;
   char why[256];
   char error[256];
@@ -232,7 +232,6 @@ static void pin_floor(void) {
         continue; /* a large block */
       uintptr_t pool = v & ~(uintptr_t)(pool_size - 1), a = v - 8;
       pools[nq++] = pool;
-      pages[np++] = pool; /* its header's page */
       for (uintptr_t q = a & ~(uintptr_t)(pg - 1); q < a + sb; q += pg) {
         pages[np++] = q;
         bp[nb++] = q;

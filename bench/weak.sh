@@ -99,7 +99,7 @@ for r in $(seq 1 "$RUNS"); do
   one "$CMP" --shape W1 --release decommit --seed "$r" --census 1
   one "$CMP" --shape W1 --release decommit --seed "$r" --pin 10 --census 1
   # the same pair with pools of 128 KiB (compact.pin.floor: a pinned pool
-  # keeps its header's page, so fewer, larger pools keep fewer pages)
+  # keeps its pinned blocks' pages, which fewer, larger pools share more)
   one "$CMP" --shape W1 --release decommit --seed "$r" --pool-size 131072
   one "$CMP" --shape W1 --release decommit --seed "$r" --pool-size 131072 --pin 10
 done
@@ -194,14 +194,13 @@ if cu and cp:
                  for c in cp.values())
         out.append(f"  pinned: the {sum(c['holed_pools'] for c in cp.values())} pools with holes "
                    f"(of {r['pin_pools']} holding a pinned block) commit {hc/M:.2f} MiB; the pages "
-                   f"holding their header or a pinned block's slot: {r['pin_floor_bytes']/M:.2f} MiB")
+                   f"holding a pinned block's slot: {r['pin_floor_bytes']/M:.2f} MiB")
         pc = sum(c["committed"] for c in cp.values())
         ru = [x for x in rows if un(x) and x.get("seed") == r.get("seed")]
         if ru and "pin_bound_bytes" in r:
             est = (r["rss_after"] - pc + r["pin_bound_bytes"]) / ru[0]["rss_after"]
-            out.append(f"  if a pool's header did not have to keep its first page, the pools would "
-                       f"need {r['pin_bound_bytes']/M:.2f} MiB (pinned blocks' pages, then whole "
-                       f"pools): RSS ratio about {est:.3f}x")
+            out.append(f"  at least, the pools would need {r['pin_bound_bytes']/M:.2f} MiB (pinned "
+                       f"blocks' pages, then whole pools): RSS ratio about {est:.3f}x")
     d = sorted(set(cu) | set(cp), key=lambda k: -(cp.get(k, {}).get("committed", 0) -
                                                  cu.get(k, {}).get("committed", 0)))
     out.append("  pinned - unpinned committed, largest classes: " + ", ".join(

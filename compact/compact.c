@@ -73,7 +73,8 @@ static void choose_ranges_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
       /* medium pools are not planned in a ranges plan (plan_class): the
        * ranges they touch stay in use */
       if (cd->cls < h->nsmall)
-        rec[j++] = (ph_range_rec){cd->pool, cd->nlive, cd->cls};
+        rec[j++] =
+            (ph_range_rec){ph_pool_addr(h, cd->pool), cd->nlive, cd->cls};
     }
   ph_ranges_choose(h, rec, j, &plan->ranges);
   free(rec);
@@ -156,13 +157,17 @@ static int partial_ok(const struct ph_heap *h, const ph_compact_plan *plan,
          p->chunk->huge == PH_OS_HUGE_NONE;
 }
 
-/* The granules of pinned pool p that hold none of its pinned blocks (nor
- * its header and live bitmap). */
+/* The granules of pinned pool p that hold none of its pinned blocks.
+ * Granule 0 is one of them when no pinned block touches it: phase 5 then
+ * moves the header and live bitmap out of line (heap.pool.ool). */
 static uint64_t unpinned_granules(const struct ph_heap *h,
                                   const ph_compact_plan *plan, ph_pool *p) {
   size_t sb = (size_t)h->class_wsize[p->cls] * 8;
-  uint64_t keep = ((uint64_t)2 << ((p->hdr - 1) >> h->hole_shift)) - 1;
-  ph_value lo = (ph_value)p, hi = lo + h->pool_size;
+  /* a header longer than granule 0 (never with pool_size / 64 granules:
+   * the bitmap is at most pool_size / 128 bytes) keeps the rest */
+  uint64_t keep =
+      (((uint64_t)2 << ((p->hdr - 1) >> h->hole_shift)) - 1) & ~(uint64_t)1;
+  ph_value lo = (ph_value)ph_pool_base(h, p), hi = lo + h->pool_size;
   size_t a = 0, b = plan->npinned_blocks; /* the first block >= lo */
   while (a < b) {
     size_t mid = (a + b) / 2;
@@ -409,7 +414,8 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
      * stay in use (there are at least k of them), then the rest */
     size_t nin = 0;
     for (size_t j = 0; j < n; j++)
-      if (plan->ranges.keep[ph_range_of(h, &plan->ranges, cand[j].pool)]) {
+      if (plan->ranges.keep[ph_range_of(h, &plan->ranges,
+                                        ph_pool_addr(h, cand[j].pool))]) {
         ph_cand t = cand[nin];
         cand[nin++] = cand[j];
         cand[j] = t;
@@ -499,7 +505,8 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   /* every unit of an evacuated pool (a medium pool's tails too) */
   for (unsigned c = 0; c < h->nclasses; c++)
     for (size_t i = 0; i < plan->cls[c].nevac; i++) {
-      size_t u0 = ((uintptr_t)plan->cls[c].evac[i] - lo) >> h->pool_shift;
+      size_t u0 = ((uintptr_t)ph_pool_addr(h, plan->cls[c].evac[i]) - lo) >>
+                  h->pool_shift;
       for (size_t u = u0; u < u0 + h->class_units[c]; u++) {
         map[u / 64] |= (uint64_t)1 << (u % 64);
         if (plan->map_cls)
@@ -531,7 +538,7 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
         plan->hmask = hm;
         plan->hcls = hc;
       }
-      size_t u = ((uintptr_t)x->pool - lo) >> h->pool_shift;
+      size_t u = ((uintptr_t)ph_pool_base(h, x->pool) - lo) >> h->pool_shift;
       plan->hmask[u] = x->holes;
       plan->hcls[u] = (uint8_t)c;
     }
@@ -619,10 +626,11 @@ static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan,
 
 /* Without a map (the managed collector only: x is field 0 of a block):
  * the evacuated flag of the block's pool header, found from the block's
- * header (heap.unit.lookup: a medium pool's through the chunk). */
+ * header (heap.unit.lookup: a medium pool's through the chunk, and any
+ * pool's so while a header is out of line, heap.pool.ool). */
 static int __attribute__((noinline))
 hdr_evacuated(const struct ph_heap *h, uintptr_t x) {
-  if (ph_wosize_small(h, ph_hd_wosize(*ph_hp(x))))
+  if (!h->ool_pools && ph_wosize_small(h, ph_hd_wosize(*ph_hp(x))))
     return ph_unit_of(h, x)->evacuated;
   ph_unit_hdr *u = ph_block_unit(h, x);
   return u && u->evacuated;
@@ -686,7 +694,7 @@ static inline uint32_t bit_next(bit_iter *it) {
  * touching `holes` are not free (heap.pool.holes). */
 static void relink_free(struct ph_heap *h, ph_pool *p, uint64_t holes) {
   uint32_t wsize = h->class_wsize[p->cls];
-  ph_value *base = (ph_value *)ph_pool_slots(p);
+  ph_value *base = (ph_value *)ph_pool_slots(h, p);
   const uint64_t *bits = ph_pool_bits(p);
   ph_value next = 0;
   for (uint32_t wi = (p->nslots + 63) / 64; wi-- > 0;) {
@@ -713,7 +721,7 @@ static void evacuate_unit(struct ph_heap *h, const ph_evac_unit *u,
                           uint64_t *blocks, uint64_t *moved) {
   ph_pool *dst = u->dst;
   uint32_t wsize = h->class_wsize[dst->cls];
-  ph_value *dbase = (ph_value *)ph_pool_slots(dst);
+  ph_value *dbase = (ph_value *)ph_pool_slots(h, dst);
   uint64_t *dbits = ph_pool_bits(dst);
   bit_iter di = {.bits = dbits, .word = ~dbits[0], .flip = ~(uint64_t)0};
   uint32_t i = u->src_first, left = u->count;
@@ -739,7 +747,8 @@ static void evacuate_unit(struct ph_heap *h, const ph_evac_unit *u,
         si.word = si.bits[0];
         src_left = u->src_live[i];
       }
-      from[j] = (ph_value *)ph_pool_slots(src) + (size_t)bit_next(&si) * wsize;
+      from[j] =
+          (ph_value *)ph_pool_slots(h, src) + (size_t)bit_next(&si) * wsize;
       src_left--;
       uint32_t d = bit_next(&di);
       PH_ASSERT(d < dst->nslots);
@@ -977,7 +986,7 @@ update_pool(fwd_batch *b, ph_pool *p, int interior, uint64_t holes) {
   fwd_map m = fm_of(b);
   const uint8_t *kinds = plan->kind;
   uint32_t wsize = b->h->class_wsize[p->cls], nslots = p->nslots;
-  ph_value *slot = (ph_value *)ph_pool_slots(p);
+  ph_value *slot = (ph_value *)ph_pool_slots(b->h, p);
   for (uint32_t k = 0; k < nslots; k++, slot += wsize) {
     /* heap.pool.holes; a partial pool's blocks that moved out */
     if (__builtin_expect(holes != 0, 0) &&
@@ -1005,7 +1014,7 @@ update_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx,
   char *ua = ph_unit_addr(h, c, u);
   uint64_t holes = c->holes[u];
   if (plan->map ? unit_evacuated(h, plan, (uintptr_t)ua)
-                : ((ph_pool *)ua)->evacuated) {
+                : ph_pool_at(h, c, u)->evacuated) {
     /* compact.pin.holes: a partial pool keeps the blocks outside them */
     uint64_t hm =
         plan->hmask
@@ -1015,7 +1024,7 @@ update_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx,
       return; /* evacuated: not even its header is read */
     holes |= hm;
   }
-  update_pool(fb, (ph_pool *)ua, interior, holes);
+  update_pool(fb, ph_pool_at(h, c, u), interior, holes);
 }
 
 static void update_unit_plain(struct ph_heap *h, ph_chunk *c, uint32_t u,
@@ -1114,12 +1123,21 @@ static void spec_finish_locked(struct ph_heap *h, ph_cspec *x, int moved) {
   ph_pool *p = x->pool;
   ph_chunk *c = p->chunk;
   uint64_t holes = c->holes[p->unit];
-  if (x->partial && (x->holes & ~holes))
+  if (x->partial && (x->holes & ~holes)) {
+    /* heap.pool.ool: granule 0 goes only with the header out of line
+     * (no memory for the copy: it stays, like a refused run) */
+    ph_pool *q =
+        (x->holes & ~holes & 1) ? ph_pool_header_out_locked(h, p) : NULL;
+    if (q)
+      p = x->pool = q;
     holes = ph_pool_holes_make_locked(h, c, p->unit, x->holes,
                                       h->cfg.release == PH_RELEASE_LAZY);
+    if (q && !(holes & 1)) /* the OS refused granule 0 */
+      p = x->pool = ph_pool_header_home_locked(h, q);
+  }
   uint32_t ns = p->nslots, nw = (ns + 63) / 64, ws = h->class_wsize[p->cls];
   uint64_t *bits = ph_pool_bits(p);
-  ph_value *base = (ph_value *)ph_pool_slots(p);
+  ph_value *base = (ph_value *)ph_pool_slots(h, p);
   uint32_t nhole = 0, nlive = 0;
   for (uint32_t w = 0; w < nw; w++) {
     for (uint64_t t = x->t[w]; t; t &= t - 1) {
@@ -1185,13 +1203,14 @@ static void free_release_stw_single(struct ph_heap *h, ph_compact_plan *plan,
         ph_pool *p = cc->evac[i];
         if (cc->ebits && cc->ebits[i])
           continue; /* a partial pool: kept */
-        /* chunk and unit from the address: the header is not read */
-        ph_chunk *ch = ph_chunk_find(h, p);
-        uint32_t u =
-            (uint32_t)((size_t)((char *)p - ch->base) >> h->pool_shift);
+        /* chunk and unit from the address: the header is not read (but
+         * out of line, heap.pool.ool) */
+        char *pa = ph_pool_addr(h, p);
+        ph_chunk *ch = ph_chunk_find(h, pa);
+        uint32_t u = (uint32_t)((size_t)(pa - ch->base) >> h->pool_shift);
 #if PH_POISON
         if (!ph_pool_holes(p)) { /* holes are not touched */
-          ph_value *q = (ph_value *)ph_pool_slots(p);
+          ph_value *q = (ph_value *)ph_pool_slots(h, p);
           size_t nw =
               (((size_t)h->class_units[c] << h->pool_shift) - h->class_hdr[c]) /
               8;

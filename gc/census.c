@@ -17,7 +17,7 @@ void ph_census_stw_single(struct ph_heap *h, const ph_census_req *req) {
     for (uint32_t u = 0; u < ch->nunits; u++) {
       if (ch->ustate[u] != PH_U_POOL)
         continue;
-      ph_pool *p = (ph_pool *)ph_unit_addr(h, ch, u);
+      ph_pool *p = ph_pool_at(h, ch, u);
       rows[p->cls].pools++;
       rows[p->cls].live_blocks += p->nlive;
       rows[p->cls].free_blocks += p->nfree;

@@ -282,7 +282,7 @@ static void push_pools_locked(struct ph_heap *h, int dense) {
     for (uint32_t u = ch->nunits; u-- > 0;) {
       if (ch->ustate[u] != PH_U_POOL)
         continue;
-      ph_pool *p = (ph_pool *)ph_unit_addr(h, ch, u);
+      ph_pool *p = ph_pool_at(h, ch, u);
       if (p->nfree > 0 && (p->nlive * 2 >= p->nslots) == dense)
         ph_pool_push_avail(h, p);
     }

@@ -319,7 +319,7 @@ static void rescan_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
   ph_worker *w = ctx;
   uint8_t st = c->ustate[u];
   if (st == PH_U_POOL) {
-    ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
+    ph_pool *p = ph_pool_at(h, c, u);
     uint64_t holes = c->holes[u];
     for (uint32_t i = 0; i < p->nslots; i++) {
       if (ph_slot_in_hole(h, holes, p->cls, i))

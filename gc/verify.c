@@ -98,7 +98,7 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
     ph_chunk *c = h->chunks[i];
     for (uint32_t u = 0; u < c->nunits && !v.k.bad; u++) {
       if (c->ustate[u] == PH_U_POOL) {
-        ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
+        ph_pool *p = ph_pool_at(h, c, u);
         for (uint32_t k = 0; k < p->nslots && !v.k.bad; k++) {
           if (ph_slot_in_hole(h, c->holes[u], p->cls, k))
             continue; /* heap.pool.holes */
@@ -122,8 +122,9 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
       for (ph_pool *p = atomic_load_explicit(&h->slots[s].avail[c],
                                              memory_order_relaxed);
            p && !v.k.bad; p = p->next) {
+        /* the pool itself, not a stale copy of its header (heap.pool.ool) */
         if (p->sig != PH_SIG_POOL || p->owner != s || p->cls != c ||
-            ++n > pools)
+            p != ph_pool_at(h, p->chunk, p->unit) || ++n > pools)
           fail(&v, "avail list %u/%u broken at %p", s, c, (void *)p);
       }
     }

@@ -45,6 +45,8 @@ ph_unit_hdr *ph_block_unit(const struct ph_heap *h, ph_value v) {
   uint8_t st = c->ustate[u];
   if (st != PH_U_POOL && st != PH_U_LARGE)
     return NULL;
+  if (st == PH_U_POOL)
+    return (ph_unit_hdr *)ph_pool_at(h, c, u); /* heap.pool.ool */
   return (ph_unit_hdr *)ph_unit_addr(h, c, u);
 }
 
@@ -446,6 +448,11 @@ void ph_units_free_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
       }
       h->hole_bytes -= hole_len(h, holes);
       h->holed_pools--;
+      if (holes & 1) { /* heap.pool.ool: the header's copy goes too */
+        free(c->ool[unit + k]);
+        c->ool[unit + k] = NULL;
+        h->ool_pools--;
+      }
       c->holes[unit + k] = 0;
       c->ustate[unit + k] = (uint8_t)st;
       continue;
@@ -479,7 +486,9 @@ uint64_t ph_pool_holes_make_locked(struct ph_heap *h, ph_chunk *c, uint32_t u,
                                    uint64_t want, int lazy) {
   PH_ASSERT(c->ustate[u] == PH_U_POOL && c->huge == PH_OS_HUGE_NONE);
   uint64_t had = c->holes[u], holes = had;
-  want &= ~had & ~(uint64_t)1; /* granule 0: the header and live bitmap */
+  want &= ~had;
+  if (!c->ool || !c->ool[u]) /* granule 0: the header and live bitmap, */
+    want &= ~(uint64_t)1;    /* unless out of line (heap.pool.ool) */
   unsigned ng = (unsigned)(h->pool_size >> h->hole_shift);
   for (unsigned g = 0; g < ng;) {
     if (!(want >> g & 1)) {
@@ -551,6 +560,16 @@ size_t ph_units_decommit_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
   return len;
 }
 
+/* The chunk's record, its unit tables and the out-of-line pool headers
+ * still in it (heap.pool.ool: the heap's teardown). */
+static void chunk_free_tables(ph_chunk *c) {
+  for (uint32_t u = 0; c->ool && u < c->nunits; u++)
+    free(c->ool[u]);
+  free(c->ool);
+  free(c->ustate);
+  free(c);
+}
+
 static void chunk_remove_locked(struct ph_heap *h, unsigned i) {
   ph_chunk *c = h->chunks[i];
   size_t comm = chunk_committed(h, c);
@@ -559,8 +578,7 @@ static void chunk_remove_locked(struct ph_heap *h, unsigned i) {
   memmove(&h->chunks[i], &h->chunks[i + 1],
           (h->nchunks - i - 1) * sizeof h->chunks[0]);
   h->nchunks--;
-  free(c->ustate);
-  free(c);
+  chunk_free_tables(c);
 }
 
 /* Does chunk i touch chunks of ours on both sides?  The kernel merges
@@ -642,9 +660,7 @@ void ph_chunks_destroy(struct ph_heap *h) {
     unsigned before = h->nchunks;
     chunk_remove_locked(h, h->nchunks - 1);
     if (h->nchunks == before) { /* refused: drop our record anyway */
-      ph_chunk *c = h->chunks[--h->nchunks];
-      free(c->ustate);
-      free(c);
+      chunk_free_tables(h->chunks[--h->nchunks]);
     }
   }
 }

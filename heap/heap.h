@@ -188,6 +188,11 @@ typedef struct ph_chunk {
    * (bit g: bytes [g, g+1) << heap->hole_shift of the unit); 0 for every
    * unit that is not a pool with holes.  heap->lock or stop-the-world. */
   uint64_t *holes;
+  /* heap.pool.ool: per unit, the out-of-line header of a pool whose
+   * granule 0 is a hole (bit 0 of holes), NULL for every other unit;
+   * allocated (nunits pointers) with the chunk's first such pool.
+   * heap->lock or stop-the-world. */
+  struct ph_pool **ool;
 } ph_chunk;
 #define PH_MAX_CHUNKS 4096
 
@@ -337,6 +342,7 @@ struct ph_heap {
   size_t large_comm;              /* bytes committed by large blocks */
   size_t hole_bytes;   /* heap.pool.holes: bytes of pools decommitted */
   size_t holed_pools;  /* pools with holes */
+  size_t ool_pools;    /* heap.pool.ool: pools whose header is out of line */
   int reuse_committed; /* heap.unit.reuse: pools take committed units first */
   ph_slot *slots;      /* cfg.max_domains */
 
@@ -454,6 +460,15 @@ static inline char *ph_unit_addr(const struct ph_heap *h, const ph_chunk *c,
 static inline ph_unit_hdr *ph_unit_of(const struct ph_heap *h, ph_value v) {
   return (ph_unit_hdr *)(v & h->pool_mask);
 }
+/* heap.pool.ool: the header of the pool whose first unit is u of c (a
+ * PH_U_POOL unit): at the unit's start, or out of line when granule 0 of
+ * the unit is a hole.  Every walk over the units reads pools through it. */
+static inline struct ph_pool *ph_pool_at(const struct ph_heap *h,
+                                         const ph_chunk *c, uint32_t u) {
+  if (__builtin_expect(c->holes[u] & 1, 0))
+    return c->ool[u];
+  return (struct ph_pool *)ph_unit_addr(h, c, u);
+}
 /* heap.unit.lookup: the first unit of the pool or large block holding unit
  * u of c (a medium pool's tail units lead back to it in O(1)). */
 static inline uint32_t ph_unit_head(const ph_chunk *c, uint32_t u) {
@@ -522,9 +537,31 @@ void ph_pool_free_locked(struct ph_heap *h, ph_pool *p);
  * back (0 if none lie there or the OS refused: nothing is lost). */
 size_t ph_slot_trim_locked(struct ph_heap *h, uintptr_t slot, size_t sb,
                            int lazy);
-static inline char *ph_pool_slots(ph_pool *p) {
-  return (char *)p + p->hdr;
+/* heap.pool.ool: the address of pool p's first unit (p itself unless
+ * its header is out of line) and of its first slot. */
+static inline char *ph_pool_base(const struct ph_heap *h, const ph_pool *p) {
+  return ph_unit_addr(h, p->chunk, p->unit);
 }
+static inline char *ph_pool_slots(const struct ph_heap *h, ph_pool *p) {
+  return ph_pool_base(h, p) + p->hdr;
+}
+/* The same from a pool pointer without reading the header while no header
+ * is out of line (compact.phase.stats plans from records; an out-of-line
+ * copy lies in no chunk). */
+static inline char *ph_pool_addr(const struct ph_heap *h, ph_pool *p) {
+  if (__builtin_expect(h->ool_pools != 0, 0) && !ph_chunk_find(h, p))
+    return ph_pool_base(h, p);
+  return (char *)p;
+}
+/* heap.pool.ool: move pool p's header and live bitmap (class_hdr bytes)
+ * into a side allocation found through its chunk's ool table, so that
+ * granule 0 may become a hole (ph_pool_holes_make_locked); returns the copy
+ * (the pool from now on), NULL if no memory (p stays as it was).  The
+ * caller makes granule 0 a hole next, or calls ph_pool_header_home_locked. */
+ph_pool *ph_pool_header_out_locked(struct ph_heap *h, ph_pool *p);
+/* heap.pool.ool: the header back at its unit's start (granule 0 must be
+ * committed: it never became a hole); returns the pool. */
+ph_pool *ph_pool_header_home_locked(struct ph_heap *h, ph_pool *p);
 /* A slot's index from its byte offset o in a pool: o * recip >>
  * PH_RECIP_SHIFT with recip = 2^PH_RECIP_SHIFT / slot bytes rounded up
  * (compact.update.interior, pools.bits).  Exact while o * slot bytes <
@@ -533,8 +570,8 @@ static inline char *ph_pool_slots(ph_pool *p) {
 #define PH_RECIP_SHIFT 42
 static inline ph_value ph_pool_block(const struct ph_heap *h, ph_pool *p,
                                      uint32_t i) {
-  return (ph_value)(ph_pool_slots(p) + (size_t)i * h->class_wsize[p->cls] * 8 +
-                    8);
+  return (ph_value)(ph_pool_slots(h, p) +
+                    (size_t)i * h->class_wsize[p->cls] * 8 + 8);
 }
 void ph_pool_push_avail(struct ph_heap *h, ph_pool *p);
 /* heap.pool.take: a pool of class cls with a free slot for owner (a slot

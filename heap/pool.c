@@ -9,13 +9,14 @@
  * are on no list (the sweep finds every pool through the unit tables). */
 #include "heap/heap.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* Build the free list of a fresh pool: every slot free, in address order. */
 void ph_pool_init_free(struct ph_heap *h, ph_pool *p) {
   uint32_t wsize = h->class_wsize[p->cls];
   ph_value hd = 0; /* a free slot (pools.header) */
-  ph_value *s = (ph_value *)ph_pool_slots(p);
+  ph_value *s = (ph_value *)ph_pool_slots(h, p);
   ph_value next = 0;
   for (uint32_t i = p->nslots; i-- > 0;) {
     ph_value *slot = s + (size_t)i * wsize;
@@ -82,6 +83,40 @@ void ph_pool_free_locked(struct ph_heap *h, ph_pool *p) {
   p->sig = PH_SIG_DEAD;
   ph_units_free_locked(h, p->chunk, p->unit, n);
   h->pool_units -= n;
+}
+
+/* heap.pool.ool: the side copy is the header and the live bitmap (the
+ * class's class_hdr bytes, 64-aligned like the unit's); the pool pointer
+ * changes, so the caller holds no other copy of it but the plan's (the
+ * avail lists are rebuilt from the unit tables after compact.pin.holes,
+ * compact.phase.free). */
+ph_pool *ph_pool_header_out_locked(struct ph_heap *h, ph_pool *p) {
+  ph_chunk *c = p->chunk;
+  uint32_t u = p->unit;
+  PH_ASSERT(c->ustate[u] == PH_U_POOL && p->cls < h->nsmall &&
+            !(c->holes[u] & 1) && (char *)p == ph_unit_addr(h, c, u));
+  if (!c->ool && !(c->ool = calloc(c->nunits, sizeof *c->ool)))
+    return NULL;
+  size_t n = h->class_hdr[p->cls];
+  ph_pool *q = aligned_alloc(64, n);
+  if (!q)
+    return NULL;
+  memcpy(q, p, n);
+  c->ool[u] = q;
+  h->ool_pools++;
+  return q;
+}
+
+ph_pool *ph_pool_header_home_locked(struct ph_heap *h, ph_pool *q) {
+  ph_chunk *c = q->chunk;
+  uint32_t u = q->unit;
+  PH_ASSERT(c->ool && c->ool[u] == q && !(c->holes[u] & 1));
+  ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
+  memcpy(p, q, h->class_hdr[q->cls]);
+  free(q);
+  c->ool[u] = NULL;
+  h->ool_pools--;
+  return p;
 }
 
 size_t ph_slot_trim_locked(struct ph_heap *h, uintptr_t slot, size_t sb,

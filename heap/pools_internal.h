@@ -23,7 +23,8 @@
  * (creation, orphaning, adoption) or by one compaction participant. */
 #define PHP_NO_OWNER UINT32_MAX
 static inline ph_value *php_slots(ph_pool *p) {
-  return (ph_value *)ph_pool_slots(p);
+  /* heap.pool.ool: the layer pins nothing, so its headers are in line */
+  return (ph_value *)((char *)p + p->hdr);
 }
 
 /* A large block of the layer: a heap.large header (PH_SIG_LARGE; only its

@@ -90,7 +90,7 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
            void (*on_free)(void *ctx, ph_value b), const uint64_t *on_free_tags,
            void *ctx, int *bad, uint64_t *zeroed) {
   uint32_t wsize = h->class_wsize[p->cls];
-  ph_value *s = (ph_value *)ph_pool_slots(p);
+  ph_value *s = (ph_value *)ph_pool_slots(h, p);
   uint64_t *bits = ph_pool_bits(p);
   uint64_t holes = ph_pool_holes(p); /* heap.pool.holes */
   uint32_t live = 0;
@@ -206,7 +206,7 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
  * (or by the final 0).  The live bits are built 64 slots at a time. */
 static void pool_sweep_marked(struct ph_heap *h, ph_pool *p, uint64_t *zeroed) {
   const size_t ws = h->class_wsize[p->cls];
-  ph_value *slot = (ph_value *)ph_pool_slots(p);
+  ph_value *slot = (ph_value *)ph_pool_slots(h, p);
   uint64_t *bits = ph_pool_bits(p);
   const uint32_t n = p->nslots;
   const ph_value black = (ph_value)PH_BLACK << PH_HD_COLOR_SHIFT;
@@ -304,7 +304,7 @@ static void sweep_large(struct ph_heap *h, ph_pool_worker *w, ph_large *l) {
 static void sweep_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
   uint8_t st = c->ustate[u];
   if (st == PH_U_POOL)
-    sweep_pool(h, ctx, (ph_pool *)ph_unit_addr(h, c, u));
+    sweep_pool(h, ctx, ph_pool_at(h, c, u));
   else if (st == PH_U_LARGE)
     sweep_large(h, ctx, (ph_large *)ph_unit_addr(h, c, u));
 }

@@ -23,7 +23,15 @@ void ph_check_fail(ph_check *k, const char *fmt, ...) {
 
 static void check_pool(struct ph_heap *h, ph_check *k, ph_chunk *c,
                        uint32_t u) {
-  ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
+  /* heap.pool.ool: granule 0 is a hole exactly when the header is out of
+   * line, in a copy that names this unit */
+  ph_pool *q = c->ool ? c->ool[u] : NULL;
+  if ((c->holes[u] & 1) != (q != NULL)) {
+    ph_check_fail(k, "unit %u of chunk %p: granule 0 hole %d, header copy %p",
+                  u, (void *)c->base, (int)(c->holes[u] & 1), (void *)q);
+    return;
+  }
+  ph_pool *p = ph_pool_at(h, c, u);
   if (p->sig != PH_SIG_POOL || p->kind != PH_U_POOL || p->cls >= h->nclasses ||
       p->nslots != h->class_nslots[p->cls] || p->chunk != c || p->unit != u ||
       p->hdr != h->class_hdr[p->cls] || p->evacuated || p->cached) {
@@ -52,7 +60,7 @@ static void check_pool(struct ph_heap *h, ph_check *k, ph_chunk *c,
   size_t sb = (size_t)ws * 8;
   uint64_t words = 0, holes = c->holes[u];
   size_t ng = h->pool_size >> h->hole_shift;
-  if ((holes & 1) || (ng < 64 && (holes >> ng)) ||
+  if ((ng < 64 && (holes >> ng)) ||
       (holes && (c->huge != PH_OS_HUGE_NONE || p->cls >= h->nsmall))) {
     ph_check_fail(k, "pool %p: bad holes %#llx", (void *)p,
                   (unsigned long long)holes);
@@ -87,7 +95,7 @@ static void check_pool(struct ph_heap *h, ph_check *k, ph_chunk *c,
     return;
   }
   /* every link is a free slot of this pool, at a slot's start */
-  char *s = ph_pool_slots(p);
+  char *s = ph_pool_slots(h, p);
   uint32_t n = 0;
   for (ph_value f = p->free; f && !k->bad; f = *(ph_value *)f) {
     size_t off = (size_t)((char *)f - 8 - s);
@@ -127,7 +135,7 @@ static void check_large(struct ph_heap *h, ph_check *k, ph_chunk *c,
 
 void ph_check_heap_locked(struct ph_heap *h, ph_check *k) {
   uint64_t pools = 0, npools = 0, large = 0, larges = 0, comm = 0, lcomm = 0;
-  uint64_t hbytes = 0, holed = 0;
+  uint64_t hbytes = 0, holed = 0, ool = 0;
   for (unsigned i = 0; i < h->nchunks && !k->bad; i++) {
     ph_chunk *c = h->chunks[i];
     if (i > 0 && h->chunks[i - 1]->base + h->chunks[i - 1]->size > c->base)
@@ -139,7 +147,7 @@ void ph_check_heap_locked(struct ph_heap *h, ph_check *k) {
         nfree++;
         if (st == PH_U_FREE_COMM)
           comm += h->pool_size;
-        if (c->holes[u])
+        if (c->holes[u] || (c->ool && c->ool[u]))
           ph_check_fail(k, "chunk %u: free unit %u has holes", i, u);
         if (u < c->hint)
           ph_check_fail(k, "chunk %u: free unit %u below hint %u", i, u,
@@ -151,13 +159,14 @@ void ph_check_heap_locked(struct ph_heap *h, ph_check *k) {
         npools++;
         if (c->holes[u]) {
           holed++;
+          ool += c->holes[u] & 1;
           hbytes += (size_t)__builtin_popcountll(c->holes[u]) << h->hole_shift;
         }
         check_pool(h, k, c, u);
         if (k->bad)
           break;
         /* its tail units, checked by check_pool */
-        uint32_t nu = h->class_units[((ph_pool *)ph_unit_addr(h, c, u))->cls];
+        uint32_t nu = h->class_units[(ph_pool_at(h, c, u))->cls];
         comm += (size_t)(nu - 1) << h->pool_shift;
         pools += nu - 1;
         u += nu - 1;
@@ -188,10 +197,14 @@ void ph_check_heap_locked(struct ph_heap *h, ph_check *k) {
         k, "unit counters: pools %zu/%llu large %zu/%llu (%zu/%llu bytes)",
         h->pool_units, (unsigned long long)pools, h->large_units,
         (unsigned long long)large, h->large_comm, (unsigned long long)lcomm);
-  if (!k->bad && (hbytes != h->hole_bytes || holed != h->holed_pools))
-    ph_check_fail(k, "holes: %llu bytes in %llu pools, counters %zu %zu",
+  if (!k->bad && (hbytes != h->hole_bytes || holed != h->holed_pools ||
+                  ool != h->ool_pools))
+    ph_check_fail(k,
+                  "holes: %llu bytes in %llu pools (%llu headers out of "
+                  "line), counters %zu %zu %zu",
                   (unsigned long long)hbytes, (unsigned long long)holed,
-                  h->hole_bytes, h->holed_pools);
+                  (unsigned long long)ool, h->hole_bytes, h->holed_pools,
+                  h->ool_pools);
   uint64_t oc = atomic_load_explicit(&h->os.committed, memory_order_relaxed);
   if (!k->bad && oc != comm)
     ph_check_fail(k, "committed bytes %llu, units say %llu",

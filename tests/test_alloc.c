@@ -130,7 +130,7 @@ static void test_pool_free_list_every_slot(void **state) {
     if (!p)
       p = pool_of(v[i]);
     assert_ptr_equal(pool_of(v[i]), p);
-    char *slots = ph_pool_slots(p);
+    char *slots = ph_pool_slots(h, p);
     assert_true((char *)v[i] >= slots + 8);
     assert_true((char *)v[i] + wo * 8 <= (char *)p + h->pool_size);
     assert_int_equal(((char *)v[i] - 8 - slots) % slot_bytes, 0);
@@ -201,7 +201,7 @@ static void test_pool_free_list_every_slot(void **state) {
 static void check_swept_pool(ph_pool *p, const ph_value *v, const int *keep,
                              size_t n) {
   size_t sb = (size_t)h->class_wsize[p->cls] * 8;
-  char *slots = ph_pool_slots(p);
+  char *slots = ph_pool_slots(h, p);
   const uint64_t *bits = ph_pool_bits(p);
   size_t live = 0;
   for (size_t i = 0; i < n; i++) {

@@ -238,7 +238,7 @@ static void test_tail_unit_bad_input(void **state) {
   size_t sb = (size_t)h->class_wsize[t.cls] * 8;
   ph_value pool_end =
       (ph_value)t.pool + ((size_t)h->class_units[t.cls] << h->pool_shift);
-  ph_value after_slots = (ph_value)ph_pool_slots(t.pool) + ns * sb + 8;
+  ph_value after_slots = (ph_value)ph_pool_slots(h, t.pool) + ns * sb + 8;
   ph_value bad[] = {last + 8, last + 64, tail_unit, tail_unit + 8,
                     pool_end - 8};
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
