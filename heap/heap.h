@@ -559,6 +559,11 @@ static inline char *ph_pool_addr(const struct ph_heap *h, ph_pool *p) {
  * (the pool from now on), NULL if no memory (p stays as it was).  The
  * caller makes granule 0 a hole next, or calls ph_pool_header_home_locked. */
 ph_pool *ph_pool_header_out_locked(struct ph_heap *h, ph_pool *p);
+/* tests.faults: heap/'s allocation-failure hook (one ph_fault_site, like
+ * gc/'s): PH_HEAP_OP_POOL_HDR fails the side copy of a pool header. */
+enum { PH_HEAP_OP_POOL_HDR = 1 };
+void ph_heap_fault_set(unsigned op_mask, uint64_t nth, int sticky);
+uint64_t ph_heap_fault_hits(void);
 /* heap.pool.ool: the header back at its unit's start (granule 0 must be
  * committed: it never became a hole); returns the pool. */
 ph_pool *ph_pool_header_home_locked(struct ph_heap *h, ph_pool *p);

@@ -85,6 +85,16 @@ void ph_pool_free_locked(struct ph_heap *h, ph_pool *p) {
   h->pool_units -= n;
 }
 
+static ph_fault_site heap_faults; /* tests.faults: os/'s engine */
+
+void ph_heap_fault_set(unsigned op_mask, uint64_t nth, int sticky) {
+  ph_fault_site_set(&heap_faults, op_mask, nth, sticky);
+}
+
+uint64_t ph_heap_fault_hits(void) {
+  return ph_fault_site_hits(&heap_faults);
+}
+
 /* heap.pool.ool: the side copy is the header and the live bitmap (the
  * class's class_hdr bytes, 64-aligned like the unit's); the pool pointer
  * changes, so the caller holds no other copy of it but the plan's (the
@@ -98,7 +108,9 @@ ph_pool *ph_pool_header_out_locked(struct ph_heap *h, ph_pool *p) {
   if (!c->ool && !(c->ool = calloc(c->nunits, sizeof *c->ool)))
     return NULL;
   size_t n = h->class_hdr[p->cls];
-  ph_pool *q = aligned_alloc(64, n);
+  ph_pool *q = ph_fault_site_hit(&heap_faults, PH_HEAP_OP_POOL_HDR)
+                   ? NULL
+                   : aligned_alloc(64, n);
   if (!q)
     return NULL;
   memcpy(q, p, n);

@@ -9,6 +9,8 @@
  * (compact.pin.holes); once unpinned, such a pool goes away whole. */
 #include "test_util.h"
 
+#include "heap/heap.h"
+
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -753,6 +755,50 @@ static void test_pinned_pool_header_out_of_line(void **state) {
   header_out_of_line(1);
 }
 
+/* heap.pool.ool when the side copy cannot be had (tests.faults): the
+ * compaction keeps every pinned pool's first page (and header) and gives
+ * the other pages as before; the next compaction, with memory, moves the
+ * headers out and gives the first pages too (their slots' evacuees move
+ * again).  ph_verify is clean and the blocks intact throughout. */
+static void test_pool_header_copy_refused(void **state) {
+  (void)state;
+  ph_config cfg;
+  ph_domain *d;
+  ph_heap *h = heap_gc0(&cfg, PH_RELEASE_DECOMMIT, &d);
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+  if (cfg.pool_size / 64 > pg) {
+    tu_env_close(&(tu_env){h, d});
+    return;
+  }
+  const size_t n = tu_scale(100000, 4);
+  const ph_value mask = ~(ph_value)(cfg.pool_size - 1);
+  size_t m = ph_scope_open(d);
+  sparse_pins sp;
+  sparse_pins_build(d, n, mask, 1, at_100, &sp);
+  size_t np = sp.np;
+  ph_heap_fault_set(PH_HEAP_OP_POOL_HDR, 1, 1);
+  assert_int_equal(ph_compact(d), PH_OK);
+  assert_true(ph_heap_fault_hits() > 0);
+  ph_heap_fault_set(0, 0, 0);
+  tu_verify_ok(d);
+  holes_check(sp.arr, sp.ns);
+  for (size_t k = 0; k < np; k++)
+    assert_true(ph_field(*sp.arr, sp.pin_j[k]) == sp.pins[k]);
+  assert_int_equal(first_pages_resident(&sp), np);
+  assert_true(resident_units(sp.pools, np, cfg.pool_size) <= np * 3 * pg);
+  assert_int_equal(ph_compact(d), PH_OK);
+  tu_verify_ok(d);
+  holes_check(sp.arr, sp.ns);
+  for (size_t k = 0; k < np; k++)
+    assert_true(ph_field(*sp.arr, sp.pin_j[k]) == sp.pins[k]);
+  size_t kept = first_pages_resident(&sp);
+  printf("first pages resident: %zu of %zu\n", kept, np);
+  assert_true(kept * 4 <= np);
+  ph_scope_close(d, m);
+  sparse_pins_free(&sp);
+  tu_env_close(&(tu_env){h, d});
+}
+
 /* compact.pin.holes under OS refusals: a compaction whose decommits are all
  * refused makes no hole (the blocks that left are gone from the pools all
  * the same, their slots free); a pool with holes freed while commits are
@@ -816,6 +862,7 @@ int main(void) {
       cmocka_unit_test(test_bogus_while_allocating),
       cmocka_unit_test(test_pinned_pools_give_pages),
       cmocka_unit_test(test_pinned_pool_header_out_of_line),
+      cmocka_unit_test(test_pool_header_copy_refused),
       cmocka_unit_test(test_pinned_pools_give_pages_lazy_unmap),
       cmocka_unit_test(test_pinned_pools_keep_whole),
       cmocka_unit_test(test_pinned_pools_filled_first),
