@@ -726,6 +726,7 @@ static void evacuate_unit(struct ph_heap *h, const ph_evac_unit *u,
   bit_iter di = {.bits = dbits, .word = ~dbits[0], .flip = ~(uint64_t)0};
   uint32_t i = u->src_first, left = u->count;
   ph_pool *src = u->src[i];
+  ph_value *sbase = (ph_value *)ph_pool_slots(h, src);
   /* the blocks a source gives: its live ones, or a partial pool's */
 #define SRC_BITS(i)                                                            \
   (u->src_bits && u->src_bits[i] ? u->src_bits[i] : ph_pool_bits(u->src[i]))
@@ -742,13 +743,13 @@ static void evacuate_unit(struct ph_heap *h, const ph_evac_unit *u,
     for (uint32_t j = 0; j < n; j++) {
       if (src_left == 0) { /* next source pool */
         src = u->src[++i];
+        sbase = (ph_value *)ph_pool_slots(h, src);
         si.bits = SRC_BITS(i);
         si.wi = 0;
         si.word = si.bits[0];
         src_left = u->src_live[i];
       }
-      from[j] =
-          (ph_value *)ph_pool_slots(h, src) + (size_t)bit_next(&si) * wsize;
+      from[j] = sbase + (size_t)bit_next(&si) * wsize;
       src_left--;
       uint32_t d = bit_next(&di);
       PH_ASSERT(d < dst->nslots);
