@@ -588,6 +588,74 @@ static void test_detach_live_data_and_adoption(void **state) {
   assert_int_equal(ph_heap_destroy(x.h), PH_OK);
 }
 
+/* mark.scan.skip: marking skips a group of a long range's fields when
+ * all of them hold immediates.  One pointer (the only path to its target)
+ * at each position around the 8-field steps, the 64-field groups and the
+ * 512-field slices, in blocks whose field counts end anywhere in a group,
+ * with or without fields of 0 (not immediates, not blocks) beside it:
+ * every target survives the collection with its contents, and live_bytes
+ * equals the test's recount. */
+static void test_mark_one_pointer_among_immediates(void **state) {
+  (void)state;
+  static const size_t sizes[] = {33,  40,  63,  64,  65,  71,  72,  127,
+                                 128, 129, 200, 511, 512, 513, 700, 1500};
+  static const size_t near[] = {0,  1,  6,  7,  8,  9,  15, 16,  31,
+                                32, 56, 57, 62, 63, 64, 65, 511, 512};
+  ph_heap *h = tu_heap(0);
+  ph_domain *d;
+  assert_int_equal(ph_domain_attach(h, &d), PH_OK);
+  size_t mark = ph_scope_open(d);
+  size_t cap =
+      sizeof sizes / sizeof *sizes * 2 * (sizeof near / sizeof *near + 4);
+  ph_value **slot = calloc(cap, sizeof *slot);
+  size_t *at = calloc(cap, sizeof *at);
+  ph_value *roots = calloc(cap, sizeof *roots);
+  assert_true(slot && at && roots);
+  size_t n = 0;
+  for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
+    size_t wo = sizes[s];
+    size_t pos[sizeof near / sizeof *near + 4], np = 0;
+    for (size_t k = 0; k < sizeof near / sizeof *near; k++)
+      if (near[k] < wo)
+        pos[np++] = near[k];
+    pos[np++] = wo - 1;
+    pos[np++] = wo - 2;
+    pos[np++] = wo - 8;
+    pos[np++] = wo / 2;
+    for (int zeros = 0; zeros < 2; zeros++)
+      for (size_t k = 0; k < np; k++) {
+        ph_value big = ph_alloc(d, wo, 0);
+        assert_true(ph_is_block(big));
+        slot[n] = ph_root(d, big);
+        if (zeros) /* a 0 field: an even word that is not a block */
+          for (size_t f = 3; f < wo; f += 11)
+            ph_set_field(big, f, 0);
+        ph_value t = ph_alloc(d, 2, 0);
+        assert_true(ph_is_block(t));
+        ph_set_field(t, 0, ph_val_int((intptr_t)n));
+        ph_set_field(*slot[n], pos[k], t);
+        at[n++] = pos[k];
+      }
+  }
+  assert_true(n <= cap);
+  assert_int_equal(ph_collect(d), PH_OK);
+  for (size_t i = 0; i < n; i++) {
+    roots[i] = *slot[i];
+    ph_value t = ph_field(roots[i], at[i]);
+    assert_true(ph_is_block(t));
+    assert_int_equal(ph_wosize(t), 2);
+    assert_int_equal(ph_int_val(ph_field(t, 0)), (intptr_t)i);
+  }
+  assert_int_equal(tu_stats(h).live_bytes, tu_reach_bytes(roots, n));
+  tu_verify_ok(d);
+  free(slot);
+  free(at);
+  free(roots);
+  ph_scope_close(d, mark);
+  assert_int_equal(ph_domain_detach(d), PH_OK);
+  assert_int_equal(ph_heap_destroy(h), PH_OK);
+}
+
 int main(void) {
   tu_seed();
   const struct CMUnitTest tests[] = {
@@ -595,6 +663,7 @@ int main(void) {
       cmocka_unit_test(test_concurrent_collect_coalesces),
       cmocka_unit_test(test_blocking_domain_roots_kept_and_updated),
       cmocka_unit_test(test_detach_live_data_and_adoption),
+      cmocka_unit_test(test_mark_one_pointer_among_immediates),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
