@@ -1138,6 +1138,77 @@ static void spec_finish_locked(struct ph_heap *h, ph_cspec *x, int moved) {
   p->nfree = ns - nhole - nlive;
 }
 
+/* Is any bit of bits[lo..hi] set? */
+static int bits_any(const uint64_t *bits, uint32_t lo, uint32_t hi) {
+  for (uint32_t w = lo / 64; w <= hi / 64; w++) {
+    uint64_t m = bits[w];
+    if (w == lo / 64)
+      m &= ~(uint64_t)0 << (lo % 64);
+    if (w == hi / 64 && hi % 64 != 63)
+      m &= ((uint64_t)2 << (hi % 64)) - 1;
+    if (m)
+      return 1;
+  }
+  return 0;
+}
+
+/* compact.holes.free (phase 5, leader, under the lock, after the special
+ * pools are finished and before the client rebuilds its lists; a client
+ * whose pools may have holes, memory released, no ranges plan): in each
+ * kept small pool of a chunk of normal pages, the granules
+ * (heap.pool.holes) that hold no byte of a live slot, nor the header and
+ * live bitmap, are given to the OS as holes; the free slots touching them
+ * leave the free list (nhole), as a pinned pool's do (compact.pin.holes).
+ * After the evacuation these are mostly the free slots at the end of each
+ * class's last, partly filled pool, and the room of kept pools that got
+ * no block. */
+static void kept_holes_locked(struct ph_heap *h, ph_compact_plan *plan) {
+  if (!plan->holes || h->cfg.release == PH_RELEASE_KEEP || plan->ranges.keep)
+    return;
+  int lazy = h->cfg.release == PH_RELEASE_LAZY;
+  size_t gsz = (size_t)1 << h->hole_shift;
+  unsigned ng = (unsigned)(h->pool_size >> h->hole_shift);
+  for (unsigned c = 0; c < h->nsmall; c++) {
+    const ph_cclass *cc = &plan->cls[c];
+    size_t sb = (size_t)h->class_wsize[c] * 8, hdr = h->class_hdr[c];
+    uint32_t ns = h->class_nslots[c];
+    for (size_t i = 0; i < cc->nkeep; i++) {
+      ph_pool *p = cc->keep[i];
+      ph_chunk *ch = p->chunk;
+      /* too few free bytes for a whole granule: nothing to give */
+      if (ch->huge != PH_OS_HUGE_NONE || (uint64_t)p->nfree * sb < gsz)
+        continue;
+      const uint64_t *bits = ph_pool_bits(p);
+      uint64_t had = ch->holes[p->unit], want = 0;
+      for (unsigned g = (unsigned)((hdr - 1) >> h->hole_shift) + 1; g < ng;
+           g++) {
+        if (had >> g & 1)
+          continue;
+        /* the slots touching granule g: [lo, hi] */
+        size_t a = (size_t)g << h->hole_shift, b = a + gsz - 1;
+        uint32_t lo = a < hdr ? 0 : (uint32_t)((a - hdr) / sb);
+        uint32_t hi = b < hdr ? 0 : (uint32_t)((b - hdr) / sb);
+        if (hi >= ns)
+          hi = ns - 1;
+        if (lo >= ns || !bits_any(bits, lo, hi))
+          want |= (uint64_t)1 << g;
+      }
+      if (!want)
+        continue;
+      /* refused runs stay committed: nothing is lost */
+      uint64_t holes = ph_pool_holes_make_locked(h, ch, p->unit, want, lazy);
+      if (holes == had)
+        continue;
+      uint32_t nhole = 0;
+      for (uint32_t s = 0; s < ns; s++)
+        nhole += ph_slot_in_hole(h, holes, c, s);
+      relink_free(h, p, holes);
+      p->nhole = nhole;
+      p->nfree = ns - nhole - p->nlive;
+    }
+  }
+}
+
 /* heap.release.trim (phase 6, leader, under the lock, every mode but
  * KEEP): in each kept medium pool of a chunk of normal pages, the pages
  * lying wholly inside a free slot, past its header and field 0 (the free
@@ -1177,6 +1248,8 @@ static void free_release_stw_single(struct ph_heap *h, ph_compact_plan *plan,
     for (unsigned c = 0; c < h->nclasses; c++)
       for (size_t i = 0; i < plan->cls[c].nspec; i++)
         spec_finish_locked(h, &plan->cls[c].spec[i], moved);
+    if (moved)
+      kept_holes_locked(h, plan);
   }
   if (plan)
     for (unsigned c = 0; c < h->nclasses; c++) {
@@ -1294,6 +1367,7 @@ void ph_compact_stw(struct ph_heap *h, const ph_compact_part *part) {
       h->plan->npinned = part->npinned;
       h->plan->pinned_blocks = part->pinned_blocks;
       h->plan->npinned_blocks = part->npinned_blocks;
+      h->plan->holes = part->holes;
       setup_stw_single(h, h->plan, part);
     }
   }
