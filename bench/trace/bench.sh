@@ -176,11 +176,13 @@ for t in traces:
         mb = lambda x: x / 1048576
         p()
         p("poolheap at the end (run of median RSS, %.2f MB): pools %.2f MB resident "
-          "(slots holding blocks %.2f MB, pages holding only free slots %.2f MB), "
+          "(slots holding blocks %.2f MB, pages holding only free slots %.2f MB, "
+          "%.2f MB of them in medium pools), "
           "large blocks %.2f MB, free units %.2f MB; outside the heap %.2f MB (the "
           "collector's own memory, malloc, stacks, code pages); live %.2f MB." % (
               mb(w["rss"]), mb(w["pools_resident"]), mb(w["pools_live_slots"]),
-              mb(w["pools_free_pages"]), mb(w["large_resident"]),
+              mb(w["pools_free_pages"]), mb(w.get("pools_free_pages_medium", 0)),
+              mb(w["large_resident"]),
               mb(w["free_units_resident"]), mb(w["rss"] - w["heap_resident"]),
               mb(w["live_bytes"])))
     # correctness

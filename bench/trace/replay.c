@@ -24,8 +24,12 @@
  * (poolheap), malloc_trim(0) (glibc), mallctl arena.<all>.purge
  * (jemalloc), mi_collect(true) (mimalloc), whichever the process's malloc
  * is (run it under LD_PRELOAD for the last two), and prints one JSON line:
- * resident bytes of the heap (VmRSS minus VmRSS before the first event;
- * the replay's own arrays are mmap'd and touched before that), live bytes
+ * resident bytes of the heap (RSS minus RSS before the first event, from
+ * smaps_rollup: see rss_bytes;
+ * the replay's own arrays are mmap'd and touched before that, and every
+ * system has then allocated and released one block, with everything a
+ * point runs: the code and data of a system's first call are not its
+ * heap), live bytes
  * (the sum of the trace's sizes over live blocks), and a checksum of every
  * live block's words, with each pointer field counted as its target's id:
  * the same on every system, and on poolheap the same before and after the
@@ -205,9 +209,24 @@ static uint32_t *live_ids, *live_pos;
 static size_t nlive;
 static uint64_t live_bytes;
 
+/* Resident bytes of the process: smaps_rollup's Rss, a walk of the page
+ * tables, exact at the moment of the call; statm's count (the fallback)
+ * may lag behind the per-CPU batches of the kernel's RSS counters (here
+ * 56 KB, right where the baseline was read: after the replay touched its
+ * buffers). */
 static long long rss_bytes(void) {
   char buf[4096];
-  int fd = open("/proc/self/statm", O_RDONLY);
+  int fd = open("/proc/self/smaps_rollup", O_RDONLY);
+  if (fd >= 0) {
+    ssize_t r = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    long long kb;
+    char *p;
+    if (r > 0 && (buf[r] = 0, p = strstr(buf, "\nRss:")) &&
+        sscanf(p + 5, "%lld", &kb) == 1)
+      return kb * 1024;
+  }
+  fd = open("/proc/self/statm", O_RDONLY);
   if (fd < 0)
     return -1;
   ssize_t r = read(fd, buf, sizeof buf - 1);
@@ -419,12 +438,14 @@ static void proj(double *now, double *large) {
  * resident, split into pools, large blocks and free units; in the pools,
  * the bytes of the slots holding blocks and the resident pages that hold no
  * byte of such a slot (nor the pool header): free slots' pages, mostly a
- * class's last partly filled pool.  Only resident pages are read (a slot's
- * header in a page that is not resident is a free slot's), so the walk
- * faults nothing in; its buffers are static and touched before the first
- * RSS reading.  Single-threaded: no collection runs meanwhile. */
+ * class's last partly filled pool (and, of them, those in medium pools).  Only
+ * resident pages are read (a slot's header in a page that is not resident is a
+ * free slot's), so the walk faults nothing in; its buffers are static and
+ * touched before the first RSS reading.  Single-threaded: no collection runs
+ * meanwhile. */
 typedef struct {
-  uint64_t heap, pools, live_slots, free_pages, large, free_units;
+  uint64_t heap, pools, live_slots, free_pages, free_pages_medium, large,
+      free_units;
 } where_t;
 static unsigned char where_vec[1 << 16];   /* mincore, 256 MiB a call */
 static unsigned char where_pv[65 * 512];   /* one pool's pages: mincore */
@@ -481,8 +502,11 @@ static void where(where_t *o) {
             where_live[q] = 1;
         }
         for (size_t q = 0; q < npg; q++)
-          if ((pv[q] & 1) && !where_live[q])
+          if ((pv[q] & 1) && !where_live[q]) {
             o->free_pages += page;
+            if (p->cls >= h->nsmall)
+              o->free_pages_medium += page;
+          }
       }
     }
   }
@@ -570,6 +594,20 @@ static int do_run(int argc, char **argv) {
     memset(where_vec, 1, sizeof where_vec); /* resident before rss0 */
     memset(where_live, 1, sizeof where_live);
     memset(where_pv, 1, sizeof where_pv);
+    /* every system warmed alike before its baseline: one block and its
+     * release, with everything a point then runs (the compaction, the
+     * verifier, the statistics, proj and where), so that code and data
+     * pages of poolheap's first run are not counted as heap */
+    char why[256];
+    double fn, fl;
+    where_t wh;
+    ph_stats st;
+    if (!ph_alloc(dom, 8, 0) || ph_compact(dom) != PH_OK ||
+        ph_verify(dom, why, sizeof why) != PH_OK ||
+        ph_stats_get(heap, &st) != PH_OK)
+      die("poolheap: the warm-up failed");
+    proj(&fn, &fl);
+    where(&wh);
   } else {
     /* one block and its release, so the allocator has its first state */
     free(malloc(64));
@@ -669,11 +707,13 @@ static int do_run(int argc, char **argv) {
       where(&wh);
       printf(",\"heap_resident\":%llu,\"pools_resident\":%llu,"
              "\"pools_live_slots\":%llu,\"pools_free_pages\":%llu,"
+             "\"pools_free_pages_medium\":%llu,"
              "\"large_resident\":%llu,\"free_units_resident\":%llu",
              (unsigned long long)wh.heap, (unsigned long long)wh.pools,
              (unsigned long long)wh.live_slots,
-             (unsigned long long)wh.free_pages, (unsigned long long)wh.large,
-             (unsigned long long)wh.free_units);
+             (unsigned long long)wh.free_pages,
+             (unsigned long long)wh.free_pages_medium,
+             (unsigned long long)wh.large, (unsigned long long)wh.free_units);
     }
     printf(",\"checksum\":\"%016llx\",\"checksum_before\":\"%016llx\","
            "\"ok\":%s}\n",
