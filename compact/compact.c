@@ -1155,7 +1155,8 @@ static int bits_any(const uint64_t *bits, uint32_t lo, uint32_t hi) {
 /* compact.holes.free (phase 5, leader, under the lock, after the special
  * pools are finished and before the client rebuilds its lists; a client
  * whose pools may have holes, memory released, no ranges plan): in each
- * kept small pool of a chunk of normal pages, the granules
+ * kept pool of one unit (the small classes and the smallest medium ones)
+ * of a chunk of normal pages, the granules
  * (heap.pool.holes) that hold no byte of a live slot, nor the header and
  * live bitmap, are given to the OS as holes; the free slots touching them
  * leave the free list (nhole), as a pinned pool's do (compact.pin.holes).
@@ -1168,7 +1169,9 @@ static void kept_holes_locked(struct ph_heap *h, ph_compact_plan *plan) {
   int lazy = h->cfg.release == PH_RELEASE_LAZY;
   size_t gsz = (size_t)1 << h->hole_shift;
   unsigned ng = (unsigned)(h->pool_size >> h->hole_shift);
-  for (unsigned c = 0; c < h->nsmall; c++) {
+  for (unsigned c = 0; c < h->nclasses; c++) {
+    if (h->class_units[c] != 1)
+      continue; /* heap.pool.holes are per unit */
     const ph_cclass *cc = &plan->cls[c];
     size_t sb = (size_t)h->class_wsize[c] * 8, hdr = h->class_hdr[c];
     uint32_t ns = h->class_nslots[c];

@@ -53,7 +53,7 @@ static void check_pool(struct ph_heap *h, ph_check *k, ph_chunk *c,
   uint64_t words = 0, holes = c->holes[u];
   size_t ng = h->pool_size >> h->hole_shift;
   if ((holes & 1) || (ng < 64 && (holes >> ng)) ||
-      (holes && (c->huge != PH_OS_HUGE_NONE || p->cls >= h->nsmall))) {
+      (holes && (c->huge != PH_OS_HUGE_NONE || h->class_units[p->cls] > 1))) {
     ph_check_fail(k, "pool %p: bad holes %#llx", (void *)p,
                   (unsigned long long)holes);
     return;

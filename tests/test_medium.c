@@ -582,7 +582,8 @@ static void test_compact_trims_free_medium_slots(void **state) {
 /* compact.holes.free, the small pools' counterpart of heap.release.trim:
  * after a compaction, the granules (heap.pool.holes) of a kept small pool
  * that hold no live slot (nor the header) are holes, given back to the OS
- * in every mode but KEEP.  One small class over four pools: the first kept
+ * in every mode but KEEP.  One small class, then the first medium class
+ * (pools of one unit), over four pools: the first kept
  * full, the first quarter of the second, one block in 64 of the third
  * (evacuated into the second), none of the fourth.  Every
  * such granule is a hole and not resident (LAZY: a hole, its MADV_FREE
@@ -598,11 +599,13 @@ static void census_holes(const ph_census_class *c, void *user) {
   }
 }
 
-static void holes_case(ph_release_mode rel) {
+static void holes_case(ph_release_mode rel, int medium) {
   ph_domain *d;
   ph_heap *h = heap_open(0, rel, &d);
   size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-  size_t gsz = (size_t)1 << h->hole_shift, wo = 3;
+  /* a small class, or the first medium one (pools of one unit) */
+  size_t gsz = (size_t)1 << h->hole_shift,
+         wo = medium ? h->class_wsize[h->nsmall] - 1 : 3;
   unsigned cls = ph_class_of_wosize(h, wo);
   uint32_t ns = h->class_nslots[cls];
   size_t sb = (size_t)h->class_wsize[cls] * 8, n = 4 * (size_t)ns, nk = 0;
@@ -660,10 +663,10 @@ static void holes_case(ph_release_mode rel) {
   }
   size_t cu[3] = {cls, 0, 0};
   assert_int_equal(ph_census(d, census_holes, cu), PH_OK);
-  print_message("release %d: %zu pools kept, %zu granules without a survivor, "
-                "%zu holes, %zu wholly resident; census: %zu pools with "
-                "holes, %zu slots in them\n",
-                (int)rel, np, want, holes, res, cu[1], cu[2]);
+  print_message("release %d, class %u: %zu pools kept, %zu granules without "
+                "a survivor, %zu holes, %zu wholly resident; census: %zu "
+                "pools with holes, %zu slots in them\n",
+                (int)rel, cls, np, want, holes, res, cu[1], cu[2]);
   assert_true(want >= 4); /* the second pool is mostly free */
   if (rel == PH_RELEASE_KEEP) {
     assert_int_equal(holes, 0);
@@ -698,12 +701,14 @@ static void holes_case(ph_release_mode rel) {
   heap_close(h, d);
 }
 
-static void test_compact_holes_free_small_pages(void **state) {
+static void test_compact_holes_free_pages(void **state) {
   (void)state;
-  holes_case(PH_RELEASE_DECOMMIT);
-  holes_case(PH_RELEASE_UNMAP);
-  holes_case(PH_RELEASE_KEEP);
-  holes_case(PH_RELEASE_LAZY);
+  for (int medium = 0; medium < 2; medium++) {
+    holes_case(PH_RELEASE_DECOMMIT, medium);
+    holes_case(PH_RELEASE_UNMAP, medium);
+    holes_case(PH_RELEASE_KEEP, medium);
+    holes_case(PH_RELEASE_LAZY, medium);
+  }
 }
 
 /* compact.phase.stats: the sweep's records (partly filled pools, scanned
@@ -947,7 +952,7 @@ int main(void) {
       cmocka_unit_test(test_compact_sparse_medium),
       cmocka_unit_test(test_compact_without_map),
       cmocka_unit_test(test_compact_trims_free_medium_slots),
-      cmocka_unit_test(test_compact_holes_free_small_pages),
+      cmocka_unit_test(test_compact_holes_free_pages),
       cmocka_unit_test(test_compact_frees_records),
       cmocka_unit_test(test_heap_limit),
       cmocka_unit_test(test_two_domains_compact),
