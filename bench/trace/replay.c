@@ -25,7 +25,7 @@
  * (jemalloc), mi_collect(true) (mimalloc), whichever the process's malloc
  * is (run it under LD_PRELOAD for the last two), and prints one JSON line:
  * resident bytes of the heap (RSS minus RSS before the first event, from
- * smaps_rollup: see rss_bytes;
+ * smaps_rollup: see rss_bytes; and its anonymous part, see anon_bytes;
  * the replay's own arrays are mmap'd and touched before that, and every
  * system has then allocated and released one block, with everything a
  * point runs: the code and data of a system's first call are not its
@@ -209,24 +209,36 @@ static uint32_t *live_ids, *live_pos;
 static size_t nlive;
 static uint64_t live_bytes;
 
-/* Resident bytes of the process: smaps_rollup's Rss, a walk of the page
- * tables, exact at the moment of the call; statm's count (the fallback)
- * may lag behind the per-CPU batches of the kernel's RSS counters (here
- * 56 KB, right where the baseline was read: after the replay touched its
- * buffers). */
-static long long rss_bytes(void) {
-  char buf[4096];
+/* A field of smaps_rollup in bytes (a walk of the page tables, exact at
+ * the moment of the call), or -1. */
+static long long rollup_bytes(const char *field) {
+  char buf[4096], key[32];
   int fd = open("/proc/self/smaps_rollup", O_RDONLY);
-  if (fd >= 0) {
-    ssize_t r = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    long long kb;
-    char *p;
-    if (r > 0 && (buf[r] = 0, p = strstr(buf, "\nRss:")) &&
-        sscanf(p + 5, "%lld", &kb) == 1)
-      return kb * 1024;
-  }
-  fd = open("/proc/self/statm", O_RDONLY);
+  if (fd < 0)
+    return -1;
+  ssize_t r = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (r <= 0)
+    return -1;
+  buf[r] = 0;
+  snprintf(key, sizeof key, "\n%s:", field);
+  char *p = strstr(buf, key);
+  long long kb;
+  if (!p || sscanf(p + strlen(key), "%lld", &kb) != 1)
+    return -1;
+  return kb * 1024;
+}
+
+/* Resident bytes of the process: smaps_rollup's Rss; statm's count (the
+ * fallback) may lag behind the per-CPU batches of the kernel's RSS
+ * counters (here 56 KB, right where the baseline was read: after the
+ * replay touched its buffers). */
+static long long rss_bytes(void) {
+  long long b = rollup_bytes("Rss");
+  if (b >= 0)
+    return b;
+  char buf[256];
+  int fd = open("/proc/self/statm", O_RDONLY);
   if (fd < 0)
     return -1;
   ssize_t r = read(fd, buf, sizeof buf - 1);
@@ -238,6 +250,15 @@ static long long rss_bytes(void) {
   if (sscanf(buf, "%lld %lld", &size, &res) != 2)
     return -1;
   return res * sysconf(_SC_PAGESIZE);
+}
+
+/* The anonymous part of it (smaps_rollup's Anonymous): the heap's pages
+ * and every other written private page, without the code and read-only
+ * data of the binary and its libraries, which the kernel maps in batches
+ * around each fault (fault-around) from the page cache, so that their
+ * count varies from run to run. */
+static long long anon_bytes(void) {
+  return rollup_bytes("Anonymous");
 }
 
 static double now_ms(void) {
@@ -613,7 +634,7 @@ static int do_run(int argc, char **argv) {
     free(malloc(64));
     sys_release(sys);
   }
-  long long rss0 = rss_bytes();
+  long long rss0 = rss_bytes(), anon0 = anon_bytes();
   double cpu0;
   long faults0;
   usage(&cpu0, &faults0);
@@ -682,17 +703,18 @@ static int do_run(int argc, char **argv) {
     double cpu;
     long faults;
     usage(&cpu, &faults);
-    long long rss = rss_bytes() - rss0;
+    long long rss = rss_bytes() - rss0, anon = anon_bytes() - anon0;
     uint64_t sum_after = checksum();
     int ok = sum_after == sum_before && verify == PH_OK;
     bad |= !ok;
     printf("{\"trace\":\"%s\",\"system\":\"%s\",\"point\":%d,\"points\":%d,"
            "\"events\":%zu,\"live_blocks\":%zu,\"live_bytes\":%llu,"
-           "\"rss_before\":%lld,\"rss\":%lld,\"rss_over_live\":%.3f,"
+           "\"rss_before\":%lld,\"rss\":%lld,\"anon\":%lld,"
+           "\"rss_over_live\":%.3f,"
            "\"rss_over_live_1m\":%.3f,\"release_ms\":%.2f,"
            "\"elapsed_ms\":%.1f,\"cpu_ms\":%.1f,\"minor_faults\":%ld",
            name, sys_name[sys], pt, points, end, nlive,
-           (unsigned long long)live_bytes, rss_before - rss0, rss,
+           (unsigned long long)live_bytes, rss_before - rss0, rss, anon,
            live_bytes ? (double)rss / live_bytes : 0.0,
            (double)rss / (live_bytes + 1048576.0), dt, now_ms() - t0,
            cpu - cpu0, faults - faults0);
