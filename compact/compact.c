@@ -135,10 +135,12 @@ static size_t pinned_first(const ph_compact_plan *plan, ph_cand *cand,
 
 /* compact.pin.holes: move the pools with holes of cand[a..n) to the end,
  * the others keeping their order; returns how many there are. */
-static size_t holed_last(ph_cand *cand, size_t a, size_t n) {
+static size_t holed_last(const struct ph_heap *h, ph_cand *cand, size_t a,
+                         size_t n) {
   size_t k = 0;
   for (size_t i = n; i-- > a;)
-    if (ph_pool_holes(cand[i].pool)) {
+    if (ph_pool_holes_any(h, cand[i].pool->chunk, cand[i].pool->unit,
+                          cand[i].cls)) {
       ph_cand t = cand[i];
       memmove(cand + i, cand + i + 1, (n - k - 1 - i) * sizeof *cand);
       cand[n - 1 - k++] = t;
@@ -192,7 +194,14 @@ static void spec_block(struct ph_heap *h, ph_cspec *sp) {
   ph_pool *p = sp->pool;
   uint32_t ns = h->class_nslots[p->cls], nw = (ns + 63) / 64, used = 0;
   uint64_t *bits = ph_pool_bits(p);
-  ph_pool_hole_slots(h, p->cls, sp->holes, sp->t);
+  if (h->class_units[p->cls] == 1) {
+    ph_pool_hole_slots(h, p->cls, sp->holes, sp->t);
+  } else { /* a medium pool's holes are in the masks of its units */
+    memset(sp->t, 0, nw * sizeof *sp->t);
+    for (uint32_t i = 0; i < ns && sp->holes; i++)
+      if (ph_pool_slot_holed(h, p, i))
+        sp->t[i / 64] |= (uint64_t)1 << (i % 64);
+  }
   sp->mv = 0;
   for (uint32_t w = 0; w < nw; w++) {
     sp->m[w] = bits[w] & sp->t[w];
@@ -237,7 +246,7 @@ static inline ph_cspec *spec_at(ph_cspec *sp, size_t i, size_t np, size_t n,
 static void plan_group(struct ph_heap *h, ph_compact_plan *plan, ph_cclass *cc,
                        ph_cand *cand, size_t n, uint32_t nslots) {
   size_t np = pinned_first(plan, cand, n);
-  size_t nh = cc->spec && h->holed_pools ? holed_last(cand, np, n) : 0;
+  size_t nh = cc->spec && h->holed_pools ? holed_last(h, cand, np, n) : 0;
   ph_cspec *sp = cc->spec ? cc->spec + cc->nspec : NULL;
 #define SPEC(i) spec_at(sp, i, np, n, nh)
   if (sp) {
@@ -251,7 +260,8 @@ static void plan_group(struct ph_heap *h, ph_compact_plan *plan, ph_cclass *cc,
                       .t = cc->specbits + 2 * si * nw,
                       .m = cc->specbits + (2 * si + 1) * nw,
                       .pinned = i < np};
-      x->holes = ph_pool_holes(x->pool);
+      x->holes =
+          ph_pool_holes_any(h, x->pool->chunk, x->pool->unit, x->pool->cls);
       if (i < np && partial_ok(h, plan, x->pool)) {
         x->holes |= unpinned_granules(h, plan, x->pool);
         x->partial = 1;
@@ -285,7 +295,7 @@ again:
     need -= x->mv;
     cap -= x->room;
     spec_unblock(h, x);
-    x->holes = ph_pool_holes(x->pool);
+    x->holes = ph_pool_holes(x->pool); /* a partial pool: one unit */
     x->partial = 0;
     spec_block(h, x);
     need += x->mv;
@@ -390,7 +400,8 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
     size_t ns = 0;
     for (size_t j = 0; j < n; j++)
       ns += is_pinned(plan, cand[j].pool) ||
-            (h->holed_pools && ph_pool_holes(cand[j].pool));
+            (h->holed_pools && ph_pool_holes_any(h, cand[j].pool->chunk,
+                                                 cand[j].pool->unit, cls));
     if (ns) {
       size_t nw = (nslots + 63) / 64;
       cc->spec = calloc(ns, sizeof *cc->spec);
@@ -704,7 +715,7 @@ static void relink_free(struct ph_heap *h, ph_pool *p, uint64_t holes) {
     while (free) {
       uint32_t si = wi * 64 + 63 - (uint32_t)__builtin_clzll(free);
       free &= ~((uint64_t)1 << (si % 64));
-      if (ph_slot_in_hole(h, holes, p->cls, si))
+      if (holes && ph_pool_slot_holed(h, p, si))
         continue;
       ph_value *slot = base + (size_t)si * wsize;
       PH_ASSERT(slot[0] == 0);
@@ -991,7 +1002,9 @@ update_pool(fwd_batch *b, ph_pool *p, int interior, uint64_t holes) {
   for (uint32_t k = 0; k < nslots; k++, slot += wsize) {
     /* heap.pool.holes; a partial pool's blocks that moved out */
     if (__builtin_expect(holes != 0, 0) &&
-        ph_slot_in_hole(b->h, holes, p->cls, k))
+        (b->h->class_units[p->cls] == 1
+             ? ph_slot_in_hole(b->h, holes, p->cls, k)
+             : ph_pool_slot_holed(b->h, p, k)))
       continue;
     ph_value hd = slot[0];
     if (hd == 0)
@@ -1013,7 +1026,7 @@ update_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx,
   if (c->ustate[u] != PH_U_POOL)
     return;
   char *ua = ph_unit_addr(h, c, u);
-  uint64_t holes = c->holes[u];
+  uint64_t holes = ph_pool_holes_any(h, c, u, c->ucls[u]);
   if (plan->map ? unit_evacuated(h, plan, (uintptr_t)ua)
                 : ph_pool_at(h, c, u)->evacuated) {
     /* compact.pin.holes: a partial pool keeps the blocks outside them */
@@ -1123,12 +1136,14 @@ static void spec_finish_locked(struct ph_heap *h, ph_cspec *x, int moved) {
   }
   ph_pool *p = x->pool;
   ph_chunk *c = p->chunk;
-  uint64_t holes = c->holes[p->unit];
+  uint64_t holes = ph_pool_holes_any(h, c, p->unit, p->cls);
   if (x->partial && (x->holes & ~holes)) {
     /* heap.pool.ool: granule 0 goes only with the header out of line
-     * (no memory for the copy: it stays, like a refused run) */
-    ph_pool *q =
-        (x->holes & ~holes & 1) ? ph_pool_header_out_locked(h, p) : NULL;
+     * (a small pool's; no memory for the copy: it stays, like a refused
+     * run) */
+    ph_pool *q = (x->holes & ~holes & 1) && p->cls < h->nsmall
+                     ? ph_pool_header_out_locked(h, p)
+                     : NULL;
     if (q)
       p = x->pool = q;
     holes = ph_pool_holes_make_locked(h, c, p->unit, x->holes,
@@ -1143,7 +1158,7 @@ static void spec_finish_locked(struct ph_heap *h, ph_cspec *x, int moved) {
   for (uint32_t w = 0; w < nw; w++) {
     for (uint64_t t = x->t[w]; t; t &= t - 1) {
       uint32_t i = w * 64 + (uint32_t)__builtin_ctzll(t);
-      if (ph_slot_in_hole(h, holes, p->cls, i))
+      if (holes && ph_pool_slot_holed(h, p, i))
         nhole++;
       else
         base[(size_t)i * ws] = 0; /* free (a moved block's old copy) */
@@ -1155,6 +1170,91 @@ static void spec_finish_locked(struct ph_heap *h, ph_cspec *x, int moved) {
   p->nhole = nhole;
   p->nlive = nlive;
   p->nfree = ns - nhole - nlive;
+}
+
+/* Is any bit of bits[lo..hi] set? */
+static int bits_any(const uint64_t *bits, uint32_t lo, uint32_t hi) {
+  for (uint32_t w = lo / 64; w <= hi / 64; w++) {
+    uint64_t m = bits[w];
+    if (w == lo / 64)
+      m &= ~(uint64_t)0 << (lo % 64);
+    if (w == hi / 64 && hi % 64 != 63)
+      m &= ((uint64_t)2 << (hi % 64)) - 1;
+    if (m)
+      return 1;
+  }
+  return 0;
+}
+
+/* compact.holes.free (phase 5, leader, under the lock, after the special
+ * pools are finished and before the client rebuilds its lists; a client
+ * whose pools may have holes, memory released, no ranges plan): in each
+ * kept pool of a chunk of normal pages (small or medium: a medium pool's
+ * holes are in the masks of its units), the granules (heap.pool.holes)
+ * that hold no byte of a live slot, nor the header and live bitmap, are
+ * given to the OS as holes; the free slots touching them leave the free
+ * list (nhole), as a pinned pool's do (compact.pin.holes).  After the
+ * evacuation these are mostly the free slots at the end of each class's
+ * last, partly filled pool, and the room of kept pools that got no block. */
+static void kept_holes_locked(struct ph_heap *h, ph_compact_plan *plan) {
+  if (!plan->holes || h->cfg.release == PH_RELEASE_KEEP || plan->ranges.keep)
+    return;
+  int lazy = h->cfg.release == PH_RELEASE_LAZY;
+  size_t gsz = (size_t)1 << h->hole_shift;
+  unsigned ng = (unsigned)(h->pool_size >> h->hole_shift);
+  for (unsigned c = 0; c < h->nclasses; c++) {
+    const ph_cclass *cc = &plan->cls[c];
+    size_t sb = (size_t)h->class_wsize[c] * 8, hdr = h->class_hdr[c];
+    uint32_t ns = h->class_nslots[c], nu = h->class_units[c];
+    unsigned g_hdr = (unsigned)((hdr - 1) >> h->hole_shift) + 1;
+    for (size_t i = 0; i < cc->nkeep; i++) {
+      ph_pool *p = cc->keep[i];
+      if (h->ool_pools) {
+        /* heap.pool.ool: spec_finish_locked may have moved a pinned pool's
+         * header out since the plan named it (its first page is a hole
+         * now): the pool is found again from its address */
+        char *pa = ph_pool_addr(h, p);
+        ph_chunk *pc = ph_chunk_find(h, pa);
+        p = ph_pool_at(h, pc,
+                       (uint32_t)((size_t)(pa - pc->base) >> h->pool_shift));
+      }
+      ph_chunk *ch = p->chunk;
+      /* too few free bytes for a whole granule: nothing to give */
+      if (ch->huge != PH_OS_HUGE_NONE || (uint64_t)p->nfree * sb < gsz)
+        continue;
+      const uint64_t *bits = ph_pool_bits(p);
+      int made = 0;
+      for (uint32_t k = 0; k < nu; k++) {
+        uint64_t had = ch->holes[p->unit + k], want = 0;
+        for (unsigned g = k ? 0 : g_hdr; g < ng; g++) {
+          if (had >> g & 1)
+            continue;
+          /* the slots touching granule g of unit k: [lo, hi] */
+          size_t a =
+              ((size_t)k << h->pool_shift) + ((size_t)g << h->hole_shift);
+          size_t b = a + gsz - 1;
+          uint32_t lo = a < hdr ? 0 : (uint32_t)((a - hdr) / sb);
+          uint32_t hi = b < hdr ? 0 : (uint32_t)((b - hdr) / sb);
+          if (hi >= ns)
+            hi = ns - 1;
+          if (lo >= ns || !bits_any(bits, lo, hi))
+            want |= (uint64_t)1 << g;
+        }
+        /* refused runs stay committed: nothing is lost */
+        if (want &&
+            ph_pool_holes_make_locked(h, ch, p->unit + k, want, lazy) != had)
+          made = 1;
+      }
+      if (!made)
+        continue;
+      uint32_t nhole = 0;
+      for (uint32_t s = 0; s < ns; s++)
+        nhole += ph_pool_slot_holed(h, p, s);
+      relink_free(h, p, 1);
+      p->nhole = nhole;
+      p->nfree = ns - nhole - p->nlive;
+    }
+  }
 }
 
 /* heap.release.trim (phase 6, leader, under the lock, every mode but
@@ -1196,6 +1296,8 @@ static void free_release_stw_single(struct ph_heap *h, ph_compact_plan *plan,
     for (unsigned c = 0; c < h->nclasses; c++)
       for (size_t i = 0; i < plan->cls[c].nspec; i++)
         spec_finish_locked(h, &plan->cls[c].spec[i], moved);
+    if (moved)
+      kept_holes_locked(h, plan);
   }
   if (plan)
     for (unsigned c = 0; c < h->nclasses; c++) {
@@ -1210,7 +1312,7 @@ static void free_release_stw_single(struct ph_heap *h, ph_compact_plan *plan,
         ph_chunk *ch = ph_chunk_find(h, pa);
         uint32_t u = (uint32_t)((size_t)(pa - ch->base) >> h->pool_shift);
 #if PH_POISON
-        if (!ph_pool_holes(p)) { /* holes are not touched */
+        if (!ph_pool_holes_any(h, ch, u, c)) { /* holes are not touched */
           ph_value *q = (ph_value *)ph_pool_slots(h, p);
           size_t nw =
               (((size_t)h->class_units[c] << h->pool_shift) - h->class_hdr[c]) /
@@ -1314,6 +1416,7 @@ void ph_compact_stw(struct ph_heap *h, const ph_compact_part *part) {
       h->plan->npinned = part->npinned;
       h->plan->pinned_blocks = part->pinned_blocks;
       h->plan->npinned_blocks = part->npinned_blocks;
+      h->plan->holes = part->holes;
       setup_stw_single(h, h->plan, part);
     }
   }

@@ -134,6 +134,7 @@ typedef struct ph_compact_plan {
    * no pool does so */
   uint64_t *hmask;
   uint8_t *hcls; /* and their classes (no pool header is read) */
+  int holes;     /* compact.holes.free (from ph_compact_part) */
   /* results, summed (or the longest time) over the participants */
   _Atomic uint64_t r_blocks, r_bytes, r_t_evac, r_t_update, r_t_release;
   uint64_t r_pools, r_released;
@@ -187,6 +188,12 @@ typedef struct ph_compact_part {
    * left with no block become holes (heap.pool.holes). */
   const ph_value *pinned_blocks;
   size_t npinned_blocks;
+  /* compact.holes.free: the client's pools may have holes
+   * (heap.pool.holes: its sweep, allocation and verifier skip them): the
+   * kept small pools' granules that hold no live slot become holes when
+   * memory is released.  The managed collector's; the pool layer's pools
+   * never have holes. */
+  int holes;
 } ph_compact_part;
 
 /* compact/compact.c: the one driver of both clients: plan, evacuate,

@@ -21,12 +21,14 @@ void ph_census_stw_single(struct ph_heap *h, const ph_census_req *req) {
       rows[p->cls].pools++;
       rows[p->cls].live_blocks += p->nlive;
       rows[p->cls].free_blocks += p->nfree;
-      uint64_t holes = ch->holes[u]; /* heap.pool.holes */
-      rows[p->cls].holed_pools += holes != 0;
+      /* heap.pool.holes, in every unit of the pool */
+      size_t hb = 0;
+      for (uint32_t k = 0; k < h->class_units[p->cls]; k++)
+        hb += (size_t)__builtin_popcountll(ch->holes[u + k]) << h->hole_shift;
+      rows[p->cls].holed_pools += hb != 0;
       rows[p->cls].hole_blocks += p->nhole;
       rows[p->cls].committed_bytes +=
-          ((size_t)h->class_units[p->cls] << h->pool_shift) -
-          ((size_t)__builtin_popcountll(holes) << h->hole_shift);
+          ((size_t)h->class_units[p->cls] << h->pool_shift) - hb;
     }
   }
   for (unsigned c = 0; c < h->nclasses; c++)

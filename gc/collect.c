@@ -348,6 +348,7 @@ static void compact_stw(struct ph_heap *h, ph_worker *w) {
       .npinned = h->gc->npinned_pools,
       .pinned_blocks = h->gc->pinned_blocks,
       .npinned_blocks = h->gc->npinned_blocks,
+      .holes = 1, /* compact.holes.free */
   };
   ph_compact_stw(h, &part);
   /* compact.phase.stats: past the driver's last barrier nothing reads this

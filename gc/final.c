@@ -93,7 +93,7 @@ int ph_gc_block_check_locked(struct ph_heap *h, ph_value v) {
   size_t off = (size_t)((char *)v - 8 - slots);
   if (off % sb || off / sb >= h->class_nslots[cls])
     return 0;
-  if (ph_slot_in_hole(h, c->holes[u], cls, (uint32_t)(off / sb)))
+  if (ph_pool_slot_in_hole(h, c, u, cls, (uint32_t)(off / sb)))
     return 0; /* heap.pool.holes: no block, and not to be touched */
   /* a free slot's header is 0, even in a pool cached by its owner */
   return __atomic_load_n(ph_hp(v), __ATOMIC_RELAXED) != 0;

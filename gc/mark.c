@@ -352,9 +352,9 @@ static void rescan_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx) {
   uint8_t st = c->ustate[u];
   if (st == PH_U_POOL) {
     ph_pool *p = ph_pool_at(h, c, u);
-    uint64_t holes = c->holes[u];
+    uint64_t holes = ph_pool_holes_any(h, c, u, p->cls);
     for (uint32_t i = 0; i < p->nslots; i++) {
-      if (ph_slot_in_hole(h, holes, p->cls, i))
+      if (holes && ph_pool_slot_in_hole(h, c, u, p->cls, i))
         continue; /* heap.pool.holes */
       ph_value v = ph_pool_block(h, p, i);
       ph_value hd = ph_hd_load(v);

@@ -100,7 +100,7 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
       if (c->ustate[u] == PH_U_POOL) {
         ph_pool *p = ph_pool_at(h, c, u);
         for (uint32_t k = 0; k < p->nslots && !v.k.bad; k++) {
-          if (ph_slot_in_hole(h, c->holes[u], p->cls, k))
+          if (ph_pool_slot_in_hole(h, c, u, p->cls, k))
             continue; /* heap.pool.holes */
           ph_value b = ph_pool_block(h, p, k);
           if (*ph_hp(b) != 0 && !(ph_hd_color(*ph_hp(b)) & PH_BLACK))

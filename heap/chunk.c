@@ -423,6 +423,7 @@ static size_t hole_len(const struct ph_heap *h, uint64_t holes) {
 
 void ph_units_free_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
                           size_t n) {
+  uint32_t nstuck = 0;
   for (size_t k = 0; k < n; k++) {
     PH_ASSERT(c->ustate[unit + k] >= PH_U_POOL);
     uint64_t holes = c->holes[unit + k];
@@ -433,35 +434,71 @@ void ph_units_free_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
        * released). */
       char *ua = ph_unit_addr(h, c, unit + (uint32_t)k);
       int st = PH_U_FREE_COMM;
+      uint64_t gone = holes; /* the granules not counted committed */
       if (ph_os_commit(&h->os, ua, hole_len(h, holes)) != PH_OK) {
         /* refused: the other granules go back instead, one at a time, and
-         * the unit is Reserved (a refusal there leaves the accounting
-         * short by the holes: ph_verify says so) */
+         * the unit is Reserved; if one is refused too, the unit is
+         * PH_U_STUCK (not free; its granules not counted committed stay
+         * in its mask) until the release counts them again */
         unsigned ng = (unsigned)(h->pool_size >> h->hole_shift);
         st = PH_U_FREE;
-        for (unsigned g = 0; g < ng; g++)
-          if (!(holes >> g & 1) &&
-              ph_os_decommit(&h->os, ua + ((size_t)g << h->hole_shift),
+        for (unsigned g = 0; g < ng; g++) {
+          if (holes >> g & 1)
+            continue;
+          if (ph_os_decommit(&h->os, ua + ((size_t)g << h->hole_shift),
                              (size_t)1 << h->hole_shift,
-                             PH_OS_DECOMMIT_NOW) != PH_OK)
-            st = PH_U_FREE_COMM;
+                             PH_OS_DECOMMIT_NOW) == PH_OK)
+            gone |= (uint64_t)1 << g;
+          else
+            st = PH_U_STUCK;
+        }
       }
       h->hole_bytes -= hole_len(h, holes);
       h->holed_pools--;
-      if (holes & 1) { /* heap.pool.ool: the header's copy goes too */
+      /* heap.pool.ool: the header's copy goes too */
+      if (c->ool && c->ool[unit + k]) {
         free(c->ool[unit + k]);
         c->ool[unit + k] = NULL;
         h->ool_pools--;
       }
-      c->holes[unit + k] = 0;
+      c->holes[unit + k] = st == PH_U_STUCK ? gone : 0;
       c->ustate[unit + k] = (uint8_t)st;
+      if (st == PH_U_STUCK) {
+        nstuck++;
+        h->stuck_units++;
+        h->stuck_bytes += h->pool_size - hole_len(h, gone);
+      }
       continue;
     }
     c->ustate[unit + k] = PH_U_FREE_COMM;
   }
-  c->nfree += (uint32_t)n;
+  c->nfree += (uint32_t)n - nstuck;
   if (unit < c->hint)
     c->hint = unit;
+  while (c->hint < c->nunits && c->ustate[c->hint] == PH_U_STUCK)
+    c->hint++; /* no free unit below the hint: a stuck one is not free */
+}
+
+/* heap.pool.holes: the PH_U_STUCK units become free committed units once
+ * their granules can be counted committed again (accounting only). */
+static void stuck_settle_locked(struct ph_heap *h) {
+  for (unsigned i = 0; i < h->nchunks && h->stuck_units; i++) {
+    ph_chunk *c = h->chunks[i];
+    for (uint32_t u = 0; u < c->nunits && h->stuck_units; u++) {
+      if (c->ustate[u] != PH_U_STUCK)
+        continue;
+      size_t len = hole_len(h, c->holes[u]);
+      if (ph_os_commit(&h->os, ph_unit_addr(h, c, u), len) != PH_OK)
+        continue;
+      h->stuck_units--;
+      h->stuck_bytes -= h->pool_size - len;
+      c->holes[u] = 0;
+      c->ustate[u] = PH_U_FREE_COMM;
+      c->nfree++;
+      if (u < c->hint)
+        c->hint = u;
+    }
+  }
 }
 
 /* heap.large: a large block records how much of its units is committed
@@ -484,11 +521,14 @@ static size_t chunk_committed(const struct ph_heap *h, const ph_chunk *c) {
 
 uint64_t ph_pool_holes_make_locked(struct ph_heap *h, ph_chunk *c, uint32_t u,
                                    uint64_t want, int lazy) {
-  PH_ASSERT(c->ustate[u] == PH_U_POOL && c->huge == PH_OS_HUGE_NONE);
+  PH_ASSERT((c->ustate[u] == PH_U_POOL || c->ustate[u] == PH_U_POOL_TAIL) &&
+            c->huge == PH_OS_HUGE_NONE);
   uint64_t had = c->holes[u], holes = had;
   want &= ~had;
-  if (!c->ool || !c->ool[u]) /* granule 0: the header and live bitmap, */
-    want &= ~(uint64_t)1;    /* unless out of line (heap.pool.ool) */
+  /* granule 0 of a pool's first unit: the header and live bitmap, unless
+   * out of line (heap.pool.ool) */
+  if (c->ustate[u] == PH_U_POOL && (!c->ool || !c->ool[u]))
+    want &= ~(uint64_t)1;
   unsigned ng = (unsigned)(h->pool_size >> h->hole_shift);
   for (unsigned g = 0; g < ng;) {
     if (!(want >> g & 1)) {
@@ -601,6 +641,8 @@ static int sandwiched(const struct ph_heap *h, unsigned i) {
 void ph_units_release_locked(struct ph_heap *h, int mode, size_t retain,
                              uint64_t *released_bytes) {
   uint64_t released = 0;
+  if (h->stuck_units)
+    stuck_settle_locked(h);
   if (mode == PH_RELEASE_KEEP) {
     *released_bytes = 0;
     return;

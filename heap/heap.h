@@ -96,6 +96,12 @@ enum {
   PH_U_LARGE_TAIL = 4, /* further units of a large block */
   PH_U_POOL_TAIL = 5,  /* further units of a medium pool (heap.unit.lookup:
                           ucls holds the distance back to its first unit) */
+  PH_U_STUCK = 6,      /* heap.pool.holes: a freed pool's unit whose holes
+                          could be neither counted committed again nor
+                          matched by decommits (every OS call refused): not
+                          free, counted committed but for the granules of
+                          its holes mask, until ph_units_release_locked
+                          counts them again */
 };
 
 /* The prefix shared by pool and large-block unit headers: a block of a
@@ -340,9 +346,11 @@ struct ph_heap {
   unsigned nchunks;
   size_t pool_units, large_units; /* units in use */
   size_t large_comm;              /* bytes committed by large blocks */
-  size_t hole_bytes;   /* heap.pool.holes: bytes of pools decommitted */
-  size_t holed_pools;  /* pools with holes */
-  size_t ool_pools;    /* heap.pool.ool: pools whose header is out of line */
+  size_t hole_bytes;  /* heap.pool.holes: bytes of pools decommitted */
+  size_t holed_pools; /* pool units with holes (a medium pool's each) */
+  size_t ool_pools;   /* heap.pool.ool: pools whose header is out of line */
+  size_t stuck_units; /* PH_U_STUCK units, and their committed bytes */
+  size_t stuck_bytes;
   int reuse_committed; /* heap.unit.reuse: pools take committed units first */
   ph_slot *slots;      /* cfg.max_domains */
 
@@ -426,8 +434,9 @@ int ph_large_free_locked(struct ph_heap *h, ph_large *l);
  * holes end (counted committed again: heap.pool.holes). */
 void ph_units_free_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
                           size_t n);
-/* heap.pool.holes: decommit the granules of `want` (never granule 0) of
- * pool unit u that are not holes yet (lazy: PH_OS_DECOMMIT_LAZY); returns
+/* heap.pool.holes: decommit the granules of `want` (never granule 0 of a
+ * pool's first unit) of pool unit u (a first unit or a medium pool's tail)
+ * that are not holes yet (lazy: PH_OS_DECOMMIT_LAZY); returns
  * the unit's holes afterwards (a refused run stays committed). */
 uint64_t ph_pool_holes_make_locked(struct ph_heap *h, ph_chunk *c, uint32_t u,
                                    uint64_t want, int lazy);
@@ -443,7 +452,7 @@ size_t ph_units_decommit_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
 static inline uint64_t ph_free_committed_locked(const struct ph_heap *h) {
   return atomic_load_explicit(&h->os.committed, memory_order_relaxed) +
          h->hole_bytes - ((uint64_t)h->pool_units << h->pool_shift) -
-         h->large_comm;
+         h->large_comm - h->stuck_bytes;
 }
 /* Give free committed memory back (heap.release). */
 void ph_units_release_locked(struct ph_heap *h, int mode, size_t retain,
@@ -514,9 +523,49 @@ static inline int ph_slot_in_hole(const struct ph_heap *h, uint64_t holes,
                                   unsigned cls, uint32_t i) {
   return holes != 0 && (holes & ph_slot_granules(h, cls, i)) != 0;
 }
-/* The holes of pool p (its chunk's side table). */
+/* The holes of pool p (its chunk's side table); of a pool of several
+ * units, those of its first unit only (ph_pool_holes_any). */
 static inline uint64_t ph_pool_holes(const ph_pool *p) {
   return p->chunk->holes[p->unit];
+}
+/* heap.pool.holes: the pool at unit u of c (class cls) has holes: the OR
+ * of its units' masks (nonzero if any). */
+static inline uint64_t ph_pool_holes_any(const struct ph_heap *h,
+                                         const ph_chunk *c, uint32_t u,
+                                         unsigned cls) {
+  uint64_t m = c->holes[u];
+  for (uint32_t k = 1; k < h->class_units[cls]; k++)
+    m |= c->holes[u + k];
+  return m;
+}
+/* Does slot i of the pool at unit u of c (class cls) touch a hole?  A pool
+ * of several units has its holes in the masks of its units, each from its
+ * own unit's start (heap.pool.holes). */
+static inline int ph_pool_slot_in_hole(const struct ph_heap *h,
+                                       const ph_chunk *c, uint32_t u,
+                                       unsigned cls, uint32_t i) {
+  if (h->class_units[cls] == 1)
+    return ph_slot_in_hole(h, c->holes[u], cls, i);
+  size_t sb = (size_t)h->class_wsize[cls] * 8, m = h->pool_size - 1;
+  size_t a = h->class_hdr[cls] + (size_t)i * sb, b = a + sb - 1;
+  for (size_t k = a >> h->pool_shift; k <= b >> h->pool_shift; k++) {
+    uint64_t hm = c->holes[u + k];
+    if (!hm)
+      continue;
+    size_t lo = k == a >> h->pool_shift ? a & m : 0;
+    size_t hi = k == b >> h->pool_shift ? b & m : m;
+    unsigned g0 = (unsigned)(lo >> h->hole_shift),
+             g1 = (unsigned)(hi >> h->hole_shift);
+    uint64_t top = g1 >= 63 ? ~(uint64_t)0 : ((uint64_t)2 << g1) - 1;
+    if (hm & top & ~(((uint64_t)1 << g0) - 1))
+      return 1;
+  }
+  return 0;
+}
+/* ph_pool_slot_in_hole of pool p */
+static inline int ph_pool_slot_holed(const struct ph_heap *h, const ph_pool *p,
+                                     uint32_t i) {
+  return ph_pool_slot_in_hole(h, p->chunk, p->unit, p->cls, i);
 }
 /* The slots of a pool of class cls touching `holes`, as a bitmap of
  * (nslots + 63) / 64 words written to out; returns how many. */

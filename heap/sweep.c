@@ -92,7 +92,8 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
   uint32_t wsize = h->class_wsize[p->cls];
   ph_value *s = (ph_value *)ph_pool_slots(h, p);
   uint64_t *bits = ph_pool_bits(p);
-  uint64_t holes = ph_pool_holes(p); /* heap.pool.holes */
+  /* heap.pool.holes (of every unit of a medium pool) */
+  uint64_t holes = ph_pool_holes_any(h, p->chunk, p->unit, p->cls);
   uint32_t live = 0;
   uint64_t word = 0, words = 0;
   if (!by_mark && set_bits) {
@@ -145,7 +146,7 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
     for (uint32_t j = 0; j < m; j++, slot += wsize) {
       if ((char *)slot + PH_SWEEP_AHEAD < end)
         __builtin_prefetch((char *)slot + PH_SWEEP_AHEAD, 1);
-      if (__builtin_expect(ph_slot_in_hole(h, holes, p->cls, i0 + j), 0))
+      if (__builtin_expect(holes != 0, 0) && ph_pool_slot_holed(h, p, i0 + j))
         continue; /* heap.pool.holes: neither live nor free, and not
                    * touched (a prefetch of a decommitted page does not
                    * fault it in) */
@@ -265,7 +266,7 @@ void ph_pool_sweep_garbage(struct ph_heap *h, ph_pool *p, unsigned garbage,
 }
 
 static void sweep_pool(struct ph_heap *h, ph_pool_worker *w, ph_pool *p) {
-  if (ph_pool_holes(p) == 0)
+  if (ph_pool_holes_any(h, p->chunk, p->unit, p->cls) == 0)
     pool_sweep_marked(h, p, &w->zeroed); /* heap.sweep.branchless */
   else
     pool_sweep(h, p, 1, PH_BLACK, 0, 1, 0, NULL, NULL, NULL, NULL, &w->zeroed);

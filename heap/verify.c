@@ -46,8 +46,7 @@ static void check_pool(struct ph_heap *h, ph_check *k, ph_chunk *c,
     return;
   }
   for (uint32_t i = 1; i < nu; i++)
-    if (c->ustate[u + i] != PH_U_POOL_TAIL || c->ucls[u + i] != i ||
-        c->holes[u + i]) {
+    if (c->ustate[u + i] != PH_U_POOL_TAIL || c->ucls[u + i] != i) {
       ph_check_fail(k, "pool %p: unit %u not its tail", (void *)p, i);
       return;
     }
@@ -58,16 +57,23 @@ static void check_pool(struct ph_heap *h, ph_check *k, ph_chunk *c,
   }
   uint32_t ws = h->class_wsize[p->cls], live = 0, nfree = 0, nhole = 0;
   size_t sb = (size_t)ws * 8;
-  uint64_t words = 0, holes = c->holes[u];
+  /* heap.pool.holes: no granule past a unit, none in a huge chunk; a
+   * medium pool's in the masks of its units; granule 0 of the first unit
+   * only with the header out of line (checked above), never in a medium
+   * pool (heap.pool.ool) */
+  uint64_t words = 0, holes = ph_pool_holes_any(h, c, u, p->cls);
   size_t ng = h->pool_size >> h->hole_shift;
-  if ((ng < 64 && (holes >> ng)) ||
-      (holes && (c->huge != PH_OS_HUGE_NONE || p->cls >= h->nsmall))) {
-    ph_check_fail(k, "pool %p: bad holes %#llx", (void *)p,
-                  (unsigned long long)holes);
-    return;
+  for (uint32_t i = 0; i < nu; i++) {
+    uint64_t hm = c->holes[u + i];
+    if ((i == 0 && (hm & 1) && p->cls >= h->nsmall) ||
+        (ng < 64 && (hm >> ng)) || (hm && c->huge != PH_OS_HUGE_NONE)) {
+      ph_check_fail(k, "pool %p: bad holes %#llx in unit %u", (void *)p,
+                    (unsigned long long)hm, i);
+      return;
+    }
   }
   for (uint32_t i = 0; i < p->nslots && !k->bad; i++) {
-    if (ph_slot_in_hole(h, holes, p->cls, i)) { /* heap.pool.holes */
+    if (holes && ph_pool_slot_in_hole(h, c, u, p->cls, i)) {
       nhole++;
       continue;
     }
@@ -100,7 +106,8 @@ static void check_pool(struct ph_heap *h, ph_check *k, ph_chunk *c,
   for (ph_value f = p->free; f && !k->bad; f = *(ph_value *)f) {
     size_t off = (size_t)((char *)f - 8 - s);
     if ((char *)f < s + 8 || off % sb || off / sb >= p->nslots ||
-        ph_slot_in_hole(h, holes, p->cls, (uint32_t)(off / sb)) ||
+        (holes &&
+         ph_pool_slot_in_hole(h, c, u, p->cls, (uint32_t)(off / sb))) ||
         *ph_hp(f) != 0 || ++n > nfree)
       ph_check_fail(k, "pool %p: free list broken at %p", (void *)p, (void *)f);
   }
@@ -135,7 +142,7 @@ static void check_large(struct ph_heap *h, ph_check *k, ph_chunk *c,
 
 void ph_check_heap_locked(struct ph_heap *h, ph_check *k) {
   uint64_t pools = 0, npools = 0, large = 0, larges = 0, comm = 0, lcomm = 0;
-  uint64_t hbytes = 0, holed = 0, ool = 0;
+  uint64_t hbytes = 0, holed = 0, ool = 0, stuck = 0, stuck_bytes = 0;
   for (unsigned i = 0; i < h->nchunks && !k->bad; i++) {
     ph_chunk *c = h->chunks[i];
     if (i > 0 && h->chunks[i - 1]->base + h->chunks[i - 1]->size > c->base)
@@ -165,11 +172,28 @@ void ph_check_heap_locked(struct ph_heap *h, ph_check *k) {
         check_pool(h, k, c, u);
         if (k->bad)
           break;
-        /* its tail units, checked by check_pool */
+        /* its tail units, checked by check_pool (and their holes) */
         uint32_t nu = h->class_units[(ph_pool_at(h, c, u))->cls];
         comm += (size_t)(nu - 1) << h->pool_shift;
+        for (uint32_t t = 1; t < nu; t++)
+          if (c->holes[u + t]) {
+            holed++;
+            size_t hb = (size_t)__builtin_popcountll(c->holes[u + t])
+                        << h->hole_shift;
+            hbytes += hb;
+            comm -= hb;
+          }
         pools += nu - 1;
         u += nu - 1;
+      } else if (st == PH_U_STUCK) {
+        if (c->ool && c->ool[u])
+          ph_check_fail(k, "chunk %u: stuck unit %u has a header copy", i, u);
+        /* heap.pool.holes: a freed pool's unit, its mask's granules not
+         * counted committed */
+        size_t hb = (size_t)__builtin_popcountll(c->holes[u]) << h->hole_shift;
+        comm += h->pool_size - hb;
+        stuck++;
+        stuck_bytes += h->pool_size - hb;
       } else if (st == PH_U_LARGE) {
         check_large(h, k, c, u);
         if (k->bad)
@@ -197,6 +221,10 @@ void ph_check_heap_locked(struct ph_heap *h, ph_check *k) {
         k, "unit counters: pools %zu/%llu large %zu/%llu (%zu/%llu bytes)",
         h->pool_units, (unsigned long long)pools, h->large_units,
         (unsigned long long)large, h->large_comm, (unsigned long long)lcomm);
+  if (!k->bad && (stuck != h->stuck_units || stuck_bytes != h->stuck_bytes))
+    ph_check_fail(k, "stuck units: %llu (%llu bytes), counters %zu %zu",
+                  (unsigned long long)stuck, (unsigned long long)stuck_bytes,
+                  h->stuck_units, h->stuck_bytes);
   if (!k->bad && (hbytes != h->hole_bytes || holed != h->holed_pools ||
                   ool != h->ool_pools))
     ph_check_fail(k,

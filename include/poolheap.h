@@ -448,7 +448,8 @@ typedef struct ph_census_class {
   size_t pools;        /* pools of this class in use */
   size_t live_blocks;  /* blocks allocated (not free) */
   size_t free_blocks;  /* free slots in those pools */
-  /* pages given back around pinned blocks (ph_pin, ph_compact): */
+  /* pages given back around pinned blocks (ph_pin, ph_compact) and, after
+   * ph_compact, the pages of kept pools that hold no block: */
   size_t holed_pools;     /* pools of this class with such holes */
   size_t hole_blocks;     /* slots touching a hole: neither live nor free */
   size_t committed_bytes; /* bytes of the pools that are committed (whole

@@ -473,15 +473,19 @@ static size_t resident_pages(uintptr_t a, uintptr_t b) {
   return res;
 }
 
-/* heap.release.trim: in every medium class whose slots span two pages or
- * more, one pool filled with blocks that touch every page, one block of it
- * kept: after the compaction (nothing to move: the pool is kept) the pages
- * lying wholly inside its free slots, past each slot's header and field 0,
- * are not resident (DECOMMIT, UNMAP), every one still is with KEEP, and the
- * pools' bytes are still counted committed (pool_bytes and committed_bytes
- * do not drop: an allocation refaults them without a commit).  The kept
- * blocks are intact, ph_verify is clean, and the free slots serve blocks
- * again, each written and read back whole. */
+/* heap.release.trim and compact.holes.free: in every medium class whose
+ * slots span two pages or more, one pool filled with blocks that touch
+ * every page, one block of it kept: after the compaction (nothing to move:
+ * the pool is kept) the pages lying wholly inside its other slots, past
+ * each slot's header and field 0, are not resident (DECOMMIT, UNMAP), every
+ * one still is with KEEP.  In the managed heap those pages hold no live
+ * byte, so they are holes (no longer counted committed: pool_bytes drops
+ * by the hole bytes, and the slots touching them are neither free nor
+ * live); the pool layer's compaction trims them instead
+ * (tests/test_pools.c, test_medium_pools).  The kept blocks are intact,
+ * ph_verify is clean, and blocks of every class are served again, each
+ * written and read back whole (with KEEP in the free slots of the same
+ * pool). */
 static void trim_case(ph_release_mode rel) {
   ph_domain *d;
   ph_heap *h = heap_open(0, rel, &d);
@@ -508,7 +512,12 @@ static void trim_case(ph_release_mode rel) {
   assert_int_equal(ph_compact(d), PH_OK);
   ph_stats s1 = tu_stats(h);
   tu_verify_ok(d);
-  assert_int_equal(s1.pool_bytes, s0.pool_bytes);
+  /* the trimmed pages stay counted; only the small pool of tab gets holes
+   * (compact.holes.free), which are not */
+  pthread_mutex_lock(&h->lock);
+  size_t hole_bytes = h->hole_bytes;
+  pthread_mutex_unlock(&h->lock);
+  assert_int_equal(s1.pool_bytes + hole_bytes, s0.pool_bytes);
   assert_true(s1.committed_bytes >= s1.pool_bytes);
   size_t pages = 0, res = 0;
   for (unsigned c = h->nsmall; c < h->nclasses; c++) {
@@ -520,19 +529,23 @@ static void trim_case(ph_release_mode rel) {
       if (((unsigned char *)ph_raw(v))[f] != (unsigned char)c)
         fail_msg("class %u: byte %zu of the kept block changed", c, f);
     ph_pool *p = pool_of(h, v);
-    assert_int_equal(p->nfree, h->class_nslots[c] - 1);
+    assert_int_equal(p->nfree + p->nhole, h->class_nslots[c] - 1);
+    if (rel == PH_RELEASE_KEEP)
+      assert_int_equal(p->nhole, 0);
     size_t nf = 0;
-    for (ph_value f = p->free; f; f = *(ph_value *)f, nf++) {
-      uintptr_t s = (uintptr_t)f - 8;
+    for (ph_value f = p->free; f; f = *(ph_value *)f)
+      nf++;
+    assert_int_equal(nf, p->nfree);
+    for (uint32_t i = 1; i < h->class_nslots[c]; i++) {
+      uintptr_t s = (uintptr_t)v - 8 + (uintptr_t)i * h->class_wsize[c] * 8;
       uintptr_t a = (s + 16 + pg - 1) & ~(pg - 1);
       uintptr_t b = (s + h->class_wsize[c] * 8) & ~(pg - 1);
       assert_true(b > a);
       pages += (b - a) / pg;
       res += resident_pages(a, b);
     }
-    assert_int_equal(nf, p->nfree);
   }
-  print_message("release %d: %zu classes, %zu pages inside free slots, %zu "
+  print_message("release %d: %zu classes, %zu pages inside other slots, %zu "
                 "resident after the compaction; pool bytes %llu -> %llu\n",
                 (int)rel, ncls, pages, res, (unsigned long long)s0.pool_bytes,
                 (unsigned long long)s1.pool_bytes);
@@ -550,7 +563,8 @@ static void trim_case(ph_release_mode rel) {
       ph_value v = round ? ph_field(*again, c) : ph_alloc(d, wo, PH_TAG_RAW);
       if (!round) {
         assert_true(ph_is_block(v));
-        assert_true(pool_of(h, v) == pool_of(h, ph_field(*tab, c)));
+        if (rel == PH_RELEASE_KEEP)
+          assert_true(pool_of(h, v) == pool_of(h, ph_field(*tab, c)));
         memset(ph_raw(v), (int)(c + 7), wo * 8);
         ph_set_field(*again, c, v);
         continue;
@@ -572,6 +586,147 @@ static void test_compact_trims_free_medium_slots(void **state) {
   trim_case(PH_RELEASE_UNMAP);
   trim_case(PH_RELEASE_KEEP);
   trim_case(PH_RELEASE_LAZY);
+}
+
+/* compact.holes.free, the small pools' counterpart of heap.release.trim:
+ * after a compaction, the granules (heap.pool.holes) of a kept small pool
+ * that hold no live slot (nor the header) are holes, given back to the OS
+ * in every mode but KEEP.  One small class, the first medium class (pools
+ * of one unit) and the first of several units (holes in the masks of its
+ * units), each over four pools: the first kept
+ * full, the first quarter of the second, one block in 64 of the third
+ * (evacuated into the second), none of the fourth.  Every
+ * such granule is a hole and not resident (LAZY: a hole, its MADV_FREE
+ * pages may still read resident); with KEEP none is a hole and all are
+ * resident; the census counts the holes; the survivors are intact; new
+ * blocks of the class are served (never in a hole) and a second round of
+ * collection and compaction verifies. */
+static void census_holes(const ph_census_class *c, void *user) {
+  size_t *u = user;
+  if (c->size_class == u[0]) {
+    u[1] = c->holed_pools;
+    u[2] = c->hole_blocks;
+  }
+}
+
+static void holes_case(ph_release_mode rel, int medium) {
+  ph_domain *d;
+  ph_heap *h = heap_open(0, rel, &d);
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+  /* a small class, the first medium one (pools of one unit), the first
+   * medium one of several units */
+  unsigned mc = h->nsmall;
+  while (medium == 2 && h->class_units[mc] < 2)
+    mc++;
+  size_t gsz = (size_t)1 << h->hole_shift,
+         wo = medium ? h->class_wsize[mc] - 1 : 3;
+  unsigned cls = ph_class_of_wosize(h, wo);
+  size_t ng = h->pool_size / gsz, nu = h->class_units[cls];
+  assert_true(nu * ng <= 64);
+  uint32_t ns = h->class_nslots[cls];
+  size_t sb = (size_t)h->class_wsize[cls] * 8, n = 4 * (size_t)ns, nk = 0;
+  size_t m = ph_scope_open(d);
+  ph_value *tab = ph_root(d, ph_alloc(d, n, 0));
+  for (size_t i = 0; i < n; i++) {
+    ph_value v = ph_alloc(d, wo, 0);
+    assert_true(ph_is_block(v));
+    for (size_t f = 0; f < wo; f++)
+      ph_set_field(v, f, ph_val_int((intptr_t)(i * 8 + f)));
+    int keep = i < (size_t)ns * 5 / 4 ||
+               (i >= 2 * (size_t)ns && i < 3 * (size_t)ns && i % 64 == 0);
+    ph_set_field(*tab, i, keep ? v : ph_val_int(0));
+    nk += (size_t)keep;
+  }
+  assert_int_equal(ph_collect(d), PH_OK);
+  assert_int_equal(ph_compact(d), PH_OK);
+  tu_verify_ok(d);
+  /* the kept pools and, per granule, whether a survivor's slot touches it */
+  ph_pool *pools[8];
+  uint64_t used[8] = {0};
+  size_t np = 0;
+  for (size_t i = 0; i < n; i++) {
+    ph_value v = ph_field(*tab, i);
+    if (!ph_is_block(v))
+      continue;
+    for (size_t f = 0; f < wo; f++)
+      assert_true(ph_field(v, f) == ph_val_int((intptr_t)(i * 8 + f)));
+    ph_pool *p = pool_of(h, v);
+    size_t k = 0;
+    while (k < np && pools[k] != p)
+      k++;
+    if (k == np) {
+      assert_true(np < 8);
+      pools[np++] = p;
+    }
+    size_t a = (size_t)(v - 8 - (ph_value)p);
+    for (size_t g = a / gsz; g <= (a + sb - 1) / gsz; g++)
+      used[k] |= (uint64_t)1 << g;
+  }
+  assert_int_equal(np, (nk + ns - 1) / ns); /* k = ceil(L / C) pools kept */
+  size_t want = 0, holes = 0, res = 0, hdrg = (h->class_hdr[cls] - 1) / gsz;
+  for (size_t k = 0; k < np; k++) {
+    ph_pool *p = pools[k];
+    uint64_t ph = 0; /* the masks of its units, side by side */
+    for (size_t u = 0; u < nu; u++)
+      ph |= p->chunk->holes[p->unit + u] << (u * ng);
+    assert_int_equal(ph & used[k], 0); /* no survivor in a hole */
+    for (size_t g = hdrg + 1; g < nu * ng; g++) {
+      if (used[k] >> g & 1)
+        continue;
+      want++;
+      holes += ph >> g & 1;
+      uintptr_t a = (uintptr_t)p + g * gsz;
+      res += resident_pages(a, a + gsz) * pg == gsz;
+    }
+  }
+  size_t cu[3] = {cls, 0, 0};
+  assert_int_equal(ph_census(d, census_holes, cu), PH_OK);
+  print_message("release %d, class %u: %zu pools kept, %zu granules without "
+                "a survivor, %zu holes, %zu wholly resident; census: %zu "
+                "pools with holes, %zu slots in them\n",
+                (int)rel, cls, np, want, holes, res, cu[1], cu[2]);
+  assert_true(want >= 4); /* the second pool is mostly free */
+  if (rel == PH_RELEASE_KEEP) {
+    assert_int_equal(holes, 0);
+    assert_int_equal(res, want);
+    assert_int_equal(cu[1], 0);
+  } else {
+    assert_int_equal(holes, want);
+    assert_int_equal(cu[1], 1);
+    assert_true(cu[2] > 0);
+    if (rel != PH_RELEASE_LAZY) /* MADV_FREE pages may read resident */
+      assert_int_equal(res, 0);
+  }
+  /* new blocks of the class are served, never in a hole (ph_verify) */
+  ph_value *again = ph_root(d, ph_alloc(d, 2 * (size_t)ns, 0));
+  for (size_t i = 0; i < 2 * (size_t)ns; i++) {
+    ph_value v = ph_alloc(d, wo, 0);
+    assert_true(ph_is_block(v));
+    ph_set_field(v, 0, ph_val_int((intptr_t)i));
+    ph_set_field(*again, i, v);
+  }
+  tu_verify_ok(d);
+  assert_int_equal(ph_collect(d), PH_OK);
+  assert_int_equal(ph_compact(d), PH_OK);
+  tu_verify_ok(d);
+  for (size_t i = 0; i < 2 * (size_t)ns; i++)
+    assert_true(ph_field(ph_field(*again, i), 0) == ph_val_int((intptr_t)i));
+  for (size_t i = 0; i < n; i++)
+    if (ph_is_block(ph_field(*tab, i)))
+      assert_true(ph_field(ph_field(*tab, i), 1) ==
+                  ph_val_int((intptr_t)(i * 8 + 1)));
+  assert_int_equal(ph_scope_close(d, m), PH_OK);
+  heap_close(h, d);
+}
+
+static void test_compact_holes_free_pages(void **state) {
+  (void)state;
+  for (int medium = 0; medium < 3; medium++) {
+    holes_case(PH_RELEASE_DECOMMIT, medium);
+    holes_case(PH_RELEASE_UNMAP, medium);
+    holes_case(PH_RELEASE_KEEP, medium);
+    holes_case(PH_RELEASE_LAZY, medium);
+  }
 }
 
 /* compact.phase.stats: the sweep's records (partly filled pools, scanned
@@ -815,6 +970,7 @@ int main(void) {
       cmocka_unit_test(test_compact_sparse_medium),
       cmocka_unit_test(test_compact_without_map),
       cmocka_unit_test(test_compact_trims_free_medium_slots),
+      cmocka_unit_test(test_compact_holes_free_pages),
       cmocka_unit_test(test_compact_frees_records),
       cmocka_unit_test(test_heap_limit),
       cmocka_unit_test(test_two_domains_compact),

@@ -436,10 +436,13 @@ static size_t census_floor(ph_heap *h, ph_domain *d, const ph_value *pools,
      * touches it */
     size_t want = (1 + (b != a)) * pg;
     size_t res = resident_units(&pools[k], 1, cfg.pool_size);
+    /* a pool kept whole for room keeps its header's page and the pages of
+     * its pinned slot and evacuees; compact.holes.free gives back the
+     * others */
     if (now)
-      assert_true(res == want || res == cfg.pool_size);
-    if (res == want) {
-      kept += want;
+      assert_true(res >= want && res <= cfg.pool_size);
+    if (res < cfg.pool_size) {
+      kept += res;
       holed++;
     }
   }
@@ -453,11 +456,15 @@ static size_t census_floor(ph_heap *h, ph_domain *d, const ph_value *pools,
   printf("census: %zu pools, %zu with holes, %zu pinned\n", t.pools, t.holed,
          np);
   if (now) {
-    assert_int_equal(t.holed, holed);
+    /* the pools of the class that hold no pinned block may have holes too
+     * (compact.holes.free: the class's last, partly filled pool) */
+    assert_true(t.holed >= holed);
     assert_true(holed * 10 >= np * 9); /* nearly every pinned pool */
-    assert_int_equal(t.committed, (t.pools - t.holed) * cfg.pool_size + kept);
+    assert_true(t.committed <= (t.pools - holed) * cfg.pool_size + kept);
   }
-  return t.holed;
+  /* at least this many pinned pools have holes: the census's pools with
+   * holes but those holding no pinned block (one pinned block per pool) */
+  return t.holed - (t.pools > np ? t.pools - np : 0);
 }
 
 /* A heap that collects only when asked (gc_percent 0), release mode rel,

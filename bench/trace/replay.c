@@ -24,8 +24,12 @@
  * (poolheap), malloc_trim(0) (glibc), mallctl arena.<all>.purge
  * (jemalloc), mi_collect(true) (mimalloc), whichever the process's malloc
  * is (run it under LD_PRELOAD for the last two), and prints one JSON line:
- * resident bytes of the heap (VmRSS minus VmRSS before the first event;
- * the replay's own arrays are mmap'd and touched before that), live bytes
+ * resident bytes of the heap (RSS minus RSS before the first event, from
+ * smaps_rollup: see rss_bytes; and its anonymous part, see anon_bytes;
+ * the replay's own arrays are mmap'd and touched before that, and every
+ * system has then allocated and released one block, with everything a
+ * point runs: the code and data of a system's first call are not its
+ * heap), live bytes
  * (the sum of the trace's sizes over live blocks), and a checksum of every
  * live block's words, with each pointer field counted as its target's id:
  * the same on every system, and on poolheap the same before and after the
@@ -205,8 +209,35 @@ static uint32_t *live_ids, *live_pos;
 static size_t nlive;
 static uint64_t live_bytes;
 
+/* A field of smaps_rollup in bytes (a walk of the page tables, exact at
+ * the moment of the call), or -1. */
+static long long rollup_bytes(const char *field) {
+  char buf[4096], key[32];
+  int fd = open("/proc/self/smaps_rollup", O_RDONLY);
+  if (fd < 0)
+    return -1;
+  ssize_t r = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (r <= 0)
+    return -1;
+  buf[r] = 0;
+  snprintf(key, sizeof key, "\n%s:", field);
+  char *p = strstr(buf, key);
+  long long kb;
+  if (!p || sscanf(p + strlen(key), "%lld", &kb) != 1)
+    return -1;
+  return kb * 1024;
+}
+
+/* Resident bytes of the process: smaps_rollup's Rss; statm's count (the
+ * fallback) may lag behind the per-CPU batches of the kernel's RSS
+ * counters (here 56 KB, right where the baseline was read: after the
+ * replay touched its buffers). */
 static long long rss_bytes(void) {
-  char buf[4096];
+  long long b = rollup_bytes("Rss");
+  if (b >= 0)
+    return b;
+  char buf[256];
   int fd = open("/proc/self/statm", O_RDONLY);
   if (fd < 0)
     return -1;
@@ -219,6 +250,15 @@ static long long rss_bytes(void) {
   if (sscanf(buf, "%lld %lld", &size, &res) != 2)
     return -1;
   return res * sysconf(_SC_PAGESIZE);
+}
+
+/* The anonymous part of it (smaps_rollup's Anonymous): the heap's pages
+ * and every other written private page, without the code and read-only
+ * data of the binary and its libraries, which the kernel maps in batches
+ * around each fault (fault-around) from the page cache, so that their
+ * count varies from run to run. */
+static long long anon_bytes(void) {
+  return rollup_bytes("Anonymous");
 }
 
 static double now_ms(void) {
@@ -419,12 +459,14 @@ static void proj(double *now, double *large) {
  * resident, split into pools, large blocks and free units; in the pools,
  * the bytes of the slots holding blocks and the resident pages that hold no
  * byte of such a slot (nor the pool header): free slots' pages, mostly a
- * class's last partly filled pool.  Only resident pages are read (a slot's
- * header in a page that is not resident is a free slot's), so the walk
- * faults nothing in; its buffers are static and touched before the first
- * RSS reading.  Single-threaded: no collection runs meanwhile. */
+ * class's last partly filled pool (and, of them, those in medium pools).  Only
+ * resident pages are read (a slot's header in a page that is not resident is a
+ * free slot's), so the walk faults nothing in; its buffers are static and
+ * touched before the first RSS reading.  Single-threaded: no collection runs
+ * meanwhile. */
 typedef struct {
-  uint64_t heap, pools, live_slots, free_pages, large, free_units;
+  uint64_t heap, pools, live_slots, free_pages, free_pages_medium, large,
+      free_units;
 } where_t;
 static unsigned char where_vec[1 << 16];   /* mincore, 256 MiB a call */
 static unsigned char where_pv[65 * 512];   /* one pool's pages: mincore */
@@ -481,8 +523,11 @@ static void where(where_t *o) {
             where_live[q] = 1;
         }
         for (size_t q = 0; q < npg; q++)
-          if ((pv[q] & 1) && !where_live[q])
+          if ((pv[q] & 1) && !where_live[q]) {
             o->free_pages += page;
+            if (p->cls >= h->nsmall)
+              o->free_pages_medium += page;
+          }
       }
     }
   }
@@ -570,12 +615,26 @@ static int do_run(int argc, char **argv) {
     memset(where_vec, 1, sizeof where_vec); /* resident before rss0 */
     memset(where_live, 1, sizeof where_live);
     memset(where_pv, 1, sizeof where_pv);
+    /* every system warmed alike before its baseline: one block and its
+     * release, with everything a point then runs (the compaction, the
+     * verifier, the statistics, proj and where), so that code and data
+     * pages of poolheap's first run are not counted as heap */
+    char why[256];
+    double fn, fl;
+    where_t wh;
+    ph_stats st;
+    if (!ph_alloc(dom, 8, 0) || ph_compact(dom) != PH_OK ||
+        ph_verify(dom, why, sizeof why) != PH_OK ||
+        ph_stats_get(heap, &st) != PH_OK)
+      die("poolheap: the warm-up failed");
+    proj(&fn, &fl);
+    where(&wh);
   } else {
     /* one block and its release, so the allocator has its first state */
     free(malloc(64));
     sys_release(sys);
   }
-  long long rss0 = rss_bytes();
+  long long rss0 = rss_bytes(), anon0 = anon_bytes();
   double cpu0;
   long faults0;
   usage(&cpu0, &faults0);
@@ -644,17 +703,18 @@ static int do_run(int argc, char **argv) {
     double cpu;
     long faults;
     usage(&cpu, &faults);
-    long long rss = rss_bytes() - rss0;
+    long long rss = rss_bytes() - rss0, anon = anon_bytes() - anon0;
     uint64_t sum_after = checksum();
     int ok = sum_after == sum_before && verify == PH_OK;
     bad |= !ok;
     printf("{\"trace\":\"%s\",\"system\":\"%s\",\"point\":%d,\"points\":%d,"
            "\"events\":%zu,\"live_blocks\":%zu,\"live_bytes\":%llu,"
-           "\"rss_before\":%lld,\"rss\":%lld,\"rss_over_live\":%.3f,"
+           "\"rss_before\":%lld,\"rss\":%lld,\"anon\":%lld,"
+           "\"rss_over_live\":%.3f,"
            "\"rss_over_live_1m\":%.3f,\"release_ms\":%.2f,"
            "\"elapsed_ms\":%.1f,\"cpu_ms\":%.1f,\"minor_faults\":%ld",
            name, sys_name[sys], pt, points, end, nlive,
-           (unsigned long long)live_bytes, rss_before - rss0, rss,
+           (unsigned long long)live_bytes, rss_before - rss0, rss, anon,
            live_bytes ? (double)rss / live_bytes : 0.0,
            (double)rss / (live_bytes + 1048576.0), dt, now_ms() - t0,
            cpu - cpu0, faults - faults0);
@@ -669,11 +729,13 @@ static int do_run(int argc, char **argv) {
       where(&wh);
       printf(",\"heap_resident\":%llu,\"pools_resident\":%llu,"
              "\"pools_live_slots\":%llu,\"pools_free_pages\":%llu,"
+             "\"pools_free_pages_medium\":%llu,"
              "\"large_resident\":%llu,\"free_units_resident\":%llu",
              (unsigned long long)wh.heap, (unsigned long long)wh.pools,
              (unsigned long long)wh.live_slots,
-             (unsigned long long)wh.free_pages, (unsigned long long)wh.large,
-             (unsigned long long)wh.free_units);
+             (unsigned long long)wh.free_pages,
+             (unsigned long long)wh.free_pages_medium,
+             (unsigned long long)wh.large, (unsigned long long)wh.free_units);
     }
     printf(",\"checksum\":\"%016llx\",\"checksum_before\":\"%016llx\","
            "\"ok\":%s}\n",
