@@ -118,7 +118,7 @@ static int config_valid(const php_config *c) {
     return 0;
   if (c->heap_limit && c->heap_limit < c->pool_size)
     return 0;
-  if (c->alloc_sweep > PHP_ALLOC_SWEEP_AVAIL)
+  if (c->alloc_sweep > PHP_ALLOC_SWEEP_BEFORE_GROW)
     return 0;
   return 1;
 }
@@ -510,7 +510,10 @@ static intptr_t sweep_work(const struct php_heap *h, const ph_pool *p) {
   return p->live_words ? (intptr_t)p->live_words : 1;
 }
 
-static void owner_sweep_pool(struct php_owner *o, ph_pool *p) {
+/* Sweep p, one of o's unswept pools, onto o's lists.  Returns 1 if p was
+ * emptied and its units are free and still committed (pools.alloc.grow),
+ * else 0. */
+static int owner_sweep_pool(struct php_owner *o, ph_pool *p) {
   struct php_heap *h = o->h;
   php_counters before = pool_counts(h, p);
   size_t trim = sweep_trim_bytes(h, p);
@@ -531,11 +534,12 @@ static void owner_sweep_pool(struct php_owner *o, ph_pool *p) {
     free_pool_locked(h, p);
     /* heap.release.sweep: an empty medium pool's units go back, beyond
      * cfg.retain bytes of free committed memory */
+    size_t gone = 0;
     if (rel && ph_free_committed_locked(core) > core->cfg.retain)
-      (void)ph_units_decommit_locked(core, ch, u, n,
-                                     core->cfg.release == PH_RELEASE_LAZY);
+      gone = ph_units_decommit_locked(core, ch, u, n,
+                                      core->cfg.release == PH_RELEASE_LAZY);
     pthread_mutex_unlock(&core->lock);
-    return;
+    return gone == 0;
   }
   if (trim && p->nlive < before.pool_live_blocks) {
     pthread_mutex_lock(&h->core->lock);
@@ -548,6 +552,7 @@ static void owner_sweep_pool(struct php_owner *o, ph_pool *p) {
   ph_pool **l = p->free ? &o->avail[p->cls] : &o->full[p->cls];
   p->next = *l;
   *l = p;
+  return 0;
 }
 
 /* Give a garbage large block's units back (lock held); 0 if the OS
@@ -640,6 +645,19 @@ int php_cycle(php_owner *o) {
 
 /* ----------------------------------------------------------- allocation */
 
+/* pools.alloc.grow: can the heap's free committed memory hold a new pool
+ * of class cls (so that taking one does not grow the resident heap)?  A
+ * medium pool needs a contiguous run, which the bytes alone do not promise:
+ * then the pool may still commit, as it would have without the sweep. */
+static int committed_room(struct php_heap *h, unsigned cls) {
+  struct ph_heap *core = h->core;
+  pthread_mutex_lock(&core->lock);
+  int room = ph_free_committed_locked(core) >=
+             ((uint64_t)core->class_units[cls] << core->pool_shift);
+  pthread_mutex_unlock(&core->lock);
+  return room;
+}
+
 /* pools.alloc: a pool with room for class cls on top of o->avail[cls]. */
 static ph_pool *find_pool(struct php_owner *o, unsigned cls) {
   struct php_heap *h = o->h;
@@ -656,6 +674,21 @@ static ph_pool *find_pool(struct php_owner *o, unsigned cls) {
   }
   if (o->avail[cls])
     return o->avail[cls];
+  /* pools.alloc.grow: before the heap grows, the full pools' garbage */
+  if (h->cfg.alloc_sweep == PHP_ALLOC_SWEEP_BEFORE_GROW &&
+      o->unswept_full[cls] &&
+      !atomic_load_explicit(&h->orph.avail[cls], memory_order_relaxed) &&
+      !committed_room(h, cls)) {
+    while (!o->avail[cls] && o->unswept_full[cls]) {
+      ph_pool *p = o->unswept_full[cls];
+      o->unswept_full[cls] = p->next;
+      o->alloc_sweep_work += sweep_work(h, p);
+      if (owner_sweep_pool(o, p))
+        break; /* its committed units serve the new pool */
+    }
+    if (o->avail[cls])
+      return o->avail[cls];
+  }
   /* heap.pool.take: an orphan pool with room (popped under the lock), or
    * a fresh one */
   int fresh;

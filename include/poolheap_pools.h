@@ -205,7 +205,12 @@ typedef struct php_config {
    * adopts an orphaned pool or takes a new one instead (OCaml 5.3's own
    * policy: its heap grows while a cycle's sweep is under way, and OCaml's
    * pacing, which scales with the heap's size, then sees the heap stock
-   * OCaml would have).  Other values: PH_EINVAL. */
+   * OCaml would have).  PHP_ALLOC_SWEEP_BEFORE_GROW: as AVAIL, but when
+   * neither a swept pool, nor an orphaned pool with room, nor the heap's free
+   * committed memory can serve the class (a new pool would commit memory the
+   * heap does not hold: its resident size would grow), the full unswept pools
+   * of the class are swept first, until one has room or one is emptied (its
+   * memory then serves the new pool).  Other values: PH_EINVAL. */
   unsigned alloc_sweep;
   /* The tags of the blocks on_free is told about: tag t is bit t % 64 of
    * on_free_tags[t / 64].  All zero (default): every freed block.  OCaml
@@ -219,6 +224,7 @@ typedef struct php_config {
 enum {
   PHP_ALLOC_SWEEP_ALL = 0,
   PHP_ALLOC_SWEEP_AVAIL = 1,
+  PHP_ALLOC_SWEEP_BEFORE_GROW = 2,
 };
 
 /* Fill *cfg with the defaults (nothing if cfg is NULL). */

@@ -27,6 +27,8 @@
  *                                     beyond it allocation raises
  *                                     Out_of_memory
  *   POOLHEAP_HUGE=off|thp|explicit    huge pages (off)
+ *   POOLHEAP_ALLOC_SWEEP=grow|avail|all  what an allocation sweeps
+ *                                     (php_config.alloc_sweep; grow)
  * OCAMLRUNPARAM is OCaml's and keeps its meaning.
  *
  * Written for poolheap from OCaml's documented contract; no code of OCaml's
@@ -168,6 +170,8 @@ static void pho_on_free(ph_value block, void *user) {
 static void pho_create_heap(void) {
   static const char *const release[] = {"decommit", "unmap", "lazy", "keep"};
   static const char *const huge[] = {"off", "thp", "explicit"};
+  /* php_config.alloc_sweep's values, in order */
+  static const char *const alloc_sweep[] = {"all", "avail", "grow"};
   php_config cfg;
   php_config_init(&cfg);
   cfg.pool_size = PHO_POOL_BYTES;
@@ -182,8 +186,13 @@ static void pho_create_heap(void) {
   cfg.on_free_tags[Custom_tag / 64] = (uint64_t)1 << (Custom_tag % 64);
   /* OCaml's allocator sweeps only the pools that had room; with the full
    * ones left to caml_sweep the heap grows during a cycle's sweep as
-   * stock's does, and so does the heap size OCaml paces its cycles by */
-  cfg.alloc_sweep = PHP_ALLOC_SWEEP_AVAIL;
+   * stock's does, and so does the heap size OCaml paces its cycles by.
+   * But where stock would grow its resident heap (no free pool left) the
+   * full pools of the class are swept first (pools.alloc.grow): their
+   * garbage serves before new memory does.  POOLHEAP_ALLOC_SWEEP=avail is
+   * stock's policy alone, all sweeps every full pool first. */
+  cfg.alloc_sweep = (unsigned)pho_env_choice(
+      "POOLHEAP_ALLOC_SWEEP", alloc_sweep, 3, PHP_ALLOC_SWEEP_BEFORE_GROW);
   pho_init_error = php_heap_create(&cfg, &pho_heap);
   if (pho_init_error == PH_OK)
     pho_init_error = php_set_colours(

@@ -880,7 +880,7 @@ static void alloc_sweep_case(unsigned mode) {
   assert_int_equal(php_owner_counters(o, &c), PH_OK);
   uint64_t swept_now = 0;
   /* the third pool's sweep (it had room: both policies sweep it) */
-  if (mode == PHP_ALLOC_SWEEP_AVAIL) {
+  if (mode == PHP_ALLOC_SWEEP_AVAIL) { /* (BEFORE_GROW: as ALL here) */
     assert_int_equal(c.pool_words, 4 * pw);
     assert_int_equal(work, (intptr_t)pw);
     assert_int_equal(freed, 0);
@@ -911,14 +911,103 @@ static void alloc_sweep_case(unsigned mode) {
   heap_end(h, o);
 }
 
+/* pools.alloc.grow, PHP_ALLOC_SWEEP_BEFORE_GROW: two full pools of one
+ * class (the first block of each live, the rest garbage), a third with room,
+ * and a pool of the 1-field class holding garbage only.  After php_cycle,
+ * php_sweep's first pool is that one (classes go in order): emptied, its
+ * unit is free and committed.  Allocations of the first class then use up
+ * the third pool and take the free committed unit for a fourth, sweeping no
+ * full pool (AVAIL's policy while the heap need not grow); once that one is
+ * full too, with no committed room left, they sweep a full pool and reuse
+ * its garbage's slots instead of committing a fifth unit.  The committed
+ * bytes never grow.  (AVAIL commits the fifth unit.) */
+static void test_alloc_sweep_before_grow(void **state) {
+  (void)state;
+  php_config cfg;
+  php_config_init(&cfg);
+  cfg.on_free = on_free;
+  cfg.alloc_sweep = PHP_ALLOC_SWEEP_BEFORE_GROW;
+  php_heap *h = heap_cfg(&cfg);
+  php_owner *o = owner_new(h);
+  const size_t wo = 3;
+  uint64_t pw = hstats(h).pool_size / 8;
+  php_counters c;
+  for (int i = 0; i < 10; i++)
+    assert_true(php_alloc(o, 1, col.garbage << PHP_HD_COLOUR_SHIFT) != 0);
+  assert_int_equal(php_owner_counters(o, &c), PH_OK);
+  assert_int_equal(c.pool_words, pw);
+  uint64_t garbage = 0;
+  for (;;) {
+    assert_int_equal(php_owner_counters(o, &c), PH_OK);
+    uint64_t pools_before = c.pool_words / pw;
+    ph_value v = php_alloc(o, wo, col.garbage << PHP_HD_COLOUR_SHIFT);
+    assert_true(v != 0);
+    assert_int_equal(php_owner_counters(o, &c), PH_OK);
+    if (c.pool_words / pw != pools_before) {
+      ((ph_value *)v)[-1] = php_hd_make(wo, col.marked, 0); /* live */
+      if (c.pool_words / pw == 4)
+        break; /* the third pool of the class holds this one block */
+      continue;
+    }
+    garbage++;
+  }
+  assert_int_equal(php_cycle(o), PH_OK);
+  assert_true(php_sweep(o, 1) <= 0); /* the 1-field pool: emptied */
+  assert_int_equal(php_owner_sweep_work(o, NULL, NULL), PH_OK);
+  php_heap_stats hs = hstats(h);
+  uint64_t committed = hs.committed_bytes;
+  assert_int_equal(hs.free_bytes, hs.pool_size);
+  assert_int_equal(php_owner_counters(o, &c), PH_OK);
+  assert_int_equal(c.pool_words, 3 * pw);
+  /* the third pool, then a fourth on the free committed unit */
+  uint64_t live = c.pool_live_blocks, extra = 0;
+  while (c.pool_words == 3 * pw) {
+    assert_true(php_alloc(o, wo, col.marked << PHP_HD_COLOUR_SHIFT) != 0);
+    extra++;
+    assert_int_equal(php_owner_counters(o, &c), PH_OK);
+    assert_true(extra < 100000);
+  }
+  intptr_t work = -1;
+  uint64_t freed = 1;
+  assert_int_equal(php_owner_sweep_work(o, &work, &freed), PH_OK);
+  assert_int_equal(work, (intptr_t)pw); /* the third pool only */
+  assert_int_equal(freed, 0);
+  assert_int_equal(c.pool_words, 4 * pw);
+  assert_int_equal(c.pool_live_blocks, live + extra);
+  hs = hstats(h);
+  assert_int_equal(hs.committed_bytes, committed);
+  assert_int_equal(hs.free_bytes, 0);
+  /* fill the fourth; the next block comes from a full pool's garbage */
+  while (c.pool_live_blocks == live + extra && c.pool_words == 4 * pw) {
+    assert_true(php_alloc(o, wo, col.marked << PHP_HD_COLOUR_SHIFT) != 0);
+    extra++;
+    assert_int_equal(php_owner_counters(o, &c), PH_OK);
+    assert_true(extra < 100000);
+  }
+  assert_int_equal(c.pool_words, 4 * pw);
+  assert_int_equal(hstats(h).committed_bytes, committed);
+  assert_int_equal(php_owner_sweep_work(o, &work, &freed), PH_OK);
+  assert_int_equal(work, (intptr_t)pw); /* one full pool swept */
+  assert_true(freed > 0 && freed % (wo + 1) == 0);
+  assert_true(freed < garbage * (wo + 1)); /* the other one is not */
+  assert_int_equal(c.pool_live_blocks, live + extra - freed / (wo + 1));
+  while (php_sweep(o, 1000) <= 0)
+    ;
+  verify_ok(h);
+  heap_end(h, o);
+  tu_assert_no_failures();
+}
+
 static void test_alloc_sweep_policy(void **state) {
   (void)state;
   alloc_sweep_case(PHP_ALLOC_SWEEP_ALL);
   alloc_sweep_case(PHP_ALLOC_SWEEP_AVAIL);
+  /* no free committed memory in that heap: it sweeps a full pool as ALL */
+  alloc_sweep_case(PHP_ALLOC_SWEEP_BEFORE_GROW);
   /* an unknown policy is refused */
   php_config cfg;
   php_config_init(&cfg);
-  cfg.alloc_sweep = 2;
+  cfg.alloc_sweep = PHP_ALLOC_SWEEP_BEFORE_GROW + 1;
   php_heap *h = (php_heap *)0x1;
   assert_int_equal(php_heap_create(&cfg, &h), PH_EINVAL);
   assert_ptr_equal(h, (php_heap *)0x1);
@@ -2411,6 +2500,7 @@ int main(void) {
       cmocka_unit_test(test_errors),
       cmocka_unit_test(test_alloc_sweep),
       cmocka_unit_test(test_alloc_sweep_policy),
+      cmocka_unit_test(test_alloc_sweep_before_grow),
       cmocka_unit_test(test_unit_reuse),
       cmocka_unit_test(test_unit_reuse_large),
       cmocka_unit_test(test_visit),
