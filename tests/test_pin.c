@@ -667,20 +667,33 @@ static void fin_count(ph_domain *d, ph_value v, void *user) {
  * free_pinned, the heap is destroyed while the copies live (ASan's leak
  * check sees them freed).  Without heap.pool.ool every first page is
  * resident. */
+/* heap.pool.ool's heaps: DECOMMIT, collecting only when asked, n blocks
+ * of which each pool's 100th survivor is pinned (sparse_pins_build, a
+ * handle scope opened at *m); 0 (the heap closed) where granules are
+ * larger than a page. */
+static int ool_heap(size_t n, ph_config *cfg, ph_heap **h, ph_domain **d,
+                    size_t *m, sparse_pins *sp) {
+  *h = heap_gc0(cfg, PH_RELEASE_DECOMMIT, d);
+  if (cfg->pool_size / 64 > (size_t)sysconf(_SC_PAGESIZE)) {
+    tu_env_close(&(tu_env){*h, *d});
+    return 0;
+  }
+  *m = ph_scope_open(*d);
+  sparse_pins_build(*d, n, ~(ph_value)(cfg->pool_size - 1), 1, at_100, sp);
+  return 1;
+}
+
 static void header_out_of_line(int free_pinned) {
   ph_config cfg;
+  ph_heap *h;
   ph_domain *d;
-  ph_heap *h = heap_gc0(&cfg, PH_RELEASE_DECOMMIT, &d);
-  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-  if (cfg.pool_size / 64 > pg) { /* granules of more than a page */
-    tu_env_close(&(tu_env){h, d});
-    return;
-  }
-  const size_t n = tu_scale(200000, 4);
-  const ph_value mask = ~(ph_value)(cfg.pool_size - 1);
-  size_t m = ph_scope_open(d);
+  size_t m;
   sparse_pins sp;
-  sparse_pins_build(d, n, mask, 1, at_100, &sp);
+  const size_t n = tu_scale(200000, 4);
+  if (!ool_heap(n, &cfg, &h, &d, &m, &sp))
+    return;
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+  const ph_value mask = ~(ph_value)(cfg.pool_size - 1);
   ph_value *arr = sp.arr, *pins = sp.pins;
   size_t ns = sp.ns, np = sp.np;
   assert_true(np > 8);
@@ -770,19 +783,13 @@ static void test_pinned_pool_header_out_of_line(void **state) {
 static void test_pool_header_copy_refused(void **state) {
   (void)state;
   ph_config cfg;
+  ph_heap *h;
   ph_domain *d;
-  ph_heap *h = heap_gc0(&cfg, PH_RELEASE_DECOMMIT, &d);
-  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-  if (cfg.pool_size / 64 > pg) {
-    tu_env_close(&(tu_env){h, d});
-    return;
-  }
-  const size_t n = tu_scale(100000, 4);
-  const ph_value mask = ~(ph_value)(cfg.pool_size - 1);
-  size_t m = ph_scope_open(d);
+  size_t m;
   sparse_pins sp;
-  sparse_pins_build(d, n, mask, 1, at_100, &sp);
-  size_t np = sp.np;
+  if (!ool_heap(tu_scale(100000, 4), &cfg, &h, &d, &m, &sp))
+    return;
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE), np = sp.np;
   ph_heap_fault_set(PH_HEAP_OP_POOL_HDR, 1, 1);
   assert_int_equal(ph_compact(d), PH_OK);
   assert_true(ph_heap_fault_hits() > 0);

@@ -209,18 +209,26 @@ static uint32_t *live_ids, *live_pos;
 static size_t nlive;
 static uint64_t live_bytes;
 
-/* A field of smaps_rollup in bytes (a walk of the page tables, exact at
- * the moment of the call), or -1. */
-static long long rollup_bytes(const char *field) {
-  char buf[4096], key[32];
-  int fd = open("/proc/self/smaps_rollup", O_RDONLY);
+/* The first size - 1 bytes of file path into buf, NUL-terminated: 0, or
+ * -1 if it cannot be read. */
+static int read_small_file(const char *path, char *buf, size_t size) {
+  int fd = open(path, O_RDONLY);
   if (fd < 0)
     return -1;
-  ssize_t r = read(fd, buf, sizeof buf - 1);
+  ssize_t r = read(fd, buf, size - 1);
   close(fd);
   if (r <= 0)
     return -1;
   buf[r] = 0;
+  return 0;
+}
+
+/* A field of smaps_rollup in bytes (a walk of the page tables, exact at
+ * the moment of the call), or -1. */
+static long long rollup_bytes(const char *field) {
+  char buf[4096], key[32];
+  if (read_small_file("/proc/self/smaps_rollup", buf, sizeof buf) != 0)
+    return -1;
   snprintf(key, sizeof key, "\n%s:", field);
   char *p = strstr(buf, key);
   long long kb;
@@ -238,14 +246,8 @@ static long long rss_bytes(void) {
   if (b >= 0)
     return b;
   char buf[256];
-  int fd = open("/proc/self/statm", O_RDONLY);
-  if (fd < 0)
+  if (read_small_file("/proc/self/statm", buf, sizeof buf) != 0)
     return -1;
-  ssize_t r = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (r <= 0)
-    return -1;
-  buf[r] = 0;
   long long size, res;
   if (sscanf(buf, "%lld %lld", &size, &res) != 2)
     return -1;
