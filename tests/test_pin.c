@@ -395,6 +395,25 @@ static void sparse_pins_free(sparse_pins *s) {
 /* The census rows of the small classes with pools (the survivors'); the
  * root array of sparse_pins_build is a medium block when the test is scaled
  * down (TSan) and a large one otherwise: all_committed counts every row. */
+/* Unpinned, with room: 3 in 4 of more's nmore blocks dropped, every
+ * pinned block of s unpinned, a compaction (ph_verify, holes_check);
+ * returns how many of the pinned blocks left their pool. */
+static size_t unpin_compact(ph_domain *d, const sparse_pins *s, ph_value more,
+                            size_t nmore, ph_value mask) {
+  for (size_t i = 0; i < nmore; i++)
+    if (i % 4)
+      ph_set_field(more, i, ph_val_int(0));
+  for (size_t k = 0; k < s->np; k++)
+    assert_int_equal(ph_unpin(d, s->pins[k]), PH_OK);
+  assert_int_equal(ph_compact(d), PH_OK);
+  tu_verify_ok(d);
+  holes_check(s->arr, s->ns);
+  size_t gone = 0;
+  for (size_t k = 0; k < s->np; k++)
+    gone += (ph_field(*s->arr, s->pin_j[k]) & mask) != s->pools[k];
+  return gone;
+}
+
 typedef struct census_sum {
   size_t rows, pools, holed, live, free, hole, committed, slot_bytes;
   size_t row, nsmall, all_committed;
@@ -547,20 +566,10 @@ static size_t sparse_heap(int pin, ph_release_mode rel) {
   /* unpinned, the pools with holes go away whole (into the room that 3 in
    * 4 of the other blocks leave); the pinned pools kept whole for room
    * (compact.pin.holes), filled with evacuees, may stay */
-  for (size_t i = 0; i < n / 2; i++)
-    if (i % 4)
-      ph_set_field(*more, i, ph_val_int(0));
-  for (size_t k = 0; k < np; k++)
-    assert_int_equal(ph_unpin(d, pins[k]), PH_OK);
-  assert_int_equal(ph_compact(d), PH_OK);
-  tu_verify_ok(d);
-  holes_check(arr, ns);
+  size_t gone = unpin_compact(d, &s, *more, n / 2, mask);
   for (size_t i = 0; i < n / 2; i += 4)
     assert_int_equal(ph_int_val(ph_field(ph_field(*more, i), 0)),
                      (intptr_t)(2 * i));
-  size_t gone = 0;
-  for (size_t k = 0; k < np; k++)
-    gone += (ph_field(*arr, pin_j[k]) & mask) != pools[k];
   assert_true(gone >= holed && gone * 10 >= np * 9);
   assert_true(!now || resident_units(pools, np, cfg.pool_size) <=
                           (np - gone) * cfg.pool_size);
@@ -751,17 +760,7 @@ static void header_out_of_line(int free_pinned) {
   assert_true(first_pages_resident(&sp) <= kept);
   if (!free_pinned) {
     /* unpinned, with room: the pools with holes are evacuated whole */
-    for (size_t i = 0; i < n / 2; i++)
-      if (i % 4)
-        ph_set_field(*more, i, ph_val_int(0));
-    for (size_t k = 0; k < np; k++)
-      assert_int_equal(ph_unpin(d, pins[k]), PH_OK);
-    assert_int_equal(ph_compact(d), PH_OK);
-    tu_verify_ok(d);
-    holes_check(arr, ns);
-    size_t gone = 0;
-    for (size_t k = 0; k < np; k++)
-      gone += (ph_field(*arr, sp.pin_j[k]) & mask) != sp.pools[k];
+    size_t gone = unpin_compact(d, &sp, *more, n / 2, mask);
     assert_true(gone >= np - kept);
   }
   ph_scope_close(d, m);
