@@ -39,6 +39,11 @@ enum {
 typedef void (*ph_stw_body)(struct ph_heap *h, unsigned id,
                             struct ph_domain *d);
 
+/* Run once per section by the last participant to arrive, under
+ * heap->lock, before any participant runs the body (barrier.stw.prepare):
+ * every participant has flushed its caches and none runs yet. */
+typedef void (*ph_stw_prepare)(struct ph_heap *h);
+
 /* One stop-the-world section (barrier.stw).  Fields marked (lock) are
  * written under heap->lock; the rest by participants, ordered by barriers. */
 typedef struct ph_stw {
@@ -48,13 +53,14 @@ typedef struct ph_stw {
   unsigned arrived; /* (lock) */
   unsigned left;    /* (lock) participants that finished */
   struct ph_domain *leader;
-  ph_stw_body body; /* (lock) what every participant runs */
-  const void *arg;  /* (lock) the leader's request, for the body */
-  int did;          /* written by the body: PH_STW_COLLECT|PH_STW_COMPACT */
-  int result;       /* written by the body: the leader's result */
-  int refused;      /* written by the body: PH_OK, or the error that kept a
-                       compaction it attempted from happening; every
-                       compaction request that took part returns it */
+  ph_stw_prepare prepare; /* (lock) run by the last to arrive */
+  ph_stw_body body;       /* (lock) what every participant runs */
+  const void *arg;        /* (lock) the leader's request, for the body */
+  int did;     /* written by the body: PH_STW_COLLECT|PH_STW_COMPACT */
+  int result;  /* written by the body: the leader's result */
+  int refused; /* written by the body: PH_OK, or the error that kept a
+                  compaction it attempted from happening; every
+                  compaction request that took part returns it */
   ph_barrier bar;
 } ph_stw;
 
@@ -92,8 +98,8 @@ typedef struct ph_domain_sync {
 /* Run (or join, and coalesce with) a stop-the-world section of the given
  * kind whose participants run body; arg is kept for the body of a section
  * d leads (VERIFY and CENSUS sections are always led by their caller). */
-int ph_stw_run(struct ph_domain *d, int kind, ph_stw_body body,
-               const void *arg);
+int ph_stw_run(struct ph_domain *d, int kind, ph_stw_prepare prepare,
+               ph_stw_body body, const void *arg);
 void ph_stw_join(struct ph_domain *d);
 int ph_stw_helpers_start(struct ph_heap *h);
 void ph_stw_helpers_stop(struct ph_heap *h);

@@ -8,8 +8,9 @@
  * (d->sync->stw_expected = epoch) and publishes stw_pending = 1.
  *
  * Participation.  Each participant flushes its alloc caches, takes a
- * participant index on arrival, and waits until all nparts have arrived;
- * then all run the section's body (a function pointer the leader stored:
+ * participant index on arrival, and waits until all nparts have arrived
+ * (the last to arrive runs the section's prepare function first, under the
+ * lock); then all run the section's body (a function pointer the leader stored:
  * gc/collect.c's sequence), which separates its phases with
  * ph_barrier_wait; at the end each one leaves under heap->lock and the last
  * to leave clears stw_pending and wakes every waiter.
@@ -44,8 +45,12 @@ static int participate_did(struct ph_domain *d, int *did, int *refused) {
   ph_domain_flush_caches(d);
   pthread_mutex_lock(&h->lock);
   unsigned id = s->arrived++;
-  if (s->arrived == s->nparts)
+  if (s->arrived == s->nparts) {
+    /* barrier.stw.prepare: the others wake after our unlock, so what it
+     * wrote happens-before their bodies */
+    s->prepare(h);
     pthread_cond_broadcast(&h->sync->cond);
+  }
   while (s->arrived < s->nparts)
     pthread_cond_wait(&h->sync->cond, &h->lock);
   pthread_mutex_unlock(&h->lock);
@@ -86,8 +91,8 @@ static int satisfied_locked(struct ph_heap *h, int kind, uint64_t start) {
   return h->sync->last_collect_epoch > start;
 }
 
-int ph_stw_run(struct ph_domain *d, int kind, ph_stw_body body,
-               const void *arg) {
+int ph_stw_run(struct ph_domain *d, int kind, ph_stw_prepare prepare,
+               ph_stw_body body, const void *arg) {
   struct ph_heap *h = d->heap;
   ph_stw *s = &h->sync->stw;
   int result = PH_OK;
@@ -126,6 +131,7 @@ int ph_stw_run(struct ph_domain *d, int kind, ph_stw_body body,
     /* lead a new section */
     s->epoch = ++h->sync->stw_started;
     s->kind = kind;
+    s->prepare = prepare;
     s->body = body;
     s->did = 0;
     s->refused = PH_OK;

@@ -6,9 +6,11 @@
  * does is here, top to bottom; a step that says "single" is done by the one
  * participant the barrier before it returns 1 to:
  *
- *   1. prepare   barrier; single: flush blocking domains' caches, clear the
- *                avail lists, build the section's unit index space, reset
- *                the claim counters of marking and sweeping; barrier
+ *   1. prepare   single, the last participant to arrive, before any
+ *                body runs (barrier.stw.prepare): flush blocking domains'
+ *                caches, clear the avail lists, build the section's unit
+ *                index space, reset the claim counters of marking and
+ *                sweeping
  *   2. mark      roots, then the mark stacks (gc/mark.c), then the
  *                ephemeron rounds (gc/weak.c); ends with a barrier; if
  *                marking met weak blocks or ephemerons, the participants
@@ -23,7 +25,8 @@
  *   4. compact   for ph_compact or an automatic compaction: the six phases
  *                of compact/compact.c, with this file's barrier, root
  *                scanner and PER_DOMAIN owner rule
- *   5. verify / census on the leader, when requested; final barrier
+ *   5. verify / census on the leader, when requested, then a barrier
+ *                (steps 2-4 end with one: no other; gc.stw.barriers)
  *
  * PH_DEBUG >= 2 verifies the whole heap after steps 3 and 4. */
 #include "gc/gc.h"
@@ -370,10 +373,7 @@ static void body_stw(struct ph_heap *h, unsigned id, struct ph_domain *d) {
   w->pw = &h->sec.pw[id];
   uint64_t t0;
   phase_begin(h, w, PH_PHASE_STW, &t0);
-  /* 1 */
-  if (ph_barrier_wait(&s->bar))
-    prepare_stw_single(h);
-  ph_barrier_wait(&s->bar);
+  /* 1: prepare_stw_single ran on the last to arrive (gc.stw.barriers) */
   if (s->kind & (PH_STW_COLLECT | PH_STW_COMPACT)) {
     /* 2, 3 */
     collect_stw(h, w);
@@ -394,8 +394,12 @@ static void body_stw(struct ph_heap *h, unsigned id, struct ph_domain *d) {
       if (s->kind & PH_STW_CENSUS)
         ph_census_stw_single(h, &req->census);
     }
+    /* the others wait for the leader's step 5 */
+    ph_barrier_wait(&s->bar);
   }
-  if (ph_barrier_wait(&s->bar)) {
+  /* gc.stw.barriers: no final barrier after steps 2-4, which end with one;
+   * the section's time is the leader's */
+  if (w->dom == s->leader) {
     pthread_mutex_lock(&h->lock);
     h->st.stw_ns = ph_now_ns() - t0;
     pthread_mutex_unlock(&h->lock);
@@ -406,7 +410,7 @@ static void body_stw(struct ph_heap *h, unsigned id, struct ph_domain *d) {
 /* Run (or join, and coalesce with) a section of the given kind whose body
  * is the collector's sequence. */
 int ph_gc_run(struct ph_domain *d, int kind, const ph_gc_req *req) {
-  return ph_stw_run(d, kind, body_stw, req);
+  return ph_stw_run(d, kind, prepare_stw_single, body_stw, req);
 }
 
 /* ------------------------------------------------------------- public */

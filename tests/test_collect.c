@@ -8,6 +8,10 @@
  * the bytes of the reachable blocks, recounted by the test. */
 #include "test_util.h"
 
+#include "barrier/barrier.h"
+
+#include <sched.h>
+
 /* --------------------------------------------------------- random graphs */
 #define MAXF 6 /* fields of a scanned node: field 0 = id, then edges */
 
@@ -656,6 +660,68 @@ static void test_mark_one_pointer_among_immediates(void **state) {
   assert_int_equal(ph_heap_destroy(h), PH_OK);
 }
 
+/* ------------------------------------------------------ section barriers */
+/* gc.stw.barriers: a collecting section of two domains (no weak block, no
+ * finaliser, no mark overflow) passes 3 barrier rounds: after marking,
+ * after the sweep, after the leader's finish; the prepare step runs on the
+ * last to arrive (barrier.stw.prepare) and no final barrier follows (one
+ * more in debug builds: the heap check after the sweep).  A verify section
+ * passes one (the others wait for the leader's check). */
+typedef struct rounds_arg {
+  ph_heap *h;
+  _Atomic int attached, stop;
+} rounds_arg;
+
+static void *rounds_domain(void *arg) {
+  rounds_arg *r = arg;
+  ph_domain *d;
+  TU_CHECK(ph_domain_attach(r->h, &d) == PH_OK);
+  atomic_store(&r->attached, 1);
+  while (!atomic_load(&r->stop))
+    ph_safepoint(d); /* joins the other's sections */
+  TU_CHECK(ph_domain_detach(d) == PH_OK);
+  return NULL;
+}
+
+/* read between sections: the last round's write came before our own
+ * return from it (barrier.sense) */
+static uint64_t bar_rounds(ph_heap *h) {
+  return h->sync->stw.bar.gen;
+}
+
+static void test_section_barrier_rounds(void **state) {
+  (void)state;
+  rounds_arg r = {.h = tu_heap(0)};
+  ph_domain *d;
+  assert_int_equal(ph_domain_attach(r.h, &d), PH_OK);
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, rounds_domain, &r), 0);
+  while (!atomic_load(&r.attached))
+    sched_yield();
+  size_t mark = ph_scope_open(d);
+  ph_value *keep = ph_root(d, ph_alloc(d, 100, 0));
+  for (int i = 0; i < 5; i++) {
+    uint64_t b0 = bar_rounds(r.h), c0 = tu_stats(r.h).collections;
+    assert_int_equal(ph_collect(d), PH_OK);
+    uint64_t b1 = bar_rounds(r.h);
+    /* one section, unless the other joined late and led its own */
+    uint64_t n = tu_stats(r.h).collections - c0;
+    assert_true(n >= 1);
+    /* PH_EXPENSIVE: the heap check after the sweep has its barrier */
+    assert_int_equal(b1 - b0, (3 + PH_EXPENSIVE) * n);
+    char why[128];
+    assert_int_equal(ph_verify(d, why, sizeof why), PH_OK);
+    assert_int_equal(bar_rounds(r.h) - b1, 1);
+  }
+  assert_int_equal(ph_wosize(*keep), 100);
+  atomic_store(&r.stop, 1);
+  assert_int_equal(pthread_join(t, NULL), 0);
+  tu_assert_no_failures();
+  ph_scope_close(d, mark);
+  assert_int_equal(ph_domain_detach(d), PH_OK);
+  assert_int_equal(ph_heap_destroy(r.h), PH_OK);
+}
+
 int main(void) {
   tu_seed();
   const struct CMUnitTest tests[] = {
@@ -664,6 +730,7 @@ int main(void) {
       cmocka_unit_test(test_blocking_domain_roots_kept_and_updated),
       cmocka_unit_test(test_detach_live_data_and_adoption),
       cmocka_unit_test(test_mark_one_pointer_among_immediates),
+      cmocka_unit_test(test_section_barrier_rounds),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
