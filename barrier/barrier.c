@@ -7,12 +7,23 @@
  * participant (the mutex orders them), which is what the phases rely on. */
 #include "barrier/barrier.h"
 
+#include <unistd.h>
+
+/* barrier.sense.spin: the bounds of a waiter's spin; the maximum is a
+ * variable only so that a test can set it (0: never spin) before
+ * ph_barrier_init */
+uint32_t ph_barrier_spin_max_ns = 50000;
+#define PH_BARRIER_SPIN_MIN_NS 1000u
+
 void ph_barrier_init(ph_barrier *b) {
   pthread_mutex_init(&b->m, NULL);
   pthread_cond_init(&b->c, NULL);
   b->n = 1;
   b->waiting = 0;
-  b->gen = 0;
+  b->sleepers = 0;
+  b->slept = 0;
+  atomic_init(&b->spin_ns, ph_barrier_spin_max_ns);
+  atomic_init(&b->gen, 0);
 }
 
 void ph_barrier_destroy(ph_barrier *b) {
@@ -28,18 +39,96 @@ void ph_barrier_reset(ph_barrier *b, unsigned n) {
   pthread_mutex_unlock(&b->m);
 }
 
+/* barrier.sense.spin: a waiter spins up to spin_ns before it sleeps, not
+ * at all with more participants than online CPUs (the one it waits for may
+ * need this CPU).  spin_ns adapts: doubled (up to the maximum) when a spin
+ * saw the round end, halved (down to the minimum) when it gave up, so on a
+ * machine whose CPUs are busy with other work the waits soon sleep at once
+ * (the others are not running), and on an idle one they rarely sleep. */
+static unsigned barrier_ncpus(void) {
+  static _Atomic unsigned ncpus; /* 0: not known yet */
+  /* relaxed: every thread computes the same value */
+  unsigned n = atomic_load_explicit(&ncpus, memory_order_relaxed);
+  if (n == 0) {
+    long c = sysconf(_SC_NPROCESSORS_ONLN);
+    n = c > 0 ? (unsigned)c : 1;
+    atomic_store_explicit(&ncpus, n, memory_order_relaxed);
+  }
+  return n;
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ volatile("yield" ::: "memory");
+#endif
+}
+
+/* Spin until gen moves on or about limit ns pass; 1 if it moved.
+ * Acquire: pairs with the last arriver's release store of gen, which comes
+ * after it took m, itself after every other arriver released m, so every
+ * write made before any participant's wait is visible. */
+static int spin_for(ph_barrier *b, uint64_t gen, uint32_t limit) {
+  uint64_t t0 = 0;
+  for (unsigned i = 1;; i++) {
+    if (atomic_load_explicit(&b->gen, memory_order_acquire) != gen)
+      return 1;
+    cpu_relax();
+    if ((i & 15) == 0) {
+      uint64_t t = ph_now_ns();
+      if (t0 == 0)
+        t0 = t;
+      else if (t - t0 > limit)
+        return 0;
+    }
+  }
+}
+
 int ph_barrier_wait(ph_barrier *b) {
+  return ph_barrier_wait_single(b, NULL, NULL);
+}
+
+int ph_barrier_wait_single(ph_barrier *b, void (*fn)(void *), void *arg) {
   pthread_mutex_lock(&b->m);
-  uint64_t gen = b->gen;
+  /* relaxed: gen changes only under m */
+  uint64_t gen = atomic_load_explicit(&b->gen, memory_order_relaxed);
   if (++b->waiting == b->n) {
+    /* barrier.sense.single: the others are held until fn returns (all n
+     * are in this round, so nobody else takes m meanwhile but a spinner
+     * going to sleep); m is not held, so fn may take other locks */
+    if (fn) {
+      pthread_mutex_unlock(&b->m);
+      fn(arg);
+      pthread_mutex_lock(&b->m);
+    }
     b->waiting = 0;
-    b->gen++;
-    pthread_cond_broadcast(&b->c);
+    /* release: for the spinners (spin_for) */
+    atomic_store_explicit(&b->gen, gen + 1, memory_order_release);
+    if (b->sleepers)
+      pthread_cond_broadcast(&b->c);
     pthread_mutex_unlock(&b->m);
     return 1;
   }
-  while (gen == b->gen)
+  /* relaxed: a heuristic; a stale value only spins longer or shorter */
+  uint32_t lim = atomic_load_explicit(&b->spin_ns, memory_order_relaxed);
+  if (lim && b->n <= barrier_ncpus()) {
+    pthread_mutex_unlock(&b->m);
+    int ok = spin_for(b, gen, lim);
+    uint32_t max = ph_barrier_spin_max_ns;
+    uint32_t min = max < PH_BARRIER_SPIN_MIN_NS ? max : PH_BARRIER_SPIN_MIN_NS;
+    uint32_t next =
+        ok ? (lim < max / 2 ? 2 * lim : max) : (lim / 2 > min ? lim / 2 : min);
+    atomic_store_explicit(&b->spin_ns, next, memory_order_relaxed);
+    if (ok)
+      return 0;
+    pthread_mutex_lock(&b->m);
+  }
+  b->sleepers++;
+  b->slept++;
+  while (atomic_load_explicit(&b->gen, memory_order_relaxed) == gen)
     pthread_cond_wait(&b->c, &b->m);
+  b->sleepers--;
   pthread_mutex_unlock(&b->m);
   return 0;
 }

@@ -14,14 +14,26 @@
 typedef struct ph_barrier {
   pthread_mutex_t m;
   pthread_cond_t c;
-  unsigned n, waiting;
-  uint64_t gen;
+  unsigned n, waiting;      /* (m) */
+  unsigned sleepers;        /* (m) waiters in pthread_cond_wait */
+  uint64_t slept;           /* (m) waits that slept, in all (only grows) */
+  _Atomic uint32_t spin_ns; /* how long a waiter spins (barrier.sense.spin) */
+  /* rounds passed: written under m by the last to arrive, read without it
+   * by the waiters that spin (barrier.sense.spin) */
+  _Atomic uint64_t gen;
 } ph_barrier;
 void ph_barrier_init(ph_barrier *b);
 void ph_barrier_destroy(ph_barrier *b);
 void ph_barrier_reset(ph_barrier *b, unsigned n);
 /* Returns 1 in exactly one thread (the last to arrive). */
 int ph_barrier_wait(ph_barrier *b);
+/* barrier.sense.single: the same, and the last to arrive runs fn(arg)
+ * (if fn) before any participant leaves; what fn writes happens-before
+ * every read after the wait.  fn must not wait on b. */
+int ph_barrier_wait_single(ph_barrier *b, void (*fn)(void *), void *arg);
+/* Test knob (internal): the longest spin of a waiter, in ns, for the
+ * barriers initialised after it is set (0: never spin). */
+extern uint32_t ph_barrier_spin_max_ns;
 
 /* Kinds of sections.  COLLECT and COMPACT do heap work (helpers take part;
  * a request is satisfied by a later section of that kind); VERIFY and

@@ -8,10 +8,10 @@
  * (d->sync->stw_expected = epoch) and publishes stw_pending = 1.
  *
  * Participation.  Each participant flushes its alloc caches, takes a
- * participant index on arrival, and waits until all nparts have arrived
- * (the last to arrive runs the section's prepare function first, under the
- * lock); then all run the section's body (a function pointer the leader stored:
- * gc/collect.c's sequence), which separates its phases with
+ * participant index on arrival, and waits at the section's barrier until
+ * all nparts have arrived (the last to arrive runs the section's prepare
+ * function first); then all run the section's body (a function pointer the
+ * leader stored: gc/collect.c's sequence), which separates its phases with
  * ph_barrier_wait; at the end each one leaves under heap->lock and the last
  * to leave clears stw_pending and wakes every waiter.
  *
@@ -35,6 +35,11 @@
 
 _Thread_local struct ph_heap *ph_tls_section;
 
+static void prepare_fn(void *arg) {
+  struct ph_heap *h = arg;
+  h->sync->stw.prepare(h);
+}
+
 /* Take part in the current section.  Returns the section's result for its
  * leader.  *did (if not NULL) gets what the section did: PH_STW_COLLECT
  * and/or PH_STW_COMPACT; *refused (if not NULL) why a compaction it
@@ -45,15 +50,10 @@ static int participate_did(struct ph_domain *d, int *did, int *refused) {
   ph_domain_flush_caches(d);
   pthread_mutex_lock(&h->lock);
   unsigned id = s->arrived++;
-  if (s->arrived == s->nparts) {
-    /* barrier.stw.prepare: the others wake after our unlock, so what it
-     * wrote happens-before their bodies */
-    s->prepare(h);
-    pthread_cond_broadcast(&h->sync->cond);
-  }
-  while (s->arrived < s->nparts)
-    pthread_cond_wait(&h->sync->cond, &h->lock);
   pthread_mutex_unlock(&h->lock);
+  /* barrier.stw.prepare: the arrival is the section's first barrier round;
+   * the last to arrive runs the prepare function before any leaves */
+  ph_barrier_wait_single(&s->bar, prepare_fn, h);
 
   ph_tls_section = h; /* barrier.reentry: callbacks run in the body */
   s->body(h, id, d);

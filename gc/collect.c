@@ -6,11 +6,11 @@
  * does is here, top to bottom; a step that says "single" is done by the one
  * participant the barrier before it returns 1 to:
  *
- *   1. prepare   single, the last participant to arrive, before any
- *                body runs (barrier.stw.prepare): flush blocking domains'
- *                caches, clear the avail lists, build the section's unit
- *                index space, reset the claim counters of marking and
- *                sweeping
+ *   1. prepare   single, the last participant to arrive, in the arrival
+ *                round, before any body runs (barrier.stw.prepare): flush
+ *                blocking domains' caches, clear the avail lists, build
+ *                the section's unit index space, reset the claim counters
+ *                of marking and sweeping
  *   2. mark      roots, then the mark stacks (gc/mark.c), then the
  *                ephemeron rounds (gc/weak.c); ends with a barrier; if
  *                marking met weak blocks or ephemerons, the participants
@@ -19,9 +19,10 @@
  *                barrier;
  *                with finalisers registered, their flagging and marking
  *                (gc.final)
- *   3. sweep     per pool (heap/sweep.c); barrier; single: free what died,
- *                stats, decide automatic compaction, release per
- *                heap.release.collect, reset pacing; barrier
+ *   3. sweep     per pool (heap/sweep.c); one barrier round whose last
+ *                arriver frees what died, stats, decides automatic
+ *                compaction, releases per heap.release.collect, resets
+ *                pacing (barrier.sense.single)
  *   4. compact   for ph_compact or an automatic compaction: the six phases
  *                of compact/compact.c, with this file's barrier, root
  *                scanner and PER_DOMAIN owner rule
@@ -164,6 +165,10 @@ static void finish_collect_stw_single(struct ph_heap *h) {
                 : 0);
 }
 
+static void finish_collect_fn(void *arg) {
+  finish_collect_stw_single(arg);
+}
+
 /* gc.weak.clear: before the sweep frees the targets; nothing (not even a
  * barrier) when marking met no weak block or pending ephemeron.  Called
  * right after a barrier. */
@@ -222,9 +227,8 @@ static void collect_stw(struct ph_heap *h, ph_worker *w) {
   ph_sweep_stw(h, w->pw);
   ph_weak_trim(w); /* gc.weak.trim: the lists were forgotten */
   w->t_sweep = phase_end(h, w, PH_PHASE_SWEEP, t);
-  if (ph_barrier_wait(&s->bar))
-    finish_collect_stw_single(h);
-  ph_barrier_wait(&s->bar);
+  /* gc.stw.barriers: one round, the finish run by its last arriver */
+  ph_barrier_wait_single(&s->bar, finish_collect_fn, h);
 }
 
 /* ---------------------------------------------------------- 4. compact */
