@@ -126,6 +126,7 @@ int ph_heap_create(const ph_config *cfg, ph_heap **out) {
   pthread_mutex_init(&h->roots->roots_lock, NULL);
   pthread_mutex_init(&h->gc->mark_lock, NULL);
   pthread_cond_init(&h->gc->mark_cond, NULL);
+  atomic_init(&h->gc->mark_spin_ns, ph_barrier_spin_max_ns);
   ph_barrier_init(&h->sync->stw.bar);
   ph_pacing_reset_locked(h);
   /* The first chunk now, so that a heap that cannot get memory fails here. */

@@ -65,14 +65,12 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-/* Spin until gen moves on or about limit ns pass; 1 if it moved.
- * Acquire: pairs with the last arriver's release store of gen, which comes
- * after it took m, itself after every other arriver released m, so every
- * write made before any participant's wait is visible. */
-static int spin_for(ph_barrier *b, uint64_t gen, uint32_t limit) {
+/* Spin until *word differs from old or about limit ns pass; 1 if it
+ * moved.  Acquire: pairs with the writer's release store. */
+static int spin_for(_Atomic uint64_t *word, uint64_t old, uint32_t limit) {
   uint64_t t0 = 0;
   for (unsigned i = 1;; i++) {
-    if (atomic_load_explicit(&b->gen, memory_order_acquire) != gen)
+    if (atomic_load_explicit(word, memory_order_acquire) != old)
       return 1;
     cpu_relax();
     if ((i & 15) == 0) {
@@ -83,6 +81,21 @@ static int spin_for(ph_barrier *b, uint64_t gen, uint32_t limit) {
         return 0;
     }
   }
+}
+
+int ph_spin_wait(_Atomic uint64_t *word, uint64_t old, unsigned nthreads,
+                 _Atomic uint32_t *spin_ns) {
+  /* relaxed: a heuristic; a stale value only spins longer or shorter */
+  uint32_t lim = atomic_load_explicit(spin_ns, memory_order_relaxed);
+  if (!lim || nthreads > barrier_ncpus())
+    return 0;
+  int ok = spin_for(word, old, lim);
+  uint32_t max = ph_barrier_spin_max_ns;
+  uint32_t min = max < PH_BARRIER_SPIN_MIN_NS ? max : PH_BARRIER_SPIN_MIN_NS;
+  uint32_t next =
+      ok ? (lim < max / 2 ? 2 * lim : max) : (lim / 2 > min ? lim / 2 : min);
+  atomic_store_explicit(spin_ns, next, memory_order_relaxed);
+  return ok;
 }
 
 int ph_barrier_wait(ph_barrier *b) {
@@ -110,17 +123,13 @@ int ph_barrier_wait_single(ph_barrier *b, void (*fn)(void *), void *arg) {
     pthread_mutex_unlock(&b->m);
     return 1;
   }
-  /* relaxed: a heuristic; a stale value only spins longer or shorter */
-  uint32_t lim = atomic_load_explicit(&b->spin_ns, memory_order_relaxed);
-  if (lim && b->n <= barrier_ncpus()) {
+  if (b->n <= barrier_ncpus() &&
+      atomic_load_explicit(&b->spin_ns, memory_order_relaxed)) {
     pthread_mutex_unlock(&b->m);
-    int ok = spin_for(b, gen, lim);
-    uint32_t max = ph_barrier_spin_max_ns;
-    uint32_t min = max < PH_BARRIER_SPIN_MIN_NS ? max : PH_BARRIER_SPIN_MIN_NS;
-    uint32_t next =
-        ok ? (lim < max / 2 ? 2 * lim : max) : (lim / 2 > min ? lim / 2 : min);
-    atomic_store_explicit(&b->spin_ns, next, memory_order_relaxed);
-    if (ok)
+    /* the last arriver's release store of gen comes after it took m,
+     * itself after every other arriver released m: every write made
+     * before any participant's wait is visible */
+    if (ph_spin_wait(&b->gen, gen, b->n, &b->spin_ns))
       return 0;
     pthread_mutex_lock(&b->m);
   }

@@ -34,6 +34,13 @@ int ph_barrier_wait_single(ph_barrier *b, void (*fn)(void *), void *arg);
 /* Test knob (internal): the longest spin of a waiter, in ns, for the
  * barriers initialised after it is set (0: never spin). */
 extern uint32_t ph_barrier_spin_max_ns;
+/* barrier.sense.spin for other waits: spin until *word (a generation its
+ * writers change with a release store) differs from old, for at most
+ * *spin_ns (adapted as the barrier's); 1 if it moved, 0 at once if
+ * nthreads exceed the online CPUs or *spin_ns is 0.  The caller then
+ * sleeps as it would have. */
+int ph_spin_wait(_Atomic uint64_t *word, uint64_t old, unsigned nthreads,
+                 _Atomic uint32_t *spin_ns);
 
 /* Kinds of sections.  COLLECT and COMPACT do heap work (helpers take part;
  * a request is satisfied by a later section of that kind); VERIFY and

@@ -114,12 +114,17 @@ typedef struct ph_gc {
   /* mark termination (mark.share) */
   pthread_mutex_t mark_lock;
   pthread_cond_t mark_cond;
-  ph_mark_packet *shared;    /* (mark_lock) */
-  unsigned idle;             /* (mark_lock) */
-  int mark_done;             /* (mark_lock) */
-  _Atomic unsigned hungry;   /* participants waiting for work */
-  _Atomic int mark_overflow; /* a stack could not grow: rescan needed */
-  _Atomic size_t claim_weak; /* gc.weak.clear: list entries, all lists */
+  ph_mark_packet *shared;  /* (mark_lock) */
+  unsigned idle;           /* (mark_lock) */
+  int mark_done;           /* (mark_lock) */
+  _Atomic unsigned hungry; /* participants waiting for work */
+  /* mark.share.spin: advanced under mark_lock (release) at each packet
+   * shared and at the end of marking; the idle spin on it */
+  _Atomic uint64_t mark_events;
+  _Atomic uint32_t mark_spin_ns; /* ph_spin_wait's adaptive bound */
+  uint64_t mark_slept;           /* (mark_lock) idle waits that slept, in all */
+  _Atomic int mark_overflow;     /* a stack could not grow: rescan needed */
+  _Atomic size_t claim_weak;     /* gc.weak.clear: list entries, all lists */
   /* gc.final: registrations and the ready queues (one per domain slot,
    * then the orphans'), under final_lock outside sections */
   pthread_mutex_t final_lock;

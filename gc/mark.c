@@ -13,7 +13,10 @@
  * what is left of it goes to the shared list as one entry (start, end), so
  * one huge root array is scanned by every participant.  Termination:
  * a participant with no work waits on mark_cond as idle; when all nparts are
- * idle and nothing is shared, marking is done.
+ * idle and nothing is shared, marking is done.  mark.share.spin: an idle
+ * participant first spins (barrier.sense.spin's ph_spin_wait) on
+ * mark_events, which every publication and the end of marking advance, and
+ * sleeps only if it did not move.
  *
  * mark.overflow: if a stack cannot grow (malloc refused), the entry is
  * dropped and mark_overflow set; marking then repeats with a rescan of every
@@ -232,6 +235,8 @@ static void publish(ph_gc *s, ph_mark_packet *p) {
   pthread_mutex_lock(&s->mark_lock);
   p->next = s->shared;
   s->shared = p;
+  /* release: for the spinners (mark.share.spin) */
+  atomic_fetch_add_explicit(&s->mark_events, 1, memory_order_release);
   pthread_cond_signal(&s->mark_cond);
   pthread_mutex_unlock(&s->mark_lock);
 }
@@ -323,12 +328,22 @@ static void drain_stw(struct ph_heap *h, ph_worker *w) {
       s->idle++;
       if (s->idle == s->nparts) {
         s->mark_done = 1;
+        atomic_fetch_add_explicit(&s->mark_events, 1, memory_order_release);
         pthread_cond_broadcast(&s->mark_cond);
         pthread_mutex_unlock(&s->mark_lock);
         return;
       }
       atomic_fetch_add_explicit(&s->hungry, 1, memory_order_relaxed);
-      pthread_cond_wait(&s->mark_cond, &s->mark_lock);
+      /* mark.share.spin: spin for a packet or the end before sleeping;
+       * relaxed: mark_events changes only under mark_lock, held here */
+      uint64_t ev = atomic_load_explicit(&s->mark_events, memory_order_relaxed);
+      pthread_mutex_unlock(&s->mark_lock);
+      ph_spin_wait(&s->mark_events, ev, s->nparts, &s->mark_spin_ns);
+      pthread_mutex_lock(&s->mark_lock);
+      if (atomic_load_explicit(&s->mark_events, memory_order_relaxed) == ev) {
+        s->mark_slept++;
+        pthread_cond_wait(&s->mark_cond, &s->mark_lock);
+      }
       atomic_fetch_sub_explicit(&s->hungry, 1, memory_order_relaxed);
       s->idle--;
     }

@@ -9,8 +9,10 @@
 #include "test_util.h"
 
 #include "barrier/barrier.h"
+#include "gc/gc.h"
 
 #include <sched.h>
+#include <unistd.h>
 
 /* --------------------------------------------------------- random graphs */
 #define MAXF 6 /* fields of a scanned node: field 0 = id, then edges */
@@ -721,6 +723,59 @@ static void test_section_barrier_rounds(void **state) {
   assert_int_equal(ph_heap_destroy(r.h), PH_OK);
 }
 
+/* mark.share.spin: two domains, one holding a big array of small blocks,
+ * the other nothing: the other runs out of work at once.  Without spinning
+ * (ph_barrier_spin_max_ns 0 meanwhile) its idle waits sleep;
+ * with a spin bound of a second none does (it spins until a shared range
+ * or the end of marking).  Both mark the same live bytes. */
+static uint64_t mark_sleeps_with(uint32_t max_ns, uint64_t *live) {
+  uint32_t keep = ph_barrier_spin_max_ns;
+  ph_barrier_spin_max_ns = max_ns;
+  rounds_arg r = {.h = tu_heap(0)};
+  ph_domain *d;
+  assert_int_equal(ph_domain_attach(r.h, &d), PH_OK);
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, rounds_domain, &r), 0);
+  while (!atomic_load(&r.attached))
+    sched_yield();
+  size_t mark = ph_scope_open(d);
+  size_t n = tu_scale(60000, 8);
+  ph_value *arr = ph_root(d, ph_alloc(d, n, 0));
+  for (size_t i = 0; i < n; i++) {
+    ph_value b = ph_alloc(d, 2, 0);
+    assert_true(ph_is_block(b));
+    ph_set_field(*arr, i, b);
+  }
+  for (int i = 0; i < 4; i++)
+    assert_int_equal(ph_collect(d), PH_OK);
+  *live = tu_stats(r.h).live_bytes;
+  atomic_store(&r.stop, 1);
+  assert_int_equal(pthread_join(t, NULL), 0);
+  tu_assert_no_failures();
+  pthread_mutex_lock(&r.h->gc->mark_lock);
+  uint64_t slept = r.h->gc->mark_slept;
+  pthread_mutex_unlock(&r.h->gc->mark_lock);
+  ph_scope_close(d, mark);
+  assert_int_equal(ph_domain_detach(d), PH_OK);
+  assert_int_equal(ph_heap_destroy(r.h), PH_OK);
+  ph_barrier_spin_max_ns = keep;
+  printf("spin up to %u ns: %llu idle waits slept in 4 collections\n", max_ns,
+         (unsigned long long)slept);
+  return slept;
+}
+
+static void test_mark_idle_spins_before_sleeping(void **state) {
+  (void)state;
+  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) {
+    skip();
+    return;
+  }
+  uint64_t live0, live1;
+  assert_true(mark_sleeps_with(0, &live0) > 0);
+  assert_int_equal(mark_sleeps_with(1000000000u, &live1), 0);
+  assert_int_equal(live0, live1);
+}
+
 int main(void) {
   tu_seed();
   const struct CMUnitTest tests[] = {
@@ -730,6 +785,7 @@ int main(void) {
       cmocka_unit_test(test_detach_live_data_and_adoption),
       cmocka_unit_test(test_mark_one_pointer_among_immediates),
       cmocka_unit_test(test_section_barrier_rounds),
+      cmocka_unit_test(test_mark_idle_spins_before_sleeping),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
