@@ -16,9 +16,9 @@
  * (drawing the plan, heap creation, the checksum and ph_verify are not
  * timed).  One JSON line: blocks and bytes per second,
  * collections and their stop-the-world time (gc_ms: the sections as domain
- * 0 saw them, from on_event), CPU time, minor page faults, peak RSS, the
- * checksum of the old ring (equal to the peers' for the same seed and
- * mix).
+ * 0 saw them, from on_event; mark_ms and sweep_ms: its phases), CPU time, minor
+ * page faults, peak RSS, the checksum of the old ring (equal to the peers' for
+ * the same seed and mix).
  *
  *   medtput [--mix log|3k|40k|200k] [--threads 1|2] [--bytes B] [--seed S]
  *           [--gc-percent P]
@@ -43,19 +43,22 @@ typedef struct {
 static pthread_barrier_t start, done;
 
 /* The stop-the-world sections' time as domain 0 saw them (on_event): how
- * much of poolheap's time the collections took (gc_ms in the JSON line). */
-static _Atomic uint64_t stw_begin, stw_ns;
+ * much of poolheap's time the collections took (gc_ms in the JSON line),
+ * and of it the mark and sweep phases' (mark_ms, sweep_ms: marking
+ * includes waiting for the other participant to finish its share; the
+ * rest of gc_ms is the section's barrier rounds and single steps). */
+static _Atomic uint64_t ev_begin[3], ev_ns[3]; /* STW, MARK, SWEEP */
 static void on_event(ph_phase phase, int begin, unsigned domain,
                      uint64_t time_ns, void *user) {
   (void)user;
-  if (phase != PH_PHASE_STW || domain != 0)
+  if (phase > PH_PHASE_SWEEP || domain != 0)
     return;
   if (begin)
-    atomic_store_explicit(&stw_begin, time_ns, memory_order_relaxed);
+    atomic_store_explicit(&ev_begin[phase], time_ns, memory_order_relaxed);
   else
     atomic_fetch_add_explicit(
-        &stw_ns,
-        time_ns - atomic_load_explicit(&stw_begin, memory_order_relaxed),
+        &ev_ns[phase],
+        time_ns - atomic_load_explicit(&ev_begin[phase], memory_order_relaxed),
         memory_order_relaxed);
 }
 
@@ -180,7 +183,9 @@ int main(int argc, char **argv) {
   double t0 = peer_now_ms(), c0 = peer_cpu_ms();
   pthread_barrier_wait(&done);
   double ms = peer_now_ms() - t0, cpu = peer_cpu_ms() - c0;
-  double gc_ms = (double)atomic_load(&stw_ns) / 1e6;
+  double gc_ms = (double)atomic_load(&ev_ns[PH_PHASE_STW]) / 1e6;
+  double mark_ms = (double)atomic_load(&ev_ns[PH_PHASE_MARK]) / 1e6;
+  double sweep_ms = (double)atomic_load(&ev_ns[PH_PHASE_SWEEP]) / 1e6;
   getrusage(RUSAGE_SELF, &ru1);
   for (int t = 0; t < threads; t++)
     pthread_join(th[t], NULL);
@@ -204,12 +209,12 @@ int main(int argc, char **argv) {
   printf("{\"system\":\"poolheap\",\"mix\":\"%s\",\"threads\":%d,"
          "\"blocks\":%llu,\"bytes\":%llu,\"ms\":%.2f,\"cpu_ms\":%.2f,"
          "\"blocks_per_sec\":%.0f,\"bytes_per_sec\":%.0f,\"collections\":%llu,"
-         "\"gc_ms\":%.2f,"
+         "\"gc_ms\":%.2f,\"mark_ms\":%.2f,\"sweep_ms\":%.2f,"
          "\"minflt\":%ld,\"maxrss\":%ld,\"checksum\":%llu,\"seed\":%llu,"
          "\"gc_percent\":%u,\"ok\":true}\n",
          mix, threads, (unsigned long long)nblocks, (unsigned long long)total,
          ms, cpu, (double)nblocks / (ms / 1e3), (double)total / (ms / 1e3),
-         (unsigned long long)st.collections, gc_ms,
+         (unsigned long long)st.collections, gc_ms, mark_ms, sweep_ms,
          ru1.ru_minflt - ru0.ru_minflt, ru1.ru_maxrss * 1024L,
          (unsigned long long)(sum & PEER_HASH_MASK), (unsigned long long)seed,
          gc_percent);
