@@ -271,6 +271,8 @@ static void chunk_remove_locked(struct ph_heap *h, unsigned i);
  * with the distance back to the first unit, heap.unit.lookup). */
 static void mark_taken(ph_chunk *c, uint32_t u, size_t n, int state) {
   c->ustate[u] = (uint8_t)state;
+  if (state == PH_U_LARGE) /* heap.unit.clean: its units are written over */
+    memset(&c->ucls[u], 0, n * sizeof c->ucls[0]);
   for (size_t k = 1; k < n; k++) {
     c->ustate[u + k] =
         (uint8_t)(state == PH_U_LARGE ? PH_U_LARGE_TAIL : PH_U_POOL_TAIL);
@@ -595,8 +597,10 @@ size_t ph_units_decommit_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
   if (ph_os_decommit(&h->os, ph_unit_addr(h, c, unit), len,
                      lazy ? PH_OS_DECOMMIT_LAZY : PH_OS_DECOMMIT_NOW) != PH_OK)
     return 0;
-  for (size_t k = 0; k < n; k++)
+  for (size_t k = 0; k < n; k++) {
     c->ustate[unit + k] = PH_U_FREE;
+    c->ucls[unit + k] = 0; /* heap.unit.clean: its pages are gone */
+  }
   return len;
 }
 

@@ -188,7 +188,9 @@ typedef struct ph_chunk {
    * opened (its header is written after the lock is dropped), so a check
    * under the lock can read it (gc.pin); in the block of ustate.  For a
    * PH_U_POOL_TAIL unit: the distance back to its pool's first unit
-   * (heap.unit.lookup). */
+   * (heap.unit.lookup).  For a PH_U_FREE_COMM unit: its last class with
+   * PH_UCLS_CLEAN if the pool's header and free list are intact
+   * (heap.unit.clean), else anything without that bit. */
   uint16_t *ucls;
   /* heap.pool.holes: per unit, the granules of a pool that are decommitted
    * (bit g: bytes [g, g+1) << heap->hole_shift of the unit); 0 for every
@@ -578,6 +580,13 @@ void ph_pool_init_free(struct ph_heap *h, ph_pool *p);
 /* Free pool p's units (all class_units of them, one run) and count them
  * out of pool_units; heap->lock held. */
 void ph_pool_free_locked(struct ph_heap *h, ph_pool *p);
+/* heap.unit.clean: as ph_pool_free_locked, for a pool a sweep just emptied
+ * (nlive 0, every slot on its free list): a one-unit pool whose header is
+ * in its unit and which has no holes is marked clean (PH_UCLS_CLEAN), so
+ * that a pool of the same class opened there keeps its free list. */
+void ph_pool_free_clean_locked(struct ph_heap *h, ph_pool *p);
+/* heap.unit.clean: the flag in a free unit's ucls entry */
+#define PH_UCLS_CLEAN 0x8000u
 /* heap.release.trim: give back the pages lying wholly inside the free slot
  * at address slot (sb bytes) past its first 16 bytes (its header of 0 and
  * field 0, the free list's link); they stay counted committed

@@ -55,14 +55,19 @@ ph_pool *ph_pool_new(struct ph_heap *h, unsigned cls, unsigned owner) {
   /* heap.unit.lookup: a medium pool's further units are PH_U_POOL_TAIL,
    * their ucls the distance back to the first */
   int err = ph_units_take_locked(h, n, PH_U_POOL, &c, &u);
+  int clean = 0;
   if (err == PH_OK) {
     h->pool_units += n;
+    /* heap.unit.clean: a unit freed by a sweep that emptied a pool of this
+     * class, untouched since */
+    clean = n == 1 && c->ucls[u] == (PH_UCLS_CLEAN | cls);
     c->ucls[u] = (uint16_t)cls;
   }
   pthread_mutex_unlock(&h->lock);
   if (err != PH_OK)
     return NULL;
   ph_pool *p = (ph_pool *)ph_unit_addr(h, c, u);
+  ph_value clean_free = clean ? p->free : 0;
   memset(p, 0, h->class_hdr[cls]);
   p->hdr = (uint16_t)h->class_hdr[cls]; /* heap.pool.hdr */
   p->sig = PH_SIG_POOL;
@@ -72,7 +77,12 @@ ph_pool *ph_pool_new(struct ph_heap *h, unsigned cls, unsigned owner) {
   p->nslots = h->class_nslots[cls];
   p->chunk = c;
   p->unit = u;
-  ph_pool_init_free(h, p);
+  if (clean) { /* every slot free, linked in address order: as init_free */
+    p->free = clean_free;
+    p->nfree = p->nslots;
+  } else {
+    ph_pool_init_free(h, p);
+  }
   return p;
 }
 
@@ -83,6 +93,19 @@ void ph_pool_free_locked(struct ph_heap *h, ph_pool *p) {
   p->sig = PH_SIG_DEAD;
   ph_units_free_locked(h, p->chunk, p->unit, n);
   h->pool_units -= n;
+}
+
+void ph_pool_free_clean_locked(struct ph_heap *h, ph_pool *p) {
+  ph_chunk *c = p->chunk;
+  uint32_t u = p->unit;
+  int clean = h->class_units[p->cls] == 1 && p->nhole == 0 &&
+              c->holes[u] == 0 && (!c->ool || !c->ool[u]) &&
+              (char *)p == ph_unit_addr(h, c, u);
+  PH_ASSERT(p->nlive == 0 && p->nfree == p->nslots - p->nhole);
+  unsigned cls = p->cls;
+  ph_pool_free_locked(h, p);
+  if (clean)
+    c->ucls[u] = (uint16_t)(PH_UCLS_CLEAN | cls);
 }
 
 static ph_fault_site heap_faults; /* tests.faults: os/'s engine */

@@ -531,7 +531,11 @@ static int owner_sweep_pool(struct php_owner *o, ph_pool *p) {
     uint32_t u = p->unit, n = core->class_units[p->cls];
     int rel = sweep_releases(h, p);
     pthread_mutex_lock(&core->lock);
-    free_pool_locked(h, p);
+    /* heap.unit.clean: a small pool's free list stays for its next pool */
+    if (rel)
+      free_pool_locked(h, p);
+    else
+      ph_pool_free_clean_locked(core, p);
     /* heap.release.sweep: an empty medium pool's units go back, beyond
      * cfg.retain bytes of free committed memory */
     size_t gone = 0;
