@@ -27,7 +27,7 @@ need_pkgs() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-build_pkgs=(ninja-build gcc clang libclang-rt-14-dev libcmocka-dev)
+build_pkgs=(ninja-build gcc clang clang-format libclang-rt-14-dev libcmocka-dev)
 # the quick benchmark and demo that ./run.sh test also runs
 peer_pkgs=(libjemalloc-dev libjemalloc2 libmimalloc-dev libmimalloc2.0 libgc-dev ocaml-nox gnuplot-nox)
 

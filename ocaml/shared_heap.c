@@ -130,10 +130,23 @@ static size_t pho_env_bytes(const char *name, size_t dflt) {
   unsigned long long n = strtoull(s, &end, 10);
   unsigned long long mul = 1;
   switch (*end) {
-  case 'k': case 'K': mul = 1ull << 10; end++; break;
-  case 'm': case 'M': mul = 1ull << 20; end++; break;
-  case 'g': case 'G': mul = 1ull << 30; end++; break;
-  default: break;
+  case 'k':
+  case 'K':
+    mul = 1ull << 10;
+    end++;
+    break;
+  case 'm':
+  case 'M':
+    mul = 1ull << 20;
+    end++;
+    break;
+  case 'g':
+  case 'G':
+    mul = 1ull << 30;
+    end++;
+    break;
+  default:
+    break;
   }
   if (errno || end == s || *end) {
     fprintf(stderr, "poolheap: ignoring %s=%s (bytes, k, m or g)\n", name, s);
@@ -142,8 +155,8 @@ static size_t pho_env_bytes(const char *name, size_t dflt) {
   return (size_t)(n * mul);
 }
 
-static int pho_env_choice(const char *name, const char *const *names,
-                          int n, int dflt) {
+static int pho_env_choice(const char *name, const char *const *names, int n,
+                          int dflt) {
   const char *s = getenv(name);
   if (!s || !*s)
     return dflt;
@@ -175,8 +188,8 @@ static void pho_create_heap(void) {
   php_config cfg;
   php_config_init(&cfg);
   cfg.pool_size = PHO_POOL_BYTES;
-  cfg.release = (ph_release_mode)pho_env_choice("POOLHEAP_RELEASE", release,
-                                                4, PH_RELEASE_DECOMMIT);
+  cfg.release = (ph_release_mode)pho_env_choice("POOLHEAP_RELEASE", release, 4,
+                                                PH_RELEASE_DECOMMIT);
   cfg.huge_pages =
       (ph_huge_mode)pho_env_choice("POOLHEAP_HUGE", huge, 3, PH_HUGE_OFF);
   cfg.retain = pho_env_bytes("POOLHEAP_RETAIN", 0);
@@ -195,8 +208,8 @@ static void pho_create_heap(void) {
       "POOLHEAP_ALLOC_SWEEP", alloc_sweep, 3, PHP_ALLOC_SWEEP_BEFORE_GROW);
   pho_init_error = php_heap_create(&cfg, &pho_heap);
   if (pho_init_error == PH_OK)
-    pho_init_error = php_set_colours(
-        pho_heap, caml_global_heap_state.GARBAGE >> HEADER_COLOR_SHIFT);
+    pho_init_error = php_set_colours(pho_heap, caml_global_heap_state.GARBAGE >>
+                                                   HEADER_COLOR_SHIFT);
 }
 
 struct caml_heap_state *caml_init_shared_heap(void) {
@@ -256,8 +269,8 @@ value *caml_shared_try_alloc(struct caml_heap_state *local, mlsize_t wosize,
   CAMLassert(tag != Infix_tag);
   CAML_EV_ALLOC(wosize);
   status colour = caml_global_heap_state.MARKED;
-  ph_value v = php_alloc(local->owner, wosize,
-                         (unsigned)(colour | (header_t)tag));
+  ph_value v =
+      php_alloc(local->owner, wosize, (unsigned)(colour | (header_t)tag));
   if (v == 0)
     return NULL; /* PH_ENOMEM: the caller raises Out_of_memory */
   value *hp = (value *)v - 1;
@@ -306,8 +319,8 @@ void caml_cycle_heap_from_stw_single(void) {
   caml_global_heap_state.UNMARKED = old.MARKED;
   caml_global_heap_state.GARBAGE = old.UNMARKED;
   caml_global_heap_state.MARKED = old.GARBAGE; /* swept: no block has it */
-  int rc = php_set_colours(
-      pho_heap, caml_global_heap_state.GARBAGE >> HEADER_COLOR_SHIFT);
+  int rc = php_set_colours(pho_heap, caml_global_heap_state.GARBAGE >>
+                                         HEADER_COLOR_SHIFT);
   if (rc != PH_OK)
     caml_fatal_error("poolheap: php_set_colours: %s", ph_strerror(rc));
 }
@@ -407,8 +420,8 @@ void caml_accum_orphan_heap_stats(struct heap_stats *acc) {
  * peak): they count as their blocks' words, as on stock. */
 uintnat caml_heap_size(struct caml_heap_state *local) {
   php_counters c = pho_counters(local);
-  return Bsize_wsize(c.pool_words - c.medium_pool_words +
-                     c.medium_live_words + c.large_words);
+  return Bsize_wsize(c.pool_words - c.medium_pool_words + c.medium_live_words +
+                     c.large_words);
 }
 
 uintnat caml_top_heap_words(struct caml_heap_state *local) {
@@ -426,14 +439,15 @@ uintnat caml_heap_blocks(struct caml_heap_state *local) {
 /* The 256 zero-sized blocks, outside the heap and never marked: header i
  * is atom i's, its value the address just after it. */
 #define PHO_ATOM(i) Make_header(0, (i), NOT_MARKABLE)
-#define PHO_ATOM4(i) PHO_ATOM(i), PHO_ATOM((i) + 1), PHO_ATOM((i) + 2), \
-    PHO_ATOM((i) + 3)
-#define PHO_ATOM16(i) PHO_ATOM4(i), PHO_ATOM4((i) + 4), PHO_ATOM4((i) + 8), \
-    PHO_ATOM4((i) + 12)
-#define PHO_ATOM64(i) PHO_ATOM16(i), PHO_ATOM16((i) + 16), \
-    PHO_ATOM16((i) + 32), PHO_ATOM16((i) + 48)
-static const header_t pho_atoms[256] = {
-    PHO_ATOM64(0), PHO_ATOM64(64), PHO_ATOM64(128), PHO_ATOM64(192)};
+#define PHO_ATOM4(i)                                                           \
+  PHO_ATOM(i), PHO_ATOM((i) + 1), PHO_ATOM((i) + 2), PHO_ATOM((i) + 3)
+#define PHO_ATOM16(i)                                                          \
+  PHO_ATOM4(i), PHO_ATOM4((i) + 4), PHO_ATOM4((i) + 8), PHO_ATOM4((i) + 12)
+#define PHO_ATOM64(i)                                                          \
+  PHO_ATOM16(i), PHO_ATOM16((i) + 16), PHO_ATOM16((i) + 32),                   \
+      PHO_ATOM16((i) + 48)
+static const header_t pho_atoms[256] = {PHO_ATOM64(0), PHO_ATOM64(64),
+                                        PHO_ATOM64(128), PHO_ATOM64(192)};
 
 CAMLexport value caml_atom(tag_t tag) {
   return Val_hp(&pho_atoms[tag]);
@@ -469,8 +483,7 @@ static void pho_scan_block(ph_value block, ph_visit_fn visit, void *ctx,
     struct stack_info *stk = Ptr_val(Field(v, 0));
     if (stk != NULL) {
       struct pho_visit pv = {visit, ctx};
-      caml_scan_stack(&pho_visit_action, (scanning_action_flags)0, &pv, stk,
-                      0);
+      caml_scan_stack(&pho_visit_action, (scanning_action_flags)0, &pv, stk, 0);
     }
     return;
   }
@@ -508,8 +521,8 @@ static void pho_scan_roots(unsigned part, ph_visit_fn visit, void *ctx,
   struct pho_visit pv = {visit, ctx};
   caml_domain_state *d = Caml_state;
   caml_do_roots(&pho_visit_action, (scanning_action_flags)0, &pv, d, 1);
-  caml_memprof_scan_roots(&pho_visit_action, (scanning_action_flags)0, &pv,
-                          d, 1);
+  caml_memprof_scan_roots(&pho_visit_action, (scanning_action_flags)0, &pv, d,
+                          1);
   if (part == 0)
     caml_scan_global_roots(&pho_visit_action, &pv);
   pho_scan_ephe_list(&d->ephe_info->todo, visit, ctx);
@@ -528,8 +541,7 @@ static void pho_barrier(void *user) {
   caml_global_barrier(c->nparts);
 }
 
-static void pho_on_phase(unsigned phase, int begin, unsigned part,
-                         void *user) {
+static void pho_on_phase(unsigned phase, int begin, unsigned part, void *user) {
   (void)part;
   (void)user;
   ev_runtime_phase ph = phase == PHP_COMPACT_EVACUATE ? EV_COMPACT_EVACUATE
@@ -545,8 +557,7 @@ static void pho_on_phase(unsigned phase, int begin, unsigned part,
  * caml_cycle_heap: the minor heaps are empty, marking has not started, every
  * pool is unswept; blocks of the GARBAGE colour are garbage, every other
  * colour is live (UNMARKED the reachable ones, NOT_MARKABLE). */
-void caml_compact_heap(caml_domain_state *domain_state,
-                       int participating_count,
+void caml_compact_heap(caml_domain_state *domain_state, int participating_count,
                        caml_domain_state **participants) {
   caml_gc_log("Compacting heap start");
   CAML_EV_BEGIN(EV_COMPACT);
@@ -629,11 +640,11 @@ static void pho_verify_block(struct pho_verify *st, value v) {
   if (Has_status_hd(hd, NOT_MARKABLE))
     return;
   if (!Has_status_hd(hd, caml_global_heap_state.UNMARKED))
-    caml_fatal_error("poolheap verify: reachable block %p with colour %d "
-                     "(UNMARKED is %d)", (void *)v,
-                     (int)(Color_hd(hd) >> HEADER_COLOR_SHIFT),
-                     (int)(caml_global_heap_state.UNMARKED
-                           >> HEADER_COLOR_SHIFT));
+    caml_fatal_error(
+        "poolheap verify: reachable block %p with colour %d "
+        "(UNMARKED is %d)",
+        (void *)v, (int)(Color_hd(hd) >> HEADER_COLOR_SHIFT),
+        (int)(caml_global_heap_state.UNMARKED >> HEADER_COLOR_SHIFT));
   tag_t tag = Tag_hd(hd);
   if (tag == Cont_tag) {
     struct stack_info *stk = Ptr_val(Field(v, 0));

@@ -3,7 +3,8 @@
 # Usage: tests/run_tests.sh [VARIANT...]   (default: debug asan tsan release clang)
 # Each binary runs under a timeout; cmocka's own summary lines are shown.
 # With no variant named, the layering check (tools/layers.sh: no include or
-# call goes up a layer, every cited DESIGN.md tag is defined) and the quick
+# call goes up a layer, every cited DESIGN.md tag is defined), the format
+# check (tools/format.sh: every tracked .c and .h clang-formatted) and the quick
 # modes of the benchmark (poolheap and the peers that need no long build) and
 # of the demo run too, so those scripts cannot rot, and then issue 10's judge
 # (ocaml/ci.sh: the poolheap OCaml built, cached, and OCaml's own testsuite on
@@ -37,7 +38,7 @@ for v in "${variants[@]}"; do
   done
 done
 if [ "$scripts" = 1 ]; then
-  for cmd in "tools/layers.sh" "bench/bench.sh --quick" "demos/demo.sh --quick"; do
+  for cmd in "tools/layers.sh" "tools/format.sh" "bench/bench.sh --quick" "demos/demo.sh --quick"; do
     echo "=== $cmd"
     if timeout 600 $cmd; then
       pass=$((pass+1)); echo "--- ok $cmd"

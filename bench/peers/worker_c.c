@@ -1,12 +1,14 @@
-/* worker(T, S, K) peer (workloads.md) for malloc-based systems and, with -DBOEHM, Boehm GC.
+/* worker(T, S, K) peer (workloads.md) for malloc-based systems and, with
+ * -DBOEHM, Boehm GC.
  *
- * One thread runs T tasks. Each task allocates S bytes of frag-like blocks (the frag size
- * mix; a header word with the field count, then immediates tagged with low bit 1). Each
- * block is kept with probability K/1000 in a long-lived table; when the table would hold
- * more than S/10 bytes, random older entries (from earlier tasks) are dropped. The other
- * blocks are the task's temporaries: they stay reachable until the task ends, then die
- * (free() / the Boehm root chunks holding them are cleared). The task ends with the
- * system's release call (malloc_trim(0) / GC_gcollect_and_unmap()), and RSS is sampled.
+ * One thread runs T tasks. Each task allocates S bytes of frag-like blocks (the
+ * frag size mix; a header word with the field count, then immediates tagged
+ * with low bit 1). Each block is kept with probability K/1000 in a long-lived
+ * table; when the table would hold more than S/10 bytes, random older entries
+ * (from earlier tasks) are dropped. The other blocks are the task's
+ * temporaries: they stay reachable until the task ends, then die (free() / the
+ * Boehm root chunks holding them are cleared). The task ends with the system's
+ * release call (malloc_trim(0) / GC_gcollect_and_unmap()), and RSS is sampled.
  * One JSON line per task: {"system","task","rss",...}.
  *
  *   worker_c [--tasks T] [--bytes S] [--keep K] [--seed S] [--system NAME]
@@ -20,7 +22,8 @@
 #include <gc/gc.h>
 #define BLK_ALLOC(bytes) GC_MALLOC(bytes)
 #define BLK_FREE(p) ((void)(p))
-/* chunks of pointers that must be roots: uncollectable Boehm objects are scanned roots */
+/* chunks of pointers that must be roots: uncollectable Boehm objects are
+ * scanned roots */
 #define ROOTS_ALLOC(bytes) GC_MALLOC_UNCOLLECTABLE(bytes)
 #define ROOTS_FREE(p, bytes) ((void)(bytes), GC_FREE(p))
 #define RELEASE() GC_gcollect_and_unmap()
@@ -43,12 +46,14 @@ typedef struct chunk {
   uintptr_t *slot[CHUNK];
 } chunk_t;
 
-static chunk_t *g_temps;     /* this task's temporaries (roots) */
-static uintptr_t **g_table;  /* long-lived table (roots) */
+static chunk_t *g_temps;    /* this task's temporaries (roots) */
+static uintptr_t **g_table; /* long-lived table (roots) */
 
 static void usage(void) {
-  fprintf(stderr, "usage: worker_c [--tasks T] [--bytes S[k|M|G]] [--keep K] [--seed S] "
-                  "[--system NAME]\n");
+  fprintf(
+      stderr,
+      "usage: worker_c [--tasks T] [--bytes S[k|M|G]] [--keep K] [--seed S] "
+      "[--system NAME]\n");
   exit(1);
 }
 
@@ -58,19 +63,30 @@ int main(int argc, char **argv) {
   int K = 100, have_seed = 0;
   uint64_t seed = 0;
   for (int a = 1; a < argc; a++) {
-    if (a + 1 >= argc) usage();
+    if (a + 1 >= argc)
+      usage();
     const char *o = argv[a];
-    if (strcmp(o, "--tasks") == 0) T = atoll(argv[++a]);
-    else if (strcmp(o, "--bytes") == 0) S = peer_parse_size(argv[++a]);
-    else if (strcmp(o, "--keep") == 0) K = atoi(argv[++a]);
-    else if (strcmp(o, "--seed") == 0) { seed = strtoull(argv[++a], NULL, 0); have_seed = 1; }
-    else if (strcmp(o, "--system") == 0) system = argv[++a];
-    else usage();
+    if (strcmp(o, "--tasks") == 0)
+      T = atoll(argv[++a]);
+    else if (strcmp(o, "--bytes") == 0)
+      S = peer_parse_size(argv[++a]);
+    else if (strcmp(o, "--keep") == 0)
+      K = atoi(argv[++a]);
+    else if (strcmp(o, "--seed") == 0) {
+      seed = strtoull(argv[++a], NULL, 0);
+      have_seed = 1;
+    } else if (strcmp(o, "--system") == 0)
+      system = argv[++a];
+    else
+      usage();
   }
-  if (T < 1 || S < 1024 || K < 0 || K > 1000) usage();
-  if (!have_seed) seed = peer_default_seed();
-  fprintf(stderr, "worker_c: system %s tasks %lld bytes %lld keep %d seed %llu\n", system, T, S,
-          K, (unsigned long long)seed);
+  if (T < 1 || S < 1024 || K < 0 || K > 1000)
+    usage();
+  if (!have_seed)
+    seed = peer_default_seed();
+  fprintf(stderr,
+          "worker_c: system %s tasks %lld bytes %lld keep %d seed %llu\n",
+          system, T, S, K, (unsigned long long)seed);
   if (!peer_check_preload(system)) {
     printf("{\"system\":");
     peer_json_str(stdout, system);
@@ -81,7 +97,8 @@ int main(int argc, char **argv) {
   GC_INIT();
 #endif
   const uint64_t table_cap_bytes = (uint64_t)S / 10;
-  /* smallest block is 3 words, so the table never needs more entries than this */
+  /* smallest block is 3 words, so the table never needs more entries than this
+   */
   const size_t table_cap = (size_t)(table_cap_bytes / 24) + 2;
   const size_t table_bytes = table_cap * sizeof(uintptr_t *);
   g_table = ROOTS_ALLOC(table_bytes);
@@ -99,13 +116,18 @@ int main(int argc, char **argv) {
       unsigned w = peer_fields(&rng);
       size_t bytes = (w + 1) * sizeof(uintptr_t);
       uintptr_t *b = BLK_ALLOC(bytes);
-      if (!b) { fprintf(stderr, "out of memory\n"); return 2; }
+      if (!b) {
+        fprintf(stderr, "out of memory\n");
+        return 2;
+      }
       b[0] = w;
-      for (unsigned j = 1; j <= w; j++) b[j] = IMM(counter);
+      for (unsigned j = 1; j <= w; j++)
+        b[j] = IMM(counter);
       counter++;
       allocated += bytes;
       if (peer_uniform(&rng, 1000) < (uint64_t)K) {
-        /* make room: drop random older entries (any entry if no older one is left) */
+        /* make room: drop random older entries (any entry if no older one is
+         * left) */
         while (table_live + bytes > table_cap_bytes && table_n > 0) {
           size_t j;
           if (old_n > 0) {
@@ -147,7 +169,8 @@ int main(int argc, char **argv) {
     while (g_temps) {
       chunk_t *c = g_temps;
       g_temps = c->next;
-      for (size_t i = 0; i < c->used; i++) BLK_FREE(c->slot[i]);
+      for (size_t i = 0; i < c->used; i++)
+        BLK_FREE(c->slot[i]);
       ROOTS_FREE(c, sizeof(chunk_t));
     }
     double task_ms = peer_now_ms() - t0;
@@ -156,10 +179,12 @@ int main(int argc, char **argv) {
     double release_ms = peer_now_ms() - r0;
     printf("{\"system\":");
     peer_json_str(stdout, system);
-    printf(",\"task\":%lld,\"rss\":%lld,\"maps\":%ld,\"table_bytes\":%llu,\"task_ms\":%.2f,"
+    printf(",\"task\":%lld,\"rss\":%lld,\"maps\":%ld,\"table_bytes\":%llu,"
+           "\"task_ms\":%.2f,"
            "\"release_ms\":%.2f,\"seed\":%llu}\n",
-           t, peer_rss_bytes(), peer_maps_count(NULL, NULL), (unsigned long long)table_live,
-           task_ms, release_ms, (unsigned long long)seed);
+           t, peer_rss_bytes(), peer_maps_count(NULL, NULL),
+           (unsigned long long)table_live, task_ms, release_ms,
+           (unsigned long long)seed);
     fflush(stdout);
   }
   return 0;
