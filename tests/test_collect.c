@@ -686,19 +686,35 @@ static void *rounds_domain(void *arg) {
   return NULL;
 }
 
+/* A fresh heap with the caller attached as *d and a partner domain that
+ * only joins sections (rounds_domain), attached before this returns. */
+static void partner_start(rounds_arg *r, pthread_t *t, ph_domain **d) {
+  r->h = tu_heap(0);
+  atomic_init(&r->attached, 0);
+  atomic_init(&r->stop, 0);
+  assert_int_equal(ph_domain_attach(r->h, d), PH_OK);
+  assert_int_equal(pthread_create(t, NULL, rounds_domain, r), 0);
+  while (!atomic_load(&r->attached))
+    sched_yield();
+}
+
+/* The partner detaches and ends; the caller keeps its domain and heap. */
+static void partner_stop(rounds_arg *r, pthread_t t) {
+  atomic_store(&r->stop, 1);
+  assert_int_equal(pthread_join(t, NULL), 0);
+  tu_assert_no_failures();
+}
+
 static uint64_t bar_rounds(ph_heap *h) {
   return atomic_load_explicit(&h->sync->stw.bar.gen, memory_order_acquire);
 }
 
 static void test_section_barrier_rounds(void **state) {
   (void)state;
-  rounds_arg r = {.h = tu_heap(0)};
+  rounds_arg r;
   ph_domain *d;
-  assert_int_equal(ph_domain_attach(r.h, &d), PH_OK);
   pthread_t t;
-  assert_int_equal(pthread_create(&t, NULL, rounds_domain, &r), 0);
-  while (!atomic_load(&r.attached))
-    sched_yield();
+  partner_start(&r, &t, &d);
   size_t mark = ph_scope_open(d);
   ph_value *keep = ph_root(d, ph_alloc(d, 100, 0));
   for (int i = 0; i < 5; i++) {
@@ -715,9 +731,7 @@ static void test_section_barrier_rounds(void **state) {
     assert_int_equal(bar_rounds(r.h) - b1, 2);
   }
   assert_int_equal(ph_wosize(*keep), 100);
-  atomic_store(&r.stop, 1);
-  assert_int_equal(pthread_join(t, NULL), 0);
-  tu_assert_no_failures();
+  partner_stop(&r, t);
   ph_scope_close(d, mark);
   assert_int_equal(ph_domain_detach(d), PH_OK);
   assert_int_equal(ph_heap_destroy(r.h), PH_OK);
@@ -731,13 +745,10 @@ static void test_section_barrier_rounds(void **state) {
 static uint64_t mark_sleeps_with(uint32_t max_ns, uint64_t *live) {
   uint32_t keep = ph_barrier_spin_max_ns;
   ph_barrier_spin_max_ns = max_ns;
-  rounds_arg r = {.h = tu_heap(0)};
+  rounds_arg r;
   ph_domain *d;
-  assert_int_equal(ph_domain_attach(r.h, &d), PH_OK);
   pthread_t t;
-  assert_int_equal(pthread_create(&t, NULL, rounds_domain, &r), 0);
-  while (!atomic_load(&r.attached))
-    sched_yield();
+  partner_start(&r, &t, &d);
   size_t mark = ph_scope_open(d);
   size_t n = tu_scale(60000, 8);
   ph_value *arr = ph_root(d, ph_alloc(d, n, 0));
@@ -749,9 +760,7 @@ static uint64_t mark_sleeps_with(uint32_t max_ns, uint64_t *live) {
   for (int i = 0; i < 4; i++)
     assert_int_equal(ph_collect(d), PH_OK);
   *live = tu_stats(r.h).live_bytes;
-  atomic_store(&r.stop, 1);
-  assert_int_equal(pthread_join(t, NULL), 0);
-  tu_assert_no_failures();
+  partner_stop(&r, t);
   pthread_mutex_lock(&r.h->gc->mark_lock);
   uint64_t slept = r.h->gc->mark_slept;
   pthread_mutex_unlock(&r.h->gc->mark_lock);
