@@ -222,9 +222,11 @@ void ph_domain_flush_caches(struct ph_domain *d) {
     p->nfree = ac->nfree;
     p->nlive = p->nslots - p->nhole - ac->nfree;
     p->cached = 0;
+    ph_pool_zero_set(h, p, ac->zero); /* heap.pool.zero */
     if (p->nfree > 0)
       ph_pool_push_avail(h, p);
     ac->pool = NULL;
+    ac->zero = UINTPTR_MAX;
     ac->free = 0;
     ac->nfree = 0;
     ac->nfree_charged = 0;
