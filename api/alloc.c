@@ -46,7 +46,8 @@ static int refill(struct ph_domain *d, unsigned cls) {
     ac->pool->nfree = 0;
     ac->pool->nlive = ac->pool->nslots - ac->pool->nhole;
     ac->pool->cached = 0;
-    ph_pool_zero_set(h, ac->pool, ac->zero); /* heap.pool.zero */
+    /* heap.alloc.zero: every free slot was handed out */
+    ph_pool_zero_set(h, ac->pool, UINTPTR_MAX);
     ac->pool = NULL;
     ac->zero = UINTPTR_MAX;
   }
@@ -219,11 +220,9 @@ ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag) {
   }
   ac->free = *(ph_value *)b;
   ac->nfree--;
-  /* heap.pool.zero: a slot at or above ac->zero was never handed out since
-   * its pages were fresh; the slots from here on are above this one */
-  int zero = b >= ac->zero;
-  if (__builtin_expect(zero, 0))
-    ac->zero = b + h->class_wsize[cls] * sizeof(ph_value);
+  /* heap.alloc.zero: a raw block in a slot at or above ac->zero (never
+   * handed out since its pages were fresh) needs only field 0 zeroed */
+  int zero = tag >= PH_TAG_RAW && b >= ac->zero;
   /* relaxed atomic (the same one store): ph_pin or ph_finalise on a bogus
    * pointer may read this header meanwhile (gc.pin) */
   __atomic_store_n(ph_hp(b), ph_hd_make(wosize, PH_WHITE, tag),

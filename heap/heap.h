@@ -195,10 +195,10 @@ typedef struct ph_chunk {
    * (decommitted lazily: heap.pool.zero), else 0. */
   uint16_t *ucls;
   /* heap.pool.zero: for a pool's first unit, the byte offset from the
-   * unit's start from which every slot is zero but its header and field 0
-   * (UINT32_MAX: no slot is known so).  Written when the pool is opened
-   * (heap->lock), by the owner's alloc cache when it gives the pool up
-   * (outside sections: the owner alone), and forgotten by
+   * unit's start from which every free slot is zero but its header and
+   * field 0 (UINT32_MAX: no slot is known so).  Written when the pool is
+   * opened (heap->lock), by the owner's alloc cache when it gives the pool
+   * up (outside sections: the owner alone), and forgotten by
    * ph_pools_zero_forget_stw; read by the managed collector's alloc cache
    * only.  In the block of ustate. */
   uint32_t *zero_from;
@@ -219,8 +219,9 @@ enum { PH_DS_FREE = 0, PH_DS_RUNNING = 1, PH_DS_BLOCKING = 2 };
 
 typedef struct ph_alloc_cache {
   ph_value free;          /* next free block of the cached pool, 0 if none */
-  uintptr_t zero;         /* heap.pool.zero: a free block at this address or
-                             above has every field but field 0 zero */
+  uintptr_t zero;         /* heap.alloc.zero: a free block at this address or
+                             above, not handed out by this cache, has every
+                             field but field 0 zero */
   uint32_t nfree;         /* length of that list */
   uint32_t nfree_charged; /* nfree when pacing was last charged (heap.pacing) */
   ph_pool *pool;          /* cached pool, NULL if none */
