@@ -46,7 +46,10 @@ static int refill(struct ph_domain *d, unsigned cls) {
     ac->pool->nfree = 0;
     ac->pool->nlive = ac->pool->nslots - ac->pool->nhole;
     ac->pool->cached = 0;
+    /* heap.alloc.zero: every free slot was handed out */
+    ph_pool_zero_set(h, ac->pool, UINTPTR_MAX);
     ac->pool = NULL;
+    ac->zero = UINTPTR_MAX;
   }
   pacing_poll(d);
   /* heap.pool.take: the next pool of the slot's avail list (only this
@@ -65,6 +68,7 @@ static int refill(struct ph_domain *d, unsigned cls) {
   ac->free = p->free;
   ac->nfree = p->nfree;
   ac->nfree_charged = p->nfree;
+  ac->zero = ph_pool_zero_addr(h, p); /* heap.pool.zero */
   return PH_OK;
 }
 
@@ -89,10 +93,13 @@ static int refill(struct ph_domain *d, unsigned cls) {
 #endif
 
 static inline __attribute__((always_inline)) void
-init_fields(ph_value v, size_t wosize, unsigned tag) {
+init_fields(ph_value v, size_t wosize, unsigned tag, int zero) {
   ph_value *f = (ph_value *)v;
   if (tag >= PH_TAG_RAW) {
-    memset(f, 0, wosize * sizeof(ph_value));
+    if (zero) /* heap.pool.zero: only field 0 (the free list's link) */
+      f[0] = 0;
+    else
+      memset(f, 0, wosize * sizeof(ph_value));
     return;
   }
 #ifdef PH_FILL_STOS
@@ -164,7 +171,7 @@ ph_value ph_large_alloc(struct ph_domain *d, size_t wosize, unsigned tag) {
   ph_value *hp = (ph_value *)(ph_unit_addr(h, c, u) + PH_LARGE_HDR);
   *hp = ph_hd_make(wosize, PH_WHITE, tag);
   ph_value v = (ph_value)(hp + 1);
-  init_fields(v, wosize, tag);
+  init_fields(v, wosize, tag, 0);
   count_alloc(d, (wosize + 1) * 8);
   return v;
 }
@@ -213,11 +220,14 @@ ph_value ph_alloc(ph_domain *d, size_t wosize, unsigned tag) {
   }
   ac->free = *(ph_value *)b;
   ac->nfree--;
+  /* heap.alloc.zero: a raw block in a slot at or above ac->zero (never
+   * handed out since its pages were fresh) needs only field 0 zeroed */
+  int zero = tag >= PH_TAG_RAW && b >= ac->zero;
   /* relaxed atomic (the same one store): ph_pin or ph_finalise on a bogus
    * pointer may read this header meanwhile (gc.pin) */
   __atomic_store_n(ph_hp(b), ph_hd_make(wosize, PH_WHITE, tag),
                    __ATOMIC_RELAXED);
-  init_fields(b, wosize, tag);
+  init_fields(b, wosize, tag, zero);
   count_alloc(d, (wosize + 1) * 8);
   return b;
 }

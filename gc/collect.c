@@ -314,6 +314,8 @@ static void compact_finish_stw_single(void *arg, const ph_compact_result *r) {
   ph_worker *w = arg;
   struct ph_heap *h = w->dom->heap;
   pthread_mutex_lock(&h->lock);
+  /* heap.pool.zero: evacuation wrote blocks into free slots */
+  ph_pools_zero_forget_stw(h);
   h->st.compactions++;
   h->st.evacuate_ns = r->t_evac;
   h->st.update_ns = r->t_update;

@@ -116,8 +116,9 @@ static int chunk_grow_locked(struct ph_heap *h, size_t min_units,
   ph_chunk *c = calloc(1, sizeof *c);
   size_t nu = size >> h->pool_shift, ucls_at = (nu + 7) & ~(size_t)7;
   size_t holes_at = (ucls_at + nu * sizeof(uint16_t) + 7) & ~(size_t)7;
-  /* ustate, ucls, holes */
-  uint8_t *us = calloc(holes_at + nu * sizeof(uint64_t), 1);
+  size_t zero_at = holes_at + nu * sizeof(uint64_t);
+  /* ustate, ucls, holes, zero_from */
+  uint8_t *us = calloc(zero_at + nu * sizeof(uint32_t), 1);
   if (!c || !us) {
     free(c);
     free(us);
@@ -131,6 +132,7 @@ static int chunk_grow_locked(struct ph_heap *h, size_t min_units,
   c->ustate = us;
   c->ucls = (uint16_t *)(us + ucls_at);
   c->holes = (uint64_t *)(us + holes_at);
+  c->zero_from = (uint32_t *)(us + zero_at);
   c->huge = got;
   chunk_insert_locked(h, c);
   *out = c;
@@ -244,6 +246,15 @@ static int run_committed(const ph_chunk *c, uint32_t u, size_t n) {
   return 1;
 }
 
+/* heap.pool.zero: are units [u, u+n) all Reserved with pages that read
+ * zero (never committed, or decommitted but not lazily)? */
+static int run_zero(const ph_chunk *c, uint32_t u, size_t n) {
+  for (size_t k = 0; k < n; k++)
+    if (c->ustate[u + k] != PH_U_FREE || (c->ucls[u + k] & PH_UCLS_DIRTY))
+      return 0;
+  return 1;
+}
+
 static void advance_hint(ph_chunk *c) {
   while (c->hint < c->nunits && c->ustate[c->hint] != PH_U_FREE &&
          c->ustate[c->hint] != PH_U_FREE_COMM)
@@ -330,8 +341,10 @@ static int take_locked(struct ph_heap *h, size_t n, size_t bytes, int state,
       atomic_load_explicit(&h->os.committed, memory_order_relaxed) >=
           ((h->pool_units + n) << h->pool_shift) + h->large_comm &&
       take_committed_run_locked(h, n, bytes, state, chunk_out, unit_out,
-                                comm_out))
+                                comm_out)) {
+    (*chunk_out)->zero_from[*unit_out] = UINT32_MAX; /* heap.pool.zero */
     return PH_OK;
+  }
   if (reuse && n == 1 && !bytes) {
     for (unsigned i = 0; i < h->nchunks; i++) {
       ph_chunk *c = h->chunks[i];
@@ -341,6 +354,7 @@ static int take_locked(struct ph_heap *h, size_t n, size_t bytes, int state,
         if (c->ustate[u] != PH_U_FREE_COMM)
           continue;
         c->ustate[u] = (uint8_t)state;
+        c->zero_from[u] = UINT32_MAX; /* heap.pool.zero: committed before */
         c->nfree--;
         advance_hint(c);
         *chunk_out = c;
@@ -355,6 +369,7 @@ static int take_locked(struct ph_heap *h, size_t n, size_t bytes, int state,
       ph_chunk *c = h->chunks[i];
       uint32_t u = 0, from = 0;
       size_t comm = 0;
+      int zero = 0;
       err = PH_ENOMEM;
       /* heap.unit.refused: first fit; once a commit was refused (heap_limit
        * or the OS), the search goes on for a run committed already (free
@@ -364,6 +379,7 @@ static int take_locked(struct ph_heap *h, size_t n, size_t bytes, int state,
         if (refused != PH_OK && !run_committed(c, u, n))
           continue;
         size_t len = bytes ? large_len(h, c, n, bytes) : n << h->pool_shift;
+        zero = run_zero(c, u, n); /* heap.pool.zero: before the commit */
         err = commit_range_locked(h, c, u, n, len, &comm);
         if (err == PH_OK)
           break;
@@ -372,6 +388,8 @@ static int take_locked(struct ph_heap *h, size_t n, size_t bytes, int state,
       if (err != PH_OK)
         continue;
       mark_taken(c, u, n, state); /* heap.unit.lookup */
+      /* heap.pool.zero: a run of units all Reserved reading zero */
+      c->zero_from[u] = zero ? 0 : UINT32_MAX;
       *chunk_out = c;
       *unit_out = u;
       *comm_out = comm;
@@ -465,6 +483,8 @@ void ph_units_free_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
       }
       c->holes[unit + k] = st == PH_U_STUCK ? gone : 0;
       c->ustate[unit + k] = (uint8_t)st;
+      if (st == PH_U_FREE) /* heap.pool.zero: its holes may be lazy ones */
+        c->ucls[unit + k] = PH_UCLS_DIRTY;
       if (st == PH_U_STUCK) {
         nstuck++;
         h->stuck_units++;
@@ -579,8 +599,13 @@ int ph_large_free_locked(struct ph_heap *h, ph_large *l) {
     *hp = (*hp & ~PH_HD_TAG_MASK) | PH_TAG_RAW;
     return 0;
   }
-  for (size_t k = 0; k < n; k++)
+  /* heap.pool.zero: a unit's bytes beyond comm kept whatever they held
+   * before the block (they may have been decommitted lazily) */
+  for (size_t k = 0; k < n; k++) {
     c->ustate[u + k] = k < full ? PH_U_FREE_COMM : PH_U_FREE;
+    if (k >= full)
+      c->ucls[u + k] = PH_UCLS_DIRTY;
+  }
   c->nfree += (uint32_t)n;
   if (u < c->hint)
     c->hint = u;
@@ -599,7 +624,9 @@ size_t ph_units_decommit_locked(struct ph_heap *h, ph_chunk *c, uint32_t unit,
     return 0;
   for (size_t k = 0; k < n; k++) {
     c->ustate[unit + k] = PH_U_FREE;
-    c->ucls[unit + k] = 0; /* heap.unit.clean: its pages are gone */
+    /* heap.unit.clean: its pages are gone; heap.pool.zero: they read zero
+     * unless lazily given back (MADV_FREE keeps them until reclaimed) */
+    c->ucls[unit + k] = lazy ? PH_UCLS_DIRTY : 0;
   }
   return len;
 }
@@ -709,4 +736,10 @@ void ph_chunks_destroy(struct ph_heap *h) {
       chunk_free_tables(h->chunks[--h->nchunks]);
     }
   }
+}
+
+void ph_pools_zero_forget_stw(struct ph_heap *h) {
+  for (unsigned i = 0; i < h->nchunks; i++)
+    memset(h->chunks[i]->zero_from, 0xff,
+           h->chunks[i]->nunits * sizeof(uint32_t));
 }

@@ -190,8 +190,18 @@ typedef struct ph_chunk {
    * PH_U_POOL_TAIL unit: the distance back to its pool's first unit
    * (heap.unit.lookup).  For a PH_U_FREE_COMM unit: its last class with
    * PH_UCLS_CLEAN if the pool's header and free list are intact
-   * (heap.unit.clean), else anything without that bit. */
+   * (heap.unit.clean), else anything without that bit.  For a PH_U_FREE
+   * unit: PH_UCLS_DIRTY if its pages may still hold what they held
+   * (decommitted lazily: heap.pool.zero), else 0. */
   uint16_t *ucls;
+  /* heap.pool.zero: for a pool's first unit, the byte offset from the
+   * unit's start from which every free slot is zero but its header and
+   * field 0 (UINT32_MAX: no slot is known so).  Written when the pool is
+   * opened (heap->lock), by the owner's alloc cache when it gives the pool
+   * up (outside sections: the owner alone), and forgotten by
+   * ph_pools_zero_forget_stw; read by the managed collector's alloc cache
+   * only.  In the block of ustate. */
+  uint32_t *zero_from;
   /* heap.pool.holes: per unit, the granules of a pool that are decommitted
    * (bit g: bytes [g, g+1) << heap->hole_shift of the unit); 0 for every
    * unit that is not a pool with holes.  heap->lock or stop-the-world. */
@@ -209,6 +219,9 @@ enum { PH_DS_FREE = 0, PH_DS_RUNNING = 1, PH_DS_BLOCKING = 2 };
 
 typedef struct ph_alloc_cache {
   ph_value free;          /* next free block of the cached pool, 0 if none */
+  uintptr_t zero;         /* heap.alloc.zero: a free block at this address or
+                             above, not handed out by this cache, has every
+                             field but field 0 zero */
   uint32_t nfree;         /* length of that list */
   uint32_t nfree_charged; /* nfree when pacing was last charged (heap.pacing) */
   ph_pool *pool;          /* cached pool, NULL if none */
@@ -587,6 +600,12 @@ void ph_pool_free_locked(struct ph_heap *h, ph_pool *p);
 void ph_pool_free_clean_locked(struct ph_heap *h, ph_pool *p);
 /* heap.unit.clean: the flag in a free unit's ucls entry */
 #define PH_UCLS_CLEAN 0x8000u
+/* heap.pool.zero: the flag in a PH_U_FREE unit's ucls entry (its pages may
+ * hold their old contents: decommitted lazily, MADV_FREE) */
+#define PH_UCLS_DIRTY 0x4000u
+/* heap.pool.zero: forget every pool's zero slots (a compaction writes
+ * blocks into free slots without the alloc caches); stop-the-world. */
+void ph_pools_zero_forget_stw(struct ph_heap *h);
 /* heap.release.trim: give back the pages lying wholly inside the free slot
  * at address slot (sb bytes) past its first 16 bytes (its header of 0 and
  * field 0, the free list's link); they stay counted committed
@@ -602,6 +621,20 @@ static inline char *ph_pool_base(const struct ph_heap *h, const ph_pool *p) {
 }
 static inline char *ph_pool_slots(const struct ph_heap *h, ph_pool *p) {
   return ph_pool_base(h, p) + p->hdr;
+}
+/* heap.pool.zero: the address from which pool p's free slots read zero
+ * (but their header and field 0), UINTPTR_MAX if none; and the store of
+ * the alloc cache's figure back (owner, outside sections). */
+static inline uintptr_t ph_pool_zero_addr(const struct ph_heap *h,
+                                          const ph_pool *p) {
+  uint32_t z = p->chunk->zero_from[p->unit];
+  return z == UINT32_MAX ? UINTPTR_MAX : (uintptr_t)ph_pool_base(h, p) + z;
+}
+static inline void ph_pool_zero_set(const struct ph_heap *h, ph_pool *p,
+                                    uintptr_t zero) {
+  uintptr_t b = (uintptr_t)ph_pool_base(h, p);
+  p->chunk->zero_from[p->unit] =
+      zero == UINTPTR_MAX ? UINT32_MAX : (uint32_t)(zero - b);
 }
 /* The same from a pool pointer without reading the header while no header
  * is out of line (compact.phase.stats plans from records; an out-of-line

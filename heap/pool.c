@@ -222,9 +222,16 @@ void ph_domain_flush_caches(struct ph_domain *d) {
     p->nfree = ac->nfree;
     p->nlive = p->nslots - p->nhole - ac->nfree;
     p->cached = 0;
+    /* heap.alloc.zero: the list is in address order, so every slot handed
+     * out lies below its head */
+    ph_pool_zero_set(h, p,
+                     !ac->free             ? UINTPTR_MAX
+                     : ac->free > ac->zero ? (uintptr_t)ac->free
+                                           : ac->zero);
     if (p->nfree > 0)
       ph_pool_push_avail(h, p);
     ac->pool = NULL;
+    ac->zero = UINTPTR_MAX;
     ac->free = 0;
     ac->nfree = 0;
     ac->nfree_charged = 0;
