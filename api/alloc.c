@@ -39,18 +39,7 @@ static int refill(struct ph_domain *d, unsigned cls) {
   ph_alloc_cache *ac = &d->cache[cls];
   if (ph_in_section()) /* barrier.reentry: a callback, another heap */
     return PH_ESTATE;
-  if (ac->pool) { /* exhausted: it is full now */
-    ph_pacing_add(h, (uint64_t)ac->nfree_charged * h->class_wsize[cls] * 8);
-    ac->nfree_charged = 0;
-    ac->pool->free = 0;
-    ac->pool->nfree = 0;
-    ac->pool->nlive = ac->pool->nslots - ac->pool->nhole;
-    ac->pool->cached = 0;
-    /* heap.alloc.zero: every free slot was handed out */
-    ph_pool_zero_set(h, ac->pool, UINTPTR_MAX);
-    ac->pool = NULL;
-    ac->zero = UINTPTR_MAX;
-  }
+  ph_alloc_cache_return(h, ac, cls); /* exhausted: it is full now */
   pacing_poll(d);
   /* heap.pool.take: the next pool of the slot's avail list (only this
    * thread pops it), or a fresh one */

@@ -89,6 +89,7 @@ int ph_verify_stw_single(struct ph_heap *h, char *why, size_t why_size) {
   v.k.pool = pool_owned;
   v.k.large = large_white;
   v.k.ctx = h;
+  v.k.zero = 1; /* heap.pool.zero: the alloc cache keeps it */
   /* heap.verify: the pool layer's structural walk, then what is ours */
   pthread_mutex_lock(&h->lock);
   ph_check_heap_locked(h, &v.k);

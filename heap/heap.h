@@ -678,8 +678,10 @@ void ph_pool_push_avail(struct ph_heap *h, ph_pool *p);
  * says which.  NULL: no memory.  The caller owns the pool's allocation. */
 ph_pool *ph_pool_take(struct ph_heap *h, _Atomic(ph_pool *) *head, int shared,
                       unsigned cls, unsigned owner, int *fresh);
-/* Give a domain's cached pools back (section entry, detach); charges
- * pacing for the slots handed out. */
+/* Give one alloc cache's pool back (an exhausted list at a refill, or a
+ * flush); charges pacing for the slots handed out. */
+void ph_alloc_cache_return(struct ph_heap *h, ph_alloc_cache *ac, unsigned cls);
+/* Give a domain's cached pools back (section entry, detach). */
 void ph_domain_flush_caches(struct ph_domain *d);
 /* heap.pacing: charge bytes allocated (slots handed out, large blocks). */
 static inline void ph_pacing_add(struct ph_heap *h, uint64_t bytes) {
@@ -720,6 +722,9 @@ typedef struct ph_check {
   void (*large)(struct ph_check *k, ph_large *l, ph_value b);
   void *ctx;              /* the client's */
   uint64_t pools, larges; /* counted by the walk */
+  /* heap.pool.zero: check each pool's zero offset (the managed
+   * collector's; the pool layer keeps none up to date) */
+  int zero;
 } ph_check;
 void ph_check_fail(ph_check *k, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

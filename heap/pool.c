@@ -205,37 +205,43 @@ void ph_pool_push_avail(struct ph_heap *h, ph_pool *p) {
       head, &old, p, memory_order_release, memory_order_relaxed));
 }
 
+/* Give the pool of one alloc cache back (heap.alloc): its free list
+ * and counts as the cache leaves them, pacing charged for the slots handed
+ * out since the last charge, the pool on its owner slot's avail list if it
+ * has free slots left; the cache is empty after. */
+void ph_alloc_cache_return(struct ph_heap *h, ph_alloc_cache *ac,
+                           unsigned cls) {
+  ph_pool *p = ac->pool;
+  if (!p)
+    return;
+  /* heap.pacing: charge the slots handed out since the last charge */
+  ph_pacing_add(h, (uint64_t)(ac->nfree_charged - ac->nfree) *
+                       h->class_wsize[cls] * 8);
+  p->free = ac->free;
+  p->nfree = ac->nfree;
+  p->nlive = p->nslots - p->nhole - ac->nfree;
+  p->cached = 0;
+  /* heap.alloc.zero: the list is in address order, so every slot handed
+   * out lies below its head */
+  ph_pool_zero_set(h, p,
+                   !ac->free             ? UINTPTR_MAX
+                   : ac->free > ac->zero ? (uintptr_t)ac->free
+                                         : ac->zero);
+  if (p->nfree > 0)
+    ph_pool_push_avail(h, p);
+  ac->pool = NULL;
+  ac->zero = UINTPTR_MAX;
+  ac->free = 0;
+  ac->nfree = 0;
+  ac->nfree_charged = 0;
+}
+
 /* Write the alloc caches back into their pools (on entry to every
  * stop-the-world section, and at detach).  Cached pools with free slots go
  * back on the avail list, so the invariants of heap.pool hold again. */
 void ph_domain_flush_caches(struct ph_domain *d) {
-  struct ph_heap *h = d->heap;
-  for (unsigned c = 0; c < h->nclasses; c++) {
-    ph_alloc_cache *ac = &d->cache[c];
-    ph_pool *p = ac->pool;
-    if (!p)
-      continue;
-    /* heap.pacing: charge the slots handed out since the last charge */
-    ph_pacing_add(h, (uint64_t)(ac->nfree_charged - ac->nfree) *
-                         h->class_wsize[c] * 8);
-    p->free = ac->free;
-    p->nfree = ac->nfree;
-    p->nlive = p->nslots - p->nhole - ac->nfree;
-    p->cached = 0;
-    /* heap.alloc.zero: the list is in address order, so every slot handed
-     * out lies below its head */
-    ph_pool_zero_set(h, p,
-                     !ac->free             ? UINTPTR_MAX
-                     : ac->free > ac->zero ? (uintptr_t)ac->free
-                                           : ac->zero);
-    if (p->nfree > 0)
-      ph_pool_push_avail(h, p);
-    ac->pool = NULL;
-    ac->zero = UINTPTR_MAX;
-    ac->free = 0;
-    ac->nfree = 0;
-    ac->nfree_charged = 0;
-  }
+  for (unsigned c = 0; c < d->heap->nclasses; c++)
+    ph_alloc_cache_return(d->heap, &d->cache[c], c);
 }
 
 #define PH_MIN_GC_BYTES ((uint64_t)4 << 20)

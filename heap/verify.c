@@ -72,6 +72,22 @@ static void check_pool(struct ph_heap *h, ph_check *k, ph_chunk *c,
       return;
     }
   }
+  /* heap.pool.zero: the offset is none, the pool's start (a fresh pool),
+   * or a slot's field 0; no allocated slot lies at or above it (the
+   * headers read here are the walk's own, so no page is touched that the
+   * walk does not touch anyway) */
+  uint32_t z = k->zero ? c->zero_from[u] : UINT32_MAX;
+  uint32_t zslot = p->nslots;
+  if (z != UINT32_MAX && z != 0) {
+    size_t first = (size_t)p->hdr + 8, off = (size_t)z - first;
+    if (z < first || off % sb || off / sb >= p->nslots) {
+      ph_check_fail(k, "pool %p: zero offset %u not a slot's field 0",
+                    (void *)p, z);
+      return;
+    }
+    zslot = (uint32_t)(off / sb);
+  } else if (z == 0)
+    zslot = 0;
   for (uint32_t i = 0; i < p->nslots && !k->bad; i++) {
     if (holes && ph_pool_slot_in_hole(h, c, u, p->cls, i)) {
       nhole++;
@@ -83,6 +99,9 @@ static void check_pool(struct ph_heap *h, ph_check *k, ph_chunk *c,
       nfree++;
       continue;
     }
+    if (i >= zslot)
+      ph_check_fail(k, "pool %p slot %u: allocated at or above the zero offset",
+                    (void *)p, i);
     size_t wo = ph_hd_wosize(hd);
     if (wo == 0 || wo > ws - 1 || ph_class_of_wosize(h, wo) != p->cls)
       ph_check_fail(k, "pool %p slot %u: wosize %zu not of class %u", (void *)p,

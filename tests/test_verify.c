@@ -1,7 +1,8 @@
 /* tests/test_verify.c -- ph_verify passes on clean heaps and catches planted
  * corruption: a field pointing into the middle of a block, a field pointing
  * to a freed slot, a corrupt header (wosize, color), a bad root, a broken
- * pool counter, a free list link into the middle of a slot.  Each corruption is
+ * pool counter, a free list link into the middle of a slot, a pool's zero
+ * offset (heap.pool.zero) below an allocated slot.  Each corruption is
  * repaired before anything else touches the heap (debug builds verify around
  * every collection). */
 #include "test_util.h"
@@ -180,6 +181,26 @@ static void test_verify_free_list_into_a_slot(void **state) {
   tu_verify_ok(d);
 }
 
+/* heap.pool.zero: after a flush the pool's zero offset is its free list's
+ * head (every slot handed out lies below it); the walk refuses an offset
+ * with an allocated slot at or above it, and one that is no slot's field 0,
+ * as either would let a raw block skip zeroing over old contents. */
+static void test_verify_zero_offset(void **state) {
+  (void)state;
+  ph_pool *p = (ph_pool *)ph_unit_of(h, *a);
+  tu_verify_ok(d); /* flushes the alloc cache into the pool */
+  assert_true(p->free != 0);
+  assert_true(ph_pool_zero_addr(h, p) == (uintptr_t)p->free);
+  uint32_t *z = &p->chunk->zero_from[p->unit], saved = *z;
+  uintptr_t base = (uintptr_t)p;
+  *z = (uint32_t)(*a - base); /* an allocated slot's field 0 */
+  expect_corrupt("zero offset below an allocated slot");
+  *z = (uint32_t)(p->free + 8 - base);
+  expect_corrupt("zero offset inside a slot");
+  *z = saved;
+  tu_verify_ok(d);
+}
+
 static void test_verify_without_buffer(void **state) {
   (void)state;
   ph_set_field(*a, 1, *b + 8);
@@ -211,6 +232,7 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(test_verify_free_list_into_a_slot, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(test_verify_zero_offset, setup, teardown),
       cmocka_unit_test_setup_teardown(test_verify_without_buffer, setup,
                                       teardown),
   };
