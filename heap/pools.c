@@ -663,19 +663,30 @@ static int committed_room(struct php_heap *h, unsigned cls) {
 }
 
 /* pools.alloc: a pool with room for class cls on top of o->avail[cls]. */
+/* Sweep o's unswept pools of class cls for an allocation until one has
+ * room: those that had room (avail), the full ones (full), the former
+ * first; with grow, stop too at a pool the sweep emptied whose units stay
+ * committed (pools.alloc.grow: they serve the new pool). */
+static void alloc_sweep(struct php_owner *o, unsigned cls, int avail, int full,
+                        int grow) {
+  while (!o->avail[cls]) {
+    ph_pool **l = avail && o->unswept_avail[cls] ? &o->unswept_avail[cls]
+                  : full && o->unswept_full[cls] ? &o->unswept_full[cls]
+                                                 : NULL;
+    if (!l)
+      return;
+    ph_pool *p = *l;
+    *l = p->next;
+    o->alloc_sweep_work += sweep_work(o->h, p);
+    if (owner_sweep_pool(o, p) && grow)
+      return;
+  }
+}
+
 static ph_pool *find_pool(struct php_owner *o, unsigned cls) {
   struct php_heap *h = o->h;
   /* PHP_ALLOC_SWEEP_AVAIL: the full ones are php_sweep's (OCaml's policy) */
-  int full = h->cfg.alloc_sweep == PHP_ALLOC_SWEEP_ALL;
-  while (!o->avail[cls] &&
-         (o->unswept_avail[cls] || (full && o->unswept_full[cls]))) {
-    ph_pool **l =
-        o->unswept_avail[cls] ? &o->unswept_avail[cls] : &o->unswept_full[cls];
-    ph_pool *p = *l;
-    *l = p->next;
-    o->alloc_sweep_work += sweep_work(h, p);
-    owner_sweep_pool(o, p);
-  }
+  alloc_sweep(o, cls, 1, h->cfg.alloc_sweep == PHP_ALLOC_SWEEP_ALL, 0);
   if (o->avail[cls])
     return o->avail[cls];
   /* pools.alloc.grow: before the heap grows, the full pools' garbage */
@@ -683,13 +694,7 @@ static ph_pool *find_pool(struct php_owner *o, unsigned cls) {
       o->unswept_full[cls] &&
       !atomic_load_explicit(&h->orph.avail[cls], memory_order_relaxed) &&
       !committed_room(h, cls)) {
-    while (!o->avail[cls] && o->unswept_full[cls]) {
-      ph_pool *p = o->unswept_full[cls];
-      o->unswept_full[cls] = p->next;
-      o->alloc_sweep_work += sweep_work(h, p);
-      if (owner_sweep_pool(o, p))
-        break; /* its committed units serve the new pool */
-    }
+    alloc_sweep(o, cls, 0, 1, 1);
     if (o->avail[cls])
       return o->avail[cls];
   }
