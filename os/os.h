@@ -113,6 +113,14 @@ int ph_os_scratch_map(size_t len, void **out);
 int ph_os_scratch_grow(void *p, size_t old_len, size_t len, void **out);
 void ph_os_scratch_unmap(void *p, size_t len);
 
+/* The C allocator's state for the calling thread, made now
+ * (compact.scratch): glibc binds a thread to a malloc arena at its first
+ * malloc and, if none is free, creates one (a 64 MiB reservation: two kernel
+ * mappings, which outlive the thread).  poolheap's own threads call it when
+ * they start, so that their first malloc inside a section (sweep records, a
+ * mark packet, a compaction's plan) maps nothing. */
+void ph_os_thread_malloc_init(void);
+
 /* Address space that a new reservation may take: RLIMIT_AS minus what the
  * process maps now (SIZE_MAX when unlimited). */
 size_t ph_os_as_available(void);

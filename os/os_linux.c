@@ -506,6 +506,11 @@ void ph_os_scratch_unmap(void *p, size_t len) {
     munmap(p, scratch_len(len));
 }
 
+void ph_os_thread_malloc_init(void) {
+  void *volatile p = malloc(1); /* volatile: the pair is not elided */
+  free(p);
+}
+
 /* --------------------------------------------------------- process probes */
 
 /* Read up to cap-1 bytes of a /proc file into buf, NUL-terminated.  Returns
