@@ -44,6 +44,9 @@ int ph_domain_attach(ph_heap *h, ph_domain **out) {
     return PH_EINVAL;
   if (ph_in_section()) /* barrier.reentry */
     return PH_ESTATE;
+  /* compact.scratch: a recycled handle mallocs nothing, and the thread's
+   * first malloc must not come inside a section */
+  ph_os_thread_malloc_init();
   /* a non-NULL value makes the destructor run at thread exit */
   pthread_once(&exit_once, exit_key_init);
   if (exit_key_err != 0 || pthread_setspecific(exit_key, &ph_tl_domains) != 0)

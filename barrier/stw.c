@@ -179,6 +179,7 @@ int ph_stw_run(struct ph_domain *d, int kind, ph_stw_prepare prepare,
 static void *helper_main(void *arg) {
   struct ph_domain *d = arg;
   struct ph_heap *h = d->heap;
+  ph_os_thread_malloc_init(); /* compact.scratch: no arena in a section */
   pthread_mutex_lock(&h->lock);
   for (;;) {
     if (atomic_load_explicit(&h->stw_pending, memory_order_relaxed) &&

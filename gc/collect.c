@@ -220,7 +220,8 @@ static void collect_stw(struct ph_heap *h, ph_worker *w) {
   weak_clear_stw(h, w);
   final_stw(h, w);
   w->t_mark = phase_end(h, w, PH_PHASE_MARK, t);
-  ph_mark_stack_trim(&w->stack);     /* mark.stack.trim: marking is over */
+  PH_ASSERT(w->stack.n == 0);        /* marking is over */
+  ph_mark_stack_free(&w->stack);     /* mark.stack.scratch */
   w->pw->live_bytes = w->live_bytes; /* summed by the sweep's finish */
   w->pw->live_blocks = w->live_blocks;
   phase_begin(h, w, PH_PHASE_SWEEP, &t);

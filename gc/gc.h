@@ -19,7 +19,7 @@ typedef struct ph_mark_stack {
   ph_mark_entry *e;
   size_t n, cap;
 } ph_mark_stack;
-/* A stack's first capacity, in entries (96 KiB; mark.stack.trim) */
+/* A stack's first capacity, in entries (96 KiB; mark.stack.scratch) */
 #define PH_MARK_KEEP 4096
 
 /* Shared packets of mark work (mark.share). */
@@ -183,8 +183,9 @@ void ph_mark_slot_visit(ph_value *slot, void *ctx);
  * entry: no recursion); on overflow, the rescan's (mark.overflow). */
 void ph_mark_fields_later(struct ph_heap *h, ph_worker *w, ph_value v,
                           size_t from, size_t to);
+/* Unmaps a stack (mark.stack.scratch): at the end of every collection's
+ * marking, and at heap_free.  Its entries are dropped. */
 void ph_mark_stack_free(ph_mark_stack *s);
-void ph_mark_stack_trim(ph_mark_stack *s);
 /* Drain every participant's stack, then rescan after an overflow, until
  * marking is done; ends with a barrier. */
 void ph_mark_finish_stw(struct ph_heap *h, ph_worker *w);

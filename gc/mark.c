@@ -25,8 +25,9 @@
  * mark.roots.bounded: a root visit that leaves the stack deeper than
  * ph_mark_root_depth entries scans it down to half that first, so a root set
  * of a million blocks does not hold a million entries at once.
- * mark.stack.trim: a stack is a mapping of the OS layer's scratch (not
- * malloc), and after a collection's marking its pages are given back. */
+ * mark.stack.scratch: a stack is a mapping of the OS layer's scratch (not
+ * malloc), mapped at its first push and unmapped once a collection's marking
+ * is over, so a section leaves the process's mappings as it found them. */
 #include "gc/gc.h"
 
 #include <stdlib.h>
@@ -70,12 +71,6 @@ void ph_mark_stack_free(ph_mark_stack *s) {
   ph_os_scratch_unmap(s->e, s->cap * sizeof *s->e);
   s->e = NULL;
   s->n = s->cap = 0;
-}
-
-void ph_mark_stack_trim(ph_mark_stack *s) {
-  PH_ASSERT(s->n == 0);
-  if (s->e)
-    ph_os_scratch_trim(s->e, s->cap * sizeof *s->e);
 }
 
 void ph_mark_value(struct ph_heap *h, ph_worker *w, ph_value v) {

@@ -103,18 +103,23 @@ int ph_os_release(ph_os_acct *a, void *p, size_t size, size_t committed_len);
 int ph_os_stack_map(size_t size, void **out);
 void ph_os_stack_unmap(void *stack, size_t size);
 
-/* The collector's scratch (mark.stack.trim): an anonymous read/write
+/* The collector's scratch (mark.stack.scratch): an anonymous read/write
  * mapping of at least len bytes (rounded up to pages), not heap memory: not
  * accounted.  ph_os_scratch_map: *out written only on success, PH_ENOMEM if
  * the kernel refused.  ph_os_scratch_grow: the same contents at a larger
  * length (the mapping may move: mremap); on failure the old one is
- * unchanged.  ph_os_scratch_trim: its pages give their memory back (madvise
- * DONTNEED: resident bytes drop at once; the mapping stays and reads zeros
- * when touched again).  ph_os_scratch_unmap: gone whole. */
+ * unchanged.  ph_os_scratch_unmap: gone whole (NULL: nothing). */
 int ph_os_scratch_map(size_t len, void **out);
 int ph_os_scratch_grow(void *p, size_t old_len, size_t len, void **out);
-void ph_os_scratch_trim(void *p, size_t len);
 void ph_os_scratch_unmap(void *p, size_t len);
+
+/* The C allocator's state for the calling thread, made now
+ * (compact.scratch): glibc binds a thread to a malloc arena at its first
+ * malloc and, if none is free, creates one (a 64 MiB reservation: two kernel
+ * mappings, which outlive the thread).  poolheap's own threads call it when
+ * they start, so that their first malloc inside a section (sweep records, a
+ * mark packet, a compaction's plan) maps nothing. */
+void ph_os_thread_malloc_init(void);
 
 /* Address space that a new reservation may take: RLIMIT_AS minus what the
  * process maps now (SIZE_MAX when unlimited). */

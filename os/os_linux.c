@@ -501,13 +501,14 @@ int ph_os_scratch_grow(void *p, size_t old_len, size_t len, void **out) {
   return PH_OK;
 }
 
-void ph_os_scratch_trim(void *p, size_t len) {
-  madvise(p, scratch_len(len), MADV_DONTNEED);
-}
-
 void ph_os_scratch_unmap(void *p, size_t len) {
   if (p)
     munmap(p, scratch_len(len));
+}
+
+void ph_os_thread_malloc_init(void) {
+  void *volatile p = malloc(1); /* volatile: the pair is not elided */
+  free(p);
 }
 
 /* --------------------------------------------------------- process probes */

@@ -12,7 +12,10 @@
  *   caller's; tu_mix, a word mixer (splitmix64's finalizer).
  * - tu_vmrss_kb (VmRSS of the process) and tu_maps_lines (lines of
  *   /proc/self/maps), read by the library's ph_os_process_rss and
- *   ph_os_process_mappings; tu_meminfo (a /proc/meminfo field).
+ *   ph_os_process_mappings; tu_maps_read / tu_maps_new_range (a snapshot
+ *   of /proc/self/maps taken without malloc, and an address range that a
+ *   later one maps and an earlier one did not); tu_meminfo (a /proc/meminfo
+ *   field).
  * - Threads: tu_threads_run starts n threads and joins them; tu_dbarrier is
  *   a pthread barrier wait for a thread attached as a domain (done inside a
  *   blocking section, or collections would wait for it forever).
@@ -39,6 +42,7 @@
 #include "os/os.h"
 #include "poolheap.h"
 
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -173,6 +177,72 @@ static inline long tu_vmrss_kb(void) {
 /* Lines of /proc/self/maps (kernel mappings of the process), -1 if unknown. */
 static inline long tu_maps_lines(void) {
   return ph_os_process_mappings();
+}
+
+/* A snapshot of /proc/self/maps: each line's range and name ([heap], a path,
+ * or ""), read with open/read into a static buffer, so that taking one
+ * mallocs nothing (a thread's first malloc may map a glibc arena). */
+#define TU_MAPS_MAX 4096
+typedef struct tu_maps {
+  size_t n;
+  uintptr_t lo[TU_MAPS_MAX], hi[TU_MAPS_MAX];
+  char what[TU_MAPS_MAX][48];
+} tu_maps;
+
+static inline void tu_maps_read(tu_maps *m) {
+  static char buf[1 << 20];
+  int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  size_t len = 0;
+  ssize_t k;
+  while (fd >= 0 && len < sizeof buf - 1 &&
+         (k = read(fd, buf + len, sizeof buf - 1 - len)) > 0)
+    len += (size_t)k;
+  if (fd >= 0)
+    close(fd);
+  buf[len] = 0;
+  m->n = 0;
+  for (char *line = buf; *line && m->n < TU_MAPS_MAX;) {
+    char *end = strchr(line, '\n');
+    if (end)
+      *end = 0;
+    char *s = line;
+    m->lo[m->n] = (uintptr_t)strtoull(s, &s, 16);
+    m->hi[m->n] = (uintptr_t)strtoull(s + 1, &s, 16);
+    for (int f = 0; f < 4; f++) { /* perms, offset, device, inode */
+      while (*s == ' ')
+        s++;
+      while (*s && *s != ' ')
+        s++;
+    }
+    while (*s == ' ')
+      s++;
+    snprintf(m->what[m->n], sizeof m->what[0], "%s", s);
+    m->n++;
+    if (!end)
+      break;
+    line = end + 1;
+  }
+}
+
+/* The first line of b holding an address that no line of a holds (the
+ * kernel merges neighbouring mappings, so a new one may add no line), or
+ * -1.  [heap] (malloc's brk) and [stack] (the main thread's, grown on touch)
+ * are not ours to predict. */
+static inline long tu_maps_new_range(const tu_maps *a, const tu_maps *b) {
+  for (size_t i = 0; i < b->n; i++) {
+    if (!strcmp(b->what[i], "[heap]") || !strcmp(b->what[i], "[stack]"))
+      continue;
+    uintptr_t p = b->lo[i];
+    while (p < b->hi[i]) {
+      size_t j = 0;
+      while (j < a->n && !(a->lo[j] <= p && p < a->hi[j]))
+        j++;
+      if (j == a->n)
+        return (long)i;
+      p = a->hi[j];
+    }
+  }
+  return -1;
 }
 
 /* The number after "key:" in /proc/meminfo (HugePages_Free, ...), -1 if
