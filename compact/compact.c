@@ -202,6 +202,8 @@ static void spec_block(struct ph_heap *h, ph_cspec *sp) {
       if (ph_pool_slot_holed(h, p, i))
         sp->t[i / 64] |= (uint64_t)1 << (i % 64);
   }
+  for (uint32_t i = sp->cut; sp->cut && i < ns; i++) /* compact.pack */
+    sp->t[i / 64] |= (uint64_t)1 << (i % 64);
   sp->mv = 0;
   for (uint32_t w = 0; w < nw; w++) {
     sp->m[w] = bits[w] & sp->t[w];
@@ -221,14 +223,129 @@ static void spec_unblock(struct ph_heap *h, ph_cspec *sp) {
 }
 
 /* The special record of position i of a group: the pinned pools first,
- * then the ones with holes; NULL for the others. */
+ * then the ones with holes; the last kept pool that compact.pack made
+ * partial (position pk, when it had none) after them; NULL for the
+ * others. */
 static inline ph_cspec *spec_at(ph_cspec *sp, size_t i, size_t np, size_t n,
-                                size_t nh) {
+                                size_t nh, size_t pk) {
   if (!sp)
     return NULL;
   if (i < np)
     return &sp[i];
+  if (i == pk)
+    return &sp[np + nh];
   return i >= n - nh ? &sp[np + i - (n - nh)] : NULL;
+}
+
+#define PH_MAP_MAX_UNITS ((size_t)1 << 27)
+
+/* Can the map of compact.update.map cover the chunks' span?  (Else the
+ * update reads the pool headers' flags.) */
+static int map_fits(const struct ph_heap *h) {
+  if (h->nchunks == 0)
+    return 0;
+  const ph_chunk *last = h->chunks[h->nchunks - 1];
+  return (((uintptr_t)last->base + last->size -
+           (uintptr_t)h->chunks[0]->base) >>
+          h->pool_shift) <= PH_MAP_MAX_UNITS;
+}
+
+/* compact.pack: may the plan pack the last kept pool of its groups?  When
+ * the client's pools may have holes (compact.holes.free gives the packed
+ * tail back), memory is released, there is no ranges plan and the map of
+ * compact.update.map will cover the heap (a packed pool's blocks are
+ * forwarded only past its cut: no header flag can say that). */
+static int pack_on(const struct ph_heap *h, const ph_compact_plan *plan) {
+  return plan->holes && h->cfg.release != PH_RELEASE_KEEP &&
+         !plan->ranges.keep && map_fits(h);
+}
+
+/* compact.pack: how many granules past the header's (pool-relative: a
+ * medium pool's units are contiguous) hold a slot of `occ` or one of the
+ * first `extra` slots set in neither `occ` nor `blocked`, among the slots
+ * below `cut`.  No such slot touches a hole (those are in occ's complement
+ * and in blocked). */
+static uint64_t granules_used(const struct ph_heap *h, unsigned cls,
+                              const uint64_t *occ, const uint64_t *blocked,
+                              uint32_t cut, uint64_t extra) {
+  size_t sb = (size_t)h->class_wsize[cls] * 8, hdr = h->class_hdr[cls];
+  uint64_t n = 0, next = ((hdr - 1) >> h->hole_shift) + 1; /* first uncounted */
+  for (uint32_t i = 0; i < cut; i++) {
+    uint64_t bit = (uint64_t)1 << (i % 64);
+    if (!(occ[i / 64] & bit)) {
+      if (extra == 0 || (blocked && (blocked[i / 64] & bit)))
+        continue;
+      extra--;
+    }
+    size_t a = hdr + (size_t)i * sb;
+    uint64_t g0 = a >> h->hole_shift, g1 = (a + sb - 1) >> h->hole_shift;
+    if (g0 < next)
+      g0 = next;
+    if (g1 >= g0) {
+      n += g1 - g0 + 1;
+      next = g1 + 1;
+    }
+  }
+  return n;
+}
+
+/* compact.pack (phase 2, in plan_group, once k is known): the last kept
+ * pool p of a group (nlive live blocks; r blocks of the sources will
+ * arrive; x its special record if it has holes already, else `fresh`, a
+ * blank record whose m serves as scratch) is packed when that leaves at
+ * least one granule fewer holding a block: its slots from the least cut
+ * that leaves room for nlive + r blocks below it (outside its holes) are
+ * blocked like a partial pool's holes (compact.pin.holes), its live blocks
+ * there move into its free slots below the cut, so that every slot below
+ * the cut holds a block at the end (a second compaction finds nothing to
+ * move), and phase 5 frees
+ * the slots past the cut, whose granules compact.holes.free then gives
+ * back.  Returns the record (x or fresh) if so, NULL if p stays as
+ * planned.  Reads p's live bitmap (its header page) only; one pool a
+ * group. */
+static ph_cspec *pack_last(struct ph_heap *h, ph_cspec *x, ph_cspec *fresh,
+                           ph_pool *p, uint32_t nlive, uint64_t r) {
+  if (p->chunk->huge != PH_OS_HUGE_NONE)
+    return NULL; /* no huge page is split */
+  unsigned cls = p->cls;
+  uint32_t ns = h->class_nslots[cls], nw = (ns + 63) / 64;
+  /* a pool with holes is a special record: the slots touching them are
+   * x->t, set in its live bitmap (spec_block); none of them is live */
+  PH_ASSERT(!ph_pool_holes_any(h, p->chunk, p->unit, cls) == !x);
+  const uint64_t *bits = ph_pool_bits(p), *hs = x ? x->t : NULL;
+  uint64_t *live = fresh->m; /* scratch until p is packed */
+  for (uint32_t w = 0; w < nw; w++)
+    live[w] = bits[w] & ~(hs ? hs[w] : 0);
+  /* the least cut: the slots below it, outside the holes, hold nlive + r */
+  uint64_t want = (uint64_t)nlive + r, avail = 0;
+  uint32_t cut = 0;
+  while (cut < ns && avail < want) {
+    avail += !(hs && (hs[cut / 64] >> (cut % 64) & 1));
+    cut++;
+  }
+  if (avail < want)
+    return NULL;
+  uint32_t mv = 0;
+  for (uint32_t i = cut; i < ns; i++)
+    mv += (uint32_t)(live[i / 64] >> (i % 64) & 1);
+  if (mv == 0)
+    return NULL; /* nothing past the cut: compact.holes.free does it */
+  /* granules holding a block at the end: as planned (its live blocks,
+   * then the r arrivals in its lowest free slots) and packed (the live
+   * ones below the cut, then r plus the moved ones) */
+  if (granules_used(h, cls, live, hs, cut, r + mv) >=
+      granules_used(h, cls, live, hs, ns, r))
+    return NULL;
+  if (x) {
+    spec_unblock(h, x);
+  } else {
+    x = fresh;
+    *x = (ph_cspec){.pool = p, .t = fresh->t, .m = fresh->m};
+  }
+  x->cut = cut;
+  spec_block(h, x);
+  PH_ASSERT(x->mv == mv && x->room >= r + mv);
+  return x;
 }
 
 /* Plan one group (all candidates of a class, or one owner's): keep the
@@ -248,9 +365,10 @@ static void plan_group(struct ph_heap *h, ph_compact_plan *plan, ph_cclass *cc,
   size_t np = pinned_first(plan, cand, n);
   size_t nh = cc->spec && h->holed_pools ? holed_last(h, cand, np, n) : 0;
   ph_cspec *sp = cc->spec ? cc->spec + cc->nspec : NULL;
-#define SPEC(i) spec_at(sp, i, np, n, nh)
+  size_t pk = SIZE_MAX; /* compact.pack: a new record's position */
+  uint32_t nw = (nslots + 63) / 64;
+#define SPEC(i) spec_at(sp, i, np, n, nh, pk)
   if (sp) {
-    uint32_t nw = (nslots + 63) / 64;
     for (size_t i = 0; i < n; i++) {
       ph_cspec *x = SPEC(i);
       if (!x)
@@ -304,6 +422,24 @@ again:
       goto again; /* the least k for these */
   }
   PH_ASSERT(cap >= need);
+  /* compact.pack: the last kept pool (not pinned) gets the blocks left
+   * after the others' room (r) and may pack them with its own */
+  ph_cspec *pkx = NULL;
+  if (sp && k > np && pack_on(h, plan)) {
+    uint64_t room = 0;
+    for (size_t j = 0; j + 1 < k; j++)
+      room += ROOM(j);
+    ph_cspec *x = SPEC(k - 1), *fresh = &sp[np + nh];
+    size_t fi = (size_t)(fresh - cc->spec);
+    fresh->t = cc->specbits + 2 * fi * nw;
+    fresh->m = cc->specbits + (2 * fi + 1) * nw;
+    pkx = pack_last(h, x, fresh, cand[k - 1].pool, cand[k - 1].nlive,
+                    need > room ? need - room : 0);
+    if (pkx && !x) {
+      pk = k - 1;
+      cc->nspec++;
+    }
+  }
   size_t e0 = cc->nevac;
   for (size_t i = 0; i < k; i++)
     cc->keep[cc->nkeep++] = cand[i].pool;
@@ -326,11 +462,22 @@ again:
     cc->elive[cc->nevac] = cand[i].nlive;
     cc->evac[cc->nevac++] = cand[i].pool;
   }
+  size_t pe = SIZE_MAX; /* compact.pack: the packed pool's own source */
+  if (pkx) {            /* its blocks past the cut give last, to itself only */
+    pe = cc->nevac;
+    cc->elive[cc->nevac] = pkx->mv;
+    cc->ebits[cc->nevac] = pkx->m;
+    cc->evac[cc->nevac++] = pkx->pool;
+  }
   /* destination units over the group's sources */
   size_t si = e0;
   uint32_t skip = 0;
   uint32_t rem = si < cc->nevac ? cc->elive[si] : 0;
   for (size_t j = 0; j < k && si < cc->nevac; j++) {
+    /* compact.pack: the other pools' spare room does not take the packed
+     * pool's blocks (it would leave that pool with free slots below its
+     * cut, which the next compaction would pack again) */
+    size_t lim = pkx && j + 1 < k ? pe : cc->nevac;
     uint32_t room = ROOM(j), take = 0;
     ph_evac_unit *u = &cc->units[cc->nunits];
     u->dst = cand[j].pool;
@@ -340,7 +487,7 @@ again:
     u->src_first = (uint32_t)si;
     u->src_skip = skip;
     u->owner = cand[j].owner;
-    while (room > 0 && si < cc->nevac) {
+    while (room > 0 && si < lim) {
       uint32_t t = room < rem ? room : rem;
       take += t;
       room -= t;
@@ -395,9 +542,22 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
       if (plan->recs[p].cands[k].cls == cls)
         cand[i++] = plan->recs[p].cands[k];
   uint32_t nslots = h->class_nslots[cls];
-  if ((plan->npinned && plan->pinned_blocks) || h->holed_pools) {
-    /* compact.pin.holes: room for the special pools' records */
-    size_t ns = 0;
+  /* the groups of the plan: one, or one per owner (PER_DOMAIN) */
+  size_t ngroups = 1;
+  if (plan->ranges.keep) {
+    /* sorted below, once the ranges are known */
+  } else if (h->cfg.compact_scope == PH_COMPACT_GLOBAL) {
+    qsort(cand, n, sizeof *cand, by_density);
+  } else {
+    qsort(cand, n, sizeof *cand, by_owner_address);
+    for (size_t j = 1; j < n; j++)
+      ngroups += cand[j].owner != cand[j - 1].owner;
+  }
+  int pack = pack_on(h, plan);
+  if ((plan->npinned && plan->pinned_blocks) || h->holed_pools || pack) {
+    /* compact.pin.holes: room for the special pools' records (and one a
+     * group for compact.pack) */
+    size_t ns = pack ? ngroups : 0;
     for (size_t j = 0; j < n; j++)
       ns += is_pinned(plan, cand[j].pool) ||
             (h->holed_pools && ph_pool_holes_any(h, cand[j].pool->chunk,
@@ -441,10 +601,8 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
     qsort(cand + nin, n - nin, sizeof *cand, by_density);
     plan_group(h, plan, cc, cand, n, nslots);
   } else if (h->cfg.compact_scope == PH_COMPACT_GLOBAL) {
-    qsort(cand, n, sizeof *cand, by_density);
     plan_group(h, plan, cc, cand, n, nslots);
   } else {
-    qsort(cand, n, sizeof *cand, by_owner_address);
     size_t a = 0;
     while (a < n) {
       size_t b = a;
@@ -468,7 +626,10 @@ static void choose_stw(struct ph_heap *h, ph_compact_plan *plan) {
   }
 }
 
-#define PH_MAP_MAX_UNITS ((size_t)1 << 27)
+static int by_part_unit(const void *a, const void *b) {
+  const ph_cpart *p = a, *q = b;
+  return p->unit < q->unit ? -1 : p->unit > q->unit;
+}
 
 /* compact.update.map over the chunks' span; with rule->interior also the
  * class of each evacuated unit (map_cls) and the division by slot bytes as
@@ -481,9 +642,9 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   ph_chunk *last = h->chunks[h->nchunks - 1];
   uintptr_t hi = (uintptr_t)last->base + last->size;
   size_t n = (hi - lo) >> h->pool_shift;
-  if (n > PH_MAP_MAX_UNITS)
+  if (!map_fits(h))
     return; /* chunks spread too far apart: headers are read instead */
-  uint64_t *map = calloc((n + 63) / 64, sizeof(uint64_t));
+  uint64_t *map = calloc((n + 31) / 32, sizeof(uint64_t));
   if (!map)
     return;
   if (plan->rule->interior) {
@@ -519,40 +680,57 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
       size_t u0 = ((uintptr_t)ph_pool_addr(h, plan->cls[c].evac[i]) - lo) >>
                   h->pool_shift;
       for (size_t u = u0; u < u0 + h->class_units[c]; u++) {
-        map[u / 64] |= (uint64_t)1 << (u % 64);
+        map[u / 32] |= (uint64_t)PH_MAP_EVAC << (2 * (u % 32));
         if (plan->map_cls)
           plan->map_cls[u] = (uint8_t)c;
         if (plan->map_back)
           plan->map_back[u] = (uint16_t)(u - u0);
       }
     }
-  /* compact.pin.holes: the pools that give only the blocks of their
-   * future holes */
+  /* compact.pin.holes, compact.pack: the units of the pools that give
+   * only some of their blocks, in a sorted array (a per-unit array over
+   * the map's span would be calloc'd, 8 bytes a unit, at every
+   * compaction that packs) */
+  size_t np = 0;
   for (unsigned c = 0; c < h->nclasses; c++)
     for (size_t i = 0; i < plan->cls[c].nspec; i++) {
       const ph_cspec *x = &plan->cls[c].spec[i];
-      if (!x->partial || x->mv == 0)
-        continue;
-      if (!plan->hmask) {
-        uint64_t *hm = calloc(n, sizeof *hm);
-        uint8_t *hc = malloc(n);
-        if (!hm || !hc) {
-          free(hm);
-          free(hc);
-          free(map);
-          free(plan->map_cls);
-          plan->map_cls = NULL;
-          free(plan->map_back);
-          plan->map_back = NULL;
-          return;
-        }
-        plan->hmask = hm;
-        plan->hcls = hc;
-      }
-      size_t u = ((uintptr_t)ph_pool_base(h, x->pool) - lo) >> h->pool_shift;
-      plan->hmask[u] = x->holes;
-      plan->hcls[u] = (uint8_t)c;
+      if ((x->partial || x->cut) && x->mv)
+        np += x->cut ? h->class_units[c] : 1;
     }
+  if (np) {
+    plan->parts = malloc(np * sizeof *plan->parts);
+    if (!plan->parts) {
+      free(map);
+      free(plan->map_cls);
+      plan->map_cls = NULL;
+      free(plan->map_back);
+      plan->map_back = NULL;
+      return;
+    }
+  }
+  for (unsigned c = 0; c < h->nclasses; c++)
+    for (size_t i = 0; i < plan->cls[c].nspec; i++) {
+      const ph_cspec *x = &plan->cls[c].spec[i];
+      if ((!x->partial && !x->cut) || x->mv == 0)
+        continue;
+      size_t u = ((uintptr_t)ph_pool_base(h, x->pool) - lo) >> h->pool_shift;
+      if (x->cut) { /* compact.pack: every unit, the cut's address */
+        uintptr_t at = (uintptr_t)ph_pool_slots(h, x->pool) +
+                       (uintptr_t)x->cut * h->class_wsize[c] * 8;
+        for (size_t k = u; k < u + h->class_units[c]; k++) {
+          plan->parts[plan->nparts++] =
+              (ph_cpart){at, (uint32_t)k, (uint8_t)(c | PH_HCUT)};
+          map[k / 32] |= (uint64_t)PH_MAP_PART << (2 * (k % 32));
+        }
+        continue;
+      }
+      plan->parts[plan->nparts++] =
+          (ph_cpart){x->holes, (uint32_t)u, (uint8_t)c};
+      map[u / 32] |= (uint64_t)PH_MAP_PART << (2 * (u % 32));
+    }
+  if (plan->nparts > 1)
+    qsort(plan->parts, plan->nparts, sizeof *plan->parts, by_part_unit);
   /* relaxed: the barrier that opens phase 3 publishes it; relaxed because
    * ph_compact_forward reads it with a relaxed load */
   __atomic_store_n(&plan->map, map, __ATOMIC_RELAXED);
@@ -581,7 +759,8 @@ static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan,
     int partial = 0;
     for (unsigned c = 0; c < h->nclasses; c++)
       for (size_t i = 0; i < plan->cls[c].nspec; i++)
-        partial |= plan->cls[c].spec[i].partial && plan->cls[c].spec[i].mv;
+        partial |= (plan->cls[c].spec[i].partial || plan->cls[c].spec[i].cut) &&
+                   plan->cls[c].spec[i].mv;
     if (!plan->map && (plan->rule->interior || partial))
       atomic_store_explicit(&plan->failed, 1, memory_order_relaxed);
   }
@@ -647,15 +826,21 @@ hdr_evacuated(const struct ph_heap *h, uintptr_t x) {
   return u && u->evacuated;
 }
 
-/* Was the unit holding address x evacuated?  One bit of the map
+/* The map state of unit u (compact.update.map): PH_MAP_EVAC, with
+ * PH_MAP_PART for a partial or packed pool's unit, or 0. */
+static inline unsigned map_state(const uint64_t *map, size_t u) {
+  return (unsigned)(map[u / 32] >> (2 * (u % 32))) & 3;
+}
+
+/* Was the unit holding address x evacuated?  Its state in the map
  * (compact.update.map), or the header flag when there is no map (then x
  * is field 0 of a block). */
-static inline int unit_evacuated(const struct ph_heap *h,
-                                 const ph_compact_plan *plan, uintptr_t x) {
+static inline unsigned unit_state(const struct ph_heap *h,
+                                  const ph_compact_plan *plan, uintptr_t x) {
   if (!plan->map)
-    return hdr_evacuated(h, x);
+    return (unsigned)hdr_evacuated(h, x);
   size_t u = (x - plan->map_lo) >> h->pool_shift;
-  return u < plan->map_units && (plan->map[u / 64] >> (u % 64) & 1);
+  return u < plan->map_units ? map_state(plan->map, u) : 0;
 }
 
 /* ------------------------------------------------------------ phase 3 */
@@ -826,7 +1011,7 @@ static void evacuate_stw(struct ph_heap *h, const ph_compact_part *part,
 /* ------------------------------------------------------------ phase 4 */
 
 /* compact.update.batch: a pointer needs forwarding iff its unit was
- * evacuated (unit_evacuated: O(1)).  The forwarding address is field 0 of
+ * evacuated (unit_state: O(1)).  The forwarding address is field 0 of
  * the old copy: a cache miss per moved target.  So
  * a slot to fix is queued in a ring with a prefetch of its target and fixed
  * PH_FWD_AHEAD slots later, when the load has arrived: many misses in
@@ -866,26 +1051,48 @@ static inline ph_value fwd_base(const struct ph_heap *h,
   return slots + (ph_value)k * plan->slot_bytes[c] + 8;
 }
 
+/* The record of map unit u, one of a partial or packed pool's (its map
+ * state has PH_MAP_PART): a binary search over the few such units. */
+static const ph_cpart *part_of(const ph_compact_plan *plan, size_t u) {
+  size_t a = 0, b = plan->nparts;
+  while (b - a > 1) {
+    size_t mid = (a + b) / 2;
+    if (plan->parts[mid].unit <= u)
+      a = mid;
+    else
+      b = mid;
+  }
+  PH_ASSERT(plan->parts[a].unit == u);
+  return &plan->parts[a];
+}
+
 /* compact.pin.holes: does x lie in a block that stays in its partial pool
- * (a slot outside the pool's planned holes)? */
+ * (a slot outside the pool's planned holes)?  compact.pack: below the
+ * packed pool's cut?  x's unit is one of theirs (PH_MAP_PART). */
 static int __attribute__((noinline))
 stays(const struct ph_heap *h, const ph_compact_plan *plan, ph_value x) {
-  size_t u = (x - plan->map_lo) >> h->pool_shift;
-  uint64_t hm = plan->hmask[u];
-  if (!hm)
-    return 0;
-  unsigned c = plan->hcls[u];
+  const ph_cpart *e = part_of(plan, (x - plan->map_lo) >> h->pool_shift);
+  uint64_t hm = e->mask;
+  unsigned c = e->cls;
+  if (c & PH_HCUT) /* compact.pack: the slots below the cut stay */
+    return x < hm;
   size_t sb = (size_t)h->class_wsize[c] * 8;
   uint32_t i = (uint32_t)(((x & ~h->pool_mask) - h->class_hdr[c]) / sb);
   return (ph_slot_granules(h, c, i) & hm) == 0;
 }
 
-/* The new address of x, whose unit was evacuated (or is partial). */
+/* Does x, in a unit of map state st, point to a block that moved?  Its
+ * unit was evacuated, and if it is a partial or packed pool's, its slot is
+ * one that gave its block (stays). */
+static inline int st_moved(const struct ph_heap *h, const ph_compact_plan *plan,
+                           ph_value x, unsigned st) {
+  return st && (__builtin_expect(!(st & PH_MAP_PART), 1) || !stays(h, plan, x));
+}
+
+/* The new address of x, a block that moved (st_moved). */
 static inline __attribute__((always_inline)) ph_value
 fwd_new(const struct ph_heap *h, const ph_compact_plan *plan, ph_value x,
         int interior) {
-  if (__builtin_expect(plan->hmask != NULL, 0) && stays(h, plan, x))
-    return x;
   if (!interior) {
     PH_ASSERT(*ph_hp(x) != 0); /* a moved block keeps its header */
     return *(const ph_value *)x;
@@ -901,12 +1108,12 @@ static inline __attribute__((always_inline)) void
 fwd_fix(const fwd_batch *b, ph_value *s, int root, int interior) {
   if (root) {
     ph_value x = __atomic_load_n(s, __ATOMIC_RELAXED);
-    if (!unit_evacuated(b->h, b->plan, x))
+    if (!st_moved(b->h, b->plan, x, unit_state(b->h, b->plan, x)))
       return; /* fixed already: the slot was reported twice */
     __atomic_store_n(s, fwd_new(b->h, b->plan, x, interior), __ATOMIC_RELAXED);
     return;
   }
-  PH_ASSERT(unit_evacuated(b->h, b->plan, *s));
+  PH_ASSERT(st_moved(b->h, b->plan, *s, unit_state(b->h, b->plan, *s)));
   *s = fwd_new(b->h, b->plan, *s, interior);
 }
 
@@ -934,11 +1141,11 @@ static inline fwd_map fm_of(const fwd_batch *b) {
                    b->h->pool_shift};
 }
 
-static inline int fm_evacuated(fwd_map m, uintptr_t x) {
+static inline unsigned fm_state(fwd_map m, uintptr_t x) {
   if (!m.map)
-    return hdr_evacuated(m.h, x);
+    return (unsigned)hdr_evacuated(m.h, x);
   size_t u = (x - m.lo) >> m.shift;
-  return u < m.units && (m.map[u / 64] >> (u % 64) & 1);
+  return u < m.units ? map_state(m.map, u) : 0;
 }
 
 /* x: the value *slot held when it was read.  The ring holds only root
@@ -948,7 +1155,7 @@ static inline int fm_evacuated(fwd_map m, uintptr_t x) {
 static inline __attribute__((always_inline)) void
 fb_add(fwd_batch *b, fwd_map m, ph_value *slot, ph_value x, int root,
        int interior) {
-  if (!ph_is_block(x) || !fm_evacuated(m, x))
+  if (!ph_is_block(x) || !st_moved(b->h, b->plan, x, fm_state(m, x)))
     return;
   __builtin_prefetch((const void *)x);
   unsigned i = b->n++ & (PH_FWD_AHEAD - 1);
@@ -976,7 +1183,8 @@ static void root_item_done_direct(void *ctx) {
 static void visit_direct(ph_value *slot, void *ctx) {
   const fwd_batch *b = ctx;
   ph_value x = __atomic_load_n(slot, __ATOMIC_RELAXED);
-  if (!ph_is_block(x) || !unit_evacuated(b->h, b->plan, x))
+  if (!ph_is_block(x) ||
+      !st_moved(b->h, b->plan, x, unit_state(b->h, b->plan, x)))
     return;
   __atomic_store_n(slot,
                    b->plan->rule->interior ? fwd_new(b->h, b->plan, x, 1)
@@ -993,11 +1201,12 @@ update_fields(fwd_batch *b, fwd_map m, ph_value *f, size_t n, int interior) {
 /* compact.update.rule: every allocated slot of the pool (header != 0; the
  * managed collector's are WHITE after its sweep), by its tag's kind. */
 static inline __attribute__((always_inline)) void
-update_pool(fwd_batch *b, ph_pool *p, int interior, uint64_t holes) {
+update_pool(fwd_batch *b, ph_pool *p, int interior, uint64_t holes,
+            uint32_t nslots) {
   const ph_compact_plan *plan = b->plan;
   fwd_map m = fm_of(b);
   const uint8_t *kinds = plan->kind;
-  uint32_t wsize = b->h->class_wsize[p->cls], nslots = p->nslots;
+  uint32_t wsize = b->h->class_wsize[p->cls];
   ph_value *slot = (ph_value *)ph_pool_slots(b->h, p);
   for (uint32_t k = 0; k < nslots; k++, slot += wsize) {
     /* heap.pool.holes; a partial pool's blocks that moved out */
@@ -1027,18 +1236,25 @@ update_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx,
     return;
   char *ua = ph_unit_addr(h, c, u);
   uint64_t holes = ph_pool_holes_any(h, c, u, c->ucls[u]);
-  if (plan->map ? unit_evacuated(h, plan, (uintptr_t)ua)
-                : ph_pool_at(h, c, u)->evacuated) {
-    /* compact.pin.holes: a partial pool keeps the blocks outside them */
-    uint64_t hm =
-        plan->hmask
-            ? plan->hmask[((uintptr_t)ua - plan->map_lo) >> h->pool_shift]
-            : 0;
-    if (!hm)
+  uint32_t lim = UINT32_MAX;
+  unsigned st = plan->map ? unit_state(h, plan, (uintptr_t)ua)
+                          : (unsigned)ph_pool_at(h, c, u)->evacuated;
+  if (st) {
+    if (!(st & PH_MAP_PART))
       return; /* evacuated: not even its header is read */
-    holes |= hm;
+    /* compact.pin.holes: a partial pool keeps the blocks outside them */
+    const ph_cpart *e =
+        part_of(plan, ((uintptr_t)ua - plan->map_lo) >> h->pool_shift);
+    if (e->cls & PH_HCUT) { /* compact.pack: those below the cut */
+      ph_pool *p = ph_pool_at(h, c, u);
+      lim = (uint32_t)((e->mask - (uintptr_t)ph_pool_slots(h, p)) /
+                       ((size_t)h->class_wsize[p->cls] * 8));
+    } else {
+      holes |= e->mask;
+    }
   }
-  update_pool(fb, ph_pool_at(h, c, u), interior, holes);
+  ph_pool *p = ph_pool_at(h, c, u);
+  update_pool(fb, p, interior, holes, lim < p->nslots ? lim : p->nslots);
 }
 
 static void update_unit_plain(struct ph_heap *h, ph_chunk *c, uint32_t u,
@@ -1110,7 +1326,7 @@ ph_value ph_compact_forward(const struct ph_heap *h, ph_value v) {
   if (!map)
     return v;
   size_t u = (v - plan->map_lo) >> h->pool_shift;
-  if (u >= plan->map_units || !(map[u / 64] >> (u % 64) & 1))
+  if (u >= plan->map_units || !st_moved(h, plan, v, map_state(map, u)))
     return v;
   return plan->map_cls ? fwd_new(h, plan, v, 1) : fwd_new(h, plan, v, 0);
 }
@@ -1290,7 +1506,7 @@ static void trim_medium_locked(struct ph_heap *h, ph_compact_plan *plan) {
 static void free_release_stw_single(struct ph_heap *h, ph_compact_plan *plan,
                                     const ph_compact_part *part) {
   pthread_mutex_lock(&h->lock);
-  uint64_t pools = 0;
+  uint64_t pools = 0, holes0 = h->hole_bytes;
   if (plan) {
     int moved = atomic_load_explicit(&plan->failed, memory_order_relaxed) == 0;
     for (unsigned c = 0; c < h->nclasses; c++)
@@ -1299,6 +1515,8 @@ static void free_release_stw_single(struct ph_heap *h, ph_compact_plan *plan,
     if (moved)
       kept_holes_locked(h, plan);
   }
+  /* the holes made are given back too (ph_stats.released_bytes) */
+  uint64_t holed = h->hole_bytes - holes0;
   if (plan)
     for (unsigned c = 0; c < h->nclasses; c++) {
       ph_cclass *cc = &plan->cls[c];
@@ -1336,7 +1554,7 @@ static void free_release_stw_single(struct ph_heap *h, ph_compact_plan *plan,
   ph_units_release_locked(h, (int)h->cfg.release, h->cfg.retain, &rel);
   if (plan) {
     plan->r_pools = pools;
-    plan->r_released = rel;
+    plan->r_released = rel + holed;
   }
   pthread_mutex_unlock(&h->lock);
 }
@@ -1351,8 +1569,7 @@ static void plan_free(struct ph_heap *h, ph_compact_plan *plan) {
     free(plan->cls[c].spec);
     free(plan->cls[c].specbits);
   }
-  free(plan->hmask);
-  free(plan->hcls);
+  free(plan->parts);
   free(plan->units);
   free(plan->larges);
   free(plan->large_first);

@@ -35,6 +35,7 @@ typedef struct ph_cspec {
   uint64_t *m;    /* the live blocks among them: they move out */
   uint32_t room;  /* free slots outside t */
   uint32_t mv;    /* blocks in m */
+  uint32_t cut;   /* compact.pack: the slots from it are in t (0: none) */
   uint8_t pinned, partial, evacuated;
 } ph_cspec;
 
@@ -86,6 +87,19 @@ typedef struct ph_compact_result {
 } ph_compact_result;
 
 enum { PH_KIND_INLINE = 0, PH_KIND_CB = 1, PH_KIND_SKIP = 2 };
+enum { PH_MAP_EVAC = 1, PH_MAP_PART = 2 };
+
+/* compact.pin.holes: a unit of a pool that keeps its pinned blocks and
+ * gives its others: its planned holes and class (no pool header is read);
+ * compact.pack: a unit of a packed pool: the address of the pool's cut
+ * (the blocks below it stay) and its class | PH_HCUT. */
+typedef struct ph_cpart {
+  uint64_t mask;
+  uint32_t unit; /* map unit */
+  uint8_t cls;
+} ph_cpart;
+enum { PH_HCUT = 0x80 }; /* above every class (PH_MAX_CLASSES) */
+_Static_assert(PH_MAX_CLASSES <= PH_HCUT, "a class fits below PH_HCUT");
 
 typedef struct ph_compact_plan {
   ph_cclass cls[PH_MAX_CLASSES];
@@ -104,10 +118,13 @@ typedef struct ph_compact_plan {
   uint8_t kind[256];
   const ph_compact_rule *rule;
   int roots_direct; /* root slots fixed at once (no ring) */
-  /* compact.update.map: one bit per unit over [map_lo, map_lo + map_units
-   * units), set for evacuated pools.  Pool headers lie at a pool_size
-   * stride and alias to a few cache sets; this map stays in L1.  Read with
-   * relaxed atomics by ph_compact_forward (php_forward). */
+  /* compact.update.map: two bits per unit over [map_lo, map_lo +
+   * map_units units), unit u's at bit 2 (u % 32) of map[u / 32]:
+   * PH_MAP_EVAC for evacuated pools, with PH_MAP_PART for a partial or
+   * packed pool's (compact.pin.holes, compact.pack: its blocks moved only
+   * where `parts` says).  Pool headers lie at a pool_size stride and alias
+   * to a few cache sets; this map stays in L1.  Read with relaxed atomics
+   * by ph_compact_forward (php_forward). */
   uintptr_t map_lo;
   size_t map_units;
   uint64_t *map;
@@ -129,12 +146,11 @@ typedef struct ph_compact_plan {
   size_t npinned;
   const ph_value *pinned_blocks; /* compact.pin.holes */
   size_t npinned_blocks;
-  /* compact.pin.holes: per unit of the map, the holes planned for a pool
-   * that keeps its pinned blocks and gives its others (0: none); NULL if
-   * no pool does so */
-  uint64_t *hmask;
-  uint8_t *hcls; /* and their classes (no pool header is read) */
-  int holes;     /* compact.holes.free (from ph_compact_part) */
+  /* compact.pin.holes, compact.pack: the map units with PH_MAP_PART, by
+   * unit (NULL if none) */
+  ph_cpart *parts;
+  size_t nparts;
+  int holes; /* compact.holes.free (from ph_compact_part) */
   /* results, summed (or the longest time) over the participants */
   _Atomic uint64_t r_blocks, r_bytes, r_t_evac, r_t_update, r_t_release;
   uint64_t r_pools, r_released;

@@ -729,6 +729,137 @@ static void test_compact_holes_free_pages(void **state) {
   }
 }
 
+/* compact.pack: a class whose blocks fit in one pool keeps that pool; a
+ * few survivors scattered over it are packed into its first slots, so that
+ * compact.holes.free gives its tail back.  One pool of the class filled,
+ * every `step`-th block kept (chained through field 0, the rest of the
+ * fields numbered; a root table of another class), a collection and a
+ * compaction: the survivors are in the pool's first slots, intact, the
+ * chain forwarded, and (but with MADV_FREE, whose pages may read
+ * resident) the pool's resident pages are at most its header's plus
+ * ceil(live bytes / page) + 1.  Without compact.pack they stay where they
+ * were, a page or more each.  Then the class fills again, and a second
+ * collection and compaction keep everything intact. */
+static void pack_case(ph_release_mode rel, ph_compact_scope scope, int kind) {
+  ph_config cfg;
+  ph_config_init(&cfg);
+  cfg.gc_percent = 0;
+  cfg.release = rel;
+  cfg.compact_scope = scope;
+  ph_heap *h;
+  ph_domain *d;
+  assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
+  assert_int_equal(ph_domain_attach(h, &d), PH_OK);
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+  /* a small class, the first medium one (one unit), the first medium one
+   * of several units */
+  unsigned mc = h->nsmall;
+  while (kind == 2 && h->class_units[mc] < 2)
+    mc++;
+  size_t wo = kind ? h->class_wsize[mc] - 1 : 3;
+  unsigned cls = ph_class_of_wosize(h, wo);
+  uint32_t ns = h->class_nslots[cls];
+  size_t sb = (size_t)h->class_wsize[cls] * 8;
+  size_t step = kind ? 4 : ns / 8, nk = 0;
+  size_t m = ph_scope_open(d);
+  ph_value *tab = ph_root(d, ph_alloc(d, 2 * (size_t)ns + 1, 0));
+  assert_true(ph_class_of_wosize(h, 2 * (size_t)ns + 1) != cls);
+  ph_pool *p0 = NULL;
+  ph_value prev = PH_UNIT;
+  for (size_t i = 0; i < ns; i++) {
+    ph_value v = ph_alloc(d, wo, 0);
+    assert_true(ph_is_block(v));
+    if (!p0)
+      p0 = pool_of(h, v);
+    assert_ptr_equal(pool_of(h, v), p0); /* one pool, filled in order */
+    for (size_t f = 1; f < wo; f++)
+      ph_set_field(v, f, ph_val_int((intptr_t)(i * 8 + f)));
+    int keep = i % step == 1;
+    ph_set_field(v, 0, keep ? prev : PH_UNIT);
+    ph_set_field(*tab, i, keep ? v : ph_val_int(0));
+    if (keep) {
+      prev = v;
+      nk++;
+    }
+  }
+  ph_set_field(*tab, 2 * (size_t)ns, prev); /* the chain's head */
+  assert_true(nk >= 3);
+  assert_int_equal(ph_collect(d), PH_OK);
+  assert_int_equal(ph_compact(d), PH_OK);
+  tu_verify_ok(d);
+  /* the survivors: intact, chained, and where */
+  ph_pool *p = NULL;
+  uint32_t top = 0;
+  ph_value want = PH_UNIT;
+  for (size_t i = 0; i < ns; i++) {
+    ph_value v = ph_field(*tab, i);
+    if (!ph_is_block(v))
+      continue;
+    assert_true(ph_field(v, 0) == want);
+    want = v;
+    for (size_t f = 1; f < wo; f++)
+      assert_true(ph_field(v, f) == ph_val_int((intptr_t)(i * 8 + f)));
+    if (!p)
+      p = pool_of(h, v);
+    assert_ptr_equal(pool_of(h, v), p); /* the class keeps one pool */
+    uint32_t k = (uint32_t)((v - 8 - (ph_value)ph_pool_slots(h, p)) / sb);
+    if (k > top)
+      top = k;
+  }
+  assert_true(ph_field(*tab, 2 * (size_t)ns) == want);
+  uintptr_t a = (uintptr_t)ph_pool_base(h, p);
+  size_t res = resident_pages(a, a + (h->class_units[cls] << h->pool_shift));
+  size_t bound =
+      (h->class_hdr[cls] + pg - 1) / pg + (nk * sb + pg - 1) / pg + 1;
+  print_message("release %d, scope %d, class %u: %zu survivors of %u slots, "
+                "highest slot %u, %zu pages resident (bound %zu)\n",
+                (int)rel, (int)scope, cls, nk, ns, top, res, bound);
+  if (rel != PH_RELEASE_KEEP) {
+    assert_true(top < nk); /* packed: the first nk slots */
+    if (rel != PH_RELEASE_LAZY)
+      assert_true(res <= bound);
+  } else {
+    assert_true(top == (nk - 1) * step + 1); /* nothing moved */
+  }
+  /* the class fills again (outside the holes), and all stays intact */
+  ph_value *again = ph_root(d, ph_alloc(d, 2 * (size_t)ns, 0));
+  for (size_t i = 0; i < 2 * (size_t)ns; i++) {
+    ph_value v = ph_alloc(d, wo, 0);
+    assert_true(ph_is_block(v));
+    ph_set_field(v, 1, ph_val_int((intptr_t)i));
+    ph_set_field(*again, i, i % 3 ? v : ph_val_int(0));
+  }
+  assert_int_equal(ph_collect(d), PH_OK);
+  assert_int_equal(ph_compact(d), PH_OK);
+  tu_verify_ok(d);
+  for (size_t i = 0; i < 2 * (size_t)ns; i++)
+    if (i % 3)
+      assert_true(ph_field(ph_field(*again, i), 1) == ph_val_int((intptr_t)i));
+  want = PH_UNIT;
+  for (size_t i = 0; i < ns; i++) {
+    ph_value v = ph_field(*tab, i);
+    if (!ph_is_block(v))
+      continue;
+    assert_true(ph_field(v, 0) == want);
+    want = v;
+    for (size_t f = 1; f < wo; f++)
+      assert_true(ph_field(v, f) == ph_val_int((intptr_t)(i * 8 + f)));
+  }
+  assert_int_equal(ph_scope_close(d, m), PH_OK);
+  heap_close(h, d);
+}
+
+static void test_compact_packs_last_pool(void **state) {
+  (void)state;
+  for (int kind = 0; kind < 3; kind++) {
+    pack_case(PH_RELEASE_DECOMMIT, PH_COMPACT_GLOBAL, kind);
+    pack_case(PH_RELEASE_UNMAP, PH_COMPACT_GLOBAL, kind);
+    pack_case(PH_RELEASE_LAZY, PH_COMPACT_GLOBAL, kind);
+    pack_case(PH_RELEASE_KEEP, PH_COMPACT_GLOBAL, kind);
+    pack_case(PH_RELEASE_DECOMMIT, PH_COMPACT_PER_DOMAIN, kind);
+  }
+}
+
 /* compact.phase.stats: the sweep's records (partly filled pools, scanned
  * large blocks) are the compaction's scratch: a collection leaves them
  * for a compaction to plan from, and a compaction frees them (they are
@@ -971,6 +1102,7 @@ int main(void) {
       cmocka_unit_test(test_compact_without_map),
       cmocka_unit_test(test_compact_trims_free_medium_slots),
       cmocka_unit_test(test_compact_holes_free_pages),
+      cmocka_unit_test(test_compact_packs_last_pool),
       cmocka_unit_test(test_compact_frees_records),
       cmocka_unit_test(test_heap_limit),
       cmocka_unit_test(test_two_domains_compact),
