@@ -626,9 +626,17 @@ static void choose_stw(struct ph_heap *h, ph_compact_plan *plan) {
   }
 }
 
-static int by_part_unit(const void *a, const void *b) {
-  const ph_cpart *p = a, *q = b;
-  return p->unit < q->unit ? -1 : p->unit > q->unit;
+/* The slot of map unit u in the table of partial and packed pools'
+ * units (open addressing, linear probing; nparts is a power of two). */
+static inline size_t part_slot(const ph_compact_plan *plan, size_t u) {
+  return (size_t)(((uint32_t)u * 0x9e3779b1u) >> 16) & (plan->nparts - 1);
+}
+
+static void part_put(ph_compact_plan *plan, ph_cpart e) {
+  size_t i = part_slot(plan, e.unit);
+  while (plan->parts[i].unit != UINT32_MAX)
+    i = (i + 1) & (plan->nparts - 1);
+  plan->parts[i] = e;
 }
 
 /* compact.update.map over the chunks' span; with rule->interior also the
@@ -644,7 +652,7 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   size_t n = (hi - lo) >> h->pool_shift;
   if (!map_fits(h))
     return; /* chunks spread too far apart: headers are read instead */
-  uint64_t *map = calloc((n + 31) / 32, sizeof(uint64_t));
+  uint64_t *map = calloc((n + 63) / 64, sizeof(uint64_t));
   if (!map)
     return;
   if (plan->rule->interior) {
@@ -680,7 +688,7 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
       size_t u0 = ((uintptr_t)ph_pool_addr(h, plan->cls[c].evac[i]) - lo) >>
                   h->pool_shift;
       for (size_t u = u0; u < u0 + h->class_units[c]; u++) {
-        map[u / 32] |= (uint64_t)PH_MAP_EVAC << (2 * (u % 32));
+        map[u / 64] |= (uint64_t)1 << (u % 64);
         if (plan->map_cls)
           plan->map_cls[u] = (uint8_t)c;
         if (plan->map_back)
@@ -688,19 +696,32 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
       }
     }
   /* compact.pin.holes, compact.pack: the units of the pools that give
-   * only some of their blocks, in a sorted array (a per-unit array over
-   * the map's span would be calloc'd, 8 bytes a unit, at every
-   * compaction that packs) */
+   * only some of their blocks, in a small hash table (a per-unit array
+   * over the map's span would be calloc'd, 8 bytes a unit, at every
+   * compaction that packs) and the pmap */
   size_t np = 0;
   for (unsigned c = 0; c < h->nclasses; c++)
     for (size_t i = 0; i < plan->cls[c].nspec; i++) {
       const ph_cspec *x = &plan->cls[c].spec[i];
       if ((x->partial || x->cut) && x->mv)
-        np += x->cut ? h->class_units[c] : 1;
+        np += x->cut ? 2 : 1; /* compact.pack: at most two units each */
     }
   if (np) {
-    plan->parts = malloc(np * sizeof *plan->parts);
-    if (!plan->parts) {
+    /* a table at most half full */
+    size_t cap = 8;
+    while (cap < 2 * np)
+      cap *= 2;
+    plan->parts = malloc(cap * sizeof *plan->parts);
+    plan->nparts = cap;
+    for (size_t i = 0; plan->parts && i < cap; i++)
+      plan->parts[i].unit = UINT32_MAX;
+    plan->pmap = calloc((n + 63) / 64, sizeof *plan->pmap);
+    if (!plan->parts || !plan->pmap) {
+      free(plan->parts);
+      plan->parts = NULL;
+      plan->nparts = 0;
+      free(plan->pmap);
+      plan->pmap = NULL;
       free(map);
       free(plan->map_cls);
       plan->map_cls = NULL;
@@ -715,22 +736,28 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
       if ((!x->partial && !x->cut) || x->mv == 0)
         continue;
       size_t u = ((uintptr_t)ph_pool_base(h, x->pool) - lo) >> h->pool_shift;
-      if (x->cut) { /* compact.pack: every unit, the cut's address */
+      if (x->cut) {
+        /* compact.pack: the cut's address for its first unit (the update
+         * walks the pool from there: only below the cut) and the unit
+         * holding the cut; a further unit wholly below the cut holds no
+         * block that moved (not evacuated, then), one wholly past it only
+         * blocks that moved (evacuated, as it is) */
         uintptr_t at = (uintptr_t)ph_pool_slots(h, x->pool) +
                        (uintptr_t)x->cut * h->class_wsize[c] * 8;
         for (size_t k = u; k < u + h->class_units[c]; k++) {
-          plan->parts[plan->nparts++] =
-              (ph_cpart){at, (uint32_t)k, (uint8_t)(c | PH_HCUT)};
-          map[k / 32] |= (uint64_t)PH_MAP_PART << (2 * (k % 32));
+          uintptr_t ua = lo + (k << h->pool_shift);
+          if (k > u && ua + h->pool_size <= at) {
+            map[k / 64] &= ~((uint64_t)1 << (k % 64));
+          } else if (k == u || ua < at) {
+            part_put(plan, (ph_cpart){at, (uint32_t)k, (uint8_t)(c | PH_HCUT)});
+            plan->pmap[k / 64] |= (uint64_t)1 << (k % 64);
+          }
         }
         continue;
       }
-      plan->parts[plan->nparts++] =
-          (ph_cpart){x->holes, (uint32_t)u, (uint8_t)c};
-      map[u / 32] |= (uint64_t)PH_MAP_PART << (2 * (u % 32));
+      part_put(plan, (ph_cpart){x->holes, (uint32_t)u, (uint8_t)c});
+      plan->pmap[u / 64] |= (uint64_t)1 << (u % 64);
     }
-  if (plan->nparts > 1)
-    qsort(plan->parts, plan->nparts, sizeof *plan->parts, by_part_unit);
   /* relaxed: the barrier that opens phase 3 publishes it; relaxed because
    * ph_compact_forward reads it with a relaxed load */
   __atomic_store_n(&plan->map, map, __ATOMIC_RELAXED);
@@ -826,21 +853,19 @@ hdr_evacuated(const struct ph_heap *h, uintptr_t x) {
   return u && u->evacuated;
 }
 
-/* The map state of unit u (compact.update.map): PH_MAP_EVAC, with
- * PH_MAP_PART for a partial or packed pool's unit, or 0. */
-static inline unsigned map_state(const uint64_t *map, size_t u) {
-  return (unsigned)(map[u / 32] >> (2 * (u % 32))) & 3;
+static inline int bit_at(const uint64_t *bits, size_t u) {
+  return (int)(bits[u / 64] >> (u % 64) & 1);
 }
 
-/* Was the unit holding address x evacuated?  Its state in the map
+/* Was the unit holding address x evacuated?  One bit of the map
  * (compact.update.map), or the header flag when there is no map (then x
  * is field 0 of a block). */
-static inline unsigned unit_state(const struct ph_heap *h,
-                                  const ph_compact_plan *plan, uintptr_t x) {
+static inline int unit_evacuated(const struct ph_heap *h,
+                                 const ph_compact_plan *plan, uintptr_t x) {
   if (!plan->map)
-    return (unsigned)hdr_evacuated(h, x);
+    return hdr_evacuated(h, x);
   size_t u = (x - plan->map_lo) >> h->pool_shift;
-  return u < plan->map_units ? map_state(plan->map, u) : 0;
+  return u < plan->map_units && bit_at(plan->map, u);
 }
 
 /* ------------------------------------------------------------ phase 3 */
@@ -1011,7 +1036,9 @@ static void evacuate_stw(struct ph_heap *h, const ph_compact_part *part,
 /* ------------------------------------------------------------ phase 4 */
 
 /* compact.update.batch: a pointer needs forwarding iff its unit was
- * evacuated (unit_state: O(1)).  The forwarding address is field 0 of
+ * evacuated (unit_evacuated: O(1)), but in a partial or packed pool's unit
+ * (pmap) where stays() says it did not move.  The forwarding address is
+ * field 0 of
  * the old copy: a cache miss per moved target.  So
  * a slot to fix is queued in a ring with a prefetch of its target and fixed
  * PH_FWD_AHEAD slots later, when the load has arrived: many misses in
@@ -1051,24 +1078,20 @@ static inline ph_value fwd_base(const struct ph_heap *h,
   return slots + (ph_value)k * plan->slot_bytes[c] + 8;
 }
 
-/* The record of map unit u, one of a partial or packed pool's (its map
- * state has PH_MAP_PART): a binary search over the few such units. */
+/* The record of map unit u, one of a partial or packed pool's (its pmap
+ * bit is set): a probe or two of their table. */
 static const ph_cpart *part_of(const ph_compact_plan *plan, size_t u) {
-  size_t a = 0, b = plan->nparts;
-  while (b - a > 1) {
-    size_t mid = (a + b) / 2;
-    if (plan->parts[mid].unit <= u)
-      a = mid;
-    else
-      b = mid;
+  size_t i = part_slot(plan, u);
+  while (plan->parts[i].unit != u) {
+    PH_ASSERT(plan->parts[i].unit != UINT32_MAX);
+    i = (i + 1) & (plan->nparts - 1);
   }
-  PH_ASSERT(plan->parts[a].unit == u);
-  return &plan->parts[a];
+  return &plan->parts[i];
 }
 
 /* compact.pin.holes: does x lie in a block that stays in its partial pool
  * (a slot outside the pool's planned holes)?  compact.pack: below the
- * packed pool's cut?  x's unit is one of theirs (PH_MAP_PART). */
+ * packed pool's cut?  x's unit is one of theirs (pmap). */
 static int __attribute__((noinline))
 stays(const struct ph_heap *h, const ph_compact_plan *plan, ph_value x) {
   const ph_cpart *e = part_of(plan, (x - plan->map_lo) >> h->pool_shift);
@@ -1081,15 +1104,25 @@ stays(const struct ph_heap *h, const ph_compact_plan *plan, ph_value x) {
   return (ph_slot_granules(h, c, i) & hm) == 0;
 }
 
-/* Does x, in a unit of map state st, point to a block that moved?  Its
- * unit was evacuated, and if it is a partial or packed pool's, its slot is
- * one that gave its block (stays). */
-static inline int st_moved(const struct ph_heap *h, const ph_compact_plan *plan,
-                           ph_value x, unsigned st) {
-  return st && (__builtin_expect(!(st & PH_MAP_PART), 1) || !stays(h, plan, x));
+/* Given that x's map unit u was evacuated, did x's block move?  Yes
+ * unless u is a partial or packed pool's (pmap: NULL if there is none)
+ * and stays() says it did not. */
+static inline int evac_moved(const struct ph_heap *h,
+                             const ph_compact_plan *plan, const uint64_t *pmap,
+                             ph_value x, size_t u) {
+  return __builtin_expect(!pmap, 1) || !bit_at(pmap, u) || !stays(h, plan, x);
 }
 
-/* The new address of x, a block that moved (st_moved). */
+/* Does x point to a block that moved?  (Roots and callbacks' slots.) */
+static inline int unit_moved(const struct ph_heap *h,
+                             const ph_compact_plan *plan, ph_value x) {
+  if (!unit_evacuated(h, plan, x))
+    return 0;
+  return !plan->map || evac_moved(h, plan, plan->pmap, x,
+                                  (x - plan->map_lo) >> h->pool_shift);
+}
+
+/* The new address of x, a block that moved. */
 static inline __attribute__((always_inline)) ph_value
 fwd_new(const struct ph_heap *h, const ph_compact_plan *plan, ph_value x,
         int interior) {
@@ -1108,12 +1141,12 @@ static inline __attribute__((always_inline)) void
 fwd_fix(const fwd_batch *b, ph_value *s, int root, int interior) {
   if (root) {
     ph_value x = __atomic_load_n(s, __ATOMIC_RELAXED);
-    if (!st_moved(b->h, b->plan, x, unit_state(b->h, b->plan, x)))
+    if (!unit_moved(b->h, b->plan, x))
       return; /* fixed already: the slot was reported twice */
     __atomic_store_n(s, fwd_new(b->h, b->plan, x, interior), __ATOMIC_RELAXED);
     return;
   }
-  PH_ASSERT(st_moved(b->h, b->plan, *s, unit_state(b->h, b->plan, *s)));
+  PH_ASSERT(unit_moved(b->h, b->plan, *s));
   *s = fwd_new(b->h, b->plan, *s, interior);
 }
 
@@ -1130,22 +1163,29 @@ fb_flush(fwd_batch *b, int root, int interior) {
  * fields would be loaded again for every field. */
 typedef struct fwd_map {
   const struct ph_heap *h;
-  const uint64_t *map;
+  const uint64_t *map, *pmap;
   uintptr_t lo;
   size_t units;
   unsigned shift;
 } fwd_map;
 
 static inline fwd_map fm_of(const fwd_batch *b) {
-  return (fwd_map){b->h, b->plan->map, b->plan->map_lo, b->plan->map_units,
+  return (fwd_map){b->h,
+                   b->plan->map,
+                   b->plan->pmap,
+                   b->plan->map_lo,
+                   b->plan->map_units,
                    b->h->pool_shift};
 }
 
-static inline unsigned fm_state(fwd_map m, uintptr_t x) {
+/* Does x point to a block that moved?  The map's bit (no more for a
+ * unit not evacuated, nearly every pointer), then the pmap's. */
+static inline int fm_moved(fwd_map m, const ph_compact_plan *plan,
+                           uintptr_t x) {
   if (!m.map)
-    return (unsigned)hdr_evacuated(m.h, x);
+    return hdr_evacuated(m.h, x);
   size_t u = (x - m.lo) >> m.shift;
-  return u < m.units ? map_state(m.map, u) : 0;
+  return u < m.units && bit_at(m.map, u) && evac_moved(m.h, plan, m.pmap, x, u);
 }
 
 /* x: the value *slot held when it was read.  The ring holds only root
@@ -1155,7 +1195,7 @@ static inline unsigned fm_state(fwd_map m, uintptr_t x) {
 static inline __attribute__((always_inline)) void
 fb_add(fwd_batch *b, fwd_map m, ph_value *slot, ph_value x, int root,
        int interior) {
-  if (!ph_is_block(x) || !st_moved(b->h, b->plan, x, fm_state(m, x)))
+  if (!ph_is_block(x) || !fm_moved(m, b->plan, x))
     return;
   __builtin_prefetch((const void *)x);
   unsigned i = b->n++ & (PH_FWD_AHEAD - 1);
@@ -1183,8 +1223,7 @@ static void root_item_done_direct(void *ctx) {
 static void visit_direct(ph_value *slot, void *ctx) {
   const fwd_batch *b = ctx;
   ph_value x = __atomic_load_n(slot, __ATOMIC_RELAXED);
-  if (!ph_is_block(x) ||
-      !st_moved(b->h, b->plan, x, unit_state(b->h, b->plan, x)))
+  if (!ph_is_block(x) || !unit_moved(b->h, b->plan, x))
     return;
   __atomic_store_n(slot,
                    b->plan->rule->interior ? fwd_new(b->h, b->plan, x, 1)
@@ -1237,14 +1276,13 @@ update_unit(struct ph_heap *h, ph_chunk *c, uint32_t u, void *ctx,
   char *ua = ph_unit_addr(h, c, u);
   uint64_t holes = ph_pool_holes_any(h, c, u, c->ucls[u]);
   uint32_t lim = UINT32_MAX;
-  unsigned st = plan->map ? unit_state(h, plan, (uintptr_t)ua)
-                          : (unsigned)ph_pool_at(h, c, u)->evacuated;
-  if (st) {
-    if (!(st & PH_MAP_PART))
+  if (plan->map ? unit_evacuated(h, plan, (uintptr_t)ua)
+                : ph_pool_at(h, c, u)->evacuated) {
+    size_t mu = ((uintptr_t)ua - plan->map_lo) >> h->pool_shift;
+    if (!plan->pmap || !bit_at(plan->pmap, mu))
       return; /* evacuated: not even its header is read */
     /* compact.pin.holes: a partial pool keeps the blocks outside them */
-    const ph_cpart *e =
-        part_of(plan, ((uintptr_t)ua - plan->map_lo) >> h->pool_shift);
+    const ph_cpart *e = part_of(plan, mu);
     if (e->cls & PH_HCUT) { /* compact.pack: those below the cut */
       ph_pool *p = ph_pool_at(h, c, u);
       lim = (uint32_t)((e->mask - (uintptr_t)ph_pool_slots(h, p)) /
@@ -1326,7 +1364,8 @@ ph_value ph_compact_forward(const struct ph_heap *h, ph_value v) {
   if (!map)
     return v;
   size_t u = (v - plan->map_lo) >> h->pool_shift;
-  if (u >= plan->map_units || !st_moved(h, plan, v, map_state(map, u)))
+  if (u >= plan->map_units || !bit_at(map, u) ||
+      !evac_moved(h, plan, plan->pmap, v, u))
     return v;
   return plan->map_cls ? fwd_new(h, plan, v, 1) : fwd_new(h, plan, v, 0);
 }
@@ -1570,6 +1609,7 @@ static void plan_free(struct ph_heap *h, ph_compact_plan *plan) {
     free(plan->cls[c].specbits);
   }
   free(plan->parts);
+  free(plan->pmap);
   free(plan->units);
   free(plan->larges);
   free(plan->large_first);

@@ -87,8 +87,6 @@ typedef struct ph_compact_result {
 } ph_compact_result;
 
 enum { PH_KIND_INLINE = 0, PH_KIND_CB = 1, PH_KIND_SKIP = 2 };
-enum { PH_MAP_EVAC = 1, PH_MAP_PART = 2 };
-
 /* compact.pin.holes: a unit of a pool that keeps its pinned blocks and
  * gives its others: its planned holes and class (no pool header is read);
  * compact.pack: a unit of a packed pool: the address of the pool's cut
@@ -118,13 +116,11 @@ typedef struct ph_compact_plan {
   uint8_t kind[256];
   const ph_compact_rule *rule;
   int roots_direct; /* root slots fixed at once (no ring) */
-  /* compact.update.map: two bits per unit over [map_lo, map_lo +
-   * map_units units), unit u's at bit 2 (u % 32) of map[u / 32]:
-   * PH_MAP_EVAC for evacuated pools, with PH_MAP_PART for a partial or
-   * packed pool's (compact.pin.holes, compact.pack: its blocks moved only
-   * where `parts` says).  Pool headers lie at a pool_size stride and alias
-   * to a few cache sets; this map stays in L1.  Read with relaxed atomics
-   * by ph_compact_forward (php_forward). */
+  /* compact.update.map: one bit per unit over [map_lo, map_lo + map_units
+   * units), set for evacuated pools (of a packed pool, compact.pack: its
+   * first unit and those that hold its cut or lie past it).  Pool headers lie
+   * at a pool_size stride and alias to a few cache sets; this map stays in L1.
+   * Read with relaxed atomics by ph_compact_forward (php_forward). */
   uintptr_t map_lo;
   size_t map_units;
   uint64_t *map;
@@ -146,8 +142,12 @@ typedef struct ph_compact_plan {
   size_t npinned;
   const ph_value *pinned_blocks; /* compact.pin.holes */
   size_t npinned_blocks;
-  /* compact.pin.holes, compact.pack: the map units with PH_MAP_PART, by
-   * unit (NULL if none) */
+  /* compact.pin.holes, compact.pack: the map units of pools that give
+   * only some of their blocks (evacuated in the map too): one bit each in
+   * pmap, read only for a pointer whose unit was evacuated, and their
+   * records in a hash table of nparts (a power of two) entries, at most
+   * half full, by unit (UINT32_MAX: empty); both NULL if there are none */
+  uint64_t *pmap;
   ph_cpart *parts;
   size_t nparts;
   int holes; /* compact.holes.free (from ph_compact_part) */
