@@ -729,6 +729,34 @@ static void test_compact_holes_free_pages(void **state) {
   }
 }
 
+/* pack_case's survivors: every block of tab[0..ns) chained through field
+ * 0 (tab[2 ns] the chain's head), its other fields numbered; with pool,
+ * also all in one pool (*pool, found) and the highest slot index among
+ * them in *top. */
+static void pack_survivors(ph_heap *h, ph_value tab, size_t ns, size_t wo,
+                           ph_pool **pool, uint32_t *top) {
+  size_t sb = (size_t)h->class_wsize[ph_class_of_wosize(h, wo)] * 8;
+  ph_value want = PH_UNIT;
+  for (size_t i = 0; i < ns; i++) {
+    ph_value v = ph_field(tab, i);
+    if (!ph_is_block(v))
+      continue;
+    assert_true(ph_field(v, 0) == want);
+    want = v;
+    for (size_t f = 1; f < wo; f++)
+      assert_true(ph_field(v, f) == ph_val_int((intptr_t)(i * 8 + f)));
+    if (!pool)
+      continue;
+    if (!*pool)
+      *pool = pool_of(h, v);
+    assert_ptr_equal(pool_of(h, v), *pool); /* the class keeps one pool */
+    uint32_t k = (uint32_t)((v - 8 - (ph_value)ph_pool_slots(h, *pool)) / sb);
+    if (k > *top)
+      *top = k;
+  }
+  assert_true(ph_field(tab, 2 * ns) == want);
+}
+
 /* compact.pack: a class whose blocks fit in one pool keeps that pool; a
  * few survivors scattered over it are packed into its first slots, so that
  * compact.holes.free gives its tail back.  One pool of the class filled,
@@ -790,23 +818,7 @@ static void pack_case(ph_release_mode rel, ph_compact_scope scope, int kind) {
   /* the survivors: intact, chained, and where */
   ph_pool *p = NULL;
   uint32_t top = 0;
-  ph_value want = PH_UNIT;
-  for (size_t i = 0; i < ns; i++) {
-    ph_value v = ph_field(*tab, i);
-    if (!ph_is_block(v))
-      continue;
-    assert_true(ph_field(v, 0) == want);
-    want = v;
-    for (size_t f = 1; f < wo; f++)
-      assert_true(ph_field(v, f) == ph_val_int((intptr_t)(i * 8 + f)));
-    if (!p)
-      p = pool_of(h, v);
-    assert_ptr_equal(pool_of(h, v), p); /* the class keeps one pool */
-    uint32_t k = (uint32_t)((v - 8 - (ph_value)ph_pool_slots(h, p)) / sb);
-    if (k > top)
-      top = k;
-  }
-  assert_true(ph_field(*tab, 2 * (size_t)ns) == want);
+  pack_survivors(h, *tab, ns, wo, &p, &top);
   uintptr_t a = (uintptr_t)ph_pool_base(h, p);
   size_t res = resident_pages(a, a + (h->class_units[cls] << h->pool_shift));
   size_t bound =
@@ -835,16 +847,7 @@ static void pack_case(ph_release_mode rel, ph_compact_scope scope, int kind) {
   for (size_t i = 0; i < 2 * (size_t)ns; i++)
     if (i % 3)
       assert_true(ph_field(ph_field(*again, i), 1) == ph_val_int((intptr_t)i));
-  want = PH_UNIT;
-  for (size_t i = 0; i < ns; i++) {
-    ph_value v = ph_field(*tab, i);
-    if (!ph_is_block(v))
-      continue;
-    assert_true(ph_field(v, 0) == want);
-    want = v;
-    for (size_t f = 1; f < wo; f++)
-      assert_true(ph_field(v, f) == ph_val_int((intptr_t)(i * 8 + f)));
-  }
+  pack_survivors(h, *tab, ns, wo, NULL, NULL);
   assert_int_equal(ph_scope_close(d, m), PH_OK);
   heap_close(h, d);
 }
