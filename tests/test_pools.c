@@ -27,9 +27,7 @@
  * include/poolheap_pools.h; tests/test_util.h gives the tests' shared RNG,
  * seed reader, scaling and thread-safe checks.
  */
-#include "tests/test_util.h" /* the tests' RNG, seeds, TSan scaling, checks */
-
-#include "poolheap_pools.h"
+#include "tests/pools_util.h" /* test_util.h's RNG, seeds, TSan scaling, checks */
 
 #include <inttypes.h>
 #include <pthread.h>
@@ -38,14 +36,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-
-static void verify_ok(php_heap *h) {
-  char why[512];
-  why[0] = 0;
-  int e = php_verify(h, why, sizeof why);
-  if (e != PH_OK)
-    fail_msg("php_verify: %s: %s", ph_strerror(e), why);
-}
 
 /* The same from any thread. */
 static void verify_ok_mt(php_heap *h) {
@@ -711,7 +701,7 @@ static void test_errors(void **state) {
     ;
 
   assert_int_equal(php_heap_destroy(h), PH_ESTATE);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   assert_int_equal(php_owner_destroy(o), PH_OK);
   assert_int_equal(php_owner_destroy(NULL), PH_EINVAL);
   assert_int_equal(php_heap_destroy(h), PH_OK);
@@ -757,7 +747,7 @@ static void test_alloc_sweep(void **state) {
   assert_int_equal(c.large_blocks, large);
   assert_true(c.pool_words >= words);
   assert_true(c.pool_max_words >= c.pool_words);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   /* no two blocks overlap: field 0 still holds its own index */
   for (size_t i = 0; i < N; i++)
     assert_int_equal(((ph_value *)b[i])[0], (ph_value)i);
@@ -803,7 +793,7 @@ static void test_alloc_sweep(void **state) {
     if (hd != 0)
       assert_int_equal(((ph_value *)b[i])[0], (ph_value)i);
   }
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   php_heap_stats st = hstats(h);
   assert_int_equal(c.pool_words * 8, st.pool_bytes);
   assert_int_equal(c.large_words * 8, st.large_bytes);
@@ -904,7 +894,7 @@ static void alloc_sweep_case(unsigned mode) {
   assert_int_equal(atomic_load(&m_freed), seen);
   assert_int_equal(php_owner_counters(o, &c), PH_OK);
   assert_int_equal(c.pool_live_blocks, 3 + extra);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   /* a NULL pointer skips a figure; bad owner */
   assert_int_equal(php_owner_sweep_work(o, NULL, NULL), PH_OK);
   assert_int_equal(php_owner_sweep_work(NULL, &work, &freed2), PH_EINVAL);
@@ -993,7 +983,7 @@ static void test_alloc_sweep_before_grow(void **state) {
   assert_int_equal(c.pool_live_blocks, live + extra - freed / (wo + 1));
   while (php_sweep(o, 1000) <= 0)
     ;
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   heap_end(h, o);
   tu_assert_no_failures();
 }
@@ -1046,7 +1036,7 @@ static void unit_reuse_case(size_t wo, size_t n) {
     assert_int_equal(php_owner_counters(o, &c), PH_OK);
     assert_int_equal(c.pool_live_blocks, 0);
   }
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   heap_end(h, o);
   tu_assert_no_failures();
 }
@@ -1091,7 +1081,7 @@ static void test_unit_reuse_large(void **state) {
   if (st.committed_bytes > comm0)
     fail_msg("%zu large blocks: %llu bytes committed, %llu before (pools)", nl,
              (unsigned long long)st.committed_bytes, (unsigned long long)comm0);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   heap_end(h, o);
   tu_assert_no_failures();
 }
@@ -1169,7 +1159,7 @@ static void test_visit(void **state) {
   assert_true(vl.found);
   assert_int_equal(vl.n, 1);
   assert_int_equal(php_visit_pool_of(h, l, NULL, NULL), PH_EINVAL);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   heap_end(h, o);
   tu_assert_no_failures();
 }
@@ -1372,12 +1362,12 @@ static void test_medium_pools(void **state) {
   for (size_t i = 0; i < ti; i++)
     tk += i % 9 == 4 || i % 9 == 8;
   assert_int_equal(c.side_fwd, roots[tk] + CLOS_INFIX * 8);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   c.side = c.side_fwd;
   assert_int_equal(compact_run(&c), PH_OK);
   assert_int_equal(hstats(h).evacuated_blocks, 0);
   assert_int_equal(c.side_fwd, c.side);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   /* all dead: the sweeps by colour free every medium pool, whose units
    * go back to the OS (heap.release.sweep) */
   full_cycle(h, &o, 1, roots, 0);
@@ -1387,7 +1377,7 @@ static void test_medium_pools(void **state) {
   php_heap_stats s3 = hstats(h);
   assert_int_equal(s3.pool_bytes, 0);
   assert_true(s3.committed_bytes + s2.pool_bytes <= s2.committed_bytes);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   free(all);
   free(roots);
   heap_end(h, o);
@@ -1460,7 +1450,7 @@ static void sweep_trim_run(ph_release_mode mode) {
     assert_int_equal(s1.free_bytes, 0);
     assert_int_equal(s1.committed_bytes, s1.pool_bytes);
   }
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   /* the kept blocks are intact, the freed slots serve whole blocks again */
   for (size_t k = 0; k < keep; k++)
     for (size_t i = 0; i < nb; i++)
@@ -1476,7 +1466,7 @@ static void sweep_trim_run(ph_release_mode mode) {
     for (size_t k = 0; k < wo; k++)
       assert_int_equal(((ph_value *)v)[k], (ph_value)tu_mix(k, i));
   }
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   free(all);
   free(roots);
   heap_end(h, o);
@@ -1518,7 +1508,7 @@ static void test_orphan_adopt(void **state) {
   assert_int_equal(co.pool_live_blocks, atomic_load(&m_small_blocks));
   assert_int_equal(co.pool_live_words, atomic_load(&m_small_words));
   assert_int_equal(co.large_blocks, 1);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   /* allocation by b adopts orphaned pools with room, class by class */
   php_heap_stats st0 = hstats(h);
   ph_value x = alloc_counted(b, 2, T_TUPLE); /* its class has room */
@@ -1538,14 +1528,14 @@ static void test_orphan_adopt(void **state) {
     if (i % 3)
       assert_int_equal(((ph_value *)v[i])[0], ph_val_int((intptr_t)i));
   assert_true(x != 0);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   /* b sweeps the adopted pools in its next cycle */
   colours_rotate(h);
   assert_int_equal(php_cycle(b), PH_OK);
   while (php_sweep(b, 1 << 20) <= 0)
     ;
   check_counters(all, 2, h);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   free(v);
   assert_int_equal(php_owner_destroy(a), PH_OK);
   heap_end(h, b);
@@ -1560,7 +1550,7 @@ static void test_verify_detects(void **state) {
   ph_value v = alloc_counted(o, 3, T_TUPLE);
   for (int i = 0; i < 3; i++)
     ((ph_value *)v)[i] = PH_UNIT;
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   ph_value saved = ((ph_value *)v)[-1];
   ((ph_value *)v)[-1] = php_hd_make(max_small + 50, col.marked, T_TUPLE);
   char why[256] = "";
@@ -1571,7 +1561,7 @@ static void test_verify_detects(void **state) {
   assert_int_equal(php_verify(h, none, 0), PH_ECORRUPT);
   assert_string_equal(none, "xyz");
   ((ph_value *)v)[-1] = saved;
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   assert_int_equal(php_verify(NULL, why, sizeof why), PH_EINVAL);
   heap_end(h, o);
   tu_assert_no_failures();
@@ -1591,7 +1581,7 @@ static void test_verify_free_list(void **state) {
   ph_value v = alloc_counted(o, 3, T_TUPLE), w = alloc_counted(o, 3, T_TUPLE);
   for (int i = 0; i < 3; i++)
     ((ph_value *)v)[i] = ((ph_value *)w)[i] = PH_UNIT;
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   ph_value f = w + (w - v); /* the next free slot */
   assert_true(((ph_value *)f)[-1] == 0);
   ph_value *link = (ph_value *)f; /* the link to the last free slot */
@@ -1606,7 +1596,7 @@ static void test_verify_free_list(void **state) {
   printf("free list link into the middle of a slot: %s\n", why);
   *link = last;
   ((ph_value *)last)[1] = saved;
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   heap_end(h, o);
   tu_assert_no_failures();
 }
@@ -1658,7 +1648,7 @@ static void test_reentry(void **state) {
   assert_int_equal(php_owner_counters(o, &c), PH_OK);
   assert_int_equal(c.pool_live_blocks, 1);
   assert_int_equal(c.pool_live_words, 5);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   heap_end(h, o);
 }
 
@@ -1737,7 +1727,7 @@ static void compact_case(unsigned nparts, size_t pool_size, uint64_t stream) {
     assert_int_equal(atomic_load(&cb_tuple) + atomic_load(&cb_other), 0);
   else
     assert_true(atomic_load(&cb_tuple) > 0 && atomic_load(&cb_other) > 0);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   php_heap_stats s1 = hstats(h);
   assert_int_equal(s1.compactions, s0.compactions + 1);
   assert_true(s1.evacuated_blocks > 0);
@@ -1760,7 +1750,7 @@ static void compact_case(unsigned nparts, size_t pool_size, uint64_t stream) {
   assert_int_equal(c.side_fwd, roots[0]);
   graph g2 = walk(rs, ns, 1, col.unmarked);
   assert_int_equal(g2.hash, g0.hash);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
 
   /* life goes on on the compacted heap: this cycle's marking (the roots
    * and what they reach), allocation, the next cycle, its sweep */
@@ -1780,7 +1770,7 @@ static void compact_case(unsigned nparts, size_t pool_size, uint64_t stream) {
     while (php_sweep(own[i], 1 << 20) <= 0)
       ;
   check_counters(own, NO, h);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   free(pr);
   free(pn);
   free(roots);
@@ -1985,7 +1975,7 @@ static void rule_case(int mode) {
   for (int i = 0; i < 6; i++)
     assert_int_equal(e.phases[i], want[i]);
   assert_int_equal(s1.compactions, s0.compactions + 1);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
 
   /* the rule without scan_block (no tag goes through it) is accepted; a
    * second compaction moves nothing */
@@ -1999,7 +1989,7 @@ static void rule_case(int mode) {
   assert_int_equal(php_compact_stw(h, 0, &ops2), PH_OK);
   assert_int_equal(hstats(h).evacuated_blocks, 0);
   assert_int_equal(roots[ix], nx);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   free(all);
   free(pool_no);
   free(roots);
@@ -2057,13 +2047,13 @@ static void test_scan_rule_bad(void **state) {
   assert_int_equal(s1.compactions, s0.compactions);
   assert_int_equal(php_hd_load(v), php_hd_make(2, col.marked, T_TUPLE));
   assert_int_equal(((ph_value *)v)[1], ph_val_int(2));
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   /* 256: every tag holds values; accepted */
   bad = good;
   bad.no_scan_tag = 256;
   assert_int_equal(php_compact_stw(h, 0, &bad), PH_OK);
   assert_true(e.barriers > 0);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   assert_int_equal(php_owner_destroy(o), PH_OK);
   assert_int_equal(php_heap_destroy(h), PH_OK);
   tu_assert_no_failures();
@@ -2104,7 +2094,7 @@ static void test_compact_bad_colour(void **state) {
   php_heap_stats s1 = hstats(h);
   assert_int_equal(s1.evacuated_blocks, 0);
   assert_int_equal(s1.compactions, s0.compactions);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   heap_end(h, o);
   tu_assert_no_failures();
 }
@@ -2169,7 +2159,7 @@ static void release_case(ph_release_mode mode, size_t retain, ph_huge_mode huge,
   assert_int_equal(compact_run(&c), PH_OK);
   graph g1 = walk(rs, ns, 1, col.unmarked);
   assert_int_equal(g1.hash, g0.hash);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   php_heap_stats s1 = hstats(h);
   assert_true(s1.evacuated_blocks > 0);
   if (mode == PH_RELEASE_KEEP) {
@@ -2231,7 +2221,7 @@ static void test_heap_limit(void **state) {
   assert_true(st.committed_bytes <= cfg.heap_limit);
   assert_int_equal(php_alloc(o, max_small + 10, T_RAW), 0);
   assert_int_equal(php_last_error(o), PH_ENOMEM);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   /* everything becomes garbage: the allocation that was refused works
    * after the sweep of the next cycle (php_alloc sweeps its class, and the
    * pools it frees are committed memory a new pool takes under the limit,
@@ -2243,7 +2233,7 @@ static void test_heap_limit(void **state) {
   while (php_sweep(o, 1 << 20) <= 0)
     ;
   assert_true(php_alloc(o, max_small + 10, T_RAW) != 0);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   heap_end(h, o);
 }
 

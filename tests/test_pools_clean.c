@@ -9,11 +9,10 @@
  * rewrite), and check that whatever writes over or discards a clean unit's
  * memory (a release that decommits it, a large block taking it) makes the
  * next pool write its list afresh. */
-#include "test_util.h"
+#include "tests/pools_util.h"
 
 #include "heap/heap.h"
 #include "heap/pools_internal.h"
-#include "poolheap_pools.h"
 
 enum { MARKED = 0, GARBAGE = 2 };
 
@@ -24,14 +23,6 @@ static php_heap *heap_new(void) {
   assert_int_equal(php_heap_create(&cfg, &h), PH_OK);
   assert_int_equal(php_set_colours(h, GARBAGE), PH_OK);
   return h;
-}
-
-static void verify_ok(php_heap *h) {
-  char why[512];
-  why[0] = 0;
-  int e = php_verify(h, why, sizeof why);
-  if (e != PH_OK)
-    fail_msg("php_verify: %s: %s", ph_strerror(e), why);
 }
 
 static ph_pool *pool_of(php_heap *h, ph_value b) {
@@ -100,9 +91,9 @@ static void test_clean_unit_keeps_list(void **state) {
     assert_true(pool_of(h, php_alloc(o, 1, MARKED << PHP_HD_COLOUR_SHIFT)) ==
                 p);
   assert_true(p->free == 0);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   assert_true(pool_of(h, php_alloc(o, 1, MARKED << PHP_HD_COLOUR_SHIFT)) != p);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   assert_int_equal(php_owner_destroy(o), PH_OK);
   assert_int_equal(php_heap_destroy(h), PH_OK);
 }
@@ -125,7 +116,7 @@ static void test_clean_unit_released(void **state) {
   assert_true(v != 0);
   assert_true(pool_of(h, v) == p && v == first_slot(h, p));
   assert_int_equal(p->nfree, p->nslots - 1);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   assert_int_equal(php_owner_destroy(o), PH_OK);
   assert_int_equal(php_heap_destroy(h), PH_OK);
 }
@@ -160,7 +151,7 @@ static void test_clean_unit_large(void **state) {
   assert_true(v != 0);
   assert_true(pool_of(h, v) == p && v == first_slot(h, p));
   assert_int_equal(p->nfree, p->nslots - 1);
-  verify_ok(h);
+  tu_pools_verify_ok(h);
   assert_int_equal(php_owner_destroy(o), PH_OK);
   assert_int_equal(php_heap_destroy(h), PH_OK);
 }

@@ -27,8 +27,8 @@
  *   afresh); tu_verify_ok (ph_verify must pass, the test thread) and
  *   tu_verify_mt (any thread, counted); tu_stats, tu_heap.
  *
- * compact_util.h and reliability_util.h include this header and add only
- * what their tests share.  Every helper is static inline.
+ * compact_util.h, reliability_util.h and pools_util.h include this header
+ * and add only what their tests share.  Every helper is static inline.
  */
 #ifndef POOLHEAP_TEST_UTIL_H
 #define POOLHEAP_TEST_UTIL_H
