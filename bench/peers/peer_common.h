@@ -208,7 +208,7 @@ static inline int peer_check_preload(const char *system) {
   const char *needle = NULL;
   if (strcmp(system, "jemalloc") == 0)
     needle = "libjemalloc";
-  else if (strcmp(system, "mimalloc") == 0)
+  else if (strncmp(system, "mimalloc", 8) == 0) /* mimalloc-batched too */
     needle = "libmimalloc";
   if (!needle)
     return 1;
