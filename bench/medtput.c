@@ -21,7 +21,9 @@
  * the same seed and mix).
  *
  *   medtput [--mix log|3k|40k|200k] [--threads 1|2] [--bytes B] [--seed S]
- *           [--gc-percent P]
+ *           [--gc-percent P] [--gc-helpers K]
+ * K: ph_config.gc_helpers (default 0, as the goal rows run; a helper thread
+ * marks and sweeps beside the domains on another core).
  * B is the bytes allocated in all (default 4G, k/M/G suffixes), split
  * evenly between the threads. */
 #include <poolheap.h>
@@ -137,12 +139,14 @@ static void *run(void *arg) {
 int main(int argc, char **argv) {
   med_args o;
   med_args_init(&o);
-  unsigned gc_percent = 100;
+  unsigned gc_percent = 100, gc_helpers = 0;
   for (int a = 1; a + 1 < argc; a += 2) {
     if (med_arg(&o, argv[a], argv[a + 1]))
       continue;
     if (strcmp(argv[a], "--gc-percent") == 0)
       gc_percent = (unsigned)atoi(argv[a + 1]);
+    else if (strcmp(argv[a], "--gc-helpers") == 0)
+      gc_helpers = (unsigned)atoi(argv[a + 1]);
     else
       argc = 0; /* usage below */
   }
@@ -152,13 +156,15 @@ int main(int argc, char **argv) {
   uint64_t seed = o.seed;
   if (argc == 0 || argc % 2 == 0 || !med_args_ok(&o)) {
     fprintf(stderr, "usage: medtput [--mix log|3k|40k|200k] [--threads 1|2] "
-                    "[--bytes B] [--seed S] [--gc-percent P]\n");
+                    "[--bytes B] [--seed S] [--gc-percent P] "
+                    "[--gc-helpers K]\n");
     return 1;
   }
   size_t per = (size_t)((double)bytes / med_mean_bytes(mix) / threads);
   ph_config cfg;
   ph_config_init(&cfg);
   cfg.gc_percent = gc_percent;
+  cfg.gc_helpers = gc_helpers;
   cfg.on_event = on_event;
   ph_heap *h;
   int e = ph_heap_create(&cfg, &h);
@@ -211,13 +217,13 @@ int main(int argc, char **argv) {
          "\"blocks_per_sec\":%.0f,\"bytes_per_sec\":%.0f,\"collections\":%llu,"
          "\"gc_ms\":%.2f,\"mark_ms\":%.2f,\"sweep_ms\":%.2f,"
          "\"minflt\":%ld,\"maxrss\":%ld,\"checksum\":%llu,\"seed\":%llu,"
-         "\"gc_percent\":%u,\"ok\":true}\n",
+         "\"gc_percent\":%u,\"gc_helpers\":%u,\"ok\":true}\n",
          mix, threads, (unsigned long long)nblocks, (unsigned long long)total,
          ms, cpu, (double)nblocks / (ms / 1e3), (double)total / (ms / 1e3),
          (unsigned long long)st.collections, gc_ms, mark_ms, sweep_ms,
          ru1.ru_minflt - ru0.ru_minflt, ru1.ru_maxrss * 1024L,
          (unsigned long long)(sum & PEER_HASH_MASK), (unsigned long long)seed,
-         gc_percent);
+         gc_percent, gc_helpers);
   for (int t = 0; t < threads; t++)
     med_plan_free(&jobs[t].plan);
   return ph_heap_destroy(h) == PH_OK ? 0 : 2;
