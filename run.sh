@@ -28,8 +28,10 @@ need_pkgs() {
 }
 
 build_pkgs=(ninja-build gcc clang clang-format libclang-rt-14-dev libcmocka-dev)
-# the quick benchmark and demo that ./run.sh test also runs
-peer_pkgs=(libjemalloc-dev libjemalloc2 libmimalloc-dev libmimalloc2.0 libgc-dev ocaml-nox gnuplot-nox)
+# the quick benchmark and demo that ./run.sh test also runs (xz-utils: the
+# trace replay's compressed traces)
+peer_pkgs=(libjemalloc-dev libjemalloc2 libmimalloc-dev libmimalloc2.0 libgc-dev ocaml-nox gnuplot-nox
+  xz-utils)
 
 build() {
   need_pkgs "${build_pkgs[@]}"

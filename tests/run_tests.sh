@@ -5,8 +5,11 @@
 # With no variant named, the layering check (tools/layers.sh: no include or
 # call goes up a layer, every cited DESIGN.md tag is defined), the format
 # check (tools/format.sh: every tracked .c and .h clang-formatted) and the quick
-# modes of the benchmark (poolheap and the peers that need no long build) and
-# of the demo run too, so those scripts cannot rot, and then issue 10's judge
+# modes of the benchmark (poolheap and the peers that need no long build), of
+# the trace replay (one run of every trace: its exit status says whether each
+# run was correct, not whether a goal was met), of the medium-block throughput
+# (64 MiB a run: the checksums agree across systems) and of the demo run too,
+# so those scripts cannot rot, and then issue 10's judge
 # (ocaml/ci.sh: the poolheap OCaml built, cached, and OCaml's own testsuite on
 # it for the heap's directories, against stock's results in
 # ocaml/expected/ci.txt; POOLHEAP_OCAML_CI=0 leaves it out).
@@ -38,7 +41,8 @@ for v in "${variants[@]}"; do
   done
 done
 if [ "$scripts" = 1 ]; then
-  for cmd in "tools/layers.sh" "tools/format.sh" "bench/bench.sh --quick" "demos/demo.sh --quick"; do
+  for cmd in "tools/layers.sh" "tools/format.sh" "bench/bench.sh --quick" "bench/trace/bench.sh" \
+    "bench/medtput.sh --runs 1 --bytes 64M" "demos/demo.sh --quick"; do
     echo "=== $cmd"
     if timeout 600 $cmd; then
       pass=$((pass+1)); echo "--- ok $cmd"
