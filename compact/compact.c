@@ -250,14 +250,21 @@ static int map_fits(const struct ph_heap *h) {
           h->pool_shift) <= PH_MAP_MAX_UNITS;
 }
 
+/* compact.holes.free: does this plan give the kept pools' free granules
+ * back?  When the client's pools may have holes, memory is released and
+ * there is no ranges plan. */
+static int holes_free_on(const struct ph_heap *h, const ph_compact_plan *plan) {
+  return plan->holes && h->cfg.release != PH_RELEASE_KEEP && !plan->ranges.keep;
+}
+
 /* compact.pack: may the plan pack the last kept pool of its groups?  When
  * the client's pools may have holes (compact.holes.free gives the packed
  * tail back), memory is released, there is no ranges plan and the map of
  * compact.update.map will cover the heap (a packed pool's blocks are
- * forwarded only past its cut: no header flag can say that). */
+ * forwarded only past its cut: no header flag can say that).  Derived
+ * once per compaction, by the leader at the end of phase 1 (plan->pack). */
 static int pack_on(const struct ph_heap *h, const ph_compact_plan *plan) {
-  return plan->holes && h->cfg.release != PH_RELEASE_KEEP &&
-         !plan->ranges.keep && map_fits(h);
+  return holes_free_on(h, plan) && map_fits(h);
 }
 
 /* compact.pack: how many granules past the header's (pool-relative: a
@@ -425,7 +432,7 @@ again:
   /* compact.pack: the last kept pool (not pinned) gets the blocks left
    * after the others' room (r) and may pack them with its own */
   ph_cspec *pkx = NULL;
-  if (sp && k > np && pack_on(h, plan)) {
+  if (sp && k > np && plan->pack) {
     uint64_t room = 0;
     for (size_t j = 0; j + 1 < k; j++)
       room += ROOM(j);
@@ -553,7 +560,7 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
     for (size_t j = 1; j < n; j++)
       ngroups += cand[j].owner != cand[j - 1].owner;
   }
-  int pack = pack_on(h, plan);
+  int pack = plan->pack;
   if ((plan->npinned && plan->pinned_blocks) || h->holed_pools || pack) {
     /* compact.pin.holes: room for the special pools' records (and one a
      * group for compact.pack) */
@@ -912,9 +919,11 @@ static inline uint32_t bit_next(bit_iter *it) {
 }
 
 /* The free list of p from its clear live bits, lowest slot first; slots
- * touching `holes` are not free (heap.pool.holes). */
-static void relink_free(struct ph_heap *h, ph_pool *p, uint64_t holes) {
-  uint32_t wsize = h->class_wsize[p->cls];
+ * touching a hole of p (`holes` nonzero: p has some) are not free
+ * (heap.pool.holes).  Returns how many of those there are (no slot in a
+ * hole is live: they are all among the clear bits), p->nhole. */
+static uint32_t relink_free(struct ph_heap *h, ph_pool *p, uint64_t holes) {
+  uint32_t wsize = h->class_wsize[p->cls], nhole = 0;
   ph_value *base = (ph_value *)ph_pool_slots(h, p);
   const uint64_t *bits = ph_pool_bits(p);
   ph_value next = 0;
@@ -925,8 +934,10 @@ static void relink_free(struct ph_heap *h, ph_pool *p, uint64_t holes) {
     while (free) {
       uint32_t si = wi * 64 + 63 - (uint32_t)__builtin_clzll(free);
       free &= ~((uint64_t)1 << (si % 64));
-      if (holes && ph_pool_slot_holed(h, p, si))
+      if (holes && ph_pool_slot_holed(h, p, si)) {
+        nhole++;
         continue;
+      }
       ph_value *slot = base + (size_t)si * wsize;
       PH_ASSERT(slot[0] == 0);
       slot[1] = next;
@@ -934,6 +945,7 @@ static void relink_free(struct ph_heap *h, ph_pool *p, uint64_t holes) {
     }
   }
   p->free = next;
+  return nhole;
 }
 
 /* compact.phase.evacuate: move u->count live blocks, in order, from the
@@ -1375,14 +1387,70 @@ ph_value ph_compact_forward(const struct ph_heap *h, ph_value v) {
 /* compact.phase.free and compact.phase.release, on the leader under the
  * lock: the evacuated pools freed, the client's lists rebuilt, free memory
  * given back per cfg.release beyond cfg.retain (heap.release). */
+/* Is any bit of bits[lo..hi] set? */
+static int bits_any(const uint64_t *bits, uint32_t lo, uint32_t hi) {
+  for (uint32_t w = lo / 64; w <= hi / 64; w++) {
+    uint64_t m = bits[w];
+    if (w == lo / 64)
+      m &= ~(uint64_t)0 << (lo % 64);
+    if (w == hi / 64 && hi % 64 != 63)
+      m &= ((uint64_t)2 << (hi % 64)) - 1;
+    if (m)
+      return 1;
+  }
+  return 0;
+}
+
+/* compact.holes.free for kept pool p (leader, under the lock, its live
+ * bitmap final): the granules (heap.pool.holes; of every unit of a medium
+ * pool) that hold no byte of a live slot, nor the header and live bitmap,
+ * are given to the OS as holes.  Returns whether any was made: then the
+ * caller rebuilds p's free list and counts (relink_free), once. */
+static int pool_holes_free_locked(struct ph_heap *h, ph_pool *p, int lazy) {
+  unsigned c = p->cls;
+  size_t gsz = (size_t)1 << h->hole_shift;
+  size_t sb = (size_t)h->class_wsize[c] * 8, hdr = h->class_hdr[c];
+  uint32_t ns = h->class_nslots[c], nu = h->class_units[c];
+  unsigned ng = (unsigned)(h->pool_size >> h->hole_shift);
+  unsigned g_hdr = (unsigned)((hdr - 1) >> h->hole_shift) + 1;
+  ph_chunk *ch = p->chunk;
+  const uint64_t *bits = ph_pool_bits(p);
+  int made = 0;
+  for (uint32_t k = 0; k < nu; k++) {
+    uint64_t had = ch->holes[p->unit + k], want = 0;
+    for (unsigned g = k ? 0 : g_hdr; g < ng; g++) {
+      if (had >> g & 1)
+        continue;
+      /* the slots touching granule g of unit k: [lo, hi] */
+      size_t a = ((size_t)k << h->pool_shift) + ((size_t)g << h->hole_shift);
+      size_t b = a + gsz - 1;
+      uint32_t lo = a < hdr ? 0 : (uint32_t)((a - hdr) / sb);
+      uint32_t hi = b < hdr ? 0 : (uint32_t)((b - hdr) / sb);
+      if (hi >= ns)
+        hi = ns - 1;
+      if (lo >= ns || !bits_any(bits, lo, hi))
+        want |= (uint64_t)1 << g;
+    }
+    /* refused runs stay committed: nothing is lost */
+    if (want &&
+        ph_pool_holes_make_locked(h, ch, p->unit + k, want, lazy) != had)
+      made = 1;
+  }
+  return made;
+}
+
 /* compact.pin.holes, phase 5 (leader, under the lock): a special pool
  * that was kept gets its bitmap back without the blocked slots; a partial
  * one first gives its planned holes to the OS (cfg.release: the only
  * release this makes, of pages that hold no block), and its slots that
  * touch no hole (a refused run) become free (the old copies of moved
- * blocks among them); then its free list and counts are rebuilt.  Nothing
- * moved (moved 0): the bitmap is as the sweep left it, and so is the rest. */
-static void spec_finish_locked(struct ph_heap *h, ph_cspec *x, int moved) {
+ * blocks among them, compact.pack's past its cut too); then, when the
+ * plan frees the kept pools' granules (compact.holes.free), its own are
+ * given back here, so that its free list and counts are rebuilt once
+ * (kept_holes_locked then finds nothing more in it).  Nothing moved
+ * (moved 0): the bitmap is as the sweep left it, and so is the rest. */
+static void spec_finish_locked(struct ph_heap *h, const ph_compact_plan *plan,
+                               ph_cspec *x, int moved) {
   if (x->evacuated)
     return;
   if (!moved) {
@@ -1421,47 +1489,36 @@ static void spec_finish_locked(struct ph_heap *h, ph_cspec *x, int moved) {
     bits[w] &= ~x->t[w];
     nlive += (uint32_t)__builtin_popcountll(bits[w]);
   }
-  relink_free(h, p, holes);
-  p->nhole = nhole;
+  /* compact.holes.free (every slot touching a hole is in t: nhole is the
+   * pool's); a pool with fewer free bytes than a granule has none to give,
+   * as in kept_holes_locked */
+  if (holes_free_on(h, plan) && c->huge == PH_OS_HUGE_NONE &&
+      (uint64_t)(ns - nhole - nlive) * ws * 8 >= (uint64_t)1 << h->hole_shift &&
+      pool_holes_free_locked(h, p, h->cfg.release == PH_RELEASE_LAZY))
+    holes = ph_pool_holes_any(h, c, p->unit, p->cls);
+  p->nhole = relink_free(h, p, holes);
   p->nlive = nlive;
-  p->nfree = ns - nhole - nlive;
-}
-
-/* Is any bit of bits[lo..hi] set? */
-static int bits_any(const uint64_t *bits, uint32_t lo, uint32_t hi) {
-  for (uint32_t w = lo / 64; w <= hi / 64; w++) {
-    uint64_t m = bits[w];
-    if (w == lo / 64)
-      m &= ~(uint64_t)0 << (lo % 64);
-    if (w == hi / 64 && hi % 64 != 63)
-      m &= ((uint64_t)2 << (hi % 64)) - 1;
-    if (m)
-      return 1;
-  }
-  return 0;
+  p->nfree = ns - p->nhole - nlive;
 }
 
 /* compact.holes.free (phase 5, leader, under the lock, after the special
  * pools are finished and before the client rebuilds its lists; a client
- * whose pools may have holes, memory released, no ranges plan): in each
- * kept pool of a chunk of normal pages (small or medium: a medium pool's
- * holes are in the masks of its units), the granules (heap.pool.holes)
- * that hold no byte of a live slot, nor the header and live bitmap, are
- * given to the OS as holes; the free slots touching them leave the free
+ * whose pools may have holes, memory released, no ranges plan): each kept
+ * pool of a chunk of normal pages gives its free granules back
+ * (pool_holes_free_locked); the free slots touching them leave the free
  * list (nhole), as a pinned pool's do (compact.pin.holes).  After the
  * evacuation these are mostly the free slots at the end of each class's
- * last, partly filled pool, and the room of kept pools that got no block. */
+ * last, partly filled pool, and the room of kept pools that got no block.
+ * The special pools did theirs in spec_finish_locked: here they have no
+ * granule left to give and are not relinked again. */
 static void kept_holes_locked(struct ph_heap *h, ph_compact_plan *plan) {
-  if (!plan->holes || h->cfg.release == PH_RELEASE_KEEP || plan->ranges.keep)
+  if (!holes_free_on(h, plan))
     return;
   int lazy = h->cfg.release == PH_RELEASE_LAZY;
   size_t gsz = (size_t)1 << h->hole_shift;
-  unsigned ng = (unsigned)(h->pool_size >> h->hole_shift);
   for (unsigned c = 0; c < h->nclasses; c++) {
     const ph_cclass *cc = &plan->cls[c];
-    size_t sb = (size_t)h->class_wsize[c] * 8, hdr = h->class_hdr[c];
-    uint32_t ns = h->class_nslots[c], nu = h->class_units[c];
-    unsigned g_hdr = (unsigned)((hdr - 1) >> h->hole_shift) + 1;
+    size_t sb = (size_t)h->class_wsize[c] * 8;
     for (size_t i = 0; i < cc->nkeep; i++) {
       ph_pool *p = cc->keep[i];
       if (h->ool_pools) {
@@ -1473,41 +1530,13 @@ static void kept_holes_locked(struct ph_heap *h, ph_compact_plan *plan) {
         p = ph_pool_at(h, pc,
                        (uint32_t)((size_t)(pa - pc->base) >> h->pool_shift));
       }
-      ph_chunk *ch = p->chunk;
       /* too few free bytes for a whole granule: nothing to give */
-      if (ch->huge != PH_OS_HUGE_NONE || (uint64_t)p->nfree * sb < gsz)
+      if (p->chunk->huge != PH_OS_HUGE_NONE || (uint64_t)p->nfree * sb < gsz)
         continue;
-      const uint64_t *bits = ph_pool_bits(p);
-      int made = 0;
-      for (uint32_t k = 0; k < nu; k++) {
-        uint64_t had = ch->holes[p->unit + k], want = 0;
-        for (unsigned g = k ? 0 : g_hdr; g < ng; g++) {
-          if (had >> g & 1)
-            continue;
-          /* the slots touching granule g of unit k: [lo, hi] */
-          size_t a =
-              ((size_t)k << h->pool_shift) + ((size_t)g << h->hole_shift);
-          size_t b = a + gsz - 1;
-          uint32_t lo = a < hdr ? 0 : (uint32_t)((a - hdr) / sb);
-          uint32_t hi = b < hdr ? 0 : (uint32_t)((b - hdr) / sb);
-          if (hi >= ns)
-            hi = ns - 1;
-          if (lo >= ns || !bits_any(bits, lo, hi))
-            want |= (uint64_t)1 << g;
-        }
-        /* refused runs stay committed: nothing is lost */
-        if (want &&
-            ph_pool_holes_make_locked(h, ch, p->unit + k, want, lazy) != had)
-          made = 1;
+      if (pool_holes_free_locked(h, p, lazy)) {
+        p->nhole = relink_free(h, p, 1);
+        p->nfree = p->nslots - p->nhole - p->nlive;
       }
-      if (!made)
-        continue;
-      uint32_t nhole = 0;
-      for (uint32_t s = 0; s < ns; s++)
-        nhole += ph_pool_slot_holed(h, p, s);
-      relink_free(h, p, 1);
-      p->nhole = nhole;
-      p->nfree = ns - nhole - p->nlive;
     }
   }
 }
@@ -1550,7 +1579,7 @@ static void free_release_stw_single(struct ph_heap *h, ph_compact_plan *plan,
     int moved = atomic_load_explicit(&plan->failed, memory_order_relaxed) == 0;
     for (unsigned c = 0; c < h->nclasses; c++)
       for (size_t i = 0; i < plan->cls[c].nspec; i++)
-        spec_finish_locked(h, &plan->cls[c].spec[i], moved);
+        spec_finish_locked(h, plan, &plan->cls[c].spec[i], moved);
     if (moved)
       kept_holes_locked(h, plan);
   }
@@ -1654,6 +1683,7 @@ static void setup_stw_single(struct ph_heap *h, ph_compact_plan *plan,
   plan->roots_direct = part->roots_direct;
   if (!lost)
     choose_ranges_stw_single(h, plan);
+  plan->pack = pack_on(h, plan); /* once the ranges are known */
 }
 
 void ph_compact_stw(struct ph_heap *h, const ph_compact_part *part) {

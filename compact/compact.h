@@ -151,6 +151,9 @@ typedef struct ph_compact_plan {
   ph_cpart *parts;
   size_t nparts;
   int holes; /* compact.holes.free (from ph_compact_part) */
+  /* compact.pack: the plan packs each group's last kept pool (pack_on,
+   * derived once by the leader in phase 1) */
+  int pack;
   /* results, summed (or the longest time) over the participants */
   _Atomic uint64_t r_blocks, r_bytes, r_t_evac, r_t_update, r_t_release;
   uint64_t r_pools, r_released;
