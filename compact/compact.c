@@ -522,19 +522,17 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
    * ranges; with huge pages the medium classes keep every pool */
   if (plan->ranges.keep && cls >= h->nsmall)
     return;
-  size_t n = 0;
-  for (unsigned i = 0; i < plan->nrecs; i++)
-    for (size_t k = 0; k < plan->recs[i].ncands; k++)
-      n += plan->recs[i].cands[k].cls == cls;
+  /* the class's records (bucketed by the leader, by_class_stw_single):
+   * this participant's to reorder */
+  ph_cand *cand = plan->cands + plan->cfirst[cls];
+  size_t n = plan->cfirst[cls + 1] - plan->cfirst[cls];
   if (n == 0)
     return;
-  ph_cand *cand = malloc(n * sizeof *cand);
   cc->keep = malloc(n * sizeof *cc->keep);
   cc->evac = malloc(n * sizeof *cc->evac);
   cc->elive = malloc(n * sizeof *cc->elive);
   cc->units = malloc(n * sizeof *cc->units);
-  if (!cand || !cc->keep || !cc->evac || !cc->elive || !cc->units) {
-    free(cand);
+  if (!cc->keep || !cc->evac || !cc->elive || !cc->units) {
     free(cc->keep);
     free(cc->evac);
     free(cc->elive);
@@ -543,11 +541,6 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
     atomic_store_explicit(&plan->failed, 1, memory_order_relaxed);
     return;
   }
-  size_t i = 0;
-  for (unsigned p = 0; p < plan->nrecs; p++)
-    for (size_t k = 0; k < plan->recs[p].ncands; k++)
-      if (plan->recs[p].cands[k].cls == cls)
-        cand[i++] = plan->recs[p].cands[k];
   uint32_t nslots = h->class_nslots[cls];
   /* the groups of the plan: one, or one per owner (PER_DOMAIN) */
   size_t ngroups = 1;
@@ -581,7 +574,6 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
         cc->spec = NULL;
         cc->specbits = NULL;
         cc->ebits = NULL;
-        free(cand);
         atomic_store_explicit(&plan->failed, 1, memory_order_relaxed);
         return; /* nothing moves: the other arrays are freed with the plan */
       }
@@ -619,7 +611,6 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
       a = b;
     }
   }
-  free(cand);
 }
 
 static void choose_stw(struct ph_heap *h, ph_compact_plan *plan) {
@@ -1646,6 +1637,7 @@ static void plan_free(struct ph_heap *h, ph_compact_plan *plan) {
   free(plan->map_cls);
   free(plan->map_back);
   free(plan->recs);
+  free(plan->cands);
   ph_ranges_free(&plan->ranges);
   memset(plan, 0, sizeof *plan);
 }
@@ -1664,8 +1656,38 @@ static void atomic_max(_Atomic uint64_t *a, uint64_t v) {
     ;
 }
 
+/* Leader of phase 1: every participant's partly filled pools in one
+ * array, by class (a stable counting sort: each class's in the records'
+ * order), so that phase 2 reads each record once, not once a class.
+ * Returns 0 if the array cannot be had. */
+static int by_class_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
+  size_t n = 0;
+  memset(plan->cfirst, 0, sizeof plan->cfirst);
+  for (unsigned p = 0; p < plan->nrecs; p++) {
+    n += plan->recs[p].ncands;
+    for (size_t k = 0; k < plan->recs[p].ncands; k++)
+      plan->cfirst[plan->recs[p].cands[k].cls + 1]++;
+  }
+  if (n == 0)
+    return 1;
+  plan->cands = malloc(n * sizeof *plan->cands);
+  if (!plan->cands)
+    return 0;
+  for (unsigned c = 0; c < h->nclasses; c++)
+    plan->cfirst[c + 1] += plan->cfirst[c];
+  size_t at[PH_MAX_CLASSES];
+  memcpy(at, plan->cfirst, sizeof at);
+  for (unsigned p = 0; p < plan->nrecs; p++)
+    for (size_t k = 0; k < plan->recs[p].ncands; k++) {
+      const ph_cand *cd = &plan->recs[p].cands[k];
+      plan->cands[at[cd->cls]++] = *cd;
+    }
+  return 1;
+}
+
 /* Leader of phase 1: the plan's scratch, the records of every participant
- * (compact.phase.stats), the rule (compact.update.rule), the ranges. */
+ * (compact.phase.stats) by class, the rule (compact.update.rule), the
+ * ranges. */
 static void setup_stw_single(struct ph_heap *h, ph_compact_plan *plan,
                              const ph_compact_part *part) {
   plan->recs = malloc(part->nparts * sizeof *plan->recs);
@@ -1677,6 +1699,8 @@ static void setup_stw_single(struct ph_heap *h, ph_compact_plan *plan,
       lost |= plan->recs[i].lost;
     }
   }
+  if (!lost && !by_class_stw_single(h, plan))
+    lost = 1;
   if (lost) /* nothing is planned (and so nothing moves) */
     atomic_store_explicit(&plan->failed, 2, memory_order_relaxed);
   rule_stw_single(plan, part->rule);

@@ -109,6 +109,11 @@ typedef struct ph_compact_plan {
   /* phase 1 (leader): every participant's records */
   ph_compact_recs *recs;
   unsigned nrecs;
+  /* phase 1 (leader): the records' partly filled pools by class, those of
+   * class c at cands[cfirst[c] .. cfirst[c + 1]) (phase 2 reorders each
+   * class's in place: one participant a class) */
+  ph_cand *cands;
+  size_t cfirst[PH_MAX_CLASSES + 1];
   /* a plan allocation failed: nothing is evacuated.  Written by any
    * participant in phase 2 (relaxed: read by the leader after a barrier) */
   _Atomic int failed;
