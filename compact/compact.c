@@ -524,10 +524,10 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
     return;
   /* the class's records (bucketed by the leader, by_class_stw_single):
    * this participant's to reorder */
-  ph_cand *cand = plan->cands + plan->cfirst[cls];
   size_t n = plan->cfirst[cls + 1] - plan->cfirst[cls];
   if (n == 0)
     return;
+  ph_cand *cand = plan->cands + plan->cfirst[cls];
   cc->keep = malloc(n * sizeof *cc->keep);
   cc->evac = malloc(n * sizeof *cc->evac);
   cc->elive = malloc(n * sizeof *cc->elive);
