@@ -650,7 +650,11 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   size_t n = (hi - lo) >> h->pool_shift;
   if (!map_fits(h))
     return; /* chunks spread too far apart: headers are read instead */
-  uint64_t *map = calloc((n + 63) / 64, sizeof(uint64_t));
+  /* the map, then the pmap (compact.pin.holes, compact.pack): one
+   * allocation, so that the pmap is there whenever the map is and the
+   * update does not test for it */
+  size_t nw = (n + 63) / 64;
+  uint64_t *map = calloc(2 * nw, sizeof(uint64_t));
   if (!map)
     return;
   if (plan->rule->interior) {
@@ -680,6 +684,7 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
       }
   plan->map_lo = lo;
   plan->map_units = n;
+  plan->pmap = map + nw;
   /* every unit of an evacuated pool (a medium pool's tails too) */
   for (unsigned c = 0; c < h->nclasses; c++)
     for (size_t i = 0; i < plan->cls[c].nevac; i++) {
@@ -713,18 +718,14 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
     plan->nparts = cap;
     for (size_t i = 0; plan->parts && i < cap; i++)
       plan->parts[i].unit = UINT32_MAX;
-    plan->pmap = calloc((n + 63) / 64, sizeof *plan->pmap);
-    if (!plan->parts || !plan->pmap) {
-      free(plan->parts);
-      plan->parts = NULL;
+    if (!plan->parts) {
       plan->nparts = 0;
-      free(plan->pmap);
-      plan->pmap = NULL;
       free(map);
       free(plan->map_cls);
       plan->map_cls = NULL;
       free(plan->map_back);
       plan->map_back = NULL;
+      plan->pmap = NULL;
       return;
     }
   }
@@ -1108,12 +1109,12 @@ stays(const struct ph_heap *h, const ph_compact_plan *plan, ph_value x) {
 }
 
 /* Given that x's map unit u was evacuated, did x's block move?  Yes
- * unless u is a partial or packed pool's (pmap: NULL if there is none)
- * and stays() says it did not. */
+ * unless u is a partial or packed pool's (its pmap bit; the pmap is there
+ * whenever the map is) and stays() says it did not. */
 static inline int evac_moved(const struct ph_heap *h,
                              const ph_compact_plan *plan, const uint64_t *pmap,
                              ph_value x, size_t u) {
-  return __builtin_expect(!pmap, 1) || !bit_at(pmap, u) || !stays(h, plan, x);
+  return !bit_at(pmap, u) || !stays(h, plan, x);
 }
 
 /* Does x point to a block that moved?  (Roots and callbacks' slots.) */
@@ -1628,8 +1629,7 @@ static void plan_free(struct ph_heap *h, ph_compact_plan *plan) {
     free(plan->cls[c].spec);
     free(plan->cls[c].specbits);
   }
-  free(plan->parts);
-  free(plan->pmap);
+  free(plan->parts); /* the pmap is the map's second half */
   free(plan->units);
   free(plan->larges);
   free(plan->large_first);

@@ -151,7 +151,9 @@ typedef struct ph_compact_plan {
    * only some of their blocks (evacuated in the map too): one bit each in
    * pmap, read only for a pointer whose unit was evacuated, and their
    * records in a hash table of nparts (a power of two) entries, at most
-   * half full, by unit (UINT32_MAX: empty); both NULL if there are none */
+   * half full, by unit (UINT32_MAX: empty; NULL if there are none).  The
+   * pmap is the second half of the map's allocation: there (maybe all 0)
+   * whenever the map is, so the update never tests for it */
   uint64_t *pmap;
   ph_cpart *parts;
   size_t nparts;
