@@ -769,6 +769,10 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
 static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan,
                               const ph_compact_part *part) {
   ph_section *s = &h->sec;
+  /* phase 2 is over: the records by class are read no more (freed now,
+   * as each class's copy was at the end of its plan before) */
+  free(plan->cands);
+  plan->cands = NULL;
   size_t n = 0, nl = 0;
   for (unsigned c = 0; c < h->nclasses; c++)
     n += plan->cls[c].nunits;

@@ -111,7 +111,8 @@ typedef struct ph_compact_plan {
   unsigned nrecs;
   /* phase 1 (leader): the records' partly filled pools by class, those of
    * class c at cands[cfirst[c] .. cfirst[c + 1]) (phase 2 reorders each
-   * class's in place: one participant a class) */
+   * class's in place: one participant a class; freed once phase 2 is
+   * over) */
   ph_cand *cands;
   size_t cfirst[PH_MAX_CLASSES + 1];
   /* a plan allocation failed: nothing is evacuated.  Written by any
