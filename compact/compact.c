@@ -250,14 +250,21 @@ static int map_fits(const struct ph_heap *h) {
           h->pool_shift) <= PH_MAP_MAX_UNITS;
 }
 
+/* compact.holes.free: does this plan give the kept pools' free granules
+ * back?  When the client's pools may have holes, memory is released and
+ * there is no ranges plan. */
+static int holes_free_on(const struct ph_heap *h, const ph_compact_plan *plan) {
+  return plan->holes && h->cfg.release != PH_RELEASE_KEEP && !plan->ranges.keep;
+}
+
 /* compact.pack: may the plan pack the last kept pool of its groups?  When
  * the client's pools may have holes (compact.holes.free gives the packed
  * tail back), memory is released, there is no ranges plan and the map of
  * compact.update.map will cover the heap (a packed pool's blocks are
- * forwarded only past its cut: no header flag can say that). */
+ * forwarded only past its cut: no header flag can say that).  Derived
+ * once per compaction, by the leader at the end of phase 1 (plan->pack). */
 static int pack_on(const struct ph_heap *h, const ph_compact_plan *plan) {
-  return plan->holes && h->cfg.release != PH_RELEASE_KEEP &&
-         !plan->ranges.keep && map_fits(h);
+  return holes_free_on(h, plan) && map_fits(h);
 }
 
 /* compact.pack: how many granules past the header's (pool-relative: a
@@ -425,7 +432,7 @@ again:
   /* compact.pack: the last kept pool (not pinned) gets the blocks left
    * after the others' room (r) and may pack them with its own */
   ph_cspec *pkx = NULL;
-  if (sp && k > np && pack_on(h, plan)) {
+  if (sp && k > np && plan->pack) {
     uint64_t room = 0;
     for (size_t j = 0; j + 1 < k; j++)
       room += ROOM(j);
@@ -515,19 +522,17 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
    * ranges; with huge pages the medium classes keep every pool */
   if (plan->ranges.keep && cls >= h->nsmall)
     return;
-  size_t n = 0;
-  for (unsigned i = 0; i < plan->nrecs; i++)
-    for (size_t k = 0; k < plan->recs[i].ncands; k++)
-      n += plan->recs[i].cands[k].cls == cls;
+  /* the class's records (bucketed by the leader, by_class_stw_single):
+   * this participant's to reorder */
+  size_t n = plan->cfirst[cls + 1] - plan->cfirst[cls];
   if (n == 0)
     return;
-  ph_cand *cand = malloc(n * sizeof *cand);
+  ph_cand *cand = plan->cands + plan->cfirst[cls];
   cc->keep = malloc(n * sizeof *cc->keep);
   cc->evac = malloc(n * sizeof *cc->evac);
   cc->elive = malloc(n * sizeof *cc->elive);
   cc->units = malloc(n * sizeof *cc->units);
-  if (!cand || !cc->keep || !cc->evac || !cc->elive || !cc->units) {
-    free(cand);
+  if (!cc->keep || !cc->evac || !cc->elive || !cc->units) {
     free(cc->keep);
     free(cc->evac);
     free(cc->elive);
@@ -536,11 +541,6 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
     atomic_store_explicit(&plan->failed, 1, memory_order_relaxed);
     return;
   }
-  size_t i = 0;
-  for (unsigned p = 0; p < plan->nrecs; p++)
-    for (size_t k = 0; k < plan->recs[p].ncands; k++)
-      if (plan->recs[p].cands[k].cls == cls)
-        cand[i++] = plan->recs[p].cands[k];
   uint32_t nslots = h->class_nslots[cls];
   /* the groups of the plan: one, or one per owner (PER_DOMAIN) */
   size_t ngroups = 1;
@@ -553,7 +553,7 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
     for (size_t j = 1; j < n; j++)
       ngroups += cand[j].owner != cand[j - 1].owner;
   }
-  int pack = pack_on(h, plan);
+  int pack = plan->pack;
   if ((plan->npinned && plan->pinned_blocks) || h->holed_pools || pack) {
     /* compact.pin.holes: room for the special pools' records (and one a
      * group for compact.pack) */
@@ -574,7 +574,6 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
         cc->spec = NULL;
         cc->specbits = NULL;
         cc->ebits = NULL;
-        free(cand);
         atomic_store_explicit(&plan->failed, 1, memory_order_relaxed);
         return; /* nothing moves: the other arrays are freed with the plan */
       }
@@ -612,7 +611,6 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
       a = b;
     }
   }
-  free(cand);
 }
 
 static void choose_stw(struct ph_heap *h, ph_compact_plan *plan) {
@@ -652,7 +650,11 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   size_t n = (hi - lo) >> h->pool_shift;
   if (!map_fits(h))
     return; /* chunks spread too far apart: headers are read instead */
-  uint64_t *map = calloc((n + 63) / 64, sizeof(uint64_t));
+  /* the map, then the pmap (compact.pin.holes, compact.pack): one
+   * allocation, so that the pmap is there whenever the map is and the
+   * update does not test for it */
+  size_t nw = (n + 63) / 64;
+  uint64_t *map = calloc(2 * nw, sizeof(uint64_t));
   if (!map)
     return;
   if (plan->rule->interior) {
@@ -682,6 +684,7 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
       }
   plan->map_lo = lo;
   plan->map_units = n;
+  plan->pmap = map + nw;
   /* every unit of an evacuated pool (a medium pool's tails too) */
   for (unsigned c = 0; c < h->nclasses; c++)
     for (size_t i = 0; i < plan->cls[c].nevac; i++) {
@@ -715,18 +718,14 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
     plan->nparts = cap;
     for (size_t i = 0; plan->parts && i < cap; i++)
       plan->parts[i].unit = UINT32_MAX;
-    plan->pmap = calloc((n + 63) / 64, sizeof *plan->pmap);
-    if (!plan->parts || !plan->pmap) {
-      free(plan->parts);
-      plan->parts = NULL;
+    if (!plan->parts) {
       plan->nparts = 0;
-      free(plan->pmap);
-      plan->pmap = NULL;
       free(map);
       free(plan->map_cls);
       plan->map_cls = NULL;
       free(plan->map_back);
       plan->map_back = NULL;
+      plan->pmap = NULL;
       return;
     }
   }
@@ -770,6 +769,10 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
 static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan,
                               const ph_compact_part *part) {
   ph_section *s = &h->sec;
+  /* phase 2 is over: the records by class are read no more (freed now,
+   * as each class's copy was at the end of its plan before) */
+  free(plan->cands);
+  plan->cands = NULL;
   size_t n = 0, nl = 0;
   for (unsigned c = 0; c < h->nclasses; c++)
     n += plan->cls[c].nunits;
@@ -912,9 +915,11 @@ static inline uint32_t bit_next(bit_iter *it) {
 }
 
 /* The free list of p from its clear live bits, lowest slot first; slots
- * touching `holes` are not free (heap.pool.holes). */
-static void relink_free(struct ph_heap *h, ph_pool *p, uint64_t holes) {
-  uint32_t wsize = h->class_wsize[p->cls];
+ * touching a hole of p (`holes` nonzero: p has some) are not free
+ * (heap.pool.holes).  Returns how many of those there are (no slot in a
+ * hole is live: they are all among the clear bits), p->nhole. */
+static uint32_t relink_free(struct ph_heap *h, ph_pool *p, uint64_t holes) {
+  uint32_t wsize = h->class_wsize[p->cls], nhole = 0;
   ph_value *base = (ph_value *)ph_pool_slots(h, p);
   const uint64_t *bits = ph_pool_bits(p);
   ph_value next = 0;
@@ -925,8 +930,10 @@ static void relink_free(struct ph_heap *h, ph_pool *p, uint64_t holes) {
     while (free) {
       uint32_t si = wi * 64 + 63 - (uint32_t)__builtin_clzll(free);
       free &= ~((uint64_t)1 << (si % 64));
-      if (holes && ph_pool_slot_holed(h, p, si))
+      if (holes && ph_pool_slot_holed(h, p, si)) {
+        nhole++;
         continue;
+      }
       ph_value *slot = base + (size_t)si * wsize;
       PH_ASSERT(slot[0] == 0);
       slot[1] = next;
@@ -934,6 +941,7 @@ static void relink_free(struct ph_heap *h, ph_pool *p, uint64_t holes) {
     }
   }
   p->free = next;
+  return nhole;
 }
 
 /* compact.phase.evacuate: move u->count live blocks, in order, from the
@@ -1105,12 +1113,12 @@ stays(const struct ph_heap *h, const ph_compact_plan *plan, ph_value x) {
 }
 
 /* Given that x's map unit u was evacuated, did x's block move?  Yes
- * unless u is a partial or packed pool's (pmap: NULL if there is none)
- * and stays() says it did not. */
+ * unless u is a partial or packed pool's (its pmap bit; the pmap is there
+ * whenever the map is) and stays() says it did not. */
 static inline int evac_moved(const struct ph_heap *h,
                              const ph_compact_plan *plan, const uint64_t *pmap,
                              ph_value x, size_t u) {
-  return __builtin_expect(!pmap, 1) || !bit_at(pmap, u) || !stays(h, plan, x);
+  return !bit_at(pmap, u) || !stays(h, plan, x);
 }
 
 /* Does x point to a block that moved?  (Roots and callbacks' slots.) */
@@ -1375,14 +1383,70 @@ ph_value ph_compact_forward(const struct ph_heap *h, ph_value v) {
 /* compact.phase.free and compact.phase.release, on the leader under the
  * lock: the evacuated pools freed, the client's lists rebuilt, free memory
  * given back per cfg.release beyond cfg.retain (heap.release). */
+/* Is any bit of bits[lo..hi] set? */
+static int bits_any(const uint64_t *bits, uint32_t lo, uint32_t hi) {
+  for (uint32_t w = lo / 64; w <= hi / 64; w++) {
+    uint64_t m = bits[w];
+    if (w == lo / 64)
+      m &= ~(uint64_t)0 << (lo % 64);
+    if (w == hi / 64 && hi % 64 != 63)
+      m &= ((uint64_t)2 << (hi % 64)) - 1;
+    if (m)
+      return 1;
+  }
+  return 0;
+}
+
+/* compact.holes.free for kept pool p (leader, under the lock, its live
+ * bitmap final): the granules (heap.pool.holes; of every unit of a medium
+ * pool) that hold no byte of a live slot, nor the header and live bitmap,
+ * are given to the OS as holes.  Returns whether any was made: then the
+ * caller rebuilds p's free list and counts (relink_free), once. */
+static int pool_holes_free_locked(struct ph_heap *h, ph_pool *p, int lazy) {
+  unsigned c = p->cls;
+  size_t gsz = (size_t)1 << h->hole_shift;
+  size_t sb = (size_t)h->class_wsize[c] * 8, hdr = h->class_hdr[c];
+  uint32_t ns = h->class_nslots[c], nu = h->class_units[c];
+  unsigned ng = (unsigned)(h->pool_size >> h->hole_shift);
+  unsigned g_hdr = (unsigned)((hdr - 1) >> h->hole_shift) + 1;
+  ph_chunk *ch = p->chunk;
+  const uint64_t *bits = ph_pool_bits(p);
+  int made = 0;
+  for (uint32_t k = 0; k < nu; k++) {
+    uint64_t had = ch->holes[p->unit + k], want = 0;
+    for (unsigned g = k ? 0 : g_hdr; g < ng; g++) {
+      if (had >> g & 1)
+        continue;
+      /* the slots touching granule g of unit k: [lo, hi] */
+      size_t a = ((size_t)k << h->pool_shift) + ((size_t)g << h->hole_shift);
+      size_t b = a + gsz - 1;
+      uint32_t lo = a < hdr ? 0 : (uint32_t)((a - hdr) / sb);
+      uint32_t hi = b < hdr ? 0 : (uint32_t)((b - hdr) / sb);
+      if (hi >= ns)
+        hi = ns - 1;
+      if (lo >= ns || !bits_any(bits, lo, hi))
+        want |= (uint64_t)1 << g;
+    }
+    /* refused runs stay committed: nothing is lost */
+    if (want &&
+        ph_pool_holes_make_locked(h, ch, p->unit + k, want, lazy) != had)
+      made = 1;
+  }
+  return made;
+}
+
 /* compact.pin.holes, phase 5 (leader, under the lock): a special pool
  * that was kept gets its bitmap back without the blocked slots; a partial
  * one first gives its planned holes to the OS (cfg.release: the only
  * release this makes, of pages that hold no block), and its slots that
  * touch no hole (a refused run) become free (the old copies of moved
- * blocks among them); then its free list and counts are rebuilt.  Nothing
- * moved (moved 0): the bitmap is as the sweep left it, and so is the rest. */
-static void spec_finish_locked(struct ph_heap *h, ph_cspec *x, int moved) {
+ * blocks among them, compact.pack's past its cut too); then, when the
+ * plan frees the kept pools' granules (compact.holes.free), its own are
+ * given back here, so that its free list and counts are rebuilt once
+ * (kept_holes_locked then finds nothing more in it).  Nothing moved
+ * (moved 0): the bitmap is as the sweep left it, and so is the rest. */
+static void spec_finish_locked(struct ph_heap *h, const ph_compact_plan *plan,
+                               ph_cspec *x, int moved) {
   if (x->evacuated)
     return;
   if (!moved) {
@@ -1421,47 +1485,36 @@ static void spec_finish_locked(struct ph_heap *h, ph_cspec *x, int moved) {
     bits[w] &= ~x->t[w];
     nlive += (uint32_t)__builtin_popcountll(bits[w]);
   }
-  relink_free(h, p, holes);
-  p->nhole = nhole;
+  /* compact.holes.free (every slot touching a hole is in t: nhole is the
+   * pool's); a pool with fewer free bytes than a granule has none to give,
+   * as in kept_holes_locked */
+  if (holes_free_on(h, plan) && c->huge == PH_OS_HUGE_NONE &&
+      (uint64_t)(ns - nhole - nlive) * ws * 8 >= (uint64_t)1 << h->hole_shift &&
+      pool_holes_free_locked(h, p, h->cfg.release == PH_RELEASE_LAZY))
+    holes = ph_pool_holes_any(h, c, p->unit, p->cls);
+  p->nhole = relink_free(h, p, holes);
   p->nlive = nlive;
-  p->nfree = ns - nhole - nlive;
-}
-
-/* Is any bit of bits[lo..hi] set? */
-static int bits_any(const uint64_t *bits, uint32_t lo, uint32_t hi) {
-  for (uint32_t w = lo / 64; w <= hi / 64; w++) {
-    uint64_t m = bits[w];
-    if (w == lo / 64)
-      m &= ~(uint64_t)0 << (lo % 64);
-    if (w == hi / 64 && hi % 64 != 63)
-      m &= ((uint64_t)2 << (hi % 64)) - 1;
-    if (m)
-      return 1;
-  }
-  return 0;
+  p->nfree = ns - p->nhole - nlive;
 }
 
 /* compact.holes.free (phase 5, leader, under the lock, after the special
  * pools are finished and before the client rebuilds its lists; a client
- * whose pools may have holes, memory released, no ranges plan): in each
- * kept pool of a chunk of normal pages (small or medium: a medium pool's
- * holes are in the masks of its units), the granules (heap.pool.holes)
- * that hold no byte of a live slot, nor the header and live bitmap, are
- * given to the OS as holes; the free slots touching them leave the free
+ * whose pools may have holes, memory released, no ranges plan): each kept
+ * pool of a chunk of normal pages gives its free granules back
+ * (pool_holes_free_locked); the free slots touching them leave the free
  * list (nhole), as a pinned pool's do (compact.pin.holes).  After the
  * evacuation these are mostly the free slots at the end of each class's
- * last, partly filled pool, and the room of kept pools that got no block. */
+ * last, partly filled pool, and the room of kept pools that got no block.
+ * The special pools did theirs in spec_finish_locked: here they have no
+ * granule left to give and are not relinked again. */
 static void kept_holes_locked(struct ph_heap *h, ph_compact_plan *plan) {
-  if (!plan->holes || h->cfg.release == PH_RELEASE_KEEP || plan->ranges.keep)
+  if (!holes_free_on(h, plan))
     return;
   int lazy = h->cfg.release == PH_RELEASE_LAZY;
   size_t gsz = (size_t)1 << h->hole_shift;
-  unsigned ng = (unsigned)(h->pool_size >> h->hole_shift);
   for (unsigned c = 0; c < h->nclasses; c++) {
     const ph_cclass *cc = &plan->cls[c];
-    size_t sb = (size_t)h->class_wsize[c] * 8, hdr = h->class_hdr[c];
-    uint32_t ns = h->class_nslots[c], nu = h->class_units[c];
-    unsigned g_hdr = (unsigned)((hdr - 1) >> h->hole_shift) + 1;
+    size_t sb = (size_t)h->class_wsize[c] * 8;
     for (size_t i = 0; i < cc->nkeep; i++) {
       ph_pool *p = cc->keep[i];
       if (h->ool_pools) {
@@ -1473,41 +1526,13 @@ static void kept_holes_locked(struct ph_heap *h, ph_compact_plan *plan) {
         p = ph_pool_at(h, pc,
                        (uint32_t)((size_t)(pa - pc->base) >> h->pool_shift));
       }
-      ph_chunk *ch = p->chunk;
       /* too few free bytes for a whole granule: nothing to give */
-      if (ch->huge != PH_OS_HUGE_NONE || (uint64_t)p->nfree * sb < gsz)
+      if (p->chunk->huge != PH_OS_HUGE_NONE || (uint64_t)p->nfree * sb < gsz)
         continue;
-      const uint64_t *bits = ph_pool_bits(p);
-      int made = 0;
-      for (uint32_t k = 0; k < nu; k++) {
-        uint64_t had = ch->holes[p->unit + k], want = 0;
-        for (unsigned g = k ? 0 : g_hdr; g < ng; g++) {
-          if (had >> g & 1)
-            continue;
-          /* the slots touching granule g of unit k: [lo, hi] */
-          size_t a =
-              ((size_t)k << h->pool_shift) + ((size_t)g << h->hole_shift);
-          size_t b = a + gsz - 1;
-          uint32_t lo = a < hdr ? 0 : (uint32_t)((a - hdr) / sb);
-          uint32_t hi = b < hdr ? 0 : (uint32_t)((b - hdr) / sb);
-          if (hi >= ns)
-            hi = ns - 1;
-          if (lo >= ns || !bits_any(bits, lo, hi))
-            want |= (uint64_t)1 << g;
-        }
-        /* refused runs stay committed: nothing is lost */
-        if (want &&
-            ph_pool_holes_make_locked(h, ch, p->unit + k, want, lazy) != had)
-          made = 1;
+      if (pool_holes_free_locked(h, p, lazy)) {
+        p->nhole = relink_free(h, p, 1);
+        p->nfree = p->nslots - p->nhole - p->nlive;
       }
-      if (!made)
-        continue;
-      uint32_t nhole = 0;
-      for (uint32_t s = 0; s < ns; s++)
-        nhole += ph_pool_slot_holed(h, p, s);
-      relink_free(h, p, 1);
-      p->nhole = nhole;
-      p->nfree = ns - nhole - p->nlive;
     }
   }
 }
@@ -1550,7 +1575,7 @@ static void free_release_stw_single(struct ph_heap *h, ph_compact_plan *plan,
     int moved = atomic_load_explicit(&plan->failed, memory_order_relaxed) == 0;
     for (unsigned c = 0; c < h->nclasses; c++)
       for (size_t i = 0; i < plan->cls[c].nspec; i++)
-        spec_finish_locked(h, &plan->cls[c].spec[i], moved);
+        spec_finish_locked(h, plan, &plan->cls[c].spec[i], moved);
     if (moved)
       kept_holes_locked(h, plan);
   }
@@ -1608,8 +1633,7 @@ static void plan_free(struct ph_heap *h, ph_compact_plan *plan) {
     free(plan->cls[c].spec);
     free(plan->cls[c].specbits);
   }
-  free(plan->parts);
-  free(plan->pmap);
+  free(plan->parts); /* the pmap is the map's second half */
   free(plan->units);
   free(plan->larges);
   free(plan->large_first);
@@ -1617,6 +1641,7 @@ static void plan_free(struct ph_heap *h, ph_compact_plan *plan) {
   free(plan->map_cls);
   free(plan->map_back);
   free(plan->recs);
+  free(plan->cands);
   ph_ranges_free(&plan->ranges);
   memset(plan, 0, sizeof *plan);
 }
@@ -1635,8 +1660,38 @@ static void atomic_max(_Atomic uint64_t *a, uint64_t v) {
     ;
 }
 
+/* Leader of phase 1: every participant's partly filled pools in one
+ * array, by class (a stable counting sort: each class's in the records'
+ * order), so that phase 2 reads each record once, not once a class.
+ * Returns 0 if the array cannot be had. */
+static int by_class_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
+  size_t n = 0;
+  memset(plan->cfirst, 0, sizeof plan->cfirst);
+  for (unsigned p = 0; p < plan->nrecs; p++) {
+    n += plan->recs[p].ncands;
+    for (size_t k = 0; k < plan->recs[p].ncands; k++)
+      plan->cfirst[plan->recs[p].cands[k].cls + 1]++;
+  }
+  if (n == 0)
+    return 1;
+  plan->cands = malloc(n * sizeof *plan->cands);
+  if (!plan->cands)
+    return 0;
+  for (unsigned c = 0; c < h->nclasses; c++)
+    plan->cfirst[c + 1] += plan->cfirst[c];
+  size_t at[PH_MAX_CLASSES];
+  memcpy(at, plan->cfirst, sizeof at);
+  for (unsigned p = 0; p < plan->nrecs; p++)
+    for (size_t k = 0; k < plan->recs[p].ncands; k++) {
+      const ph_cand *cd = &plan->recs[p].cands[k];
+      plan->cands[at[cd->cls]++] = *cd;
+    }
+  return 1;
+}
+
 /* Leader of phase 1: the plan's scratch, the records of every participant
- * (compact.phase.stats), the rule (compact.update.rule), the ranges. */
+ * (compact.phase.stats) by class, the rule (compact.update.rule), the
+ * ranges. */
 static void setup_stw_single(struct ph_heap *h, ph_compact_plan *plan,
                              const ph_compact_part *part) {
   plan->recs = malloc(part->nparts * sizeof *plan->recs);
@@ -1648,12 +1703,15 @@ static void setup_stw_single(struct ph_heap *h, ph_compact_plan *plan,
       lost |= plan->recs[i].lost;
     }
   }
+  if (!lost && !by_class_stw_single(h, plan))
+    lost = 1;
   if (lost) /* nothing is planned (and so nothing moves) */
     atomic_store_explicit(&plan->failed, 2, memory_order_relaxed);
   rule_stw_single(plan, part->rule);
   plan->roots_direct = part->roots_direct;
   if (!lost)
     choose_ranges_stw_single(h, plan);
+  plan->pack = pack_on(h, plan); /* once the ranges are known */
 }
 
 void ph_compact_stw(struct ph_heap *h, const ph_compact_part *part) {

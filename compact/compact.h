@@ -109,6 +109,12 @@ typedef struct ph_compact_plan {
   /* phase 1 (leader): every participant's records */
   ph_compact_recs *recs;
   unsigned nrecs;
+  /* phase 1 (leader): the records' partly filled pools by class, those of
+   * class c at cands[cfirst[c] .. cfirst[c + 1]) (phase 2 reorders each
+   * class's in place: one participant a class; freed once phase 2 is
+   * over) */
+  ph_cand *cands;
+  size_t cfirst[PH_MAX_CLASSES + 1];
   /* a plan allocation failed: nothing is evacuated.  Written by any
    * participant in phase 2 (relaxed: read by the leader after a barrier) */
   _Atomic int failed;
@@ -146,11 +152,16 @@ typedef struct ph_compact_plan {
    * only some of their blocks (evacuated in the map too): one bit each in
    * pmap, read only for a pointer whose unit was evacuated, and their
    * records in a hash table of nparts (a power of two) entries, at most
-   * half full, by unit (UINT32_MAX: empty); both NULL if there are none */
+   * half full, by unit (UINT32_MAX: empty; NULL if there are none).  The
+   * pmap is the second half of the map's allocation: there (maybe all 0)
+   * whenever the map is, so the update never tests for it */
   uint64_t *pmap;
   ph_cpart *parts;
   size_t nparts;
   int holes; /* compact.holes.free (from ph_compact_part) */
+  /* compact.pack: the plan packs each group's last kept pool (pack_on,
+   * derived once by the leader in phase 1) */
+  int pack;
   /* results, summed (or the longest time) over the participants */
   _Atomic uint64_t r_blocks, r_bytes, r_t_evac, r_t_update, r_t_release;
   uint64_t r_pools, r_released;

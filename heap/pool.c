@@ -32,13 +32,37 @@ void ph_pool_init_free(struct ph_heap *h, ph_pool *p) {
 
 uint32_t ph_pool_hole_slots(const struct ph_heap *h, unsigned cls,
                             uint64_t holes, uint64_t *out) {
-  uint32_t ns = h->class_nslots[cls], n = 0;
-  memset(out, 0, (ns + 63) / 64 * sizeof *out);
-  for (uint32_t i = 0; i < ns && holes; i++)
-    if (ph_slot_in_hole(h, holes, cls, i)) {
-      out[i / 64] |= (uint64_t)1 << (i % 64);
-      n++;
+  uint32_t ns = h->class_nslots[cls], nw = (ns + 63) / 64, n = 0;
+  size_t sb = (size_t)h->class_wsize[cls] * 8, hdr = h->class_hdr[cls];
+  memset(out, 0, nw * sizeof *out);
+  /* per granule, not per slot: the slots touching granule g, [a, b], are
+   * those from (a - hdr) / sb to (b - hdr) / sb (ph_slot_granules) */
+  for (uint64_t m = holes; m; m &= m - 1) {
+    size_t a = (size_t)__builtin_ctzll(m) << h->hole_shift;
+    size_t b = a + ((size_t)1 << h->hole_shift) - 1;
+    if (b < hdr)
+      continue; /* inside the header: no slot */
+    size_t lo = a < hdr ? 0 : (a - hdr) / sb, hi = (b - hdr) / sb;
+    if (lo >= ns)
+      continue;
+    if (hi >= ns)
+      hi = ns - 1;
+    for (size_t w = lo / 64; w <= hi / 64; w++) {
+      uint64_t r = ~(uint64_t)0;
+      if (w == lo / 64)
+        r &= ~(uint64_t)0 << (lo % 64);
+      if (w == hi / 64 && hi % 64 != 63)
+        r &= ((uint64_t)2 << (hi % 64)) - 1;
+      out[w] |= r;
     }
+  }
+  for (uint32_t w = 0; w < nw; w++)
+    n += (uint32_t)__builtin_popcountll(out[w]);
+#if PH_DEBUG >= 2
+  for (uint32_t i = 0; i < ns; i++) /* the rule, slot by slot */
+    PH_ASSERT((int)(out[i / 64] >> (i % 64) & 1) ==
+              ph_slot_in_hole(h, holes, cls, i));
+#endif
   return n;
 }
 
