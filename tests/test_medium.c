@@ -833,6 +833,9 @@ static void pack_case(ph_release_mode rel, ph_compact_scope scope, int kind) {
   } else {
     assert_true(top == (nk - 1) * step + 1); /* nothing moved */
   }
+  /* compact.pack: a second compaction right after moves nothing */
+  assert_int_equal(ph_compact(d), PH_OK);
+  assert_int_equal(tu_stats(h).evacuated_blocks, 0);
   /* the class fills again (outside the holes), and all stays intact */
   ph_value *again = ph_root(d, ph_alloc(d, 2 * (size_t)ns, 0));
   for (size_t i = 0; i < 2 * (size_t)ns; i++) {
@@ -844,6 +847,9 @@ static void pack_case(ph_release_mode rel, ph_compact_scope scope, int kind) {
   assert_int_equal(ph_collect(d), PH_OK);
   assert_int_equal(ph_compact(d), PH_OK);
   tu_verify_ok(d);
+  /* and again: a compaction after the refill's moves nothing either */
+  assert_int_equal(ph_compact(d), PH_OK);
+  assert_int_equal(tu_stats(h).evacuated_blocks, 0);
   for (size_t i = 0; i < 2 * (size_t)ns; i++)
     if (i % 3)
       assert_true(ph_field(ph_field(*again, i), 1) == ph_val_int((intptr_t)i));
