@@ -13,6 +13,14 @@
 
 #include <sys/mman.h>
 
+/* A heap of cfg with this thread attached as *d. */
+static ph_heap *heap_open_cfg(const ph_config *cfg, ph_domain **d) {
+  ph_heap *h;
+  assert_int_equal(ph_heap_create(cfg, &h), PH_OK);
+  assert_int_equal(ph_domain_attach(h, d), PH_OK);
+  return h;
+}
+
 static ph_heap *heap_open(size_t pool_size, ph_release_mode rel,
                           ph_domain **d) {
   ph_config cfg;
@@ -21,10 +29,7 @@ static ph_heap *heap_open(size_t pool_size, ph_release_mode rel,
   cfg.release = rel;
   if (pool_size)
     cfg.pool_size = pool_size;
-  ph_heap *h;
-  assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
-  assert_int_equal(ph_domain_attach(h, d), PH_OK);
-  return h;
+  return heap_open_cfg(&cfg, d);
 }
 
 static void heap_close(ph_heap *h, ph_domain *d) {
@@ -774,10 +779,8 @@ static void pack_case(ph_release_mode rel, ph_compact_scope scope, int kind) {
   cfg.gc_percent = 0;
   cfg.release = rel;
   cfg.compact_scope = scope;
-  ph_heap *h;
   ph_domain *d;
-  assert_int_equal(ph_heap_create(&cfg, &h), PH_OK);
-  assert_int_equal(ph_domain_attach(h, &d), PH_OK);
+  ph_heap *h = heap_open_cfg(&cfg, &d);
   size_t pg = (size_t)sysconf(_SC_PAGESIZE);
   /* a small class, the first medium one (one unit), the first medium one
    * of several units */
