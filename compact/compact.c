@@ -223,17 +223,15 @@ static void spec_unblock(struct ph_heap *h, ph_cspec *sp) {
 }
 
 /* The special record of position i of a group: the pinned pools first,
- * then the ones with holes; the last kept pool that compact.pack made
- * partial (position pk, when it had none) after them; NULL for the
- * others. */
+ * then the ones with holes; NULL for the others (the records compact.pack
+ * makes for kept pools without holes follow them, and plan_group finds
+ * those in order). */
 static inline ph_cspec *spec_at(ph_cspec *sp, size_t i, size_t np, size_t n,
-                                size_t nh, size_t pk) {
+                                size_t nh) {
   if (!sp)
     return NULL;
   if (i < np)
     return &sp[i];
-  if (i == pk)
-    return &sp[np + nh];
   return i >= n - nh ? &sp[np + i - (n - nh)] : NULL;
 }
 
@@ -372,9 +370,8 @@ static void plan_group(struct ph_heap *h, ph_compact_plan *plan, ph_cclass *cc,
   size_t np = pinned_first(plan, cand, n);
   size_t nh = cc->spec && h->holed_pools ? holed_last(h, cand, np, n) : 0;
   ph_cspec *sp = cc->spec ? cc->spec + cc->nspec : NULL;
-  size_t pk = SIZE_MAX; /* compact.pack: a new record's position */
   uint32_t nw = (nslots + 63) / 64;
-#define SPEC(i) spec_at(sp, i, np, n, nh, pk)
+#define SPEC(i) spec_at(sp, i, np, n, nh)
   if (sp) {
     for (size_t i = 0; i < n; i++) {
       ph_cspec *x = SPEC(i);
@@ -429,22 +426,34 @@ again:
       goto again; /* the least k for these */
   }
   PH_ASSERT(cap >= need);
-  /* compact.pack: the last kept pool (not pinned) gets the blocks left
-   * after the others' room (r) and may pack them with its own */
-  ph_cspec *pkx = NULL;
+  /* compact.pack: the kept pools are filled in order; the first one the
+   * fill leaves with room (pf) gets the rest (rf), the ones after it get
+   * nothing.  Each of those (not pinned) may pack its blocks with what it
+   * gets, so that every kept pool is full below its cut or holes at the
+   * end and a second compaction finds nothing to pack.  A pool with holes
+   * has its record already; the others get new ones after the group's. */
+  ph_cspec *fresh0 = sp ? sp + np + nh : NULL;
+  size_t nf = 0; /* new records */
   if (sp && k > np && plan->pack) {
-    uint64_t room = 0;
-    for (size_t j = 0; j + 1 < k; j++)
-      room += ROOM(j);
-    ph_cspec *x = SPEC(k - 1), *fresh = &sp[np + nh];
-    size_t fi = (size_t)(fresh - cc->spec);
-    fresh->t = cc->specbits + 2 * fi * nw;
-    fresh->m = cc->specbits + (2 * fi + 1) * nw;
-    pkx = pack_last(h, x, fresh, cand[k - 1].pool, cand[k - 1].nlive,
-                    need > room ? need - room : 0);
-    if (pkx && !x) {
-      pk = k - 1;
-      cc->nspec++;
+    size_t pf = k;
+    uint64_t rem = need, rf = 0;
+    for (size_t j = 0; j < k; j++) {
+      if (rem < ROOM(j)) {
+        pf = j;
+        rf = rem;
+        break;
+      }
+      rem -= ROOM(j);
+    }
+    for (size_t j = pf > np ? pf : np; j < k; j++) {
+      ph_cspec *x = SPEC(j), *fresh = fresh0 + nf;
+      size_t fi = (size_t)(fresh - cc->spec);
+      fresh->t = cc->specbits + 2 * fi * nw;
+      fresh->m = cc->specbits + (2 * fi + 1) * nw;
+      ph_cspec *y =
+          pack_last(h, x, fresh, cand[j].pool, cand[j].nlive, j == pf ? rf : 0);
+      if (y && !x)
+        nf++;
     }
   }
   size_t e0 = cc->nevac;
@@ -469,23 +478,34 @@ again:
     cc->elive[cc->nevac] = cand[i].nlive;
     cc->evac[cc->nevac++] = cand[i].pool;
   }
-  size_t pe = SIZE_MAX; /* compact.pack: the packed pool's own source */
-  if (pkx) {            /* its blocks past the cut give last, to itself only */
-    pe = cc->nevac;
-    cc->elive[cc->nevac] = pkx->mv;
-    cc->ebits[cc->nevac] = pkx->m;
-    cc->evac[cc->nevac++] = pkx->pool;
+  /* compact.pack: each packed pool's blocks past its cut give last, to
+   * itself only (pe0: the first of those sources) */
+  size_t pe0 = cc->nevac;
+  for (size_t j = np, q = 0; j < k; j++) {
+    ph_cspec *x = SPEC(j);
+    if (!x && q < nf && fresh0[q].pool == cand[j].pool)
+      x = &fresh0[q++];
+    if (x && x->cut) {
+      cc->elive[cc->nevac] = x->mv;
+      cc->ebits[cc->nevac] = x->m;
+      cc->evac[cc->nevac++] = x->pool;
+    }
   }
   /* destination units over the group's sources */
-  size_t si = e0;
+  size_t si = e0, own = pe0;
   uint32_t skip = 0;
   uint32_t rem = si < cc->nevac ? cc->elive[si] : 0;
-  for (size_t j = 0; j < k && si < cc->nevac; j++) {
-    /* compact.pack: the other pools' spare room does not take the packed
-     * pool's blocks (it would leave that pool with free slots below its
-     * cut, which the next compaction would pack again) */
-    size_t lim = pkx && j + 1 < k ? pe : cc->nevac;
-    uint32_t room = ROOM(j), take = 0;
+  for (size_t j = 0, q = 0; j < k && si < cc->nevac; j++) {
+    ph_cspec *x = SPEC(j);
+    if (!x && q < nf && fresh0[q].pool == cand[j].pool)
+      x = &fresh0[q++];
+    /* compact.pack: a packed pool takes what the fill leaves it, then
+     * its own blocks; no other pool takes those (it would leave free
+     * slots below the cut, which the next compaction would pack again) */
+    size_t lim = pe0;
+    if (x && x->cut)
+      lim = ++own;
+    uint32_t room = x ? x->room : nslots - cand[j].nlive, take = 0;
     ph_evac_unit *u = &cc->units[cc->nunits];
     u->dst = cand[j].pool;
     u->src = cc->evac;
@@ -511,6 +531,7 @@ again:
       cc->nunits++;
     }
   }
+  cc->nspec += nf;
 #undef ROOM
 #undef SPEC
   PH_ASSERT(si == cc->nevac); /* every source block has a destination */
@@ -555,13 +576,16 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
   }
   int pack = plan->pack;
   if ((plan->npinned && plan->pinned_blocks) || h->holed_pools || pack) {
-    /* compact.pin.holes: room for the special pools' records (and one a
-     * group for compact.pack) */
-    size_t ns = pack ? ngroups : 0;
-    for (size_t j = 0; j < n; j++)
+    /* compact.pin.holes: room for the special pools' records; with
+     * compact.pack any pool may have one, and each group one more as
+     * pack_last's scratch */
+    size_t ns = 0;
+    for (size_t j = 0; j < n && !pack; j++)
       ns += is_pinned(plan, cand[j].pool) ||
             (h->holed_pools && ph_pool_holes_any(h, cand[j].pool->chunk,
                                                  cand[j].pool->unit, cls));
+    if (pack)
+      ns = n + ngroups;
     if (ns) {
       size_t nw = (nslots + 63) / 64;
       cc->spec = calloc(ns, sizeof *cc->spec);
@@ -1477,10 +1501,18 @@ static void spec_finish_locked(struct ph_heap *h, const ph_compact_plan *plan,
   for (uint32_t w = 0; w < nw; w++) {
     for (uint64_t t = x->t[w]; t; t &= t - 1) {
       uint32_t i = w * 64 + (uint32_t)__builtin_ctzll(t);
-      if (holes && ph_pool_slot_holed(h, p, i))
+      if (holes && ph_pool_slot_holed(h, p, i)) {
         nhole++;
-      else
+      } else {
+        /* the pool layer's live_words (evacuate_unit counts a block's
+         * words at its destination): a packed pool's moved block takes
+         * its words along.  (A partial pool's blocks in its new holes are
+         * not read; only the managed collector, which keeps no live_words,
+         * pins.) */
+        if (x->m[w] >> (i % 64) & 1)
+          p->live_words -= (uint32_t)(ph_hd_wosize(base[(size_t)i * ws]) + 1);
         base[(size_t)i * ws] = 0; /* free (a moved block's old copy) */
+      }
     }
     bits[w] &= ~x->t[w];
     nlive += (uint32_t)__builtin_popcountll(bits[w]);

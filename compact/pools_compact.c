@@ -334,6 +334,7 @@ int php_compact_stw(php_heap *h, unsigned part, const php_compact_ops *ops) {
       .event = cb_event,
       .rule = &rule,
       .arg = &c,
+      .holes = 1, /* compact.holes.free, compact.pack */
   };
   php_tls_callback = 1; /* pools.reentry: the callbacks run inside */
   ph_compact_stw(h->core, &dp);

@@ -46,8 +46,9 @@ static php_counters pool_counts(const struct php_heap *h, const ph_pool *p) {
   c.pool_words = pool_words(h, p->cls);
   c.pool_live_blocks = p->nlive;
   c.pool_live_words = p->live_words;
-  c.pool_frag_words =
-      php_pool_frag_const(h, p->cls) + (uint64_t)p->nlive * ws - p->live_words;
+  /* heap.pool.holes: a slot in a hole is neither free nor a block */
+  c.pool_frag_words = php_pool_frag_const(h, p->cls) +
+                      (uint64_t)(p->nlive + p->nhole) * ws - p->live_words;
   if (p->cls >= h->core->nsmall) {
     c.medium_pool_words = c.pool_words;
     c.medium_live_words = p->live_words;
@@ -243,6 +244,7 @@ int php_heap_stats_get(php_heap *h, php_heap_stats *out) {
   s.evacuated_bytes = h->evacuated_bytes;
   s.evacuated_pools = h->evacuated_pools;
   s.released_bytes = h->released_bytes;
+  s.hole_bytes = c->hole_bytes;
   pthread_mutex_unlock(&c->lock);
   *out = s;
   return PH_OK;
@@ -539,7 +541,11 @@ static int owner_sweep_pool(struct php_owner *o, ph_pool *p) {
     /* heap.release.sweep: an empty medium pool's units go back, beyond
      * cfg.retain bytes of free committed memory */
     size_t gone = 0;
-    if (rel && ph_free_committed_locked(core) > core->cfg.retain)
+    int comm = 1; /* heap.pool.holes: a unit whose holes could not be
+                     counted committed again is not free (PH_U_STUCK) */
+    for (uint32_t k = 0; k < n; k++)
+      comm &= ch->ustate[u + k] == PH_U_FREE_COMM;
+    if (rel && comm && ph_free_committed_locked(core) > core->cfg.retain)
       gone = ph_units_decommit_locked(core, ch, u, n,
                                       core->cfg.release == PH_RELEASE_LAZY);
     pthread_mutex_unlock(&core->lock);
@@ -849,6 +855,9 @@ int php_visit_pool_of(php_heap *h, ph_value addr, php_block_fn fn, void *user) {
   struct ph_heap *core = h->core;
   ph_value *slots = NULL, one = 0;
   uint32_t ws = 0, n = 0;
+  ph_chunk *hc = NULL; /* heap.pool.holes: the pool's unit, if it has any */
+  uint32_t hu = 0;
+  unsigned hcls = 0;
   pthread_mutex_lock(&core->lock);
   ph_chunk *c = ph_chunk_find(core, (void *)addr);
   if (c) {
@@ -864,6 +873,13 @@ int php_visit_pool_of(php_heap *h, ph_value addr, php_block_fn fn, void *user) {
       if (addr >= (ph_value)slots &&
           addr < (ph_value)(slots + (size_t)p->nslots * ws))
         n = p->nslots;
+      /* heap.pool.holes: made and ended only with the world stopped or
+       * when the pool is freed, which addr's block forbids meanwhile */
+      if (n && ph_pool_holes_any(core, c, u, p->cls)) {
+        hc = c;
+        hu = u;
+        hcls = p->cls;
+      }
     } else if (c->ustate[u] == PH_U_LARGE) {
       ph_value b = php_large_block((php_large *)ua);
       if (addr >= b - 8 && addr < b + php_hd_wosize(php_hd_load(b)) * 8)
@@ -878,6 +894,8 @@ int php_visit_pool_of(php_heap *h, ph_value addr, php_block_fn fn, void *user) {
     fn(one, php_hd_load(one), user);
   } else {
     for (uint32_t i = 0; i < n; i++) {
+      if (hc && ph_pool_slot_in_hole(core, hc, hu, hcls, i))
+        continue; /* never read: no page is faulted back */
       ph_value *slot = slots + (size_t)i * ws;
       ph_value hd = __atomic_load_n(slot, __ATOMIC_RELAXED);
       if (hd != 0)
@@ -976,7 +994,15 @@ static void pool_words_kept(ph_check *k, ph_pool *p, uint64_t words) {
   uint32_t ws = core->class_wsize[p->cls];
   const ph_value *s = php_slots(p);
   const uint64_t *bits = ph_pool_bits(p);
+  uint64_t holes = ph_pool_holes_any(core, p->chunk, p->unit, p->cls);
   for (uint32_t i = 0; i < p->nslots; i++) {
+    if (holes && ph_pool_slot_in_hole(core, p->chunk, p->unit, p->cls, i)) {
+      if (bits[i / 64] >> (i % 64) & 1) {
+        ph_check_fail(k, "pool %p slot %u: live bit in a hole", (void *)p, i);
+        return;
+      }
+      continue; /* heap.pool.holes: never read */
+    }
     ph_value hd = s[(size_t)i * ws];
     if ((hd != 0) != (int)(bits[i / 64] >> (i % 64) & 1)) {
       ph_check_fail(k, "pool %p slot %u: live bit %d, header %#lx", (void *)p,

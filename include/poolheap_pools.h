@@ -390,6 +390,10 @@ typedef struct php_heap_stats {
   uint64_t evacuated_bytes;  /* last compaction: bytes moved */
   uint64_t evacuated_pools;  /* last compaction: pools emptied and freed */
   uint64_t released_bytes;   /* last compaction: given back to the OS */
+  /* heap.pool.holes: bytes given back to the OS inside pools (a
+   * compaction's packed and partly filled pools): in pool_bytes, not in
+   * committed_bytes */
+  uint64_t hole_bytes;
 } php_heap_stats;
 
 /* Copy the heap's figures (any thread; not from a callback). */

@@ -209,7 +209,6 @@ static void pick_roots(ph_value t, tu_rng *r, ph_value *slots, size_t n) {
 typedef struct unit_move {
   uintptr_t old;
   int moved;
-  unsigned cls;
 } unit_move;
 
 static int by_old_addr(const void *x, const void *y) {
@@ -244,31 +243,26 @@ static void check_identity(env *e, ph_value **scope, size_t nscope,
     assert_true(moved < a.nodes); /* kept pools too */
   }
   /* pool granularity: a pool's blocks all moved or none did, but in the
-   * pool compact.pack packed (at most one a class): there the blocks that
-   * stayed lie below every one that moved (the cut) */
+   * pools compact.pack packed (the kept pools from the one the fill leaves
+   * with room on): there the blocks that stayed lie below every one that
+   * moved (the cut) */
   cu_classes cs = cu_census(e->d);
   size_t maxs = cs.c[cs.n - 1].max_wosize, nu = 0;
   unit_move *um = malloc((a.nodes + 1) * sizeof *um);
   assert_non_null(um);
   for (size_t i = 0; i < a.nodes; i++)
     if (ph_wosize(b.addr[i]) <= maxs)
-      um[nu++] = (unit_move){a.addr[i], a.addr[i] != b.addr[i],
-                             cu_class_of(&cs, ph_wosize(b.addr[i]))};
+      um[nu++] = (unit_move){a.addr[i], a.addr[i] != b.addr[i]};
   qsort(um, nu, sizeof *um, by_old_addr);
-  unsigned mixed[96] = {0};
   for (size_t i = 0, j; i < nu; i = j) {
     uintptr_t u = cu_pool_of(um[i].old, e->pool_size);
-    int any = 0, cut = 0;
+    int cut = 0;
     for (j = i; j < nu && cu_pool_of(um[j].old, e->pool_size) == u; j++) {
       if (um[j].moved)
         cut = 1;
       else if (cut)
         fail_msg("pool %p: a block stayed above one that moved", (void *)u);
-      any |= um[j].moved != um[i].moved;
     }
-    if (any && ++mixed[um[i].cls] > 1)
-      fail_msg("class %u: two pools with blocks that moved and others not",
-               um[i].cls);
   }
   free(um);
   /* a second compaction right after moves nothing */
