@@ -1766,8 +1766,9 @@ static void compact_case(unsigned nparts, size_t pool_size, uint64_t stream) {
   {
     /* heap.pool.holes (compact.pack, compact.holes.free): the kept pools'
      * free granules are not resident, and neither a visit nor php_verify
-     * faults them back.  (With 8 KiB pools a granule is less than a page:
-     * a page goes only when four granules in a row are holes.) */
+     * faults them back.  (8 KiB pools have two granules of a page, the
+     * first holding the header: a pool gives back only a free second
+     * half, which this graph may not leave.) */
     size_t pages, r0 = roots_units_resident(h, roots, nroots, &pages, 0);
     tu_pools_verify_ok(h);
     size_t pages1, r1 = roots_units_resident(h, roots, nroots, &pages1, 1);
