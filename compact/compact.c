@@ -308,6 +308,9 @@ static uint64_t granules_used(const struct ph_heap *h, unsigned cls,
  * back.  Returns the record (x or fresh) if so, NULL if p stays as
  * planned.  Reads p's live bitmap (its header page) only; one pool a
  * group. */
+/* compact.pack: new records a group (plan_class's scratch bound). */
+#define PH_PACK_FRESH 8
+
 static ph_cspec *pack_last(struct ph_heap *h, ph_cspec *x, ph_cspec *fresh,
                            ph_pool *p, uint32_t nlive, uint64_t r) {
   if (p->chunk->huge != PH_OS_HUGE_NONE)
@@ -431,7 +434,9 @@ again:
    * nothing.  Each of those (not pinned) may pack its blocks with what it
    * gets, so that every kept pool is full below its cut or holes at the
    * end and a second compaction finds nothing to pack.  A pool with holes
-   * has its record already; the others get new ones after the group's. */
+   * has its record already; the others get new ones after the group's, up
+   * to PH_PACK_FRESH (the fill leaves few kept pools after it: beyond
+   * those, a pool stays as planned and a later compaction may pack it). */
   ph_cspec *fresh0 = sp ? sp + np + nh : NULL;
   size_t nf = 0; /* new records */
   if (sp && k > np && plan->pack) {
@@ -447,6 +452,8 @@ again:
     }
     for (size_t j = pf > np ? pf : np; j < k; j++) {
       ph_cspec *x = SPEC(j), *fresh = fresh0 + nf;
+      if (!x && nf == PH_PACK_FRESH)
+        continue;
       size_t fi = (size_t)(fresh - cc->spec);
       fresh->t = cc->specbits + 2 * fi * nw;
       fresh->m = cc->specbits + (2 * fi + 1) * nw;
@@ -576,16 +583,14 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
   }
   int pack = plan->pack;
   if ((plan->npinned && plan->pinned_blocks) || h->holed_pools || pack) {
-    /* compact.pin.holes: room for the special pools' records; with
-     * compact.pack any pool may have one, and each group one more as
+    /* compact.pin.holes: room for the special pools' records, and with
+     * compact.pack PH_PACK_FRESH a group for pools without one, plus
      * pack_last's scratch */
-    size_t ns = 0;
-    for (size_t j = 0; j < n && !pack; j++)
+    size_t ns = pack ? ngroups * (PH_PACK_FRESH + 1) : 0;
+    for (size_t j = 0; j < n; j++)
       ns += is_pinned(plan, cand[j].pool) ||
             (h->holed_pools && ph_pool_holes_any(h, cand[j].pool->chunk,
                                                  cand[j].pool->unit, cls));
-    if (pack)
-      ns = n + ngroups;
     if (ns) {
       size_t nw = (nslots + 63) / 64;
       cc->spec = calloc(ns, sizeof *cc->spec);
