@@ -63,7 +63,7 @@ static void choose_ranges_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   size_t nc = 0;
   for (unsigned i = 0; i < plan->nrecs; i++)
     nc += plan->recs[i].ncands;
-  ph_range_rec *rec = nc ? malloc(nc * sizeof *rec) : NULL;
+  ph_range_rec *rec = nc ? ph_os_scratch_alloc(nc * sizeof *rec) : NULL;
   if (!rec)
     return;
   size_t j = 0;
@@ -77,7 +77,7 @@ static void choose_ranges_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
             (ph_range_rec){ph_pool_addr(h, cd->pool), cd->nlive, cd->cls};
     }
   ph_ranges_choose(h, rec, j, &plan->ranges);
-  free(rec);
+  ph_os_scratch_free(rec);
 }
 
 /* compact.update.rule: the kind of every tag. */
@@ -556,15 +556,15 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
   if (n == 0)
     return;
   ph_cand *cand = plan->cands + plan->cfirst[cls];
-  cc->keep = malloc(n * sizeof *cc->keep);
-  cc->evac = malloc(n * sizeof *cc->evac);
-  cc->elive = malloc(n * sizeof *cc->elive);
-  cc->units = malloc(n * sizeof *cc->units);
+  cc->keep = ph_os_scratch_alloc(n * sizeof *cc->keep);
+  cc->evac = ph_os_scratch_alloc(n * sizeof *cc->evac);
+  cc->elive = ph_os_scratch_alloc(n * sizeof *cc->elive);
+  cc->units = ph_os_scratch_alloc(n * sizeof *cc->units);
   if (!cc->keep || !cc->evac || !cc->elive || !cc->units) {
-    free(cc->keep);
-    free(cc->evac);
-    free(cc->elive);
-    free(cc->units);
+    ph_os_scratch_free(cc->keep);
+    ph_os_scratch_free(cc->evac);
+    ph_os_scratch_free(cc->elive);
+    ph_os_scratch_free(cc->units);
     memset(cc, 0, sizeof *cc);
     atomic_store_explicit(&plan->failed, 1, memory_order_relaxed);
     return;
@@ -593,13 +593,13 @@ static void plan_class(struct ph_heap *h, ph_compact_plan *plan, unsigned cls) {
                                                  cand[j].pool->unit, cls));
     if (ns) {
       size_t nw = (nslots + 63) / 64;
-      cc->spec = calloc(ns, sizeof *cc->spec);
-      cc->specbits = malloc(ns * 2 * nw * sizeof *cc->specbits);
-      cc->ebits = malloc(n * sizeof *cc->ebits);
+      cc->spec = ph_os_scratch_zalloc(ns, sizeof *cc->spec);
+      cc->specbits = ph_os_scratch_alloc(ns * 2 * nw * sizeof *cc->specbits);
+      cc->ebits = ph_os_scratch_alloc(n * sizeof *cc->ebits);
       if (!cc->spec || !cc->specbits || !cc->ebits) {
-        free(cc->spec);
-        free(cc->specbits);
-        free(cc->ebits);
+        ph_os_scratch_free(cc->spec);
+        ph_os_scratch_free(cc->specbits);
+        ph_os_scratch_free(cc->ebits);
         cc->spec = NULL;
         cc->specbits = NULL;
         cc->ebits = NULL;
@@ -683,13 +683,13 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
    * allocation, so that the pmap is there whenever the map is and the
    * update does not test for it */
   size_t nw = (n + 63) / 64;
-  uint64_t *map = calloc(2 * nw, sizeof(uint64_t));
+  uint64_t *map = ph_os_scratch_zalloc(2 * nw, sizeof(uint64_t));
   if (!map)
     return;
   if (plan->rule->interior) {
-    plan->map_cls = malloc(n);
+    plan->map_cls = ph_os_scratch_alloc(n);
     if (!plan->map_cls) {
-      free(map);
+      ph_os_scratch_free(map);
       return;
     }
     for (unsigned c = 0; c < h->nclasses; c++) {
@@ -703,10 +703,10 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   if (plan->map_cls)
     for (unsigned c = h->nsmall; c < h->nclasses && !plan->map_back; c++)
       if (plan->cls[c].nevac) {
-        plan->map_back = malloc(n * sizeof *plan->map_back);
+        plan->map_back = ph_os_scratch_alloc(n * sizeof *plan->map_back);
         if (!plan->map_back) {
-          free(map);
-          free(plan->map_cls);
+          ph_os_scratch_free(map);
+          ph_os_scratch_free(plan->map_cls);
           plan->map_cls = NULL;
           return;
         }
@@ -743,16 +743,16 @@ static void build_map_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
     size_t cap = 8;
     while (cap < 2 * np)
       cap *= 2;
-    plan->parts = malloc(cap * sizeof *plan->parts);
+    plan->parts = ph_os_scratch_alloc(cap * sizeof *plan->parts);
     plan->nparts = cap;
     for (size_t i = 0; plan->parts && i < cap; i++)
       plan->parts[i].unit = UINT32_MAX;
     if (!plan->parts) {
       plan->nparts = 0;
-      free(map);
-      free(plan->map_cls);
+      ph_os_scratch_free(map);
+      ph_os_scratch_free(plan->map_cls);
       plan->map_cls = NULL;
-      free(plan->map_back);
+      ph_os_scratch_free(plan->map_back);
       plan->map_back = NULL;
       plan->pmap = NULL;
       return;
@@ -800,16 +800,16 @@ static void gather_stw_single(struct ph_heap *h, ph_compact_plan *plan,
   ph_section *s = &h->sec;
   /* phase 2 is over: the records by class are read no more (freed now,
    * as each class's copy was at the end of its plan before) */
-  free(plan->cands);
+  ph_os_scratch_free(plan->cands);
   plan->cands = NULL;
   size_t n = 0, nl = 0;
   for (unsigned c = 0; c < h->nclasses; c++)
     n += plan->cls[c].nunits;
   for (unsigned i = 0; i < plan->nrecs; i++)
     nl += plan->recs[i].nlarges;
-  plan->units = n ? malloc(n * sizeof *plan->units) : NULL;
-  plan->larges = nl ? malloc(nl * sizeof *plan->larges) : NULL;
-  plan->large_first = malloc((nl + 1) * sizeof *plan->large_first);
+  plan->units = n ? ph_os_scratch_alloc(n * sizeof *plan->units) : NULL;
+  plan->larges = nl ? ph_os_scratch_alloc(nl * sizeof *plan->larges) : NULL;
+  plan->large_first = ph_os_scratch_alloc((nl + 1) * sizeof *plan->large_first);
   if ((n && !plan->units) || (nl && !plan->larges) || !plan->large_first)
     atomic_store_explicit(&plan->failed, 1, memory_order_relaxed);
   if (!atomic_load_explicit(&plan->failed, memory_order_relaxed)) {
@@ -1660,25 +1660,27 @@ static void free_release_stw_single(struct ph_heap *h, ph_compact_plan *plan,
   pthread_mutex_unlock(&h->lock);
 }
 
+/* The plan's arrays are the OS layer's scratch arrays (os.scratch.gone):
+ * their pages leave the process here, whatever malloc's thresholds. */
 static void plan_free(struct ph_heap *h, ph_compact_plan *plan) {
   for (unsigned c = 0; c < h->nclasses; c++) {
-    free(plan->cls[c].keep);
-    free(plan->cls[c].evac);
-    free(plan->cls[c].units);
-    free(plan->cls[c].elive);
-    free(plan->cls[c].ebits);
-    free(plan->cls[c].spec);
-    free(plan->cls[c].specbits);
+    ph_os_scratch_free(plan->cls[c].keep);
+    ph_os_scratch_free(plan->cls[c].evac);
+    ph_os_scratch_free(plan->cls[c].units);
+    ph_os_scratch_free(plan->cls[c].elive);
+    ph_os_scratch_free(plan->cls[c].ebits);
+    ph_os_scratch_free(plan->cls[c].spec);
+    ph_os_scratch_free(plan->cls[c].specbits);
   }
-  free(plan->parts); /* the pmap is the map's second half */
-  free(plan->units);
-  free(plan->larges);
-  free(plan->large_first);
-  free(plan->map);
-  free(plan->map_cls);
-  free(plan->map_back);
-  free(plan->recs);
-  free(plan->cands);
+  ph_os_scratch_free(plan->parts); /* the pmap is the map's second half */
+  ph_os_scratch_free(plan->units);
+  ph_os_scratch_free(plan->larges);
+  ph_os_scratch_free(plan->large_first);
+  ph_os_scratch_free(plan->map);
+  ph_os_scratch_free(plan->map_cls);
+  ph_os_scratch_free(plan->map_back);
+  ph_os_scratch_free(plan->recs);
+  ph_os_scratch_free(plan->cands);
   ph_ranges_free(&plan->ranges);
   memset(plan, 0, sizeof *plan);
 }
@@ -1711,7 +1713,7 @@ static int by_class_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
   }
   if (n == 0)
     return 1;
-  plan->cands = malloc(n * sizeof *plan->cands);
+  plan->cands = ph_os_scratch_alloc(n * sizeof *plan->cands);
   if (!plan->cands)
     return 0;
   for (unsigned c = 0; c < h->nclasses; c++)
@@ -1731,7 +1733,7 @@ static int by_class_stw_single(struct ph_heap *h, ph_compact_plan *plan) {
  * ranges. */
 static void setup_stw_single(struct ph_heap *h, ph_compact_plan *plan,
                              const ph_compact_part *part) {
-  plan->recs = malloc(part->nparts * sizeof *plan->recs);
+  plan->recs = ph_os_scratch_alloc(part->nparts * sizeof *plan->recs);
   int lost = !plan->recs;
   if (plan->recs) {
     plan->nrecs = part->nparts;

@@ -67,9 +67,10 @@ ph_value php_forward(php_heap *h, ph_value v) {
 
 /* ---------------------------------------------------- sweep by colour */
 
+/* The records are scratch arrays of the OS layer (os.scratch.gone). */
 static void *grow(php_cpart *me, void *arr, size_t *cap, size_t elem) {
   size_t ncap = *cap ? *cap * 2 : 256;
-  void *n = realloc(arr, ncap * elem);
+  void *n = ph_os_scratch_realloc(arr, ncap * elem);
   if (!n) {
     me->lost = 1;
     return NULL;
@@ -224,8 +225,8 @@ static void on_phase(const php_compact_ops *ops, unsigned ph, int begin,
 /* A participant's records go (compact.phase.stats); the next sweep grows
  * them again. */
 static void cpart_records_free(php_cpart *me) {
-  free(me->cands);
-  free(me->larges);
+  ph_os_scratch_free(me->cands);
+  ph_os_scratch_free(me->larges);
   me->cands = NULL;
   me->larges = NULL;
   me->ncands = me->cands_cap = me->nlarges = me->larges_cap = 0;

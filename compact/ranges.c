@@ -62,8 +62,8 @@ size_t ph_range_of(const struct ph_heap *h, const ph_ranges *r, const void *p) {
 }
 
 void ph_ranges_free(ph_ranges *r) {
-  free(r->keep);
-  free(r->base);
+  ph_os_scratch_free(r->keep);
+  ph_os_scratch_free(r->base);
   r->keep = NULL;
   r->base = NULL;
 }
@@ -85,7 +85,7 @@ void ph_ranges_choose(const struct ph_heap *h, const ph_range_rec *rec,
   while (((size_t)1 << (h->pool_shift + rshift)) < PH_HUGE_PAGE_SIZE)
     rshift++;
   size_t nr = 0;
-  size_t *rbase = malloc((h->nchunks + 1) * sizeof *rbase);
+  size_t *rbase = ph_os_scratch_alloc((h->nchunks + 1) * sizeof *rbase);
   if (!rbase)
     return;
   for (unsigned i = 0; i < h->nchunks; i++) {
@@ -98,15 +98,16 @@ void ph_ranges_choose(const struct ph_heap *h, const ph_range_rec *rec,
   rbase[h->nchunks] = nr;
   out->base = rbase;
   out->shift = rshift;
-  uint32_t *used = calloc(nr, sizeof *used);       /* units in use */
-  uint32_t *start = calloc(nr + 1, sizeof *start); /* candidates by range */
-  uint32_t *rid = malloc(nc * sizeof *rid);
-  uint16_t *rcls = malloc(nc * sizeof *rcls);
-  rgreedy g = {.gain = calloc(nr, sizeof *g.gain),
-               .cost = malloc(nr * sizeof *g.cost),
-               .live = calloc(nr, sizeof *g.live),
-               .heap = malloc(nr * sizeof *g.heap)};
-  uint8_t *keep = calloc(nr, 1);
+  uint32_t *used = ph_os_scratch_zalloc(nr, sizeof *used); /* units in use */
+  uint32_t *start =
+      ph_os_scratch_zalloc(nr + 1, sizeof *start); /* candidates by range */
+  uint32_t *rid = ph_os_scratch_alloc(nc * sizeof *rid);
+  uint16_t *rcls = ph_os_scratch_alloc(nc * sizeof *rcls);
+  rgreedy g = {.gain = ph_os_scratch_zalloc(nr, sizeof *g.gain),
+               .cost = ph_os_scratch_alloc(nr * sizeof *g.cost),
+               .live = ph_os_scratch_zalloc(nr, sizeof *g.live),
+               .heap = ph_os_scratch_alloc(nr * sizeof *g.heap)};
+  uint8_t *keep = ph_os_scratch_zalloc(nr, 1);
   if (!used || !start || !rid || !rcls || !g.gain || !g.cost || !g.live ||
       !g.heap || !keep || nr > UINT32_MAX || nc > UINT32_MAX)
     goto out;
@@ -186,15 +187,15 @@ void ph_ranges_choose(const struct ph_heap *h, const ph_range_rec *rec,
     keep = NULL;
   }
 out:
-  free(used);
-  free(start);
-  free(rid);
-  free(rcls);
-  free(g.gain);
-  free(g.cost);
-  free(g.live);
-  free(g.heap);
-  free(keep);
+  ph_os_scratch_free(used);
+  ph_os_scratch_free(start);
+  ph_os_scratch_free(rid);
+  ph_os_scratch_free(rcls);
+  ph_os_scratch_free(g.gain);
+  ph_os_scratch_free(g.cost);
+  ph_os_scratch_free(g.live);
+  ph_os_scratch_free(g.heap);
+  ph_os_scratch_free(keep);
   if (!out->keep)
     ph_ranges_free(out);
 }

@@ -113,6 +113,22 @@ int ph_os_scratch_map(size_t len, void **out);
 int ph_os_scratch_grow(void *p, size_t old_len, size_t len, void **out);
 void ph_os_scratch_unmap(void *p, size_t len);
 
+/* Scratch arrays with malloc's interface whose memory leaves the process at
+ * the free (os.scratch.gone): an array of a page or more is a scratch
+ * mapping of its own (ph_os_scratch_map; grown with mremap), a smaller one
+ * is malloc'd.  For arrays that live a few phases (a compaction's plan and
+ * records): glibc keeps what is freed in its heap, resident, for as long as
+ * its trim threshold says (32 MiB once the process freed a 16 MiB block).
+ * ph_os_scratch_alloc / _zalloc (zeroed; n * size checked for overflow) /
+ * _realloc (contents kept up to the smaller length; p NULL: an alloc; on
+ * failure p is unchanged) return NULL when refused; ph_os_scratch_free(NULL)
+ * does nothing.  Only pointers of these functions go to _realloc and _free.
+ * 16-byte alignment, as malloc's. */
+void *ph_os_scratch_alloc(size_t len);
+void *ph_os_scratch_zalloc(size_t n, size_t size);
+void *ph_os_scratch_realloc(void *p, size_t len);
+void ph_os_scratch_free(void *p);
+
 /* The C allocator's state for the calling thread, made now
  * (compact.scratch): glibc binds a thread to a malloc arena at its first
  * malloc and, if none is free, creates one (a 64 MiB reservation: two kernel

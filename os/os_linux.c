@@ -506,6 +506,83 @@ void ph_os_scratch_unmap(void *p, size_t len) {
     munmap(p, scratch_len(len));
 }
 
+/* os.scratch.gone: a 16-byte header before each array: its length and
+ * whether it is a mapping of its own (the header starts the mapping). */
+typedef struct scratch_hdr {
+  size_t len;
+  size_t mapped;
+} scratch_hdr;
+_Static_assert(sizeof(scratch_hdr) == 16, "scratch arrays are 16-aligned");
+
+static scratch_hdr *scratch_hdr_of(void *p) {
+  return (scratch_hdr *)p - 1;
+}
+
+void *ph_os_scratch_alloc(size_t len) {
+  if (len > SIZE_MAX / 2)
+    return NULL;
+  size_t total = len + sizeof(scratch_hdr);
+  scratch_hdr *hd = NULL;
+  int mapped = total >= ph_os_page_size();
+  if (mapped) {
+    void *m;
+    if (ph_os_scratch_map(total, &m) != PH_OK)
+      return NULL;
+    hd = m;
+  } else {
+    hd = malloc(total);
+    if (!hd)
+      return NULL;
+  }
+  hd->len = len;
+  hd->mapped = (size_t)mapped;
+  return hd + 1;
+}
+
+void *ph_os_scratch_zalloc(size_t n, size_t size) {
+  if (size && n > SIZE_MAX / 2 / size)
+    return NULL;
+  void *p = ph_os_scratch_alloc(n * size);
+  scratch_hdr *hd = p ? scratch_hdr_of(p) : NULL;
+  if (hd && !hd->mapped) /* a fresh mapping reads as zeros */
+    memset(p, 0, n * size);
+  return p;
+}
+
+void *ph_os_scratch_realloc(void *p, size_t len) {
+  if (!p)
+    return ph_os_scratch_alloc(len);
+  if (len > SIZE_MAX / 2)
+    return NULL;
+  scratch_hdr *hd = scratch_hdr_of(p);
+  size_t total = len + sizeof(scratch_hdr);
+  if (hd->mapped && len >= hd->len) { /* grown in place or moved whole */
+    void *m;
+    if (ph_os_scratch_grow(hd, hd->len + sizeof(scratch_hdr), total, &m) !=
+        PH_OK)
+      return NULL;
+    hd = m;
+    hd->len = len;
+    return hd + 1;
+  }
+  void *n = ph_os_scratch_alloc(len);
+  if (!n)
+    return NULL;
+  memcpy(n, p, len < hd->len ? len : hd->len);
+  ph_os_scratch_free(p);
+  return n;
+}
+
+void ph_os_scratch_free(void *p) {
+  if (!p)
+    return;
+  scratch_hdr *hd = scratch_hdr_of(p);
+  if (hd->mapped)
+    ph_os_scratch_unmap(hd, hd->len + sizeof(scratch_hdr));
+  else
+    free(hd);
+}
+
 void ph_os_thread_malloc_init(void) {
   void *volatile p = malloc(1); /* volatile: the pair is not elided */
   free(p);

@@ -502,6 +502,79 @@ static void test_probes(void **state) {
   assert_int_equal(ph_os_process_rss() % 1024, 0);
 }
 
+/* os.scratch.gone: malloc's interface; an array of a page or more is a
+ * mapping of its own, gone at the free; contents survive every realloc
+ * (across the page boundary both ways, grown in place or moved); zalloc
+ * zeroes even memory malloc hands back dirty; bad sizes are refused. */
+static void test_scratch_arrays(void **state) {
+  (void)state;
+  /* AddressSanitizer's allocator maps its regions lazily: no exact count */
+#if defined(__SANITIZE_ADDRESS__)
+  const int exact = 0;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+  const int exact = 0;
+#else
+  const int exact = MAPS_EXACT;
+#endif
+#else
+  const int exact = MAPS_EXACT;
+#endif
+  size_t pg = ph_os_page_size();
+  long maps0 = ph_os_process_mappings();
+  unsigned char *a = ph_os_scratch_alloc(100);
+  assert_non_null(a);
+  assert_int_equal((uintptr_t)a % 16, 0);
+  for (size_t i = 0; i < 100; i++)
+    a[i] = (unsigned char)i;
+  a = ph_os_scratch_realloc(a, 4 * pg); /* small -> mapped */
+  assert_non_null(a);
+  assert_int_equal((uintptr_t)a % 16, 0);
+  for (size_t i = 100; i < 4 * pg; i++)
+    a[i] = (unsigned char)i;
+  a = ph_os_scratch_realloc(a, MiB); /* mapped -> mapped (mremap) */
+  assert_non_null(a);
+  for (size_t i = 0; i < 4 * pg; i++)
+    assert_int_equal(a[i], (unsigned char)i);
+  a = ph_os_scratch_realloc(a, 50); /* mapped -> small */
+  assert_non_null(a);
+  for (size_t i = 0; i < 50; i++)
+    assert_int_equal(a[i], (unsigned char)i);
+  if (exact) /* the mapping went with the shrink */
+    assert_int_equal(ph_os_process_mappings(), maps0);
+  ph_os_scratch_free(a);
+
+  /* zalloc: a small array from memory malloc had handed out dirty */
+  for (int round = 0; round < 2; round++) {
+    unsigned char *d = ph_os_scratch_alloc(200);
+    assert_non_null(d);
+    memset(d, 0xa5, 200);
+    ph_os_scratch_free(d);
+    unsigned char *z = ph_os_scratch_zalloc(25, 8);
+    assert_non_null(z);
+    for (size_t i = 0; i < 200; i++)
+      assert_int_equal(z[i], 0);
+    ph_os_scratch_free(z);
+  }
+  uint64_t *big = ph_os_scratch_zalloc(MiB / 8, 8);
+  assert_non_null(big);
+  assert_int_equal(big[MiB / 8 - 1], 0);
+  big[MiB / 8 - 1] = 1;
+  ph_os_scratch_free(big);
+  if (exact)
+    assert_int_equal(ph_os_process_mappings(), maps0);
+
+  assert_null(ph_os_scratch_alloc(SIZE_MAX));
+  assert_null(ph_os_scratch_zalloc(SIZE_MAX / 4, 8));
+  unsigned char *k = ph_os_scratch_alloc(10);
+  assert_non_null(k);
+  k[9] = 7;
+  assert_null(ph_os_scratch_realloc(k, SIZE_MAX)); /* k unchanged */
+  assert_int_equal(k[9], 7);
+  ph_os_scratch_free(k);
+  ph_os_scratch_free(NULL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_accounting, setup, teardown),
@@ -530,6 +603,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_bad_range_args, setup, teardown),
       cmocka_unit_test_setup_teardown(test_registry, setup, teardown),
       cmocka_unit_test(test_probes),
+      cmocka_unit_test(test_scratch_arrays),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
