@@ -262,6 +262,8 @@ int php_owner_create(php_heap *h, php_owner **out) {
     return PH_ENOMEM;
   o->sig = PHP_SIG_OWNER;
   o->h = h;
+  o->core = h->core;
+  memcpy(o->slot_recip, h->slot_recip, sizeof o->slot_recip);
   o->next_to_sweep = h->core->nclasses;
   pthread_mutex_lock(&h->core->lock);
   uint32_t i = 0;
@@ -772,10 +774,15 @@ static inline __attribute__((always_inline)) ph_value
 alloc_from(struct php_owner *o, struct ph_heap *core, ph_pool *p, unsigned cls,
            size_t wosize, unsigned header_bits) {
   ph_value b = p->free;
-  p->free = *(ph_value *)b;
+  ph_value next = *(ph_value *)b;
+  p->free = next;
+  /* pools.alloc.prefetch: the next allocation reads the next free slot's
+   * link and its caller writes the slot; asked for now, it is on its way
+   * while this block is filled (a prefetch of 0 is ignored) */
+  __builtin_prefetch((const void *)next, 1);
   /* pools.bits: the slot's live bit */
   uint64_t si =
-      ((uint64_t)(b - 8 - (ph_value)php_slots(p)) * o->h->slot_recip[cls]) >>
+      ((uint64_t)(b - 8 - (ph_value)php_slots(p)) * o->slot_recip[cls]) >>
       PH_RECIP_SHIFT;
   ph_pool_bits(p)[si / 64] |= (uint64_t)1 << (si % 64);
   p->nlive++;
@@ -833,7 +840,7 @@ ph_value php_alloc(php_owner *o, size_t wosize, unsigned header_bits) {
   if (__builtin_expect(o != NULL && o->sig == PHP_SIG_OWNER &&
                            !php_tls_callback && header_bits <= PHP_HD_BITS_MAX,
                        1)) {
-    struct ph_heap *core = o->h->core;
+    struct ph_heap *core = o->core;
     /* 1 <= wosize <= max_small_wosize (< PH_MAX_WOSIZE) */
     if (__builtin_expect(wosize - 1 < core->max_small_wosize, 1)) {
       unsigned cls = ph_class_of_wosize(core, wosize);

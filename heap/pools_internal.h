@@ -51,7 +51,11 @@ struct php_owner {
   uint32_t sig;
   int last_error;
   struct php_heap *h;
+  /* pools.alloc.fast: h->core and h->slot_recip, copied at creation so
+   * that the fast path reads them one load away from the owner */
+  struct ph_heap *core;
   ph_pool *avail[PH_MAX_CLASSES];
+  uint64_t slot_recip[PH_MAX_CLASSES];
   ph_pool *full[PH_MAX_CLASSES];
   ph_pool *unswept_avail[PH_MAX_CLASSES];
   ph_pool *unswept_full[PH_MAX_CLASSES];
