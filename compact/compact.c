@@ -1433,9 +1433,8 @@ static int bits_any(const uint64_t *bits, uint32_t lo, uint32_t hi) {
  * caller rebuilds p's free list and counts (relink_free), once. */
 static int pool_holes_free_locked(struct ph_heap *h, ph_pool *p, int lazy) {
   unsigned c = p->cls;
-  size_t gsz = (size_t)1 << h->hole_shift;
-  size_t sb = (size_t)h->class_wsize[c] * 8, hdr = h->class_hdr[c];
-  uint32_t ns = h->class_nslots[c], nu = h->class_units[c];
+  size_t gsz = (size_t)1 << h->hole_shift, hdr = h->class_hdr[c];
+  uint32_t nu = h->class_units[c];
   unsigned ng = (unsigned)(h->pool_size >> h->hole_shift);
   unsigned g_hdr = (unsigned)((hdr - 1) >> h->hole_shift) + 1;
   ph_chunk *ch = p->chunk;
@@ -1448,12 +1447,9 @@ static int pool_holes_free_locked(struct ph_heap *h, ph_pool *p, int lazy) {
         continue;
       /* the slots touching granule g of unit k: [lo, hi] */
       size_t a = ((size_t)k << h->pool_shift) + ((size_t)g << h->hole_shift);
-      size_t b = a + gsz - 1;
-      uint32_t lo = a < hdr ? 0 : (uint32_t)((a - hdr) / sb);
-      uint32_t hi = b < hdr ? 0 : (uint32_t)((b - hdr) / sb);
-      if (hi >= ns)
-        hi = ns - 1;
-      if (lo >= ns || !bits_any(bits, lo, hi))
+      uint32_t lo, hi;
+      if (!ph_slots_touching(h, c, a, a + gsz - 1, &lo, &hi) ||
+          !bits_any(bits, lo, hi))
         want |= (uint64_t)1 << g;
     }
     /* refused runs stay committed: nothing is lost */

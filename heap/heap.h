@@ -533,6 +533,24 @@ static inline uint64_t ph_slot_granules(const struct ph_heap *h, unsigned cls,
   uint64_t hi = g1 >= 63 ? ~(uint64_t)0 : ((uint64_t)2 << g1) - 1;
   return hi & ~(((uint64_t)1 << g0) - 1);
 }
+/* heap.pool.holes, the other way round: the slots of a pool of class cls
+ * that touch its bytes [a, b] (offsets from the pool's start, its units
+ * one after the other), [*lo, *hi]; 0 if none does (the range is inside
+ * the header or past the last slot). */
+static inline int ph_slots_touching(const struct ph_heap *h, unsigned cls,
+                                    size_t a, size_t b, uint32_t *lo,
+                                    uint32_t *hi) {
+  size_t sb = (size_t)h->class_wsize[cls] * 8, hdr = h->class_hdr[cls];
+  uint32_t ns = h->class_nslots[cls];
+  if (b < hdr)
+    return 0;
+  size_t l = a < hdr ? 0 : (a - hdr) / sb, u = (b - hdr) / sb;
+  if (l >= ns)
+    return 0;
+  *lo = (uint32_t)l;
+  *hi = (uint32_t)(u >= ns ? ns - 1 : u);
+  return 1;
+}
 /* Does slot i touch a hole of `holes` (a unit's granule mask)? */
 static inline int ph_slot_in_hole(const struct ph_heap *h, uint64_t holes,
                                   unsigned cls, uint32_t i) {

@@ -33,21 +33,16 @@ void ph_pool_init_free(struct ph_heap *h, ph_pool *p) {
 uint32_t ph_pool_hole_slots(const struct ph_heap *h, unsigned cls,
                             uint64_t holes, uint64_t *out) {
   uint32_t ns = h->class_nslots[cls], nw = (ns + 63) / 64, n = 0;
-  size_t sb = (size_t)h->class_wsize[cls] * 8, hdr = h->class_hdr[cls];
   memset(out, 0, nw * sizeof *out);
-  /* per granule, not per slot: the slots touching granule g, [a, b], are
-   * those from (a - hdr) / sb to (b - hdr) / sb (ph_slot_granules) */
+  /* per granule, not per slot: the slots touching granule g
+   * (ph_slots_touching) */
   for (uint64_t m = holes; m; m &= m - 1) {
     size_t a = (size_t)__builtin_ctzll(m) << h->hole_shift;
-    size_t b = a + ((size_t)1 << h->hole_shift) - 1;
-    if (b < hdr)
-      continue; /* inside the header: no slot */
-    size_t lo = a < hdr ? 0 : (a - hdr) / sb, hi = (b - hdr) / sb;
-    if (lo >= ns)
+    uint32_t lo, hi;
+    if (!ph_slots_touching(h, cls, a, a + ((size_t)1 << h->hole_shift) - 1, &lo,
+                           &hi))
       continue;
-    if (hi >= ns)
-      hi = ns - 1;
-    for (size_t w = lo / 64; w <= hi / 64; w++) {
+    for (uint32_t w = lo / 64; w <= hi / 64; w++) {
       uint64_t r = ~(uint64_t)0;
       if (w == lo / 64)
         r &= ~(uint64_t)0 << (lo % 64);

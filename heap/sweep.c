@@ -20,7 +20,10 @@
 #define PH_SWEEP_AHEAD 2048 /* heap.sweep.stream: prefetch distance, bytes */
 
 /* Append to a worker's record array, growing it; on failure the records are
- * incomplete and the compactor must not plan from them. */
+ * incomplete and the compactor must not plan from them.  malloc'd, not the
+ * OS layer's scratch (os.scratch.gone): they live from a collection's sweep
+ * to the next compaction or sweep, outside any section, and a scratch array
+ * of a page or more would be a kernel mapping held between collections. */
 static void *grow(ph_pool_worker *w, void *arr, size_t *cap, size_t elem) {
   size_t ncap = *cap ? *cap * 2 : 256;
   void *n = realloc(arr, ncap * elem);
