@@ -140,15 +140,20 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
    * tail, with the slots PH_SWEEP_AHEAD bytes ahead asked for (they will be
    * written): the pass is a stream through the pool's memory */
   ph_value *tail = &p->free;
-  char *end = (char *)(s + (size_t)p->nslots * wsize);
   ph_value *slot = s;
+  /* pools.sweep: the tags whose dying blocks on_free sees (every tag
+   * without on_free_tags, none without on_free), so that a dying block
+   * costs one bit test (the managed sweep, by_mark, has no on_free) */
+  uint64_t calls[4];
+  for (int k = 0; k < 4; k++)
+    calls[k] = !on_free ? 0 : on_free_tags ? on_free_tags[k] : ~(uint64_t)0;
   /* by bitmap word: 64 slots, then their word of live bits */
   for (uint32_t i0 = 0; i0 < p->nslots; i0 += 64) {
     uint32_t m = p->nslots - i0 < 64 ? p->nslots - i0 : 64;
     word = 0;
     for (uint32_t j = 0; j < m; j++, slot += wsize) {
-      if ((char *)slot + PH_SWEEP_AHEAD < end)
-        __builtin_prefetch((char *)slot + PH_SWEEP_AHEAD, 1);
+      /* a prefetch past the pool's end does not fault */
+      __builtin_prefetch((char *)slot + PH_SWEEP_AHEAD, 1);
       if (__builtin_expect(holes != 0, 0) && ph_pool_slot_holed(h, p, i0 + j))
         continue; /* heap.pool.holes: neither live nor free, and not
                    * touched (a prefetch of a decommitted page does not
@@ -176,9 +181,8 @@ pool_sweep(struct ph_heap *h, ph_pool *p, int by_mark, unsigned color,
         if (hd != 0) { /* it dies now */
           /* pools.sweep: with on_free_tags only the blocks of those tags
            * cost a call */
-          if (on_free &&
-              (!on_free_tags ||
-               (on_free_tags[ph_hd_tag(hd) / 64] >> (ph_hd_tag(hd) % 64) & 1)))
+          unsigned tag = ph_hd_tag(hd);
+          if (!by_mark && calls[tag / 64] >> (tag % 64) & 1)
             on_free(ctx, (ph_value)(slot + 1));
 #if PH_POISON
           for (uint32_t k = 2; k < wsize; k++)
