@@ -80,6 +80,39 @@ static void counters_add(php_counters *a, const php_counters *b, int sign) {
     a->large_max_words = a->large_words;
 }
 
+/* pools.counters.alloc: add to *c what o's allocations of class cls added
+ * and are not yet in o->c: each block its wosize + 1 live words and the rest
+ * of its slot as fragmentation. */
+static void counters_add_alloc_class(const struct php_owner *o, unsigned cls,
+                                     php_counters *c) {
+  const struct ph_heap *core = o->core;
+  uint64_t b = o->alloc_blocks[cls], w = o->alloc_words[cls];
+  c->pool_live_blocks += b;
+  c->pool_live_words += w;
+  c->pool_frag_words += b * core->class_wsize[cls] - w;
+  if (cls >= core->nsmall)
+    c->medium_live_words += w;
+}
+
+static void counters_add_alloc(const struct php_owner *o, php_counters *c) {
+  for (unsigned cls = 0; cls < o->core->nclasses; cls++)
+    if (o->alloc_blocks[cls])
+      counters_add_alloc_class(o, cls, c);
+}
+
+/* Fold class cls's allocations into o->c (every class: owner_fold). */
+static void owner_fold_class(struct php_owner *o, unsigned cls) {
+  counters_add_alloc_class(o, cls, &o->c);
+  o->alloc_blocks[cls] = 0;
+  o->alloc_words[cls] = 0;
+}
+
+static void owner_fold(struct php_owner *o) {
+  for (unsigned cls = 0; cls < o->core->nclasses; cls++)
+    if (o->alloc_blocks[cls])
+      owner_fold_class(o, cls);
+}
+
 /* ------------------------------------------------------------- the heap */
 
 /* The basics of poolheap_pools.h, which poolheap.h shares: the pool layer
@@ -322,6 +355,7 @@ int php_owner_counters(const php_owner *o, php_counters *out) {
   if (php_tls_callback)
     return PH_ESTATE;
   *out = o->c;
+  counters_add_alloc(o, out);
   return PH_OK;
 }
 
@@ -373,6 +407,7 @@ int php_owner_orphan(php_owner *o) {
     move_pools(&o->full[c], &h->orph.full[c], NULL);
   }
   move_larges(&o->large, &h->orph.large, NULL);
+  owner_fold(o);
   counters_add(&h->orph.c, &o->c, 1);
   php_counters keep = {.pool_max_words = o->c.pool_max_words,
                        .large_max_words = o->c.large_max_words};
@@ -520,6 +555,7 @@ static intptr_t sweep_work(const struct php_heap *h, const ph_pool *p) {
 static int owner_sweep_pool(struct php_owner *o, ph_pool *p) {
   struct php_heap *h = o->h;
   php_counters before = pool_counts(h, p);
+  owner_fold_class(o, p->cls); /* before includes them */
   size_t trim = sweep_trim_bytes(h, p);
   uint64_t had[PHP_TRIM_WORDS];
   if (trim)
@@ -771,8 +807,8 @@ static ph_value large_alloc(struct php_owner *o, size_t wosize, unsigned bits) {
 
 /* pools.alloc: pop a slot of p, a swept pool of class cls with one free. */
 static inline __attribute__((always_inline)) ph_value
-alloc_from(struct php_owner *o, struct ph_heap *core, ph_pool *p, unsigned cls,
-           size_t wosize, unsigned header_bits) {
+alloc_from(struct php_owner *o, ph_pool *p, unsigned cls, size_t wosize,
+           unsigned header_bits) {
   ph_value b = p->free;
   ph_value next = *(ph_value *)b;
   p->free = next;
@@ -793,11 +829,10 @@ alloc_from(struct php_owner *o, struct ph_heap *core, ph_pool *p, unsigned cls,
     p->next = o->full[cls];
     o->full[cls] = p;
   }
-  o->c.pool_live_blocks++;
-  o->c.pool_live_words += wosize + 1;
-  if (cls >= core->nsmall)
-    o->c.medium_live_words += wosize + 1;
-  o->c.pool_frag_words += core->class_wsize[cls] - (wosize + 1);
+  /* pools.counters.alloc: the owner's live blocks, live words, medium live
+   * words and fragmentation follow from these two */
+  o->alloc_blocks[cls]++;
+  o->alloc_words[cls] += wosize + 1;
   /* relaxed: a visitor of the pool may read it (pools.visit); the fields
    * are published by the embedder's own ordering */
   __atomic_store_n((ph_value *)b - 1,
@@ -830,7 +865,7 @@ alloc_slow(php_owner *o, size_t wosize, unsigned header_bits) {
     o->last_error = PH_ENOMEM;
     return 0;
   }
-  return alloc_from(o, core, p, cls, wosize, header_bits);
+  return alloc_from(o, p, cls, wosize, header_bits);
 }
 
 ph_value php_alloc(php_owner *o, size_t wosize, unsigned header_bits) {
@@ -846,7 +881,7 @@ ph_value php_alloc(php_owner *o, size_t wosize, unsigned header_bits) {
       unsigned cls = ph_class_of_wosize(core, wosize);
       ph_pool *p = o->avail[cls];
       if (__builtin_expect(p != NULL, 1))
-        return alloc_from(o, core, p, cls, wosize, header_bits);
+        return alloc_from(o, p, cls, wosize, header_bits);
     }
   }
   return alloc_slow(o, wosize, header_bits);
@@ -928,6 +963,9 @@ void php_rebuild_lists_locked(struct php_heap *h) {
     o->next_to_sweep = core->nclasses;
     o->c = (php_counters){.pool_max_words = o->c.pool_max_words,
                           .large_max_words = o->c.large_max_words};
+    /* pools.counters.alloc: the recount below includes them */
+    memset(o->alloc_blocks, 0, sizeof o->alloc_blocks);
+    memset(o->alloc_words, 0, sizeof o->alloc_words);
   }
   for (unsigned c = 0; c < core->nclasses; c++) {
     atomic_store_explicit(&h->orph.avail[c], NULL, memory_order_relaxed);
@@ -1106,7 +1144,9 @@ int php_verify(php_heap *h, char *why, size_t why_size) {
     }
     check_larges(&v, o->large, o, &lseen, &cnt);
     check_larges(&v, o->unswept_large, o, &lseen, &cnt);
-    check_counts(&v, &o->c, &cnt, o);
+    php_counters have = o->c;
+    counters_add_alloc(o, &have);
+    check_counts(&v, &have, &cnt, o);
   }
   php_counters ocnt = {0};
   for (unsigned c = 0; c < core->nclasses && !v.k.bad; c++) {

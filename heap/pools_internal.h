@@ -62,6 +62,11 @@ struct php_owner {
   php_large *large, *unswept_large;
   unsigned next_to_sweep; /* first class that may have unswept pools */
   php_counters c;
+  /* pools.counters.alloc: the blocks and words php_alloc added since they
+   * were last folded into c, by class (two adds a block); the reads of c
+   * add them in (php_owner_counters, php_verify) */
+  uint64_t alloc_blocks[PH_MAX_CLASSES];
+  uint64_t alloc_words[PH_MAX_CLASSES];
   /* pools.sweep.work: since the last php_owner_sweep_work */
   intptr_t alloc_sweep_work; /* words php_alloc's sweeps worked through */
   uint64_t freed_words;      /* words o's sweeps freed */
