@@ -1545,6 +1545,84 @@ static void test_orphan_adopt(void **state) {
   tu_assert_no_failures();
 }
 
+/* pools.counters.alloc: the owner's counters are exact (against the model,
+ * and against the verifier's recount of every field, fragmentation and
+ * medium live words included) while some classes' allocations are folded
+ * (their pools swept) and others are not: allocations of small and medium
+ * classes, a sweep stopped part way, more allocations, the sweep finished,
+ * then orphaning and adoption. */
+static void test_counters_by_class(void **state) {
+  (void)state;
+  php_heap *h = heap_new(0);
+  php_owner *o = owner_new(h), *b = owner_new(h);
+  php_owner *all[2] = {o, b};
+  /* small and medium sizes (the medium ones above 256 fields) */
+  const size_t sizes[] = {1, 7, 60, 300, 1200};
+  enum { NS = sizeof sizes / sizeof sizes[0], N = 3000 };
+  ph_value *v = calloc(2 * N, sizeof *v);
+  assert_non_null(v);
+  size_t n = 0;
+  for (size_t i = 0; i < N; i++)
+    v[n++] = alloc_counted(o, sizes[i % NS], T_RAW);
+  check_counters(all, 2, h);
+  tu_pools_verify_ok(h);
+  /* a cycle: every third block of sizes 7 and 300 is garbage */
+  colours_rotate(h);
+  assert_int_equal(php_cycle(o), PH_OK);
+  for (size_t i = 0; i < n; i++) {
+    size_t wo = sizes[i % NS];
+    if ((wo == 7 || wo == 300) && i % 3 == 0)
+      ((ph_value *)v[i])[-1] = php_hd_make(wo, col.garbage, T_RAW);
+  }
+  /* part of the sweep: some classes folded, the others not */
+  assert_true(php_sweep(o, 2000) <= 0);
+  check_counters(all, 2, h);
+  tu_pools_verify_ok(h);
+  /* more allocations, in every class, before the sweep ends */
+  for (size_t i = 0; i < N; i++)
+    v[n++] = alloc_counted(o, sizes[(i + 2) % NS], T_RAW);
+  check_counters(all, 2, h);
+  tu_pools_verify_ok(h);
+  while (php_sweep(o, 1 << 20) <= 0)
+    ;
+  check_counters(all, 2, h);
+  tu_pools_verify_ok(h);
+  php_counters c;
+  assert_int_equal(php_owner_counters(o, &c), PH_OK);
+  assert_true(c.medium_live_words > 0);
+  assert_true(c.medium_live_words < c.pool_live_words);
+  assert_true(c.pool_live_words + c.pool_frag_words <= c.pool_words);
+  /* allocations after the sweep, then orphaning folds them all */
+  for (size_t i = 0; i < 50; i++)
+    alloc_counted(o, sizes[i % NS], T_RAW);
+  php_counters before;
+  assert_int_equal(php_owner_counters(o, &before), PH_OK);
+  assert_int_equal(php_owner_orphan(o), PH_OK);
+  php_counters co;
+  assert_int_equal(php_orphan_counters(h, &co), PH_OK);
+  assert_int_equal(co.pool_live_blocks, before.pool_live_blocks);
+  assert_int_equal(co.pool_live_words, before.pool_live_words);
+  assert_int_equal(co.pool_frag_words, before.pool_frag_words);
+  assert_int_equal(co.medium_live_words, before.medium_live_words);
+  assert_int_equal(php_owner_counters(o, &c), PH_OK);
+  assert_int_equal(c.pool_live_blocks, 0);
+  assert_int_equal(c.pool_live_words, 0);
+  assert_int_equal(c.pool_frag_words, 0);
+  assert_int_equal(c.medium_live_words, 0);
+  check_counters(all, 2, h);
+  tu_pools_verify_ok(h);
+  /* b allocates (its own counts pending) and adopts */
+  for (size_t i = 0; i < 50; i++)
+    alloc_counted(b, sizes[i % NS], T_RAW);
+  assert_int_equal(php_owner_adopt(b), PH_OK);
+  check_counters(all, 2, h);
+  tu_pools_verify_ok(h);
+  free(v);
+  assert_int_equal(php_owner_destroy(o), PH_OK);
+  heap_end(h, b);
+  tu_assert_no_failures();
+}
+
 /* The verifier sees a broken slot header. */
 static void test_verify_detects(void **state) {
   (void)state;
@@ -2561,6 +2639,7 @@ int main(void) {
       cmocka_unit_test(test_medium_pools),
       cmocka_unit_test(test_sweep_trims_medium),
       cmocka_unit_test(test_orphan_adopt),
+      cmocka_unit_test(test_counters_by_class),
       cmocka_unit_test(test_verify_detects),
       cmocka_unit_test(test_verify_free_list),
       cmocka_unit_test(test_reentry),
