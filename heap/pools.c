@@ -107,10 +107,15 @@ static void owner_fold_class(struct php_owner *o, unsigned cls) {
   o->alloc_words[cls] = 0;
 }
 
+/* Forget every class's allocations (folded, or recounted by the caller). */
+static void owner_alloc_drop(struct php_owner *o) {
+  memset(o->alloc_blocks, 0, sizeof o->alloc_blocks);
+  memset(o->alloc_words, 0, sizeof o->alloc_words);
+}
+
 static void owner_fold(struct php_owner *o) {
-  for (unsigned cls = 0; cls < o->core->nclasses; cls++)
-    if (o->alloc_blocks[cls])
-      owner_fold_class(o, cls);
+  counters_add_alloc(o, &o->c);
+  owner_alloc_drop(o);
 }
 
 /* ------------------------------------------------------------- the heap */
@@ -963,9 +968,7 @@ void php_rebuild_lists_locked(struct php_heap *h) {
     o->next_to_sweep = core->nclasses;
     o->c = (php_counters){.pool_max_words = o->c.pool_max_words,
                           .large_max_words = o->c.large_max_words};
-    /* pools.counters.alloc: the recount below includes them */
-    memset(o->alloc_blocks, 0, sizeof o->alloc_blocks);
-    memset(o->alloc_words, 0, sizeof o->alloc_words);
+    owner_alloc_drop(o); /* pools.counters.alloc: the recount includes them */
   }
   for (unsigned c = 0; c < core->nclasses; c++) {
     atomic_store_explicit(&h->orph.avail[c], NULL, memory_order_relaxed);

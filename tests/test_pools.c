@@ -1483,8 +1483,6 @@ static void test_sweep_trims_medium(void **state) {
   sweep_trim_run(PH_RELEASE_KEEP);
 }
 
-/* Orphan and adopt: counters travel, blocks stay, allocation adopts an
- * orphaned pool with room before taking a new one. */
 /* The end of the two-owner tests: the counters checked against the model
  * and the recount, owner gone destroyed, the heap ended with last. */
 static void counters_end(php_heap *h, php_owner *gone, php_owner *last) {
@@ -1496,6 +1494,8 @@ static void counters_end(php_heap *h, php_owner *gone, php_owner *last) {
   tu_assert_no_failures();
 }
 
+/* Orphan and adopt: counters travel, blocks stay, allocation adopts an
+ * orphaned pool with room before taking a new one. */
 static void test_orphan_adopt(void **state) {
   (void)state;
   php_heap *h = heap_new(0);
