@@ -46,6 +46,8 @@
  */
 #include "compact/compact.h"
 
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1047,18 +1049,29 @@ static void evacuate_unit(struct ph_heap *h, const ph_evac_unit *u,
 #undef SRC_BITS
 }
 
+/* The evacuation units still unclaimed, one at a time (GLOBAL scope). */
+static void evacuate_claims(struct ph_heap *h, ph_compact_plan *plan,
+                            uint64_t *blocks, uint64_t *bytes) {
+  ph_section *s = &h->sec;
+  for (;;) {
+    size_t k =
+        atomic_fetch_add_explicit(&s->claim_evacuate, 1, memory_order_relaxed);
+    if (k >= plan->nunits)
+      break;
+    evacuate_unit(h, &plan->units[k], blocks, bytes);
+  }
+}
+
+static int evacuate_global(const struct ph_heap *h,
+                           const ph_compact_part *part) {
+  return h->cfg.compact_scope == PH_COMPACT_GLOBAL || !part->evacuates_slot;
+}
+
 static void evacuate_stw(struct ph_heap *h, const ph_compact_part *part,
                          ph_compact_plan *plan, uint64_t *blocks,
                          uint64_t *bytes) {
-  ph_section *s = &h->sec;
-  if (h->cfg.compact_scope == PH_COMPACT_GLOBAL || !part->evacuates_slot) {
-    for (;;) {
-      size_t k = atomic_fetch_add_explicit(&s->claim_evacuate, 1,
-                                           memory_order_relaxed);
-      if (k >= plan->nunits)
-        break;
-      evacuate_unit(h, &plan->units[k], blocks, bytes);
-    }
+  if (evacuate_global(h, part)) {
+    evacuate_claims(h, plan, blocks, bytes);
     return;
   }
   /* PER_DOMAIN: a domain evacuates its own pools; the caller's rule says
@@ -1374,9 +1387,21 @@ update_larges(struct ph_heap *h, ph_compact_plan *plan, fwd_batch *fb,
   fb_flush(fb, 0, interior);
 }
 
+/* The pool units and slices of large blocks still unclaimed. */
+static void update_claims(struct ph_heap *h, ph_compact_plan *plan,
+                          fwd_batch *fb) {
+  ph_section *s = &h->sec;
+  if (plan->rule->interior) {
+    ph_units_each_stw(h, &s->claim_update_units, 8, update_unit_interior, fb);
+    update_larges(h, plan, fb, 1);
+  } else {
+    ph_units_each_stw(h, &s->claim_update_units, 8, update_unit_plain, fb);
+    update_larges(h, plan, fb, 0);
+  }
+}
+
 static void update_stw(struct ph_heap *h, const ph_compact_part *part,
                        ph_compact_plan *plan) {
-  ph_section *s = &h->sec;
   fwd_batch fb = {.h = h, .plan = plan, .n = 0};
   if (part->scan_roots) {
     if (plan->roots_direct)
@@ -1384,12 +1409,72 @@ static void update_stw(struct ph_heap *h, const ph_compact_part *part,
     else
       part->scan_roots(part->arg, update_slot, update_root_item_done, &fb);
   }
-  if (plan->rule->interior) {
-    ph_units_each_stw(h, &s->claim_update_units, 8, update_unit_interior, &fb);
-    update_larges(h, plan, &fb, 1);
+  update_claims(h, plan, &fb);
+}
+
+/* ------------------------------------------------------ compact.assist */
+
+typedef struct assist {
+  struct ph_heap *h;
+  ph_compact_plan *plan;
+  void (*enter)(int begin);
+  int update; /* 0: phase 3, 1: phase 4 */
+  uint64_t blocks, bytes;
+} assist;
+
+static void *assist_main(void *arg) {
+  assist *a = arg;
+  if (a->enter)
+    a->enter(1);
+  if (a->update) {
+    fwd_batch fb = {.h = a->h, .plan = a->plan, .n = 0};
+    update_claims(a->h, a->plan, &fb);
   } else {
-    ph_units_each_stw(h, &s->claim_update_units, 8, update_unit_plain, &fb);
-    update_larges(h, plan, &fb, 0);
+    evacuate_claims(a->h, a->plan, &a->blocks, &a->bytes);
+  }
+  if (a->enter)
+    a->enter(0);
+  return NULL;
+}
+
+/* The leader, as a phase opens: start up to part->nassist threads on the
+ * client's stacks, every signal blocked in them (they run no handler of the
+ * embedder's).  pthread_create orders the plan, and everything before it,
+ * before the thread's work.  Returns how many started (a refusal only means
+ * fewer: the participants claim what is left). */
+static unsigned assist_start(struct ph_heap *h, const ph_compact_part *part,
+                             ph_compact_plan *plan, int update, assist *a,
+                             pthread_t *tid) {
+  unsigned n = part->nassist < PH_ASSIST_MAX ? part->nassist : PH_ASSIST_MAX;
+  if (n == 0 || !part->assist_stacks)
+    return 0;
+  pthread_attr_t attr;
+  if (pthread_attr_init(&attr) != 0)
+    return 0;
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  unsigned k = 0;
+  for (; k < n; k++) {
+    a[k] = (assist){h, plan, part->assist_enter, update, 0, 0};
+    if (pthread_attr_setstack(&attr, part->assist_stacks[k],
+                              part->assist_stack) != 0 ||
+        pthread_create(&tid[k], &attr, assist_main, &a[k]) != 0)
+      break;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_attr_destroy(&attr);
+  return k;
+}
+
+/* The leader, before the barrier that ends the phase: the join orders the
+ * threads' work before it, and so before that barrier. */
+static void assist_join(assist *a, pthread_t *tid, unsigned n,
+                        uint64_t *blocks, uint64_t *bytes) {
+  for (unsigned k = 0; k < n; k++) {
+    pthread_join(tid[k], NULL);
+    *blocks += a[k].blocks;
+    *bytes += a[k].bytes;
   }
 }
 
@@ -1752,6 +1837,8 @@ static void setup_stw_single(struct ph_heap *h, ph_compact_plan *plan,
 void ph_compact_stw(struct ph_heap *h, const ph_compact_part *part) {
   ph_section *s = &h->sec;
   uint64_t t0 = ph_now_ns(), blocks = 0, bytes = 0;
+  assist as[PH_ASSIST_MAX];
+  pthread_t tid[PH_ASSIST_MAX];
   event(part, PH_PHASE_EVACUATE, 1);
   /* Phase 1 */
   if (part->barrier(part->arg)) {
@@ -1779,7 +1866,13 @@ void ph_compact_stw(struct ph_heap *h, const ph_compact_part *part) {
       gather_stw_single(h, plan, part);
     /* Phase 3 */
     part->barrier(part->arg);
+    unsigned na = 0;
+    if (part->leader && plan->nunits > 1 && evacuate_global(h, part))
+      na = assist_start(h, part, plan, 0, as, tid);
     evacuate_stw(h, part, plan, &blocks, &bytes);
+    assist_join(as, tid, na, &blocks, &bytes);
+    if (part->leader)
+      plan->r_assisted = na;
   }
   uint64_t t_evac = ph_now_ns() - t0;
   event(part, PH_PHASE_EVACUATE, 0);
@@ -1787,8 +1880,13 @@ void ph_compact_stw(struct ph_heap *h, const ph_compact_part *part) {
   part->barrier(part->arg);
   uint64_t t1 = ph_now_ns();
   event(part, PH_PHASE_UPDATE, 1);
-  if (plan && plan->nunits > 0) /* nothing moved: nothing to forward */
+  if (plan && plan->nunits > 0) { /* nothing moved: nothing to forward */
+    unsigned na = part->leader ? assist_start(h, part, plan, 1, as, tid) : 0;
     update_stw(h, part, plan);
+    assist_join(as, tid, na, &blocks, &bytes);
+    if (part->leader && na > plan->r_assisted)
+      plan->r_assisted = na;
+  }
   uint64_t t_update = ph_now_ns() - t1;
   event(part, PH_PHASE_UPDATE, 0);
   /* Phase 5 */
@@ -1820,6 +1918,7 @@ void ph_compact_stw(struct ph_heap *h, const ph_compact_part *part) {
       r.released = plan->r_released;
       r.planned =
           atomic_load_explicit(&plan->failed, memory_order_relaxed) == 0;
+      r.assisted = plan->r_assisted;
     } else {
       r.t_evac = t_evac;
       r.t_update = t_update;

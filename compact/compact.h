@@ -84,6 +84,7 @@ typedef struct ph_compact_result {
   uint64_t released;                    /* bytes given back to the OS */
   uint64_t t_evac, t_update, t_release; /* longest over the participants */
   int planned;                          /* a plan was made (maybe empty) */
+  unsigned assisted; /* compact.assist: threads started, most in a phase */
 } ph_compact_result;
 
 enum { PH_KIND_INLINE = 0, PH_KIND_CB = 1, PH_KIND_SKIP = 2 };
@@ -165,6 +166,7 @@ typedef struct ph_compact_plan {
   /* results, summed (or the longest time) over the participants */
   _Atomic uint64_t r_blocks, r_bytes, r_t_evac, r_t_update, r_t_release;
   uint64_t r_pools, r_released;
+  unsigned r_assisted; /* compact.assist (the leader's) */
 } ph_compact_plan;
 
 /* One participant of a compaction, as its client describes it.  Every
@@ -221,7 +223,23 @@ typedef struct ph_compact_part {
    * memory is released.  The managed collector's; the pool layer's pools
    * never have holes. */
   int holes;
+  /* compact.assist: threads the client lends for phases 3 and 4 beside the
+   * participants (nassist of them, 0: none).  The leader starts one on each
+   * of assist_stacks (assist_stack bytes each, mapped by the client, used by
+   * no other thread meanwhile) at the start of each phase, and joins them
+   * before it reaches the barrier that ends the phase.  They claim
+   * evacuation units (GLOBAL scope only), then pool units and slices of
+   * large blocks, as a participant does; they visit no root.  rule's
+   * scan_block may run on them.  assist_enter(1) / (0) runs on each, first
+   * and last (NULL: nothing). */
+  unsigned nassist;
+  void *const *assist_stacks;
+  size_t assist_stack;
+  void (*assist_enter)(int begin);
 } ph_compact_part;
+
+/* compact.assist: at most this many threads per phase. */
+#define PH_ASSIST_MAX 64
 
 /* compact/compact.c: the one driver of both clients: plan, evacuate,
  * update, free, release (DESIGN.md: compact), the first barrier included. */

@@ -189,6 +189,7 @@ static void cb_finish_stw_single(void *arg, const ph_compact_result *r) {
   h->evacuated_bytes = r->bytes;
   h->evacuated_pools = r->pools;
   h->released_bytes = r->released;
+  h->last_helpers = r->assisted;
   pthread_mutex_unlock(&h->core->lock);
 }
 
@@ -202,6 +203,17 @@ static void cb_event(void *arg, ph_phase ph, int begin) {
                : ph == PH_PHASE_UPDATE ? PHP_COMPACT_UPDATE
                                        : PHP_COMPACT_RELEASE;
   c->ops->on_phase(p, begin, c->part, c->ops->user);
+}
+
+/* pools.compact.helpers: a helper runs the callbacks as a participant
+ * does (pools.reentry). */
+static void helper_enter(int begin) { php_tls_callback = begin; }
+
+/* How many helpers this compaction starts (pools.compact.helpers). */
+static unsigned helpers_for(const struct php_heap *h, unsigned nparts) {
+  unsigned free_cpus = h->ncpus > nparts ? h->ncpus - nparts : 0;
+  return h->cfg.compact_helpers < free_cpus ? h->cfg.compact_helpers
+                                            : free_cpus;
 }
 
 static void scan_block_cb(ph_value block, ph_visit_fn visit, void *ctx,
@@ -336,6 +348,10 @@ int php_compact_stw(php_heap *h, unsigned part, const php_compact_ops *ops) {
       .rule = &rule,
       .arg = &c,
       .holes = 1, /* compact.holes.free, compact.pack */
+      .nassist = helpers_for(h, np),
+      .assist_stacks = h->helper_stacks,
+      .assist_stack = PHP_HELPER_STACK,
+      .assist_enter = helper_enter,
   };
   php_tls_callback = 1; /* pools.reentry: the callbacks run inside */
   ph_compact_stw(h->core, &dp);

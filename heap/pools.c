@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 _Thread_local int php_tls_callback;
 
@@ -159,7 +160,38 @@ static int config_valid(const php_config *c) {
     return 0;
   if (c->alloc_sweep > PHP_ALLOC_SWEEP_BEFORE_GROW)
     return 0;
+  if (c->compact_helpers > 64)
+    return 0;
   return 1;
+}
+
+/* pools.compact.helpers: mapped once, so that a compaction maps nothing. */
+static void helper_stacks_unmap(struct php_heap *h) {
+  if (!h->helper_stacks)
+    return;
+  for (unsigned i = 0; i < h->cfg.compact_helpers; i++)
+    if (h->helper_stacks[i])
+      ph_os_stack_unmap(h->helper_stacks[i], PHP_HELPER_STACK);
+  free(h->helper_stacks);
+  h->helper_stacks = NULL;
+}
+
+static int helper_stacks_map(struct php_heap *h) {
+  unsigned n = h->cfg.compact_helpers;
+  if (n == 0)
+    return PH_OK;
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  h->ncpus = cpus > 0 ? (unsigned)cpus : 1;
+  h->helper_stacks = calloc(n, sizeof *h->helper_stacks);
+  if (!h->helper_stacks)
+    return PH_ENOMEM;
+  for (unsigned i = 0; i < n; i++)
+    if (ph_os_stack_map(PHP_HELPER_STACK, &h->helper_stacks[i]) != PH_OK) {
+      h->helper_stacks[i] = NULL;
+      helper_stacks_unmap(h);
+      return PH_ENOMEM;
+    }
+  return PH_OK;
 }
 
 int php_heap_create(const php_config *cfg, php_heap **out) {
@@ -213,6 +245,16 @@ int php_heap_create(const php_config *cfg, php_heap **out) {
     free(h);
     return PH_ENOMEM;
   }
+  if (helper_stacks_map(h) != PH_OK) {
+    pthread_mutex_lock(&c->lock);
+    ph_chunks_destroy(c);
+    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_destroy(&c->lock);
+    ph_os_acct_fini(&c->os);
+    free(c);
+    free(h);
+    return PH_ENOMEM;
+  }
   h->sig = PHP_SIG_HEAP;
   *out = h;
   return PH_OK;
@@ -236,6 +278,7 @@ int php_heap_destroy(php_heap *h) {
   ph_os_acct_fini(&c->os);
   if (h->cp)
     h->cp_free(h->cp); /* compact/pools_compact.c's scratch */
+  helper_stacks_unmap(h); /* no compaction runs: their threads are joined */
   free(h->otab);
   free(c);
   free(h);
@@ -283,6 +326,7 @@ int php_heap_stats_get(php_heap *h, php_heap_stats *out) {
   s.evacuated_pools = h->evacuated_pools;
   s.released_bytes = h->released_bytes;
   s.hole_bytes = c->hole_bytes;
+  s.compact_helpers = h->last_helpers;
   pthread_mutex_unlock(&c->lock);
   *out = s;
   return PH_OK;

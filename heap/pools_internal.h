@@ -108,7 +108,14 @@ struct php_heap {
       released_bytes;
   struct php_compact *cp;
   void (*cp_free)(struct php_compact *cp);
+  /* pools.compact.helpers: the stacks of cfg.compact_helpers threads,
+   * PHP_HELPER_STACK bytes each (ph_os_stack_map, at creation), and the
+   * online CPUs then; the last compaction's helpers (core->lock) */
+  void **helper_stacks;
+  unsigned ncpus, last_helpers;
 };
+
+#define PHP_HELPER_STACK ((size_t)256 << 10)
 
 /* pools.reentry: set while a callback runs on this thread. */
 extern _Thread_local int php_tls_callback;

@@ -218,6 +218,19 @@ typedef struct php_config {
    * for any other block.  The counters and php_owner_sweep_work count every
    * freed block either way. */
   uint64_t on_free_tags[4];
+  /* Threads the layer may start for each compaction, beside the embedder's
+   * participants, for the work any participant can claim: moving blocks and
+   * updating the blocks of the heap (roots stay with the participants).  A
+   * compaction starts min(compact_helpers, online CPUs at php_heap_create -
+   * nparts) of them (none if that is not positive), at the start of each of
+   * those two phases, and joins them before the phase ends: none outlives
+   * php_compact_stw, so none is there across a fork.  Their stacks are
+   * mapped once, by php_heap_create (256 KiB each, after a guard page), so a
+   * compaction maps nothing; they run with every signal blocked.
+   * php_compact_ops.scan_block may then run on one of them (not an
+   * embedder's thread: it must not need the embedder's per-thread state).
+   * 0 (default): none.  More than 64: PH_EINVAL. */
+  unsigned compact_helpers;
 } php_config;
 
 /* php_config.alloc_sweep */
@@ -394,6 +407,9 @@ typedef struct php_heap_stats {
    * compaction's packed and partly filled pools): in pool_bytes, not in
    * committed_bytes */
   uint64_t hole_bytes;
+  /* php_config.compact_helpers: threads the last compaction started (the
+   * most in one phase) */
+  unsigned compact_helpers;
 } php_heap_stats;
 
 /* Copy the heap's figures (any thread; not from a callback). */
@@ -419,8 +435,8 @@ typedef struct php_compact_ops {
   /* Visit the slots of block that hold values (a closure's environment
    * after its code pointers; a continuation's stack; nothing for raw data).
    * Called once for every live block of the heap, pools and large blocks, by
-   * any participant (with no_scan_tag set: only for the blocks of the
-   * scan_tags; see below).  visit rewrites the slot before it returns.
+   * any participant or helper (php_config.compact_helpers; with no_scan_tag
+   * set: only for the blocks of the scan_tags; see below).  visit rewrites the slot before it returns.
    * May be NULL only with no_scan_tag set and scan_tags empty. */
   void (*scan_block)(ph_value block, ph_visit_fn visit, void *ctx, void *user);
   /* Colours of live blocks, one bit per colour (bit c: colour c).  Every

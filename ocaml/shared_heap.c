@@ -29,6 +29,11 @@
  *   POOLHEAP_HUGE=off|thp|explicit    huge pages (off)
  *   POOLHEAP_ALLOC_SWEEP=grow|avail|all  what an allocation sweeps
  *                                     (php_config.alloc_sweep; grow)
+ *   POOLHEAP_COMPACT_HELPERS=N        threads that move and update blocks
+ *                                     beside the domains in Gc.compact, on
+ *                                     the CPUs the domains leave idle
+ *                                     (php_config.compact_helpers, 0..64;
+ *                                     default: online CPUs - 1, at most 8)
  * OCAMLRUNPARAM is OCaml's and keeps its meaning.
  *
  * Written for poolheap from OCaml's documented contract; no code of OCaml's
@@ -41,6 +46,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "caml/addrmap.h"
 #include "caml/custom.h"
@@ -155,6 +161,20 @@ static size_t pho_env_bytes(const char *name, size_t dflt) {
   return (size_t)(n * mul);
 }
 
+static unsigned pho_env_count(const char *name, unsigned dflt, unsigned max) {
+  const char *s = getenv(name);
+  if (!s || !*s)
+    return dflt;
+  char *end;
+  errno = 0;
+  unsigned long n = strtoul(s, &end, 10);
+  if (errno || end == s || *end || n > max) {
+    fprintf(stderr, "poolheap: ignoring %s=%s (0..%u)\n", name, s, max);
+    return dflt;
+  }
+  return (unsigned)n;
+}
+
 static int pho_env_choice(const char *name, const char *const *names, int n,
                           int dflt) {
   const char *s = getenv(name);
@@ -206,6 +226,13 @@ static void pho_create_heap(void) {
    * stock's policy alone, all sweeps every full pool first. */
   cfg.alloc_sweep = (unsigned)pho_env_choice(
       "POOLHEAP_ALLOC_SWEEP", alloc_sweep, 3, PHP_ALLOC_SWEEP_BEFORE_GROW);
+  /* A single-domain program compacts on one thread otherwise: the layer's
+   * helpers take the moves and the heap's update on the other CPUs
+   * (pho_scan_block needs no domain state: it runs on them too). */
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  unsigned helpers = cpus > 1 ? (unsigned)(cpus - 1) : 0;
+  cfg.compact_helpers =
+      pho_env_count("POOLHEAP_COMPACT_HELPERS", helpers < 8 ? helpers : 8, 64);
   pho_init_error = php_heap_create(&cfg, &pho_heap);
   if (pho_init_error == PH_OK)
     pho_init_error = php_set_colours(pho_heap, caml_global_heap_state.GARBAGE >>

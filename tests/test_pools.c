@@ -69,8 +69,10 @@ static ph_value block_of(ph_value v) {
   return v;
 }
 
-/* Calls of scan_block from a compaction, by tag (T_TUPLE, T_CLOS, other). */
-static atomic_uint_least64_t cb_tuple, cb_clos, cb_other;
+/* Calls of scan_block from a compaction, by tag (T_TUPLE, T_CLOS, other),
+ * and those on a thread that is no participant (pools.compact.helpers). */
+static atomic_uint_least64_t cb_tuple, cb_clos, cb_other, cb_helper;
+static _Thread_local int tl_participant;
 
 /* The slots of b that hold values (the scan_block of the embedder). */
 static void scan_block(ph_value b, ph_visit_fn visit, void *ctx, void *user) {
@@ -81,6 +83,8 @@ static void scan_block(ph_value b, ph_visit_fn visit, void *ctx, void *user) {
                      : t == T_CLOS ? &cb_clos
                                    : &cb_other,
                      1);
+    if (!tl_participant)
+      atomic_fetch_add(&cb_helper, 1);
   }
   ph_value *f = (ph_value *)b;
   size_t wo = php_hd_wosize(hd), i = 0;
@@ -529,7 +533,9 @@ typedef struct cpart {
 
 static void *c_part_main(void *arg) {
   cpart *p = arg;
+  tl_participant = 1;
   p->c->result[p->part] = php_compact_stw(p->c->h, p->part, &p->c->ops);
+  tl_participant = 0;
   return NULL;
 }
 
@@ -552,6 +558,7 @@ static int compact_run(cenv *c) {
   atomic_store(&cb_tuple, 0);
   atomic_store(&cb_clos, 0);
   atomic_store(&cb_other, 0);
+  atomic_store(&cb_helper, 0);
   for (unsigned i = 1; i < c->nparts; i++) {
     parts[i] = (cpart){c, i};
     assert_int_equal(pthread_create(&t[i], NULL, c_part_main, &parts[i]), 0);
@@ -618,6 +625,10 @@ static void test_errors(void **state) {
   php_config_init(&cfg);
   cfg.release = (ph_release_mode)9;
   assert_int_equal(php_heap_create(&cfg, &h), PH_EINVAL);
+  php_config_init(&cfg);
+  cfg.compact_helpers = 65;
+  assert_int_equal(php_heap_create(&cfg, &h), PH_EINVAL);
+  assert_ptr_equal(h, (php_heap *)0x1);
   assert_int_equal(php_heap_create(NULL, NULL), PH_EINVAL);
   assert_int_equal(php_heap_destroy(NULL), PH_EINVAL);
 
@@ -1782,8 +1793,17 @@ static size_t roots_units_resident(php_heap *h, const ph_value *roots, size_t n,
  * collector, compact with nparts participants, and check graph identity,
  * php_forward of an outside value, verify, a stable second compaction and
  * the memory released. */
+/* php_config.compact_helpers of compact_case's heap (pools.compact.helpers) */
+static unsigned helpers_on;
+
 static void compact_case(unsigned nparts, size_t pool_size, uint64_t stream) {
-  php_heap *h = heap_new(pool_size);
+  php_config cfg;
+  php_config_init(&cfg);
+  cfg.on_free = on_free;
+  if (pool_size)
+    cfg.pool_size = pool_size;
+  cfg.compact_helpers = helpers_on;
+  php_heap *h = heap_cfg(&cfg);
   enum { NO = 3 };
   php_owner *own[NO];
   for (int i = 0; i < NO; i++)
@@ -1836,7 +1856,28 @@ static void compact_case(unsigned nparts, size_t pool_size, uint64_t stream) {
   c.nroots = pn;
   c.side = cl + CLOS_INFIX * 8;
   atomic_store(&m_freed, 0);
+  long maps0 = tu_maps_lines();
   assert_int_equal(compact_run(&c), PH_OK);
+  long maps1 = tu_maps_lines();
+  /* pools.compact.helpers: min(compact_helpers, CPUs - participants)
+   * started; their stacks were mapped with the heap, so the process maps
+   * nothing more (with the sanitizers the count is not the program's; the
+   * test's own participant threads may map their stacks) */
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  unsigned idle = cpus > (long)nparts ? (unsigned)(cpus - nparts) : 0;
+  assert_int_equal(hstats(h).compact_helpers,
+                   helpers_on < idle ? helpers_on : idle);
+  print_message("helpers %u of %u: %lu closures and tuples of %lu scanned on "
+                "them; mappings %ld -> %ld\n",
+                hstats(h).compact_helpers, helpers_on,
+                (unsigned long)atomic_load(&cb_helper),
+                (unsigned long)(atomic_load(&cb_tuple) + atomic_load(&cb_clos) +
+                                atomic_load(&cb_other)),
+                maps0, maps1);
+  if (TU_MAPS_EXACT && nparts == 1)
+    assert_true(maps1 <= maps0);
+  if (!helpers_on)
+    assert_int_equal(atomic_load(&cb_helper), 0);
   /* the garbage was freed by the compaction's sweep, on_free first */
   assert_int_equal(atomic_load(&m_freed), blocks0 - g0.blocks);
   graph g1 = walk(rs, ns, 1, col.unmarked);
@@ -1938,6 +1979,21 @@ static void test_compact_rule(void **state) {
   compact_case(1, 0, 13);
   compact_case(3, 8192, 14);
   rule_on = 0;
+}
+
+/* pools.compact.helpers: the same graphs moved and updated with the layer's
+ * helper threads beside one participant and beside two, with and without
+ * the scan rule; every property compact_case checks holds, and as many
+ * helpers start as the CPUs the participants leave allow. */
+static void test_compact_helpers(void **state) {
+  (void)state;
+  helpers_on = 3;
+  compact_case(1, 0, 15);
+  compact_case(2, 8192, 16);
+  rule_on = 1;
+  compact_case(1, 0, 17);
+  rule_on = 0;
+  helpers_on = 0;
 }
 
 /* ------------------------------------------------ the scan rule */
@@ -2649,6 +2705,7 @@ int main(void) {
       cmocka_unit_test(test_compact_one),
       cmocka_unit_test(test_compact_parallel),
       cmocka_unit_test(test_compact_rule),
+      cmocka_unit_test(test_compact_helpers),
       cmocka_unit_test(test_scan_rule),
       cmocka_unit_test(test_scan_rule_zero),
       cmocka_unit_test(test_scan_rule_bad),
