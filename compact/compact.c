@@ -1469,8 +1469,8 @@ static unsigned assist_start(struct ph_heap *h, const ph_compact_part *part,
 
 /* The leader, before the barrier that ends the phase: the join orders the
  * threads' work before it, and so before that barrier. */
-static void assist_join(assist *a, pthread_t *tid, unsigned n,
-                        uint64_t *blocks, uint64_t *bytes) {
+static void assist_join(assist *a, pthread_t *tid, unsigned n, uint64_t *blocks,
+                        uint64_t *bytes) {
   for (unsigned k = 0; k < n; k++) {
     pthread_join(tid[k], NULL);
     *blocks += a[k].blocks;

@@ -205,11 +205,13 @@ static void cb_event(void *arg, ph_phase ph, int begin) {
   c->ops->on_phase(p, begin, c->part, c->ops->user);
 }
 
-/* pools.compact.helpers: a helper runs the callbacks as a participant
+/* pools.helpers: a helper runs the callbacks as a participant
  * does (pools.reentry). */
-static void helper_enter(int begin) { php_tls_callback = begin; }
+static void helper_enter(int begin) {
+  php_tls_callback = begin;
+}
 
-/* How many helpers this compaction starts (pools.compact.helpers). */
+/* How many helpers this compaction starts (pools.helpers). */
 static unsigned helpers_for(const struct php_heap *h, unsigned nparts) {
   unsigned free_cpus = h->ncpus > nparts ? h->ncpus - nparts : 0;
   return h->cfg.compact_helpers < free_cpus ? h->cfg.compact_helpers

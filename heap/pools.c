@@ -165,7 +165,7 @@ static int config_valid(const php_config *c) {
   return 1;
 }
 
-/* pools.compact.helpers: mapped once, so that a compaction maps nothing. */
+/* pools.helpers: mapped once, so that a compaction maps nothing. */
 static void helper_stacks_unmap(struct php_heap *h) {
   if (!h->helper_stacks)
     return;
@@ -277,7 +277,7 @@ int php_heap_destroy(php_heap *h) {
   pthread_mutex_destroy(&c->lock);
   ph_os_acct_fini(&c->os);
   if (h->cp)
-    h->cp_free(h->cp); /* compact/pools_compact.c's scratch */
+    h->cp_free(h->cp);    /* compact/pools_compact.c's scratch */
   helper_stacks_unmap(h); /* no compaction runs: their threads are joined */
   free(h->otab);
   free(c);

@@ -108,7 +108,7 @@ struct php_heap {
       released_bytes;
   struct php_compact *cp;
   void (*cp_free)(struct php_compact *cp);
-  /* pools.compact.helpers: the stacks of cfg.compact_helpers threads,
+  /* pools.helpers: the stacks of cfg.compact_helpers threads,
    * PHP_HELPER_STACK bytes each (ph_os_stack_map, at creation), and the
    * online CPUs then; the last compaction's helpers (core->lock) */
   void **helper_stacks;

@@ -35,6 +35,8 @@
  *   moves the live blocks of the others into them, rewrites every pointer
  *   through the callbacks (or, with the scan rule of php_compact_ops, by
  *   the block's tag itself) and gives the freed memory back to the OS.
+ *   With php_config.compact_helpers, threads of the layer's own take part
+ *   in the moves and the rewriting on the CPUs the participants leave idle.
  *
  * Threads
  * - An owner is used by one thread at a time: php_alloc, php_sweep,
@@ -436,8 +438,9 @@ typedef struct php_compact_ops {
    * after its code pointers; a continuation's stack; nothing for raw data).
    * Called once for every live block of the heap, pools and large blocks, by
    * any participant or helper (php_config.compact_helpers; with no_scan_tag
-   * set: only for the blocks of the scan_tags; see below).  visit rewrites the slot before it returns.
-   * May be NULL only with no_scan_tag set and scan_tags empty. */
+   * set: only for the blocks of the scan_tags; see below).  visit rewrites the
+   * slot before it returns. May be NULL only with no_scan_tag set and scan_tags
+   * empty. */
   void (*scan_block)(ph_value block, ph_visit_fn visit, void *ctx, void *user);
   /* Colours of live blocks, one bit per colour (bit c: colour c).  Every
    * allocated block must have a live colour or the garbage colour

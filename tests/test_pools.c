@@ -70,7 +70,7 @@ static ph_value block_of(ph_value v) {
 }
 
 /* Calls of scan_block from a compaction, by tag (T_TUPLE, T_CLOS, other),
- * and those on a thread that is no participant (pools.compact.helpers). */
+ * and those on a thread that is no participant (pools.helpers). */
 static atomic_uint_least64_t cb_tuple, cb_clos, cb_other, cb_helper;
 static _Thread_local int tl_participant;
 
@@ -1793,7 +1793,7 @@ static size_t roots_units_resident(php_heap *h, const ph_value *roots, size_t n,
  * collector, compact with nparts participants, and check graph identity,
  * php_forward of an outside value, verify, a stable second compaction and
  * the memory released. */
-/* php_config.compact_helpers of compact_case's heap (pools.compact.helpers) */
+/* php_config.compact_helpers of compact_case's heap (pools.helpers) */
 static unsigned helpers_on;
 
 static void compact_case(unsigned nparts, size_t pool_size, uint64_t stream) {
@@ -1859,7 +1859,7 @@ static void compact_case(unsigned nparts, size_t pool_size, uint64_t stream) {
   long maps0 = tu_maps_lines();
   assert_int_equal(compact_run(&c), PH_OK);
   long maps1 = tu_maps_lines();
-  /* pools.compact.helpers: min(compact_helpers, CPUs - participants)
+  /* pools.helpers: min(compact_helpers, CPUs - participants)
    * started; their stacks were mapped with the heap, so the process maps
    * nothing more (with the sanitizers the count is not the program's; the
    * test's own participant threads may map their stacks) */
@@ -1981,7 +1981,7 @@ static void test_compact_rule(void **state) {
   rule_on = 0;
 }
 
-/* pools.compact.helpers: the same graphs moved and updated with the layer's
+/* pools.helpers: the same graphs moved and updated with the layer's
  * helper threads beside one participant and beside two, with and without
  * the scan rule; every property compact_case checks holds, and as many
  * helpers start as the CPUs the participants leave allow. */
