@@ -214,8 +214,7 @@ static void helper_enter(int begin) {
 /* How many helpers this compaction starts (pools.helpers). */
 static unsigned helpers_for(const struct php_heap *h, unsigned nparts) {
   unsigned free_cpus = h->ncpus > nparts ? h->ncpus - nparts : 0;
-  return h->cfg.compact_helpers < free_cpus ? h->cfg.compact_helpers
-                                            : free_cpus;
+  return h->nhelper_stacks < free_cpus ? h->nhelper_stacks : free_cpus;
 }
 
 static void scan_block_cb(ph_value block, ph_visit_fn visit, void *ctx,

@@ -165,33 +165,29 @@ static int config_valid(const php_config *c) {
   return 1;
 }
 
-/* pools.helpers: mapped once, so that a compaction maps nothing. */
+/* pools.helpers: mapped once, so that a compaction maps nothing.  A stack
+ * the OS refuses (ulimit -v) is one helper fewer, not a refused heap. */
 static void helper_stacks_unmap(struct php_heap *h) {
-  if (!h->helper_stacks)
-    return;
-  for (unsigned i = 0; i < h->cfg.compact_helpers; i++)
-    if (h->helper_stacks[i])
-      ph_os_stack_unmap(h->helper_stacks[i], PHP_HELPER_STACK);
+  for (unsigned i = 0; i < h->nhelper_stacks; i++)
+    ph_os_stack_unmap(h->helper_stacks[i], PHP_HELPER_STACK);
   free(h->helper_stacks);
   h->helper_stacks = NULL;
+  h->nhelper_stacks = 0;
 }
 
-static int helper_stacks_map(struct php_heap *h) {
+static void helper_stacks_map(struct php_heap *h) {
   unsigned n = h->cfg.compact_helpers;
   if (n == 0)
-    return PH_OK;
+    return;
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   h->ncpus = cpus > 0 ? (unsigned)cpus : 1;
   h->helper_stacks = calloc(n, sizeof *h->helper_stacks);
   if (!h->helper_stacks)
-    return PH_ENOMEM;
-  for (unsigned i = 0; i < n; i++)
-    if (ph_os_stack_map(PHP_HELPER_STACK, &h->helper_stacks[i]) != PH_OK) {
-      h->helper_stacks[i] = NULL;
-      helper_stacks_unmap(h);
-      return PH_ENOMEM;
-    }
-  return PH_OK;
+    return;
+  while (h->nhelper_stacks < n &&
+         ph_os_stack_map(PHP_HELPER_STACK,
+                         &h->helper_stacks[h->nhelper_stacks]) == PH_OK)
+    h->nhelper_stacks++;
 }
 
 int php_heap_create(const php_config *cfg, php_heap **out) {
@@ -245,16 +241,7 @@ int php_heap_create(const php_config *cfg, php_heap **out) {
     free(h);
     return PH_ENOMEM;
   }
-  if (helper_stacks_map(h) != PH_OK) {
-    pthread_mutex_lock(&c->lock);
-    ph_chunks_destroy(c);
-    pthread_mutex_unlock(&c->lock);
-    pthread_mutex_destroy(&c->lock);
-    ph_os_acct_fini(&c->os);
-    free(c);
-    free(h);
-    return PH_ENOMEM;
-  }
+  helper_stacks_map(h);
   h->sig = PHP_SIG_HEAP;
   *out = h;
   return PH_OK;

@@ -108,11 +108,12 @@ struct php_heap {
       released_bytes;
   struct php_compact *cp;
   void (*cp_free)(struct php_compact *cp);
-  /* pools.helpers: the stacks of cfg.compact_helpers threads,
-   * PHP_HELPER_STACK bytes each (ph_os_stack_map, at creation), and the
-   * online CPUs then; the last compaction's helpers (core->lock) */
+  /* pools.helpers: the stacks of up to cfg.compact_helpers threads,
+   * PHP_HELPER_STACK bytes each (ph_os_stack_map, at creation: as many as
+   * the OS gave), and the online CPUs then; the last compaction's helpers
+   * (core->lock) */
   void **helper_stacks;
-  unsigned ncpus, last_helpers;
+  unsigned nhelper_stacks, ncpus, last_helpers;
 };
 
 #define PHP_HELPER_STACK ((size_t)256 << 10)

@@ -228,7 +228,8 @@ typedef struct php_config {
    * those two phases, and joins them before the phase ends: none outlives
    * php_compact_stw, so none is there across a fork.  Their stacks are
    * mapped once, by php_heap_create (256 KiB each, after a guard page), so a
-   * compaction maps nothing; they run with every signal blocked.
+   * compaction maps nothing (a stack the OS refuses is one helper fewer);
+   * they run with every signal blocked.
    * php_compact_ops.scan_block may then run on one of them (not an
    * embedder's thread: it must not need the embedder's per-thread state).
    * 0 (default): none.  More than 64: PH_EINVAL. */
