@@ -36,6 +36,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* The same from any thread. */
@@ -1996,6 +1998,76 @@ static void test_compact_helpers(void **state) {
   helpers_on = 0;
 }
 
+/* pools.helpers under RLIMIT_AS, in a forked child (exit code 0: as
+ * expected): a helper stack the OS refuses is one helper fewer, not a
+ * refused heap.  The stacks are seen as the kernel mappings a heap's
+ * creation adds beyond those of a heap without helpers. */
+static int helpers_rlimit_child(void) {
+  php_config cfg;
+  php_config_init(&cfg);
+  php_heap *h = NULL;
+  long m0 = tu_maps_lines();
+  if (php_heap_create(&cfg, &h) != PH_OK)
+    return 2;
+  long plain = tu_maps_lines() - m0; /* a heap's own mappings */
+  if (php_heap_destroy(h) != PH_OK)
+    return 3;
+  cfg.compact_helpers = 4;
+  m0 = tu_maps_lines();
+  if (php_heap_create(&cfg, &h) != PH_OK)
+    return 4;
+  if (tu_maps_lines() - m0 < plain + 4) /* four stacks, a guard page each */
+    return 5;
+  if (php_heap_destroy(h) != PH_OK)
+    return 6;
+  if (tu_maps_lines() != m0)
+    return 7;
+  /* 192 KiB of address space: the heap reserves half of what is left
+   * (heap.chunk), which leaves no room for a 260 KiB stack */
+  unsigned long long pages = 0;
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (!f || fscanf(f, "%llu", &pages) != 1)
+    return 8;
+  fclose(f);
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_AS, &rl) != 0)
+    return 9;
+  rl.rlim_cur = pages * (uint64_t)sysconf(_SC_PAGESIZE) + (192u << 10);
+  if (setrlimit(RLIMIT_AS, &rl) != 0)
+    return 10;
+  m0 = tu_maps_lines();
+  if (php_heap_create(&cfg, &h) != PH_OK)
+    return 11;
+  if (tu_maps_lines() - m0 > plain) { /* no stack */
+    fprintf(stderr, "mappings: a heap's %ld, under the limit %ld\n", plain,
+            tu_maps_lines() - m0);
+    return 12;
+  }
+  php_owner *o = NULL;
+  if (php_owner_create(h, &o) != PH_OK || php_alloc(o, 4, 0) == 0)
+    return 13;
+  if (php_owner_destroy(o) != PH_OK || php_heap_destroy(h) != PH_OK)
+    return 14;
+  return 0;
+}
+
+static void test_helpers_rlimit(void **state) {
+  (void)state;
+  if (!TU_MAPS_EXACT) {
+    print_message("skipped: the sanitizers' own mappings\n");
+    return;
+  }
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0)
+    _exit(helpers_rlimit_child());
+  int status = 0;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 /* ------------------------------------------------ the scan rule */
 enum { R_INLINE = 5, R_SPECIAL = 200, R_NOSCAN = 252 };
 
@@ -2706,6 +2778,7 @@ int main(void) {
       cmocka_unit_test(test_compact_parallel),
       cmocka_unit_test(test_compact_rule),
       cmocka_unit_test(test_compact_helpers),
+      cmocka_unit_test(test_helpers_rlimit),
       cmocka_unit_test(test_scan_rule),
       cmocka_unit_test(test_scan_rule_zero),
       cmocka_unit_test(test_scan_rule_bad),
