@@ -592,24 +592,6 @@ static int r_collect_blocking(void) {
 static int r_verify_why_null(void) {
   return ph_verify(D, NULL, 100);
 }
-/* Runs fn in a forked child: its exit code, or -1 if a signal killed it. */
-static int in_child(int (*fn)(void)) {
-  fflush(NULL);
-  pid_t pid = fork();
-  assert_true(pid >= 0);
-  if (pid == 0) {
-    signal(SIGSEGV, SIG_DFL); /* a crash kills the child: cmocka's */
-    signal(SIGBUS, SIG_DFL);  /* handlers would report it as a test */
-    _exit(fn());
-  }
-  int st = 0;
-  assert_int_equal(waitpid(pid, &st, 0), pid);
-  if (WIFSIGNALED(st)) {
-    print_message("badinput: child died of signal %d\n", WTERMSIG(st));
-    return -1;
-  }
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 static int safepoint_null_child(void) {
   ph_safepoint(NULL);
   return PH_OK;
@@ -620,10 +602,10 @@ static int safepoint_junk_child(void) {
 }
 /* ph_safepoint ignores NULL and junk (it crashed before issue 13). */
 static int r_safepoint_null(void) {
-  return in_child(safepoint_null_child);
+  return tu_in_child(safepoint_null_child);
 }
 static int r_safepoint_junk(void) {
-  return in_child(safepoint_junk_child);
+  return tu_in_child(safepoint_junk_child);
 }
 static int r_safepoint_detached(void) {
   side s = side_detached();

@@ -37,7 +37,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 /* The same from any thread. */
@@ -2057,15 +2056,7 @@ static void test_helpers_rlimit(void **state) {
     print_message("skipped: the sanitizers' own mappings\n");
     return;
   }
-  fflush(NULL);
-  pid_t pid = fork();
-  assert_true(pid >= 0);
-  if (pid == 0)
-    _exit(helpers_rlimit_child());
-  int status = 0;
-  assert_int_equal(waitpid(pid, &status, 0), pid);
-  assert_true(WIFEXITED(status));
-  assert_int_equal(WEXITSTATUS(status), 0);
+  assert_int_equal(tu_in_child(helpers_rlimit_child), 0);
 }
 
 /* ------------------------------------------------ the scan rule */

@@ -16,6 +16,8 @@
  *   of /proc/self/maps taken without malloc, and an address range that a
  *   later one maps and an earlier one did not); tu_meminfo (a /proc/meminfo
  *   field).
+ * - tu_in_child: a function run in a forked child, its exit code (-1 if a
+ *   signal killed it).
  * - Threads: tu_threads_run starts n threads and joins them; tu_dbarrier is
  *   a pthread barrier wait for a thread attached as a domain (done inside a
  *   blocking section, or collections would wait for it forever).
@@ -43,6 +45,8 @@
 #include "poolheap.h"
 
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -172,6 +176,27 @@ static inline size_t tu_below(tu_rng *r, size_t n) {
 static inline long tu_vmrss_kb(void) {
   uint64_t b = ph_os_process_rss();
   return b ? (long)(b / 1024) : -1;
+}
+
+/* Runs fn in a forked child: its exit code, or -1 if a signal killed it
+ * (printed).  A crash kills the child: cmocka's handlers, which would report
+ * it as a test of the child's, are reset there. */
+static inline int tu_in_child(int (*fn)(void)) {
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    signal(SIGSEGV, SIG_DFL);
+    signal(SIGBUS, SIG_DFL);
+    _exit(fn());
+  }
+  int st = 0;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  if (WIFSIGNALED(st)) {
+    print_message("child died of signal %d\n", WTERMSIG(st));
+    return -1;
+  }
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 /* Lines of /proc/self/maps (kernel mappings of the process), -1 if unknown. */
