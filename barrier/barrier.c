@@ -7,8 +7,6 @@
  * participant (the mutex orders them), which is what the phases rely on. */
 #include "barrier/barrier.h"
 
-#include <unistd.h>
-
 /* barrier.sense.spin: the bounds of a waiter's spin; the maximum is a
  * variable only so that a test can set it (0: never spin) before
  * ph_barrier_init */
@@ -45,17 +43,6 @@ void ph_barrier_reset(ph_barrier *b, unsigned n) {
  * saw the round end, halved (down to the minimum) when it gave up, so on a
  * machine whose CPUs are busy with other work the waits soon sleep at once
  * (the others are not running), and on an idle one they rarely sleep. */
-static unsigned barrier_ncpus(void) {
-  static _Atomic unsigned ncpus; /* 0: not known yet */
-  /* relaxed: every thread computes the same value */
-  unsigned n = atomic_load_explicit(&ncpus, memory_order_relaxed);
-  if (n == 0) {
-    long c = sysconf(_SC_NPROCESSORS_ONLN);
-    n = c > 0 ? (unsigned)c : 1;
-    atomic_store_explicit(&ncpus, n, memory_order_relaxed);
-  }
-  return n;
-}
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -87,7 +74,7 @@ int ph_spin_wait(_Atomic uint64_t *word, uint64_t old, unsigned nthreads,
                  _Atomic uint32_t *spin_ns) {
   /* relaxed: a heuristic; a stale value only spins longer or shorter */
   uint32_t lim = atomic_load_explicit(spin_ns, memory_order_relaxed);
-  if (!lim || nthreads > barrier_ncpus())
+  if (!lim || nthreads > ph_os_ncpus())
     return 0;
   int ok = spin_for(word, old, lim);
   uint32_t max = ph_barrier_spin_max_ns;
@@ -123,7 +110,7 @@ int ph_barrier_wait_single(ph_barrier *b, void (*fn)(void *), void *arg) {
     pthread_mutex_unlock(&b->m);
     return 1;
   }
-  if (b->n <= barrier_ncpus() &&
+  if (b->n <= ph_os_ncpus() &&
       atomic_load_explicit(&b->spin_ns, memory_order_relaxed)) {
     pthread_mutex_unlock(&b->m);
     /* the last arriver's release store of gen comes after it took m,

@@ -25,6 +25,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* pools.helpers: every helper count the config accepts has its slot in the
+ * driver's assist table. */
+_Static_assert(PHP_COMPACT_HELPERS_MAX <= PH_ASSIST_MAX,
+               "compact_helpers above the driver's PH_ASSIST_MAX");
+
 /* One participant's records (pools.compact). */
 typedef struct php_cpart {
   struct php_heap *h;

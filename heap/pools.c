@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 _Thread_local int php_tls_callback;
 
@@ -160,7 +159,7 @@ static int config_valid(const php_config *c) {
     return 0;
   if (c->alloc_sweep > PHP_ALLOC_SWEEP_BEFORE_GROW)
     return 0;
-  if (c->compact_helpers > 64)
+  if (c->compact_helpers > PHP_COMPACT_HELPERS_MAX)
     return 0;
   return 1;
 }
@@ -179,8 +178,7 @@ static void helper_stacks_map(struct php_heap *h) {
   unsigned n = h->cfg.compact_helpers;
   if (n == 0)
     return;
-  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  h->ncpus = cpus > 0 ? (unsigned)cpus : 1;
+  h->ncpus = ph_os_ncpus();
   h->helper_stacks = calloc(n, sizeof *h->helper_stacks);
   if (!h->helper_stacks)
     return;

@@ -232,9 +232,12 @@ typedef struct php_config {
    * they run with every signal blocked.
    * php_compact_ops.scan_block may then run on one of them (not an
    * embedder's thread: it must not need the embedder's per-thread state).
-   * 0 (default): none.  More than 64: PH_EINVAL. */
+   * 0 (default): none.  More than PHP_COMPACT_HELPERS_MAX: PH_EINVAL. */
   unsigned compact_helpers;
 } php_config;
+
+/* The most php_config.compact_helpers accepts. */
+#define PHP_COMPACT_HELPERS_MAX 64
 
 /* php_config.alloc_sweep */
 enum {

@@ -232,7 +232,8 @@ static void pho_create_heap(void) {
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   unsigned helpers = cpus > 1 ? (unsigned)(cpus - 1) : 0;
   cfg.compact_helpers =
-      pho_env_count("POOLHEAP_COMPACT_HELPERS", helpers < 8 ? helpers : 8, 64);
+      pho_env_count("POOLHEAP_COMPACT_HELPERS", helpers < 8 ? helpers : 8,
+                    PHP_COMPACT_HELPERS_MAX);
   pho_init_error = php_heap_create(&cfg, &pho_heap);
   if (pho_init_error == PH_OK)
     pho_init_error = php_set_colours(pho_heap, caml_global_heap_state.GARBAGE >>

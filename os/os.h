@@ -145,6 +145,8 @@ size_t ph_os_as_available(void);
 size_t ph_os_commit_cap(void);
 /* The page size. */
 size_t ph_os_page_size(void);
+/* Online CPUs, read once (at least 1). */
+unsigned ph_os_ncpus(void);
 /* Lines of /proc/self/maps (kernel mappings of the whole process), or -1. */
 long ph_os_process_mappings(void);
 /* Resident set size of the process in bytes (VmRSS), or 0. */

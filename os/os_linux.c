@@ -67,6 +67,19 @@ size_t ph_os_page_size(void) {
   return ps;
 }
 
+unsigned ph_os_ncpus(void) {
+  /* as ph_os_page_size: every thread stores the same number.  Read once:
+   * a CPU brought online later is not seen. */
+  static _Atomic unsigned cached;
+  unsigned n = atomic_load_explicit(&cached, memory_order_relaxed);
+  if (n == 0) {
+    long v = sysconf(_SC_NPROCESSORS_ONLN);
+    n = v > 0 ? (unsigned)v : 1;
+    atomic_store_explicit(&cached, n, memory_order_relaxed);
+  }
+  return n;
+}
+
 static int is_pow2(size_t x) {
   return x != 0 && (x & (x - 1)) == 0;
 }

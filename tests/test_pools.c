@@ -627,9 +627,14 @@ static void test_errors(void **state) {
   cfg.release = (ph_release_mode)9;
   assert_int_equal(php_heap_create(&cfg, &h), PH_EINVAL);
   php_config_init(&cfg);
-  cfg.compact_helpers = 65;
+  assert_int_equal(PHP_COMPACT_HELPERS_MAX, 64); /* the header's contract */
+  cfg.compact_helpers = PHP_COMPACT_HELPERS_MAX + 1;
   assert_int_equal(php_heap_create(&cfg, &h), PH_EINVAL);
   assert_ptr_equal(h, (php_heap *)0x1);
+  cfg.compact_helpers = PHP_COMPACT_HELPERS_MAX; /* the bound itself is valid */
+  assert_int_equal(php_heap_create(&cfg, &h), PH_OK);
+  assert_int_equal(php_heap_destroy(h), PH_OK);
+  h = (php_heap *)0x1;
   assert_int_equal(php_heap_create(NULL, NULL), PH_EINVAL);
   assert_int_equal(php_heap_destroy(NULL), PH_EINVAL);
 
