@@ -54,30 +54,29 @@ uint64_t ph_now_ns(void) {
 
 /* ------------------------------------------------------------ utilities */
 
-size_t ph_os_page_size(void) {
-  /* A cache of a value that never changes: any thread computing it stores
-   * the same number, so relaxed ordering is enough. */
-  static _Atomic size_t cached;
-  size_t ps = atomic_load_explicit(&cached, memory_order_relaxed);
-  if (ps == 0) {
-    long v = sysconf(_SC_PAGESIZE);
-    ps = v > 0 ? (size_t)v : 4096;
-    atomic_store_explicit(&cached, ps, memory_order_relaxed);
+/* A machine's fact that never changes, read once: sysconf(name) (dflt if it
+ * fails) cached in *cache.  Any thread computing it stores the same number,
+ * so relaxed ordering is enough. */
+static long sysconf_once(_Atomic long *cache, int name, long dflt) {
+  long v = atomic_load_explicit(cache, memory_order_relaxed);
+  if (v == 0) {
+    v = sysconf(name);
+    if (v <= 0)
+      v = dflt;
+    atomic_store_explicit(cache, v, memory_order_relaxed);
   }
-  return ps;
+  return v;
+}
+
+size_t ph_os_page_size(void) {
+  static _Atomic long cached;
+  return (size_t)sysconf_once(&cached, _SC_PAGESIZE, 4096);
 }
 
 unsigned ph_os_ncpus(void) {
-  /* as ph_os_page_size: every thread stores the same number.  Read once:
-   * a CPU brought online later is not seen. */
-  static _Atomic unsigned cached;
-  unsigned n = atomic_load_explicit(&cached, memory_order_relaxed);
-  if (n == 0) {
-    long v = sysconf(_SC_NPROCESSORS_ONLN);
-    n = v > 0 ? (unsigned)v : 1;
-    atomic_store_explicit(&cached, n, memory_order_relaxed);
-  }
-  return n;
+  /* a CPU brought online later is not seen */
+  static _Atomic long cached;
+  return (unsigned)sysconf_once(&cached, _SC_NPROCESSORS_ONLN, 1);
 }
 
 static int is_pow2(size_t x) {
